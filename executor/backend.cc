@@ -1,0 +1,56 @@
+#include "executor/backend.h"
+
+namespace kvp {
+
+int act_width(const ModelConfig& c, Act act) {
+  switch (act) {
+    case Act::kX:
+    case Act::kXb: return c.dim;
+    case Act::kQ:
+    case Act::kAttn: return c.q_dim();
+    case Act::kK:
+    case Act::kV: return c.kv_dim();
+    case Act::kHb:
+    case Act::kHb2: return c.hidden_dim;
+    case Act::kLogits: return c.vocab_size;
+  }
+  KVP_CHECK(false, "unknown Act {}", static_cast<int>(act));
+}
+
+WeightShape weight_shape(const ModelConfig& c, Weight w) {
+  switch (w) {
+    case Weight::kRmsAtt:
+    case Weight::kRmsFfn:
+    case Weight::kRmsFinal: return {c.dim, 1};
+    case Weight::kWq: return {c.q_dim(), c.dim};
+    case Weight::kWk:
+    case Weight::kWv: return {c.kv_dim(), c.dim};
+    case Weight::kWo: return {c.dim, c.q_dim()};
+    case Weight::kW1:
+    case Weight::kW3: return {c.hidden_dim, c.dim};
+    case Weight::kW2: return {c.dim, c.hidden_dim};
+    case Weight::kClassifier: return {c.vocab_size, c.dim};
+  }
+  KVP_CHECK(false, "unknown Weight {}", static_cast<int>(w));
+}
+
+const float* host_weight(const ModelWeights& weights, Weight w, int layer_idx) {
+  if (w == Weight::kRmsFinal) return weights.rms_final();
+  if (w == Weight::kClassifier) return weights.classifier();
+  const LayerWeights& l = weights.layer(layer_idx);
+  switch (w) {
+    case Weight::kRmsAtt: return l.rms_att;
+    case Weight::kWq: return l.wq;
+    case Weight::kWk: return l.wk;
+    case Weight::kWv: return l.wv;
+    case Weight::kWo: return l.wo;
+    case Weight::kRmsFfn: return l.rms_ffn;
+    case Weight::kW1: return l.w1;
+    case Weight::kW2: return l.w2;
+    case Weight::kW3: return l.w3;
+    default: break;
+  }
+  KVP_CHECK(false, "unknown Weight {}", static_cast<int>(w));
+}
+
+}  // namespace kvp

@@ -1,0 +1,91 @@
+// The model-level operations a decoder is made of, implemented once per device.
+//
+// A backend owns the weights on its device, one KV cache per sequence (shaped by KvBudgets), and
+// the activations of the current step. The decoder (decoder.h) is the only place the order of
+// operations — the model itself — is written; backends never see a layer as a whole.
+//
+// Conventions: activations are row-major [n_rows, width]; each row is one token of one sequence.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "executor/model/model_weights.h"
+#include "planner/plan/kv_budgets.h"
+
+namespace kvp {
+
+// Activations of a step. Widths: kX, kXb dim; kQ, kAttn q_dim; kK, kV kv_dim; kHb, kHb2
+// hidden_dim; kLogits vocab_size.
+enum class Act { kX, kXb, kQ, kK, kV, kAttn, kHb, kHb2, kLogits };
+inline constexpr int kNumActs = 9;
+
+enum class Weight { kRmsAtt, kWq, kWk, kWv, kWo, kRmsFfn, kW1, kW2, kW3, kRmsFinal, kClassifier };
+
+int act_width(const ModelConfig& config, Act act);
+
+// [out, in] of a matrix weight; [dim, 1] for the norms.
+struct WeightShape {
+  int out;
+  int in;
+};
+WeightShape weight_shape(const ModelConfig& config, Weight w);
+
+// Host pointer to `w` of layer `layer_idx` (ignored for kRmsFinal and kClassifier).
+const float* host_weight(const ModelWeights& weights, Weight w, int layer_idx);
+
+// The rows of one forward pass: each is one token of one sequence at one position.
+// REQUIRES: within a sequence, rows come in increasing position order and continue the
+// positions that sequence's cache has already seen (0 for a fresh sequence).
+struct StepRows {
+  std::vector<int32_t> tokens;     // [n_rows]
+  std::vector<int32_t> positions;  // [n_rows]
+  std::vector<int32_t> seq_idx;    // [n_rows] the sequence whose cache the row reads and extends
+  size_t size() const { return tokens.size(); }
+  void add(int32_t token, int32_t position, int32_t seq) {
+    tokens.push_back(token);
+    positions.push_back(position);
+    seq_idx.push_back(seq);
+  }
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string_view name() const = 0;
+  virtual const ModelConfig& config() const = 0;
+
+  // Drops every sequence and creates one empty cache per entry, allocated from its budgets.
+  virtual void reset_sequences(const std::vector<KvBudgets>& budgets) = 0;
+  // KV cache bytes allocated for all sequences (the plan's prediction, exactly).
+  virtual int64_t kv_bytes_allocated() const = 0;
+
+  // Starts a forward pass over `rows`; later operations act on these rows.
+  virtual void begin_step(const StepRows& rows) = 0;
+  // kX = token_embedding[tokens].
+  virtual void embed() = 0;
+  // out = w ⊙ in / sqrt(mean(in²) + eps), per row.
+  virtual void rmsnorm(Act in, Act out, Weight w, int layer_idx) = 0;
+  // out = in Wᵀ, per row.
+  virtual void matmul(Weight w, int layer_idx, Act in, Act out) = 0;
+  // out += in Wᵀ, per row (residual connections).
+  virtual void matmul_add(Weight w, int layer_idx, Act in, Act out) = 0;
+  // Rotates each head of kQ or kK by its row's position (pairs (2i, 2i+1)).
+  virtual void rope(Act qk) = 0;
+  // kAttn = causal attention of kQ over the sequence's cache plus this step's kK/kV, which are
+  // then inserted into the cache.
+  virtual void attention(int layer_idx) = 0;
+  // gate = silu(gate) ⊙ up.
+  virtual void swiglu(Act gate, Act up) = 0;
+  // Keeps only these rows of kX, in this order, for the operations that follow (the final norm
+  // and classifier run only for rows whose logits are wanted).
+  virtual void select_rows(std::span<const int32_t> row_idx) = 0;
+  // Copies `act` of the current rows to host memory, [n_rows, act_width].
+  virtual void read(Act act, std::span<float> out) const = 0;
+  virtual int n_rows() const = 0;
+};
+
+}  // namespace kvp

@@ -1,0 +1,214 @@
+#include "executor/cpu/cpu_backend.h"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+
+namespace kvp {
+namespace {
+
+using ConstMatrixMap =
+    Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+using VectorMap = Eigen::Map<Eigen::VectorXf>;
+using ConstVectorMap = Eigen::Map<const Eigen::VectorXf>;
+
+float dot(const float* a, const float* b, int n) {
+  float sum = 0.0f;
+  for (int i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(const ModelWeights& weights) : weights_(weights), config_(weights.config()) {
+  // RoPE tables as llama2.c computes them: theta_i = 10000^(-2i/head_dim), in f32.
+  const int half = config_.head_dim() / 2;
+  rope_cos_.resize(static_cast<size_t>(config_.seq_len) * half);
+  rope_sin_.resize(rope_cos_.size());
+  for (int pos = 0; pos < config_.seq_len; ++pos) {
+    for (int i = 0; i < half; ++i) {
+      const float freq =
+          1.0f / std::pow(config_.rope_theta, static_cast<float>(2 * i) / config_.head_dim());
+      const float angle = static_cast<float>(pos) * freq;
+      rope_cos_[static_cast<size_t>(pos) * half + i] = std::cos(angle);
+      rope_sin_[static_cast<size_t>(pos) * half + i] = std::sin(angle);
+    }
+  }
+}
+
+void CpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets) {
+  caches_.clear();
+  caches_.reserve(budgets.size());
+  for (const KvBudgets& b : budgets) {
+    KVP_CHECK(b.n_layers == config_.n_layers && b.n_kv_heads == config_.n_kv_heads &&
+              b.head_dim == config_.head_dim());
+    caches_.emplace_back(b);
+  }
+}
+
+int64_t CpuBackend::kv_bytes_allocated() const {
+  int64_t total = 0;
+  for (const KvCache& c : caches_) total += c.bytes();
+  return total;
+}
+
+void CpuBackend::begin_step(const StepRows& rows) {
+  rows_ = rows;
+  n_rows_ = static_cast<int>(rows.size());
+  for (int a = 0; a < kNumActs; ++a) {
+    const size_t need = static_cast<size_t>(n_rows_) * act_width(config_, static_cast<Act>(a));
+    if (acts_[a].size() < need) acts_[a].resize(need);
+  }
+  for (size_t r = 0; r < rows.size(); ++r) {
+    KVP_CHECK(rows.seq_idx[r] >= 0 && rows.seq_idx[r] < static_cast<int>(caches_.size()));
+    KVP_CHECK(rows.positions[r] >= 0 && rows.positions[r] < config_.seq_len);
+    KVP_CHECK(rows.tokens[r] >= 0 && rows.tokens[r] < config_.vocab_size);
+  }
+}
+
+void CpuBackend::embed() {
+  const int dim = config_.dim;
+  for (int r = 0; r < n_rows_; ++r) {
+    std::copy_n(weights_.token_embedding() + static_cast<size_t>(rows_.tokens[r]) * dim, dim,
+                row(Act::kX, r));
+  }
+}
+
+void CpuBackend::rmsnorm(Act in, Act out, Weight w, int layer_idx) {
+  const int n = act_width(config_, in);
+  const float* weight = host_weight(weights_, w, layer_idx);
+  for (int r = 0; r < n_rows_; ++r) {
+    const float* x = row(in, r);
+    float* y = row(out, r);
+    float ss = 0.0f;
+    for (int i = 0; i < n; ++i) ss += x[i] * x[i];
+    const float inv_rms = 1.0f / std::sqrt(ss / static_cast<float>(n) + config_.norm_eps);
+    for (int i = 0; i < n; ++i) y[i] = weight[i] * (inv_rms * x[i]);
+  }
+}
+
+void CpuBackend::matmul_rows(Weight w, int layer_idx, Act in, Act out, bool accumulate) {
+  const WeightShape shape = weight_shape(config_, w);
+  KVP_CHECK(act_width(config_, in) == shape.in && act_width(config_, out) == shape.out);
+  const ConstMatrixMap W(host_weight(weights_, w, layer_idx), shape.out, shape.in);
+  for (int r = 0; r < n_rows_; ++r) {
+    const ConstVectorMap x(row(in, r), shape.in);
+    VectorMap y(row(out, r), shape.out);
+    if (accumulate) {
+      y.noalias() += W * x;
+    } else {
+      y.noalias() = W * x;
+    }
+  }
+}
+
+void CpuBackend::matmul(Weight w, int layer_idx, Act in, Act out) {
+  matmul_rows(w, layer_idx, in, out, false);
+}
+
+void CpuBackend::matmul_add(Weight w, int layer_idx, Act in, Act out) {
+  matmul_rows(w, layer_idx, in, out, true);
+}
+
+void CpuBackend::rope(Act qk) {
+  const int head_dim = config_.head_dim(), half = head_dim / 2;
+  const int n_heads = act_width(config_, qk) / head_dim;
+  for (int r = 0; r < n_rows_; ++r) {
+    const float* cos = rope_cos_.data() + static_cast<size_t>(rows_.positions[r]) * half;
+    const float* sin = rope_sin_.data() + static_cast<size_t>(rows_.positions[r]) * half;
+    float* x = row(qk, r);
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = x + h * head_dim;
+      for (int i = 0; i < half; ++i) {
+        const float v0 = v[2 * i], v1 = v[2 * i + 1];
+        v[2 * i] = v0 * cos[i] - v1 * sin[i];
+        v[2 * i + 1] = v0 * sin[i] + v1 * cos[i];
+      }
+    }
+  }
+}
+
+void CpuBackend::attention(int layer_idx) {
+  const int head_dim = config_.head_dim(), group = config_.group_size();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  for (int r = 0; r < n_rows_; ++r) {
+    KvCache& cache = caches_[rows_.seq_idx[r]];
+    const float* q_row = row(Act::kQ, r);
+    const float* k_row = row(Act::kK, r);
+    const float* v_row = row(Act::kV, r);
+    float* out_row = row(Act::kAttn, r);
+    for (int kv_head_idx = 0; kv_head_idx < config_.n_kv_heads; ++kv_head_idx) {
+      HeadCache head = cache.head(layer_idx, kv_head_idx);
+      const int n_cached = *head.n_used;
+      const float* k_new = k_row + kv_head_idx * head_dim;
+      const float* v_new = v_row + kv_head_idx * head_dim;
+      if (scores_.size() < static_cast<size_t>(n_cached) + 1) scores_.resize(n_cached + 1);
+      // Each query head of the group attends over the cached slots plus the new token itself.
+      for (int g = 0; g < group; ++g) {
+        const int head_idx = kv_head_idx * group + g;
+        const float* q = q_row + head_idx * head_dim;
+        float* s = scores_.data();
+        float max_score = -INFINITY;
+        for (int j = 0; j < n_cached; ++j) {
+          s[j] = dot(q, head.k + static_cast<size_t>(j) * head_dim, head_dim) * scale;
+          max_score = std::max(max_score, s[j]);
+        }
+        s[n_cached] = dot(q, k_new, head_dim) * scale;
+        max_score = std::max(max_score, s[n_cached]);
+        float sum = 0.0f;
+        for (int j = 0; j <= n_cached; ++j) {
+          s[j] = std::exp(s[j] - max_score);
+          sum += s[j];
+        }
+        const float inv_sum = 1.0f / sum;
+        float* out = out_row + head_idx * head_dim;
+        std::fill_n(out, head_dim, 0.0f);
+        for (int j = 0; j < n_cached; ++j) {
+          const float p = s[j] * inv_sum;
+          const float* v = head.v + static_cast<size_t>(j) * head_dim;
+          for (int d = 0; d < head_dim; ++d) out[d] += p * v[d];
+        }
+        const float p_new = s[n_cached] * inv_sum;
+        for (int d = 0; d < head_dim; ++d) out[d] += p_new * v_new[d];
+      }
+      // The full cache keeps every token; eviction under a budget is the policy's job.
+      KVP_CHECK(n_cached < head.budget, "layer {} head {}: cache of {} slots is full",
+                layer_idx, kv_head_idx, head.budget);
+      std::copy_n(k_new, head_dim, head.k + static_cast<size_t>(n_cached) * head_dim);
+      std::copy_n(v_new, head_dim, head.v + static_cast<size_t>(n_cached) * head_dim);
+      head.pos[n_cached] = rows_.positions[r];
+      head.score[n_cached] = 0.0f;
+      ++*head.n_used;
+    }
+  }
+}
+
+void CpuBackend::swiglu(Act gate, Act up) {
+  const int n = act_width(config_, gate);
+  for (int r = 0; r < n_rows_; ++r) {
+    float* g = row(gate, r);
+    const float* u = row(up, r);
+    for (int i = 0; i < n; ++i) g[i] = g[i] * (1.0f / (1.0f + std::exp(-g[i]))) * u[i];
+  }
+}
+
+void CpuBackend::select_rows(std::span<const int32_t> row_idx) {
+  const int dim = config_.dim;
+  StepRows kept;
+  for (size_t i = 0; i < row_idx.size(); ++i) {
+    const int32_t r = row_idx[i];
+    KVP_CHECK(r >= static_cast<int32_t>(i) && r < n_rows_, "rows must be increasing");
+    if (r != static_cast<int32_t>(i)) std::copy_n(row(Act::kX, r), dim, row(Act::kX, i));
+    kept.add(rows_.tokens[r], rows_.positions[r], rows_.seq_idx[r]);
+  }
+  rows_ = std::move(kept);
+  n_rows_ = static_cast<int>(row_idx.size());
+}
+
+void CpuBackend::read(Act act, std::span<float> out) const {
+  const size_t n = static_cast<size_t>(n_rows_) * act_width(config_, act);
+  KVP_CHECK(out.size() == n, "read: expected {} floats, got {}", n, out.size());
+  std::copy_n(acts_[static_cast<int>(act)].data(), n, out.data());
+}
+
+}  // namespace kvp

@@ -1,0 +1,81 @@
+#include "executor/generator.h"
+
+#include <chrono>
+
+#include "executor/model/tokenizer.h"
+
+namespace kvp {
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+KvBudgets full_cache_budgets(const ModelConfig& config, int n_positions) {
+  return KvBudgets::uniform(config.n_layers, config.n_kv_heads, config.head_dim(), n_positions);
+}
+
+GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>>& prompts,
+                        const std::vector<KvBudgets>& budgets, const GenerateOptions& options,
+                        const TokenCallback& on_token) {
+  const ModelConfig& config = decoder.config();
+  const int vocab = config.vocab_size;
+  KVP_CHECK(options.steps >= 1 && options.steps <= config.seq_len);
+  KVP_CHECK(budgets.size() == prompts.size());
+  const int n_seqs = static_cast<int>(prompts.size());
+
+  GenerateResult result;
+  result.tokens = prompts;
+  std::vector<Sampler> samplers;
+  for (int s = 0; s < n_seqs; ++s) {
+    KVP_CHECK(!prompts[s].empty() && prompts[s].size() <= size_t(options.steps));
+    samplers.emplace_back(options.sampler, s);
+  }
+  decoder.backend().reset_sequences(budgets);
+
+  // Prefill: every prompt token of every sequence in one pass; logits of each prompt's last token.
+  auto start = std::chrono::steady_clock::now();
+  StepRows rows;
+  std::vector<int32_t> logit_rows;
+  std::vector<int32_t> logit_seqs;
+  for (int s = 0; s < n_seqs; ++s) {
+    for (size_t i = 0; i < prompts[s].size(); ++i) rows.add(prompts[s][i], int32_t(i), s);
+    logit_rows.push_back(static_cast<int32_t>(rows.size()) - 1);
+    logit_seqs.push_back(s);
+  }
+  std::vector<float> logits;
+  decoder.forward(rows, logit_rows, &logits);
+  result.prefill_s = seconds_since(start);
+
+  start = std::chrono::steady_clock::now();
+  while (!logit_seqs.empty()) {
+    rows = StepRows{};
+    std::vector<int32_t> next_seqs;
+    for (size_t i = 0; i < logit_seqs.size(); ++i) {
+      const int s = logit_seqs[i];
+      const int32_t token = samplers[s].sample(
+          std::span<const float>(logits.data() + i * size_t(vocab), size_t(vocab)));
+      if (options.stop_at_eos && (token == kBosToken || token == kEosToken)) continue;
+      std::vector<int32_t>& seq = result.tokens[s];
+      seq.push_back(token);
+      ++result.generated_tokens;
+      if (on_token) on_token(s, token);
+      const int32_t position = static_cast<int32_t>(seq.size()) - 1;
+      if (position < options.steps) {
+        rows.add(token, position, s);
+        next_seqs.push_back(s);
+      }
+    }
+    logit_seqs = std::move(next_seqs);
+    if (logit_seqs.empty()) break;
+    logit_rows.resize(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) logit_rows[i] = static_cast<int32_t>(i);
+    decoder.forward(rows, logit_rows, &logits);
+  }
+  result.decode_s = seconds_since(start);
+  return result;
+}
+
+}  // namespace kvp

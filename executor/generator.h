@@ -1,0 +1,41 @@
+// Generation for a batch of sequences: all prompts in one prefill pass, then one row per
+// unfinished sequence per step.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "executor/decoder.h"
+#include "executor/sampler.h"
+
+namespace kvp {
+
+struct GenerateOptions {
+  // Positions run through the model, prompt included, as llama2.c counts --steps: each yields a
+  // token, so a sequence ends with steps + 1 tokens, the last never fed. 1..seq_len.
+  int steps = 256;
+  SamplerOptions sampler;
+  bool stop_at_eos = true;  // stop a sequence when it samples BOS or EOS (not kept)
+};
+
+struct GenerateResult {
+  std::vector<std::vector<int32_t>> tokens;  // per sequence: prompt, then generated tokens
+  int64_t generated_tokens = 0;
+  double prefill_s = 0.0;
+  double decode_s = 0.0;
+};
+
+// Called with (sequence index, token) for every generated token as it is chosen.
+using TokenCallback = std::function<void(int seq_idx, int32_t token)>;
+
+// REQUIRES: every prompt non-empty and no longer than options.steps; steps within the model's
+// seq_len. Caches must have room for `steps` tokens (or a policy that evicts). The backend's sequences are reset to `budgets` (one per prompt).
+GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>>& prompts,
+                        const std::vector<KvBudgets>& budgets, const GenerateOptions& options,
+                        const TokenCallback& on_token = {});
+
+// Budgets that hold every position of a sequence up to `n_positions` (the full cache).
+KvBudgets full_cache_budgets(const ModelConfig& config, int n_positions);
+
+}  // namespace kvp

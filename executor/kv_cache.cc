@@ -1,0 +1,34 @@
+#include "executor/kv_cache.h"
+
+namespace kvp {
+
+KvCache::KvCache(KvBudgets budgets) : budgets_(std::move(budgets)) {
+  KVP_CHECK(budgets_.dtype == KvDtype::kF32, "the host KV cache stores f32");
+  const size_t n_heads = static_cast<size_t>(budgets_.n_layers) * budgets_.n_kv_heads;
+  KVP_CHECK(budgets_.budget_tokens.size() == n_heads);
+  arena_ = std::make_unique<std::byte[]>(static_cast<size_t>(budgets_.kv_bytes()));
+  head_offset_.resize(n_heads);
+  n_used_.assign(n_heads, 0);
+  size_t at = 0;
+  for (size_t i = 0; i < n_heads; ++i) {
+    KVP_CHECK(budgets_.budget_tokens[i] >= 0);
+    head_offset_[i] = at;
+    at += static_cast<size_t>(budgets_.budget_tokens[i]) * budgets_.slot_bytes();
+  }
+  KVP_CHECK(at == static_cast<size_t>(budgets_.kv_bytes()));
+}
+
+HeadCache KvCache::head(int layer_idx, int kv_head_idx) {
+  const size_t i = static_cast<size_t>(layer_idx) * budgets_.n_kv_heads + kv_head_idx;
+  const int32_t budget = budgets_.budget_tokens[i];
+  const size_t hd = budgets_.head_dim;
+  std::byte* base = arena_.get() + head_offset_[i];
+  float* k = reinterpret_cast<float*>(base);
+  float* v = k + budget * hd;
+  int32_t* pos = reinterpret_cast<int32_t*>(v + budget * hd);
+  float* score = reinterpret_cast<float*>(pos + budget);
+  return HeadCache{.k = k, .v = v, .pos = pos, .score = score, .budget = budget,
+                   .n_used = &n_used_[i]};
+}
+
+}  // namespace kvp

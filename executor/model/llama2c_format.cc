@@ -1,0 +1,89 @@
+#include "executor/model/llama2c_format.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+
+#include "common/file_util.h"
+
+namespace kvp {
+namespace {
+
+Result<ModelConfig> parse_header(const std::string& path, const int32_t (&h)[7],
+                                 int64_t file_bytes) {
+  ModelConfig c;
+  c.dim = h[0];
+  c.hidden_dim = h[1];
+  c.n_layers = h[2];
+  c.n_heads = h[3];
+  c.n_kv_heads = h[4];
+  c.shared_classifier = h[5] > 0;
+  // A negative vocab_size flags an unshared classifier; INT32_MIN has no magnitude and is refused.
+  c.vocab_size = h[5] == INT32_MIN ? 0 : std::abs(h[5]);
+  c.seq_len = h[6];
+  if (Status s = c.validate(); !s.ok()) {
+    return s.error().with_context(fmt::format("{}: header field", path));
+  }
+  const int64_t expected = kLlama2cHeaderBytes + llama2c_float_count(c) * 4;
+  if (file_bytes != expected) {
+    return make_error("{}: file length: expected {} bytes for the header's shape ({}), found {}",
+                      path, expected, c.describe(), file_bytes);
+  }
+  return c;
+}
+
+}  // namespace
+
+Result<ModelConfig> read_llama2c_config(const std::string& path) {
+  KVP_ASSIGN_OR_RETURN(int64_t file_bytes, regular_file_size(path));
+  if (file_bytes < kLlama2cHeaderBytes) {
+    return make_error("{}: header: expected at least {} bytes, found {}", path,
+                      kLlama2cHeaderBytes, file_bytes);
+  }
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!f) return make_error("{}: cannot open: {}", path, std::strerror(errno));
+  int32_t header[7];
+  if (std::fread(header, sizeof(header), 1, f.get()) != 1) {
+    return make_error("{}: header: read failed", path);
+  }
+  return parse_header(path, header, file_bytes);
+}
+
+Result<ModelWeights> load_llama2c(const std::string& path) {
+  KVP_ASSIGN_OR_RETURN(ModelConfig config, read_llama2c_config(path));
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!f) return make_error("{}: cannot open: {}", path, std::strerror(errno));
+  std::vector<float> data(static_cast<size_t>(llama2c_float_count(config)));
+  if (std::fseek(f.get(), kLlama2cHeaderBytes, SEEK_SET) != 0 ||
+      std::fread(data.data(), sizeof(float), data.size(), f.get()) != data.size()) {
+    return make_error("{}: weights: short read (file changed while loading?)", path);
+  }
+  for (const TensorSpan& t : llama2c_tensor_spans(config)) {
+    for (size_t i = 0; i < t.count; ++i) {
+      const float x = data[t.offset + i];
+      if (!std::isfinite(x)) {
+        return make_error("{}: tensor {}: element {} is {}, expected a finite weight", path,
+                          t.name, i, x);
+      }
+    }
+  }
+  ModelWeights weights(config, std::move(data));
+  weights.set_source(path);
+  return weights;
+}
+
+Status save_llama2c(const std::string& path, const ModelWeights& weights) {
+  const ModelConfig& c = weights.config();
+  const int32_t header[7] = {c.dim,        c.hidden_dim,
+                             c.n_layers,   c.n_heads,
+                             c.n_kv_heads, c.shared_classifier ? c.vocab_size : -c.vocab_size,
+                             c.seq_len};
+  return write_file_atomic(path, [&](std::FILE* out) -> Status {
+    KVP_RETURN_IF_ERROR(write_all(out, header, sizeof(header), path));
+    return write_all(out, weights.data().data(), weights.data().size() * sizeof(float), path);
+  });
+}
+
+}  // namespace kvp

@@ -1,0 +1,75 @@
+#include "executor/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace kvp {
+
+Status SamplerOptions::validate() const {
+  if (!(temperature >= 0.0f && temperature <= 100.0f)) {
+    return make_error("--temperature: expected 0..100, found {}", temperature);
+  }
+  if (!(top_p > 0.0f && top_p <= 1.0f)) {
+    return make_error("--top-p: expected a value in (0, 1], found {}", top_p);
+  }
+  return ok_status();
+}
+
+int32_t argmax(std::span<const float> values) {
+  int32_t best = 0;
+  for (size_t i = 1; i < values.size(); ++i) {
+    if (values[i] > values[best]) best = static_cast<int32_t>(i);
+  }
+  return best;
+}
+
+Sampler::Sampler(const SamplerOptions& options, uint64_t stream)
+    : options_(options), rng_(options.seed + stream) {}
+
+float Sampler::uniform() {
+  // The top 24 bits of a 64-bit draw: the same value on every platform (unlike
+  // std::uniform_real_distribution, whose algorithm is implementation-defined).
+  return static_cast<float>(rng_() >> 40) * 0x1.0p-24f;
+}
+
+int32_t Sampler::sample(std::span<const float> logits) {
+  if (options_.temperature == 0.0f) return argmax(logits);
+  const size_t n = logits.size();
+  probs_.resize(n);
+  const float max_logit = *std::max_element(logits.begin(), logits.end());
+  double sum = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    probs_[i] = std::exp((logits[i] - max_logit) / options_.temperature);
+    sum += probs_[i];
+  }
+  for (float& p : probs_) p = static_cast<float>(p / sum);
+
+  // Candidates in decreasing probability (lower id first on ties), cut to the top_p nucleus.
+  order_.resize(n);
+  std::iota(order_.begin(), order_.end(), 0);
+  size_t n_kept = n;
+  if (options_.top_p < 1.0f) {
+    std::stable_sort(order_.begin(), order_.end(),
+                     [&](int32_t a, int32_t b) { return probs_[a] > probs_[b]; });
+    float cumulative = 0.0f;
+    for (size_t i = 0; i < n; ++i) {
+      cumulative += probs_[order_[i]];
+      if (cumulative >= options_.top_p) {
+        n_kept = i + 1;
+        break;
+      }
+    }
+  }
+  float kept_mass = 0.0f;
+  for (size_t i = 0; i < n_kept; ++i) kept_mass += probs_[order_[i]];
+  const float r = uniform() * kept_mass;
+  float cumulative = 0.0f;
+  for (size_t i = 0; i < n_kept; ++i) {
+    cumulative += probs_[order_[i]];
+    if (r < cumulative) return order_[i];
+  }
+  return order_[n_kept - 1];  // rounding left r at the very top
+}
+
+}  // namespace kvp

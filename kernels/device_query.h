@@ -1,0 +1,32 @@
+// Which CUDA devices this process can use, for `kvplan inspect --devices` and for GPU tests
+// that must skip with a reason where there is none.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvp {
+
+struct CudaDevice {
+  int index = 0;
+  std::string name;
+  int compute_major = 0;
+  int compute_minor = 0;
+  int64_t total_bytes = 0;
+  int64_t free_bytes = 0;
+  int multiprocessors = 0;
+  int memory_bus_bits = 0;
+};
+
+struct CudaDeviceReport {
+  bool built_with_cuda = false;
+  int runtime_version = 0;  // e.g. 13000; 0 when unknown
+  int driver_version = 0;   // 0 when no driver is installed
+  std::vector<CudaDevice> devices;
+  std::string why_none;  // when devices is empty: the runtime's own reason
+};
+
+CudaDeviceReport query_cuda_devices();
+
+}  // namespace kvp

@@ -1,0 +1,46 @@
+// Slot budgets of one sequence's KV cache, per layer and KV head, and the exact bytes they cost.
+//
+// This is the one place the size of a cache is computed: the planner predicts memory with it and
+// the executor allocates with it, so predicted and allocated bytes are equal by construction.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+namespace kvp {
+
+// Element type of cached keys and values. On-disk names ("f32", "f16") are frozen.
+enum class KvDtype { kF32, kF16 };
+
+int kv_dtype_bytes(KvDtype dtype);
+std::string_view kv_dtype_name(KvDtype dtype);
+Result<KvDtype> parse_kv_dtype(std::string_view name);
+
+// Per slot, besides key and value: original position (int32) and policy score (f32).
+inline constexpr int64_t kSlotMetadataBytes = 8;
+
+struct KvBudgets {
+  int n_layers = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  KvDtype dtype = KvDtype::kF32;
+  std::vector<int32_t> budget_tokens;  // [n_layers, n_kv_heads]
+
+  // Every layer and head gets `budget_tokens` slots.
+  static KvBudgets uniform(int n_layers, int n_kv_heads, int head_dim, int32_t budget_tokens,
+                           KvDtype dtype = KvDtype::kF32);
+
+  int32_t budget(int layer_idx, int kv_head_idx) const {
+    return budget_tokens[static_cast<size_t>(layer_idx) * n_kv_heads + kv_head_idx];
+  }
+  int64_t total_slots() const;
+  // Bytes of one slot: key and value of head_dim elements each, plus kSlotMetadataBytes.
+  int64_t slot_bytes() const;
+  // Bytes of one sequence's cache: total_slots() * slot_bytes().
+  int64_t kv_bytes() const { return total_slots() * slot_bytes(); }
+};
+
+}  // namespace kvp

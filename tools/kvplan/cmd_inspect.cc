@@ -1,0 +1,127 @@
+// kvplan inspect: what a model file holds, and which CUDA devices this machine has.
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+
+#include "common/sha256.h"
+#include "executor/model/model_locator.h"
+#include "kernels/device_query.h"
+#include "planner/plan/kv_budgets.h"
+#include "tools/kvplan/command.h"
+
+namespace kvp::cli {
+namespace {
+
+struct InspectFlags {
+  std::string target;  // a model (name, file or directory); empty: the default model
+  ModelFlags model;
+  bool devices = false;
+  bool json = false;
+};
+
+nlohmann::json devices_json(const CudaDeviceReport& report) {
+  nlohmann::json j;
+  j["built_with_cuda"] = report.built_with_cuda;
+  j["cuda_runtime_version"] = report.runtime_version;
+  j["cuda_driver_version"] = report.driver_version;
+  j["devices"] = nlohmann::json::array();
+  for (const CudaDevice& d : report.devices) {
+    j["devices"].push_back({{"index", d.index},
+                            {"name", d.name},
+                            {"compute_capability", fmt::format("{}.{}", d.compute_major, d.compute_minor)},
+                            {"total_bytes", d.total_bytes},
+                            {"free_bytes", d.free_bytes},
+                            {"multiprocessors", d.multiprocessors},
+                            {"memory_bus_bits", d.memory_bus_bits}});
+  }
+  if (report.devices.empty()) j["why_none"] = report.why_none;
+  return j;
+}
+
+void print_devices(const CudaDeviceReport& report) {
+  if (report.devices.empty()) {
+    std::printf("CUDA devices: none usable (%s)\n", report.why_none.c_str());
+    if (report.built_with_cuda) {
+      std::printf("  CUDA code is compiled in (runtime %d); GPU commands and tests will not run "
+                  "on this machine.\n", report.runtime_version);
+    }
+    return;
+  }
+  for (const CudaDevice& d : report.devices) {
+    std::printf("CUDA device %d: %s, compute %d.%d, %d SMs, %.1f GiB (%.1f GiB free), %d-bit bus\n",
+                d.index, d.name.c_str(), d.compute_major, d.compute_minor, d.multiprocessors,
+                d.total_bytes / double(1 << 30), d.free_bytes / double(1 << 30), d.memory_bus_bits);
+  }
+}
+
+Status inspect_model(const InspectFlags& flags) {
+  const std::string& arg = flags.target.empty() ? flags.model.model : flags.target;
+  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(arg, flags.model.tokenizer));
+  KVP_ASSIGN_OR_RETURN(std::string sha256, sha256_file(model.files.model_path));
+  const ModelConfig& c = model.weights.config();
+  const KvBudgets full = KvBudgets::uniform(c.n_layers, c.n_kv_heads, c.head_dim(), c.seq_len);
+  if (flags.json) {
+    nlohmann::json j = {{"model", model.files.model_path},
+                        {"tokenizer", model.files.tokenizer_path},
+                        {"sha256", sha256},
+                        {"format", "llama2.c"},
+                        {"dim", c.dim},
+                        {"hidden_dim", c.hidden_dim},
+                        {"n_layers", c.n_layers},
+                        {"n_heads", c.n_heads},
+                        {"n_kv_heads", c.n_kv_heads},
+                        {"head_dim", c.head_dim()},
+                        {"vocab_size", c.vocab_size},
+                        {"seq_len", c.seq_len},
+                        {"shared_classifier", c.shared_classifier},
+                        {"parameters", c.parameter_count()},
+                        {"weight_bytes", c.weight_bytes()},
+                        {"full_kv_bytes_per_sequence", full.kv_bytes()}};
+    if (flags.devices) j["cuda"] = devices_json(query_cuda_devices());
+    std::printf("%s\n", j.dump(2).c_str());
+    return ok_status();
+  }
+  std::printf("model:      %s (llama2.c)\n", model.files.model_path.c_str());
+  std::printf("tokenizer:  %s\n", model.files.tokenizer_path.c_str());
+  std::printf("sha256:     %s\n", sha256.c_str());
+  std::printf("shape:      %s\n", c.describe().c_str());
+  std::printf("attention:  %d query heads, %d KV heads (group %d), head_dim %d\n", c.n_heads,
+              c.n_kv_heads, c.group_size(), c.head_dim());
+  std::printf("parameters: %lld (%lld bytes as f32)\n", static_cast<long long>(c.parameter_count()),
+              static_cast<long long>(c.weight_bytes()));
+  std::printf("KV cache:   %lld bytes per sequence at the full %d positions (f32, %lld bytes per "
+              "slot incl. position and score)\n", static_cast<long long>(full.kv_bytes()),
+              c.seq_len, static_cast<long long>(full.slot_bytes()));
+  if (flags.devices) print_devices(query_cuda_devices());
+  return ok_status();
+}
+
+Status inspect(const InspectFlags& flags) {
+  if (flags.devices && flags.target.empty() && flags.model.model.empty()) {
+    const CudaDeviceReport report = query_cuda_devices();
+    if (flags.json) {
+      std::printf("%s\n", devices_json(report).dump(2).c_str());
+    } else {
+      print_devices(report);
+    }
+    return ok_status();
+  }
+  return inspect_model(flags);
+}
+
+}  // namespace
+
+Command add_inspect_command(CLI::App& app) {
+  auto flags = std::make_shared<InspectFlags>();
+  CLI::App* sub = app.add_subcommand(
+      "inspect", "Describe a model (shape, parameters, bytes) or list CUDA devices (--devices)");
+  sub->add_option("target", flags->target,
+                  "Model to describe: name, checkpoint file or directory (default: stories260K)");
+  flags->model.add_to(sub);
+  sub->add_flag("--devices", flags->devices,
+                "List CUDA devices (alone: only devices; with a model: both)");
+  sub->add_flag("--json", flags->json, "Machine-readable output");
+  return {sub, [flags] { return inspect(*flags); }};
+}
+
+}  // namespace kvp::cli

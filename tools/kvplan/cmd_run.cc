@@ -1,0 +1,112 @@
+// kvplan run: generate text with the full cache (plans come with the policies issue).
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+
+#include "executor/cpu/cpu_backend.h"
+#include "executor/generator.h"
+#include "executor/model/model_locator.h"
+#include "tools/kvplan/command.h"
+
+namespace kvp::cli {
+namespace {
+
+struct RunFlags {
+  ModelFlags model;
+  std::vector<std::string> prompts;
+  int steps = 256;
+  SamplerOptions sampler{.temperature = 0.0f, .top_p = 0.9f, .seed = 0};
+  bool json = false;
+};
+
+Status run(const RunFlags& flags) {
+  KVP_RETURN_IF_ERROR(flags.sampler.validate());
+  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer));
+  const ModelConfig& config = model.weights.config();
+  if (flags.steps < 1 || flags.steps > config.seq_len) {
+    return make_error("--steps: expected 1..{} (the model's seq_len), found {}", config.seq_len,
+                      flags.steps);
+  }
+  std::vector<std::vector<int32_t>> prompts;
+  for (const std::string& text : flags.prompts.empty() ? std::vector<std::string>{""} : flags.prompts) {
+    prompts.push_back(model.tokenizer.encode(text));
+    if (prompts.back().size() > size_t(flags.steps)) {
+      return make_error("--prompt: '{}' is {} tokens, more than --steps {}", text,
+                        prompts.back().size(), flags.steps);
+    }
+  }
+
+  CpuBackend backend(model.weights);
+  Decoder decoder(backend);
+  const GenerateOptions options{.steps = flags.steps, .sampler = flags.sampler};
+  std::vector<KvBudgets> budgets(prompts.size(), full_cache_budgets(config, flags.steps));
+
+  // A single sequence streams its text as it is generated; a batch prints when done.
+  const bool stream = prompts.size() == 1 && !flags.json;
+  if (stream) {
+    std::fputs(model.tokenizer.decode(prompts[0]).c_str(), stdout);
+    std::fflush(stdout);
+  }
+  std::vector<int32_t> last(prompts.size());
+  for (size_t s = 0; s < prompts.size(); ++s) last[s] = prompts[s].back();
+  GenerateResult result = generate(decoder, prompts, budgets, options, [&](int s, int32_t token) {
+    if (stream) {
+      std::fputs(model.tokenizer.decode(last[s], token).c_str(), stdout);
+      std::fflush(stdout);
+    }
+    last[s] = token;
+  });
+  const double tokens_per_s =
+      result.decode_s > 0 ? static_cast<double>(result.generated_tokens) / result.decode_s : 0.0;
+
+  if (flags.json) {
+    nlohmann::json out;
+    out["model"] = model.files.model_path;
+    out["backend"] = backend.name();
+    out["kv_bytes"] = backend.kv_bytes_allocated();
+    out["generated_tokens"] = result.generated_tokens;
+    out["prefill_s"] = result.prefill_s;
+    out["decode_s"] = result.decode_s;
+    out["decode_tokens_per_s"] = tokens_per_s;
+    for (const auto& seq : result.tokens) {
+      out["sequences"].push_back({{"tokens", seq}, {"text", model.tokenizer.decode(seq)}});
+    }
+    std::printf("%s\n", out.dump(2).c_str());
+    return ok_status();
+  }
+  if (stream) {
+    std::fputs("\n", stdout);
+  } else {
+    for (size_t s = 0; s < result.tokens.size(); ++s) {
+      std::printf("[%zu] %s\n", s, model.tokenizer.decode(result.tokens[s]).c_str());
+    }
+  }
+  std::fprintf(stderr, "kvplan run: %lld tokens in %.3f s (%.0f tokens/s), KV cache %lld bytes\n",
+               static_cast<long long>(result.generated_tokens), result.decode_s, tokens_per_s,
+               static_cast<long long>(backend.kv_bytes_allocated()));
+  return ok_status();
+}
+
+}  // namespace
+
+Command add_run_command(CLI::App& app) {
+  auto flags = std::make_shared<RunFlags>();
+  CLI::App* sub = app.add_subcommand(
+      "run", "Generate text from one or more prompts (several --prompt flags run as one batch)");
+  flags->model.add_to(sub);
+  sub->add_option("--prompt", flags->prompts,
+                  "Prompt text; repeat for a batch (default: start from BOS alone)");
+  sub->add_option("--steps", flags->steps,
+                  "Positions to run through the model, prompt included, as llama2.c counts "
+                  "them; each yields one token (default 256)");
+  sub->add_option("--temperature", flags->sampler.temperature,
+                  "Sampling temperature; 0 is greedy (default 0)");
+  sub->add_option("--top-p", flags->sampler.top_p,
+                  "Nucleus sampling mass in (0, 1] when temperature > 0 (default 0.9)");
+  sub->add_option("--seed", flags->sampler.seed,
+                  "Sampling seed; batch member i uses seed + i (default 0)");
+  sub->add_flag("--json", flags->json, "Print tokens, text and timings as JSON");
+  return {sub, [flags] { return run(*flags); }};
+}
+
+}  // namespace kvp::cli

@@ -1,0 +1,28 @@
+// Each subcommand adds itself to the CLI11 app and returns the action to run once parsed.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+
+#include "common/status.h"
+
+namespace kvp::cli {
+
+struct Command {
+  CLI::App* app;
+  std::function<Status()> run;
+};
+
+Command add_run_command(CLI::App& app);
+Command add_inspect_command(CLI::App& app);
+
+// Flags most commands share.
+struct ModelFlags {
+  std::string model;      // empty: the default model
+  std::string tokenizer;  // empty: beside the model
+  void add_to(CLI::App* app);
+};
+
+}  // namespace kvp::cli

@@ -1,0 +1,50 @@
+// kvplan: plan and enforce KV-cache budgets for LLaMA-family decoders.
+#include <cstdio>
+#include <vector>
+
+#include "tools/kvplan/command.h"
+
+namespace kvp::cli {
+
+void ModelFlags::add_to(CLI::App* app) {
+  app->add_option("--model", model,
+                  "Model: a llama2.c checkpoint, a directory holding one, or a name found in "
+                  "$KVPLAN_MODEL_DIR or ../shared/models (default: stories260K)");
+  app->add_option("--tokenizer", tokenizer,
+                  "Tokenizer file (default: tok<vocab>.bin or tokenizer.bin beside the model)");
+}
+
+}  // namespace kvp::cli
+
+int main(int argc, char** argv) {
+  using namespace kvp::cli;
+  CLI::App app{
+      "kvplan: plan and enforce KV-cache budgets for LLaMA-family decoders.\n"
+      "Records attention traces, plans per-layer token budgets under a memory limit, and runs "
+      "the plan for real.",
+      "kvplan"};
+  app.set_version_flag("--version", std::string("kvplan ") + KVP_VERSION);
+  app.require_subcommand(1);
+  app.failure_message([](const CLI::App* failed, const CLI::Error& e) {
+    return std::string("kvplan ") + failed->get_name() + ": " + e.what() +
+           " (run with --help for usage)\n";
+  });
+  std::vector<Command> commands = {add_run_command(app), add_inspect_command(app)};
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  for (const Command& c : commands) {
+    if (!c.app->parsed()) continue;
+    kvp::Status status = c.run();
+    if (!status.ok()) {
+      std::fflush(stdout);
+      std::fprintf(stderr, "kvplan %s: error: %s\n", c.app->get_name().c_str(),
+                   status.error().message().c_str());
+      return 1;
+    }
+    return 0;
+  }
+  return 2;
+}
