@@ -12,15 +12,11 @@ using ConstMatrixMap =
 using VectorMap = Eigen::Map<Eigen::VectorXf>;
 using ConstVectorMap = Eigen::Map<const Eigen::VectorXf>;
 
-float dot(const float* a, const float* b, int n) {
-  float sum = 0.0f;
-  for (int i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
-
 }  // namespace
 
-CpuBackend::CpuBackend(const ModelWeights& weights) : weights_(weights), config_(weights.config()) {
+CpuBackend::CpuBackend(const ModelWeights& weights)
+    : weights_(weights), config_(weights.config()), scores_(config_.seq_len + 1) {
+  static_assert(EIGEN_MAX_ALIGN_BYTES <= 64, "rows are padded for at most 64-byte packets");
   // RoPE tables as llama2.c computes them: theta_i = 10000^(-2i/head_dim), in f32.
   const int half = config_.head_dim() / 2;
   rope_cos_.resize(static_cast<size_t>(config_.seq_len) * half);
@@ -56,7 +52,7 @@ void CpuBackend::begin_step(const StepRows& rows) {
   rows_ = rows;
   n_rows_ = static_cast<int>(rows.size());
   for (int a = 0; a < kNumActs; ++a) {
-    const size_t need = static_cast<size_t>(n_rows_) * act_width(config_, static_cast<Act>(a));
+    const size_t need = n_rows_ * row_stride(act_width(config_, static_cast<Act>(a)));
     if (acts_[a].size() < need) acts_[a].resize(need);
   }
   for (size_t r = 0; r < rows.size(); ++r) {
@@ -142,34 +138,20 @@ void CpuBackend::attention(int layer_idx) {
       const int n_cached = *head.n_used;
       const float* k_new = k_row + kv_head_idx * head_dim;
       const float* v_new = v_row + kv_head_idx * head_dim;
-      if (scores_.size() < static_cast<size_t>(n_cached) + 1) scores_.resize(n_cached + 1);
+      const ConstMatrixMap keys(head.k, n_cached, head_dim);    // [n_cached, head_dim]
+      const ConstMatrixMap values(head.v, n_cached, head_dim);  // [n_cached, head_dim]
       // Each query head of the group attends over the cached slots plus the new token itself.
       for (int g = 0; g < group; ++g) {
         const int head_idx = kv_head_idx * group + g;
-        const float* q = q_row + head_idx * head_dim;
-        float* s = scores_.data();
-        float max_score = -INFINITY;
-        for (int j = 0; j < n_cached; ++j) {
-          s[j] = dot(q, head.k + static_cast<size_t>(j) * head_dim, head_dim) * scale;
-          max_score = std::max(max_score, s[j]);
-        }
-        s[n_cached] = dot(q, k_new, head_dim) * scale;
-        max_score = std::max(max_score, s[n_cached]);
-        float sum = 0.0f;
-        for (int j = 0; j <= n_cached; ++j) {
-          s[j] = std::exp(s[j] - max_score);
-          sum += s[j];
-        }
-        const float inv_sum = 1.0f / sum;
-        float* out = out_row + head_idx * head_dim;
-        std::fill_n(out, head_dim, 0.0f);
-        for (int j = 0; j < n_cached; ++j) {
-          const float p = s[j] * inv_sum;
-          const float* v = head.v + static_cast<size_t>(j) * head_dim;
-          for (int d = 0; d < head_dim; ++d) out[d] += p * v[d];
-        }
-        const float p_new = s[n_cached] * inv_sum;
-        for (int d = 0; d < head_dim; ++d) out[d] += p_new * v_new[d];
+        const ConstVectorMap q(q_row + head_idx * head_dim, head_dim);
+        VectorMap s(scores_.data(), n_cached + 1);  // [n_cached + 1], the new token last
+        s.head(n_cached).noalias() = scale * (keys * q);
+        s[n_cached] = scale * q.dot(ConstVectorMap(k_new, head_dim));
+        s = (s.array() - s.maxCoeff()).exp();
+        s /= s.sum();
+        VectorMap out(out_row + head_idx * head_dim, head_dim);
+        out.noalias() = values.transpose() * s.head(n_cached);
+        out += s[n_cached] * ConstVectorMap(v_new, head_dim);
       }
       // The full cache keeps every token; eviction under a budget is the policy's job.
       KVP_CHECK(n_cached < head.budget, "layer {} head {}: cache of {} slots is full",
@@ -206,9 +188,10 @@ void CpuBackend::select_rows(std::span<const int32_t> row_idx) {
 }
 
 void CpuBackend::read(Act act, std::span<float> out) const {
-  const size_t n = static_cast<size_t>(n_rows_) * act_width(config_, act);
-  KVP_CHECK(out.size() == n, "read: expected {} floats, got {}", n, out.size());
-  std::copy_n(acts_[static_cast<int>(act)].data(), n, out.data());
+  const size_t width = act_width(config_, act);
+  KVP_CHECK(out.size() == n_rows_ * width, "read: expected {} floats, got {}", n_rows_ * width,
+            out.size());
+  for (int r = 0; r < n_rows_; ++r) std::copy_n(row(act, r), width, out.data() + r * width);
 }
 
 }  // namespace kvp

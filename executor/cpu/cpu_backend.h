@@ -1,10 +1,14 @@
 // The reference backend: f32 on the host, Eigen for the matrix products, one thread.
 //
 // Every row is computed with the same sequence of floating-point operations whatever else is in
-// the step (matrix products are per-row GEMVs), so a sequence decoded in a batch gets the same
-// bits as the same sequence decoded alone.
+// the step, so a sequence decoded in a batch gets the same bits as the same sequence decoded
+// alone: matrix products are per-row GEMVs (Eigen's GEMV loads unaligned, so its order does not
+// depend on addresses), and the buffers that Eigen reductions read (activation rows, scores)
+// start on 64-byte boundaries, because a reduction's summation order follows the alignment of
+// its first element.
 #pragma once
 
+#include <Eigen/Core>
 #include <memory>
 #include <vector>
 
@@ -39,8 +43,13 @@ class CpuBackend final : public Backend {
   KvCache& cache(int seq_idx) { return caches_[seq_idx]; }
 
  private:
+  // Rows are padded to a multiple of 16 floats so that every row starts 64-byte aligned.
+  static size_t row_stride(int width) { return (static_cast<size_t>(width) + 15) / 16 * 16; }
   float* row(Act act, int row_idx) {
-    return acts_[static_cast<int>(act)].data() + static_cast<size_t>(row_idx) * act_width(config_, act);
+    return acts_[static_cast<int>(act)].data() + row_idx * row_stride(act_width(config_, act));
+  }
+  const float* row(Act act, int row_idx) const {
+    return acts_[static_cast<int>(act)].data() + row_idx * row_stride(act_width(config_, act));
   }
   void matmul_rows(Weight w, int layer_idx, Act in, Act out, bool accumulate);
 
@@ -51,8 +60,9 @@ class CpuBackend final : public Backend {
   std::vector<KvCache> caches_;  // one per sequence
   StepRows rows_;
   int n_rows_ = 0;
-  std::vector<float> acts_[kNumActs];  // each [rows capacity, act_width]
-  std::vector<float> scores_;          // [budget + 1] attention weights of one query head
+  using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
+  AlignedFloats acts_[kNumActs];  // each [rows capacity, row_stride(act_width)]
+  Eigen::VectorXf scores_;        // [seq_len + 1] attention weights of one query head
 };
 
 }  // namespace kvp

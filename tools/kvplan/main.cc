@@ -1,4 +1,5 @@
 // kvplan: plan and enforce KV-cache budgets for LLaMA-family decoders.
+#include <algorithm>
 #include <cstdio>
 #include <vector>
 
@@ -26,10 +27,18 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("kvplan ") + KVP_VERSION);
   app.require_subcommand(1);
   app.failure_message([](const CLI::App* failed, const CLI::Error& e) {
-    return std::string("kvplan ") + failed->get_name() + ": " + e.what() +
-           " (run with --help for usage)\n";
+    const std::string who = failed->get_parent() ? "kvplan " + failed->get_name() : "kvplan";
+    return who + ": " + e.what() + " (run with --help for usage)\n";
   });
   std::vector<Command> commands = {add_run_command(app), add_inspect_command(app)};
+  if (argc > 1 && argv[1][0] != '-' && std::none_of(commands.begin(), commands.end(),
+                                                  [&](const Command& c) { return c.app->get_name() == argv[1]; })) {
+    std::string names;
+    for (const Command& c : commands) names += (names.empty() ? "" : ", ") + c.app->get_name();
+    std::fprintf(stderr, "kvplan: unknown command '%s' (commands: %s; run with --help)\n", argv[1],
+                 names.c_str());
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,140 @@
+// The kvplan binary end to end: the story of the main job, machine-readable output, and bad
+// input — malformed models and tokenizers, nonsense flags — each answered with one line on
+// stderr naming the file or flag, and a non-zero exit, never a crash.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cstring>
+#include <filesystem>
+
+#include "tests/support/test_support.h"
+
+namespace kvp {
+namespace {
+
+using test::run_kvplan;
+using test::shell_quote;
+
+TEST(Cli, RunTellsTheOracleStoryWithoutFlags) {
+  const test::CliResult r = run_kvplan("run");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, test::default_model_oracle().text + "\n");
+  EXPECT_NE(r.err.find("tokens/s"), std::string::npos);
+}
+
+TEST(Cli, RunJsonHasTokensTextAndKvBytes) {
+  const test::CliResult r =
+      run_kvplan("run --prompt 'Once upon a time' --prompt 'The dog' --steps 40 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["sequences"].size(), 2u);
+  EXPECT_EQ(j["sequences"][0]["tokens"].size(), 41u);
+  EXPECT_EQ(j["sequences"][0]["text"].get<std::string>().rfind("Once upon a time", 0), 0u);
+  // Two sequences of 40 positions: 2 x 5 layers x 4 heads x 40 slots x 72 bytes.
+  EXPECT_EQ(j["kv_bytes"].get<int64_t>(), 2 * 5 * 4 * 40 * 72);
+}
+
+TEST(Cli, InspectDescribesTheDefaultModel) {
+  const test::CliResult r = run_kvplan("inspect --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["parameters"].get<int64_t>(), 260032);
+  EXPECT_EQ(j["n_kv_heads"].get<int>(), 4);
+  EXPECT_EQ(j["sha256"], "b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696");
+}
+
+TEST(Cli, InspectDevicesSaysPlainlyWhetherThereIsAGpu) {
+  const test::CliResult r = run_kvplan("inspect --devices");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("CUDA device"), std::string::npos) << r.out;
+}
+
+TEST(Cli, HelpExplainsEverySubcommand) {
+  const test::CliResult r = run_kvplan("--help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("run"), std::string::npos);
+  EXPECT_NE(r.out.find("inspect"), std::string::npos);
+  const test::CliResult run_help = run_kvplan("run --help");
+  EXPECT_NE(run_help.out.find("--temperature"), std::string::npos);
+}
+
+struct BadInvocation {
+  std::string name;
+  std::function<std::string(const std::string& dir)> args;  // given a scratch directory
+  std::string expect_in_error;
+  friend void PrintTo(const BadInvocation& b, std::ostream* os) { *os << b.name; }
+};
+
+std::string corrupted_model(const std::string& dir, const std::function<void(std::string&)>& edit) {
+  std::string bytes = test::read_bytes(test::default_model().files.model_path);
+  edit(bytes);
+  const std::string path = dir + "/bad.bin";
+  test::write_bytes(path, bytes);
+  return path;
+}
+
+std::string with_tokenizer(const std::string& model_path) {
+  return "--model " + shell_quote(model_path) + " --tokenizer " +
+         shell_quote(test::default_model().files.tokenizer_path);
+}
+
+std::vector<BadInvocation> bad_invocations() {
+  return {
+      {"truncated_model",
+       [](const std::string& d) {
+         return "run " + with_tokenizer(corrupted_model(d, [](std::string& b) { b.resize(b.size() / 2); }));
+       },
+       "file length"},
+      {"absurd_dimension",
+       [](const std::string& d) {
+         return "run " + with_tokenizer(corrupted_model(d, [](std::string& b) {
+                  const int32_t v = -7;
+                  std::memcpy(b.data() + 8, &v, 4);
+                }));
+       },
+       "n_layers"},
+      {"nan_weight",
+       [](const std::string& d) {
+         return "run " + with_tokenizer(corrupted_model(d, [](std::string& b) {
+                  std::memset(b.data() + 1000, 0xFF, 4);
+                }));
+       },
+       "expected a finite weight"},
+      {"missing_model", [](const std::string& d) { return "run --model " + d + "/none.bin"; },
+       "cannot open"},
+      {"directory_as_model", [](const std::string& d) { return "inspect " + d; },
+       "no llama2.c checkpoint"},
+      {"truncated_tokenizer",
+       [](const std::string& d) {
+         const std::string tok = d + "/tok.bin";
+         test::write_bytes(tok, test::read_bytes(test::default_model().files.tokenizer_path).substr(0, 3000));
+         return "run --tokenizer " + tok;
+       },
+       "tok.bin: piece"},
+      {"steps_beyond_context", [](const std::string&) { return "run --steps 100000"; }, "--steps"},
+      {"negative_top_p", [](const std::string&) { return "run --temperature 1 --top-p -0.5"; },
+       "--top-p"},
+      {"not_a_number", [](const std::string&) { return "run --steps many"; }, "--steps"},
+      {"unknown_flag", [](const std::string&) { return "run --budget-of-doom 3"; },
+       "--budget-of-doom"},
+      {"unknown_command", [](const std::string&) { return "fly"; }, "fly"},
+  };
+}
+
+class CliBadInput : public ::testing::TestWithParam<BadInvocation> {};
+
+TEST_P(CliBadInput, OneLineErrorAndNonZeroExit) {
+  const std::string dir = test::make_temp_dir("clibad");
+  const test::CliResult r = run_kvplan(GetParam().args(dir));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_LT(r.exit_code, 128) << "killed by a signal: " << r.err;
+  EXPECT_EQ(test::line_count(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find(GetParam().expect_in_error), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CliBadInput, ::testing::ValuesIn(bad_invocations()),
+                         [](const auto& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace kvp
