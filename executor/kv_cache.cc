@@ -1,12 +1,18 @@
 #include "executor/kv_cache.h"
 
+#include <cstdlib>
+
 namespace kvp {
 
 KvCache::KvCache(KvBudgets budgets) : budgets_(std::move(budgets)) {
   KVP_CHECK(budgets_.dtype == KvDtype::kF32, "the host KV cache stores f32");
   const size_t n_heads = static_cast<size_t>(budgets_.n_layers) * budgets_.n_kv_heads;
   KVP_CHECK(budgets_.budget_tokens.size() == n_heads);
-  arena_ = std::make_unique<std::byte[]>(static_cast<size_t>(budgets_.kv_bytes()));
+  // 64-byte aligned, so a cache has the same alignment (and Eigen the same operation order)
+  // wherever the allocator places it.
+  const size_t bytes = (static_cast<size_t>(budgets_.kv_bytes()) + 63) / 64 * 64;
+  arena_.reset(static_cast<std::byte*>(std::aligned_alloc(64, bytes == 0 ? 64 : bytes)));
+  KVP_CHECK(arena_ != nullptr, "cannot allocate {} bytes of KV cache", bytes);
   head_offset_.resize(n_heads);
   n_used_.assign(n_heads, 0);
   size_t at = 0;
@@ -18,6 +24,8 @@ KvCache::KvCache(KvBudgets budgets) : budgets_(std::move(budgets)) {
   KVP_CHECK(at == static_cast<size_t>(budgets_.kv_bytes()));
 }
 
+void KvCache::AlignedFree::operator()(std::byte* p) const { std::free(p); }
+
 HeadCache KvCache::head(int layer_idx, int kv_head_idx) {
   const size_t i = static_cast<size_t>(layer_idx) * budgets_.n_kv_heads + kv_head_idx;
   const int32_t budget = budgets_.budget_tokens[i];
@@ -28,7 +36,7 @@ HeadCache KvCache::head(int layer_idx, int kv_head_idx) {
   int32_t* pos = reinterpret_cast<int32_t*>(v + budget * hd);
   float* score = reinterpret_cast<float*>(pos + budget);
   return HeadCache{.k = k, .v = v, .pos = pos, .score = score, .budget = budget,
-                   .n_used = &n_used_[i]};
+                   .n_used = &n_used_[i], .head_dim = budgets_.head_dim};
 }
 
 }  // namespace kvp

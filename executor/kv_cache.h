@@ -12,13 +12,25 @@
 
 namespace kvp {
 
+// Keys and values are stored transposed, element d of slot j at [d * budget + j], so that the
+// attention products over the slots vectorise across tokens rather than across head_dim.
 struct HeadCache {
-  float* k;         // [budget, head_dim]
-  float* v;         // [budget, head_dim]
+  float* k;         // [head_dim, budget]
+  float* v;         // [head_dim, budget]
   int32_t* pos;     // [budget] original position of each slot
   float* score;     // [budget] policy score of each slot
   int32_t budget;   // slots allocated
   int32_t* n_used;  // slots filled; the first *n_used are valid
+  int head_dim;
+
+  // Writes a token's key, value and position into `slot`.
+  void store(int slot, const float* key, const float* value, int32_t position) const {
+    for (int d = 0; d < head_dim; ++d) {
+      k[static_cast<size_t>(d) * budget + slot] = key[d];
+      v[static_cast<size_t>(d) * budget + slot] = value[d];
+    }
+    pos[slot] = position;
+  }
 };
 
 class KvCache {
@@ -32,7 +44,10 @@ class KvCache {
 
  private:
   KvBudgets budgets_;
-  std::unique_ptr<std::byte[]> arena_;  // kv_bytes() bytes
+  struct AlignedFree {
+    void operator()(std::byte* p) const;
+  };
+  std::unique_ptr<std::byte[], AlignedFree> arena_;  // kv_bytes() bytes, 64-byte aligned
   std::vector<size_t> head_offset_;     // [n_layers * n_kv_heads] byte offset of each head
   std::vector<int32_t> n_used_;         // [n_layers * n_kv_heads]
 };

@@ -9,6 +9,9 @@ namespace {
 
 using ConstMatrixMap =
     Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using ConstMatrixStrideMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
+using ConstColMatrixStrideMap = Eigen::Map<const Eigen::MatrixXf, 0, Eigen::OuterStride<>>;
 using VectorMap = Eigen::Map<Eigen::VectorXf>;
 using ConstVectorMap = Eigen::Map<const Eigen::VectorXf>;
 
@@ -138,8 +141,10 @@ void CpuBackend::attention(int layer_idx) {
       const int n_cached = *head.n_used;
       const float* k_new = k_row + kv_head_idx * head_dim;
       const float* v_new = v_row + kv_head_idx * head_dim;
-      const ConstMatrixMap keys(head.k, n_cached, head_dim);    // [n_cached, head_dim]
-      const ConstMatrixMap values(head.v, n_cached, head_dim);  // [n_cached, head_dim]
+      // Keys as [n_cached, head_dim] column-major and values as [head_dim, n_cached] row-major,
+      // both views of the transposed [head_dim, budget] storage.
+      const ConstColMatrixStrideMap keys(head.k, n_cached, head_dim, Eigen::OuterStride<>(head.budget));
+      const ConstMatrixStrideMap values(head.v, head_dim, n_cached, Eigen::OuterStride<>(head.budget));
       // Each query head of the group attends over the cached slots plus the new token itself.
       for (int g = 0; g < group; ++g) {
         const int head_idx = kv_head_idx * group + g;
@@ -150,15 +155,13 @@ void CpuBackend::attention(int layer_idx) {
         s = (s.array() - s.maxCoeff()).exp();
         s /= s.sum();
         VectorMap out(out_row + head_idx * head_dim, head_dim);
-        out.noalias() = values.transpose() * s.head(n_cached);
+        out.noalias() = values * s.head(n_cached);
         out += s[n_cached] * ConstVectorMap(v_new, head_dim);
       }
       // The full cache keeps every token; eviction under a budget is the policy's job.
       KVP_CHECK(n_cached < head.budget, "layer {} head {}: cache of {} slots is full",
                 layer_idx, kv_head_idx, head.budget);
-      std::copy_n(k_new, head_dim, head.k + static_cast<size_t>(n_cached) * head_dim);
-      std::copy_n(v_new, head_dim, head.v + static_cast<size_t>(n_cached) * head_dim);
-      head.pos[n_cached] = rows_.positions[r];
+      head.store(n_cached, k_new, v_new, rows_.positions[r]);
       head.score[n_cached] = 0.0f;
       ++*head.n_used;
     }
@@ -168,9 +171,10 @@ void CpuBackend::attention(int layer_idx) {
 void CpuBackend::swiglu(Act gate, Act up) {
   const int n = act_width(config_, gate);
   for (int r = 0; r < n_rows_; ++r) {
-    float* g = row(gate, r);
-    const float* u = row(up, r);
-    for (int i = 0; i < n; ++i) g[i] = g[i] * (1.0f / (1.0f + std::exp(-g[i]))) * u[i];
+    VectorMap g(row(gate, r), n);
+    const ConstVectorMap u(row(up, r), n);
+    // silu(g) = g * sigmoid(g), with Eigen's vectorised exp.
+    g.array() = g.array() * (1.0f + (-g.array()).exp()).inverse() * u.array();
   }
 }
 
