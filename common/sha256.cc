@@ -11,38 +11,35 @@
 #include "common/file_util.h"
 
 namespace kvp {
-namespace {
-
-class Sha256 {
- public:
-  Sha256() : ctx_(EVP_MD_CTX_new()) {
-    KVP_CHECK(ctx_ != nullptr && EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) == 1);
-  }
-  ~Sha256() { EVP_MD_CTX_free(ctx_); }
-  Sha256(const Sha256&) = delete;
-  Sha256& operator=(const Sha256&) = delete;
-
-  void update(const void* data, size_t size) {
-    KVP_CHECK(EVP_DigestUpdate(ctx_, data, size) == 1);
-  }
-  std::string hex() {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int length = 0;
-    KVP_CHECK(EVP_DigestFinal_ex(ctx_, digest, &length) == 1);
-    static constexpr char kHex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned int i = 0; i < length; ++i) {
-      out += kHex[digest[i] >> 4];
-      out += kHex[digest[i] & 15];
-    }
-    return out;
-  }
-
- private:
-  EVP_MD_CTX* ctx_;
+struct Sha256::Impl {
+  EVP_MD_CTX* ctx;
 };
 
-}  // namespace
+Sha256::Sha256() : impl_(new Impl{EVP_MD_CTX_new()}) {
+  KVP_CHECK(impl_->ctx != nullptr && EVP_DigestInit_ex(impl_->ctx, EVP_sha256(), nullptr) == 1);
+}
+
+Sha256::~Sha256() {
+  EVP_MD_CTX_free(impl_->ctx);
+  delete impl_;
+}
+
+void Sha256::update(const void* data, size_t size) {
+  KVP_CHECK(EVP_DigestUpdate(impl_->ctx, data, size) == 1);
+}
+
+std::string Sha256::hex() {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  KVP_CHECK(EVP_DigestFinal_ex(impl_->ctx, digest, &length) == 1);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < length; ++i) {
+    out += kHex[digest[i] >> 4];
+    out += kHex[digest[i] & 15];
+  }
+  return out;
+}
 
 std::string sha256_hex(std::span<const std::byte> data) {
   Sha256 h;

@@ -9,6 +9,22 @@
 
 namespace kvp {
 
+// Incremental SHA-256.
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+
+  void update(const void* data, size_t size);
+  std::string hex();  // lower-case digest; call once
+
+ private:
+  struct Impl;
+  Impl* impl_;
+};
+
 // Lower-case hex digest of `data`.
 std::string sha256_hex(std::span<const std::byte> data);
 

@@ -3,19 +3,22 @@
 namespace kvp {
 
 void Decoder::forward(const StepRows& rows, std::span<const int32_t> logit_rows,
-                      std::vector<float>* logits) {
+                      std::vector<float>* logits, ForwardObserver* observer) {
   Backend& b = backend_;
   b.begin_step(rows);
   b.embed();
   for (int l = 0; l < config().n_layers; ++l) {
     // Attention block: x += Wo · attention(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x)).
+    if (observer) observer->before_layer(l, b);
     b.rmsnorm(Act::kX, Act::kXb, Weight::kRmsAtt, l);
     b.matmul(Weight::kWq, l, Act::kXb, Act::kQ);
     b.matmul(Weight::kWk, l, Act::kXb, Act::kK);
     b.matmul(Weight::kWv, l, Act::kXb, Act::kV);
     b.rope(Act::kQ);
     b.rope(Act::kK);
+    if (observer) observer->after_qkv(l, b);
     b.attention(l);
+    if (observer) observer->after_attention(l, b);
     b.matmul_add(Weight::kWo, l, Act::kAttn, Act::kX);
     // Feed-forward block: x += W2 · (silu(W1·n(x)) ⊙ W3·n(x)).
     b.rmsnorm(Act::kX, Act::kXb, Weight::kRmsFfn, l);

@@ -2,11 +2,15 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <filesystem>
+#include <thread>
 
 #include "common/sha256.h"
 #include "executor/model/model_locator.h"
 #include "kernels/device_query.h"
+#include "common/progress.h"
 #include "planner/plan/kv_budgets.h"
+#include "planner/trace_stats.h"
 #include "tools/kvplan/command.h"
 
 namespace kvp::cli {
@@ -96,7 +100,71 @@ Status inspect_model(const InspectFlags& flags) {
   return ok_status();
 }
 
+Status inspect_trace(const InspectFlags& flags) {
+  KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.target));
+  const TraceModelShape& m = trace.model();
+  const int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  TraceStats stats;
+  {
+    Progress progress("inspect: sequences", trace.n_sequences(), !flags.json);
+    stats = compute_trace_stats(trace, threads, [&](int done) { progress.update(done); });
+    progress.update(trace.n_sequences());
+  }
+  if (flags.json) {
+    nlohmann::json j = {{"trace", flags.target},
+                        {"model_fingerprint", m.fingerprint},
+                        {"n_sequences", trace.n_sequences()},
+                        {"qkv_dtype", dtype_name(trace.manifest().qkv_dtype)},
+                        {"queries_per_head", stats.n_queries}};
+    for (int l = 0; l < m.n_layers; ++l) {
+      nlohmann::json layer = {{"layer", l}, {"heads", nlohmann::json::array()}};
+      for (int h = 0; h < m.n_kv_heads; ++h) {
+        const HeadStats& s = stats.heads[l][h];
+        layer["heads"].push_back({{"kv_head", h},
+                                  {"vnorm_l1", {{"mean", s.vnorm_mean}, {"p5", s.vnorm_p5},
+                                                {"p50", s.vnorm_p50}, {"p95", s.vnorm_p95},
+                                                {"max", s.vnorm_max}, {"position_0", s.vnorm_first},
+                                                {"positions_0_3", s.vnorm_first4}}},
+                                  {"first_token_attention", s.first_token_mass},
+                                  {"entropy_nats", s.entropy},
+                                  {"entropy_normalised", s.entropy_normalised}});
+      }
+      j["layers"].push_back(layer);
+    }
+    std::printf("%s\n", j.dump(2).c_str());
+    return ok_status();
+  }
+  int64_t total_tokens = 0;
+  for (int s = 0; s < trace.n_sequences(); ++s) total_tokens += trace.length(s);
+  std::printf("trace %s: %d sequences, %lld tokens, q/k/v %s, %.1f MB; model sha256 %s\n",
+              flags.target.c_str(), trace.n_sequences(), static_cast<long long>(total_tokens),
+              std::string(dtype_name(trace.manifest().qkv_dtype)).c_str(),
+              trace.sequence_bytes() / 1e6, m.fingerprint.c_str());
+  std::printf("model: %d layers, %d query heads, %d KV heads, head_dim %d (recorded by %s, %s)\n\n",
+              m.n_layers, m.n_heads, m.n_kv_heads, m.head_dim, trace.manifest().recorder_backend.c_str(),
+              trace.manifest().tool_version.c_str());
+  std::printf("Value L1 norms, attention on the first token and attention entropy, per KV head\n"
+              "(query heads of a group averaged; queries at positions >= 1):\n\n");
+  std::printf("layer head |  |v|1 mean    p5   p50   p95   max | pos 0  pos 0-3 | attn on pos 0 | entropy nats  normalised\n");
+  for (int l = 0; l < m.n_layers; ++l) {
+    for (int h = 0; h < m.n_kv_heads; ++h) {
+      const HeadStats& s = stats.heads[l][h];
+      std::printf("%5d %4d | %10.3f %5.2f %5.2f %5.2f %5.2f | %5.2f %8.2f | %13.3f | %12.3f %11.3f\n",
+                  l, h, s.vnorm_mean, s.vnorm_p5, s.vnorm_p50, s.vnorm_p95, s.vnorm_max,
+                  s.vnorm_first, s.vnorm_first4, s.first_token_mass, s.entropy, s.entropy_normalised);
+    }
+  }
+  return ok_status();
+}
+
+bool is_trace_dir(const std::string& path) {
+  std::error_code ec;
+  return !path.empty() && std::filesystem::is_directory(path, ec) &&
+         std::filesystem::exists(std::filesystem::path(path) / kTraceManifestName, ec);
+}
+
 Status inspect(const InspectFlags& flags) {
+  if (is_trace_dir(flags.target)) return inspect_trace(flags);
   if (flags.devices && flags.target.empty() && flags.model.model.empty()) {
     const CudaDeviceReport report = query_cuda_devices();
     if (flags.json) {
@@ -114,9 +182,12 @@ Status inspect(const InspectFlags& flags) {
 Command add_inspect_command(CLI::App& app) {
   auto flags = std::make_shared<InspectFlags>();
   CLI::App* sub = app.add_subcommand(
-      "inspect", "Describe a model (shape, parameters, bytes) or list CUDA devices (--devices)");
+      "inspect",
+      "Describe a model (shape, parameters, bytes), a trace (value norms, attention sinks and "
+      "entropy per layer and KV head), or list CUDA devices (--devices)");
   sub->add_option("target", flags->target,
-                  "Model to describe: name, checkpoint file or directory (default: stories260K)");
+                  "A trace directory, or a model: name, checkpoint file or directory (default: "
+                  "stories260K)");
   flags->model.add_to(sub);
   sub->add_flag("--devices", flags->devices,
                 "List CUDA devices (alone: only devices; with a model: both)");

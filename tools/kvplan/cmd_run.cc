@@ -76,6 +76,7 @@ Status run(const RunFlags& flags) {
   }
   if (stream) {
     std::fputs("\n", stdout);
+    std::fflush(stdout);
   } else {
     for (size_t s = 0; s < result.tokens.size(); ++s) {
       std::printf("[%zu] %s\n", s, model.tokenizer.decode(result.tokens[s]).c_str());

@@ -1,0 +1,195 @@
+#include "traces/manifest.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <set>
+
+namespace kvp {
+namespace {
+
+bool is_sha256_hex(const std::string& s) {
+  return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+// Field readers that turn yaml-cpp's exceptions into errors naming the field.
+class Fields {
+ public:
+  Fields(const YAML::Node& node, std::string path, std::string prefix)
+      : node_(node), path_(std::move(path)), prefix_(std::move(prefix)) {}
+
+  Result<YAML::Node> child(const std::string& key) const {
+    const YAML::Node n = node_[key];
+    if (!n) return make_error("{}: {}{}: missing", path_, prefix_, key);
+    return n;
+  }
+  Result<std::string> str(const std::string& key) const {
+    KVP_ASSIGN_OR_RETURN(YAML::Node n, child(key));
+    if (!n.IsScalar()) return make_error("{}: {}{}: expected a string", path_, prefix_, key);
+    return n.as<std::string>();
+  }
+  Result<int> integer(const std::string& key, int lo, int hi) const {
+    KVP_ASSIGN_OR_RETURN(YAML::Node n, child(key));
+    int value = 0;
+    if (!n.IsScalar() || !YAML::convert<int>::decode(n, value)) {
+      return make_error("{}: {}{}: expected an integer, found '{}'", path_, prefix_, key,
+                        n.IsScalar() ? n.Scalar() : std::string("a ") + (n.IsMap() ? "map" : "list"));
+    }
+    if (value < lo || value > hi) {
+      return make_error("{}: {}{}: expected {}..{}, found {}", path_, prefix_, key, lo, hi, value);
+    }
+    return value;
+  }
+  Result<std::string> sha256(const std::string& key) const {
+    KVP_ASSIGN_OR_RETURN(std::string s, str(key));
+    if (!is_sha256_hex(s)) {
+      return make_error("{}: {}{}: expected 64 lower-case hex digits, found '{}'", path_, prefix_, key, s);
+    }
+    return s;
+  }
+  Result<std::string> file_name(const std::string& key) const {
+    KVP_ASSIGN_OR_RETURN(std::string s, str(key));
+    if (s.empty() || s.find('/') != std::string::npos || s == "." || s == "..") {
+      return make_error("{}: {}{}: expected a file name inside the trace directory, found '{}'",
+                        path_, prefix_, key, s);
+    }
+    return s;
+  }
+  // Every key of the node must be one of `known`.
+  Status only(const std::set<std::string>& known) const {
+    for (const auto& kv : node_) {
+      const std::string key = kv.first.as<std::string>();
+      if (!known.contains(key)) return make_error("{}: {}{}: unknown field", path_, prefix_, key);
+    }
+    return ok_status();
+  }
+
+ private:
+  const YAML::Node& node_;
+  std::string path_;
+  std::string prefix_;
+};
+
+constexpr int kMaxDim = 1 << 22;
+
+}  // namespace
+
+std::string TraceManifest::to_yaml() const {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  out << YAML::Key << "format" << YAML::Value << kTraceFormatName;
+  out << YAML::Key << "version" << YAML::Value << kTraceFormatVersion;
+  out << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "fingerprint" << YAML::Value << model.fingerprint;
+  out << YAML::Key << "source" << YAML::Value << model.source;
+  for (const auto& [k, v] : {std::pair{"dim", model.dim}, {"hidden_dim", model.hidden_dim},
+                             {"n_layers", model.n_layers}, {"n_heads", model.n_heads},
+                             {"n_kv_heads", model.n_kv_heads}, {"head_dim", model.head_dim},
+                             {"vocab_size", model.vocab_size}, {"seq_len", model.seq_len}}) {
+    out << YAML::Key << k << YAML::Value << v;
+  }
+  out << YAML::EndMap;
+  out << YAML::Key << "recorder" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "backend" << YAML::Value << recorder_backend;
+  out << YAML::Key << "qkv_dtype" << YAML::Value << std::string(dtype_name(qkv_dtype));
+  out << YAML::Key << "tool" << YAML::Value << tool_version;
+  out << YAML::Key << "corpus" << YAML::Value << corpus;
+  out << YAML::EndMap;
+  out << YAML::Key << "projections" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "file" << YAML::Value << projections.file;
+  out << YAML::Key << "sha256" << YAML::Value << projections.sha256;
+  out << YAML::EndMap;
+  out << YAML::Key << "sequences" << YAML::Value << YAML::BeginSeq;
+  for (const TraceSequenceEntry& s : sequences) {
+    out << YAML::BeginMap;
+    out << YAML::Key << "file" << YAML::Value << s.file;
+    out << YAML::Key << "prompt_len" << YAML::Value << s.prompt_len;
+    out << YAML::Key << "length" << YAML::Value << s.length;
+    out << YAML::Key << "sha256" << YAML::Value << s.sha256;
+    out << YAML::EndMap;
+  }
+  out << YAML::EndSeq << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+Result<TraceManifest> TraceManifest::parse(const std::string& yaml_text, const std::string& path) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    return make_error("{}: not valid YAML: {}", path, e.msg);
+  }
+  if (!root.IsMap()) return make_error("{}: expected a YAML map", path);
+  const Fields top(root, path, "");
+  KVP_RETURN_IF_ERROR(top.only({"format", "version", "model", "recorder", "projections", "sequences"}));
+  KVP_ASSIGN_OR_RETURN(std::string format, top.str("format"));
+  if (format != kTraceFormatName) {
+    return make_error("{}: format: expected {}, found '{}'", path, kTraceFormatName, format);
+  }
+  KVP_ASSIGN_OR_RETURN(int version, top.integer("version", 0, 1 << 20));
+  if (version != kTraceFormatVersion) {
+    return make_error("{}: version: this kvplan reads version {}, found {}", path,
+                      kTraceFormatVersion, version);
+  }
+  TraceManifest m;
+  KVP_ASSIGN_OR_RETURN(YAML::Node model, top.child("model"));
+  const Fields mf(model, path, "model.");
+  KVP_RETURN_IF_ERROR(mf.only({"fingerprint", "source", "dim", "hidden_dim", "n_layers", "n_heads",
+                               "n_kv_heads", "head_dim", "vocab_size", "seq_len"}));
+  KVP_ASSIGN_OR_RETURN(m.model.fingerprint, mf.sha256("fingerprint"));
+  KVP_ASSIGN_OR_RETURN(m.model.source, mf.str("source"));
+  KVP_ASSIGN_OR_RETURN(m.model.dim, mf.integer("dim", 1, kMaxDim));
+  KVP_ASSIGN_OR_RETURN(m.model.hidden_dim, mf.integer("hidden_dim", 1, kMaxDim));
+  KVP_ASSIGN_OR_RETURN(m.model.n_layers, mf.integer("n_layers", 1, 4096));
+  KVP_ASSIGN_OR_RETURN(m.model.n_heads, mf.integer("n_heads", 1, 4096));
+  KVP_ASSIGN_OR_RETURN(m.model.n_kv_heads, mf.integer("n_kv_heads", 1, m.model.n_heads));
+  KVP_ASSIGN_OR_RETURN(m.model.head_dim, mf.integer("head_dim", 1, kMaxDim));
+  KVP_ASSIGN_OR_RETURN(m.model.vocab_size, mf.integer("vocab_size", 1, kMaxDim));
+  KVP_ASSIGN_OR_RETURN(m.model.seq_len, mf.integer("seq_len", 1, kMaxDim));
+  if (m.model.n_heads % m.model.n_kv_heads != 0) {
+    return make_error("{}: model.n_kv_heads: expected a divisor of n_heads {}, found {}", path,
+                      m.model.n_heads, m.model.n_kv_heads);
+  }
+
+  KVP_ASSIGN_OR_RETURN(YAML::Node recorder, top.child("recorder"));
+  const Fields rf(recorder, path, "recorder.");
+  KVP_RETURN_IF_ERROR(rf.only({"backend", "qkv_dtype", "tool", "corpus"}));
+  KVP_ASSIGN_OR_RETURN(m.recorder_backend, rf.str("backend"));
+  KVP_ASSIGN_OR_RETURN(std::string dtype, rf.str("qkv_dtype"));
+  auto parsed_dtype = parse_dtype(dtype);
+  if (!parsed_dtype.ok() || *parsed_dtype == TensorDtype::kI32) {
+    return make_error("{}: recorder.qkv_dtype: expected F32 or F16, found '{}'", path, dtype);
+  }
+  m.qkv_dtype = *parsed_dtype;
+  KVP_ASSIGN_OR_RETURN(m.tool_version, rf.str("tool"));
+  KVP_ASSIGN_OR_RETURN(m.corpus, rf.str("corpus"));
+
+  KVP_ASSIGN_OR_RETURN(YAML::Node projections, top.child("projections"));
+  const Fields pf(projections, path, "projections.");
+  KVP_RETURN_IF_ERROR(pf.only({"file", "sha256"}));
+  KVP_ASSIGN_OR_RETURN(m.projections.file, pf.file_name("file"));
+  KVP_ASSIGN_OR_RETURN(m.projections.sha256, pf.sha256("sha256"));
+
+  KVP_ASSIGN_OR_RETURN(YAML::Node sequences, top.child("sequences"));
+  if (!sequences.IsSequence() || sequences.size() == 0) {
+    return make_error("{}: sequences: expected a non-empty list", path);
+  }
+  std::set<std::string> files = {m.projections.file};
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const YAML::Node s = sequences[i];
+    if (!s.IsMap()) return make_error("{}: sequences[{}]: expected a map", path, i);
+    const Fields sf(s, path, fmt::format("sequences[{}].", i));
+    KVP_RETURN_IF_ERROR(sf.only({"file", "prompt_len", "length", "sha256"}));
+    TraceSequenceEntry e;
+    KVP_ASSIGN_OR_RETURN(e.file, sf.file_name("file"));
+    KVP_ASSIGN_OR_RETURN(e.length, sf.integer("length", 2, m.model.seq_len));
+    KVP_ASSIGN_OR_RETURN(e.prompt_len, sf.integer("prompt_len", 1, e.length));
+    KVP_ASSIGN_OR_RETURN(e.sha256, sf.sha256("sha256"));
+    if (!files.insert(e.file).second) {
+      return make_error("{}: sequences[{}].file: '{}' is named twice", path, i, e.file);
+    }
+    m.sequences.push_back(std::move(e));
+  }
+  return m;
+}
+
+}  // namespace kvp
