@@ -14,8 +14,6 @@ Progress::Progress(std::string label, int64_t total, bool enabled)
       start_(std::chrono::steady_clock::now()),
       last_print_(start_) {}
 
-Progress::~Progress() { finish(); }
-
 void Progress::update(int64_t done, const std::string& detail) {
   last_done_ = done;
   if (!enabled_) return;
@@ -26,10 +24,11 @@ void Progress::update(int64_t done, const std::string& detail) {
   print(done, detail, false);
 }
 
-void Progress::finish(const std::string& detail) {
+void Progress::finish(int64_t done, const std::string& detail) {
   if (finished_) return;
   finished_ = true;
-  if (enabled_) print(last_done_, detail, true);
+  last_done_ = done;
+  if (enabled_) print(done, detail, true);
 }
 
 void Progress::print(int64_t done, const std::string& detail, bool final) {

@@ -11,12 +11,13 @@ namespace kvp {
 class Progress {
  public:
   Progress(std::string label, int64_t total, bool enabled = true);
-  ~Progress();
+  // Silent: work that failed reports its error, not a final progress line.
+  ~Progress() = default;
 
   // Reports `done` of total units; `detail` is appended (e.g. bytes written).
   void update(int64_t done, const std::string& detail = "");
-  // Prints the final line (once); called by the destructor if not before.
-  void finish(const std::string& detail = "");
+  // Prints the final line (once), for work that completed.
+  void finish(int64_t done, const std::string& detail = "");
 
  private:
   void print(int64_t done, const std::string& detail, bool final);

@@ -50,4 +50,3 @@ BENCHMARK(BM_GreedyDecodeBatch)->Arg(1)->Arg(4)->Arg(16)->Unit(benchmark::kMilli
 }  // namespace
 }  // namespace kvp
 
-BENCHMARK_MAIN();

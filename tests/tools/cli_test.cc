@@ -58,6 +58,34 @@ TEST(Cli, HelpExplainsEverySubcommand) {
   EXPECT_NE(run_help.out.find("--temperature"), std::string::npos);
 }
 
+TEST(Cli, CorpusRecordInspectMakeAndDescribeATrace) {
+  const std::string dir = test::make_temp_dir("clitrace");
+  const test::CliResult corpus =
+      run_kvplan("corpus --sample 3 --length 48 --seed 5 --out " + dir + "/c.jsonl");
+  ASSERT_EQ(corpus.exit_code, 0) << corpus.err;
+  EXPECT_NE(corpus.out.find("wrote 3 sequences of 48 tokens"), std::string::npos);
+  const test::CliResult record =
+      run_kvplan("record --corpus " + dir + "/c.jsonl --prompt-len 16 --dtype f16 --out " + dir + "/t --json");
+  ASSERT_EQ(record.exit_code, 0) << record.err;
+  EXPECT_EQ(nlohmann::json::parse(record.out)["n_tokens"], 3 * 48);
+  const test::CliResult inspect = run_kvplan("inspect " + dir + "/t --json");
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.err;
+  const auto j = nlohmann::json::parse(inspect.out);
+  EXPECT_EQ(j["n_sequences"], 3);
+  EXPECT_EQ(j["qkv_dtype"], "F16");
+  ASSERT_EQ(j["layers"].size(), 5u);
+  ASSERT_EQ(j["layers"][0]["heads"].size(), 4u);
+  const auto& head = j["layers"][0]["heads"][0];
+  EXPECT_GT(head["vnorm_l1"]["mean"].get<double>(), 0);
+  EXPECT_GE(head["first_token_attention"].get<double>(), 0);
+  EXPECT_LE(head["first_token_attention"].get<double>(), 1);
+  EXPECT_LE(head["entropy_normalised"].get<double>(), 1.0 + 1e-9);
+  // The text form names its columns.
+  const test::CliResult text = run_kvplan("inspect " + dir + "/t");
+  ASSERT_EQ(text.exit_code, 0);
+  EXPECT_NE(text.out.find("attn on pos 0"), std::string::npos);
+}
+
 struct BadInvocation {
   std::string name;
   std::function<std::string(const std::string& dir)> args;  // given a scratch directory
@@ -118,6 +146,32 @@ std::vector<BadInvocation> bad_invocations() {
       {"unknown_flag", [](const std::string&) { return "run --budget-of-doom 3"; },
        "--budget-of-doom"},
       {"unknown_command", [](const std::string&) { return "fly"; }, "fly"},
+      {"record_missing_corpus",
+       [](const std::string& d) { return "record --corpus " + d + "/none.jsonl --out " + d + "/t"; },
+       "none.jsonl: cannot open"},
+      {"record_bad_dtype",
+       [](const std::string& d) {
+         test::write_bytes(d + "/c.txt", "Once upon a time.");
+         return "record --corpus " + d + "/c.txt --dtype bf8 --out " + d + "/t";
+       },
+       "--dtype"},
+      {"record_into_existing_dir",
+       [](const std::string& d) {
+         test::write_bytes(d + "/c.txt", "Once upon a time.");
+         return "record --corpus " + d + "/c.txt --out " + d;
+       },
+       "already exists"},
+      {"record_without_out", [](const std::string&) { return "record --corpus x.txt"; }, "--out"},
+      {"corpus_length_too_long",
+       [](const std::string& d) { return "corpus --sample 1 --length 5000 --out " + d + "/c.jsonl"; },
+       "--length"},
+      {"inspect_damaged_trace",
+       [](const std::string& d) {
+         std::filesystem::create_directory(d + "/t");
+         test::write_bytes(d + "/t/manifest.yaml", "format: kvplan-trace\nversion: 1\n");
+         return "inspect " + d + "/t";
+       },
+       "manifest.yaml: model: missing"},
   };
 }
 

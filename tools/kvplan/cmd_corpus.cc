@@ -37,7 +37,7 @@ Status corpus(const CorpusFlags& flags) {
   {
     Progress progress("corpus: sequences", flags.sample.n_sequences, !flags.json);
     sampled = sample_corpus(decoder, flags.sample, [&](int done) { progress.update(done); });
-    progress.update(flags.sample.n_sequences);
+    progress.finish(flags.sample.n_sequences);
   }
   KVP_RETURN_IF_ERROR(save_corpus(flags.out, sampled, model.tokenizer,
                                   {.model_fingerprint = fingerprint, .options = flags.sample}));

@@ -108,7 +108,7 @@ Status inspect_trace(const InspectFlags& flags) {
   {
     Progress progress("inspect: sequences", trace.n_sequences(), !flags.json);
     stats = compute_trace_stats(trace, threads, [&](int done) { progress.update(done); });
-    progress.update(trace.n_sequences());
+    progress.finish(trace.n_sequences());
   }
   if (flags.json) {
     nlohmann::json j = {{"trace", flags.target},

@@ -40,6 +40,7 @@ Status record(const RecordFlags& flags) {
     KVP_ASSIGN_OR_RETURN(stats, record_trace(model, corpus, options, [&](int done, int64_t bytes) {
                            progress.update(done, fmt::format("{:.1f} MB", bytes / 1e6));
                          }));
+    progress.finish(stats.n_sequences, fmt::format("{:.1f} MB", stats.bytes / 1e6));
   }
   const double tokens_per_s = stats.seconds > 0 ? stats.n_tokens / stats.seconds : 0;
   if (flags.json) {
