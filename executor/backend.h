@@ -12,8 +12,11 @@
 #include <string_view>
 #include <vector>
 
+#include <memory>
+
 #include "executor/model/model_weights.h"
 #include "planner/plan/kv_budgets.h"
+#include "planner/policy/policy.h"
 
 namespace kvp {
 
@@ -51,6 +54,16 @@ struct StepRows {
   }
 };
 
+// One token evicted from one head's cache (prefill cuts included).
+struct EvictionRecord {
+  int32_t seq_idx;
+  int32_t step;         // position of the newest token when it was evicted
+  int32_t layer_idx;
+  int32_t kv_head_idx;
+  int32_t evicted_pos;
+  float score;          // its eviction key
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -58,8 +71,12 @@ class Backend {
   virtual std::string_view name() const = 0;
   virtual const ModelConfig& config() const = 0;
 
-  // Drops every sequence and creates one empty cache per entry, allocated from its budgets.
-  virtual void reset_sequences(const std::vector<KvBudgets>& budgets) = 0;
+  // Drops every sequence and creates one empty cache per entry, allocated from its budgets, run
+  // under `policy` (null: keep everything; the caches must then hold every position).
+  virtual void reset_sequences(const std::vector<KvBudgets>& budgets,
+                               std::shared_ptr<const Policy> policy = nullptr) = 0;
+  // Appends every eviction to `log` (null: none).
+  virtual void set_eviction_log(std::vector<EvictionRecord>* log) = 0;
   // KV cache bytes allocated for all sequences (the plan's prediction, exactly).
   virtual int64_t kv_bytes_allocated() const = 0;
 
@@ -76,7 +93,10 @@ class Backend {
   // Rotates each head of kQ or kK by its row's position (pairs (2i, 2i+1)).
   virtual void rope(Act qk) = 0;
   // kAttn = causal attention of kQ over the sequence's cache plus this step's kK/kV, which are
-  // then inserted into the cache.
+  // then inserted into the cache under the policy (DESIGN §4): a sequence whose cache is empty
+  // is prefilled — its rows attend each other in full and the result is cut to budget — and
+  // otherwise each row attends the cached slots plus itself, updates the scores, and takes a free
+  // slot or the victim's. A sequence's rows in a step must be contiguous.
   virtual void attention(int layer_idx) = 0;
   // gate = silu(gate) ⊙ up.
   virtual void swiglu(Act gate, Act up) = 0;

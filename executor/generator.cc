@@ -33,7 +33,7 @@ GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>
     KVP_CHECK(!prompts[s].empty() && prompts[s].size() <= size_t(options.steps));
     samplers.emplace_back(options.sampler, s);
   }
-  decoder.backend().reset_sequences(budgets);
+  decoder.backend().reset_sequences(budgets, options.policy);
 
   // Prefill: every prompt token of every sequence in one pass; logits of each prompt's last token.
   auto start = std::chrono::steady_clock::now();

@@ -17,6 +17,7 @@ struct GenerateOptions {
   int steps = 256;
   SamplerOptions sampler;
   bool stop_at_eos = true;  // stop a sequence when it samples BOS or EOS (not kept)
+  std::shared_ptr<const Policy> policy;  // eviction policy of the caches (null: keep all)
 };
 
 struct GenerateResult {

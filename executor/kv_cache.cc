@@ -6,6 +6,7 @@ namespace kvp {
 
 KvCache::KvCache(KvBudgets budgets) : budgets_(std::move(budgets)) {
   KVP_CHECK(budgets_.dtype == KvDtype::kF32, "the host KV cache stores f32");
+  KVP_CHECK(budgets_.aux_floats_per_slot <= 1);
   const size_t n_heads = static_cast<size_t>(budgets_.n_layers) * budgets_.n_kv_heads;
   KVP_CHECK(budgets_.budget_tokens.size() == n_heads);
   // 64-byte aligned, so a cache has the same alignment (and Eigen the same operation order)
@@ -35,7 +36,8 @@ HeadCache KvCache::head(int layer_idx, int kv_head_idx) {
   float* v = k + budget * hd;
   int32_t* pos = reinterpret_cast<int32_t*>(v + budget * hd);
   float* score = reinterpret_cast<float*>(pos + budget);
-  return HeadCache{.k = k, .v = v, .pos = pos, .score = score, .budget = budget,
+  float* aux = budgets_.aux_floats_per_slot > 0 ? score + budget : nullptr;
+  return HeadCache{.k = k, .v = v, .pos = pos, .score = score, .aux = aux, .budget = budget,
                    .n_used = &n_used_[i], .head_dim = budgets_.head_dim};
 }
 

@@ -4,11 +4,13 @@
 // replaced in place on eviction; attention over post-RoPE keys does not depend on slot order.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
 
 #include "planner/plan/kv_budgets.h"
+#include "planner/policy/policy.h"
 
 namespace kvp {
 
@@ -19,9 +21,15 @@ struct HeadCache {
   float* v;         // [head_dim, budget]
   int32_t* pos;     // [budget] original position of each slot
   float* score;     // [budget] policy score of each slot
+  float* aux;       // [budget] the policy's per-slot float, or null
   int32_t budget;   // slots allocated
   int32_t* n_used;  // slots filled; the first *n_used are valid
   int head_dim;
+
+  // The policy's view of these slots.
+  SlotArrays slots() const {
+    return SlotArrays{.n_used = *n_used, .budget = budget, .pos = pos, .score = score, .aux = aux};
+  }
 
   // Writes a token's key, value and position into `slot`.
   void store(int slot, const float* key, const float* value, int32_t position) const {
@@ -35,12 +43,15 @@ struct HeadCache {
 
 class KvCache {
  public:
-  // REQUIRES: budgets.dtype == KvDtype::kF32 (the host cache stores f32).
+  // REQUIRES: budgets.dtype == KvDtype::kF32 (the host cache stores f32) and
+  // budgets.aux_floats_per_slot <= 1.
   explicit KvCache(KvBudgets budgets);
 
   const KvBudgets& budgets() const { return budgets_; }
   HeadCache head(int layer_idx, int kv_head_idx);
   int64_t bytes() const { return budgets_.kv_bytes(); }
+  // Empties every head (the allocation stays).
+  void clear() { std::fill(n_used_.begin(), n_used_.end(), 0); }
 
  private:
   KvBudgets budgets_;

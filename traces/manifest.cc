@@ -4,70 +4,10 @@
 
 #include <set>
 
+#include "common/yaml_fields.h"
+
 namespace kvp {
 namespace {
-
-bool is_sha256_hex(const std::string& s) {
-  return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
-}
-
-// Field readers that turn yaml-cpp's exceptions into errors naming the field.
-class Fields {
- public:
-  Fields(const YAML::Node& node, std::string path, std::string prefix)
-      : node_(node), path_(std::move(path)), prefix_(std::move(prefix)) {}
-
-  Result<YAML::Node> child(const std::string& key) const {
-    const YAML::Node n = node_[key];
-    if (!n) return make_error("{}: {}{}: missing", path_, prefix_, key);
-    return n;
-  }
-  Result<std::string> str(const std::string& key) const {
-    KVP_ASSIGN_OR_RETURN(YAML::Node n, child(key));
-    if (!n.IsScalar()) return make_error("{}: {}{}: expected a string", path_, prefix_, key);
-    return n.as<std::string>();
-  }
-  Result<int> integer(const std::string& key, int lo, int hi) const {
-    KVP_ASSIGN_OR_RETURN(YAML::Node n, child(key));
-    int value = 0;
-    if (!n.IsScalar() || !YAML::convert<int>::decode(n, value)) {
-      return make_error("{}: {}{}: expected an integer, found '{}'", path_, prefix_, key,
-                        n.IsScalar() ? n.Scalar() : std::string("a ") + (n.IsMap() ? "map" : "list"));
-    }
-    if (value < lo || value > hi) {
-      return make_error("{}: {}{}: expected {}..{}, found {}", path_, prefix_, key, lo, hi, value);
-    }
-    return value;
-  }
-  Result<std::string> sha256(const std::string& key) const {
-    KVP_ASSIGN_OR_RETURN(std::string s, str(key));
-    if (!is_sha256_hex(s)) {
-      return make_error("{}: {}{}: expected 64 lower-case hex digits, found '{}'", path_, prefix_, key, s);
-    }
-    return s;
-  }
-  Result<std::string> file_name(const std::string& key) const {
-    KVP_ASSIGN_OR_RETURN(std::string s, str(key));
-    if (s.empty() || s.find('/') != std::string::npos || s == "." || s == "..") {
-      return make_error("{}: {}{}: expected a file name inside the trace directory, found '{}'",
-                        path_, prefix_, key, s);
-    }
-    return s;
-  }
-  // Every key of the node must be one of `known`.
-  Status only(const std::set<std::string>& known) const {
-    for (const auto& kv : node_) {
-      const std::string key = kv.first.as<std::string>();
-      if (!known.contains(key)) return make_error("{}: {}{}: unknown field", path_, prefix_, key);
-    }
-    return ok_status();
-  }
-
- private:
-  const YAML::Node& node_;
-  std::string path_;
-  std::string prefix_;
-};
 
 constexpr int kMaxDim = 1 << 22;
 
@@ -112,14 +52,8 @@ std::string TraceManifest::to_yaml() const {
 }
 
 Result<TraceManifest> TraceManifest::parse(const std::string& yaml_text, const std::string& path) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(yaml_text);
-  } catch (const YAML::Exception& e) {
-    return make_error("{}: not valid YAML: {}", path, e.msg);
-  }
-  if (!root.IsMap()) return make_error("{}: expected a YAML map", path);
-  const Fields top(root, path, "");
+  KVP_ASSIGN_OR_RETURN(YAML::Node root, parse_yaml_map(yaml_text, path));
+  const YamlFields top(root, path, "");
   KVP_RETURN_IF_ERROR(top.only({"format", "version", "model", "recorder", "projections", "sequences"}));
   KVP_ASSIGN_OR_RETURN(std::string format, top.str("format"));
   if (format != kTraceFormatName) {
@@ -132,7 +66,7 @@ Result<TraceManifest> TraceManifest::parse(const std::string& yaml_text, const s
   }
   TraceManifest m;
   KVP_ASSIGN_OR_RETURN(YAML::Node model, top.child("model"));
-  const Fields mf(model, path, "model.");
+  const YamlFields mf(model, path, "model.");
   KVP_RETURN_IF_ERROR(mf.only({"fingerprint", "source", "dim", "hidden_dim", "n_layers", "n_heads",
                                "n_kv_heads", "head_dim", "vocab_size", "seq_len"}));
   KVP_ASSIGN_OR_RETURN(m.model.fingerprint, mf.sha256("fingerprint"));
@@ -151,7 +85,7 @@ Result<TraceManifest> TraceManifest::parse(const std::string& yaml_text, const s
   }
 
   KVP_ASSIGN_OR_RETURN(YAML::Node recorder, top.child("recorder"));
-  const Fields rf(recorder, path, "recorder.");
+  const YamlFields rf(recorder, path, "recorder.");
   KVP_RETURN_IF_ERROR(rf.only({"backend", "qkv_dtype", "tool", "corpus"}));
   KVP_ASSIGN_OR_RETURN(m.recorder_backend, rf.str("backend"));
   KVP_ASSIGN_OR_RETURN(std::string dtype, rf.str("qkv_dtype"));
@@ -164,7 +98,7 @@ Result<TraceManifest> TraceManifest::parse(const std::string& yaml_text, const s
   KVP_ASSIGN_OR_RETURN(m.corpus, rf.str("corpus"));
 
   KVP_ASSIGN_OR_RETURN(YAML::Node projections, top.child("projections"));
-  const Fields pf(projections, path, "projections.");
+  const YamlFields pf(projections, path, "projections.");
   KVP_RETURN_IF_ERROR(pf.only({"file", "sha256"}));
   KVP_ASSIGN_OR_RETURN(m.projections.file, pf.file_name("file"));
   KVP_ASSIGN_OR_RETURN(m.projections.sha256, pf.sha256("sha256"));
@@ -177,7 +111,7 @@ Result<TraceManifest> TraceManifest::parse(const std::string& yaml_text, const s
   for (size_t i = 0; i < sequences.size(); ++i) {
     const YAML::Node s = sequences[i];
     if (!s.IsMap()) return make_error("{}: sequences[{}]: expected a map", path, i);
-    const Fields sf(s, path, fmt::format("sequences[{}].", i));
+    const YamlFields sf(s, path, fmt::format("sequences[{}].", i));
     KVP_RETURN_IF_ERROR(sf.only({"file", "prompt_len", "length", "sha256"}));
     TraceSequenceEntry e;
     KVP_ASSIGN_OR_RETURN(e.file, sf.file_name("file"));

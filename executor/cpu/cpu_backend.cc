@@ -7,6 +7,8 @@
 namespace kvp {
 namespace {
 
+constexpr int kMaxKvHeadsPerLayer = 1024;
+
 using ConstMatrixMap =
     Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -18,7 +20,10 @@ using ConstVectorMap = Eigen::Map<const Eigen::VectorXf>;
 }  // namespace
 
 CpuBackend::CpuBackend(const ModelWeights& weights)
-    : weights_(weights), config_(weights.config()), scores_(config_.seq_len + 1) {
+    : weights_(weights),
+      config_(weights.config()),
+      scores_(config_.seq_len + 1),
+      group_weights_(config_.seq_len + 1) {
   static_assert(EIGEN_MAX_ALIGN_BYTES <= 64, "rows are padded for at most 64-byte packets");
   // RoPE tables as llama2.c computes them: theta_i = 10000^(-2i/head_dim), in f32.
   const int half = config_.head_dim() / 2;
@@ -35,7 +40,13 @@ CpuBackend::CpuBackend(const ModelWeights& weights)
   }
 }
 
-void CpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets) {
+void CpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets,
+                                 std::shared_ptr<const Policy> policy) {
+  static const std::shared_ptr<const Policy> keep_all = [] {
+    auto p = make_policy("full", PolicyParams{.sinks = 0, .recent = 0});
+    return std::shared_ptr<const Policy>(std::move(p).value());
+  }();
+  policy_ = policy ? std::move(policy) : keep_all;
   caches_.clear();
   caches_.reserve(budgets.size());
   for (const KvBudgets& b : budgets) {
@@ -127,44 +138,164 @@ void CpuBackend::rope(Act qk) {
   }
 }
 
-void CpuBackend::attention(int layer_idx) {
+void CpuBackend::attend(int r, int kv_head_idx, const HeadCache& head, bool want_weights) {
   const int head_dim = config_.head_dim(), group = config_.group_size();
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  for (int r = 0; r < n_rows_; ++r) {
-    KvCache& cache = caches_[rows_.seq_idx[r]];
-    const float* q_row = row(Act::kQ, r);
-    const float* k_row = row(Act::kK, r);
-    const float* v_row = row(Act::kV, r);
-    float* out_row = row(Act::kAttn, r);
-    for (int kv_head_idx = 0; kv_head_idx < config_.n_kv_heads; ++kv_head_idx) {
-      HeadCache head = cache.head(layer_idx, kv_head_idx);
-      const int n_cached = *head.n_used;
-      const float* k_new = k_row + kv_head_idx * head_dim;
-      const float* v_new = v_row + kv_head_idx * head_dim;
-      // Keys as [n_cached, head_dim] column-major and values as [head_dim, n_cached] row-major,
-      // both views of the transposed [head_dim, budget] storage.
-      const ConstColMatrixStrideMap keys(head.k, n_cached, head_dim, Eigen::OuterStride<>(head.budget));
-      const ConstMatrixStrideMap values(head.v, head_dim, n_cached, Eigen::OuterStride<>(head.budget));
-      // Each query head of the group attends over the cached slots plus the new token itself.
-      for (int g = 0; g < group; ++g) {
-        const int head_idx = kv_head_idx * group + g;
-        const ConstVectorMap q(q_row + head_idx * head_dim, head_dim);
-        VectorMap s(scores_.data(), n_cached + 1);  // [n_cached + 1], the new token last
-        s.head(n_cached).noalias() = scale * (keys * q);
-        s[n_cached] = scale * q.dot(ConstVectorMap(k_new, head_dim));
-        s = (s.array() - s.maxCoeff()).exp();
-        s /= s.sum();
-        VectorMap out(out_row + head_idx * head_dim, head_dim);
-        out.noalias() = values * s.head(n_cached);
-        out += s[n_cached] * ConstVectorMap(v_new, head_dim);
-      }
-      // The full cache keeps every token; eviction under a budget is the policy's job.
-      KVP_CHECK(n_cached < head.budget, "layer {} head {}: cache of {} slots is full",
-                layer_idx, kv_head_idx, head.budget);
-      head.store(n_cached, k_new, v_new, rows_.positions[r]);
-      head.score[n_cached] = 0.0f;
-      ++*head.n_used;
+  const int n_cached = *head.n_used;
+  const float* k_new = row(Act::kK, r) + kv_head_idx * head_dim;
+  const float* v_new = row(Act::kV, r) + kv_head_idx * head_dim;
+  // Keys as [n_cached, head_dim] column-major and values as [head_dim, n_cached] row-major, both
+  // views of the transposed [head_dim, budget] storage.
+  const ConstColMatrixStrideMap keys(head.k, n_cached, head_dim, Eigen::OuterStride<>(head.budget));
+  const ConstMatrixStrideMap values(head.v, head_dim, n_cached, Eigen::OuterStride<>(head.budget));
+  VectorMap weights(group_weights_.data(), n_cached + 1);
+  if (want_weights) weights.setZero();
+  for (int g = 0; g < group; ++g) {
+    const int head_idx = kv_head_idx * group + g;
+    const ConstVectorMap q(row(Act::kQ, r) + head_idx * head_dim, head_dim);
+    VectorMap s(scores_.data(), n_cached + 1);  // [n_cached + 1], the new token last
+    s.head(n_cached).noalias() = scale * (keys * q);
+    s[n_cached] = scale * q.dot(ConstVectorMap(k_new, head_dim));
+    s = (s.array() - s.maxCoeff()).exp();
+    s /= s.sum();
+    VectorMap out(row(Act::kAttn, r) + head_idx * head_dim, head_dim);
+    out.noalias() = values * s.head(n_cached);
+    out += s[n_cached] * ConstVectorMap(v_new, head_dim);
+    if (want_weights) weights += s;
+  }
+}
+
+void CpuBackend::log_eviction(int seq, int32_t step, int layer_idx, int kv_head_idx, int32_t pos,
+                              double key) {
+  if (!eviction_log_) return;
+  eviction_log_->push_back(EvictionRecord{.seq_idx = seq, .step = step, .layer_idx = layer_idx,
+                                          .kv_head_idx = kv_head_idx, .evicted_pos = pos,
+                                          .score = static_cast<float>(key)});
+}
+
+void CpuBackend::step_row(int r, int seq, int layer_idx, KvCache& cache, int cache_layer,
+                          int prompt_len) {
+  const Policy& policy = *policy_;
+  const int head_dim = config_.head_dim(), n_kv_heads = config_.n_kv_heads;
+  const int32_t pos = rows_.positions[r];
+  const bool want_weights = policy.uses_attention();
+  float self_weight[kMaxKvHeadsPerLayer];
+  KVP_CHECK(n_kv_heads <= kMaxKvHeadsPerLayer);
+  for (int h = 0; h < n_kv_heads; ++h) {
+    HeadCache head = cache.head(cache_layer, h);
+    attend(r, h, head, want_weights);
+    if (want_weights) {
+      SlotArrays slots = head.slots();
+      policy.observe(slots, group_weights_.data(), pos, prompt_len);
+      self_weight[h] = group_weights_[*head.n_used];
+    } else {
+      self_weight[h] = 0.0f;
     }
+  }
+  // Where the new token goes: a free slot, or the victim's (per head, or one for the layer).
+  int slot[kMaxKvHeadsPerLayer];
+  int shared_victim = -2;
+  for (int h = 0; h < n_kv_heads; ++h) {
+    HeadCache head = cache.head(cache_layer, h);
+    if (*head.n_used < head.budget) {
+      slot[h] = (*head.n_used)++;
+      continue;
+    }
+    KVP_CHECK(policy.evicts() && prompt_len == 0,
+              "layer {} head {}: the cache of {} slots is full and policy {} does not evict",
+              layer_idx, h, head.budget, policy.name());
+    if (policy.shared_per_layer()) {
+      if (shared_victim == -2) {
+        std::vector<SlotArrays> all;
+        for (int i = 0; i < n_kv_heads; ++i) all.push_back(cache.head(cache_layer, i).slots());
+        shared_victim = choose_shared_victim(policy, all, pos);
+      }
+      slot[h] = shared_victim;
+    } else {
+      slot[h] = choose_victim(policy, head.slots(), pos);
+    }
+    KVP_CHECK(slot[h] >= 0, "layer {} head {}: every slot is protected (budget {} < sinks + recent)",
+              layer_idx, h, head.budget);
+    log_eviction(seq, pos, layer_idx, h, head.pos[slot[h]],
+                 policy.eviction_key(head.slots(), slot[h], pos));
+  }
+  for (int h = 0; h < n_kv_heads; ++h) {
+    HeadCache head = cache.head(cache_layer, h);
+    const float* k_new = row(Act::kK, r) + h * head_dim;
+    head.store(slot[h], k_new, row(Act::kV, r) + h * head_dim, pos);
+    SlotArrays slots = head.slots();
+    policy.init_slot(slots, slot[h],
+                     NewToken{.pos = pos, .layer_idx = layer_idx, .kv_head_idx = h, .k = k_new,
+                              .v = row(Act::kV, r) + h * head_dim, .head_dim = head_dim,
+                              .self_weight = self_weight[h], .prompt_len = prompt_len});
+  }
+}
+
+void CpuBackend::prefill(int first, int n, int seq, int layer_idx) {
+  const Policy& policy = *policy_;
+  KvCache& cache = caches_[seq];
+  const int n_kv_heads = config_.n_kv_heads, head_dim = config_.head_dim();
+  KvBudgets scratch_budgets = KvBudgets::uniform(1, n_kv_heads, head_dim, n);
+  scratch_budgets.aux_floats_per_slot = cache.budgets().aux_floats_per_slot;
+  if (!scratch_ || scratch_->budgets().budget_tokens[0] < n ||
+      scratch_->budgets().aux_floats_per_slot != scratch_budgets.aux_floats_per_slot) {
+    scratch_budgets.budget_tokens.assign(n_kv_heads, std::max(n, config_.seq_len));
+    scratch_ = std::make_unique<KvCache>(scratch_budgets);
+  }
+  scratch_->clear();
+  for (int i = 0; i < n; ++i) {
+    KVP_CHECK(rows_.positions[first + i] == rows_.positions[first] + i, "prefill rows must be consecutive positions");
+    step_row(first + i, seq, layer_idx, *scratch_, 0, n);
+  }
+  std::vector<SlotArrays> heads;
+  for (int h = 0; h < n_kv_heads; ++h) {
+    SlotArrays s = scratch_->head(0, h).slots();
+    policy.finish_prefill(s, n);
+    heads.push_back(s);
+  }
+  const int32_t newest = rows_.positions[first + n - 1];
+  std::vector<int> shared_kept;
+  if (policy.shared_per_layer()) {
+    shared_kept = select_prefill_kept(policy, heads, n, cache.head(layer_idx, 0).budget);
+  }
+  for (int h = 0; h < n_kv_heads; ++h) {
+    HeadCache src = scratch_->head(0, h);
+    HeadCache dst = cache.head(layer_idx, h);
+    const std::vector<int> kept = policy.shared_per_layer()
+                                      ? shared_kept
+                                      : select_prefill_kept(policy, std::span(&heads[h], 1), n, dst.budget);
+    KVP_CHECK(static_cast<int>(kept.size()) <= dst.budget);
+    size_t next = 0;
+    for (int j = 0; j < n; ++j) {
+      if (next < kept.size() && kept[next] == j) {
+        const int slot = static_cast<int>(next++);
+        for (int d = 0; d < head_dim; ++d) {
+          dst.k[size_t(d) * dst.budget + slot] = src.k[size_t(d) * src.budget + j];
+          dst.v[size_t(d) * dst.budget + slot] = src.v[size_t(d) * src.budget + j];
+        }
+        dst.pos[slot] = src.pos[j];
+        dst.score[slot] = src.score[j];
+        if (dst.aux) dst.aux[slot] = src.aux[j];
+      } else {
+        log_eviction(seq, newest, layer_idx, h, src.pos[j], policy.eviction_key(heads[h], j, newest));
+      }
+    }
+    *dst.n_used = static_cast<int32_t>(kept.size());
+  }
+}
+
+void CpuBackend::attention(int layer_idx) {
+  for (int first = 0; first < n_rows_;) {
+    const int seq = rows_.seq_idx[first];
+    int n = 1;
+    while (first + n < n_rows_ && rows_.seq_idx[first + n] == seq) ++n;
+    KvCache& cache = caches_[seq];
+    if (*cache.head(layer_idx, 0).n_used == 0) {
+      prefill(first, n, seq, layer_idx);
+    } else {
+      for (int i = 0; i < n; ++i) step_row(first + i, seq, layer_idx, cache, layer_idx, 0);
+    }
+    first += n;
   }
 }
 

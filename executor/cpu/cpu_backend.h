@@ -25,7 +25,9 @@ class CpuBackend final : public Backend {
   std::string_view name() const override { return "cpu"; }
   const ModelConfig& config() const override { return config_; }
 
-  void reset_sequences(const std::vector<KvBudgets>& budgets) override;
+  void reset_sequences(const std::vector<KvBudgets>& budgets,
+                       std::shared_ptr<const Policy> policy = nullptr) override;
+  void set_eviction_log(std::vector<EvictionRecord>* log) override { eviction_log_ = log; }
   int64_t kv_bytes_allocated() const override;
 
   void begin_step(const StepRows& rows) override;
@@ -53,11 +55,27 @@ class CpuBackend final : public Backend {
   }
   void matmul_rows(Weight w, int layer_idx, Act in, Act out, bool accumulate);
 
+  // Attention of row `r`'s query heads of one KV head over `head`'s slots plus the row's own key
+  // and value; writes the output to kAttn and the group-summed weights to group_weights_
+  // ([n_used + 1], the row's own weight last).
+  void attend(int r, int kv_head_idx, const HeadCache& head, bool want_weights);
+  // Runs row `r` of sequence `seq` through one layer's cache: attend, score, insert or evict.
+  // `prompt_len` > 0 while prefilling (no eviction then: the scratch holds the whole prompt).
+  void step_row(int r, int seq, int layer_idx, KvCache& cache, int cache_layer, int prompt_len);
+  // Prefills rows [first, first + n) of an empty cache through the scratch cache, then keeps
+  // what the policy selects within each head's budget.
+  void prefill(int first, int n, int seq, int layer_idx);
+  void log_eviction(int seq, int32_t step, int layer_idx, int kv_head_idx, int32_t pos, double key);
+
   const ModelWeights& weights_;
   ModelConfig config_;
   std::vector<float> rope_cos_;  // [seq_len, head_dim / 2]
   std::vector<float> rope_sin_;  // [seq_len, head_dim / 2]
   std::vector<KvCache> caches_;  // one per sequence
+  std::shared_ptr<const Policy> policy_;
+  std::unique_ptr<KvCache> scratch_;  // one layer's prompt during prefill (working memory, not KV)
+  std::vector<EvictionRecord>* eviction_log_ = nullptr;
+  Eigen::VectorXf group_weights_;  // [seq_len + 1]
   StepRows rows_;
   int n_rows_ = 0;
   using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;

@@ -38,7 +38,7 @@ int64_t KvBudgets::total_slots() const {
 }
 
 int64_t KvBudgets::slot_bytes() const {
-  return 2 * int64_t{head_dim} * kv_dtype_bytes(dtype) + kSlotMetadataBytes;
+  return 2 * int64_t{head_dim} * kv_dtype_bytes(dtype) + kSlotMetadataBytes + 4 * aux_floats_per_slot;
 }
 
 }  // namespace kvp

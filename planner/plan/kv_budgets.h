@@ -19,7 +19,8 @@ int kv_dtype_bytes(KvDtype dtype);
 std::string_view kv_dtype_name(KvDtype dtype);
 Result<KvDtype> parse_kv_dtype(std::string_view name);
 
-// Per slot, besides key and value: original position (int32) and policy score (f32).
+// Per slot, besides key and value: original position (int32) and policy score (f32), plus
+// aux_floats_per_slot floats a policy declares (VATP keeps each value's L1 norm).
 inline constexpr int64_t kSlotMetadataBytes = 8;
 
 struct KvBudgets {
@@ -27,6 +28,7 @@ struct KvBudgets {
   int n_kv_heads = 0;
   int head_dim = 0;
   KvDtype dtype = KvDtype::kF32;
+  int aux_floats_per_slot = 0;
   std::vector<int32_t> budget_tokens;  // [n_layers, n_kv_heads]
 
   // Every layer and head gets `budget_tokens` slots.
@@ -37,7 +39,8 @@ struct KvBudgets {
     return budget_tokens[static_cast<size_t>(layer_idx) * n_kv_heads + kv_head_idx];
   }
   int64_t total_slots() const;
-  // Bytes of one slot: key and value of head_dim elements each, plus kSlotMetadataBytes.
+  // Bytes of one slot: key and value of head_dim elements each, kSlotMetadataBytes, and the
+  // policy's aux floats.
   int64_t slot_bytes() const;
   // Bytes of one sequence's cache: total_slots() * slot_bytes().
   int64_t kv_bytes() const { return total_slots() * slot_bytes(); }

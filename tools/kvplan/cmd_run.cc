@@ -6,13 +6,16 @@
 #include "executor/cpu/cpu_backend.h"
 #include "executor/generator.h"
 #include "executor/model/model_locator.h"
+#include "executor/recorder.h"
 #include "tools/kvplan/command.h"
+#include "tools/kvplan/plan_flags.h"
 
 namespace kvp::cli {
 namespace {
 
 struct RunFlags {
   ModelFlags model;
+  PlanFlags plan;
   std::vector<std::string> prompts;
   int steps = 256;
   SamplerOptions sampler{.temperature = 0.0f, .top_p = 0.9f, .seed = 0};
@@ -38,8 +41,21 @@ Status run(const RunFlags& flags) {
 
   CpuBackend backend(model.weights);
   Decoder decoder(backend);
-  const GenerateOptions options{.steps = flags.steps, .sampler = flags.sampler};
+  GenerateOptions options{.steps = flags.steps, .sampler = flags.sampler};
   std::vector<KvBudgets> budgets(prompts.size(), full_cache_budgets(config, flags.steps));
+  int64_t predicted_kv_bytes = -1;
+  if (flags.plan.given()) {
+    KVP_ASSIGN_OR_RETURN(std::string fingerprint, model_fingerprint(model));
+    KVP_ASSIGN_OR_RETURN(Plan plan, flags.plan.resolve(plan_model(config, fingerprint), model.files.model_path));
+    KVP_ASSIGN_OR_RETURN(auto policy, make_policy(plan.policy, plan.params));
+    if (!policy->evicts() && plan.min_budget() < flags.steps) {
+      return make_error("plan: policy full keeps every token, but its budget {} is below --steps {}",
+                        plan.min_budget(), flags.steps);
+    }
+    options.policy = std::shared_ptr<const Policy>(std::move(policy));
+    budgets.assign(prompts.size(), plan.kv_budgets());
+    predicted_kv_bytes = plan.kv_bytes_per_sequence * static_cast<int64_t>(prompts.size());
+  }
 
   // A single sequence streams its text as it is generated; a batch prints when done.
   const bool stream = prompts.size() == 1 && !flags.json;
@@ -64,6 +80,7 @@ Status run(const RunFlags& flags) {
     out["model"] = model.files.model_path;
     out["backend"] = backend.name();
     out["kv_bytes"] = backend.kv_bytes_allocated();
+    if (predicted_kv_bytes >= 0) out["predicted_kv_bytes"] = predicted_kv_bytes;
     out["generated_tokens"] = result.generated_tokens;
     out["prefill_s"] = result.prefill_s;
     out["decode_s"] = result.decode_s;
@@ -82,9 +99,10 @@ Status run(const RunFlags& flags) {
       std::printf("[%zu] %s\n", s, model.tokenizer.decode(result.tokens[s]).c_str());
     }
   }
-  std::fprintf(stderr, "kvplan run: %lld tokens in %.3f s (%.0f tokens/s), KV cache %lld bytes\n",
+  std::fprintf(stderr, "kvplan run: %lld tokens in %.3f s (%.0f tokens/s), KV cache %lld bytes%s\n",
                static_cast<long long>(result.generated_tokens), result.decode_s, tokens_per_s,
-               static_cast<long long>(backend.kv_bytes_allocated()));
+               static_cast<long long>(backend.kv_bytes_allocated()),
+               predicted_kv_bytes < 0 ? "" : fmt::format(" (plan predicted {})", predicted_kv_bytes).c_str());
   return ok_status();
 }
 
@@ -95,6 +113,7 @@ Command add_run_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "run", "Generate text from one or more prompts (several --prompt flags run as one batch)");
   flags->model.add_to(sub);
+  flags->plan.add_to(sub);
   sub->add_option("--prompt", flags->prompts,
                   "Prompt text; repeat for a batch (default: start from BOS alone)");
   sub->add_option("--steps", flags->steps,

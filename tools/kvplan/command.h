@@ -19,6 +19,8 @@ Command add_run_command(CLI::App& app);
 Command add_inspect_command(CLI::App& app);
 Command add_corpus_command(CLI::App& app);
 Command add_record_command(CLI::App& app);
+Command add_eval_command(CLI::App& app);
+Command add_plan_command(CLI::App& app);
 
 // Flags most commands share.
 struct ModelFlags {

@@ -1,0 +1,46 @@
+// `kvplan eval`: closed-loop measurement of a cache configuration against the full cache on the
+// same tokens (DESIGN §7). Each sequence's first prompt_len tokens are prefilled (full attention,
+// then the cut to budget); the rest is fed one token at a time under the plan (teacher forcing).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "executor/backend.h"
+#include "executor/corpus.h"
+#include "executor/decoder.h"
+#include "planner/plan/measured.h"
+
+namespace kvp {
+
+struct EvalOptions {
+  int prompt_len = 64;
+  int batch = 16;  // sequences per forward pass
+};
+
+// What the full cache gives on a corpus, computed once and shared by every configuration.
+struct EvalReference {
+  int prompt_len = 0;
+  std::vector<std::vector<float>> logprobs;    // per sequence [T - P, vocab], log-softmax
+  std::vector<std::vector<int32_t>> argmax;    // per sequence [T - P]
+  std::vector<std::vector<int32_t>> greedy;    // per sequence: prompt then T - P greedy tokens
+};
+
+// A cache configuration: one budgets entry per sequence (all equal) and the policy.
+struct EvalConfig {
+  KvBudgets budgets;
+  std::shared_ptr<const Policy> policy;
+};
+
+// REQUIRES: every sequence longer than prompt_len, at most the model's seq_len.
+EvalReference compute_reference(Decoder& decoder, const Corpus& corpus, const EvalOptions& options);
+
+// Fills the metrics of `out` (delta_nll, top-1, KL, greedy agreement, KV bytes, tokens/s,
+// n_predicted_tokens); evictions go to `eviction_log` if given. `progress` gets sequences done.
+void evaluate(Decoder& decoder, const Corpus& corpus, const EvalReference& reference,
+              const EvalConfig& config, const EvalOptions& options, Measured* out,
+              std::vector<EvictionRecord>* eviction_log = nullptr,
+              const std::function<void(int)>& progress = {});
+
+}  // namespace kvp

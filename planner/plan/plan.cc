@@ -1,0 +1,254 @@
+#include "planner/plan/plan.h"
+
+#include <algorithm>
+
+#include "common/file_util.h"
+#include "common/yaml_fields.h"
+
+namespace kvp {
+
+KvBudgets Plan::kv_budgets() const {
+  KvBudgets b{.n_layers = model.n_layers, .n_kv_heads = model.n_kv_heads, .head_dim = model.head_dim,
+              .dtype = kv_dtype};
+  auto policy_impl = make_policy(policy, params);
+  KVP_CHECK(policy_impl.ok(), "plan holds an unknown policy");
+  b.aux_floats_per_slot = (*policy_impl)->aux_floats_per_slot();
+  for (const auto& layer : budgets) b.budget_tokens.insert(b.budget_tokens.end(), layer.begin(), layer.end());
+  return b;
+}
+
+int32_t Plan::min_budget() const {
+  int32_t m = INT32_MAX;
+  for (const auto& layer : budgets) m = std::min(m, *std::min_element(layer.begin(), layer.end()));
+  return m;
+}
+
+int32_t Plan::max_budget() const {
+  int32_t m = 0;
+  for (const auto& layer : budgets) m = std::max(m, *std::max_element(layer.begin(), layer.end()));
+  return m;
+}
+
+std::string Plan::to_yaml() const {
+  YAML::Emitter out;
+  out.SetDoublePrecision(6);
+  out << YAML::BeginMap;
+  out << YAML::Key << "format" << YAML::Value << kPlanFormatName;
+  out << YAML::Key << "version" << YAML::Value << kPlanFormatVersion;
+  out << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "fingerprint" << YAML::Value << model.fingerprint;
+  for (const auto& [k, v] : {std::pair{"dim", model.dim}, {"n_layers", model.n_layers},
+                             {"n_heads", model.n_heads}, {"n_kv_heads", model.n_kv_heads},
+                             {"head_dim", model.head_dim}, {"vocab_size", model.vocab_size},
+                             {"seq_len", model.seq_len}}) {
+    out << YAML::Key << k << YAML::Value << v;
+  }
+  out << YAML::EndMap;
+  out << YAML::Key << "policy" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "name" << YAML::Value << policy;
+  out << YAML::Key << "sinks" << YAML::Value << params.sinks;
+  out << YAML::Key << "recent" << YAML::Value << params.recent;
+  if (policy == "vatp") out << YAML::Key << "base" << YAML::Value << std::string(vatp_base_name(params.vatp_base));
+  if (policy == "random") out << YAML::Key << "seed" << YAML::Value << params.seed;
+  if (policy == "snapkv") {
+    out << YAML::Key << "window" << YAML::Value << params.snap_window;
+    out << YAML::Key << "kernel" << YAML::Value << params.snap_kernel;
+  }
+  out << YAML::EndMap;
+  out << YAML::Key << "kv_dtype" << YAML::Value << std::string(kv_dtype_name(kv_dtype));
+  out << YAML::Key << "budgets" << YAML::Value << YAML::BeginSeq;
+  for (const auto& layer : budgets) {
+    if (std::all_of(layer.begin(), layer.end(), [&](int32_t b) { return b == layer[0]; })) {
+      out << layer[0];
+    } else {
+      out << YAML::Flow << YAML::BeginSeq;
+      for (int32_t b : layer) out << b;
+      out << YAML::EndSeq;
+    }
+  }
+  out << YAML::EndSeq;
+  out << YAML::Key << "predictions" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "kv_bytes_per_sequence" << YAML::Value << kv_bytes_per_sequence;
+  for (const auto& [k, v] : predicted) out << YAML::Key << k << YAML::Value << v;
+  out << YAML::EndMap;
+  out << YAML::Key << "provenance" << YAML::Value << YAML::BeginMap;
+  for (const auto& [k, v] : provenance) out << YAML::Key << k << YAML::Value << v;
+  out << YAML::EndMap;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
+  KVP_ASSIGN_OR_RETURN(YAML::Node root, parse_yaml_map(text, path));
+  const YamlFields top(root, path, "");
+  KVP_RETURN_IF_ERROR(top.only({"format", "version", "model", "policy", "kv_dtype", "budgets",
+                                "predictions", "provenance"}));
+  KVP_ASSIGN_OR_RETURN(std::string format, top.str("format"));
+  if (format != kPlanFormatName) return top.error("format", fmt::format("expected {}, found '{}'", kPlanFormatName, format));
+  KVP_ASSIGN_OR_RETURN(int version, top.integer("version", 0, 1 << 20));
+  if (version != kPlanFormatVersion) {
+    return top.error("version", fmt::format("this kvplan reads version {}, found {}", kPlanFormatVersion, version));
+  }
+  Plan plan;
+  KVP_ASSIGN_OR_RETURN(YAML::Node model, top.child("model"));
+  const YamlFields mf(model, path, "model.");
+  KVP_RETURN_IF_ERROR(mf.only({"fingerprint", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                               "vocab_size", "seq_len"}));
+  KVP_ASSIGN_OR_RETURN(plan.model.fingerprint, mf.sha256("fingerprint"));
+  KVP_ASSIGN_OR_RETURN(plan.model.dim, mf.integer("dim", 1, 1 << 22));
+  KVP_ASSIGN_OR_RETURN(plan.model.n_layers, mf.integer("n_layers", 1, 4096));
+  KVP_ASSIGN_OR_RETURN(plan.model.n_heads, mf.integer("n_heads", 1, 4096));
+  KVP_ASSIGN_OR_RETURN(plan.model.n_kv_heads, mf.integer("n_kv_heads", 1, plan.model.n_heads));
+  KVP_ASSIGN_OR_RETURN(plan.model.head_dim, mf.integer("head_dim", 1, 1 << 16));
+  KVP_ASSIGN_OR_RETURN(plan.model.vocab_size, mf.integer("vocab_size", 1, 1 << 22));
+  KVP_ASSIGN_OR_RETURN(plan.model.seq_len, mf.integer("seq_len", 1, 1 << 22));
+
+  KVP_ASSIGN_OR_RETURN(YAML::Node policy, top.child("policy"));
+  const YamlFields pf(policy, path, "policy.");
+  KVP_ASSIGN_OR_RETURN(plan.policy, pf.str("name"));
+  std::set<std::string> known = {"name", "sinks", "recent"};
+  if (plan.policy == "vatp") known.insert("base");
+  if (plan.policy == "random") known.insert("seed");
+  if (plan.policy == "snapkv") known.insert({"window", "kernel"});
+  KVP_RETURN_IF_ERROR(pf.only(known));
+  KVP_ASSIGN_OR_RETURN(plan.params.sinks, pf.integer("sinks", 0, plan.model.seq_len));
+  KVP_ASSIGN_OR_RETURN(plan.params.recent, pf.integer("recent", 0, plan.model.seq_len));
+  if (pf.has("base")) {
+    KVP_ASSIGN_OR_RETURN(std::string base, pf.str("base"));
+    auto parsed = parse_vatp_base(base);
+    if (!parsed.ok()) return pf.error("base", fmt::format("expected h2o or mean, found '{}'", base));
+    plan.params.vatp_base = *parsed;
+  }
+  if (pf.has("seed")) {
+    KVP_ASSIGN_OR_RETURN(plan.params.seed, pf.integer64("seed", 0, INT64_MAX));
+  }
+  if (pf.has("window")) {
+    KVP_ASSIGN_OR_RETURN(plan.params.snap_window, pf.integer("window", 1, 1 << 20));
+  }
+  if (pf.has("kernel")) {
+    KVP_ASSIGN_OR_RETURN(plan.params.snap_kernel, pf.integer("kernel", 1, 1 << 10));
+  }
+  auto policy_impl = make_policy(plan.policy, plan.params);
+  if (!policy_impl.ok()) return policy_impl.error().with_context(path);
+
+  KVP_ASSIGN_OR_RETURN(std::string dtype, top.str("kv_dtype"));
+  auto parsed_dtype = parse_kv_dtype(dtype);
+  if (!parsed_dtype.ok()) return top.error("kv_dtype", fmt::format("expected f32 or f16, found '{}'", dtype));
+  plan.kv_dtype = *parsed_dtype;
+
+  KVP_ASSIGN_OR_RETURN(YAML::Node budgets, top.child("budgets"));
+  if (!budgets.IsSequence()) return top.error("budgets", "expected a list with one entry per layer");
+  if (static_cast<int>(budgets.size()) != plan.model.n_layers) {
+    return top.error("budgets", fmt::format("{} layers listed, the model has {}", budgets.size(), plan.model.n_layers));
+  }
+  const int floor = (*policy_impl)->evicts() ? plan.params.sinks + plan.params.recent : 1;
+  for (size_t l = 0; l < budgets.size(); ++l) {
+    const YAML::Node layer = budgets[l];
+    std::vector<int32_t> heads;
+    auto read_budget = [&](const YAML::Node& n, const std::string& where) -> Status {
+      int64_t b = 0;
+      if (!n.IsScalar() || !YAML::convert<int64_t>::decode(n, b)) {
+        return make_error("{}: {}: expected a token count, found '{}'", path, where, n.IsScalar() ? n.Scalar() : "?");
+      }
+      if (b < floor || b > plan.model.seq_len) {
+        return make_error("{}: {}: expected {}..{} tokens ({}), found {}", path, where, floor, plan.model.seq_len,
+                          (*policy_impl)->evicts() ? fmt::format("at least sinks {} + recent {}", plan.params.sinks,
+                                                                 plan.params.recent)
+                                                   : std::string("at most the model's seq_len"),
+                          b);
+      }
+      heads.push_back(static_cast<int32_t>(b));
+      return ok_status();
+    };
+    if (layer.IsSequence()) {
+      if (static_cast<int>(layer.size()) != plan.model.n_kv_heads) {
+        return make_error("{}: budgets[{}]: {} heads listed, the model has {} KV heads", path, l, layer.size(),
+                          plan.model.n_kv_heads);
+      }
+      for (size_t h = 0; h < layer.size(); ++h) {
+        KVP_RETURN_IF_ERROR(read_budget(layer[h], fmt::format("budgets[{}][{}]", l, h)));
+      }
+      if ((*policy_impl)->shared_per_layer() &&
+          !std::all_of(heads.begin(), heads.end(), [&](int32_t b) { return b == heads[0]; })) {
+        return make_error("{}: budgets[{}]: policy {} keeps one set per layer, so its heads need equal budgets",
+                          path, l, plan.policy);
+      }
+    } else {
+      KVP_RETURN_IF_ERROR(read_budget(layer, fmt::format("budgets[{}]", l)));
+      heads.assign(plan.model.n_kv_heads, heads[0]);
+    }
+    plan.budgets.push_back(std::move(heads));
+  }
+
+  KVP_ASSIGN_OR_RETURN(YAML::Node predictions, top.child("predictions"));
+  if (!predictions.IsMap()) return top.error("predictions", "expected a map");
+  const YamlFields prf(predictions, path, "predictions.");
+  KVP_ASSIGN_OR_RETURN(plan.kv_bytes_per_sequence, prf.integer64("kv_bytes_per_sequence", 0, INT64_MAX));
+  for (const auto& kv : predictions) {
+    const std::string key = kv.first.as<std::string>();
+    if (key == "kv_bytes_per_sequence") continue;
+    KVP_ASSIGN_OR_RETURN(plan.predicted[key], prf.number(key));
+  }
+  const int64_t bytes = plan.kv_budgets().kv_bytes();
+  if (plan.kv_bytes_per_sequence != bytes) {
+    return prf.error("kv_bytes_per_sequence",
+                     fmt::format("the budgets cost {} bytes, the plan says {}", bytes, plan.kv_bytes_per_sequence));
+  }
+  if (top.has("provenance")) {
+    KVP_ASSIGN_OR_RETURN(YAML::Node provenance, top.child("provenance"));
+    if (!provenance.IsMap()) return top.error("provenance", "expected a map of strings");
+    for (const auto& kv : provenance) {
+      if (!kv.second.IsScalar()) return top.error("provenance", "expected a map of strings");
+      plan.provenance[kv.first.as<std::string>()] = kv.second.as<std::string>();
+    }
+  }
+  return plan;
+}
+
+Result<Plan> Plan::load(const std::string& path) {
+  KVP_ASSIGN_OR_RETURN(std::string text, read_file_text(path));
+  return parse(text, path);
+}
+
+Status Plan::save(const std::string& path) const { return write_file_atomic(path, to_yaml()); }
+
+Status Plan::check_model(const PlanModel& m, const std::string& plan_path, const std::string& model_path) const {
+  if (model.fingerprint != m.fingerprint) {
+    return make_error("{}: model.fingerprint: the plan was made for the model of sha256 {}, not {} ({})", plan_path,
+                      model.fingerprint, m.fingerprint, model_path);
+  }
+  const std::pair<const char*, std::pair<int, int>> fields[] = {
+      {"dim", {model.dim, m.dim}},           {"n_layers", {model.n_layers, m.n_layers}},
+      {"n_heads", {model.n_heads, m.n_heads}}, {"n_kv_heads", {model.n_kv_heads, m.n_kv_heads}},
+      {"head_dim", {model.head_dim, m.head_dim}}, {"vocab_size", {model.vocab_size, m.vocab_size}},
+      {"seq_len", {model.seq_len, m.seq_len}}};
+  for (const auto& [name, values] : fields) {
+    if (values.first != values.second) {
+      return make_error("{}: model.{}: the plan says {}, the model ({}) has {}", plan_path, name, values.first,
+                        model_path, values.second);
+    }
+  }
+  return ok_status();
+}
+
+Result<Plan> uniform_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
+                          int32_t budget_tokens, KvDtype kv_dtype) {
+  Plan plan;
+  plan.model = model;
+  plan.policy = policy;
+  plan.params = params;
+  plan.kv_dtype = kv_dtype;
+  plan.budgets.assign(model.n_layers, std::vector<int32_t>(model.n_kv_heads, budget_tokens));
+  KVP_ASSIGN_OR_RETURN(auto impl, make_policy(policy, params));
+  if (impl->evicts() && budget_tokens < params.sinks + params.recent) {
+    return make_error("--budget: expected at least sinks {} + recent {} = {} tokens, found {}", params.sinks,
+                      params.recent, params.sinks + params.recent, budget_tokens);
+  }
+  if (budget_tokens < 1 || budget_tokens > model.seq_len) {
+    return make_error("--budget: expected 1..{} tokens (the model's seq_len), found {}", model.seq_len, budget_tokens);
+  }
+  plan.kv_bytes_per_sequence = plan.kv_budgets().kv_bytes();
+  return plan;
+}
+
+}  // namespace kvp

@@ -1,0 +1,64 @@
+// plan.yaml: what the executor must enforce — policy, per-layer and per-head budgets, KV dtype —
+// for which model, with what the planner predicted and how the plan was made. Versioned; parsed
+// strictly (unknown keys are errors). The schema is documented in planner/plan/PLAN_FORMAT.md.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "planner/plan/kv_budgets.h"
+#include "planner/policy/policy.h"
+
+namespace kvp {
+
+inline constexpr const char* kPlanFormatName = "kvplan-plan";
+inline constexpr int kPlanFormatVersion = 1;
+
+// The model a plan was made for.
+struct PlanModel {
+  std::string fingerprint;  // sha256 of the weights file
+  int dim = 0;
+  int n_layers = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int vocab_size = 0;
+  int seq_len = 0;
+};
+
+struct Plan {
+  PlanModel model;
+  std::string policy;  // a name from policy_names()
+  PolicyParams params;
+  KvDtype kv_dtype = KvDtype::kF32;
+  std::vector<std::vector<int32_t>> budgets;  // [n_layers][n_kv_heads] slots
+  // Predictions: kv_bytes_per_sequence is exact; others (accuracy) come with calibration.
+  int64_t kv_bytes_per_sequence = 0;
+  std::map<std::string, double> predicted;  // e.g. delta_nll, top1_agreement
+  // Provenance: free-form strings such as tool, command, trace.
+  std::map<std::string, std::string> provenance;
+
+  // The budgets and slot layout the executor allocates (aux floats from the policy).
+  KvBudgets kv_budgets() const;
+  int32_t min_budget() const;
+  int32_t max_budget() const;
+
+  std::string to_yaml() const;
+  // Parses and validates the schema, the policy and the budgets (each >= sinks + recent for
+  // evicting policies). Errors read "<path>: <field>: expected ..., found ...".
+  static Result<Plan> parse(const std::string& yaml_text, const std::string& path);
+  static Result<Plan> load(const std::string& path);
+  Status save(const std::string& path) const;
+
+  // Refuses a plan made for another model (fingerprint or shape).
+  Status check_model(const PlanModel& model, const std::string& plan_path,
+                     const std::string& model_path) const;
+};
+
+// A plan with the same budget for every layer and head (kv_bytes filled in).
+Result<Plan> uniform_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
+                          int32_t budget_tokens, KvDtype kv_dtype);
+
+}  // namespace kvp

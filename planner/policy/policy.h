@@ -1,0 +1,120 @@
+// Token-eviction policies: one implementation, used by the planner's replay and by the executor's
+// cache, so both make the same decisions on the same attention (DESIGN §4).
+//
+// A policy sees one KV head's slots as plain arrays and decides three things: the score a token
+// starts with when it enters the cache, how a query's attention updates the scores of the cached
+// tokens, and which unprotected slot to evict (the lowest eviction key; ties evict the older
+// position). Protected: positions below `sinks`, and the `recent` newest positions (the new token
+// included).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+namespace kvp {
+
+// VATP's base attention score.
+enum class VatpBase { kH2o, kMean };  // on-disk names "h2o", "mean": frozen
+
+struct PolicyParams {
+  int sinks = 4;           // first positions never evicted
+  int recent = 16;         // newest positions never evicted (the new token counts)
+  VatpBase vatp_base = VatpBase::kH2o;
+  uint64_t seed = 0;       // random
+  int snap_window = 32;    // snapkv: observation window (last prompt queries)
+  int snap_kernel = 7;     // snapkv: max-pooling width over positions (odd)
+};
+
+// One KV head's slots. The first n_used are valid; slot order is arbitrary.
+struct SlotArrays {
+  int32_t n_used = 0;
+  int32_t budget = 0;
+  int32_t* pos = nullptr;   // [budget] original position
+  float* score = nullptr;   // [budget] policy score
+  float* aux = nullptr;     // [budget] policy's per-slot extra (VATP: value L1 norm), or null
+};
+
+// A token about to enter a head's cache.
+struct NewToken {
+  int32_t pos;
+  int layer_idx;
+  int kv_head_idx;
+  const float* k;     // [head_dim], post-RoPE
+  const float* v;     // [head_dim]
+  int head_dim;
+  float self_weight;  // its own attention weight at its step, summed over the group's query heads
+  int prompt_len;     // > 0 while the prompt is prefilled, 0 for generated tokens
+};
+
+class Policy {
+ public:
+  explicit Policy(const PolicyParams& params) : params_(params) {}
+  virtual ~Policy() = default;
+
+  virtual std::string_view name() const = 0;
+  const PolicyParams& params() const { return params_; }
+
+  // False only for `full`: the cache must hold every position.
+  virtual bool evicts() const { return true; }
+  // Whether observe() uses attention weights (the executor skips the bookkeeping otherwise).
+  virtual bool uses_attention() const { return true; }
+  // True when all KV heads of a layer keep the same positions (TOVA): victims are chosen per
+  // layer from the eviction keys summed over the layer's heads.
+  virtual bool shared_per_layer() const { return false; }
+  // Floats of per-slot state beyond position and score (counted by the memory model).
+  virtual int aux_floats_per_slot() const { return 0; }
+
+  // Writes the score (and aux) of `token` entering `slot`.
+  virtual void init_slot(SlotArrays& s, int slot, const NewToken& token) const = 0;
+  // Adds the attention of the query at `query_pos` (weights over slots [0, n_used), summed over
+  // the group's query heads). `prompt_len` > 0 during prefill.
+  virtual void observe(SlotArrays& /*s*/, const float* /*weights*/, int /*query_pos*/,
+                       int /*prompt_len*/) const {}
+  // After the last prompt query, before the prompt is cut to budget.
+  virtual void finish_prefill(SlotArrays& /*s*/, int /*prompt_len*/) const {}
+  // The lower, the sooner evicted. `query_pos`: the position of the newest token.
+  virtual double eviction_key(const SlotArrays& s, int slot, int /*query_pos*/) const {
+    return s.score[slot];
+  }
+
+ private:
+  PolicyParams params_;
+};
+
+// Registered names: full, window, h2o, vatp, tova, snapkv, knorm, random.
+Result<std::unique_ptr<Policy>> make_policy(std::string_view name, const PolicyParams& params);
+std::vector<std::string> policy_names();
+
+// Each policy's published defaults for a budget: sinks and recent as its paper or code sets them.
+PolicyParams published_defaults(std::string_view name, int budget_tokens);
+
+Result<VatpBase> parse_vatp_base(std::string_view name);
+std::string_view vatp_base_name(VatpBase base);
+
+// ---- Decisions shared by replay and executor ----
+
+// Whether position `pos` is protected when the newest position is `newest_pos`.
+bool is_protected(const PolicyParams& p, int32_t pos, int32_t newest_pos);
+
+// The slot to evict from `s` (full, newest token at `newest_pos` not yet inserted): the
+// unprotected slot of lowest eviction key, the older position on ties; -1 if every slot is
+// protected.
+int choose_victim(const Policy& policy, const SlotArrays& s, int32_t newest_pos);
+
+// The same over all KV heads of a layer for shared_per_layer() policies: keys summed per slot
+// (the heads' slots hold the same positions).
+int choose_shared_victim(const Policy& policy, std::span<const SlotArrays> heads, int32_t newest_pos);
+
+// After prefill of `prompt_len` positions held in slots [0, prompt_len) in position order: the
+// slots to keep within `budget`, in position order — protected positions first, then the highest
+// eviction keys (the newer position on ties).
+std::vector<int> select_prefill_kept(const Policy& policy, std::span<const SlotArrays> heads,
+                                     int prompt_len, int budget);
+
+}  // namespace kvp

@@ -1,0 +1,278 @@
+// kvplan eval: measure a plan (or a grid of uniform plans) against the full cache, closed loop.
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "common/file_util.h"
+#include "common/progress.h"
+#include "executor/cpu/cpu_backend.h"
+#include "executor/evaluator.h"
+#include "executor/generator.h"
+#include "executor/recorder.h"
+#include "tools/kvplan/command.h"
+#include "tools/kvplan/plan_flags.h"
+
+namespace kvp::cli {
+namespace {
+
+struct EvalFlags {
+  ModelFlags model;
+  PlanFlags plan;
+  std::string corpus;
+  int prompt_len = 64;
+  int batch = 16;
+  std::string out;
+  std::string eviction_log;
+  bool json = false;
+  bool grid = false;
+  std::string policies = "full,window,h2o,vatp,tova,snapkv,knorm,random";
+  std::string budgets = "16,32,64,128,256";
+};
+
+Measured describe(const Plan& plan, const std::string& source, const std::string& corpus) {
+  Measured m;
+  m.model_fingerprint = plan.model.fingerprint;
+  m.policy = plan.policy;
+  m.sinks = plan.params.sinks;
+  m.recent = plan.params.recent;
+  if (plan.policy == "vatp") m.policy_detail = fmt::format("base={}", vatp_base_name(plan.params.vatp_base));
+  if (plan.policy == "random") m.policy_detail = fmt::format("seed={}", plan.params.seed);
+  if (plan.policy == "snapkv") m.policy_detail = fmt::format("window={} kernel={}", plan.params.snap_window, plan.params.snap_kernel);
+  m.budgets = plan.budgets;
+  m.kv_dtype = std::string(kv_dtype_name(plan.kv_dtype));
+  m.plan_source = source;
+  m.corpus = corpus;
+  m.predicted_kv_bytes_per_sequence = plan.kv_bytes_per_sequence;
+  m.predicted = plan.predicted;
+  return m;
+}
+
+Result<Measured> measure(Decoder& decoder, const Corpus& corpus, const EvalReference& ref, const Plan& plan,
+                         const std::string& source, const EvalFlags& flags,
+                         std::vector<EvictionRecord>* log, Progress* progress) {
+  KVP_ASSIGN_OR_RETURN(auto policy, make_policy(plan.policy, plan.params));
+  int longest = 0;
+  for (const auto& s : corpus.sequences) longest = std::max(longest, static_cast<int>(s.size()));
+  if (!policy->evicts() && plan.min_budget() < longest) {
+    return make_error("plan: policy full keeps every token, but its budget {} is below the corpus's "
+                      "longest sequence ({} tokens)", plan.min_budget(), longest);
+  }
+  Measured m = describe(plan, source, corpus.source);
+  evaluate(decoder, corpus, ref,
+           EvalConfig{.budgets = plan.kv_budgets(), .policy = std::shared_ptr<const Policy>(std::move(policy))},
+           EvalOptions{.prompt_len = flags.prompt_len, .batch = flags.batch}, &m, log,
+           [&](int done) { if (progress) progress->update(done); });
+  KVP_CHECK(m.kv_bytes_per_sequence == m.predicted_kv_bytes_per_sequence,
+            "allocated {} KV bytes per sequence, the plan predicted {}", m.kv_bytes_per_sequence,
+            m.predicted_kv_bytes_per_sequence);
+  return m;
+}
+
+nlohmann::json metrics_json(const Measured& m) {
+  return {{"policy", m.policy}, {"sinks", m.sinks}, {"recent", m.recent}, {"detail", m.policy_detail},
+          {"budgets", m.budgets}, {"delta_nll", m.delta_nll}, {"nll_full", m.nll_full},
+          {"nll_pruned", m.nll_pruned}, {"top1_agreement", m.top1_agreement}, {"kl", m.kl},
+          {"greedy_agreement_tokens", m.greedy_agreement_tokens},
+          {"greedy_agreement_fraction", m.greedy_agreement_fraction},
+          {"kv_bytes_per_sequence", m.kv_bytes_per_sequence},
+          {"predicted_kv_bytes_per_sequence", m.predicted_kv_bytes_per_sequence},
+          {"n_predicted_tokens", m.n_predicted_tokens}, {"tokens_per_s", m.tokens_per_s}};
+}
+
+Status write_eviction_log(const std::string& path, const std::vector<EvictionRecord>& log) {
+  std::string csv = "seq,step,layer,head,evicted_pos,score\n";
+  for (const EvictionRecord& e : log) {
+    csv += fmt::format("{},{},{},{},{},{}\n", e.seq_idx, e.step, e.layer_idx, e.kv_head_idx, e.evicted_pos, e.score);
+  }
+  return write_file_atomic(path, csv);
+}
+
+struct Context {
+  LoadedModel model;
+  PlanModel plan_model;
+  Corpus corpus;
+};
+
+Result<Context> load_context(const EvalFlags& flags) {
+  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer));
+  KVP_ASSIGN_OR_RETURN(std::string fingerprint, model_fingerprint(model));
+  const ModelConfig& c = model.weights.config();
+  KVP_ASSIGN_OR_RETURN(Corpus corpus, load_corpus(flags.corpus, model.tokenizer, c.seq_len));
+  if (flags.prompt_len < 1) return make_error("--prompt-len: expected at least 1, found {}", flags.prompt_len);
+  for (size_t i = 0; i < corpus.sequences.size(); ++i) {
+    if (static_cast<int>(corpus.sequences[i].size()) <= flags.prompt_len) {
+      return make_error("{}: sequence {} has {} tokens; --prompt-len {} leaves nothing to evaluate",
+                        flags.corpus, i, corpus.sequences[i].size(), flags.prompt_len);
+    }
+  }
+  if (flags.batch < 1) return make_error("--batch: expected at least 1, found {}", flags.batch);
+  PlanModel pm = plan_model(c, fingerprint);
+  return Context{std::move(model), std::move(pm), std::move(corpus)};
+}
+
+Status eval_one(const EvalFlags& flags) {
+  KVP_ASSIGN_OR_RETURN(Context ctx, load_context(flags));
+  KVP_ASSIGN_OR_RETURN(Plan plan, flags.plan.resolve(ctx.plan_model, ctx.model.files.model_path));
+  CpuBackend backend(ctx.model.weights);
+  Decoder decoder(backend);
+  const EvalOptions options{.prompt_len = flags.prompt_len, .batch = flags.batch};
+  const EvalReference ref = compute_reference(decoder, ctx.corpus, options);
+  std::vector<EvictionRecord> log;
+  Progress progress("eval: sequences", static_cast<int64_t>(ctx.corpus.sequences.size()), !flags.json);
+  KVP_ASSIGN_OR_RETURN(Measured m, measure(decoder, ctx.corpus, ref, plan,
+                                           flags.plan.plan_path.empty() ? "flags" : flags.plan.plan_path, flags,
+                                           flags.eviction_log.empty() ? nullptr : &log, &progress));
+  progress.finish(static_cast<int64_t>(ctx.corpus.sequences.size()));
+  const std::string out = flags.out.empty() ? "measured.yaml" : flags.out;
+  KVP_RETURN_IF_ERROR(m.save(out));
+  if (!flags.eviction_log.empty()) KVP_RETURN_IF_ERROR(write_eviction_log(flags.eviction_log, log));
+  if (flags.json) {
+    nlohmann::json j = metrics_json(m);
+    j["measured_yaml"] = out;
+    std::printf("%s\n", j.dump(2).c_str());
+    return ok_status();
+  }
+  const int64_t full_bytes = full_cache_budgets(ctx.model.weights.config(), ctx.model.weights.config().seq_len).kv_bytes();
+  std::printf("plan:    %s, policy %s (sinks %d, recent %d%s%s), budgets %d..%d slots\n", m.plan_source.c_str(),
+              m.policy.c_str(), m.sinks, m.recent, m.policy_detail.empty() ? "" : ", ", m.policy_detail.c_str(),
+              plan.min_budget(), plan.max_budget());
+  std::printf("corpus:  %s, %d sequences, prompt %d, %lld predicted tokens\n\n", m.corpus.c_str(), m.n_sequences,
+              m.prompt_len, static_cast<long long>(m.n_predicted_tokens));
+  std::printf("%-34s %s\n", "metric", "value");
+  std::printf("%-34s %.5f\n", "delta NLL (nats/token)", m.delta_nll);
+  std::printf("%-34s %.5f / %.5f\n", "NLL full / pruned (nats/token)", m.nll_full, m.nll_pruned);
+  std::printf("%-34s %.4f\n", "top-1 agreement", m.top1_agreement);
+  std::printf("%-34s %.5f\n", "KL(full || pruned) (nats/token)", m.kl);
+  std::printf("%-34s %.1f tokens (%.1f%% of the continuation)\n", "greedy agreement", m.greedy_agreement_tokens,
+              100 * m.greedy_agreement_fraction);
+  std::printf("%-34s %lld (predicted %lld; full cache at seq_len %lld)\n", "KV bytes per sequence",
+              static_cast<long long>(m.kv_bytes_per_sequence), static_cast<long long>(m.predicted_kv_bytes_per_sequence),
+              static_cast<long long>(full_bytes));
+  std::printf("%-34s %.0f\n", "decode tokens/s (teacher-forced)", m.tokens_per_s);
+  std::printf("\nwrote %s%s%s\n", out.c_str(), flags.eviction_log.empty() ? "" : " and ", flags.eviction_log.c_str());
+  return ok_status();
+}
+
+std::string markdown_table(const std::string& title, const std::vector<std::string>& policies,
+                           const std::vector<int>& budgets, const std::map<std::pair<std::string, int>, Measured>& grid,
+                           const std::function<std::string(const Measured&)>& cell) {
+  std::string md = "### " + title + "\n\n| policy |";
+  for (int b : budgets) md += fmt::format(" {} |", b);
+  md += "\n|---|";
+  for (size_t i = 0; i < budgets.size(); ++i) md += "---|";
+  md += "\n";
+  for (const std::string& p : policies) {
+    md += "| " + p + " |";
+    for (int b : budgets) {
+      auto it = grid.find({p, b});
+      md += " " + (it == grid.end() ? std::string("—") : cell(it->second)) + " |";
+    }
+    md += "\n";
+  }
+  return md + "\n";
+}
+
+Status eval_grid(const EvalFlags& flags) {
+  if (flags.out.empty()) return make_error("--out: eval --grid needs a directory to write grid.csv and grid.md");
+  const std::vector<std::string> policies = split_list(flags.policies);
+  KVP_ASSIGN_OR_RETURN(std::vector<int> budgets, parse_int_list("--budgets", flags.budgets));
+  for (const std::string& p : policies) KVP_RETURN_IF_ERROR(make_policy(p, PolicyParams{}).status());
+  KVP_ASSIGN_OR_RETURN(Context ctx, load_context(flags));
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(flags.out) / "measured", ec);
+  if (ec) return make_error("{}: cannot create: {}", flags.out, ec.message());
+
+  CpuBackend backend(ctx.model.weights);
+  Decoder decoder(backend);
+  const EvalOptions options{.prompt_len = flags.prompt_len, .batch = flags.batch};
+  const EvalReference ref = compute_reference(decoder, ctx.corpus, options);
+  int longest = 0;
+  for (const auto& s : ctx.corpus.sequences) longest = std::max(longest, static_cast<int>(s.size()));
+
+  std::map<std::pair<std::string, int>, Measured> grid;
+  std::string csv = "policy,budget,sinks,recent,detail,kv_bytes_per_sequence,keep_ratio,delta_nll,nll_full,"
+                    "nll_pruned,top1_agreement,kl,greedy_agreement_tokens,greedy_agreement_fraction,tokens_per_s\n";
+  const int64_t full_bytes = full_cache_budgets(ctx.model.weights.config(), longest).kv_bytes();
+  int n_configs = 0;
+  for (const std::string& p : policies) n_configs += p == "full" ? 1 : static_cast<int>(budgets.size());
+  Progress progress("eval --grid: configurations", n_configs, !flags.json);
+  int done = 0;
+  for (const std::string& p : policies) {
+    for (int b : budgets) {
+      const int budget = p == "full" ? longest : b;
+      KVP_ASSIGN_OR_RETURN(Plan plan, flags.plan.uniform(ctx.plan_model, p, budget));
+      KVP_ASSIGN_OR_RETURN(Measured m, measure(decoder, ctx.corpus, ref, plan, "flags", flags, nullptr, nullptr));
+      KVP_RETURN_IF_ERROR(m.save((std::filesystem::path(flags.out) / "measured" /
+                                  fmt::format("{}-{}.yaml", p, budget)).string()));
+      csv += fmt::format("{},{},{},{},{},{},{:.6f},{:.6f},{:.6f},{:.6f},{:.6f},{:.6f},{:.3f},{:.6f},{:.0f}\n", p, budget,
+                         m.sinks, m.recent, m.policy_detail, m.kv_bytes_per_sequence,
+                         double(m.kv_bytes_per_sequence) / full_bytes, m.delta_nll, m.nll_full, m.nll_pruned,
+                         m.top1_agreement, m.kl, m.greedy_agreement_tokens, m.greedy_agreement_fraction,
+                         m.tokens_per_s);
+      progress.update(++done, fmt::format("{} @ {}: dNLL {:.4f}", p, budget, m.delta_nll));
+      if (p == "full") {
+        for (int bb : budgets) grid[{p, bb}] = m;
+        break;
+      }
+      grid[{p, b}] = std::move(m);
+    }
+  }
+  progress.finish(done);
+  std::string md = fmt::format(
+      "## stories260K: policies × budgets\n\nCorpus `{}`: {} sequences, prompt {} tokens (full attention, then cut "
+      "to budget), {} predicted tokens per configuration. Budgets are slots per layer and KV head; the full cache of "
+      "a {}-token sequence is {} bytes. Sinks and recent window: {}.\n\n",
+      ctx.corpus.source, ctx.corpus.sequences.size(), flags.prompt_len, grid.begin()->second.n_predicted_tokens,
+      longest, full_bytes,
+      flags.plan.sinks || !flags.plan.recent.empty()
+          ? fmt::format("sinks {}, recent {}", flags.plan.sinks ? std::to_string(*flags.plan.sinks) : "per policy",
+                        flags.plan.recent.empty() ? "per policy" : flags.plan.recent)
+          : "each policy's published defaults");
+  md += markdown_table("Mean ΔNLL (nats/token, lower is better)", policies, budgets, grid,
+                       [](const Measured& m) { return fmt::format("{:.4f}", m.delta_nll); });
+  md += markdown_table("Top-1 agreement with the full cache", policies, budgets, grid,
+                       [](const Measured& m) { return fmt::format("{:.3f}", m.top1_agreement); });
+  md += markdown_table("KL(full ‖ pruned) (nats/token)", policies, budgets, grid,
+                       [](const Measured& m) { return fmt::format("{:.4f}", m.kl); });
+  md += markdown_table("Greedy agreement (tokens until the first divergence, mean)", policies, budgets, grid,
+                       [](const Measured& m) { return fmt::format("{:.1f}", m.greedy_agreement_tokens); });
+  md += markdown_table("KV bytes per sequence", policies, budgets, grid,
+                       [](const Measured& m) { return std::to_string(m.kv_bytes_per_sequence); });
+  KVP_RETURN_IF_ERROR(write_file_atomic((std::filesystem::path(flags.out) / "grid.csv").string(), csv));
+  KVP_RETURN_IF_ERROR(write_file_atomic((std::filesystem::path(flags.out) / "grid.md").string(), md));
+  if (flags.json) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& [key, m] : grid) j.push_back(metrics_json(m));
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("%s", md.c_str());
+    std::printf("wrote %s/grid.csv, %s/grid.md and %s/measured/*.yaml\n", flags.out.c_str(), flags.out.c_str(),
+                flags.out.c_str());
+  }
+  return ok_status();
+}
+
+}  // namespace
+
+Command add_eval_command(CLI::App& app) {
+  auto flags = std::make_shared<EvalFlags>();
+  CLI::App* sub = app.add_subcommand(
+      "eval",
+      "Measure a plan against the full cache on a corpus (teacher-forced ΔNLL, top-1 agreement, KL, greedy "
+      "agreement, KV bytes, tokens/s); --grid runs policies × budgets");
+  flags->model.add_to(sub);
+  flags->plan.add_to(sub);
+  sub->add_option("--corpus", flags->corpus, "A kvplan corpus file or a plain text file")->required();
+  sub->add_option("--prompt-len", flags->prompt_len, "Prompt positions attended in full before eviction (default 64)");
+  sub->add_option("--batch", flags->batch, "Sequences per forward pass (default 16)");
+  sub->add_option("--out", flags->out, "measured.yaml to write (default ./measured.yaml); with --grid a directory");
+  sub->add_option("--eviction-log", flags->eviction_log, "CSV of every eviction: seq, step, layer, head, position, score");
+  sub->add_flag("--json", flags->json, "Machine-readable output, no progress");
+  sub->add_flag("--grid", flags->grid, "Evaluate uniform plans for every --policies × --budgets");
+  sub->add_option("--policies", flags->policies, "Policies of the grid (default: all)");
+  sub->add_option("--budgets", flags->budgets, "Budgets of the grid (default 16,32,64,128,256)");
+  return {sub, [flags] { return flags->grid ? eval_grid(*flags) : eval_one(*flags); }};
+}
+
+}  // namespace kvp::cli

@@ -1,0 +1,98 @@
+#include "tools/kvplan/plan_flags.h"
+
+#include <cmath>
+#include <sstream>
+
+namespace kvp::cli {
+
+void PlanFlags::add_to(CLI::App* app, bool with_policy) {
+  app->add_option("--plan", plan_path, "Plan file (plan.yaml) to enforce");
+  if (with_policy) {
+    app->add_option("--policy", policy,
+                    "Instead of --plan: a uniform plan with this policy (full, window, h2o, vatp, "
+                    "tova, snapkv, knorm, random)");
+    app->add_option("--budget", budget, "Slots per layer and KV head for --policy");
+  }
+  app->add_option("--sinks", sinks, "First positions never evicted (default: the policy's published default)");
+  app->add_option("--recent", recent,
+                  "Newest positions never evicted, in tokens or as a share of the budget like 25% "
+                  "(default: the policy's published default)");
+  app->add_option("--vatp-base", vatp_base, "VATP's attention base: h2o (accumulated) or mean (default h2o)");
+  app->add_option("--policy-seed", seed, "Seed of the random policy (default 0)");
+  app->add_option("--kv-dtype", kv_dtype, "KV element type: f32 (the CPU backend stores f32)");
+}
+
+Result<PolicyParams> PlanFlags::params_for(const std::string& name, int budget) const {
+  PolicyParams p = published_defaults(name, budget);
+  if (sinks) p.sinks = *sinks;
+  if (!recent.empty()) {
+    char* end = nullptr;
+    const double value = std::strtod(recent.c_str(), &end);
+    const bool percent = end && *end == '%' && end[1] == '\0';
+    if (end == recent.c_str() || (!percent && *end != '\0') || value < 0) {
+      return make_error("--recent: expected a token count or a percentage like 25%, found '{}'", recent);
+    }
+    p.recent = percent ? static_cast<int>(std::lround(value / 100.0 * budget)) : static_cast<int>(value);
+  }
+  KVP_ASSIGN_OR_RETURN(p.vatp_base, parse_vatp_base(vatp_base));
+  p.seed = seed;
+  return p;
+}
+
+Result<Plan> PlanFlags::uniform(const PlanModel& model, const std::string& name, int budget) const {
+  KVP_ASSIGN_OR_RETURN(PolicyParams params, params_for(name, budget));
+  KVP_ASSIGN_OR_RETURN(KvDtype dtype, parse_kv_dtype(kv_dtype));
+  if (dtype != KvDtype::kF32) return make_error("--kv-dtype: the CPU backend stores f32, found '{}'", kv_dtype);
+  KVP_ASSIGN_OR_RETURN(Plan plan, uniform_plan(model, name, params, budget, dtype));
+  plan.provenance["source"] = "uniform plan from flags";
+  return plan;
+}
+
+Result<Plan> PlanFlags::resolve(const PlanModel& model, const std::string& model_path) const {
+  if (!plan_path.empty() && !policy.empty()) {
+    return make_error("--plan and --policy: give one (a plan file, or a uniform plan from flags)");
+  }
+  if (!plan_path.empty()) {
+    KVP_ASSIGN_OR_RETURN(Plan plan, Plan::load(plan_path));
+    KVP_RETURN_IF_ERROR(plan.check_model(model, plan_path, model_path));
+    if (plan.kv_dtype != KvDtype::kF32) {
+      return make_error("{}: kv_dtype: the CPU backend stores f32, the plan asks for {}", plan_path,
+                        kv_dtype_name(plan.kv_dtype));
+    }
+    return plan;
+  }
+  if (policy.empty()) return make_error("--plan or --policy: one is needed");
+  if (budget <= 0) return make_error("--budget: expected the slots per layer and head for --policy, found {}", budget);
+  return uniform(model, policy, budget);
+}
+
+PlanModel plan_model(const ModelConfig& c, const std::string& fingerprint) {
+  return PlanModel{.fingerprint = fingerprint, .dim = c.dim, .n_layers = c.n_layers, .n_heads = c.n_heads,
+                   .n_kv_heads = c.n_kv_heads, .head_dim = c.head_dim(), .vocab_size = c.vocab_size,
+                   .seq_len = c.seq_len};
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+Result<std::vector<int>> parse_int_list(const std::string& flag, const std::string& text) {
+  std::vector<int> out;
+  for (const std::string& item : split_list(text)) {
+    char* end = nullptr;
+    const long v = std::strtol(item.c_str(), &end, 10);
+    if (*end != '\0' || v <= 0 || v > (1 << 22)) {
+      return make_error("{}: expected positive integers separated by commas, found '{}'", flag, item);
+    }
+    out.push_back(static_cast<int>(v));
+  }
+  if (out.empty()) return make_error("{}: expected a comma-separated list, found '{}'", flag, text);
+  return out;
+}
+
+}  // namespace kvp::cli

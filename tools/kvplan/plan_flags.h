@@ -1,0 +1,41 @@
+// --plan FILE, or a uniform plan from --policy/--budget/--sinks/--recent, for run and eval.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <optional>
+#include <string>
+
+#include "executor/model/model_locator.h"
+#include "planner/plan/plan.h"
+
+namespace kvp::cli {
+
+struct PlanFlags {
+  std::string plan_path;
+  std::string policy;
+  int budget = 0;
+  std::optional<int> sinks;
+  std::string recent;  // tokens ("16") or a share of the budget ("25%"); empty: the policy's default
+  std::string vatp_base = "h2o";
+  uint64_t seed = 0;
+  std::string kv_dtype = "f32";
+
+  // `with_policy_list`: --policy is not added (eval --grid adds --policies itself).
+  void add_to(CLI::App* app, bool with_policy = true);
+  bool given() const { return !plan_path.empty() || !policy.empty(); }
+
+  // Sinks, recent and the rest for `policy` at `budget`: flags over the policy's published defaults.
+  Result<PolicyParams> params_for(const std::string& policy, int budget) const;
+  Result<Plan> uniform(const PlanModel& model, const std::string& policy, int budget) const;
+  // Loads --plan (refusing another model's) or builds the uniform plan of the flags.
+  Result<Plan> resolve(const PlanModel& model, const std::string& model_path) const;
+};
+
+PlanModel plan_model(const ModelConfig& config, const std::string& fingerprint);
+
+// "1,2,3" -> {1, 2, 3}; errors name the flag.
+Result<std::vector<int>> parse_int_list(const std::string& flag, const std::string& text);
+std::vector<std::string> split_list(const std::string& text);
+
+}  // namespace kvp::cli
