@@ -1,5 +1,7 @@
 #include "planner/plan/plan.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 
 #include "common/file_util.h"
@@ -106,6 +108,9 @@ Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
   KVP_ASSIGN_OR_RETURN(YAML::Node policy, top.child("policy"));
   const YamlFields pf(policy, path, "policy.");
   KVP_ASSIGN_OR_RETURN(plan.policy, pf.str("name"));
+  if (const auto names = policy_names(); std::find(names.begin(), names.end(), plan.policy) == names.end()) {
+    return pf.error("name", fmt::format("expected one of {}, found '{}'", fmt::join(names, ", "), plan.policy));
+  }
   std::set<std::string> known = {"name", "sinks", "recent"};
   if (plan.policy == "vatp") known.insert("base");
   if (plan.policy == "random") known.insert("seed");

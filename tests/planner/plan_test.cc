@@ -1,0 +1,123 @@
+// plan.yaml: byte-stable round trips and strict validation.
+#include "planner/plan/plan.h"
+
+#include <gtest/gtest.h>
+
+namespace kvp {
+namespace {
+
+PlanModel stories() {
+  return PlanModel{.fingerprint = std::string(64, 'b'), .dim = 64, .n_layers = 5, .n_heads = 8,
+                   .n_kv_heads = 4, .head_dim = 8, .vocab_size = 512, .seq_len = 512};
+}
+
+Plan ragged_vatp() {
+  auto plan = uniform_plan(stories(), "vatp", {.sinks = 4, .recent = 16, .vatp_base = VatpBase::kMean}, 64,
+                           KvDtype::kF32);
+  EXPECT_TRUE(plan.ok());
+  plan->budgets[2] = {32, 48, 64, 96};
+  plan->kv_bytes_per_sequence = plan->kv_budgets().kv_bytes();
+  plan->provenance["tool"] = "test";
+  return *plan;
+}
+
+TEST(Plan, RoundTripsByteForByte) {
+  const Plan plan = ragged_vatp();
+  const std::string yaml = plan.to_yaml();
+  auto back = Plan::parse(yaml, "plan.yaml");
+  ASSERT_TRUE(back.ok()) << back.error().message();
+  EXPECT_EQ(back->budgets, plan.budgets);
+  EXPECT_EQ(back->params.vatp_base, VatpBase::kMean);
+  EXPECT_EQ(back->to_yaml(), yaml);
+  EXPECT_NE(yaml.find("- [32, 48, 64, 96]"), std::string::npos) << yaml;
+}
+
+TEST(Plan, KvBytesCountVatpsValueNormPerSlot) {
+  const Plan plan = ragged_vatp();
+  // 4 layers x 4 heads x 64 + (32 + 48 + 64 + 96) slots, each 2 x 8 x 4 + 8 + 4 (value norm) bytes.
+  EXPECT_EQ(plan.kv_bytes_per_sequence, (16 * 64 + 240) * 76);
+  auto h2o = uniform_plan(stories(), "h2o", {.sinks = 0, .recent = 32}, 64, KvDtype::kF32);
+  EXPECT_EQ(h2o->kv_bytes_per_sequence, 20 * 64 * 72);
+}
+
+struct BadPlan {
+  std::string name;
+  std::function<void(std::string&)> edit;
+  std::string expect;
+  friend void PrintTo(const BadPlan& b, std::ostream* os) { *os << b.name; }
+};
+
+void replace(std::string& s, const std::string& from, const std::string& to) {
+  const size_t at = s.find(from);
+  ASSERT_NE(at, std::string::npos) << from;
+  s.replace(at, from.size(), to);
+}
+
+std::vector<BadPlan> bad_plans() {
+  return {
+      {"unknown_top_key", [](std::string& s) { s += "extra: 1\n"; }, "extra: unknown field"},
+      {"unknown_policy_key", [](std::string& s) { replace(s, "  sinks: 4", "  sinkz: 4\n  sinks: 4"); },
+       "policy.sinkz: unknown field"},
+      {"budget_below_sinks_plus_recent", [](std::string& s) { replace(s, "  - 64\n  - 64\n  - [", "  - 12\n  - 64\n  - ["); },
+       "budgets[0]: expected 20..512 tokens (at least sinks 4 + recent 16), found 12"},
+      {"too_few_layers", [](std::string& s) { replace(s, "  - 64\n  - 64\n  - [", "  - 64\n  - ["); },
+       "budgets: 4 layers listed, the model has 5"},
+      {"wrong_head_count", [](std::string& s) { replace(s, "[32, 48, 64, 96]", "[32, 48, 64]"); },
+       "budgets[2]: 3 heads listed, the model has 4 KV heads"},
+      {"future_version", [](std::string& s) { replace(s, "version: 1", "version: 9"); }, "version: this kvplan reads version 1"},
+      {"unknown_policy", [](std::string& s) { replace(s, "name: vatp", "name: lru"); }, "'lru'"},
+      {"bad_base", [](std::string& s) { replace(s, "base: mean", "base: median"); }, "policy.base"},
+      {"bytes_disagree", [](std::string& s) { replace(s, "kv_bytes_per_sequence: ", "kv_bytes_per_sequence: 1"); },
+       "predictions.kv_bytes_per_sequence: the budgets cost"},
+      {"bad_fingerprint", [](std::string& s) { replace(s, std::string(64, 'b'), "abc"); }, "model.fingerprint"},
+      {"not_yaml", [](std::string& s) { s = "budgets: [1, 2"; }, "not valid YAML"},
+  };
+}
+
+class MalformedPlan : public ::testing::TestWithParam<BadPlan> {};
+
+TEST_P(MalformedPlan, IsAnErrorNamingTheField) {
+  std::string yaml = ragged_vatp().to_yaml();
+  GetParam().edit(yaml);
+  auto plan = Plan::parse(yaml, "plan.yaml");
+  ASSERT_FALSE(plan.ok()) << yaml;
+  EXPECT_NE(plan.error().message().find(GetParam().expect), std::string::npos) << plan.error().message();
+  EXPECT_EQ(plan.error().message().rfind("plan.yaml", 0), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, MalformedPlan, ::testing::ValuesIn(bad_plans()),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(Plan, AnotherModelIsRefused) {
+  const Plan plan = ragged_vatp();
+  PlanModel other = stories();
+  other.fingerprint = std::string(64, 'c');
+  Status s = plan.check_model(other, "plan.yaml", "other.bin");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message().find("model.fingerprint"), std::string::npos);
+  other = stories();
+  other.n_layers = 6;
+  s = plan.check_model(other, "plan.yaml", "other.bin");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message().find("model.n_layers: the plan says 5"), std::string::npos);
+  EXPECT_TRUE(plan.check_model(stories(), "plan.yaml", "m.bin").ok());
+}
+
+TEST(Plan, SharedSetPoliciesNeedEqualHeadBudgets) {
+  auto tova = uniform_plan(stories(), "tova", {.sinks = 0, .recent = 1}, 32, KvDtype::kF32);
+  ASSERT_TRUE(tova.ok());
+  std::string yaml = tova->to_yaml();
+  yaml.replace(yaml.find("  - 32\n"), 7, "  - [32, 16, 32, 32]\n");
+  auto parsed = Plan::parse(yaml, "p.yaml");
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_NE(parsed.error().message().find("equal budgets"), std::string::npos) << parsed.error().message();
+}
+
+TEST(Plan, UniformFromFlagsRefusesBudgetsBelowTheProtectedPositions) {
+  auto plan = uniform_plan(stories(), "vatp", {.sinks = 4, .recent = 16}, 16, KvDtype::kF32);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_NE(plan.error().message().find("--budget"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kvp
