@@ -165,12 +165,12 @@ void CpuBackend::attend(int r, int kv_head_idx, const HeadCache& head, bool want
   }
 }
 
-void CpuBackend::log_eviction(int seq, int32_t step, int layer_idx, int kv_head_idx, int32_t pos,
-                              double key) {
+void CpuBackend::log_eviction(int seq, int32_t step, int layer_idx, int kv_head_idx,
+                              const SlotArrays& slots, int slot) {
   if (!eviction_log_) return;
   eviction_log_->push_back(EvictionRecord{.seq_idx = seq, .step = step, .layer_idx = layer_idx,
-                                          .kv_head_idx = kv_head_idx, .evicted_pos = pos,
-                                          .score = static_cast<float>(key)});
+                                          .kv_head_idx = kv_head_idx, .evicted_pos = slots.pos[slot],
+                                          .score = policy_->eviction_key(slots, slot, step)});
 }
 
 void CpuBackend::step_row(int r, int seq, int layer_idx, KvCache& cache, int cache_layer,
@@ -216,8 +216,7 @@ void CpuBackend::step_row(int r, int seq, int layer_idx, KvCache& cache, int cac
     }
     KVP_CHECK(slot[h] >= 0, "layer {} head {}: every slot is protected (budget {} < sinks + recent)",
               layer_idx, h, head.budget);
-    log_eviction(seq, pos, layer_idx, h, head.pos[slot[h]],
-                 policy.eviction_key(head.slots(), slot[h], pos));
+    log_eviction(seq, pos, layer_idx, h, head.slots(), slot[h]);
   }
   for (int h = 0; h < n_kv_heads; ++h) {
     HeadCache head = cache.head(cache_layer, h);
@@ -277,7 +276,7 @@ void CpuBackend::prefill(int first, int n, int seq, int layer_idx) {
         dst.score[slot] = src.score[j];
         if (dst.aux) dst.aux[slot] = src.aux[j];
       } else {
-        log_eviction(seq, newest, layer_idx, h, src.pos[j], policy.eviction_key(heads[h], j, newest));
+        log_eviction(seq, newest, layer_idx, h, heads[h], j);
       }
     }
     *dst.n_used = static_cast<int32_t>(kept.size());

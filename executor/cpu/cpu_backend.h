@@ -65,7 +65,7 @@ class CpuBackend final : public Backend {
   // Prefills rows [first, first + n) of an empty cache through the scratch cache, then keeps
   // what the policy selects within each head's budget.
   void prefill(int first, int n, int seq, int layer_idx);
-  void log_eviction(int seq, int32_t step, int layer_idx, int kv_head_idx, int32_t pos, double key);
+  void log_eviction(int seq, int32_t step, int layer_idx, int kv_head_idx, const SlotArrays& slots, int slot);
 
   const ModelWeights& weights_;
   ModelConfig config_;

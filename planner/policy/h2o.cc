@@ -9,7 +9,9 @@ void H2oPolicy::init_slot(SlotArrays& s, int slot, const NewToken& token) const 
 }
 
 void H2oPolicy::observe(SlotArrays& s, const float* weights, int /*query_pos*/, int /*prompt_len*/) const {
-  for (int j = 0; j < s.n_used; ++j) s.score[j] += weights[j];
+  float* __restrict score = s.score;
+  const float* __restrict w = weights;
+  for (int j = 0; j < s.n_used; ++j) score[j] += w[j];
 }
 
 }  // namespace kvp

@@ -37,7 +37,8 @@ class VatpPolicy final : public Policy {
   int aux_floats_per_slot() const override { return 1; }
   void init_slot(SlotArrays& s, int slot, const NewToken& token) const override;
   void observe(SlotArrays& s, const float* weights, int query_pos, int prompt_len) const override;
-  double eviction_key(const SlotArrays& s, int slot, int query_pos) const override;
+  float eviction_key(const SlotArrays& s, int slot, int query_pos) const override;
+  void eviction_keys(const SlotArrays& s, int query_pos, float* keys) const override;
 };
 
 class TovaPolicy final : public Policy {
@@ -56,7 +57,6 @@ class SnapKvPolicy final : public Policy {
   void init_slot(SlotArrays& s, int slot, const NewToken& token) const override;
   void observe(SlotArrays& s, const float* weights, int query_pos, int prompt_len) const override;
   void finish_prefill(SlotArrays& s, int prompt_len) const override;
-  double eviction_key(const SlotArrays& s, int slot, int query_pos) const override;
 };
 
 class KnormPolicy final : public Policy {

@@ -12,43 +12,48 @@ bool is_protected(const PolicyParams& p, int32_t pos, int32_t newest_pos) {
 namespace {
 
 // Lower key first; on equal keys the older position first.
-bool evict_before(double key_a, int32_t pos_a, double key_b, int32_t pos_b) {
+bool evict_before(float key_a, int32_t pos_a, float key_b, int32_t pos_b) {
   return key_a < key_b || (key_a == key_b && pos_a < pos_b);
+}
+
+// The unprotected slot of lowest key (older position on ties), or -1.
+int lowest_unprotected(const PolicyParams& p, const int32_t* pos, const float* keys, int n, int32_t newest_pos) {
+  const int32_t last_unprotected = newest_pos - p.recent;
+  int victim = -1;
+  for (int j = 0; j < n; ++j) {
+    if (pos[j] < p.sinks || pos[j] > last_unprotected) continue;
+    if (victim < 0 || evict_before(keys[j], pos[j], keys[victim], pos[victim])) victim = j;
+  }
+  return victim;
+}
+
+std::vector<float>& key_buffer(size_t n) {
+  thread_local std::vector<float> keys;
+  if (keys.size() < n) keys.resize(n);
+  return keys;
 }
 
 }  // namespace
 
 int choose_victim(const Policy& policy, const SlotArrays& s, int32_t newest_pos) {
-  int victim = -1;
-  double victim_key = 0;
-  for (int j = 0; j < s.n_used; ++j) {
-    if (is_protected(policy.params(), s.pos[j], newest_pos)) continue;
-    const double key = policy.eviction_key(s, j, newest_pos);
-    if (victim < 0 || evict_before(key, s.pos[j], victim_key, s.pos[victim])) {
-      victim = j;
-      victim_key = key;
-    }
-  }
-  return victim;
+  std::vector<float>& keys = key_buffer(s.n_used);
+  policy.eviction_keys(s, newest_pos, keys.data());
+  return lowest_unprotected(policy.params(), s.pos, keys.data(), s.n_used, newest_pos);
 }
 
 int choose_shared_victim(const Policy& policy, std::span<const SlotArrays> heads, int32_t newest_pos) {
   const SlotArrays& first = heads.front();
-  int victim = -1;
-  double victim_key = 0;
-  for (int j = 0; j < first.n_used; ++j) {
-    if (is_protected(policy.params(), first.pos[j], newest_pos)) continue;
-    double key = 0;
-    for (const SlotArrays& h : heads) {
-      KVP_CHECK(h.pos[j] == first.pos[j], "heads of a shared-set policy disagree at slot {}", j);
-      key += policy.eviction_key(h, j, newest_pos);
-    }
-    if (victim < 0 || evict_before(key, first.pos[j], victim_key, first.pos[victim])) {
-      victim = j;
-      victim_key = key;
-    }
+  std::vector<float>& sum = key_buffer(2 * size_t(first.n_used));
+  float* total = sum.data();
+  float* keys = sum.data() + first.n_used;
+  std::fill(total, total + first.n_used, 0.0f);
+  for (const SlotArrays& h : heads) {
+    KVP_CHECK(h.n_used == first.n_used && std::equal(h.pos, h.pos + h.n_used, first.pos),
+              "heads of a shared-set policy hold different positions");
+    policy.eviction_keys(h, newest_pos, keys);
+    for (int j = 0; j < first.n_used; ++j) total[j] += keys[j];
   }
-  return victim;
+  return lowest_unprotected(policy.params(), first.pos, total, first.n_used, newest_pos);
 }
 
 std::vector<int> select_prefill_kept(const Policy& policy, std::span<const SlotArrays> heads,
@@ -68,9 +73,11 @@ std::vector<int> select_prefill_kept(const Policy& policy, std::span<const SlotA
   }
   KVP_CHECK(static_cast<int>(kept.size()) <= budget, "budget {} below the {} protected positions",
             budget, kept.size());
-  std::vector<double> key(prompt_len, 0.0);
-  for (int j : candidates) {
-    for (const SlotArrays& h : heads) key[j] += policy.eviction_key(h, j, newest);
+  // Keys summed over the heads in order, as choose_shared_victim sums them.
+  std::vector<float> key(prompt_len, 0.0f), head_keys(prompt_len);
+  for (const SlotArrays& h : heads) {
+    policy.eviction_keys(h, newest, head_keys.data());
+    for (int j = 0; j < prompt_len; ++j) key[j] += head_keys[j];
   }
   // Highest key first; the newer position first on ties (ties evict the older).
   std::stable_sort(candidates.begin(), candidates.end(), [&](int a, int b) {

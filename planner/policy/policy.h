@@ -8,6 +8,7 @@
 // included).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -79,8 +80,13 @@ class Policy {
   // After the last prompt query, before the prompt is cut to budget.
   virtual void finish_prefill(SlotArrays& /*s*/, int /*prompt_len*/) const {}
   // The lower, the sooner evicted. `query_pos`: the position of the newest token.
-  virtual double eviction_key(const SlotArrays& s, int slot, int /*query_pos*/) const {
+  virtual float eviction_key(const SlotArrays& s, int slot, int /*query_pos*/) const {
     return s.score[slot];
+  }
+  // eviction_key() of every slot [0, n_used) at once (the hot path: one call per head and step).
+  // Overrides must give exactly the values eviction_key() gives.
+  virtual void eviction_keys(const SlotArrays& s, int /*query_pos*/, float* keys) const {
+    std::copy(s.score, s.score + s.n_used, keys);
   }
 
  private:

@@ -37,8 +37,4 @@ void SnapKvPolicy::finish_prefill(SlotArrays& s, int prompt_len) const {
   std::copy(pooled.begin(), pooled.end(), s.score);
 }
 
-double SnapKvPolicy::eviction_key(const SlotArrays& s, int slot, int /*query_pos*/) const {
-  return s.score[slot];
-}
-
 }  // namespace kvp

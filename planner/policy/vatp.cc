@@ -20,12 +20,24 @@ void VatpPolicy::init_slot(SlotArrays& s, int slot, const NewToken& token) const
 }
 
 void VatpPolicy::observe(SlotArrays& s, const float* weights, int /*query_pos*/, int /*prompt_len*/) const {
-  for (int j = 0; j < s.n_used; ++j) s.score[j] += weights[j] * s.aux[j];
+  // Distinct arrays: __restrict lets the compiler vectorise the hot loop.
+  float* __restrict score = s.score;
+  const float* __restrict aux = s.aux;
+  const float* __restrict w = weights;
+  for (int j = 0; j < s.n_used; ++j) score[j] += w[j] * aux[j];
 }
 
-double VatpPolicy::eviction_key(const SlotArrays& s, int slot, int query_pos) const {
+float VatpPolicy::eviction_key(const SlotArrays& s, int slot, int query_pos) const {
   if (params().vatp_base == VatpBase::kH2o) return s.score[slot];
-  return static_cast<double>(s.score[slot]) / static_cast<double>(query_pos - s.pos[slot] + 1);
+  return s.score[slot] / static_cast<float>(query_pos - s.pos[slot] + 1);
+}
+
+void VatpPolicy::eviction_keys(const SlotArrays& s, int query_pos, float* keys) const {
+  if (params().vatp_base == VatpBase::kH2o) {
+    std::copy(s.score, s.score + s.n_used, keys);
+    return;
+  }
+  for (int j = 0; j < s.n_used; ++j) keys[j] = s.score[j] / static_cast<float>(query_pos - s.pos[j] + 1);
 }
 
 }  // namespace kvp
