@@ -90,9 +90,13 @@ TEST(Vatp, MeanBaseDividesByTheQueriesThatSawTheToken) {
   auto mean = policy("vatp", {.sinks = 0, .recent = 1, .vatp_base = VatpBase::kMean});
   Slots s{.pos = {1, 2, 3}, .score = {0.4f, 0.3f, 0.25f}, .aux = {1, 1, 1}};
   // Newest position 4: queries 1..4 saw position 1 (4 of them), 2..4 saw 2 (3), 3..4 saw 3 (2).
-  EXPECT_DOUBLE_EQ(mean->eviction_key(s.view(), 0, 4), 0.4f / 4.0);
-  EXPECT_DOUBLE_EQ(mean->eviction_key(s.view(), 1, 4), 0.3f / 3.0);
-  EXPECT_DOUBLE_EQ(mean->eviction_key(s.view(), 2, 4), 0.25f / 2.0);
+  EXPECT_FLOAT_EQ(mean->eviction_key(s.view(), 0, 4), 0.4f / 4.0f);
+  EXPECT_FLOAT_EQ(mean->eviction_key(s.view(), 1, 4), 0.3f / 3.0f);
+  EXPECT_FLOAT_EQ(mean->eviction_key(s.view(), 2, 4), 0.25f / 2.0f);
+  // The batched keys are the same values.
+  float keys[3];
+  mean->eviction_keys(s.view(), 4, keys);
+  for (int j = 0; j < 3; ++j) EXPECT_EQ(keys[j], mean->eviction_key(s.view(), j, 4));
   // Keys 0.1, 0.1, 0.125 (in float): positions 1 and 2 tie up to rounding; the lower key goes.
   const int victim = choose_victim(*mean, s.view(), 4);
   EXPECT_TRUE(victim == 0 || victim == 1);
