@@ -86,6 +86,58 @@ TEST(Cli, CorpusRecordInspectMakeAndDescribeATrace) {
   EXPECT_NE(text.out.find("attn on pos 0"), std::string::npos);
 }
 
+TEST(Cli, PlanThenRunAndEvalEnforceIt) {
+  const std::string dir = test::make_temp_dir("cliplan");
+  const test::CliResult plan =
+      run_kvplan("plan --policy vatp --budget 24 --sinks 2 --recent 6 --out " + dir + "/plan.yaml");
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  const std::string yaml = test::read_bytes(dir + "/plan.yaml");
+  EXPECT_NE(yaml.find("name: vatp"), std::string::npos);
+  // 5 layers x 4 heads x 24 slots x (2 x 8 x 4 + 4 + 4 + 4 for the value norm) bytes.
+  EXPECT_NE(yaml.find("kv_bytes_per_sequence: 36480"), std::string::npos) << yaml;
+
+  const test::CliResult run = run_kvplan("run --plan " + dir + "/plan.yaml --steps 100 --json");
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const auto j = nlohmann::json::parse(run.out);
+  EXPECT_EQ(j["kv_bytes"], 36480);
+  EXPECT_EQ(j["predicted_kv_bytes"], 36480);
+  EXPECT_EQ(j["sequences"][0]["tokens"].size(), 101u);
+
+  const std::string corpus = dir + "/c.jsonl";
+  ASSERT_EQ(run_kvplan("corpus --sample 3 --length 80 --out " + corpus).exit_code, 0);
+  const test::CliResult eval = run_kvplan("eval --plan " + dir + "/plan.yaml --corpus " + corpus +
+                                          " --prompt-len 16 --out " + dir + "/m.yaml --eviction-log " + dir +
+                                          "/ev.csv --json");
+  ASSERT_EQ(eval.exit_code, 0) << eval.err;
+  const auto m = nlohmann::json::parse(eval.out);
+  EXPECT_EQ(m["kv_bytes_per_sequence"], 36480);
+  EXPECT_EQ(m["n_predicted_tokens"], 3 * (80 - 16));
+  EXPECT_GT(m["delta_nll"].get<double>(), 0.0);
+  const std::string log = test::read_bytes(dir + "/ev.csv");
+  EXPECT_EQ(log.rfind("seq,step,layer,head,evicted_pos,score\n", 0), 0u);
+  // Positions 0..78 are fed (the last token is only predicted): 79 - 24 evictions per head.
+  EXPECT_EQ(test::line_count(log), 1 + 3 * 20 * (79 - 24));
+  EXPECT_NE(test::read_bytes(dir + "/m.yaml").find("format: kvplan-measured"), std::string::npos);
+
+  const test::CliResult full = run_kvplan("eval --policy full --budget 80 --corpus " + corpus +
+                                          " --prompt-len 16 --out " + dir + "/f.yaml --json");
+  ASSERT_EQ(full.exit_code, 0) << full.err;
+  EXPECT_EQ(nlohmann::json::parse(full.out)["delta_nll"], 0.0);
+}
+
+TEST(Cli, EvalGridWritesCsvAndMarkdown) {
+  const std::string dir = test::make_temp_dir("cligrid");
+  ASSERT_EQ(run_kvplan("corpus --sample 2 --length 60 --out " + dir + "/c.jsonl").exit_code, 0);
+  const test::CliResult grid = run_kvplan("eval --grid --policies full,h2o,vatp --budgets 16,32 --corpus " + dir +
+                                          "/c.jsonl --prompt-len 16 --out " + dir + "/g");
+  ASSERT_EQ(grid.exit_code, 0) << grid.err;
+  const std::string csv = test::read_bytes(dir + "/g/grid.csv");
+  EXPECT_EQ(test::line_count(csv), 1 + 1 + 2 + 2);  // header, full once, h2o and vatp at 2 budgets
+  EXPECT_NE(csv.find("\nvatp,32,"), std::string::npos);
+  EXPECT_NE(test::read_bytes(dir + "/g/grid.md").find("| vatp |"), std::string::npos);
+  EXPECT_TRUE(std::filesystem::exists(dir + "/g/measured/h2o-16.yaml"));
+}
+
 struct BadInvocation {
   std::string name;
   std::function<std::string(const std::string& dir)> args;  // given a scratch directory
@@ -165,6 +217,33 @@ std::vector<BadInvocation> bad_invocations() {
       {"corpus_length_too_long",
        [](const std::string& d) { return "corpus --sample 1 --length 5000 --out " + d + "/c.jsonl"; },
        "--length"},
+      {"plan_for_another_model",
+       [](const std::string& d) {
+         const std::string other = d + "/other.bin";
+         test::write_bytes(other, test::read_bytes(test::default_model().files.model_path));
+         std::string b = test::read_bytes(other);
+         b[b.size() - 1] ^= 1;  // a different model file: another fingerprint
+         test::write_bytes(other, b);
+         run_kvplan("plan --policy h2o --budget 32 --model " + other + " --tokenizer " +
+                    shell_quote(test::default_model().files.tokenizer_path) + " --out " + d + "/p.yaml");
+         return "run --plan " + d + "/p.yaml";
+       },
+       "model.fingerprint"},
+      {"plan_budget_below_protected", [](const std::string& d) {
+         return "plan --policy vatp --budget 10 --sinks 4 --recent 16 --out " + d + "/p.yaml"; }, "--budget"},
+      {"plan_unknown_policy", [](const std::string& d) { return "plan --policy lru --budget 10 --out " + d + "/p.yaml"; },
+       "'lru'"},
+      {"run_plan_and_policy", [](const std::string& d) { return "run --plan " + d + "/p.yaml --policy h2o --budget 8"; },
+       "give one"},
+      {"run_full_policy_too_small", [](const std::string&) { return "run --policy full --budget 32 --steps 64"; },
+       "budget 32 is below --steps 64"},
+      {"eval_prompt_too_long",
+       [](const std::string& d) {
+         test::write_bytes(d + "/c.txt", "Once upon a time.");
+         return "eval --policy h2o --budget 32 --corpus " + d + "/c.txt --prompt-len 64";
+       },
+       "leaves nothing to evaluate"},
+      {"bad_recent", [](const std::string&) { return "run --policy h2o --budget 32 --recent 1x"; }, "--recent"},
       {"inspect_damaged_trace",
        [](const std::string& d) {
          std::filesystem::create_directory(d + "/t");
