@@ -1,5 +1,7 @@
 #include "executor/cpu/cpu_backend.h"
 
+#include "planner/policy/slot_attention.h"
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -11,9 +13,6 @@ constexpr int kMaxKvHeadsPerLayer = 1024;
 
 using ConstMatrixMap =
     Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
-using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using ConstMatrixStrideMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
-using ConstColMatrixStrideMap = Eigen::Map<const Eigen::MatrixXf, 0, Eigen::OuterStride<>>;
 using VectorMap = Eigen::Map<Eigen::VectorXf>;
 using ConstVectorMap = Eigen::Map<const Eigen::VectorXf>;
 
@@ -140,29 +139,15 @@ void CpuBackend::rope(Act qk) {
 
 void CpuBackend::attend(int r, int kv_head_idx, const HeadCache& head, bool want_weights) {
   const int head_dim = config_.head_dim(), group = config_.group_size();
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  const int n_cached = *head.n_used;
-  const float* k_new = row(Act::kK, r) + kv_head_idx * head_dim;
-  const float* v_new = row(Act::kV, r) + kv_head_idx * head_dim;
-  // Keys as [n_cached, head_dim] column-major and values as [head_dim, n_cached] row-major, both
-  // views of the transposed [head_dim, budget] storage.
-  const ConstColMatrixStrideMap keys(head.k, n_cached, head_dim, Eigen::OuterStride<>(head.budget));
-  const ConstMatrixStrideMap values(head.v, head_dim, n_cached, Eigen::OuterStride<>(head.budget));
-  VectorMap weights(group_weights_.data(), n_cached + 1);
-  if (want_weights) weights.setZero();
-  for (int g = 0; g < group; ++g) {
-    const int head_idx = kv_head_idx * group + g;
-    const ConstVectorMap q(row(Act::kQ, r) + head_idx * head_dim, head_dim);
-    VectorMap s(scores_.data(), n_cached + 1);  // [n_cached + 1], the new token last
-    s.head(n_cached).noalias() = scale * (keys * q);
-    s[n_cached] = scale * q.dot(ConstVectorMap(k_new, head_dim));
-    s = (s.array() - s.maxCoeff()).exp();
-    s /= s.sum();
-    VectorMap out(row(Act::kAttn, r) + head_idx * head_dim, head_dim);
-    out.noalias() = values * s.head(n_cached);
-    out += s[n_cached] * ConstVectorMap(v_new, head_dim);
-    if (want_weights) weights += s;
-  }
+  const int first_head = kv_head_idx * group;
+  slot_attention(row(Act::kQ, r) + first_head * head_dim, group,
+                 SlotKv{.k = head.k, .v = head.v, .capacity = head.budget, .n_used = *head.n_used,
+                        .head_dim = head_dim},
+                 row(Act::kK, r) + kv_head_idx * head_dim, row(Act::kV, r) + kv_head_idx * head_dim,
+                 SlotAttentionOut{.out = row(Act::kAttn, r) + first_head * head_dim,
+                                  .weights = want_weights ? group_weights_.data() : nullptr,
+                                  .log_z = nullptr,
+                                  .scratch = scores_.data()});
 }
 
 void CpuBackend::log_eviction(int seq, int32_t step, int layer_idx, int kv_head_idx,
@@ -193,30 +178,19 @@ void CpuBackend::step_row(int r, int seq, int layer_idx, KvCache& cache, int cac
     }
   }
   // Where the new token goes: a free slot, or the victim's (per head, or one for the layer).
+  std::vector<SlotArrays>& heads = slot_views_;
+  heads.clear();
+  for (int h = 0; h < n_kv_heads; ++h) heads.push_back(cache.head(cache_layer, h).slots());
   int slot[kMaxKvHeadsPerLayer];
-  int shared_victim = -2;
+  int32_t victim_pos[kMaxKvHeadsPerLayer];
+  KVP_CHECK(prompt_len == 0 || heads[0].n_used < heads[0].budget, "prefill scratch too small");
+  place_new_token(policy, heads, pos, std::span(slot, n_kv_heads), std::span(victim_pos, n_kv_heads));
   for (int h = 0; h < n_kv_heads; ++h) {
-    HeadCache head = cache.head(cache_layer, h);
-    if (*head.n_used < head.budget) {
-      slot[h] = (*head.n_used)++;
-      continue;
-    }
-    KVP_CHECK(policy.evicts() && prompt_len == 0,
-              "layer {} head {}: the cache of {} slots is full and policy {} does not evict",
-              layer_idx, h, head.budget, policy.name());
-    if (policy.shared_per_layer()) {
-      if (shared_victim == -2) {
-        std::vector<SlotArrays> all;
-        for (int i = 0; i < n_kv_heads; ++i) all.push_back(cache.head(cache_layer, i).slots());
-        shared_victim = choose_shared_victim(policy, all, pos);
-      }
-      slot[h] = shared_victim;
+    if (victim_pos[h] < 0) {
+      ++*cache.head(cache_layer, h).n_used;
     } else {
-      slot[h] = choose_victim(policy, head.slots(), pos);
+      log_eviction(seq, pos, layer_idx, h, heads[h], slot[h]);
     }
-    KVP_CHECK(slot[h] >= 0, "layer {} head {}: every slot is protected (budget {} < sinks + recent)",
-              layer_idx, h, head.budget);
-    log_eviction(seq, pos, layer_idx, h, head.slots(), slot[h]);
   }
   for (int h = 0; h < n_kv_heads; ++h) {
     HeadCache head = cache.head(cache_layer, h);

@@ -76,6 +76,7 @@ class CpuBackend final : public Backend {
   std::unique_ptr<KvCache> scratch_;  // one layer's prompt during prefill (working memory, not KV)
   std::vector<EvictionRecord>* eviction_log_ = nullptr;
   Eigen::VectorXf group_weights_;  // [seq_len + 1]
+  std::vector<SlotArrays> slot_views_;  // one layer's heads, reused per row
   StepRows rows_;
   int n_rows_ = 0;
   using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
