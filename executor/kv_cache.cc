@@ -37,7 +37,7 @@ HeadCache KvCache::head(int layer_idx, int kv_head_idx) {
   int32_t* pos = reinterpret_cast<int32_t*>(v + budget * hd);
   float* score = reinterpret_cast<float*>(pos + budget);
   float* aux = budgets_.aux_floats_per_slot > 0 ? score + budget : nullptr;
-  return HeadCache{.k = k, .v = v, .pos = pos, .score = score, .aux = aux, .budget = budget,
+  return HeadSlots{.k = k, .v = v, .pos = pos, .score = score, .aux = aux, .budget = budget,
                    .n_used = &n_used_[i], .head_dim = budgets_.head_dim};
 }
 

@@ -10,36 +10,13 @@
 #include <vector>
 
 #include "planner/plan/kv_budgets.h"
-#include "planner/policy/policy.h"
+#include "planner/policy/layer_step.h"
 
 namespace kvp {
 
-// Keys and values are stored transposed, element d of slot j at [d * budget + j], so that the
-// attention products over the slots vectorise across tokens rather than across head_dim.
-struct HeadCache {
-  float* k;         // [head_dim, budget]
-  float* v;         // [head_dim, budget]
-  int32_t* pos;     // [budget] original position of each slot
-  float* score;     // [budget] policy score of each slot
-  float* aux;       // [budget] the policy's per-slot float, or null
-  int32_t budget;   // slots allocated
-  int32_t* n_used;  // slots filled; the first *n_used are valid
-  int head_dim;
-
-  // The policy's view of these slots.
-  SlotArrays slots() const {
-    return SlotArrays{.n_used = *n_used, .budget = budget, .pos = pos, .score = score, .aux = aux};
-  }
-
-  // Writes a token's key, value and position into `slot`.
-  void store(int slot, const float* key, const float* value, int32_t position) const {
-    for (int d = 0; d < head_dim; ++d) {
-      k[static_cast<size_t>(d) * budget + slot] = key[d];
-      v[static_cast<size_t>(d) * budget + slot] = value[d];
-    }
-    pos[slot] = position;
-  }
-};
+// A head's view of the cache (planner/policy/layer_step.h): keys and values transposed, element d
+// of slot j at [d * budget + j], so the attention products vectorise across tokens.
+using HeadCache = HeadSlots;
 
 class KvCache {
  public:

@@ -1,6 +1,5 @@
 #include "executor/cpu/cpu_backend.h"
 
-#include "planner/policy/slot_attention.h"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -9,7 +8,6 @@
 namespace kvp {
 namespace {
 
-constexpr int kMaxKvHeadsPerLayer = 1024;
 
 using ConstMatrixMap =
     Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
@@ -21,8 +19,7 @@ using ConstVectorMap = Eigen::Map<const Eigen::VectorXf>;
 CpuBackend::CpuBackend(const ModelWeights& weights)
     : weights_(weights),
       config_(weights.config()),
-      scores_(config_.seq_len + 1),
-      group_weights_(config_.seq_len + 1) {
+      step_scratch_(config_.seq_len) {
   static_assert(EIGEN_MAX_ALIGN_BYTES <= 64, "rows are padded for at most 64-byte packets");
   // RoPE tables as llama2.c computes them: theta_i = 10000^(-2i/head_dim), in f32.
   const int half = config_.head_dim() / 2;
@@ -137,124 +134,45 @@ void CpuBackend::rope(Act qk) {
   }
 }
 
-void CpuBackend::attend(int r, int kv_head_idx, const HeadCache& head, bool want_weights) {
-  const int head_dim = config_.head_dim(), group = config_.group_size();
-  const int first_head = kv_head_idx * group;
-  slot_attention(row(Act::kQ, r) + first_head * head_dim, group,
-                 SlotKv{.k = head.k, .v = head.v, .capacity = head.budget, .n_used = *head.n_used,
-                        .head_dim = head_dim},
-                 row(Act::kK, r) + kv_head_idx * head_dim, row(Act::kV, r) + kv_head_idx * head_dim,
-                 SlotAttentionOut{.out = row(Act::kAttn, r) + first_head * head_dim,
-                                  .weights = want_weights ? group_weights_.data() : nullptr,
-                                  .log_z = nullptr,
-                                  .scratch = scores_.data()});
+std::vector<HeadSlots> CpuBackend::heads_of(KvCache& cache, int layer_idx) const {
+  std::vector<HeadSlots> heads;
+  for (int h = 0; h < config_.n_kv_heads; ++h) heads.push_back(cache.head(layer_idx, h));
+  return heads;
 }
 
-void CpuBackend::log_eviction(int seq, int32_t step, int layer_idx, int kv_head_idx,
-                              const SlotArrays& slots, int slot) {
-  if (!eviction_log_) return;
-  eviction_log_->push_back(EvictionRecord{.seq_idx = seq, .step = step, .layer_idx = layer_idx,
-                                          .kv_head_idx = kv_head_idx, .evicted_pos = slots.pos[slot],
-                                          .score = policy_->eviction_key(slots, slot, step)});
+EvictFn CpuBackend::eviction_logger(int seq, int32_t step, int layer_idx) {
+  if (!eviction_log_) return {};
+  return [this, seq, step, layer_idx](int kv_head_idx, int32_t pos, float key) {
+    eviction_log_->push_back(EvictionRecord{.seq_idx = seq, .step = step, .layer_idx = layer_idx,
+                                            .kv_head_idx = kv_head_idx, .evicted_pos = pos, .score = key});
+  };
 }
 
-void CpuBackend::step_row(int r, int seq, int layer_idx, KvCache& cache, int cache_layer,
-                          int prompt_len) {
-  const Policy& policy = *policy_;
-  const int head_dim = config_.head_dim(), n_kv_heads = config_.n_kv_heads;
-  const int32_t pos = rows_.positions[r];
-  const bool want_weights = policy.uses_attention();
-  float self_weight[kMaxKvHeadsPerLayer];
-  KVP_CHECK(n_kv_heads <= kMaxKvHeadsPerLayer);
-  for (int h = 0; h < n_kv_heads; ++h) {
-    HeadCache head = cache.head(cache_layer, h);
-    attend(r, h, head, want_weights);
-    if (want_weights) {
-      SlotArrays slots = head.slots();
-      policy.observe(slots, group_weights_.data(), pos, prompt_len);
-      self_weight[h] = group_weights_[*head.n_used];
-    } else {
-      self_weight[h] = 0.0f;
-    }
-  }
-  // Where the new token goes: a free slot, or the victim's (per head, or one for the layer).
-  std::vector<SlotArrays>& heads = slot_views_;
-  heads.clear();
-  for (int h = 0; h < n_kv_heads; ++h) heads.push_back(cache.head(cache_layer, h).slots());
-  int slot[kMaxKvHeadsPerLayer];
-  int32_t victim_pos[kMaxKvHeadsPerLayer];
-  KVP_CHECK(prompt_len == 0 || heads[0].n_used < heads[0].budget, "prefill scratch too small");
-  place_new_token(policy, heads, pos, std::span(slot, n_kv_heads), std::span(victim_pos, n_kv_heads));
-  for (int h = 0; h < n_kv_heads; ++h) {
-    if (victim_pos[h] < 0) {
-      ++*cache.head(cache_layer, h).n_used;
-    } else {
-      log_eviction(seq, pos, layer_idx, h, heads[h], slot[h]);
-    }
-  }
-  for (int h = 0; h < n_kv_heads; ++h) {
-    HeadCache head = cache.head(cache_layer, h);
-    const float* k_new = row(Act::kK, r) + h * head_dim;
-    head.store(slot[h], k_new, row(Act::kV, r) + h * head_dim, pos);
-    SlotArrays slots = head.slots();
-    policy.init_slot(slots, slot[h],
-                     NewToken{.pos = pos, .layer_idx = layer_idx, .kv_head_idx = h, .k = k_new,
-                              .v = row(Act::kV, r) + h * head_dim, .head_dim = head_dim,
-                              .self_weight = self_weight[h], .prompt_len = prompt_len});
-  }
+void CpuBackend::step_row(int r, int seq, int layer_idx, KvCache& cache, int cache_layer, int prompt_len) {
+  const std::vector<HeadSlots> heads = heads_of(cache, cache_layer);
+  layer_step(*policy_, heads,
+             TokenRow{.q = row(Act::kQ, r), .k = row(Act::kK, r), .v = row(Act::kV, r),
+                      .pos = rows_.positions[r], .layer_idx = layer_idx, .prompt_len = prompt_len},
+             config_.group_size(), row(Act::kAttn, r), nullptr, step_scratch_,
+             eviction_logger(seq, rows_.positions[r], layer_idx));
 }
 
 void CpuBackend::prefill(int first, int n, int seq, int layer_idx) {
-  const Policy& policy = *policy_;
   KvCache& cache = caches_[seq];
   const int n_kv_heads = config_.n_kv_heads, head_dim = config_.head_dim();
-  KvBudgets scratch_budgets = KvBudgets::uniform(1, n_kv_heads, head_dim, n);
-  scratch_budgets.aux_floats_per_slot = cache.budgets().aux_floats_per_slot;
-  if (!scratch_ || scratch_->budgets().budget_tokens[0] < n ||
-      scratch_->budgets().aux_floats_per_slot != scratch_budgets.aux_floats_per_slot) {
-    scratch_budgets.budget_tokens.assign(n_kv_heads, std::max(n, config_.seq_len));
-    scratch_ = std::make_unique<KvCache>(scratch_budgets);
+  const int aux = cache.budgets().aux_floats_per_slot;
+  if (!scratch_ || scratch_->budgets().budget_tokens[0] < n || scratch_->budgets().aux_floats_per_slot != aux) {
+    KvBudgets b = KvBudgets::uniform(1, n_kv_heads, head_dim, std::max(n, config_.seq_len));
+    b.aux_floats_per_slot = aux;
+    scratch_ = std::make_unique<KvCache>(b);
   }
   scratch_->clear();
   for (int i = 0; i < n; ++i) {
-    KVP_CHECK(rows_.positions[first + i] == rows_.positions[first] + i, "prefill rows must be consecutive positions");
+    KVP_CHECK(rows_.positions[first + i] == i, "a prefill starts at position 0 and runs in order");
     step_row(first + i, seq, layer_idx, *scratch_, 0, n);
   }
-  std::vector<SlotArrays> heads;
-  for (int h = 0; h < n_kv_heads; ++h) {
-    SlotArrays s = scratch_->head(0, h).slots();
-    policy.finish_prefill(s, n);
-    heads.push_back(s);
-  }
-  const int32_t newest = rows_.positions[first + n - 1];
-  std::vector<int> shared_kept;
-  if (policy.shared_per_layer()) {
-    shared_kept = select_prefill_kept(policy, heads, n, cache.head(layer_idx, 0).budget);
-  }
-  for (int h = 0; h < n_kv_heads; ++h) {
-    HeadCache src = scratch_->head(0, h);
-    HeadCache dst = cache.head(layer_idx, h);
-    const std::vector<int> kept = policy.shared_per_layer()
-                                      ? shared_kept
-                                      : select_prefill_kept(policy, std::span(&heads[h], 1), n, dst.budget);
-    KVP_CHECK(static_cast<int>(kept.size()) <= dst.budget);
-    size_t next = 0;
-    for (int j = 0; j < n; ++j) {
-      if (next < kept.size() && kept[next] == j) {
-        const int slot = static_cast<int>(next++);
-        for (int d = 0; d < head_dim; ++d) {
-          dst.k[size_t(d) * dst.budget + slot] = src.k[size_t(d) * src.budget + j];
-          dst.v[size_t(d) * dst.budget + slot] = src.v[size_t(d) * src.budget + j];
-        }
-        dst.pos[slot] = src.pos[j];
-        dst.score[slot] = src.score[j];
-        if (dst.aux) dst.aux[slot] = src.aux[j];
-      } else {
-        log_eviction(seq, newest, layer_idx, h, heads[h], j);
-      }
-    }
-    *dst.n_used = static_cast<int32_t>(kept.size());
-  }
+  cut_prefill(*policy_, heads_of(*scratch_, 0), heads_of(cache, layer_idx),
+              eviction_logger(seq, rows_.positions[first + n - 1], layer_idx));
 }
 
 void CpuBackend::attention(int layer_idx) {

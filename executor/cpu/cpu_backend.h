@@ -55,17 +55,14 @@ class CpuBackend final : public Backend {
   }
   void matmul_rows(Weight w, int layer_idx, Act in, Act out, bool accumulate);
 
-  // Attention of row `r`'s query heads of one KV head over `head`'s slots plus the row's own key
-  // and value; writes the output to kAttn and the group-summed weights to group_weights_
-  // ([n_used + 1], the row's own weight last).
-  void attend(int r, int kv_head_idx, const HeadCache& head, bool want_weights);
-  // Runs row `r` of sequence `seq` through one layer's cache: attend, score, insert or evict.
-  // `prompt_len` > 0 while prefilling (no eviction then: the scratch holds the whole prompt).
+  // Runs row `r` of sequence `seq` through one layer's cache (layer_step): attend, score, insert or
+  // evict. `prompt_len` > 0 while prefilling (no eviction then: the scratch holds the whole prompt).
   void step_row(int r, int seq, int layer_idx, KvCache& cache, int cache_layer, int prompt_len);
+  std::vector<HeadSlots> heads_of(KvCache& cache, int layer_idx) const;
   // Prefills rows [first, first + n) of an empty cache through the scratch cache, then keeps
   // what the policy selects within each head's budget.
   void prefill(int first, int n, int seq, int layer_idx);
-  void log_eviction(int seq, int32_t step, int layer_idx, int kv_head_idx, const SlotArrays& slots, int slot);
+  EvictFn eviction_logger(int seq, int32_t step, int layer_idx);
 
   const ModelWeights& weights_;
   ModelConfig config_;
@@ -75,13 +72,12 @@ class CpuBackend final : public Backend {
   std::shared_ptr<const Policy> policy_;
   std::unique_ptr<KvCache> scratch_;  // one layer's prompt during prefill (working memory, not KV)
   std::vector<EvictionRecord>* eviction_log_ = nullptr;
-  Eigen::VectorXf group_weights_;  // [seq_len + 1]
-  std::vector<SlotArrays> slot_views_;  // one layer's heads, reused per row
+
   StepRows rows_;
   int n_rows_ = 0;
   using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
   AlignedFloats acts_[kNumActs];  // each [rows capacity, row_stride(act_width)]
-  Eigen::VectorXf scores_;        // [seq_len + 1] attention weights of one query head
+  StepScratch step_scratch_;
 };
 
 }  // namespace kvp

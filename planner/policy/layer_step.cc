@@ -1,0 +1,94 @@
+#include "planner/policy/layer_step.h"
+
+#include <algorithm>
+
+namespace kvp {
+
+StepScratch::StepScratch(int max_slots) : scores(max_slots + 1), weights(max_slots + 1) {}
+
+void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const TokenRow& row, int group,
+                float* attn_out, float* log_z, StepScratch& sc, const EvictFn& on_evict) {
+  const int n_kv_heads = static_cast<int>(heads.size());
+  const int hd = heads[0].head_dim;
+  const bool want_weights = policy.uses_attention();
+  sc.self_weight.assign(n_kv_heads, 0.0f);
+  for (int h = 0; h < n_kv_heads; ++h) {
+    const HeadSlots& head = heads[h];
+    const size_t n = static_cast<size_t>(*head.n_used) + 1;
+    if (sc.scores.size() < n) {
+      sc.scores.resize(n);
+      sc.weights.resize(n);
+    }
+    slot_attention(row.q + size_t(h) * group * hd, group, head.kv(), row.k + size_t(h) * hd, row.v + size_t(h) * hd,
+                   SlotAttentionOut{.out = attn_out + size_t(h) * group * hd,
+                                    .weights = want_weights ? sc.weights.data() : nullptr,
+                                    .log_z = log_z ? log_z + size_t(h) * group : nullptr,
+                                    .scratch = sc.scores.data()});
+    if (want_weights) {
+      SlotArrays s = head.slots();
+      policy.observe(s, sc.weights.data(), row.pos, row.prompt_len);
+      sc.self_weight[h] = sc.weights[*head.n_used];
+    }
+  }
+  sc.views.clear();
+  for (const HeadSlots& head : heads) sc.views.push_back(head.slots());
+  sc.slot.resize(n_kv_heads);
+  sc.victim.resize(n_kv_heads);
+  place_new_token(policy, sc.views, row.pos, sc.slot, sc.victim);
+  for (int h = 0; h < n_kv_heads; ++h) {
+    const HeadSlots& head = heads[h];
+    if (sc.victim[h] < 0) {
+      ++*head.n_used;
+    } else if (on_evict) {
+      on_evict(h, sc.victim[h], policy.eviction_key(sc.views[h], sc.slot[h], row.pos));
+    }
+    const float* k_new = row.k + size_t(h) * hd;
+    const float* v_new = row.v + size_t(h) * hd;
+    head.store(sc.slot[h], k_new, v_new, row.pos);
+    SlotArrays s = head.slots();
+    policy.init_slot(s, sc.slot[h],
+                     NewToken{.pos = row.pos, .layer_idx = row.layer_idx, .kv_head_idx = h, .k = k_new, .v = v_new,
+                              .head_dim = hd, .self_weight = sc.self_weight[h], .prompt_len = row.prompt_len});
+  }
+}
+
+void cut_prefill(const Policy& policy, std::span<const HeadSlots> prompt, std::span<const HeadSlots> dest,
+                 const EvictFn& on_evict) {
+  const int n_kv_heads = static_cast<int>(prompt.size());
+  const int n = *prompt[0].n_used;
+  const int hd = prompt[0].head_dim;
+  std::vector<SlotArrays> views;
+  for (const HeadSlots& p : prompt) {
+    SlotArrays s = p.slots();
+    policy.finish_prefill(s, n);
+    views.push_back(s);
+  }
+  const int32_t newest = n - 1;
+  std::vector<int> shared;
+  if (policy.shared_per_layer()) shared = select_prefill_kept(policy, views, n, dest[0].budget);
+  for (int h = 0; h < n_kv_heads; ++h) {
+    const HeadSlots& src = prompt[h];
+    const HeadSlots& dst = dest[h];
+    const std::vector<int> kept =
+        policy.shared_per_layer() ? shared : select_prefill_kept(policy, std::span(&views[h], 1), n, dst.budget);
+    KVP_CHECK(static_cast<int>(kept.size()) <= dst.budget);
+    size_t next = 0;
+    for (int j = 0; j < n; ++j) {
+      if (next < kept.size() && kept[next] == j) {
+        const int slot = static_cast<int>(next++);
+        for (int d = 0; d < hd; ++d) {
+          dst.k[size_t(d) * dst.budget + slot] = src.k[size_t(d) * src.budget + j];
+          dst.v[size_t(d) * dst.budget + slot] = src.v[size_t(d) * src.budget + j];
+        }
+        dst.pos[slot] = src.pos[j];
+        dst.score[slot] = src.score[j];
+        if (dst.aux) dst.aux[slot] = src.aux[j];
+      } else if (on_evict) {
+        on_evict(h, src.pos[j], policy.eviction_key(views[h], j, newest));
+      }
+    }
+    *dst.n_used = static_cast<int32_t>(kept.size());
+  }
+}
+
+}  // namespace kvp

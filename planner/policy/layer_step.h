@@ -1,0 +1,73 @@
+// One token through one layer's KV-head caches, and the prefill of a prompt: the step of DESIGN §4
+// written once, for the executor's CPU cache and the planner's replay alike.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "planner/policy/slot_attention.h"
+
+namespace kvp {
+
+// One KV head's cache: `budget` slots of key and value (transposed: element d of slot j at
+// [d * budget + j]), original position, score and the policy's aux float.
+struct HeadSlots {
+  float* k;         // [head_dim, budget]
+  float* v;         // [head_dim, budget]
+  int32_t* pos;     // [budget]
+  float* score;     // [budget]
+  float* aux;       // [budget], or null
+  int32_t budget;
+  int32_t* n_used;  // the first *n_used slots are valid
+  int head_dim;
+
+  SlotArrays slots() const {
+    return SlotArrays{.n_used = *n_used, .budget = budget, .pos = pos, .score = score, .aux = aux};
+  }
+  SlotKv kv() const { return SlotKv{.k = k, .v = v, .capacity = budget, .n_used = *n_used, .head_dim = head_dim}; }
+  void store(int slot, const float* key, const float* value, int32_t position) const {
+    for (int d = 0; d < head_dim; ++d) {
+      k[static_cast<size_t>(d) * budget + slot] = key[d];
+      v[static_cast<size_t>(d) * budget + slot] = value[d];
+    }
+    pos[slot] = position;
+  }
+};
+
+// Called for every evicted token: KV head, its position and its eviction key.
+using EvictFn = std::function<void(int kv_head_idx, int32_t evicted_pos, float key)>;
+
+// The row of one token, all heads of one layer.
+struct TokenRow {
+  const float* q;   // [n_heads, head_dim], post-RoPE
+  const float* k;   // [n_kv_heads, head_dim], post-RoPE
+  const float* v;   // [n_kv_heads, head_dim]
+  int32_t pos;
+  int layer_idx;
+  int prompt_len;   // > 0 while prefilling that many positions
+};
+
+// Reusable buffers of layer_step, sized for `max_slots` + 1 keys.
+struct StepScratch {
+  explicit StepScratch(int max_slots);
+  std::vector<float> scores, weights;  // results do not depend on alignment (fixed-order sums)
+  std::vector<float> self_weight;
+  std::vector<SlotArrays> views;
+  std::vector<int> slot;
+  std::vector<int32_t> victim;
+};
+
+// Attends each query head over its KV head's slots plus the token itself (writing `attn_out`,
+// [n_heads, head_dim], and when given `log_z`, [n_heads]), updates the scores, and inserts the token
+// into a free slot or the victim's.
+void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const TokenRow& row, int group,
+                float* attn_out, float* log_z, StepScratch& scratch, const EvictFn& on_evict);
+
+// Keeps, of `prompt` (heads holding positions 0..n-1 in order, prefilled by layer_step with
+// prompt_len n), what the policy selects within each of `dest`'s budgets, in position order.
+void cut_prefill(const Policy& policy, std::span<const HeadSlots> prompt, std::span<const HeadSlots> dest,
+                 const EvictFn& on_evict);
+
+}  // namespace kvp
