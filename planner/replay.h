@@ -1,0 +1,71 @@
+// Open-loop replay (DESIGN §6): a policy at given per-layer and per-head budgets over a recorded
+// trace, through the same planner/policy code the executor runs (layer_step, cut_prefill), with
+// the recorded queries. Measures what each configuration does to attention, without the model.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "planner/policy/policy.h"
+#include "traces/trace.h"
+
+namespace kvp {
+
+struct ReplayConfig {
+  std::shared_ptr<const Policy> policy;
+  std::vector<std::vector<int32_t>> budgets;  // [n_layers][n_kv_heads] slots
+};
+
+struct ReplayResult {
+  // Per layer and KV head, means over decode steps, sequences and the group's query heads.
+  std::vector<std::vector<double>> rel_error;      // ‖o − ô‖ / ‖o‖, o the full-cache output
+  std::vector<std::vector<double>> retained_mass;  // full-cache attention mass on the kept tokens
+  // Per layer: mean over decode steps of ‖W_o (o − ô)‖² / ‖x‖², all heads of the layer together
+  // (the energy the error injects into the residual stream x entering the layer).
+  std::vector<double> resid_energy;
+  int64_t head_steps = 0;  // query-head decode steps replayed
+  double seconds = 0;
+
+  double mean_rel_error() const;
+  double mean_retained_mass() const;
+  double total_resid_energy() const;  // Σ over layers
+};
+
+// Called after every decode step with a head's kept positions (in slot order).
+using KeptFn = std::function<void(int seq, int layer, int kv_head, int32_t step, std::span<const int32_t> kept)>;
+
+class ReplayEngine {
+ public:
+  // Loads the trace's layers and computes the full-cache outputs once; `threads` workers.
+  static Result<std::unique_ptr<ReplayEngine>> create(const Trace& trace, int threads,
+                                                      const std::function<void(int)>& progress = {});
+
+  ReplayResult run(const ReplayConfig& config, const KeptFn& on_step = {}) const;
+
+  const TraceModelShape& model() const { return model_; }
+  int n_sequences() const { return static_cast<int>(seqs_.size()); }
+  int64_t decode_steps() const;  // per KV head, over all sequences
+
+ private:
+  struct Layer {
+    TraceLayer data;               // q, k, v, resid_norm
+    std::vector<float> o_full;     // [T, n_heads, head_dim] full-cache outputs
+    std::vector<float> log_z_full; // [T, n_heads]
+  };
+  struct Sequence {
+    int length;
+    int prompt_len;
+    std::vector<Layer> layers;
+  };
+  ReplayEngine() = default;
+  void replay(int s, int l, const ReplayConfig& config, std::vector<double>& rel, std::vector<double>& mass,
+              double& energy, const KeptFn& on_step) const;
+
+  TraceModelShape model_;
+  int threads_ = 1;
+  std::vector<Sequence> seqs_;
+  std::vector<std::vector<float>> wo_;  // per layer [dim, n_heads * head_dim]
+};
+
+}  // namespace kvp
