@@ -77,6 +77,12 @@ double ReplayResult::total_resid_energy() const {
   return std::accumulate(resid_energy.begin(), resid_energy.end(), 0.0);
 }
 
+int32_t ReplayEngine::max_length() const {
+  int32_t n = 0;
+  for (const Sequence& s : seqs_) n = std::max(n, static_cast<int32_t>(s.length));
+  return n;
+}
+
 int64_t ReplayEngine::decode_steps() const {
   int64_t n = 0;
   for (const Sequence& s : seqs_) n += s.length - s.prompt_len;
@@ -150,7 +156,7 @@ void ReplayEngine::replay(int s, int l, const ReplayConfig& config, std::vector<
   }
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const Eigen::Map<const RowMatrix> wo(wo_[l].data(), dim, q_dim);
-  Eigen::VectorXf delta(q_dim);
+  RowMatrix delta(T - P, q_dim);  // [decode steps, q_dim] o − ô, projected by Wo in one product below
   for (int t = P; t < T; ++t) {
     layer_step(policy, cache.views(), row(t), group, out.data(), log_z.data(), scratch, {});
     const float* full = layer.o_full.data() + size_t(t) * q_dim;
@@ -164,15 +170,19 @@ void ReplayEngine::replay(int s, int l, const ReplayConfig& config, std::vector<
       rel[h / group] += norm > 0 ? std::sqrt(diff / norm) : 0.0;
       mass[h / group] += std::exp(double(log_z[h]) - layer.log_z_full[size_t(t) * H + h]);
     }
-    for (int i = 0; i < q_dim; ++i) delta[i] = full[i] - out[i];
-    const double x = layer.data.resid_norm[t];
-    energy += (wo * delta).squaredNorm() / std::max(x * x, 1e-30);
+    for (int i = 0; i < q_dim; ++i) delta(t - P, i) = full[i] - out[i];
     if (on_step) {
       for (int h = 0; h < KVH; ++h) {
         const HeadSlots& head = cache.views()[h];
         on_step(s, l, h, t, std::span<const int32_t>(head.pos, *head.n_used));
       }
     }
+  }
+  // ‖Wo (o − ô)‖² / ‖x‖² per step, summed in step order.
+  const RowMatrix injected = delta * wo.transpose();  // [decode steps, dim]
+  for (int t = P; t < T; ++t) {
+    const double x = layer.data.resid_norm[t];
+    energy += static_cast<double>(injected.row(t - P).squaredNorm()) / std::max(x * x, 1e-30);
   }
 }
 

@@ -46,6 +46,7 @@ class ReplayEngine {
   const TraceModelShape& model() const { return model_; }
   int n_sequences() const { return static_cast<int>(seqs_.size()); }
   int64_t decode_steps() const;  // per KV head, over all sequences
+  int32_t max_length() const;     // the longest sequence
 
  private:
   struct Layer {

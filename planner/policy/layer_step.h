@@ -7,6 +7,8 @@
 #include <span>
 #include <vector>
 
+#include <Eigen/Core>
+
 #include "planner/policy/slot_attention.h"
 
 namespace kvp {
@@ -52,7 +54,8 @@ struct TokenRow {
 // Reusable buffers of layer_step, sized for `max_slots` + 1 keys.
 struct StepScratch {
   explicit StepScratch(int max_slots);
-  std::vector<float> scores, weights;  // results do not depend on alignment (fixed-order sums)
+  std::vector<float, Eigen::aligned_allocator<float>> scores;  // 64-byte aligned, padded (slot_attention)
+  std::vector<float> weights;
   std::vector<float> self_weight;
   std::vector<SlotArrays> views;
   std::vector<int> slot;

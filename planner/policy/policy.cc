@@ -1,6 +1,8 @@
 #include "planner/policy/policy.h"
 
 #include <algorithm>
+#include <climits>
+#include <cmath>
 #include <numeric>
 
 namespace kvp {
@@ -16,15 +18,36 @@ bool evict_before(float key_a, int32_t pos_a, float key_b, int32_t pos_b) {
   return key_a < key_b || (key_a == key_b && pos_a < pos_b);
 }
 
-// The unprotected slot of lowest key (older position on ties), or -1.
+// The unprotected slot of lowest key (older position on ties), or -1. Two passes of lane-wise
+// minima, exact in any order, so they vectorise: the lowest key among unprotected slots, then
+// the oldest position holding exactly that key.
 int lowest_unprotected(const PolicyParams& p, const int32_t* pos, const float* keys, int n, int32_t newest_pos) {
-  const int32_t last_unprotected = newest_pos - p.recent;
-  int victim = -1;
-  for (int j = 0; j < n; ++j) {
-    if (pos[j] < p.sinks || pos[j] > last_unprotected) continue;
-    if (victim < 0 || evict_before(keys[j], pos[j], keys[victim], pos[victim])) victim = j;
+  const int32_t first = p.sinks, last = newest_pos - p.recent;
+  auto key_of = [&](int j) { return pos[j] >= first && pos[j] <= last ? keys[j] : INFINITY; };
+  float lane_key[16];
+  std::fill(lane_key, lane_key + 16, INFINITY);
+  int j = 0;
+  for (; j + 16 <= n; j += 16) {
+    for (int l = 0; l < 16; ++l) lane_key[l] = std::min(lane_key[l], key_of(j + l));
   }
-  return victim;
+  for (int l = 0; j + l < n; ++l) lane_key[l] = std::min(lane_key[l], key_of(j + l));
+  float lowest = INFINITY;
+  for (float k : lane_key) lowest = std::min(lowest, k);
+  int32_t oldest = INT32_MAX;
+  for (j = 0; j < n; ++j) {
+    if (pos[j] >= first && pos[j] <= last && keys[j] == lowest) oldest = std::min(oldest, pos[j]);
+  }
+  if (oldest == INT32_MAX) {
+    // Every unprotected key is +inf (or there is none): the oldest unprotected slot, if any.
+    for (j = 0; j < n; ++j) {
+      if (pos[j] >= first && pos[j] <= last) oldest = std::min(oldest, pos[j]);
+    }
+    if (oldest == INT32_MAX) return -1;
+  }
+  for (j = 0; j < n; ++j) {
+    if (pos[j] == oldest) return j;
+  }
+  return -1;
 }
 
 std::vector<float>& key_buffer(size_t n) {

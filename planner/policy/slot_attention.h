@@ -23,7 +23,7 @@ struct SlotAttentionOut {
   float* out;           // [group, head_dim] attention outputs
   float* weights;       // [n_used + 1] softmax weights summed over the group (new token last), or null
   float* log_z;         // [group] log of each query's softmax normaliser (scaled logits), or null
-  float* scratch;       // [n_used + 1]
+  float* scratch;       // [n_used + 1 rounded up to a multiple of 16], 64-byte aligned
 };
 
 // For each of the `group` queries q[g] ([group, head_dim]): softmax(q·k / sqrt(head_dim)) over the
@@ -35,6 +35,7 @@ void slot_attention(const float* q, int group, const SlotKv& kv, const float* k_
 // Sum in a fixed order (8 interleaved partial sums, then a fixed tree): vectorises and gives the
 // same bits wherever `x` is.
 float fixed_order_sum(const float* x, int n);
+float fixed_order_dot(const float* a, const float* b, int n);
 
 // Where a new token at `newest_pos` goes in each head of a layer: slot n_used while there is room,
 // else the victim's slot (one victim for the layer when the policy keeps a shared set).

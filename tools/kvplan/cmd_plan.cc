@@ -1,8 +1,12 @@
-// kvplan plan: write a plan.yaml. For now a uniform plan from flags; trace-driven allocation comes
-// with the planner.
+// kvplan plan: write a plan.yaml — from a trace (replay error curves and allocation under a memory
+// limit), or a uniform plan from flags.
+#include <cmath>
 #include <cstdio>
+#include <thread>
 
+#include "common/progress.h"
 #include "executor/recorder.h"
+#include "planner/planner.h"
 #include "tools/kvplan/command.h"
 #include "tools/kvplan/plan_flags.h"
 
@@ -12,12 +16,80 @@ namespace {
 struct PlanCommandFlags {
   ModelFlags model;
   PlanFlags plan;
+  std::string trace;
+  int64_t memory = 0;
+  double keep = 0;
+  std::string allocation = "greedy";
   std::string out;
+  int threads = 0;
 };
+
+int default_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
+Status plan_from_trace(const PlanCommandFlags& flags) {
+  KVP_ASSIGN_OR_RETURN(Allocation allocation, parse_allocation(flags.allocation));
+  const int limits = (flags.memory > 0) + (flags.keep > 0) + (flags.plan.budget > 0);
+  if (limits != 1) {
+    return make_error("--memory BYTES, --keep RATIO or --budget TOKENS: give exactly one memory limit, found {}", limits);
+  }
+  if (flags.keep < 0 || flags.keep > 1) return make_error("--keep: expected a ratio in (0, 1], found {}", flags.keep);
+  KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
+  std::unique_ptr<ReplayEngine> engine;
+  {
+    Progress progress("plan: loading trace", trace.n_sequences());
+    KVP_ASSIGN_OR_RETURN(engine, ReplayEngine::create(trace, flags.threads > 0 ? flags.threads : default_threads(),
+                                                      [&](int done) { progress.update(done); }));
+    progress.finish(trace.n_sequences());
+  }
+  const TraceModelShape& m = trace.model();
+  const int32_t longest = engine->max_length();
+  const int32_t nominal_budget = flags.plan.budget > 0 ? flags.plan.budget
+                                 : flags.keep > 0      ? static_cast<int32_t>(std::lround(flags.keep * longest))
+                                                       : 64;
+  KVP_ASSIGN_OR_RETURN(PolicyParams params, flags.plan.params_for(flags.plan.policy, nominal_budget));
+  KVP_ASSIGN_OR_RETURN(auto policy, make_policy(flags.plan.policy, params));
+  KvBudgets one = KvBudgets::uniform(1, 1, m.head_dim, 1);
+  one.aux_floats_per_slot = policy->aux_floats_per_slot();
+  const int64_t heads = int64_t{m.n_layers} * m.n_kv_heads;
+  PlanRequest request{.policy = flags.plan.policy, .params = params, .allocation = allocation};
+  if (flags.memory > 0) {
+    request.total_slots = flags.memory / one.slot_bytes();
+    request.memory_description = fmt::format("{} bytes per sequence", flags.memory);
+  } else if (flags.keep > 0) {
+    request.total_slots = static_cast<int64_t>(std::floor(flags.keep * heads * longest));
+    request.memory_description = fmt::format("keep {} of {} positions", flags.keep, longest);
+  } else {
+    request.total_slots = heads * flags.plan.budget;
+    request.memory_description = fmt::format("{} tokens per layer and head on average", flags.plan.budget);
+  }
+  PlanOutcome outcome;
+  {
+    const int n_curves = allocation == Allocation::kGreedy
+                             ? static_cast<int>(candidate_budgets(params.sinks + params.recent, longest).size())
+                             : 0;
+    Progress progress("plan: replaying budgets", n_curves);
+    KVP_ASSIGN_OR_RETURN(outcome, make_plan(*engine, flags.trace, request, [&](int done) { progress.update(done); }));
+    progress.finish(n_curves);
+  }
+  Plan& plan = outcome.plan;
+  plan.provenance["tool"] = std::string("kvplan ") + KVP_VERSION;
+  KVP_RETURN_IF_ERROR(plan.save(flags.out));
+  std::string per_layer;
+  for (const auto& l : plan.budgets) per_layer += (per_layer.empty() ? "" : ", ") + std::to_string(l[0]);
+  std::printf("wrote %s: %s, %s allocation, budgets per layer [%s], %lld KV bytes per sequence (limit: %s)\n",
+              flags.out.c_str(), plan.policy.c_str(), flags.allocation.c_str(), per_layer.c_str(),
+              static_cast<long long>(plan.kv_bytes_per_sequence), request.memory_description.c_str());
+  std::printf("replay: residual energy %.5f, relative output error %.4f, retained attention mass %.4f\n",
+              outcome.replay.total_resid_energy(), outcome.replay.mean_rel_error(), outcome.replay.mean_retained_mass());
+  return ok_status();
+}
 
 Status plan(const PlanCommandFlags& flags) {
   if (flags.plan.policy.empty()) return make_error("--policy: needed (full, window, h2o, vatp, tova, snapkv, knorm, random)");
-  if (flags.plan.budget <= 0) return make_error("--budget: expected the slots per layer and KV head, found {}", flags.plan.budget);
+  if (!flags.trace.empty()) return plan_from_trace(flags);
+  if (flags.plan.budget <= 0) {
+    return make_error("--budget: expected the slots per layer and KV head (or give --trace with --memory or --keep)");
+  }
   KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer));
   KVP_ASSIGN_OR_RETURN(std::string fingerprint, model_fingerprint(model));
   KVP_ASSIGN_OR_RETURN(Plan p, flags.plan.uniform(plan_model(model.weights.config(), fingerprint), flags.plan.policy,
@@ -34,9 +106,17 @@ Status plan(const PlanCommandFlags& flags) {
 
 Command add_plan_command(CLI::App& app) {
   auto flags = std::make_shared<PlanCommandFlags>();
-  CLI::App* sub = app.add_subcommand("plan", "Write a plan.yaml: a uniform plan from --policy and --budget");
+  CLI::App* sub = app.add_subcommand(
+      "plan",
+      "Write a plan.yaml: with --trace, per-layer budgets chosen by replaying the trace under a memory limit "
+      "(--memory, --keep or --budget); without, a uniform plan from --policy and --budget");
   flags->model.add_to(sub);
   flags->plan.add_to(sub);
+  sub->add_option("--trace", flags->trace, "Trace directory to replay (kvplan record)");
+  sub->add_option("--memory", flags->memory, "KV bytes per sequence the plan may use");
+  sub->add_option("--keep", flags->keep, "Share of the full cache (of the trace's longest sequence) to keep, e.g. 0.5");
+  sub->add_option("--allocation", flags->allocation, "greedy (replay error curves), uniform or pyramid (default greedy)");
+  sub->add_option("--threads", flags->threads, "Replay threads (default: all cores)");
   sub->add_option("--out", flags->out, "plan.yaml to write")->required();
   return {sub, [flags] { return plan(*flags); }};
 }

@@ -21,6 +21,7 @@ Command add_corpus_command(CLI::App& app);
 Command add_record_command(CLI::App& app);
 Command add_eval_command(CLI::App& app);
 Command add_plan_command(CLI::App& app);
+Command add_sweep_command(CLI::App& app);
 
 // Flags most commands share.
 struct ModelFlags {

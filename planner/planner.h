@@ -1,0 +1,48 @@
+// From a trace to a plan: replay error curves, allocation under a memory limit, and the plan with
+// its replay predictions.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "planner/allocation.h"
+#include "planner/plan/plan.h"
+#include "planner/replay.h"
+
+namespace kvp {
+
+PlanModel plan_model_of(const TraceModelShape& m);
+
+// Candidate budgets for error curves: a geometric ladder from min_budget to max_budget.
+std::vector<int32_t> candidate_budgets(int32_t min_budget, int32_t max_budget);
+
+struct PlanRequest {
+  std::string policy;
+  PolicyParams params;
+  Allocation allocation = Allocation::kGreedy;
+  int64_t total_slots = 0;  // per sequence, over layers and KV heads
+  std::string memory_description;  // how the limit was given, for provenance
+};
+
+struct PlanOutcome {
+  Plan plan;
+  ReplayResult replay;             // of the chosen budgets
+  std::vector<ErrorCurve> curves;  // per layer (greedy only)
+};
+
+// Per-layer error curves (residual-stream energy) from uniform replays at `budgets`.
+std::vector<ErrorCurve> layer_error_curves(const ReplayEngine& engine, const std::shared_ptr<const Policy>& policy,
+                                           const std::vector<int32_t>& budgets,
+                                           const std::function<void(int)>& progress = {});
+
+// The longest sequence of the trace (budgets beyond it are never needed).
+int32_t longest_sequence(const ReplayEngine& engine);
+
+Result<PlanOutcome> make_plan(const ReplayEngine& engine, const std::string& trace_dir, const PlanRequest& request,
+                              const std::function<void(int)>& progress = {});
+
+// Fills plan.predicted with a replay's aggregate errors.
+void record_replay_predictions(const ReplayResult& r, Plan* plan);
+
+}  // namespace kvp
