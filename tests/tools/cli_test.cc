@@ -138,6 +138,40 @@ TEST(Cli, EvalGridWritesCsvAndMarkdown) {
   EXPECT_TRUE(std::filesystem::exists(dir + "/g/measured/h2o-16.yaml"));
 }
 
+TEST(Cli, TracePlansAreByteIdenticalAndSweepsWriteTheirReports) {
+  const std::string dir = test::make_temp_dir("cliplanner");
+  ASSERT_EQ(run_kvplan("corpus --sample 3 --length 96 --out " + dir + "/c.jsonl").exit_code, 0);
+  ASSERT_EQ(run_kvplan("record --corpus " + dir + "/c.jsonl --prompt-len 16 --out " + dir + "/t").exit_code, 0);
+  for (const char* out : {"/p1.yaml", "/p2.yaml"}) {
+    const test::CliResult plan = run_kvplan("plan --trace " + dir + "/t --policy vatp --keep 0.25 --sinks 2 --recent 4 --out " +
+                                            dir + out);
+    ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  }
+  const std::string p1 = test::read_bytes(dir + "/p1.yaml");
+  EXPECT_EQ(p1, test::read_bytes(dir + "/p2.yaml"));
+  EXPECT_NE(p1.find("allocation: greedy"), std::string::npos);
+  EXPECT_NE(p1.find("replay_resid_energy"), std::string::npos);
+  // The plan runs, and its bytes are what it says.
+  const test::CliResult run = run_kvplan("run --plan " + dir + "/p1.yaml --steps 64 --json");
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const auto j = nlohmann::json::parse(run.out);
+  EXPECT_EQ(j["kv_bytes"], j["predicted_kv_bytes"]);
+
+  const test::CliResult sweep = run_kvplan("sweep --trace " + dir + "/t --policies h2o,vatp --budgets 8,16,32 --sinks 2 "
+                                           "--recent 4 --no-plots --out " + dir + "/s");
+  ASSERT_EQ(sweep.exit_code, 0) << sweep.err;
+  const std::string csv = test::read_bytes(dir + "/s/sweep.csv");
+  EXPECT_EQ(csv.rfind("policy,allocation,budget,", 0), 0u);
+  EXPECT_NE(csv.find("\nvatp,uniform,32,"), std::string::npos);
+  EXPECT_NE(test::read_bytes(dir + "/s/sweep.md").find("| h2o |"), std::string::npos);
+
+  const test::CliResult cap = run_kvplan("capacity --model-config llama-2-7b --hardware a100-80gb --context 4096 --keep 0.5 --json");
+  ASSERT_EQ(cap.exit_code, 0) << cap.err;
+  const auto c = nlohmann::json::parse(cap.out);
+  EXPECT_EQ(c["full"]["kv_bytes_per_sequence"], int64_t{32} * 32 * 4096 * 520);
+  EXPECT_GT(c["plan"]["max_batch"].get<int64_t>(), c["full"]["max_batch"].get<int64_t>());
+}
+
 struct BadInvocation {
   std::string name;
   std::function<std::string(const std::string& dir)> args;  // given a scratch directory
@@ -244,6 +278,13 @@ std::vector<BadInvocation> bad_invocations() {
        },
        "leaves nothing to evaluate"},
       {"bad_recent", [](const std::string&) { return "run --policy h2o --budget 32 --recent 1x"; }, "--recent"},
+      {"plan_two_limits", [](const std::string& d) { return "plan --trace " + d + " --policy h2o --keep 0.5 --memory 1000 --out " + d + "/p.yaml"; },
+       "exactly one memory limit"},
+      {"plan_bad_allocation", [](const std::string& d) { return "plan --trace " + d + " --policy h2o --keep 0.5 --allocation best --out " + d + "/p.yaml"; },
+       "--allocation"},
+      {"capacity_unknown_hardware", [](const std::string&) { return "capacity --hardware tpu-v9 --keep 0.5"; }, "tpu-v9"},
+      {"sweep_missing_trace", [](const std::string& d) { return "sweep --trace " + d + "/none --out " + d + "/s"; },
+       "no such trace"},
       {"inspect_damaged_trace",
        [](const std::string& d) {
          std::filesystem::create_directory(d + "/t");

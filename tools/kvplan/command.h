@@ -22,6 +22,7 @@ Command add_record_command(CLI::App& app);
 Command add_eval_command(CLI::App& app);
 Command add_plan_command(CLI::App& app);
 Command add_sweep_command(CLI::App& app);
+Command add_capacity_command(CLI::App& app);
 
 // Flags most commands share.
 struct ModelFlags {
