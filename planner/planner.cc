@@ -21,8 +21,6 @@ std::vector<int32_t> candidate_budgets(int32_t min_budget, int32_t max_budget) {
   return out;
 }
 
-int32_t longest_sequence(const ReplayEngine& engine) { return engine.max_length(); }
-
 std::vector<ErrorCurve> layer_error_curves(const ReplayEngine& engine, const std::shared_ptr<const Policy>& policy,
                                            const std::vector<int32_t>& budgets,
                                            const std::function<void(int)>& progress) {
@@ -53,7 +51,7 @@ Result<PlanOutcome> make_plan(const ReplayEngine& engine, const std::string& tra
   const TraceModelShape& m = engine.model();
   KVP_ASSIGN_OR_RETURN(auto policy_impl, make_policy(req.policy, req.params));
   std::shared_ptr<const Policy> policy(std::move(policy_impl));
-  const int32_t longest = longest_sequence(engine);
+  const int32_t longest = engine.max_length();  // budgets beyond it are never needed
   const int32_t min_budget = policy->evicts() ? std::max(1, req.params.sinks + req.params.recent) : longest;
   PlanOutcome out;
   if (req.allocation == Allocation::kGreedy) {

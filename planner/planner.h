@@ -36,9 +36,6 @@ std::vector<ErrorCurve> layer_error_curves(const ReplayEngine& engine, const std
                                            const std::vector<int32_t>& budgets,
                                            const std::function<void(int)>& progress = {});
 
-// The longest sequence of the trace (budgets beyond it are never needed).
-int32_t longest_sequence(const ReplayEngine& engine);
-
 Result<PlanOutcome> make_plan(const ReplayEngine& engine, const std::string& trace_dir, const PlanRequest& request,
                               const std::function<void(int)>& progress = {});
 

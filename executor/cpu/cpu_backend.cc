@@ -134,10 +134,9 @@ void CpuBackend::rope(Act qk) {
   }
 }
 
-std::vector<HeadSlots> CpuBackend::heads_of(KvCache& cache, int layer_idx) const {
-  std::vector<HeadSlots> heads;
-  for (int h = 0; h < config_.n_kv_heads; ++h) heads.push_back(cache.head(layer_idx, h));
-  return heads;
+void CpuBackend::heads_of(KvCache& cache, int layer_idx, std::vector<HeadSlots>* heads) const {
+  heads->clear();
+  for (int h = 0; h < config_.n_kv_heads; ++h) heads->push_back(cache.head(layer_idx, h));
 }
 
 EvictFn CpuBackend::eviction_logger(int seq, int32_t step, int layer_idx) {
@@ -149,8 +148,8 @@ EvictFn CpuBackend::eviction_logger(int seq, int32_t step, int layer_idx) {
 }
 
 void CpuBackend::step_row(int r, int seq, int layer_idx, KvCache& cache, int cache_layer, int prompt_len) {
-  const std::vector<HeadSlots> heads = heads_of(cache, cache_layer);
-  layer_step(*policy_, heads,
+  heads_of(cache, cache_layer, &row_heads_);
+  layer_step(*policy_, row_heads_,
              TokenRow{.q = row(Act::kQ, r), .k = row(Act::kK, r), .v = row(Act::kV, r),
                       .pos = rows_.positions[r], .layer_idx = layer_idx, .prompt_len = prompt_len},
              config_.group_size(), row(Act::kAttn, r), nullptr, step_scratch_,
@@ -171,7 +170,9 @@ void CpuBackend::prefill(int first, int n, int seq, int layer_idx) {
     KVP_CHECK(rows_.positions[first + i] == i, "a prefill starts at position 0 and runs in order");
     step_row(first + i, seq, layer_idx, *scratch_, 0, n);
   }
-  cut_prefill(*policy_, heads_of(*scratch_, 0), heads_of(cache, layer_idx),
+  heads_of(*scratch_, 0, &prefill_heads_);
+  heads_of(cache, layer_idx, &row_heads_);
+  cut_prefill(*policy_, prefill_heads_, row_heads_,
               eviction_logger(seq, rows_.positions[first + n - 1], layer_idx));
 }
 

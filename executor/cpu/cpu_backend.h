@@ -58,7 +58,8 @@ class CpuBackend final : public Backend {
   // Runs row `r` of sequence `seq` through one layer's cache (layer_step): attend, score, insert or
   // evict. `prompt_len` > 0 while prefilling (no eviction then: the scratch holds the whole prompt).
   void step_row(int r, int seq, int layer_idx, KvCache& cache, int cache_layer, int prompt_len);
-  std::vector<HeadSlots> heads_of(KvCache& cache, int layer_idx) const;
+  // Fills `heads` with one layer's head views (reusing its storage: this runs for every row).
+  void heads_of(KvCache& cache, int layer_idx, std::vector<HeadSlots>* heads) const;
   // Prefills rows [first, first + n) of an empty cache through the scratch cache, then keeps
   // what the policy selects within each head's budget.
   void prefill(int first, int n, int seq, int layer_idx);
@@ -78,6 +79,7 @@ class CpuBackend final : public Backend {
   using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
   AlignedFloats acts_[kNumActs];  // each [rows capacity, row_stride(act_width)]
   StepScratch step_scratch_;
+  std::vector<HeadSlots> row_heads_, prefill_heads_;  // reused head views
 };
 
 }  // namespace kvp

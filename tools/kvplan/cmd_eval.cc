@@ -157,20 +157,10 @@ Status eval_one(const EvalFlags& flags) {
 std::string markdown_table(const std::string& title, const std::vector<std::string>& policies,
                            const std::vector<int>& budgets, const std::map<std::pair<std::string, int>, Measured>& grid,
                            const std::function<std::string(const Measured&)>& cell) {
-  std::string md = "### " + title + "\n\n| policy |";
-  for (int b : budgets) md += fmt::format(" {} |", b);
-  md += "\n|---|";
-  for (size_t i = 0; i < budgets.size(); ++i) md += "---|";
-  md += "\n";
-  for (const std::string& p : policies) {
-    md += "| " + p + " |";
-    for (int b : budgets) {
-      auto it = grid.find({p, b});
-      md += " " + (it == grid.end() ? std::string("—") : cell(it->second)) + " |";
-    }
-    md += "\n";
-  }
-  return md + "\n";
+  return "### " + title + "\n\n" + policy_budget_table(policies, budgets, [&](const std::string& p, int b) {
+           auto it = grid.find({p, b});
+           return it == grid.end() ? std::string("—") : cell(it->second);
+         }) + "\n";
 }
 
 Status eval_grid(const EvalFlags& flags) {

@@ -3,7 +3,6 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <thread>
 
 #include "common/sha256.h"
 #include "executor/model/model_locator.h"
@@ -12,6 +11,7 @@
 #include "planner/plan/kv_budgets.h"
 #include "planner/trace_stats.h"
 #include "tools/kvplan/command.h"
+#include "tools/kvplan/plan_flags.h"
 
 namespace kvp::cli {
 namespace {
@@ -103,11 +103,10 @@ Status inspect_model(const InspectFlags& flags) {
 Status inspect_trace(const InspectFlags& flags) {
   KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.target));
   const TraceModelShape& m = trace.model();
-  const int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   TraceStats stats;
   {
     Progress progress("inspect: sequences", trace.n_sequences(), !flags.json);
-    stats = compute_trace_stats(trace, threads, [&](int done) { progress.update(done); });
+    stats = compute_trace_stats(trace, default_threads(), [&](int done) { progress.update(done); });
     progress.finish(trace.n_sequences());
   }
   if (flags.json) {

@@ -2,7 +2,6 @@
 // limit), or a uniform plan from flags.
 #include <cmath>
 #include <cstdio>
-#include <thread>
 
 #include "common/progress.h"
 #include "executor/recorder.h"
@@ -23,8 +22,6 @@ struct PlanCommandFlags {
   std::string out;
   int threads = 0;
 };
-
-int default_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
 Status plan_from_trace(const PlanCommandFlags& flags) {
   KVP_ASSIGN_OR_RETURN(Allocation allocation, parse_allocation(flags.allocation));

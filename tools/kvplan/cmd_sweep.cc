@@ -3,7 +3,6 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <thread>
 
 #include "common/file_util.h"
 #include "common/progress.h"
@@ -48,7 +47,7 @@ Status sweep(const SweepFlags& flags) {
   std::error_code ec;
   std::filesystem::create_directories(flags.out, ec);
   if (ec) return make_error("{}: cannot create: {}", flags.out, ec.message());
-  const int threads = flags.threads > 0 ? flags.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = flags.threads > 0 ? flags.threads : default_threads();
   std::unique_ptr<ReplayEngine> engine;
   {
     Progress progress("sweep: loading trace", trace.n_sequences());
@@ -126,19 +125,16 @@ Status sweep(const SweepFlags& flags) {
       "## Sweep of `{}`\n\n{} sequences, {} decode steps per KV head; {} configurations replayed in {:.1f} s "
       "({:.2f} M head-steps/s, {} threads). Errors are open-loop replay predictions: the residual-stream energy "
       "Σ_layers mean ‖W_o(o − ô)‖²/‖x‖², the mean relative attention-output error, and the full-cache attention "
-      "mass the kept tokens hold.\n\n### Residual energy (uniform budgets)\n\n| policy |",
+      "mass the kept tokens hold.\n\n### Residual energy (uniform budgets)\n\n",
       flags.trace, engine->n_sequences(), engine->decode_steps(), rows.size(), seconds, head_steps / seconds / 1e6, threads);
-  for (int b : budgets) md += fmt::format(" {} |", b);
-  md += "\n|---|";
-  for (size_t i = 0; i < budgets.size(); ++i) md += "---|";
-  md += "\n";
-  for (const std::string& p : policies) {
-    md += "| " + p + " |";
+  md += policy_budget_table(policies, budgets, [&](const std::string& p, int b) {
     for (const Row& r : rows) {
-      if (r.policy == p && r.allocation == "uniform") md += fmt::format(" {:.4f} |", r.replay.total_resid_energy());
+      if (r.policy == p && r.allocation == "uniform" && r.budget == std::min<int>(b, longest)) {
+        return fmt::format("{:.4f}", r.replay.total_resid_energy());
+      }
     }
-    md += "\n";
-  }
+    return std::string("—");
+  });
   if (flags.greedy) {
     md += "\n### Greedy per-layer budgets at the same memory (residual energy; budgets per layer)\n\n| policy | budget | uniform | greedy | greedy budgets |\n|---|---|---|---|---|\n";
     for (const Row& g : rows) {

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <sstream>
+#include <thread>
 
 namespace kvp::cli {
 
@@ -80,6 +81,23 @@ std::vector<std::string> split_list(const std::string& text) {
   }
   return out;
 }
+
+std::string policy_budget_table(const std::vector<std::string>& policies, const std::vector<int>& budgets,
+                                const std::function<std::string(const std::string&, int)>& cell) {
+  std::string md = "| policy |";
+  for (int b : budgets) md += fmt::format(" {} |", b);
+  md += "\n|---|";
+  for (size_t i = 0; i < budgets.size(); ++i) md += "---|";
+  md += "\n";
+  for (const std::string& p : policies) {
+    md += "| " + p + " |";
+    for (int b : budgets) md += " " + cell(p, b) + " |";
+    md += "\n";
+  }
+  return md;
+}
+
+int default_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
 Result<std::vector<int>> parse_int_list(const std::string& flag, const std::string& text) {
   std::vector<int> out;

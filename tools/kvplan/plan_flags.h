@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -37,5 +38,12 @@ PlanModel plan_model(const ModelConfig& config, const std::string& fingerprint);
 // "1,2,3" -> {1, 2, 3}; errors name the flag.
 Result<std::vector<int>> parse_int_list(const std::string& flag, const std::string& text);
 std::vector<std::string> split_list(const std::string& text);
+
+// A Markdown table with a row per policy and a column per budget; `cell` gives each entry's text.
+std::string policy_budget_table(const std::vector<std::string>& policies, const std::vector<int>& budgets,
+                                const std::function<std::string(const std::string& policy, int budget)>& cell);
+
+// Worker threads when the user gives none: every core.
+int default_threads();
 
 }  // namespace kvp::cli
