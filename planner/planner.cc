@@ -26,17 +26,19 @@ std::vector<ErrorCurve> layer_error_curves(const ReplayEngine& engine, const std
                                            const std::function<void(int)>& progress) {
   const TraceModelShape& m = engine.model();
   std::vector<ErrorCurve> curves(m.n_layers);
-  int done = 0;
+  std::vector<ReplayConfig> configs;
   for (int32_t b : budgets) {
-    const ReplayResult r = engine.run(
-        {.policy = policy,
-         .budgets = std::vector<std::vector<int32_t>>(m.n_layers, std::vector<int32_t>(m.n_kv_heads, b))});
-    for (int l = 0; l < m.n_layers; ++l) {
-      curves[l].budgets.push_back(b);
-      curves[l].error.push_back(r.resid_energy[l]);
-    }
-    if (progress) progress(++done);
+    configs.push_back({.policy = policy,
+                       .budgets = std::vector<std::vector<int32_t>>(m.n_layers, std::vector<int32_t>(m.n_kv_heads, b))});
   }
+  const std::vector<ReplayResult> results = engine.run_batch(configs);
+  for (size_t i = 0; i < budgets.size(); ++i) {
+    for (int l = 0; l < m.n_layers; ++l) {
+      curves[l].budgets.push_back(budgets[i]);
+      curves[l].error.push_back(results[i].resid_energy[l]);
+    }
+  }
+  if (progress) progress(static_cast<int>(budgets.size()));
   return curves;
 }
 

@@ -13,36 +13,52 @@
 namespace kvp {
 namespace {
 
-// Slot storage for one layer's heads, shaped by budgets.
-struct LayerCache {
-  LayerCache(const std::vector<int32_t>& budgets, int head_dim, bool aux) {
-    for (int32_t b : budgets) {
-      Head h;
-      h.k.resize(size_t(b) * head_dim);
-      h.v.resize(size_t(b) * head_dim);
-      h.pos.resize(b);
-      h.score.resize(b);
-      if (aux) h.aux.resize(b);
-      h.budget = b;
-      heads_.push_back(std::move(h));
-    }
-    for (Head& h : heads_) {
-      views_.push_back(HeadSlots{.k = h.k.data(), .v = h.v.data(), .pos = h.pos.data(), .score = h.score.data(),
-                                 .aux = h.aux.empty() ? nullptr : h.aux.data(), .budget = h.budget,
-                                 .n_used = &h.n_used, .head_dim = head_dim});
+// Slot storage for one layer's heads, shaped by budgets; reshaping keeps the allocations.
+class LayerCache {
+ public:
+  LayerCache() = default;
+  LayerCache(const std::vector<int32_t>& budgets, int head_dim, bool aux) { reshape(budgets, head_dim, aux); }
+
+  void reshape(const std::vector<int32_t>& budgets, int head_dim, bool aux) {
+    const size_t slots = std::accumulate(budgets.begin(), budgets.end(), size_t{0});
+    k_.resize(slots * head_dim);
+    v_.resize(slots * head_dim);
+    pos_.resize(slots);
+    score_.resize(slots);
+    aux_.resize(aux ? slots : 0);
+    n_used_.assign(budgets.size(), 0);
+    views_.clear();
+    size_t at = 0;
+    for (size_t h = 0; h < budgets.size(); ++h) {
+      views_.push_back(HeadSlots{.k = k_.data() + at * head_dim, .v = v_.data() + at * head_dim,
+                                 .pos = pos_.data() + at, .score = score_.data() + at,
+                                 .aux = aux ? aux_.data() + at : nullptr, .budget = budgets[h],
+                                 .n_used = &n_used_[h], .head_dim = head_dim});
+      at += budgets[h];
     }
   }
   std::span<const HeadSlots> views() const { return views_; }
 
+  // Becomes a copy of `other` (same shape and contents), in this cache's own storage.
+  void assign(const LayerCache& other) {
+    std::vector<int32_t> budgets;
+    for (const HeadSlots& h : other.views_) budgets.push_back(h.budget);
+    reshape(budgets, other.views_.empty() ? 0 : other.views_[0].head_dim, !other.aux_.empty());
+    k_ = other.k_, v_ = other.v_, score_ = other.score_, aux_ = other.aux_, pos_ = other.pos_;
+    n_used_ = other.n_used_;
+  }
+
  private:
-  struct Head {
-    std::vector<float> k, v, score, aux;
-    std::vector<int32_t> pos;
-    int32_t budget = 0;
-    int32_t n_used = 0;
-  };
-  std::vector<Head> heads_;
+  std::vector<float> k_, v_, score_, aux_;
+  std::vector<int32_t> pos_, n_used_;
   std::vector<HeadSlots> views_;
+};
+
+// One worker's buffers, kept across the (sequence, layer) tasks it replays.
+struct Workspace {
+  StepScratch scratch{1};  // grows as layer_step needs
+  LayerCache prompt, cut_from, cache;  // the prefilled prompt; its copy that a cut may change
+  std::vector<float> out, softmax, mass, rel, delta, injected;
 };
 
 template <typename Task>
@@ -106,19 +122,28 @@ Result<std::unique_ptr<ReplayEngine>> ReplayEngine::create(const Trace& trace, i
     seq.prompt_len = trace.prompt_len(s);
     auto policy = make_policy("full", PolicyParams{.sinks = 0, .recent = 0});
     StepScratch scratch(seq.length);
+    std::vector<float> softmax(2 * H);
     for (int l = 0; l < m.n_layers; ++l) {
       Layer layer;
       layer.data = trace.layer(s, l);
       layer.o_full.resize(size_t(seq.length) * H * hd);
       layer.log_z_full.resize(size_t(seq.length) * H);
+      layer.norm_full.resize(size_t(seq.length) * H);
       // The full cache: every position, in order, through the same step as any policy.
       LayerCache cache(std::vector<int32_t>(KVH, seq.length), hd, false);
       for (int t = 0; t < seq.length; ++t) {
         layer_step(**policy, cache.views(),
                    TokenRow{.q = layer.data.q.data() + size_t(t) * H * hd, .k = layer.data.k.data() + size_t(t) * KVH * hd,
                             .v = layer.data.v.data() + size_t(t) * KVH * hd, .pos = t, .layer_idx = l, .prompt_len = 0},
-                   group, layer.o_full.data() + size_t(t) * H * hd, layer.log_z_full.data() + size_t(t) * H, scratch,
-                   {});
+                   group, layer.o_full.data() + size_t(t) * H * hd, softmax.data(), scratch, {});
+        for (int h = 0; h < H; ++h) {
+          layer.log_z_full[size_t(t) * H + h] = softmax[2 * h] + std::log(softmax[2 * h + 1]);
+        }
+      }
+      for (size_t i = 0; i < layer.norm_full.size(); ++i) {
+        double norm = 0;
+        for (int d = 0; d < hd; ++d) norm += double(layer.o_full[i * hd + d]) * layer.o_full[i * hd + d];
+        layer.norm_full[i] = static_cast<float>(std::sqrt(norm));
       }
       seq.layers.push_back(std::move(layer));
     }
@@ -130,89 +155,145 @@ Result<std::unique_ptr<ReplayEngine>> ReplayEngine::create(const Trace& trace, i
   return e;
 }
 
-void ReplayEngine::replay(int s, int l, const ReplayConfig& config, std::vector<double>& rel,
-                          std::vector<double>& mass, double& energy, const KeptFn& on_step) const {
+struct ReplayEngine::Totals {
+  std::vector<double> rel, mass;  // [n_kv_heads]
+  double energy = 0;
+  double seconds = 0;
+};
+
+namespace {
+
+bool same_prefill(const Policy& a, const Policy& b) {
+  const PolicyParams &x = a.params(), &y = b.params();
+  return a.name() == b.name() && x.vatp_base == y.vatp_base && x.seed == y.seed && x.snap_window == y.snap_window &&
+         x.snap_kernel == y.snap_kernel;
+}
+
+}  // namespace
+
+void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs, std::vector<Totals>& totals,
+                          const KeptFn& on_step) const {
   const Sequence& seq = seqs_[s];
   const Layer& layer = seq.layers[l];
-  const Policy& policy = *config.policy;
   const int H = model_.n_heads, KVH = model_.n_kv_heads, hd = model_.head_dim, group = H / KVH;
   const int q_dim = H * hd, dim = model_.dim, T = seq.length, P = seq.prompt_len;
-  const bool aux = policy.aux_floats_per_slot() > 0;
   auto row = [&](int t) {
     return TokenRow{.q = layer.data.q.data() + size_t(t) * q_dim, .k = layer.data.k.data() + size_t(t) * KVH * hd,
                     .v = layer.data.v.data() + size_t(t) * KVH * hd, .pos = t, .layer_idx = l, .prompt_len = 0};
   };
-  StepScratch scratch(std::max(T, 1));
-  std::vector<float> out(q_dim), log_z(H);
-  LayerCache cache(config.budgets[l], hd, aux);
-  {
-    LayerCache prompt(std::vector<int32_t>(KVH, P), hd, aux);
-    for (int t = 0; t < P; ++t) {
-      TokenRow r = row(t);
-      r.prompt_len = P;
-      layer_step(policy, prompt.views(), r, group, out.data(), nullptr, scratch, {});
-    }
-    cut_prefill(policy, prompt.views(), cache.views(), {});
-  }
+  thread_local Workspace ws;
+  StepScratch& scratch = ws.scratch;
+  ws.out.resize(q_dim);
+  ws.softmax.resize(2 * H);
+  ws.mass.resize(H);
+  ws.rel.resize(H);
+  float* out = ws.out.data();
+  float* softmax = ws.softmax.data();
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const Eigen::Map<const RowMatrix> wo(wo_[l].data(), dim, q_dim);
-  RowMatrix delta(T - P, q_dim);  // [decode steps, q_dim] o − ô, projected by Wo in one product below
-  for (int t = P; t < T; ++t) {
-    layer_step(policy, cache.views(), row(t), group, out.data(), log_z.data(), scratch, {});
-    const float* full = layer.o_full.data() + size_t(t) * q_dim;
-    for (int h = 0; h < H; ++h) {
-      double diff = 0, norm = 0;
-      for (int d = 0; d < hd; ++d) {
-        const double a = full[h * hd + d], b = out[h * hd + d];
-        diff += (a - b) * (a - b);
-        norm += a * a;
+  ws.delta.resize(size_t(T - P) * q_dim);
+  ws.injected.resize(size_t(T - P) * dim);
+  // [decode steps, q_dim] o − ô, projected by Wo in one product below
+  Eigen::Map<RowMatrix> delta(ws.delta.data(), T - P, q_dim);
+  Eigen::Map<RowMatrix> injected(ws.injected.data(), T - P, dim);
+  const Policy* prefilled = nullptr;
+  for (size_t c = 0; c < configs.size(); ++c) {
+    const auto start = std::chrono::steady_clock::now();
+    const ReplayConfig& config = configs[c];
+    const Policy& policy = *config.policy;
+    const bool aux = policy.aux_floats_per_slot() > 0;
+    Totals& tot = totals[c];
+    if (prefilled == nullptr || !same_prefill(*prefilled, policy)) {
+      ws.prompt.reshape(std::vector<int32_t>(KVH, P), hd, aux);
+      for (int t = 0; t < P; ++t) {
+        TokenRow r = row(t);
+        r.prompt_len = P;
+        layer_step(policy, ws.prompt.views(), r, group, out, nullptr, scratch, {});
       }
-      rel[h / group] += norm > 0 ? std::sqrt(diff / norm) : 0.0;
-      mass[h / group] += std::exp(double(log_z[h]) - layer.log_z_full[size_t(t) * H + h]);
+      prefilled = &policy;
     }
-    for (int i = 0; i < q_dim; ++i) delta(t - P, i) = full[i] - out[i];
-    if (on_step) {
-      for (int h = 0; h < KVH; ++h) {
-        const HeadSlots& head = cache.views()[h];
-        on_step(s, l, h, t, std::span<const int32_t>(head.pos, *head.n_used));
+    ws.cut_from.assign(ws.prompt);
+    LayerCache& cache = ws.cache;
+    cache.reshape(config.budgets[l], hd, aux);
+    cut_prefill(policy, ws.cut_from.views(), cache.views(), {});
+    for (int t = P; t < T; ++t) {
+      layer_step(policy, cache.views(), row(t), group, out, softmax, scratch, {});
+      const float* full = layer.o_full.data() + size_t(t) * q_dim;
+      const float* norm_full = layer.norm_full.data() + size_t(t) * H;
+      const float* log_z_full = layer.log_z_full.data() + size_t(t) * H;
+      float* d_row = ws.delta.data() + size_t(t - P) * q_dim;
+      for (int i = 0; i < q_dim; ++i) d_row[i] = full[i] - out[i];
+      // Retained mass Σ_kept exp(logit − log Z_full) = Σ · exp(m − log Z_full), for all heads at once.
+      using Pairs = Eigen::Map<const Eigen::Array2Xf>;
+      const Pairs z(softmax, 2, H);
+      Eigen::Map<Eigen::ArrayXf> mass(ws.mass.data(), H);
+      mass = z.row(1).transpose() * (z.row(0).transpose() - Eigen::Map<const Eigen::ArrayXf>(log_z_full, H)).exp();
+      // ‖o − ô‖ / ‖o‖ per query head.
+      Eigen::Map<Eigen::ArrayXf> rel(ws.rel.data(), H);
+      rel = Eigen::Map<const Eigen::MatrixXf>(d_row, hd, H).colwise().norm().transpose().array() /
+            Eigen::Map<const Eigen::ArrayXf>(norm_full, H).max(1e-30f);
+      for (int h = 0; h < H; ++h) {
+        tot.rel[h / group] += rel[h];
+        tot.mass[h / group] += mass[h];
+      }
+      if (on_step) {
+        for (int h = 0; h < KVH; ++h) {
+          const HeadSlots& head = cache.views()[h];
+          on_step(s, l, h, t, std::span<const int32_t>(head.pos, *head.n_used));
+        }
       }
     }
-  }
-  // ‖Wo (o − ô)‖² / ‖x‖² per step, summed in step order.
-  const RowMatrix injected = delta * wo.transpose();  // [decode steps, dim]
-  for (int t = P; t < T; ++t) {
-    const double x = layer.data.resid_norm[t];
-    energy += static_cast<double>(injected.row(t - P).squaredNorm()) / std::max(x * x, 1e-30);
+    // ‖Wo (o − ô)‖² / ‖x‖² per step, summed in step order.
+    injected.noalias() = delta * wo.transpose();
+    for (int t = P; t < T; ++t) {
+      const double x = layer.data.resid_norm[t];
+      tot.energy += static_cast<double>(injected.row(t - P).squaredNorm()) / std::max(x * x, 1e-30);
+    }
+    tot.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
 }
 
 ReplayResult ReplayEngine::run(const ReplayConfig& config, const KeptFn& on_step) const {
+  return std::move(run_configs({config}, on_step).front());
+}
+
+std::vector<ReplayResult> ReplayEngine::run_batch(const std::vector<ReplayConfig>& configs) const {
+  return run_configs(configs, {});
+}
+
+std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConfig>& configs,
+                                                    const KeptFn& on_step) const {
   const auto start = std::chrono::steady_clock::now();
   const int L = model_.n_layers, KVH = model_.n_kv_heads, group = model_.n_heads / KVH;
-  KVP_CHECK(static_cast<int>(config.budgets.size()) == L);
+  const size_t C = configs.size();
+  for (const ReplayConfig& c : configs) KVP_CHECK(static_cast<int>(c.budgets.size()) == L);
   const int tasks = n_sequences() * L;
-  std::vector<std::vector<double>> rel(tasks, std::vector<double>(KVH, 0.0)), mass = rel;
-  std::vector<double> energy(tasks, 0.0);
-  parallel_for(tasks, on_step ? 1 : threads_, [&](int i) {
-    replay(i / L, i % L, config, rel[i], mass[i], energy[i], on_step);
-  });
+  std::vector<std::vector<Totals>> totals(
+      tasks, std::vector<Totals>(C, Totals{.rel = std::vector<double>(KVH, 0.0), .mass = std::vector<double>(KVH, 0.0)}));
+  parallel_for(tasks, on_step ? 1 : threads_, [&](int i) { replay(i / L, i % L, configs, totals[i], on_step); });
   // Sum per (sequence, layer) in a fixed order, so any number of threads gives the same bits.
-  ReplayResult r;
-  r.rel_error.assign(L, std::vector<double>(KVH, 0.0));
-  r.retained_mass = r.rel_error;
-  r.resid_energy.assign(L, 0.0);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double steps = static_cast<double>(decode_steps());
-  for (int i = 0; i < tasks; ++i) {
-    const int l = i % L;
-    for (int h = 0; h < KVH; ++h) {
-      r.rel_error[l][h] += rel[i][h] / (steps * group);
-      r.retained_mass[l][h] += mass[i][h] / (steps * group);
+  std::vector<ReplayResult> results(C);
+  for (size_t c = 0; c < C; ++c) {
+    ReplayResult& r = results[c];
+    r.rel_error.assign(L, std::vector<double>(KVH, 0.0));
+    r.retained_mass = r.rel_error;
+    r.resid_energy.assign(L, 0.0);
+    for (int i = 0; i < tasks; ++i) {
+      const int l = i % L;
+      const Totals& t = totals[i][c];
+      for (int h = 0; h < KVH; ++h) {
+        r.rel_error[l][h] += t.rel[h] / (steps * group);
+        r.retained_mass[l][h] += t.mass[h] / (steps * group);
+      }
+      r.resid_energy[l] += t.energy / steps;
+      r.cpu_seconds += t.seconds;
     }
-    r.resid_energy[l] += energy[i] / steps;
+    r.head_steps = decode_steps() * model_.n_heads * L;
+    r.seconds = wall;
   }
-  r.head_steps = decode_steps() * model_.n_heads * L;
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return r;
+  return results;
 }
 
 }  // namespace kvp

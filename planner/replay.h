@@ -25,7 +25,8 @@ struct ReplayResult {
   // (the energy the error injects into the residual stream x entering the layer).
   std::vector<double> resid_energy;
   int64_t head_steps = 0;  // query-head decode steps replayed
-  double seconds = 0;
+  double seconds = 0;      // wall time of the run (of the whole batch for run_batch)
+  double cpu_seconds = 0;  // worker time spent on this configuration, summed over threads
 
   double mean_rel_error() const;
   double mean_retained_mass() const;
@@ -42,6 +43,10 @@ class ReplayEngine {
                                                       const std::function<void(int)>& progress = {});
 
   ReplayResult run(const ReplayConfig& config, const KeptFn& on_step = {}) const;
+  // Several configurations in one pass over the trace: each (sequence, layer) is loaded once, and
+  // the prompt is prefilled once for consecutive configurations whose policies differ at most in
+  // sinks and recent (the prefill does not depend on them). Results equal run() of each.
+  std::vector<ReplayResult> run_batch(const std::vector<ReplayConfig>& configs) const;
 
   const TraceModelShape& model() const { return model_; }
   int n_sequences() const { return static_cast<int>(seqs_.size()); }
@@ -53,6 +58,7 @@ class ReplayEngine {
     TraceLayer data;               // q, k, v, resid_norm
     std::vector<float> o_full;     // [T, n_heads, head_dim] full-cache outputs
     std::vector<float> log_z_full; // [T, n_heads]
+    std::vector<float> norm_full;  // [T, n_heads] ‖o‖
   };
   struct Sequence {
     int length;
@@ -60,8 +66,10 @@ class ReplayEngine {
     std::vector<Layer> layers;
   };
   ReplayEngine() = default;
-  void replay(int s, int l, const ReplayConfig& config, std::vector<double>& rel, std::vector<double>& mass,
-              double& energy, const KeptFn& on_step) const;
+  struct Totals;  // one configuration's sums over a (sequence, layer)
+  void replay(int s, int l, const std::vector<ReplayConfig>& configs, std::vector<Totals>& totals,
+              const KeptFn& on_step) const;
+  std::vector<ReplayResult> run_configs(const std::vector<ReplayConfig>& configs, const KeptFn& on_step) const;
 
   TraceModelShape model_;
   int threads_ = 1;

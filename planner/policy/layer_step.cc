@@ -7,7 +7,7 @@ namespace kvp {
 StepScratch::StepScratch(int max_slots) : scores(max_slots + 17), weights(max_slots + 1) {}
 
 void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const TokenRow& row, int group,
-                float* attn_out, float* log_z, StepScratch& sc, const EvictFn& on_evict) {
+                float* attn_out, float* softmax, StepScratch& sc, const EvictFn& on_evict) {
   const int n_kv_heads = static_cast<int>(heads.size());
   const int hd = heads[0].head_dim;
   const bool want_weights = policy.uses_attention();
@@ -22,7 +22,7 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
     slot_attention(row.q + size_t(h) * group * hd, group, head.kv(), row.k + size_t(h) * hd, row.v + size_t(h) * hd,
                    SlotAttentionOut{.out = attn_out + size_t(h) * group * hd,
                                     .weights = want_weights ? sc.weights.data() : nullptr,
-                                    .log_z = log_z ? log_z + size_t(h) * group : nullptr,
+                                    .softmax = softmax ? softmax + size_t(h) * group * 2 : nullptr,
                                     .scratch = sc.scores.data()});
     if (want_weights) {
       SlotArrays s = head.slots();

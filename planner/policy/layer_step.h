@@ -63,10 +63,10 @@ struct StepScratch {
 };
 
 // Attends each query head over its KV head's slots plus the token itself (writing `attn_out`,
-// [n_heads, head_dim], and when given `log_z`, [n_heads]), updates the scores, and inserts the token
+// [n_heads, head_dim], and when given `softmax`, [n_heads, 2] as SlotAttentionOut), updates the scores, and inserts the token
 // into a free slot or the victim's.
 void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const TokenRow& row, int group,
-                float* attn_out, float* log_z, StepScratch& scratch, const EvictFn& on_evict);
+                float* attn_out, float* softmax, StepScratch& scratch, const EvictFn& on_evict);
 
 // Keeps, of `prompt` (heads holding positions 0..n-1 in order, prefilled by layer_step with
 // prompt_len n), what the policy selects within each of `dest`'s budgets, in position order.

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "planner/policy/lanes.h"
+
 namespace kvp {
 
 bool is_protected(const PolicyParams& p, int32_t pos, int32_t newest_pos) {
@@ -18,36 +20,45 @@ bool evict_before(float key_a, int32_t pos_a, float key_b, int32_t pos_b) {
   return key_a < key_b || (key_a == key_b && pos_a < pos_b);
 }
 
-// The unprotected slot of lowest key (older position on ties), or -1. Two passes of lane-wise
-// minima, exact in any order, so they vectorise: the lowest key among unprotected slots, then
-// the oldest position holding exactly that key.
+// The unprotected slot of lowest key (older position on ties), or -1; when every unprotected key
+// is +inf, the oldest unprotected slot. One pass of lane-wise lexicographic minima of (key,
+// position), exact in any order, so it vectorises: protected slots enter as (+inf, INT32_MAX).
 int lowest_unprotected(const PolicyParams& p, const int32_t* pos, const float* keys, int n, int32_t newest_pos) {
+  using lanes::F16;
+  using lanes::I16;
+  constexpr int W = lanes::kWidth;
   const int32_t first = p.sinks, last = newest_pos - p.recent;
-  auto key_of = [&](int j) { return pos[j] >= first && pos[j] <= last ? keys[j] : INFINITY; };
-  float lane_key[16];
-  std::fill(lane_key, lane_key + 16, INFINITY);
+  const I16 first_v = lanes::splat(first), last_v = lanes::splat(last), none_v = lanes::splat(INT32_MAX);
+  const F16 inf_v = lanes::splat(INFINITY);
+  F16 best_key = inf_v;
+  I16 best_pos = none_v, best_slot = lanes::splat(-1);
+  I16 slot = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  auto take = [&](I16 q, F16 k) {
+    const I16 open = (q >= first_v) & (q <= last_v);
+    k = open ? k : inf_v;
+    q = open ? q : none_v;
+    const I16 better = (k < best_key) | ((k == best_key) & (q < best_pos));
+    best_key = better ? k : best_key;
+    best_pos = better ? q : best_pos;
+    best_slot = better ? slot : best_slot;
+  };
   int j = 0;
-  for (; j + 16 <= n; j += 16) {
-    for (int l = 0; l < 16; ++l) lane_key[l] = std::min(lane_key[l], key_of(j + l));
+  for (; j + W <= n; j += W, slot += W) take(lanes::load(pos + j), lanes::load(keys + j));
+  if (j < n) {
+    I16 q = none_v;
+    F16 k = inf_v;
+    for (int l = 0; j + l < n; ++l) q[l] = pos[j + l], k[l] = keys[j + l];
+    take(q, k);
   }
-  for (int l = 0; j + l < n; ++l) lane_key[l] = std::min(lane_key[l], key_of(j + l));
-  float lowest = INFINITY;
-  for (float k : lane_key) lowest = std::min(lowest, k);
+  float key = INFINITY;
   int32_t oldest = INT32_MAX;
-  for (j = 0; j < n; ++j) {
-    if (pos[j] >= first && pos[j] <= last && keys[j] == lowest) oldest = std::min(oldest, pos[j]);
-  }
-  if (oldest == INT32_MAX) {
-    // Every unprotected key is +inf (or there is none): the oldest unprotected slot, if any.
-    for (j = 0; j < n; ++j) {
-      if (pos[j] >= first && pos[j] <= last) oldest = std::min(oldest, pos[j]);
+  int victim = -1;
+  for (int l = 0; l < W; ++l) {
+    if (best_key[l] < key || (best_key[l] == key && best_pos[l] < oldest)) {
+      key = best_key[l], oldest = best_pos[l], victim = best_slot[l];
     }
-    if (oldest == INT32_MAX) return -1;
   }
-  for (j = 0; j < n; ++j) {
-    if (pos[j] == oldest) return j;
-  }
-  return -1;
+  return oldest == INT32_MAX ? -1 : victim;
 }
 
 std::vector<float>& key_buffer(size_t n) {

@@ -71,6 +71,8 @@ class Policy {
   // Floats of per-slot state beyond position and score (counted by the memory model).
   virtual int aux_floats_per_slot() const { return 0; }
 
+  // init_slot, observe and finish_prefill must not depend on sinks and recent (only the choice of
+  // victims does): the planner's replay prefills a prompt once for every budget of a policy.
   // Writes the score (and aux) of `token` entering `slot`.
   virtual void init_slot(SlotArrays& s, int slot, const NewToken& token) const = 0;
   // Adds the attention of the query at `query_pos` (weights over slots [0, n_used), summed over

@@ -3,37 +3,26 @@
 #include <Eigen/Core>
 #include <cmath>
 
+#include "planner/policy/lanes.h"
+
 namespace kvp {
 
 // Both sums use 16 interleaved partial sums (lane l takes elements l, l + 16, ...) and then a
 // fixed halving tree: the same bits wherever the data sits, and the 16-wide body vectorises.
-namespace {
-float reduce16(float (&acc)[16]) {
-  for (int w = 8; w >= 1; w /= 2) {
-    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
-  }
-  return acc[0];
-}
-}  // namespace
-
 float fixed_order_sum(const float* x, int n) {
-  float acc[16] = {};
+  lanes::F16 acc{};
   int j = 0;
-  for (; j + 16 <= n; j += 16) {
-    for (int l = 0; l < 16; ++l) acc[l] += x[j + l];
-  }
+  for (; j + lanes::kWidth <= n; j += lanes::kWidth) acc += lanes::load(x + j);
   for (int l = 0; j + l < n; ++l) acc[l] += x[j + l];
-  return reduce16(acc);
+  return lanes::reduce_add(acc);
 }
 
 float fixed_order_dot(const float* a, const float* b, int n) {
-  float acc[16] = {};
+  lanes::F16 acc{};
   int j = 0;
-  for (; j + 16 <= n; j += 16) {
-    for (int l = 0; l < 16; ++l) acc[l] += a[j + l] * b[j + l];
-  }
+  for (; j + lanes::kWidth <= n; j += lanes::kWidth) acc += lanes::load(a + j) * lanes::load(b + j);
   for (int l = 0; j + l < n; ++l) acc[l] += a[j + l] * b[j + l];
-  return reduce16(acc);
+  return lanes::reduce_add(acc);
 }
 
 namespace {
@@ -43,67 +32,77 @@ namespace {
 template <int kHeadDim>
 void slot_attention_impl(const float* q, int group, const SlotKv& kv, const float* k_new, const float* v_new,
                          const SlotAttentionOut& r) {
+  using lanes::F16;
+  constexpr int W = lanes::kWidth;
   KVP_CHECK(reinterpret_cast<uintptr_t>(r.scratch) % 64 == 0, "slot_attention scratch must be 64-byte aligned");
   const int n = kv.n_used, hd = kHeadDim > 0 ? kHeadDim : kv.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   float* s = r.scratch;  // [n + 1], the new token last, padded to whole 16-float packets
-  if (r.weights) std::fill(r.weights, r.weights + n + 1, 0.0f);
+  const int padded = (n + 1 + W - 1) / W * W;
   for (int g = 0; g < group; ++g) {
     const float* qg = q + size_t(g) * hd;
     // Each token's score accumulates over head_dim in order (d = 0, 1, ...). Keys are stored
-    // [head_dim, capacity], so 16 tokens at a time stay in registers and the work vectorises.
+    // [head_dim, capacity], so 16 tokens at a time stay in one register.
     int j0 = 0;
-    for (; j0 + 16 <= n; j0 += 16) {
-      float acc[16] = {};
-      for (int d = 0; d < hd; ++d) {
-        const float qd = qg[d];
-        const float* kd = kv.k + size_t(d) * kv.capacity + j0;
-        for (int l = 0; l < 16; ++l) acc[l] += kd[l] * qd;
-      }
-      for (int l = 0; l < 16; ++l) s[j0 + l] = acc[l];
+    for (; j0 + W <= n; j0 += W) {
+      F16 acc{};
+      for (int d = 0; d < hd; ++d) acc += lanes::load(kv.k + size_t(d) * kv.capacity + j0) * qg[d];
+      lanes::store(s + j0, acc);
     }
-    for (int j = j0; j < n; ++j) {
-      float acc = 0.0f;
-      for (int d = 0; d < hd; ++d) acc += kv.k[size_t(d) * kv.capacity + j] * qg[d];
-      s[j] = acc;
+    if (const int rest = n - j0; rest > 0) {
+      F16 acc{};
+      for (int d = 0; d < hd; ++d) acc += lanes::load_partial(kv.k + size_t(d) * kv.capacity + j0, rest) * qg[d];
+      lanes::store(s + j0, acc);  // within the padding
     }
     float dot = 0.0f;
     for (int d = 0; d < hd; ++d) dot += qg[d] * k_new[d];
     s[n] = dot;
-    float max_score = -INFINITY;
-    for (int j = 0; j <= n; ++j) {
-      s[j] *= scale;
-      max_score = std::max(max_score, s[j]);
-    }
-    // Eigen's vectorised exp over whole 16-float packets of a 64-byte aligned buffer, so every
-    // element takes the same path wherever it sits (the padding holds -inf: exp gives 0).
-    const int padded = (n + 1 + 15) / 16 * 16;
+    // The padding holds -inf: it scales to -inf, leaves the maximum alone and exponentiates to 0.
     std::fill(s + n + 1, s + padded, -INFINITY);
+    F16 lane_max = lanes::splat(-INFINITY);
+    for (int j = 0; j < padded; j += W) {
+      const F16 x = lanes::load(s + j) * scale;
+      lanes::store(s + j, x);
+      lane_max = lanes::max(lane_max, x);
+    }
+    const float max_score = lanes::reduce_max(lane_max);
+    // Eigen's vectorised exp over whole 16-float packets of a 64-byte aligned buffer, so every
+    // element takes the same path wherever it sits.
     Eigen::Map<Eigen::ArrayXf, Eigen::Aligned64> e(s, padded);
     e = (e - max_score).exp();
-    const float sum = fixed_order_sum(s, n + 1);
-    if (r.log_z) r.log_z[g] = max_score + std::log(sum);
+    // fixed_order_sum over whole packets: the padding's zeros leave every lane's sum as it was.
+    F16 lane_sum{};
+    for (int j = 0; j < padded; j += W) lane_sum += lanes::load(s + j);
+    const float sum = lanes::reduce_add(lane_sum);
+    if (r.softmax) r.softmax[2 * g] = max_score, r.softmax[2 * g + 1] = sum;
     const float inv_sum = 1.0f / sum;
-    for (int j = 0; j <= n; ++j) s[j] *= inv_sum;
+    for (int j = 0; j < padded; j += W) lanes::store(s + j, lanes::load(s + j) * inv_sum);
     float* out = r.out + size_t(g) * hd;
     if constexpr (kHeadDim > 0 && kHeadDim <= 16) {
       // fixed_order_dot for every d at once: the same lanes and tree, all rows in registers.
-      float acc[kHeadDim][16] = {};
+      F16 acc[kHeadDim] = {};
       int j = 0;
-      for (; j + 16 <= n; j += 16) {
-        for (int d = 0; d < kHeadDim; ++d) {
-          const float* vd = kv.v + size_t(d) * kv.capacity + j;
-          for (int l = 0; l < 16; ++l) acc[d][l] += vd[l] * s[j + l];
-        }
+      for (; j + W <= n; j += W) {
+        const F16 w = lanes::load(s + j);
+        for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load(kv.v + size_t(d) * kv.capacity + j) * w;
       }
-      for (int l = 0; j + l < n; ++l) {
-        for (int d = 0; d < kHeadDim; ++d) acc[d][l] += kv.v[size_t(d) * kv.capacity + j + l] * s[j + l];
+      if (const int rest = n - j; rest > 0) {
+        const F16 w = lanes::keep_first(lanes::load(s + j), rest);
+        for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load_partial(kv.v + size_t(d) * kv.capacity + j, rest) * w;
       }
-      for (int d = 0; d < kHeadDim; ++d) out[d] = reduce16(acc[d]) + s[n] * v_new[d];
+      if constexpr (kHeadDim == 8) {
+        float sums[8];
+        lanes::reduce_add8(acc, sums);
+        for (int d = 0; d < 8; ++d) out[d] = sums[d] + s[n] * v_new[d];
+      } else {
+        for (int d = 0; d < kHeadDim; ++d) out[d] = lanes::reduce_add(acc[d]) + s[n] * v_new[d];
+      }
     } else {
       for (int d = 0; d < hd; ++d) out[d] = fixed_order_dot(kv.v + size_t(d) * kv.capacity, s, n) + s[n] * v_new[d];
     }
-    if (r.weights) {
+    if (r.weights && g == 0) {
+      std::copy(s, s + n + 1, r.weights);
+    } else if (r.weights) {
       for (int j = 0; j <= n; ++j) r.weights[j] += s[j];
     }
   }

@@ -63,24 +63,35 @@ Status sweep(const SweepFlags& flags) {
   for (const std::string& name : policies) {
     std::vector<ErrorCurve> curves(m.n_layers);
     std::vector<std::pair<int, PolicyParams>> levels;
+    std::vector<ReplayConfig> configs;
+    const size_t first = rows.size();
     for (int b : budgets) {
       const int budget = std::min<int>(b, longest);
       KVP_ASSIGN_OR_RETURN(PolicyParams params, flags.plan.params_for(name, budget));
       KVP_ASSIGN_OR_RETURN(Plan plan, uniform_plan(plan_model_of(m), name, params, budget, KvDtype::kF32));
-      auto policy = std::shared_ptr<const Policy>(make_policy(name, params).value());
-      Row row{.policy = name, .allocation = "uniform", .budget = budget,
-              .layer_budgets = std::vector<int32_t>(m.n_layers, budget), .kv_bytes = plan.kv_bytes_per_sequence};
-      row.replay = engine->run({.policy = policy, .budgets = plan.budgets});
+      configs.push_back({.policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
+                         .budgets = plan.budgets});
+      rows.push_back(Row{.policy = name, .allocation = "uniform", .budget = budget,
+                         .layer_budgets = std::vector<int32_t>(m.n_layers, budget),
+                         .kv_bytes = plan.kv_bytes_per_sequence});
+      levels.emplace_back(budget, params);
+    }
+    // Every budget of the policy in one pass over the trace (the prompt prefilled once).
+    std::vector<ReplayResult> results = engine->run_batch(configs);
+    for (size_t i = 0; i < results.size(); ++i) {
+      Row& row = rows[first + i];
+      row.replay = std::move(results[i]);
       for (int l = 0; l < m.n_layers; ++l) {
-        curves[l].budgets.push_back(budget);
+        curves[l].budgets.push_back(row.budget);
         curves[l].error.push_back(row.replay.resid_energy[l]);
       }
-      levels.emplace_back(budget, params);
-      progress.update(++done, fmt::format("{} @ {}", name, budget));
-      rows.push_back(std::move(row));
     }
+    done += static_cast<int>(results.size());
+    progress.update(done, fmt::format("{}: uniform budgets", name));
     if (!flags.greedy || name == "full") continue;
     // Greedy plans at the same memory levels, from the curves just measured.
+    configs.clear();
+    const size_t first_greedy = rows.size();
     for (const auto& [budget, params] : levels) {
       auto policy = std::shared_ptr<const Policy>(make_policy(name, params).value());
       std::vector<ErrorCurve> usable(m.n_layers);
@@ -97,29 +108,34 @@ Status sweep(const SweepFlags& flags) {
                              .total_slots = int64_t{budget} * m.n_layers * m.n_kv_heads,
                              .min_budget = params.sinks + params.recent, .max_budget = longest},
                             usable);
-      progress.update(++done);
-      if (!alloc.ok()) continue;  // the smallest level cannot leave room for a different split
+      if (!alloc.ok()) {  // the smallest level cannot leave room for a different split
+        progress.update(++done);
+        continue;
+      }
       Plan plan;
       plan.model = plan_model_of(m);
       plan.policy = name;
       plan.params = params;
       for (int32_t b : *alloc) plan.budgets.push_back(std::vector<int32_t>(m.n_kv_heads, b));
-      Row row{.policy = name, .allocation = "greedy", .budget = budget, .layer_budgets = *alloc,
-              .kv_bytes = plan.kv_budgets().kv_bytes()};
-      row.replay = engine->run({.policy = policy, .budgets = plan.budgets});
-      rows.push_back(std::move(row));
+      configs.push_back({.policy = policy, .budgets = plan.budgets});
+      rows.push_back(Row{.policy = name, .allocation = "greedy", .budget = budget, .layer_budgets = *alloc,
+                         .kv_bytes = plan.kv_budgets().kv_bytes()});
     }
+    results = engine->run_batch(configs);
+    for (size_t i = 0; i < results.size(); ++i) rows[first_greedy + i].replay = std::move(results[i]);
+    done += static_cast<int>(results.size());
+    progress.update(done, fmt::format("{}: greedy plans", name));
   }
   progress.finish(done);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   int64_t head_steps = 0;
   for (const Row& r : rows) head_steps += r.replay.head_steps;
 
-  std::string csv = "policy,allocation,budget,layer_budgets,kv_bytes_per_sequence,resid_energy,rel_error,retained_mass,replay_s\n";
+  std::string csv = "policy,allocation,budget,layer_budgets,kv_bytes_per_sequence,resid_energy,rel_error,retained_mass,replay_cpu_s\n";
   for (const Row& r : rows) {
     csv += fmt::format("{},{},{},{},{},{:.8f},{:.8f},{:.8f},{:.4f}\n", r.policy, r.allocation, r.budget,
                        fmt::join(r.layer_budgets, " "), r.kv_bytes, r.replay.total_resid_energy(),
-                       r.replay.mean_rel_error(), r.replay.mean_retained_mass(), r.replay.seconds);
+                       r.replay.mean_rel_error(), r.replay.mean_retained_mass(), r.replay.cpu_seconds);
   }
   std::string md = fmt::format(
       "## Sweep of `{}`\n\n{} sequences, {} decode steps per KV head; {} configurations replayed in {:.1f} s "
