@@ -48,6 +48,15 @@ void record_replay_predictions(const ReplayResult& r, Plan* plan) {
   plan->predicted["replay_retained_mass"] = r.mean_retained_mass();
 }
 
+std::vector<ErrorCurve> weighted_curves(std::vector<ErrorCurve> curves, const std::vector<double>& layer_weights) {
+  if (layer_weights.empty()) return curves;
+  KVP_CHECK(layer_weights.size() == curves.size(), "{} layer weights for {} layers", layer_weights.size(), curves.size());
+  for (size_t l = 0; l < curves.size(); ++l) {
+    for (double& e : curves[l].error) e *= layer_weights[l];
+  }
+  return curves;
+}
+
 Result<PlanOutcome> make_plan(const ReplayEngine& engine, const std::string& trace_dir, const PlanRequest& req,
                               const std::function<void(int)>& progress) {
   const TraceModelShape& m = engine.model();
@@ -63,7 +72,7 @@ Result<PlanOutcome> make_plan(const ReplayEngine& engine, const std::string& tra
                        allocate(req.allocation,
                                 {.n_layers = m.n_layers, .n_kv_heads = m.n_kv_heads, .total_slots = req.total_slots,
                                  .min_budget = min_budget, .max_budget = longest},
-                                out.curves));
+                                weighted_curves(out.curves, req.layer_weights)));
   Plan& plan = out.plan;
   plan.model = plan_model_of(m);
   plan.policy = req.policy;

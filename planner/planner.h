@@ -23,7 +23,13 @@ struct PlanRequest {
   Allocation allocation = Allocation::kGreedy;
   int64_t total_slots = 0;  // per sequence, over layers and KV heads
   std::string memory_description;  // how the limit was given, for provenance
+  // Greedy minimises Σ_l layer_weights[l] · E_l(b_l): a calibration's layer weights make it
+  // minimise predicted ΔNLL rather than raw residual energy. Empty: every layer weighs 1.
+  std::vector<double> layer_weights;
 };
+
+// Scales each layer's curve by its weight (for greedy on calibrated error); empty weights: as is.
+std::vector<ErrorCurve> weighted_curves(std::vector<ErrorCurve> curves, const std::vector<double>& layer_weights);
 
 struct PlanOutcome {
   Plan plan;

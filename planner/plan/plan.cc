@@ -9,6 +9,34 @@
 
 namespace kvp {
 
+void emit_plan_model(YAML::Emitter& out, const PlanModel& model) {
+  out << YAML::BeginMap;
+  out << YAML::Key << "fingerprint" << YAML::Value << model.fingerprint;
+  for (const auto& [k, v] : {std::pair{"dim", model.dim}, {"n_layers", model.n_layers},
+                             {"n_heads", model.n_heads}, {"n_kv_heads", model.n_kv_heads},
+                             {"head_dim", model.head_dim}, {"vocab_size", model.vocab_size},
+                             {"seq_len", model.seq_len}}) {
+    out << YAML::Key << k << YAML::Value << v;
+  }
+  out << YAML::EndMap;
+}
+
+Result<PlanModel> parse_plan_model(const YAML::Node& node, const std::string& path) {
+  const YamlFields mf(node, path, "model.");
+  KVP_RETURN_IF_ERROR(mf.only({"fingerprint", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                               "vocab_size", "seq_len"}));
+  PlanModel m;
+  KVP_ASSIGN_OR_RETURN(m.fingerprint, mf.sha256("fingerprint"));
+  KVP_ASSIGN_OR_RETURN(m.dim, mf.integer("dim", 1, 1 << 22));
+  KVP_ASSIGN_OR_RETURN(m.n_layers, mf.integer("n_layers", 1, 4096));
+  KVP_ASSIGN_OR_RETURN(m.n_heads, mf.integer("n_heads", 1, 4096));
+  KVP_ASSIGN_OR_RETURN(m.n_kv_heads, mf.integer("n_kv_heads", 1, m.n_heads));
+  KVP_ASSIGN_OR_RETURN(m.head_dim, mf.integer("head_dim", 1, 1 << 16));
+  KVP_ASSIGN_OR_RETURN(m.vocab_size, mf.integer("vocab_size", 1, 1 << 22));
+  KVP_ASSIGN_OR_RETURN(m.seq_len, mf.integer("seq_len", 1, 1 << 22));
+  return m;
+}
+
 KvBudgets Plan::kv_budgets() const {
   KvBudgets b{.n_layers = model.n_layers, .n_kv_heads = model.n_kv_heads, .head_dim = model.head_dim,
               .dtype = kv_dtype};
@@ -37,15 +65,8 @@ std::string Plan::to_yaml() const {
   out << YAML::BeginMap;
   out << YAML::Key << "format" << YAML::Value << kPlanFormatName;
   out << YAML::Key << "version" << YAML::Value << kPlanFormatVersion;
-  out << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "fingerprint" << YAML::Value << model.fingerprint;
-  for (const auto& [k, v] : {std::pair{"dim", model.dim}, {"n_layers", model.n_layers},
-                             {"n_heads", model.n_heads}, {"n_kv_heads", model.n_kv_heads},
-                             {"head_dim", model.head_dim}, {"vocab_size", model.vocab_size},
-                             {"seq_len", model.seq_len}}) {
-    out << YAML::Key << k << YAML::Value << v;
-  }
-  out << YAML::EndMap;
+  out << YAML::Key << "model" << YAML::Value;
+  emit_plan_model(out, model);
   out << YAML::Key << "policy" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "name" << YAML::Value << policy;
   out << YAML::Key << "sinks" << YAML::Value << params.sinks;
@@ -93,17 +114,7 @@ Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
   }
   Plan plan;
   KVP_ASSIGN_OR_RETURN(YAML::Node model, top.child("model"));
-  const YamlFields mf(model, path, "model.");
-  KVP_RETURN_IF_ERROR(mf.only({"fingerprint", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                               "vocab_size", "seq_len"}));
-  KVP_ASSIGN_OR_RETURN(plan.model.fingerprint, mf.sha256("fingerprint"));
-  KVP_ASSIGN_OR_RETURN(plan.model.dim, mf.integer("dim", 1, 1 << 22));
-  KVP_ASSIGN_OR_RETURN(plan.model.n_layers, mf.integer("n_layers", 1, 4096));
-  KVP_ASSIGN_OR_RETURN(plan.model.n_heads, mf.integer("n_heads", 1, 4096));
-  KVP_ASSIGN_OR_RETURN(plan.model.n_kv_heads, mf.integer("n_kv_heads", 1, plan.model.n_heads));
-  KVP_ASSIGN_OR_RETURN(plan.model.head_dim, mf.integer("head_dim", 1, 1 << 16));
-  KVP_ASSIGN_OR_RETURN(plan.model.vocab_size, mf.integer("vocab_size", 1, 1 << 22));
-  KVP_ASSIGN_OR_RETURN(plan.model.seq_len, mf.integer("seq_len", 1, 1 << 22));
+  KVP_ASSIGN_OR_RETURN(plan.model, parse_plan_model(model, path));
 
   KVP_ASSIGN_OR_RETURN(YAML::Node policy, top.child("policy"));
   const YamlFields pf(policy, path, "policy.");

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <yaml-cpp/yaml.h>
+
 #include "planner/plan/kv_budgets.h"
 #include "planner/policy/policy.h"
 
@@ -27,6 +29,10 @@ struct PlanModel {
   int vocab_size = 0;
   int seq_len = 0;
 };
+
+// The `model:` map of plans and calibrations.
+void emit_plan_model(YAML::Emitter& out, const PlanModel& model);
+Result<PlanModel> parse_plan_model(const YAML::Node& node, const std::string& path);
 
 struct Plan {
   PlanModel model;

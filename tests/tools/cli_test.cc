@@ -172,6 +172,63 @@ TEST(Cli, TracePlansAreByteIdenticalAndSweepsWriteTheirReports) {
   EXPECT_GT(c["plan"]["max_batch"].get<int64_t>(), c["full"]["max_batch"].get<int64_t>());
 }
 
+TEST(Cli, CalibratePlanEvalAndCheckCloseTheLoop) {
+  const std::string dir = test::make_temp_dir("cliloop");
+  ASSERT_EQ(run_kvplan("corpus --sample 4 --length 96 --seed 3 --out " + dir + "/c.jsonl").exit_code, 0);
+  ASSERT_EQ(run_kvplan("record --corpus " + dir + "/c.jsonl --prompt-len 16 --out " + dir + "/t").exit_code, 0);
+  const test::CliResult grid = run_kvplan("eval --grid --policies window,h2o,vatp,tova --budgets 8,16,24 --sinks 2 "
+                                          "--recent 4 --prompt-len 16 --corpus " + dir + "/c.jsonl --out " + dir + "/g --json");
+  ASSERT_EQ(grid.exit_code, 0) << grid.err;
+  const test::CliResult cal = run_kvplan("calibrate --trace " + dir + "/t --measured " + dir + "/g/measured/*.yaml --out " +
+                                         dir + "/calib.yaml --json");
+  ASSERT_EQ(cal.exit_code, 0) << cal.err;
+  const auto c = nlohmann::json::parse(cal.out);
+  EXPECT_EQ(c["n_points"], 12);
+  EXPECT_GT(c["spearman"].get<double>(), 0.5);
+
+  const test::CliResult plan = run_kvplan("plan --trace " + dir + "/t --policy vatp --keep 0.25 --sinks 2 --recent 4 "
+                                          "--calibration " + dir + "/calib.yaml --out " + dir + "/plan.yaml");
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  EXPECT_NE(plan.out.find("predicted ("), std::string::npos) << plan.out;
+  const std::string p = test::read_bytes(dir + "/plan.yaml");
+  for (const char* key : {"delta_nll:", "delta_nll_low:", "top1_agreement_high:", "calibration_range:"}) {
+    EXPECT_NE(p.find(key), std::string::npos) << key;
+  }
+  ASSERT_EQ(run_kvplan("eval --plan " + dir + "/plan.yaml --prompt-len 16 --corpus " + dir + "/c.jsonl --out " + dir +
+                       "/m.yaml --json").exit_code, 0);
+  const test::CliResult check = run_kvplan("check --plan " + dir + "/plan.yaml --measured " + dir + "/m.yaml --json");
+  ASSERT_EQ(check.exit_code, 0) << check.err;
+  const auto k = nlohmann::json::parse(check.out);
+  EXPECT_TRUE(k["memory_exact"].get<bool>());
+  EXPECT_TRUE(k["calibrated"].get<bool>());
+  EXPECT_EQ(k["metrics"]["kv_bytes_per_sequence"]["predicted"], k["metrics"]["kv_bytes_per_sequence"]["measured"]);
+  EXPECT_TRUE(k["metrics"]["delta_nll"].contains("interval"));
+
+  // A measurement whose bytes differ from the plan's: a one-line error naming the field, exit 1.
+  std::string m = test::read_bytes(dir + "/m.yaml");
+  const size_t at = m.find("  kv_bytes_per_sequence: ");
+  ASSERT_NE(at, std::string::npos);
+  m.insert(at + std::string("  kv_bytes_per_sequence: ").size(), "9");
+  test::write_bytes(dir + "/bad.yaml", m);
+  const test::CliResult bad = run_kvplan("check --plan " + dir + "/plan.yaml --measured " + dir + "/bad.yaml");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("bad.yaml: metrics.kv_bytes_per_sequence"), std::string::npos) << bad.err;
+
+  // A sweep with the calibration writes predictions and runnable plans for every configuration.
+  const test::CliResult sweep = run_kvplan("sweep --trace " + dir + "/t --policies h2o,vatp --budgets 8,16 --sinks 2 "
+                                           "--recent 4 --pyramid --calibration " + dir + "/calib.yaml --plans-out " + dir +
+                                           "/plans --no-plots --out " + dir + "/s");
+  ASSERT_EQ(sweep.exit_code, 0) << sweep.err;
+  EXPECT_NE(test::read_bytes(dir + "/s/sweep.csv").find(",pred_delta_nll,"), std::string::npos);
+  const test::CliResult many = run_kvplan("eval --plans " + dir + "/plans/vatp-uniform-16.yaml " + dir +
+                                          "/plans/vatp-pyramid-16.yaml --prompt-len 16 --corpus " + dir +
+                                          "/c.jsonl --out " + dir + "/e");
+  ASSERT_EQ(many.exit_code, 0) << many.err;
+  const std::string csv = test::read_bytes(dir + "/e/plans.csv");
+  EXPECT_NE(csv.find("\nvatp-uniform-16,vatp,"), std::string::npos) << csv;
+  EXPECT_NE(csv.find("\nvatp-pyramid-16,vatp,"), std::string::npos) << csv;
+}
+
 struct BadInvocation {
   std::string name;
   std::function<std::string(const std::string& dir)> args;  // given a scratch directory
@@ -282,6 +339,14 @@ std::vector<BadInvocation> bad_invocations() {
        "exactly one memory limit"},
       {"plan_bad_allocation", [](const std::string& d) { return "plan --trace " + d + " --policy h2o --keep 0.5 --allocation best --out " + d + "/p.yaml"; },
        "--allocation"},
+      {"calibrate_unreadable_measured",
+       [](const std::string& d) {
+         test::write_bytes(d + "/m.yaml", "format: kvplan-measured\nversion: 1\n");
+         return "calibrate --trace " + d + "/none --measured " + d + "/m.yaml --out " + d + "/c.yaml";
+       },
+       "no such trace"},
+      {"check_missing_plan", [](const std::string& d) { return "check --plan " + d + "/p.yaml --measured " + d + "/m.yaml"; },
+       "p.yaml"},
       {"capacity_unknown_hardware", [](const std::string&) { return "capacity --hardware tpu-v9 --keep 0.5"; }, "tpu-v9"},
       {"sweep_missing_trace", [](const std::string& d) { return "sweep --trace " + d + "/none --out " + d + "/s"; },
        "no such trace"},

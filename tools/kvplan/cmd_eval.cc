@@ -26,6 +26,7 @@ struct EvalFlags {
   std::string eviction_log;
   bool json = false;
   bool grid = false;
+  std::vector<std::string> plans;
   std::string policies = "full,window,h2o,vatp,tova,snapkv,knorm,random";
   std::string budgets = "16,32,64,128,256";
 };
@@ -154,6 +155,54 @@ Status eval_one(const EvalFlags& flags) {
   return ok_status();
 }
 
+// Several plan files against one full-cache reference: measured/<plan name>.yaml and plans.csv.
+Status eval_plans(const EvalFlags& flags) {
+  if (flags.out.empty()) return make_error("--out: eval --plans needs a directory to write plans.csv and measured/");
+  KVP_ASSIGN_OR_RETURN(Context ctx, load_context(flags));
+  std::vector<Plan> plans;
+  for (const std::string& path : flags.plans) {
+    KVP_ASSIGN_OR_RETURN(Plan plan, Plan::load(path));
+    KVP_RETURN_IF_ERROR(plan.check_model(ctx.plan_model, path, ctx.model.files.model_path));
+    plans.push_back(std::move(plan));
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(flags.out) / "measured", ec);
+  if (ec) return make_error("{}: cannot create: {}", flags.out, ec.message());
+  CpuBackend backend(ctx.model.weights);
+  Decoder decoder(backend);
+  const EvalReference ref = compute_reference(decoder, ctx.corpus, EvalOptions{.prompt_len = flags.prompt_len,
+                                                                                  .batch = flags.batch});
+  std::string csv = "plan,policy,kv_bytes_per_sequence,delta_nll,top1_agreement,kl,pred_delta_nll,"
+                    "pred_delta_nll_low,pred_delta_nll_high,pred_top1,pred_top1_low,pred_top1_high\n";
+  Progress progress("eval --plans", static_cast<int64_t>(plans.size()), !flags.json);
+  nlohmann::json all = nlohmann::json::array();
+  for (size_t i = 0; i < plans.size(); ++i) {
+    KVP_ASSIGN_OR_RETURN(Measured m, measure(decoder, ctx.corpus, ref, plans[i], flags.plans[i], flags, nullptr, nullptr));
+    const std::string name = std::filesystem::path(flags.plans[i]).stem().string();
+    KVP_RETURN_IF_ERROR(m.save((std::filesystem::path(flags.out) / "measured" / (name + ".yaml")).string()));
+    auto pred = [&](const char* key) {
+      const auto it = plans[i].predicted.find(key);
+      return it == plans[i].predicted.end() ? std::string() : fmt::format("{:.6f}", it->second);
+    };
+    csv += fmt::format("{},{},{},{:.6f},{:.6f},{:.6f},{},{},{},{},{},{}\n", name, m.policy, m.kv_bytes_per_sequence,
+                       m.delta_nll, m.top1_agreement, m.kl, pred("delta_nll"), pred("delta_nll_low"),
+                       pred("delta_nll_high"), pred("top1_agreement"), pred("top1_agreement_low"),
+                       pred("top1_agreement_high"));
+    all.push_back(metrics_json(m));
+    all.back()["plan"] = flags.plans[i];
+    progress.update(static_cast<int64_t>(i + 1), fmt::format("{}: dNLL {:.4f}", name, m.delta_nll));
+  }
+  progress.finish(static_cast<int64_t>(plans.size()));
+  KVP_RETURN_IF_ERROR(write_file_atomic((std::filesystem::path(flags.out) / "plans.csv").string(), csv));
+  if (flags.json) {
+    std::printf("%s\n", all.dump(2).c_str());
+  } else {
+    std::printf("measured %zu plans on %s: wrote %s/plans.csv and %s/measured/*.yaml\n", plans.size(),
+                ctx.corpus.source.c_str(), flags.out.c_str(), flags.out.c_str());
+  }
+  return ok_status();
+}
+
 std::string markdown_table(const std::string& title, const std::vector<std::string>& policies,
                            const std::vector<int>& budgets, const std::map<std::pair<std::string, int>, Measured>& grid,
                            const std::function<std::string(const Measured&)>& cell) {
@@ -262,7 +311,14 @@ Command add_eval_command(CLI::App& app) {
   sub->add_flag("--grid", flags->grid, "Evaluate uniform plans for every --policies × --budgets");
   sub->add_option("--policies", flags->policies, "Policies of the grid (default: all)");
   sub->add_option("--budgets", flags->budgets, "Budgets of the grid (default 16,32,64,128,256)");
-  return {sub, [flags] { return flags->grid ? eval_grid(*flags) : eval_one(*flags); }};
+  sub->add_option("--plans", flags->plans,
+                  "Several plan files measured against one full-cache reference (writes --out DIR/plans.csv)")
+      ->expected(1, -1);
+  return {sub, [flags] {
+            if (flags->grid && !flags->plans.empty()) return Status(make_error("--grid and --plans: give one of them"));
+            if (!flags->plans.empty()) return eval_plans(*flags);
+            return flags->grid ? eval_grid(*flags) : eval_one(*flags);
+          }};
 }
 
 }  // namespace kvp::cli

@@ -1,10 +1,13 @@
 // kvplan plan: write a plan.yaml — from a trace (replay error curves and allocation under a memory
 // limit), or a uniform plan from flags.
 #include <cmath>
+#include <algorithm>
 #include <cstdio>
+#include <optional>
 
 #include "common/progress.h"
 #include "executor/recorder.h"
+#include "planner/calibration.h"
 #include "planner/planner.h"
 #include "tools/kvplan/command.h"
 #include "tools/kvplan/plan_flags.h"
@@ -19,6 +22,8 @@ struct PlanCommandFlags {
   int64_t memory = 0;
   double keep = 0;
   std::string allocation = "greedy";
+  std::string calibration;
+  std::string layer_budgets;
   std::string out;
   int threads = 0;
 };
@@ -31,6 +36,14 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
   }
   if (flags.keep < 0 || flags.keep > 1) return make_error("--keep: expected a ratio in (0, 1], found {}", flags.keep);
   KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
+  std::optional<Calibration> calibration;
+  if (!flags.calibration.empty()) {
+    KVP_ASSIGN_OR_RETURN(calibration, Calibration::load(flags.calibration));
+    if (calibration->model.fingerprint != trace.model().fingerprint) {
+      return make_error("{}: model.fingerprint: calibrated for the model of sha256 {}, the trace {} is of {}",
+                        flags.calibration, calibration->model.fingerprint, flags.trace, trace.model().fingerprint);
+    }
+  }
   std::unique_ptr<ReplayEngine> engine;
   {
     Progress progress("plan: loading trace", trace.n_sequences());
@@ -59,6 +72,7 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
     request.total_slots = heads * flags.plan.budget;
     request.memory_description = fmt::format("{} tokens per layer and head on average", flags.plan.budget);
   }
+  if (calibration && allocation == Allocation::kGreedy) request.layer_weights = calibration->layer_weights;
   PlanOutcome outcome;
   {
     const int n_curves = allocation == Allocation::kGreedy
@@ -70,6 +84,11 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
   }
   Plan& plan = outcome.plan;
   plan.provenance["tool"] = std::string("kvplan ") + KVP_VERSION;
+  std::optional<Prediction> prediction;
+  if (calibration) {
+    prediction = calibration->predict(outcome.replay.resid_energy);
+    add_predictions(*prediction, flags.calibration, &plan);
+  }
   KVP_RETURN_IF_ERROR(plan.save(flags.out));
   std::string per_layer;
   for (const auto& l : plan.budgets) per_layer += (per_layer.empty() ? "" : ", ") + std::to_string(l[0]);
@@ -78,12 +97,48 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
               static_cast<long long>(plan.kv_bytes_per_sequence), request.memory_description.c_str());
   std::printf("replay: residual energy %.5f, relative output error %.4f, retained attention mass %.4f\n",
               outcome.replay.total_resid_energy(), outcome.replay.mean_rel_error(), outcome.replay.mean_retained_mass());
+  if (prediction) {
+    std::printf("predicted (%s, %.0f%% intervals): ΔNLL %.4f [%.4f, %.4f] nats/token, top-1 agreement %.4f [%.4f, %.4f]%s\n",
+                flags.calibration.c_str(), 100 * calibration->coverage, prediction->delta_nll, prediction->delta_nll_low,
+                prediction->delta_nll_high, prediction->top1_agreement, prediction->top1_low, prediction->top1_high,
+                prediction->in_range ? "" : " — OUTSIDE the calibrated range: extrapolated");
+  }
+  return ok_status();
+}
+
+// Budgets given per layer (e.g. one layer pruned, the others whole: a sensitivity probe for
+// calibration). Sinks and recent default to the policy's published values at the smallest budget.
+Status plan_layer_budgets(const PlanCommandFlags& flags) {
+  if (flags.plan.budget > 0) return make_error("--layer-budgets and --budget: give one");
+  KVP_ASSIGN_OR_RETURN(std::vector<int> layers, parse_int_list("--layer-budgets", flags.layer_budgets));
+  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer));
+  KVP_ASSIGN_OR_RETURN(std::string fingerprint, model_fingerprint(model));
+  const ModelConfig& c = model.weights.config();
+  if (static_cast<int>(layers.size()) != c.n_layers) {
+    return make_error("--layer-budgets: expected {} budgets (one per layer), found {}", c.n_layers, layers.size());
+  }
+  const int smallest = *std::min_element(layers.begin(), layers.end());
+  KVP_ASSIGN_OR_RETURN(Plan p, flags.plan.uniform(plan_model(c, fingerprint), flags.plan.policy, smallest));
+  for (int l = 0; l < c.n_layers; ++l) {
+    if (layers[l] < 1 || layers[l] > c.seq_len) {
+      return make_error("--layer-budgets: layer {}: expected 1..{} slots, found {}", l, c.seq_len, layers[l]);
+    }
+    p.budgets[l].assign(c.n_kv_heads, layers[l]);
+  }
+  p.kv_bytes_per_sequence = p.kv_budgets().kv_bytes();
+  p.provenance["source"] = "per-layer budgets from flags";
+  p.provenance["tool"] = std::string("kvplan ") + KVP_VERSION;
+  KVP_RETURN_IF_ERROR(p.save(flags.out));
+  std::printf("wrote %s: policy %s (sinks %d, recent %d), budgets per layer [%s], %lld KV bytes per sequence\n",
+              flags.out.c_str(), p.policy.c_str(), p.params.sinks, p.params.recent,
+              fmt::format("{}", fmt::join(layers, ", ")).c_str(), static_cast<long long>(p.kv_bytes_per_sequence));
   return ok_status();
 }
 
 Status plan(const PlanCommandFlags& flags) {
   if (flags.plan.policy.empty()) return make_error("--policy: needed (full, window, h2o, vatp, tova, snapkv, knorm, random)");
   if (!flags.trace.empty()) return plan_from_trace(flags);
+  if (!flags.layer_budgets.empty()) return plan_layer_budgets(flags);
   if (flags.plan.budget <= 0) {
     return make_error("--budget: expected the slots per layer and KV head (or give --trace with --memory or --keep)");
   }
@@ -113,6 +168,10 @@ Command add_plan_command(CLI::App& app) {
   sub->add_option("--memory", flags->memory, "KV bytes per sequence the plan may use");
   sub->add_option("--keep", flags->keep, "Share of the full cache (of the trace's longest sequence) to keep, e.g. 0.5");
   sub->add_option("--allocation", flags->allocation, "greedy (replay error curves), uniform or pyramid (default greedy)");
+  sub->add_option("--layer-budgets", flags->layer_budgets,
+                  "Without --trace: slots per layer, comma-separated (every head of a layer alike)");
+  sub->add_option("--calibration", flags->calibration,
+                  "calib.yaml (kvplan calibrate): predict ΔNLL and top-1 agreement with intervals");
   sub->add_option("--threads", flags->threads, "Replay threads (default: all cores)");
   sub->add_option("--out", flags->out, "plan.yaml to write")->required();
   return {sub, [flags] { return plan(*flags); }};

@@ -3,9 +3,11 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "common/file_util.h"
 #include "common/progress.h"
+#include "planner/calibration.h"
 #include "planner/planner.h"
 #include "tools/kvplan/command.h"
 #include "tools/kvplan/plan_flags.h"
@@ -19,6 +21,9 @@ struct SweepFlags {
   std::string policies = "window,h2o,vatp,tova,snapkv,knorm,random";
   std::string budgets = "16,24,32,48,64,96,128,256";
   bool greedy = true;
+  bool pyramid = false;
+  std::string calibration;
+  std::string plans_out;
   bool plots = true;
   std::string out;
   int threads = 0;
@@ -30,6 +35,8 @@ struct Row {
   std::vector<int32_t> layer_budgets;
   int64_t kv_bytes;
   ReplayResult replay;
+  Plan plan;
+  std::optional<Prediction> prediction;
 };
 
 std::string python_for_plots() {
@@ -44,6 +51,14 @@ Status sweep(const SweepFlags& flags) {
   KVP_ASSIGN_OR_RETURN(std::vector<int> budgets, parse_int_list("--budgets", flags.budgets));
   for (const std::string& p : policies) KVP_RETURN_IF_ERROR(make_policy(p, PolicyParams{}).status());
   KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
+  std::optional<Calibration> calibration;
+  if (!flags.calibration.empty()) {
+    KVP_ASSIGN_OR_RETURN(calibration, Calibration::load(flags.calibration));
+    if (calibration->model.fingerprint != trace.model().fingerprint) {
+      return make_error("{}: model.fingerprint: calibrated for the model of sha256 {}, the trace {} is of {}",
+                        flags.calibration, calibration->model.fingerprint, flags.trace, trace.model().fingerprint);
+    }
+  }
   std::error_code ec;
   std::filesystem::create_directories(flags.out, ec);
   if (ec) return make_error("{}: cannot create: {}", flags.out, ec.message());
@@ -57,7 +72,8 @@ Status sweep(const SweepFlags& flags) {
   const TraceModelShape& m = trace.model();
   const int32_t longest = engine->max_length();
   std::vector<Row> rows;
-  Progress progress("sweep: configurations", static_cast<int64_t>(policies.size() * budgets.size() * (flags.greedy ? 2 : 1)));
+  const int per_level = 1 + flags.greedy + flags.pyramid;
+  Progress progress("sweep: configurations", static_cast<int64_t>(policies.size() * budgets.size() * per_level));
   int done = 0;
   const auto start = std::chrono::steady_clock::now();
   for (const std::string& name : policies) {
@@ -73,7 +89,7 @@ Status sweep(const SweepFlags& flags) {
                          .budgets = plan.budgets});
       rows.push_back(Row{.policy = name, .allocation = "uniform", .budget = budget,
                          .layer_budgets = std::vector<int32_t>(m.n_layers, budget),
-                         .kv_bytes = plan.kv_bytes_per_sequence});
+                         .kv_bytes = plan.kv_bytes_per_sequence, .plan = plan});
       levels.emplace_back(budget, params);
     }
     // Every budget of the policy in one pass over the trace (the prompt prefilled once).
@@ -88,11 +104,31 @@ Status sweep(const SweepFlags& flags) {
     }
     done += static_cast<int>(results.size());
     progress.update(done, fmt::format("{}: uniform budgets", name));
-    if (!flags.greedy || name == "full") continue;
-    // Greedy plans at the same memory levels, from the curves just measured.
+    if ((!flags.greedy && !flags.pyramid) || name == "full") continue;
+    // Greedy plans at the same memory levels, from the curves just measured; PyramidKV schedules.
     configs.clear();
     const size_t first_greedy = rows.size();
     for (const auto& [budget, params] : levels) {
+      if (!flags.pyramid) break;
+      auto alloc = allocate(Allocation::kPyramid,
+                            {.n_layers = m.n_layers, .n_kv_heads = m.n_kv_heads,
+                             .total_slots = int64_t{budget} * m.n_layers * m.n_kv_heads,
+                             .min_budget = params.sinks + params.recent, .max_budget = longest},
+                            {});
+      if (!alloc.ok()) continue;
+      Plan plan;
+      plan.model = plan_model_of(m);
+      plan.policy = name;
+      plan.params = params;
+      for (int32_t b : *alloc) plan.budgets.push_back(std::vector<int32_t>(m.n_kv_heads, b));
+      plan.kv_bytes_per_sequence = plan.kv_budgets().kv_bytes();
+      configs.push_back({.policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
+                         .budgets = plan.budgets});
+      rows.push_back(Row{.policy = name, .allocation = "pyramid", .budget = budget, .layer_budgets = *alloc,
+                         .kv_bytes = plan.kv_bytes_per_sequence, .plan = plan});
+    }
+    for (const auto& [budget, params] : levels) {
+      if (!flags.greedy) break;
       auto policy = std::shared_ptr<const Policy>(make_policy(name, params).value());
       std::vector<ErrorCurve> usable(m.n_layers);
       for (int l = 0; l < m.n_layers; ++l) {
@@ -107,7 +143,7 @@ Status sweep(const SweepFlags& flags) {
                             {.n_layers = m.n_layers, .n_kv_heads = m.n_kv_heads,
                              .total_slots = int64_t{budget} * m.n_layers * m.n_kv_heads,
                              .min_budget = params.sinks + params.recent, .max_budget = longest},
-                            usable);
+                            weighted_curves(usable, calibration ? calibration->layer_weights : std::vector<double>{}));
       if (!alloc.ok()) {  // the smallest level cannot leave room for a different split
         progress.update(++done);
         continue;
@@ -117,25 +153,54 @@ Status sweep(const SweepFlags& flags) {
       plan.policy = name;
       plan.params = params;
       for (int32_t b : *alloc) plan.budgets.push_back(std::vector<int32_t>(m.n_kv_heads, b));
+      plan.kv_bytes_per_sequence = plan.kv_budgets().kv_bytes();
       configs.push_back({.policy = policy, .budgets = plan.budgets});
       rows.push_back(Row{.policy = name, .allocation = "greedy", .budget = budget, .layer_budgets = *alloc,
-                         .kv_bytes = plan.kv_budgets().kv_bytes()});
+                         .kv_bytes = plan.kv_bytes_per_sequence, .plan = plan});
     }
     results = engine->run_batch(configs);
     for (size_t i = 0; i < results.size(); ++i) rows[first_greedy + i].replay = std::move(results[i]);
     done += static_cast<int>(results.size());
-    progress.update(done, fmt::format("{}: greedy plans", name));
+    progress.update(done, fmt::format("{}: allocated plans", name));
   }
   progress.finish(done);
+  for (Row& r : rows) {
+    r.plan.provenance["tool"] = std::string("kvplan ") + KVP_VERSION;
+    r.plan.provenance["trace"] = flags.trace;
+    r.plan.provenance["allocation"] = r.allocation;
+    record_replay_predictions(r.replay, &r.plan);
+    if (calibration) {
+      r.prediction = calibration->predict(r.replay.resid_energy);
+      add_predictions(*r.prediction, flags.calibration, &r.plan);
+    }
+  }
+  if (!flags.plans_out.empty()) {
+    std::filesystem::create_directories(flags.plans_out, ec);
+    if (ec) return make_error("{}: cannot create: {}", flags.plans_out, ec.message());
+    for (const Row& r : rows) {
+      KVP_RETURN_IF_ERROR(r.plan.save(
+          (std::filesystem::path(flags.plans_out) / fmt::format("{}-{}-{}.yaml", r.policy, r.allocation, r.budget)).string()));
+    }
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   int64_t head_steps = 0;
   for (const Row& r : rows) head_steps += r.replay.head_steps;
 
-  std::string csv = "policy,allocation,budget,layer_budgets,kv_bytes_per_sequence,resid_energy,rel_error,retained_mass,replay_cpu_s\n";
+  std::string csv = "policy,allocation,budget,layer_budgets,kv_bytes_per_sequence,resid_energy,rel_error,retained_mass,replay_cpu_s";
+  if (calibration) {
+    csv += ",pred_delta_nll,pred_delta_nll_low,pred_delta_nll_high,pred_top1,pred_top1_low,pred_top1_high,in_calibrated_range";
+  }
+  csv += "\n";
   for (const Row& r : rows) {
-    csv += fmt::format("{},{},{},{},{},{:.8f},{:.8f},{:.8f},{:.4f}\n", r.policy, r.allocation, r.budget,
+    csv += fmt::format("{},{},{},{},{},{:.8f},{:.8f},{:.8f},{:.4f}", r.policy, r.allocation, r.budget,
                        fmt::join(r.layer_budgets, " "), r.kv_bytes, r.replay.total_resid_energy(),
                        r.replay.mean_rel_error(), r.replay.mean_retained_mass(), r.replay.cpu_seconds);
+    if (r.prediction) {
+      const Prediction& p = *r.prediction;
+      csv += fmt::format(",{:.6f},{:.6f},{:.6f},{:.6f},{:.6f},{:.6f},{}", p.delta_nll, p.delta_nll_low,
+                         p.delta_nll_high, p.top1_agreement, p.top1_low, p.top1_high, p.in_range ? 1 : 0);
+    }
+    csv += "\n";
   }
   std::string md = fmt::format(
       "## Sweep of `{}`\n\n{} sequences, {} decode steps per KV head; {} configurations replayed in {:.1f} s "
@@ -151,6 +216,19 @@ Status sweep(const SweepFlags& flags) {
     }
     return std::string("—");
   });
+  if (calibration) {
+    md += fmt::format("\n### Predicted ΔNLL, nats/token (uniform budgets; calibration `{}`, {:.0f}% intervals; * outside "
+                      "the calibrated range)\n\n", flags.calibration, 100 * calibration->coverage);
+    md += policy_budget_table(policies, budgets, [&](const std::string& p, int b) {
+      for (const Row& r : rows) {
+        if (r.policy == p && r.allocation == "uniform" && r.budget == std::min<int>(b, longest) && r.prediction) {
+          return fmt::format("{:.4f} [{:.4f}, {:.4f}]{}", r.prediction->delta_nll, r.prediction->delta_nll_low,
+                             r.prediction->delta_nll_high, r.prediction->in_range ? "" : "*");
+        }
+      }
+      return std::string("—");
+    });
+  }
   if (flags.greedy) {
     md += "\n### Greedy per-layer budgets at the same memory (residual energy; budgets per layer)\n\n| policy | budget | uniform | greedy | greedy budgets |\n|---|---|---|---|---|\n";
     for (const Row& g : rows) {
@@ -195,6 +273,11 @@ Command add_sweep_command(CLI::App& app) {
   sub->add_option("--budgets", flags->budgets, "Average slots per layer and KV head (default 16,24,32,48,64,96,128,256)");
   sub->add_flag("!--no-greedy", flags->greedy, "Skip the greedy per-layer plans");
   sub->add_flag("!--no-plots", flags->plots, "Skip the PNG plots");
+  sub->add_flag("--pyramid", flags->pyramid, "Also replay PyramidKV per-layer schedules at each memory level");
+  sub->add_option("--calibration", flags->calibration,
+                  "calib.yaml (kvplan calibrate): predicted ΔNLL and top-1 with intervals for every configuration");
+  sub->add_option("--plans-out", flags->plans_out,
+                  "Directory to write every configuration as a plan (POLICY-ALLOCATION-BUDGET.yaml) for kvplan eval");
   sub->add_option("--threads", flags->threads, "Replay threads (default: all cores)");
   sub->add_option("--out", flags->out, "Directory for sweep.csv, sweep.md and the plots")->required();
   return {sub, [flags] { return sweep(*flags); }};

@@ -23,6 +23,8 @@ Command add_eval_command(CLI::App& app);
 Command add_plan_command(CLI::App& app);
 Command add_sweep_command(CLI::App& app);
 Command add_capacity_command(CLI::App& app);
+Command add_calibrate_command(CLI::App& app);
+Command add_check_command(CLI::App& app);
 
 // Flags most commands share.
 struct ModelFlags {

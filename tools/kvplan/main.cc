@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   std::vector<Command> commands = {add_run_command(app), add_inspect_command(app),
                                    add_corpus_command(app), add_record_command(app),
                                    add_plan_command(app), add_eval_command(app),
-                                   add_sweep_command(app), add_capacity_command(app)};
+                                   add_sweep_command(app), add_capacity_command(app),
+                                   add_calibrate_command(app), add_check_command(app)};
   if (argc > 1 && argv[1][0] != '-' && std::none_of(commands.begin(), commands.end(),
                                                   [&](const Command& c) { return c.app->get_name() == argv[1]; })) {
     std::string names;

@@ -1,0 +1,125 @@
+// Calibration: Spearman against hand-computed values, the fit recovering a known map from
+// synthetic replay errors, intervals and range, and calib.yaml round trips and strict parsing.
+#include "planner/calibration.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+namespace kvp {
+namespace {
+
+TEST(Spearman, HandComputedWithTies) {
+  EXPECT_DOUBLE_EQ(spearman({1, 2, 3, 4}, {10, 20, 30, 40}), 1.0);
+  EXPECT_DOUBLE_EQ(spearman({1, 2, 3, 4}, {4, 3, 2, 1}), -1.0);
+  // Ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4): covariance 4.5 over sqrt(4.5 * 5).
+  EXPECT_NEAR(spearman({1, 2, 2, 3}, {1, 2, 3, 4}), 4.5 / std::sqrt(4.5 * 5.0), 1e-12);
+  EXPECT_EQ(spearman({1, 1, 1}, {1, 2, 3}), 0.0);
+}
+
+PlanModel model3() {
+  return PlanModel{.fingerprint = std::string(64, 'a'), .dim = 8, .n_layers = 3, .n_heads = 2, .n_kv_heads = 1,
+                   .head_dim = 4, .vocab_size = 32, .seq_len = 64};
+}
+
+// ΔNLL = (0.5 E0 + 2 E1 + 0 E2)^1.2 and 1 − top1 = 0.8 ΔNLL^0.9, with 3% multiplicative noise.
+std::vector<CalibrationPoint> synthetic(int n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> e(0.001, 0.3), noise(-0.03, 0.03);
+  std::vector<CalibrationPoint> pts;
+  for (int i = 0; i < n; ++i) {
+    CalibrationPoint p{.label = "p" + std::to_string(i), .policy = i % 2 ? "h2o" : "vatp", .kv_bytes_per_sequence = 100 * i,
+                       .layer_energy = {e(rng), e(rng), e(rng)}};
+    const double nll = std::pow(0.5 * p.layer_energy[0] + 2 * p.layer_energy[1], 1.2);
+    p.delta_nll = nll * (1 + noise(rng));
+    p.top1_agreement = 1 - 0.8 * std::pow(nll, 0.9) * (1 + noise(rng));
+    pts.push_back(p);
+  }
+  return pts;
+}
+
+TEST(Calibration, RecoversAKnownMapAndRanksPerfectly) {
+  auto fit = fit_calibration(model3(), synthetic(40, 1));
+  ASSERT_TRUE(fit.ok()) << fit.error().message();
+  const Calibration& c = *fit;
+  EXPECT_NEAR(c.nll_power, 1.2, 0.05);
+  EXPECT_GT(c.fit.spearman_loo, 0.98);
+  EXPECT_LT(c.fit.delta_nll_mae_loo, 0.03 * c.fit.delta_nll_spread);
+  // Fresh points from the same map: predictions within a few percent, top-1 too.
+  for (const CalibrationPoint& p : synthetic(10, 2)) {
+    const Prediction pr = c.predict(p.layer_energy);
+    const double truth = std::pow(0.5 * p.layer_energy[0] + 2 * p.layer_energy[1], 1.2);
+    EXPECT_NEAR(pr.delta_nll, truth, 0.08 * truth) << p.label;
+    EXPECT_LE(pr.delta_nll_low, pr.delta_nll);
+    EXPECT_GE(pr.delta_nll_high, pr.delta_nll);
+    EXPECT_NEAR(1 - pr.top1_agreement, 0.8 * std::pow(truth, 0.9), 0.1 * 0.8 * std::pow(truth, 0.9)) << p.label;
+    EXPECT_LE(pr.top1_low, pr.top1_agreement);
+    EXPECT_GE(pr.top1_high, pr.top1_agreement);
+  }
+  // Far beyond the calibrated errors: flagged.
+  EXPECT_FALSE(c.predict({30, 30, 30}).in_range);
+  EXPECT_TRUE(c.predict({0.1, 0.1, 0.1}).in_range);
+}
+
+TEST(Calibration, RefusesTooFewPoints) {
+  auto fit = fit_calibration(model3(), synthetic(5, 1));
+  ASSERT_FALSE(fit.ok());
+  EXPECT_NE(fit.error().message().find("at least 7"), std::string::npos) << fit.error().message();
+}
+
+TEST(Calibration, YamlRoundTripPredictsTheSame) {
+  auto fit = fit_calibration(model3(), synthetic(20, 3));
+  ASSERT_TRUE(fit.ok());
+  const std::string yaml = fit->to_yaml();
+  auto back = Calibration::parse(yaml, "calib.yaml");
+  ASSERT_TRUE(back.ok()) << back.error().message();
+  for (const auto& e : std::vector<std::vector<double>>{{0.01, 0.02, 0.03}, {0.2, 0.1, 0.0}}) {
+    EXPECT_NEAR(back->predict(e).delta_nll, fit->predict(e).delta_nll, 1e-6 * fit->predict(e).delta_nll);
+    EXPECT_NEAR(back->predict(e).top1_high, fit->predict(e).top1_high, 1e-6);
+  }
+  EXPECT_EQ(back->points.size(), 20u);
+  EXPECT_EQ(back->to_yaml(), yaml);
+}
+
+TEST(Calibration, StrictParsingNamesTheField) {
+  auto fit = fit_calibration(model3(), synthetic(20, 3));
+  ASSERT_TRUE(fit.ok());
+  std::string yaml = fit->to_yaml();
+  const size_t at = yaml.find("nll_power:");
+  ASSERT_NE(at, std::string::npos);
+  std::string bad = yaml;
+  bad.replace(at, yaml.find('\n', at) - at, "nll_power: -1");
+  auto r = Calibration::parse(bad, "c.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message().find("c.yaml: map.nll_power"), std::string::npos) << r.error().message();
+  auto extra = Calibration::parse(yaml + "surprise: 1\n", "c.yaml");
+  ASSERT_FALSE(extra.ok());
+  EXPECT_NE(extra.error().message().find("surprise"), std::string::npos);
+  auto wrong = Calibration::parse("format: kvplan-plan\nversion: 1\n", "c.yaml");
+  ASSERT_FALSE(wrong.ok());
+}
+
+TEST(Calibration, MeasuredParamsReadTheDetail) {
+  Measured m;
+  m.policy = "snapkv";
+  m.sinks = 1;
+  m.recent = 9;
+  m.policy_detail = "window=12 kernel=5";
+  auto p = measured_params(m, "m.yaml");
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->sinks, 1);
+  EXPECT_EQ(p->recent, 9);
+  EXPECT_EQ(p->snap_window, 12);
+  EXPECT_EQ(p->snap_kernel, 5);
+  m.policy = "vatp";
+  m.policy_detail = "base=mean";
+  EXPECT_EQ(measured_params(m, "m.yaml")->vatp_base, VatpBase::kMean);
+  m.policy_detail = "speed=11";
+  auto bad = measured_params(m, "m.yaml");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message().find("m.yaml: config.detail"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kvp
