@@ -1,0 +1,206 @@
+// The decoder's kernels, written once for nvcc and for the CPU emulation (kernels/gpu_compat.h).
+// Include with KVP_KERNEL_NS defined (cuda or emulated) so both builds can link into one binary.
+// Per-element math lives in the KVP_HD functions of kernels/kernel_math.h, shared with the plain
+// C++ references in kernels/reference.h. Float32 activations; one block per row unless stated.
+#ifndef KVP_KERNEL_NS
+#error "define KVP_KERNEL_NS before including kernels/decoder_kernels.cuh"
+#endif
+
+#include <cstdint>
+
+#include "kernels/gpu_compat.h"
+#include "kernels/kernel_math.h"
+
+namespace kvp::KVP_KERNEL_NS {
+
+inline constexpr int kMaxBlockThreads = 1024;
+
+// Sum over the block, the same order for a given block size; every thread gets the result.
+// REQUIRES: blockDim.x a multiple of 32 (or below 32), every thread of the block calls it.
+KVP_DEVICE inline float block_sum(float v) {
+  KVP_SHARED float partial[kMaxBlockThreads / 32];
+  KVP_SHARED float total;
+  for (int m = 16; m >= 1; m /= 2) v += gpu::shfl_xor(v, m);
+  const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+  const int warps = (static_cast<int>(blockDim.x) + 31) / 32;
+  if (lane == 0) partial[warp] = v;
+  gpu::sync_threads();
+  if (threadIdx.x == 0) {
+    float t = 0;
+    for (int w = 0; w < warps; ++w) t += partial[w];
+    total = t;
+  }
+  gpu::sync_threads();
+  const float out = total;
+  gpu::sync_threads();  // `total` may be reused by the next call
+  return out;
+}
+
+KVP_DEVICE inline float block_max(float v) {
+  KVP_SHARED float partial[kMaxBlockThreads / 32];
+  KVP_SHARED float total;
+  for (int m = 16; m >= 1; m /= 2) v = fmaxf(v, gpu::shfl_xor(v, m));
+  const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+  const int warps = (static_cast<int>(blockDim.x) + 31) / 32;
+  if (lane == 0) partial[warp] = v;
+  gpu::sync_threads();
+  if (threadIdx.x == 0) {
+    float t = partial[0];
+    for (int w = 1; w < warps; ++w) t = fmaxf(t, partial[w]);
+    total = t;
+  }
+  gpu::sync_threads();
+  const float out = total;
+  gpu::sync_threads();
+  return out;
+}
+
+// out[r, :] = table[tokens[r], :]
+KVP_GLOBAL void embedding_kernel(const int32_t* tokens, const float* table, float* out, int dim) {
+  const int r = static_cast<int>(blockIdx.x);
+  const float* src = table + static_cast<int64_t>(tokens[r]) * dim;
+  for (int i = static_cast<int>(threadIdx.x); i < dim; i += static_cast<int>(blockDim.x)) {
+    out[static_cast<int64_t>(r) * dim + i] = src[i];
+  }
+}
+
+// y[r] = w * x[r] / rms(x[r])
+KVP_GLOBAL void rmsnorm_kernel(const float* x, const float* w, float* y, int n, float eps) {
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
+  float ss = 0;
+  for (int i = static_cast<int>(threadIdx.x); i < n; i += static_cast<int>(blockDim.x)) ss += x[base + i] * x[base + i];
+  const float inv = math::inv_rms(block_sum(ss), n, eps);
+  for (int i = static_cast<int>(threadIdx.x); i < n; i += static_cast<int>(blockDim.x)) {
+    y[base + i] = math::rmsnorm_element(x[base + i], w[i], inv);
+  }
+}
+
+// Rotates each head's pairs (2i, 2i+1) of row r by its position's angles (tables [seq_len, hd/2]).
+KVP_GLOBAL void rope_kernel(float* x, const int32_t* positions, const float* cos_table, const float* sin_table,
+                            int n_heads, int head_dim) {
+  const int r = static_cast<int>(blockIdx.x), half = head_dim / 2;
+  const float* c = cos_table + static_cast<int64_t>(positions[r]) * half;
+  const float* s = sin_table + static_cast<int64_t>(positions[r]) * half;
+  float* row = x + static_cast<int64_t>(r) * n_heads * head_dim;
+  for (int p = static_cast<int>(threadIdx.x); p < n_heads * half; p += static_cast<int>(blockDim.x)) {
+    const int h = p / half, i = p % half;
+    float* v = row + h * head_dim + 2 * i;
+    math::rotate_pair(v[0], v[1], c[i], s[i]);
+  }
+}
+
+// gate[i] = silu(gate[i]) * up[i] over `count` elements (a 1-D grid).
+KVP_GLOBAL void swiglu_kernel(float* gate, const float* up, int64_t count) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) gate[i] = math::swiglu(gate[i], up[i]);
+}
+
+// out[r] = the index of row r's largest value (the lowest such index on ties).
+KVP_GLOBAL void argmax_kernel(const float* x, int n, int32_t* out) {
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
+  float best = -INFINITY;
+  int idx = n;  // none yet
+  for (int i = static_cast<int>(threadIdx.x); i < n; i += static_cast<int>(blockDim.x)) {
+    if (math::better(x[base + i], i, best, idx)) best = x[base + i], idx = i;
+  }
+  for (int m = 16; m >= 1; m /= 2) {
+    const float ob = gpu::shfl_xor(best, m);
+    const int oi = gpu::shfl_xor(idx, m);
+    if (math::better(ob, oi, best, idx)) best = ob, idx = oi;
+  }
+  KVP_SHARED float wb[kMaxBlockThreads / 32];
+  KVP_SHARED int wi[kMaxBlockThreads / 32];
+  const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+  if (lane == 0) wb[warp] = best, wi[warp] = idx;
+  gpu::sync_threads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < (static_cast<int>(blockDim.x) + 31) / 32; ++w) {
+      if (math::better(wb[w], wi[w], best, idx)) best = wb[w], idx = wi[w];
+    }
+    out[blockIdx.x] = idx < n ? idx : 0;
+  }
+}
+
+// The plan-shaped cache of one layer: per (row, KV head) a run of `capacity` slots, keys and
+// values transposed ([head_dim, capacity]), positions, scores and value L1 norms.
+struct SlotCache {
+  float* k;
+  float* v;
+  float* score;
+  float* value_l1;
+  const int64_t* offset;    // [rows * n_kv_heads] first slot of each head (its keys at offset * head_dim)
+  const int32_t* capacity;  // [rows * n_kv_heads]
+  const int32_t* n_used;    // [rows * n_kv_heads]
+};
+
+// Writes the new token of each (row, KV head) into slot[row * n_kv_heads + h] with its value's L1
+// norm (computed once, here). One block per (row, KV head), threads over head_dim.
+KVP_GLOBAL void insert_kernel(SlotCache cache, const float* k_new, const float* v_new, const int32_t* slot,
+                              int head_dim) {
+  const int rh = static_cast<int>(blockIdx.x);
+  const int64_t off = cache.offset[rh];
+  const int cap = cache.capacity[rh], j = slot[rh];
+  const int64_t koff = off * head_dim;  // keys and values: head_dim floats per slot
+  float l1 = 0;
+  for (int d = static_cast<int>(threadIdx.x); d < head_dim; d += static_cast<int>(blockDim.x)) {
+    const float kv = k_new[static_cast<int64_t>(rh) * head_dim + d], vv = v_new[static_cast<int64_t>(rh) * head_dim + d];
+    cache.k[koff + static_cast<int64_t>(d) * cap + j] = kv;
+    cache.v[koff + static_cast<int64_t>(d) * cap + j] = vv;
+    l1 += fabsf(vv);
+  }
+  l1 = block_sum(l1);
+  if (threadIdx.x == 0) cache.value_l1[off + j] = l1;
+}
+
+// Decode attention over the ragged cache plus the new token, for each (row, KV head) block and its
+// `group` query heads: out = softmax(q·k / sqrt(hd)) · v. The softmax weights, summed over the
+// group, are added to each slot's score in place (H2O/VATP accumulation: no N×N write) and the new
+// token's summed weight goes to self_weight[row * n_kv_heads + h]. Threads stride over slots.
+KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache cache, const float* k_new, const float* v_new,
+                                        float* out, float* self_weight, int group, int head_dim) {
+  const int rh = static_cast<int>(blockIdx.x);
+  const int64_t off = cache.offset[rh];
+  const int cap = cache.capacity[rh], n = cache.n_used[rh];
+  const int64_t koff = off * head_dim;
+  const float scale = math::attention_scale(head_dim);
+  const float* kn = k_new + static_cast<int64_t>(rh) * head_dim;
+  const float* vn = v_new + static_cast<int64_t>(rh) * head_dim;
+  const int tid = static_cast<int>(threadIdx.x), nt = static_cast<int>(blockDim.x);
+  float self_total = 0;
+  // Each thread's slots' weights summed over the group, added to the scores at the end.
+  constexpr int kMaxSlotsPerThread = 64;
+  float acc[kMaxSlotsPerThread];
+  for (int c = 0; c < kMaxSlotsPerThread; ++c) acc[c] = 0;
+  for (int g = 0; g < group; ++g) {
+    const float* qg = q + (static_cast<int64_t>(rh) * group + g) * head_dim;
+    auto logit = [&](int j) {
+      float dot = 0;
+      for (int d = 0; d < head_dim; ++d) dot += qg[d] * (j < n ? cache.k[koff + static_cast<int64_t>(d) * cap + j] : kn[d]);
+      return dot * scale;
+    };
+    float m = -INFINITY;
+    for (int j = tid; j <= n; j += nt) m = fmaxf(m, logit(j));
+    m = block_max(m);
+    float z = 0;
+    for (int j = tid; j <= n; j += nt) z += expf(logit(j) - m);
+    z = block_sum(z);
+    const float inv_z = 1.0f / z;
+    for (int d = 0; d < head_dim; ++d) {
+      float part = 0;
+      for (int j = tid, c = 0; j <= n; j += nt, ++c) {
+        const float w = expf(logit(j) - m) * inv_z;
+        part += w * (j < n ? cache.v[koff + static_cast<int64_t>(d) * cap + j] : vn[d]);
+        if (d == 0) {
+          if (j < n) acc[c] += w;
+          else self_total += w;
+        }
+      }
+      const float o = block_sum(part);
+      if (tid == 0) out[(static_cast<int64_t>(rh) * group + g) * head_dim + d] = o;
+    }
+  }
+  for (int j = tid, c = 0; j < n; j += nt, ++c) cache.score[off + j] += acc[c];
+  if (tid == n % nt) self_weight[rh] = self_total;
+}
+
+}  // namespace kvp::KVP_KERNEL_NS

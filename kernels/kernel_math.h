@@ -1,0 +1,23 @@
+// Per-element math of the decoder kernels, one definition for the GPU kernels, their CPU emulation
+// and the plain C++ references (kernels/reference.h).
+#pragma once
+
+#include <cmath>
+
+#include "kernels/gpu_compat.h"
+
+namespace kvp::math {
+
+KVP_HD inline float inv_rms(float sum_sq, int n, float eps) { return 1.0f / sqrtf(sum_sq / static_cast<float>(n) + eps); }
+KVP_HD inline float rmsnorm_element(float x, float w, float inv) { return w * (inv * x); }
+KVP_HD inline void rotate_pair(float& v0, float& v1, float c, float s) {
+  const float a = v0, b = v1;
+  v0 = a * c - b * s;
+  v1 = a * s + b * c;
+}
+KVP_HD inline float swiglu(float gate, float up) { return gate / (1.0f + expf(-gate)) * up; }
+// Argmax order: the larger value, then the lower index.
+KVP_HD inline bool better(float v, int i, float best, int best_i) { return v > best || (v == best && i < best_i); }
+KVP_HD inline float attention_scale(int head_dim) { return 1.0f / sqrtf(static_cast<float>(head_dim)); }
+
+}  // namespace kvp::math

@@ -1,0 +1,42 @@
+// Host-side launchers of the decoder kernels, one set per execution target with the same
+// signatures: kvp::emulated (the kernel bodies on the CPU, kernels/emu) in every build, and
+// kvp::cuda (device pointers, default stream) where nvcc exists. Pointers are to the target's
+// memory: host memory for emulated, device memory for cuda.
+#pragma once
+
+#include <cstdint>
+
+namespace kvp {
+
+struct SlotCacheView {
+  float* k;
+  float* v;
+  float* score;
+  float* value_l1;
+  const int64_t* offset;
+  const int32_t* capacity;
+  const int32_t* n_used;
+};
+
+#define KVP_DECLARE_LAUNCHERS                                                                                     \
+  void embedding(const int32_t* tokens, const float* table, float* out, int rows, int dim, int threads);          \
+  void rmsnorm(const float* x, const float* w, float* y, int rows, int n, float eps, int threads);                \
+  void rope(float* x, const int32_t* positions, const float* cos_table, const float* sin_table, int rows,         \
+            int n_heads, int head_dim, int threads);                                                              \
+  void swiglu(float* gate, const float* up, int64_t count, int threads);                                          \
+  void argmax(const float* x, int rows, int n, int32_t* out, int threads);                                        \
+  void insert(const SlotCacheView& cache, const float* k_new, const float* v_new, const int32_t* slot,           \
+              int heads, int head_dim, int threads);                                                              \
+  /* REQUIRES: n_used + 1 <= 64 * threads for every head. */                                                      \
+  void decode_attention(const float* q, const SlotCacheView& cache, const float* k_new, const float* v_new,       \
+                        float* out, float* self_weight, int heads, int group, int head_dim, int threads);
+
+namespace emulated {
+KVP_DECLARE_LAUNCHERS
+}  // namespace emulated
+
+namespace cuda {
+KVP_DECLARE_LAUNCHERS  // defined only in CUDA builds (KVP_HAVE_CUDA)
+}  // namespace cuda
+
+}  // namespace kvp

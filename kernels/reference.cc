@@ -1,0 +1,92 @@
+#include "kernels/reference.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/kernel_math.h"
+
+namespace kvp::ref {
+
+void embedding(const std::vector<int32_t>& tokens, const std::vector<float>& table, int dim, std::vector<float>& out) {
+  out.resize(tokens.size() * dim);
+  for (size_t r = 0; r < tokens.size(); ++r) {
+    std::copy_n(table.begin() + static_cast<int64_t>(tokens[r]) * dim, dim, out.begin() + r * dim);
+  }
+}
+
+void rmsnorm(const std::vector<float>& x, const std::vector<float>& w, int n, float eps, std::vector<float>& y) {
+  y.resize(x.size());
+  for (size_t base = 0; base < x.size(); base += n) {
+    double ss = 0;
+    for (int i = 0; i < n; ++i) ss += double(x[base + i]) * x[base + i];
+    const float inv = math::inv_rms(static_cast<float>(ss), n, eps);
+    for (int i = 0; i < n; ++i) y[base + i] = math::rmsnorm_element(x[base + i], w[i], inv);
+  }
+}
+
+void rope(std::vector<float>& x, const std::vector<int32_t>& positions, const std::vector<float>& cos_table,
+          const std::vector<float>& sin_table, int n_heads, int head_dim) {
+  const int half = head_dim / 2;
+  for (size_t r = 0; r < positions.size(); ++r) {
+    for (int h = 0; h < n_heads; ++h) {
+      for (int i = 0; i < half; ++i) {
+        float* v = x.data() + (r * n_heads + h) * head_dim + 2 * i;
+        math::rotate_pair(v[0], v[1], cos_table[size_t(positions[r]) * half + i], sin_table[size_t(positions[r]) * half + i]);
+      }
+    }
+  }
+}
+
+void swiglu(std::vector<float>& gate, const std::vector<float>& up) {
+  for (size_t i = 0; i < gate.size(); ++i) gate[i] = math::swiglu(gate[i], up[i]);
+}
+
+std::vector<int32_t> argmax(const std::vector<float>& x, int n) {
+  std::vector<int32_t> out;
+  for (size_t base = 0; base < x.size(); base += n) {
+    out.push_back(static_cast<int32_t>(std::max_element(x.begin() + base, x.begin() + base + n) - (x.begin() + base)));
+  }
+  return out;
+}
+
+float decode_attention(const std::vector<float>& q, HeadSlotsRef& head, const std::vector<float>& k_new,
+                       const std::vector<float>& v_new, int group, int head_dim, std::vector<float>& out) {
+  const int n = head.n_used;
+  out.assign(size_t(group) * head_dim, 0.0f);
+  float self = 0;
+  for (int g = 0; g < group; ++g) {
+    std::vector<double> s(n + 1);
+    for (int j = 0; j <= n; ++j) {
+      double dot = 0;
+      for (int d = 0; d < head_dim; ++d) {
+        dot += double(q[size_t(g) * head_dim + d]) * (j < n ? head.k[size_t(d) * head.capacity + j] : k_new[d]);
+      }
+      s[j] = dot * math::attention_scale(head_dim);
+    }
+    const double m = *std::max_element(s.begin(), s.end());
+    double z = 0;
+    for (double& e : s) z += (e = std::exp(e - m));
+    for (int j = 0; j <= n; ++j) {
+      const double w = s[j] / z;
+      for (int d = 0; d < head_dim; ++d) {
+        out[size_t(g) * head_dim + d] += static_cast<float>(w * (j < n ? head.v[size_t(d) * head.capacity + j] : v_new[d]));
+      }
+      if (j < n) head.score[j] += static_cast<float>(w);
+      else self += static_cast<float>(w);
+    }
+  }
+  return self;
+}
+
+void insert(HeadSlotsRef& head, const std::vector<float>& k_new, const std::vector<float>& v_new, int slot,
+            int head_dim) {
+  float l1 = 0;
+  for (int d = 0; d < head_dim; ++d) {
+    head.k[size_t(d) * head.capacity + slot] = k_new[d];
+    head.v[size_t(d) * head.capacity + slot] = v_new[d];
+    l1 += std::fabs(v_new[d]);
+  }
+  head.value_l1[slot] = l1;
+}
+
+}  // namespace kvp::ref

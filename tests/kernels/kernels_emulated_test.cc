@@ -1,0 +1,85 @@
+// Every decoder kernel's body, run on the CPU through the emulation layer, against its plain C++
+// reference over awkward shapes (partial warps, sizes that are not multiples of the block, ragged
+// per-head capacities). Runs in every build.
+#include "kernels/gpu_compat.h"
+#include "tests/kernels/kernels_test_cases.h"
+
+namespace kvp {
+namespace {
+
+// The emulated target works on host memory directly.
+struct Emulated {
+  void rmsnorm(const std::vector<float>& x, const std::vector<float>& w, std::vector<float>& y, int rows, int n,
+               float eps, int threads) {
+    emulated::rmsnorm(x.data(), w.data(), y.data(), rows, n, eps, threads);
+  }
+  void rope(std::vector<float>& x, const std::vector<int32_t>& pos, const std::vector<float>& c,
+            const std::vector<float>& s, int n_heads, int head_dim, int threads) {
+    emulated::rope(x.data(), pos.data(), c.data(), s.data(), static_cast<int>(pos.size()), n_heads, head_dim, threads);
+  }
+  void swiglu(std::vector<float>& gate, const std::vector<float>& up, int threads) {
+    emulated::swiglu(gate.data(), up.data(), static_cast<int64_t>(gate.size()), threads);
+  }
+  void embedding(const std::vector<int32_t>& tokens, const std::vector<float>& table, std::vector<float>& out, int dim,
+                 int threads) {
+    emulated::embedding(tokens.data(), table.data(), out.data(), static_cast<int>(tokens.size()), dim, threads);
+  }
+  std::vector<int32_t> argmax(const std::vector<float>& x, int n, int threads) {
+    std::vector<int32_t> out(x.size() / n);
+    emulated::argmax(x.data(), static_cast<int>(out.size()), n, out.data(), threads);
+    return out;
+  }
+  SlotCacheView view(std::vector<float>& k, std::vector<float>& v, std::vector<float>& score, std::vector<float>& l1,
+                     const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity,
+                     const std::vector<int32_t>& n_used) {
+    return SlotCacheView{k.data(), v.data(), score.data(), l1.data(), offset.data(), capacity.data(), n_used.data()};
+  }
+  void attention(const std::vector<float>& q, std::vector<float>& k, std::vector<float>& v, std::vector<float>& score,
+                 std::vector<float>& l1, const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity,
+                 const std::vector<int32_t>& n_used, const std::vector<float>& k_new, const std::vector<float>& v_new,
+                 std::vector<float>& out, std::vector<float>& self, int group, int head_dim, int threads) {
+    emulated::decode_attention(q.data(), view(k, v, score, l1, offset, capacity, n_used), k_new.data(), v_new.data(),
+                               out.data(), self.data(), static_cast<int>(offset.size()), group, head_dim, threads);
+  }
+  void insert(std::vector<float>& k, std::vector<float>& v, std::vector<float>& score, std::vector<float>& l1,
+              const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity, const std::vector<int32_t>& n_used,
+              const std::vector<float>& k_new, const std::vector<float>& v_new, const std::vector<int32_t>& slots,
+              int head_dim, int threads) {
+    emulated::insert(view(k, v, score, l1, offset, capacity, n_used), k_new.data(), v_new.data(), slots.data(),
+                     static_cast<int>(offset.size()), head_dim, threads);
+  }
+};
+
+TEST(EmulatedKernels, RmsnormMatchesTheReference) {
+  Emulated t;
+  test::check_rmsnorm(t);
+}
+
+TEST(EmulatedKernels, RopeSwigluEmbeddingArgmaxMatchTheReferences) {
+  Emulated t;
+  test::check_rope_swiglu_embedding_argmax(t);
+}
+
+TEST(EmulatedKernels, DecodeAttentionOverARaggedCacheAccumulatesScores) {
+  Emulated t;
+  test::check_attention(t);
+}
+
+// The emulation itself: a barrier orders shared-memory writes before reads, and warp shuffles
+// exchange between lanes, including in a partial last warp.
+TEST(Emulation, BarriersAndShufflesBehaveAsOnTheGpu) {
+  std::vector<int> out(40, -1);
+  emu::launch(dim3(1), dim3(40), 0, [](int* o) {
+    static int shared[40];
+    const int t = static_cast<int>(threadIdx.x);
+    shared[t] = t * 10;
+    gpu::sync_threads();
+    const int neighbour = shared[(t + 1) % 40];  // written by another thread before the barrier
+    const int swapped = gpu::shfl_xor(t, 1);
+    o[t] = neighbour + swapped;
+  }, out.data());
+  for (int t = 0; t < 40; ++t) EXPECT_EQ(out[t], ((t + 1) % 40) * 10 + (t ^ 1)) << t;
+}
+
+}  // namespace
+}  // namespace kvp

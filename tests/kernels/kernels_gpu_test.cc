@@ -1,0 +1,151 @@
+// GPU suite (ctest label gpu): every decoder kernel on the device against its plain C++ reference,
+// over the same awkward shapes as the emulated tests. Skips with the runtime's reason where there
+// is no device (and says so where kvplan was built without CUDA).
+#include <gtest/gtest.h>
+
+#include "kernels/device_query.h"
+#include "tests/kernels/kernels_test_cases.h"
+
+#if KVP_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace kvp {
+namespace {
+
+#if KVP_HAVE_CUDA
+void check_cuda(cudaError_t e, const char* what) { ASSERT_EQ(e, cudaSuccess) << what << ": " << cudaGetErrorString(e); }
+
+// Device copies of host vectors, copied back on sync().
+template <typename T>
+struct Dev {
+  explicit Dev(const std::vector<T>& h) : n(h.size()) {
+    check_cuda(cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(T)), "cudaMalloc");
+    check_cuda(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
+  }
+  ~Dev() { cudaFree(p); }
+  void back(std::vector<T>& h) {
+    check_cuda(cudaDeviceSynchronize(), "kernel");
+    check_cuda(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy back");
+  }
+  T* p = nullptr;
+  size_t n;
+};
+
+struct Device {
+  void rmsnorm(const std::vector<float>& x, const std::vector<float>& w, std::vector<float>& y, int rows, int n,
+               float eps, int threads) {
+    Dev dx(x);
+    Dev dw(w);
+    Dev dy(y);
+    cuda::rmsnorm(dx.p, dw.p, dy.p, rows, n, eps, threads);
+    dy.back(y);
+  }
+  void rope(std::vector<float>& x, const std::vector<int32_t>& pos, const std::vector<float>& c,
+            const std::vector<float>& s, int n_heads, int head_dim, int threads) {
+    Dev dx(x);
+    Dev dp(pos);
+    Dev dc(c);
+    Dev ds(s);
+    cuda::rope(dx.p, dp.p, dc.p, ds.p, static_cast<int>(pos.size()), n_heads, head_dim, threads);
+    dx.back(x);
+  }
+  void swiglu(std::vector<float>& gate, const std::vector<float>& up, int threads) {
+    Dev dg(gate);
+    Dev du(up);
+    cuda::swiglu(dg.p, du.p, static_cast<int64_t>(gate.size()), threads);
+    dg.back(gate);
+  }
+  void embedding(const std::vector<int32_t>& tokens, const std::vector<float>& table, std::vector<float>& out, int dim,
+                 int threads) {
+    Dev dt(tokens);
+    Dev dtab(table);
+    Dev dout(out);
+    cuda::embedding(dt.p, dtab.p, dout.p, static_cast<int>(tokens.size()), dim, threads);
+    dout.back(out);
+  }
+  std::vector<int32_t> argmax(const std::vector<float>& x, int n, int threads) {
+    std::vector<int32_t> out(x.size() / n);
+    Dev dx(x);
+    Dev dout(out);
+    cuda::argmax(dx.p, static_cast<int>(out.size()), n, dout.p, threads);
+    dout.back(out);
+    return out;
+  }
+  void attention(const std::vector<float>& q, std::vector<float>& k, std::vector<float>& v, std::vector<float>& score,
+                 std::vector<float>& l1, const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity,
+                 const std::vector<int32_t>& n_used, const std::vector<float>& k_new, const std::vector<float>& v_new,
+                 std::vector<float>& out, std::vector<float>& self, int group, int head_dim, int threads) {
+    Dev dq(q);
+    Dev dk(k);
+    Dev dv(v);
+    Dev ds(score);
+    Dev dl(l1);
+    Dev doff(offset);
+    Dev dcap(capacity);
+    Dev dn(n_used);
+    Dev dkn(k_new);
+    Dev dvn(v_new);
+    Dev dout(out);
+    Dev dself(self);
+    cuda::decode_attention(dq.p, SlotCacheView{dk.p, dv.p, ds.p, dl.p, doff.p, dcap.p, dn.p}, dkn.p, dvn.p, dout.p,
+                           dself.p, static_cast<int>(offset.size()), group, head_dim, threads);
+    dout.back(out);
+    dself.back(self);
+    ds.back(score);
+  }
+  void insert(std::vector<float>& k, std::vector<float>& v, std::vector<float>& score, std::vector<float>& l1,
+              const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity, const std::vector<int32_t>& n_used,
+              const std::vector<float>& k_new, const std::vector<float>& v_new, const std::vector<int32_t>& slots,
+              int head_dim, int threads) {
+    Dev dk(k);
+    Dev dv(v);
+    Dev ds(score);
+    Dev dl(l1);
+    Dev doff(offset);
+    Dev dcap(capacity);
+    Dev dn(n_used);
+    Dev dkn(k_new);
+    Dev dvn(v_new);
+    Dev dslot(slots);
+    cuda::insert(SlotCacheView{dk.p, dv.p, ds.p, dl.p, doff.p, dcap.p, dn.p}, dkn.p, dvn.p, dslot.p,
+                 static_cast<int>(offset.size()), head_dim, threads);
+    dk.back(k);
+    dv.back(v);
+    dl.back(l1);
+  }
+};
+#endif
+
+#define KVP_REQUIRE_GPU()                                                              \
+  do {                                                                                 \
+    const CudaDeviceReport report = query_cuda_devices();                              \
+    if (report.devices.empty()) GTEST_SKIP() << "no CUDA device: " << report.why_none; \
+  } while (0)
+
+TEST(GpuKernels, RmsnormMatchesTheReference) {
+  KVP_REQUIRE_GPU();
+#if KVP_HAVE_CUDA
+  Device t;
+  test::check_rmsnorm(t);
+#endif
+}
+
+TEST(GpuKernels, RopeSwigluEmbeddingArgmaxMatchTheReferences) {
+  KVP_REQUIRE_GPU();
+#if KVP_HAVE_CUDA
+  Device t;
+  test::check_rope_swiglu_embedding_argmax(t);
+#endif
+}
+
+TEST(GpuKernels, DecodeAttentionOverARaggedCacheAccumulatesScores) {
+  KVP_REQUIRE_GPU();
+#if KVP_HAVE_CUDA
+  Device t;
+  test::check_attention(t);
+#endif
+}
+
+}  // namespace
+}  // namespace kvp

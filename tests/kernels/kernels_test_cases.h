@@ -1,0 +1,141 @@
+// Shared by the emulated-kernel tests and the GPU kernel tests: random inputs over awkward shapes
+// and the references' answers. `Target` runs the kernels on host vectors (emulated: directly; GPU:
+// copying through device memory).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kernels/launch.h"
+#include "kernels/reference.h"
+
+namespace kvp::test {
+
+inline std::vector<float> randoms(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> x(n);
+  for (float& e : x) e = d(rng);
+  return x;
+}
+
+// Threads per block tried: a partial warp, one warp, several warps.
+inline const int kThreadCounts[] = {8, 32, 96};
+
+template <typename Target>
+void check_rmsnorm(Target& t) {
+  for (int n : {1, 31, 64, 257}) {
+    for (int threads : kThreadCounts) {
+      const int rows = 3;
+      const auto x = randoms(size_t(rows) * n, n), w = randoms(n, n + 1);
+      std::vector<float> want, got(x.size());
+      ref::rmsnorm(x, w, n, 1e-5f, want);
+      t.rmsnorm(x, w, got, rows, n, 1e-5f, threads);
+      for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-5f * (1 + std::fabs(want[i]))) << n << " " << i;
+    }
+  }
+}
+
+template <typename Target>
+void check_rope_swiglu_embedding_argmax(Target& t) {
+  const int n_heads = 3, head_dim = 10, half = head_dim / 2, seq_len = 20;
+  std::vector<float> cos_t(seq_len * half), sin_t(seq_len * half);
+  for (int p = 0; p < seq_len; ++p) {
+    for (int i = 0; i < half; ++i) {
+      const float a = p / std::pow(10000.0f, 2.0f * i / head_dim);
+      cos_t[p * half + i] = std::cos(a), sin_t[p * half + i] = std::sin(a);
+    }
+  }
+  const std::vector<int32_t> positions = {0, 7, 19};
+  for (int threads : kThreadCounts) {
+    auto x = randoms(positions.size() * n_heads * head_dim, 3), want = x;
+    ref::rope(want, positions, cos_t, sin_t, n_heads, head_dim);
+    t.rope(x, positions, cos_t, sin_t, n_heads, head_dim, threads);
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_FLOAT_EQ(x[i], want[i]) << "rope " << i;
+
+    auto gate = randoms(1000, 4), up = randoms(1000, 5), want_g = gate;
+    ref::swiglu(want_g, up);
+    t.swiglu(gate, up, threads);
+    for (size_t i = 0; i < gate.size(); ++i) ASSERT_FLOAT_EQ(gate[i], want_g[i]) << "swiglu " << i;
+
+    const int dim = 13;
+    const auto table = randoms(50 * dim, 6);
+    const std::vector<int32_t> tokens = {49, 0, 7, 7};
+    std::vector<float> want_e, got_e(tokens.size() * dim);
+    ref::embedding(tokens, table, dim, want_e);
+    t.embedding(tokens, table, got_e, dim, threads);
+    EXPECT_EQ(got_e, want_e);
+
+    for (int n : {1, 33, 300}) {
+      auto logits = randoms(size_t(4) * n, n);
+      logits[n - 1] = 50;              // row 0: the last element
+      if (n > 2) logits[n + 1] = logits[n + 2] = 60;  // row 1: a tie, the lower index wins
+      EXPECT_EQ(t.argmax(logits, n, threads), ref::argmax(logits, n)) << "argmax n " << n;
+    }
+  }
+}
+
+// Heads of different capacities and fill (a ragged, plan-shaped cache); insert then attend.
+template <typename Target>
+void check_attention(Target& t) {
+  const int head_dim = 8, group = 2;
+  const std::vector<int32_t> capacity = {4, 37, 130}, n_used = {0, 36, 129};
+  for (int threads : kThreadCounts) {
+    std::vector<ref::HeadSlotsRef> heads;
+    std::vector<int64_t> offset;
+    int64_t total = 0;
+    for (size_t h = 0; h < capacity.size(); ++h) {
+      ref::HeadSlotsRef r;
+      r.capacity = capacity[h], r.n_used = n_used[h];
+      r.k = randoms(size_t(head_dim) * r.capacity, 10 + h);
+      r.v = randoms(size_t(head_dim) * r.capacity, 20 + h);
+      r.score = randoms(r.capacity, 30 + h, 0.1f);
+      r.value_l1.assign(r.capacity, 0.0f);
+      heads.push_back(r);
+      offset.push_back(total);
+      total += r.capacity;
+    }
+    const int H = static_cast<int>(heads.size());
+    const auto q = randoms(size_t(H) * group * head_dim, 40), k_new = randoms(size_t(H) * head_dim, 41),
+               v_new = randoms(size_t(H) * head_dim, 42);
+    // The flat cache the kernels see.
+    std::vector<float> k(total * head_dim), v(total * head_dim), score(total), l1(total);
+    for (int h = 0; h < H; ++h) {
+      std::copy(heads[h].k.begin(), heads[h].k.end(), k.begin() + offset[h] * head_dim);
+      std::copy(heads[h].v.begin(), heads[h].v.end(), v.begin() + offset[h] * head_dim);
+      std::copy(heads[h].score.begin(), heads[h].score.end(), score.begin() + offset[h]);
+    }
+    std::vector<float> out(size_t(H) * group * head_dim), self(H);
+    t.attention(q, k, v, score, l1, offset, capacity, n_used, k_new, v_new, out, self, group, head_dim, threads);
+    for (int h = 0; h < H; ++h) {
+      std::vector<float> want_out;
+      const std::vector<float> qh(q.begin() + size_t(h) * group * head_dim, q.begin() + size_t(h + 1) * group * head_dim);
+      const std::vector<float> kn(k_new.begin() + h * head_dim, k_new.begin() + (h + 1) * head_dim);
+      const std::vector<float> vn(v_new.begin() + h * head_dim, v_new.begin() + (h + 1) * head_dim);
+      const float want_self = ref::decode_attention(qh, heads[h], kn, vn, group, head_dim, want_out);
+      for (int i = 0; i < group * head_dim; ++i) {
+        ASSERT_NEAR(out[size_t(h) * group * head_dim + i], want_out[i], 2e-5f) << "head " << h << " element " << i;
+      }
+      for (int j = 0; j < heads[h].n_used; ++j) ASSERT_NEAR(score[offset[h] + j], heads[h].score[j], 2e-6f) << h << " " << j;
+      ASSERT_NEAR(self[h], want_self, 2e-6f) << "head " << h;
+      // Then the new token goes into its slot (the last free one), with its value norm.
+      const int slot = std::min(heads[h].n_used, heads[h].capacity - 1);
+      ref::insert(heads[h], kn, vn, slot, head_dim);
+    }
+    std::vector<int32_t> slots;
+    for (int h = 0; h < H; ++h) slots.push_back(std::min(n_used[h], capacity[h] - 1));
+    t.insert(k, v, score, l1, offset, capacity, n_used, k_new, v_new, slots, head_dim, threads);
+    for (int h = 0; h < H; ++h) {
+      for (int d = 0; d < head_dim; ++d) {
+        ASSERT_EQ(k[offset[h] * head_dim + size_t(d) * capacity[h] + slots[h]], heads[h].k[size_t(d) * capacity[h] + slots[h]]);
+        ASSERT_EQ(v[offset[h] * head_dim + size_t(d) * capacity[h] + slots[h]], heads[h].v[size_t(d) * capacity[h] + slots[h]]);
+      }
+      ASSERT_NEAR(l1[offset[h] + slots[h]], heads[h].value_l1[slots[h]], 1e-5f);
+    }
+  }
+}
+
+}  // namespace kvp::test
