@@ -32,6 +32,18 @@ struct Dev {
   size_t n;
 };
 
+// The ragged cache's buffers on the device.
+struct DevCache {
+  DevCache(const std::vector<float>& k_, const std::vector<float>& v_, const std::vector<float>& score_,
+           const std::vector<float>& l1_, const std::vector<int64_t>& offset_, const std::vector<int32_t>& capacity_,
+           const std::vector<int32_t>& n_used_)
+      : k(k_), v(v_), score(score_), l1(l1_), offset(offset_), capacity(capacity_), n_used(n_used_) {}
+  SlotCacheView view() { return SlotCacheView{k.p, v.p, score.p, l1.p, offset.p, capacity.p, n_used.p}; }
+  Dev<float> k, v, score, l1;
+  Dev<int64_t> offset;
+  Dev<int32_t> capacity, n_used;
+};
+
 struct Device {
   void rmsnorm(const std::vector<float>& x, const std::vector<float>& w, std::vector<float>& y, int rows, int n,
                float eps, int threads) {
@@ -77,42 +89,29 @@ struct Device {
                  const std::vector<int32_t>& n_used, const std::vector<float>& k_new, const std::vector<float>& v_new,
                  std::vector<float>& out, std::vector<float>& self, int group, int head_dim, int threads) {
     Dev dq(q);
-    Dev dk(k);
-    Dev dv(v);
-    Dev ds(score);
-    Dev dl(l1);
-    Dev doff(offset);
-    Dev dcap(capacity);
-    Dev dn(n_used);
+    DevCache c(k, v, score, l1, offset, capacity, n_used);
     Dev dkn(k_new);
     Dev dvn(v_new);
     Dev dout(out);
     Dev dself(self);
-    cuda::decode_attention(dq.p, SlotCacheView{dk.p, dv.p, ds.p, dl.p, doff.p, dcap.p, dn.p}, dkn.p, dvn.p, dout.p,
-                           dself.p, static_cast<int>(offset.size()), group, head_dim, threads);
+    cuda::decode_attention(dq.p, c.view(), dkn.p, dvn.p, dout.p, dself.p, static_cast<int>(offset.size()), group,
+                           head_dim, threads);
     dout.back(out);
     dself.back(self);
-    ds.back(score);
+    c.score.back(score);
   }
   void insert(std::vector<float>& k, std::vector<float>& v, std::vector<float>& score, std::vector<float>& l1,
               const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity, const std::vector<int32_t>& n_used,
               const std::vector<float>& k_new, const std::vector<float>& v_new, const std::vector<int32_t>& slots,
               int head_dim, int threads) {
-    Dev dk(k);
-    Dev dv(v);
-    Dev ds(score);
-    Dev dl(l1);
-    Dev doff(offset);
-    Dev dcap(capacity);
-    Dev dn(n_used);
+    DevCache c(k, v, score, l1, offset, capacity, n_used);
     Dev dkn(k_new);
     Dev dvn(v_new);
     Dev dslot(slots);
-    cuda::insert(SlotCacheView{dk.p, dv.p, ds.p, dl.p, doff.p, dcap.p, dn.p}, dkn.p, dvn.p, dslot.p,
-                 static_cast<int>(offset.size()), head_dim, threads);
-    dk.back(k);
-    dv.back(v);
-    dl.back(l1);
+    cuda::insert(c.view(), dkn.p, dvn.p, dslot.p, static_cast<int>(offset.size()), head_dim, threads);
+    c.k.back(k);
+    c.v.back(v);
+    c.l1.back(l1);
   }
 };
 #endif
