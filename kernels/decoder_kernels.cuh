@@ -155,7 +155,13 @@ KVP_GLOBAL void insert_kernel(SlotCache cache, const float* k_new, const float* 
 // Decode attention over the ragged cache plus the new token, for each (row, KV head) block and its
 // `group` query heads: out = softmax(q·k / sqrt(hd)) · v. The softmax weights, summed over the
 // group, are added to each slot's score in place (H2O/VATP accumulation: no N×N write) and the new
-// token's summed weight goes to self_weight[row * n_kv_heads + h]. Threads stride over slots.
+// token's summed weight goes to self_weight[row * n_kv_heads + h]. Threads stride over slots (keys
+// and values are [head_dim, capacity], so neighbouring threads read neighbouring floats); per query
+// three passes — the maximum logit, the normaliser, then each slot's weight once, accumulated into a
+// per-thread partial output that the block sums per element.
+inline constexpr int kMaxHeadDim = 128;
+inline constexpr int kMaxSlotsPerThread = 64;
+
 KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache cache, const float* k_new, const float* v_new,
                                         float* out, float* self_weight, int group, int head_dim) {
   const int rh = static_cast<int>(blockIdx.x);
@@ -167,9 +173,7 @@ KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache cache, const f
   const float* vn = v_new + static_cast<int64_t>(rh) * head_dim;
   const int tid = static_cast<int>(threadIdx.x), nt = static_cast<int>(blockDim.x);
   float self_total = 0;
-  // Each thread's slots' weights summed over the group, added to the scores at the end.
-  constexpr int kMaxSlotsPerThread = 64;
-  float acc[kMaxSlotsPerThread];
+  float acc[kMaxSlotsPerThread];  // this thread's slots' weights, summed over the group
   for (int c = 0; c < kMaxSlotsPerThread; ++c) acc[c] = 0;
   for (int g = 0; g < group; ++g) {
     const float* qg = q + (static_cast<int64_t>(rh) * group + g) * head_dim;
@@ -185,17 +189,20 @@ KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache cache, const f
     for (int j = tid; j <= n; j += nt) z += expf(logit(j) - m);
     z = block_sum(z);
     const float inv_z = 1.0f / z;
-    for (int d = 0; d < head_dim; ++d) {
-      float part = 0;
-      for (int j = tid, c = 0; j <= n; j += nt, ++c) {
-        const float w = expf(logit(j) - m) * inv_z;
-        part += w * (j < n ? cache.v[koff + static_cast<int64_t>(d) * cap + j] : vn[d]);
-        if (d == 0) {
-          if (j < n) acc[c] += w;
-          else self_total += w;
-        }
+    float part[kMaxHeadDim];
+    for (int d = 0; d < head_dim; ++d) part[d] = 0;
+    for (int j = tid, c = 0; j <= n; j += nt, ++c) {
+      const float w = expf(logit(j) - m) * inv_z;
+      if (j < n) {
+        acc[c] += w;
+        for (int d = 0; d < head_dim; ++d) part[d] += w * cache.v[koff + static_cast<int64_t>(d) * cap + j];
+      } else {
+        self_total += w;
+        for (int d = 0; d < head_dim; ++d) part[d] += w * vn[d];
       }
-      const float o = block_sum(part);
+    }
+    for (int d = 0; d < head_dim; ++d) {
+      const float o = block_sum(part[d]);
       if (tid == 0) out[(static_cast<int64_t>(rh) * group + g) * head_dim + d] = o;
     }
   }

@@ -111,7 +111,7 @@ def main():
     out.append(f"| measured top-1 inside the predicted interval | {100 * covered_top1:.0f}% | |")
 
     out.append("\n### At each memory (slots per layer and KV head on average)\n")
-    out.append("| budget | scope | configurations | Spearman | predicted best | measured best |\n|---|---|---|---|---|---|")
+    out.append("| budget | scope | configurations | Spearman | predicted best (its measured ΔNLL) | measured best |\n|---|---|---|---|---|---|")
     for b, scope, n, rho, pb, mb in per_budget:
         out.append(f"| {b} | {scope} | {n} | {rho:.3f} | {label(pb)} ({pb['nll']:.4f}) | {label(mb)} ({mb['nll']:.4f}) |")
 

@@ -43,52 +43,54 @@ void slot_attention_impl(const float* q, int group, const SlotKv& kv, const floa
     const float* qg = q + size_t(g) * hd;
     // Each token's score accumulates over head_dim in order (d = 0, 1, ...). Keys are stored
     // [head_dim, capacity], so 16 tokens at a time stay in one register.
+    // Scaled logits, 16 tokens at a time, and their lane-wise maxima (max is exact in any order).
+    F16 lane_max = lanes::splat(-INFINITY);
     int j0 = 0;
     for (; j0 + W <= n; j0 += W) {
       F16 acc{};
       for (int d = 0; d < hd; ++d) acc += lanes::load(kv.k + size_t(d) * kv.capacity + j0) * qg[d];
+      acc *= scale;
       lanes::store(s + j0, acc);
+      lane_max = lanes::max(lane_max, acc);
     }
     if (const int rest = n - j0; rest > 0) {
       F16 acc{};
       for (int d = 0; d < hd; ++d) acc += lanes::load_partial(kv.k + size_t(d) * kv.capacity + j0, rest) * qg[d];
-      lanes::store(s + j0, acc);  // within the padding
+      lanes::store(s + j0, acc * scale);  // within the padding
     }
     float dot = 0.0f;
     for (int d = 0; d < hd; ++d) dot += qg[d] * k_new[d];
-    s[n] = dot;
-    // The padding holds -inf: it scales to -inf, leaves the maximum alone and exponentiates to 0.
+    s[n] = dot * scale;
+    // The padding holds -inf: it leaves the maximum alone and exponentiates to 0.
     std::fill(s + n + 1, s + padded, -INFINITY);
-    F16 lane_max = lanes::splat(-INFINITY);
-    for (int j = 0; j < padded; j += W) {
-      const F16 x = lanes::load(s + j) * scale;
-      lanes::store(s + j, x);
-      lane_max = lanes::max(lane_max, x);
-    }
+    for (int j = j0; j < padded; j += W) lane_max = lanes::max(lane_max, lanes::load(s + j));
     const float max_score = lanes::reduce_max(lane_max);
-    // Eigen's vectorised exp over whole 16-float packets of a 64-byte aligned buffer, so every
-    // element takes the same path wherever it sits.
-    Eigen::Map<Eigen::ArrayXf, Eigen::Aligned64> e(s, padded);
-    e = (e - max_score).exp();
-    // fixed_order_sum over whole packets: the padding's zeros leave every lane's sum as it was.
+    // exp(x − max) with Eigen's vectorised exp, one 16-float packet at a time (every element takes
+    // the same path wherever it sits), summed lane-wise as fixed_order_sum does: the padding's zeros
+    // leave every lane's sum as it was.
     F16 lane_sum{};
-    for (int j = 0; j < padded; j += W) lane_sum += lanes::load(s + j);
+    for (int j = 0; j < padded; j += W) {
+      Eigen::Map<Eigen::Array<float, W, 1>, Eigen::Aligned64> e(s + j);
+      e = (e - max_score).exp();
+      lane_sum += lanes::load(s + j);
+    }
     const float sum = lanes::reduce_add(lane_sum);
     if (r.softmax) r.softmax[2 * g] = max_score, r.softmax[2 * g + 1] = sum;
     const float inv_sum = 1.0f / sum;
-    for (int j = 0; j < padded; j += W) lanes::store(s + j, lanes::load(s + j) * inv_sum);
     float* out = r.out + size_t(g) * hd;
     if constexpr (kHeadDim > 0 && kHeadDim <= 16) {
       // fixed_order_dot for every d at once: the same lanes and tree, all rows in registers.
+      // Normalising each packet as it is used: the weights, then their sum with the values.
       F16 acc[kHeadDim] = {};
-      int j = 0;
-      for (; j + W <= n; j += W) {
-        const F16 w = lanes::load(s + j);
-        for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load(kv.v + size_t(d) * kv.capacity + j) * w;
-      }
-      if (const int rest = n - j; rest > 0) {
-        const F16 w = lanes::keep_first(lanes::load(s + j), rest);
-        for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load_partial(kv.v + size_t(d) * kv.capacity + j, rest) * w;
+      for (int j = 0; j < padded; j += W) {
+        const F16 w = lanes::load(s + j) * inv_sum;
+        lanes::store(s + j, w);
+        if (j + W <= n) {
+          for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load(kv.v + size_t(d) * kv.capacity + j) * w;
+        } else if (const int rest = n - j; rest > 0) {
+          const F16 wt = lanes::keep_first(w, rest);
+          for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load_partial(kv.v + size_t(d) * kv.capacity + j, rest) * wt;
+        }
       }
       if constexpr (kHeadDim == 8) {
         float sums[8];
@@ -98,6 +100,7 @@ void slot_attention_impl(const float* q, int group, const SlotKv& kv, const floa
         for (int d = 0; d < kHeadDim; ++d) out[d] = lanes::reduce_add(acc[d]) + s[n] * v_new[d];
       }
     } else {
+      for (int j = 0; j < padded; j += W) lanes::store(s + j, lanes::load(s + j) * inv_sum);
       for (int d = 0; d < hd; ++d) out[d] = fixed_order_dot(kv.v + size_t(d) * kv.capacity, s, n) + s[n] * v_new[d];
     }
     if (r.weights && g == 0) {
