@@ -1,4 +1,7 @@
 // The decoder kernels compiled for the GPU, launched on the default stream with device pointers.
+#include <cstdio>
+#include <cstdlib>
+
 #include "kernels/launch.h"
 
 #define KVP_KERNEL_NS cuda_kernels

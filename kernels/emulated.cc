@@ -1,6 +1,9 @@
 // The decoder kernels' bodies run on the CPU through the emulation layer (kernels/emu/emu.h).
 #include <stdexcept>
 
+#include <cstdio>
+#include <cstdlib>
+
 #include "kernels/launch.h"
 
 #define KVP_KERNEL_NS emulated_kernels

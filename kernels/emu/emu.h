@@ -20,6 +20,8 @@
 #include <barrier>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -39,8 +41,8 @@ namespace kvp::emu {
 
 // The state one block's threads share.
 struct Block {
-  Block(int threads, size_t dynamic_shared_bytes)
-      : barrier(threads), dynamic_shared(dynamic_shared_bytes) {
+  Block(int threads_, size_t dynamic_shared_bytes)
+      : threads(threads_), barrier(threads_), dynamic_shared(dynamic_shared_bytes) {
     const int warps = (threads + warpSize - 1) / warpSize;
     for (int w = 0; w < warps; ++w) {
       const int members = std::min(warpSize, threads - w * warpSize);
@@ -48,6 +50,7 @@ struct Block {
     }
     exchange.resize(static_cast<size_t>(warps) * warpSize);
   }
+  int threads;
   std::barrier<> barrier;
   std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
   std::vector<uint64_t> exchange;  // one slot per thread for shuffles
@@ -69,6 +72,12 @@ T shuffle_from(T value, int src_lane) {
   static_assert(sizeof(T) <= sizeof(uint64_t));
   Block& b = *current_block;
   const size_t base = static_cast<size_t>(warp()) * warpSize;
+  const int members = std::min(warpSize, b.threads - warp() * warpSize);
+  if ((src_lane & (warpSize - 1)) >= members) {
+    // On the GPU this reads a lane that does not exist: undefined. Kernels must use whole warps.
+    std::fprintf(stderr, "emulation: warp shuffle from lane %d of a %d-thread warp\n", src_lane & (warpSize - 1), members);
+    std::abort();
+  }
   uint64_t bits = 0;
   std::memcpy(&bits, &value, sizeof(T));
   b.exchange[base + lane()] = bits;

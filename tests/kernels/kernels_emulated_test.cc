@@ -66,7 +66,7 @@ TEST(EmulatedKernels, DecodeAttentionOverARaggedCacheAccumulatesScores) {
 }
 
 // The emulation itself: a barrier orders shared-memory writes before reads, and warp shuffles
-// exchange between lanes, including in a partial last warp.
+// exchange between lanes, including in a partial last warp (shuffling within its lanes).
 TEST(Emulation, BarriersAndShufflesBehaveAsOnTheGpu) {
   std::vector<int> out(40, -1);
   emu::launch(dim3(1), dim3(40), 0, [](int* o) {
@@ -79,6 +79,13 @@ TEST(Emulation, BarriersAndShufflesBehaveAsOnTheGpu) {
     o[t] = neighbour + swapped;
   }, out.data());
   for (int t = 0; t < 40; ++t) EXPECT_EQ(out[t], ((t + 1) % 40) * 10 + (t ^ 1)) << t;
+}
+
+// A shuffle from a lane the block does not have is undefined on the GPU; the emulation stops.
+TEST(EmulationDeathTest, ShuffleFromAMissingLaneAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(emu::launch(dim3(1), dim3(8), 0, [](int) { (void)gpu::shfl_xor(1.0f, 16); }, 0),
+               "warp shuffle from lane 16 of a 8-thread warp");
 }
 
 }  // namespace

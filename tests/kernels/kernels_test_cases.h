@@ -22,8 +22,8 @@ inline std::vector<float> randoms(size_t n, uint32_t seed, float scale = 1.0f) {
   return x;
 }
 
-// Threads per block tried: a partial warp, one warp, several warps.
-inline const int kThreadCounts[] = {8, 32, 96};
+// Threads per block tried: one warp, several warps, a block that covers the short rows.
+inline const int kThreadCounts[] = {32, 96, 256};
 
 template <typename Target>
 void check_rmsnorm(Target& t) {
