@@ -345,6 +345,23 @@ std::vector<BadInvocation> bad_invocations() {
          return "calibrate --trace " + d + "/none --measured " + d + "/m.yaml --out " + d + "/c.yaml";
        },
        "no such trace"},
+      {"plan_corrupt_calibration",
+       [](const std::string& d) {
+         test::write_bytes(d + "/calib.yaml", "format: kvplan-calibration\nversion: 1\nmodel: {}\n");
+         run_kvplan("corpus --sample 1 --length 48 --out " + d + "/c.jsonl");
+         run_kvplan("record --corpus " + d + "/c.jsonl --prompt-len 16 --out " + d + "/t");
+         return "plan --policy vatp --budget 16 --sinks 2 --recent 4 --calibration " + d + "/calib.yaml --trace " + d +
+                "/t --out " + d + "/p.yaml";
+       },
+       "calib.yaml: model.fingerprint"},
+      {"check_other_configuration",
+       [](const std::string& d) {
+         run_kvplan("plan --policy vatp --budget 32 --out " + d + "/a.yaml");
+         run_kvplan("corpus --sample 1 --length 80 --out " + d + "/c.jsonl");
+         run_kvplan("eval --policy h2o --budget 32 --corpus " + d + "/c.jsonl --out " + d + "/m.yaml --json");
+         return "check --plan " + d + "/a.yaml --measured " + d + "/m.yaml";
+       },
+       "m.yaml: config: measured h2o"},
       {"check_missing_plan", [](const std::string& d) { return "check --plan " + d + "/p.yaml --measured " + d + "/m.yaml"; },
        "p.yaml"},
       {"capacity_unknown_hardware", [](const std::string&) { return "capacity --hardware tpu-v9 --keep 0.5"; }, "tpu-v9"},
