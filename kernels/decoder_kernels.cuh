@@ -152,6 +152,42 @@ KVP_GLOBAL void insert_kernel(SlotCache cache, const float* k_new, const float* 
   if (threadIdx.x == 0) cache.value_l1[off + j] = l1;
 }
 
+// The victim of each head (one block per head): among slots whose position is neither a sink
+// (< sinks) nor recent (> newest − recent), the lowest eviction key, the older position on ties;
+// when every such key is +inf, the oldest such slot; -1 when there is none. The same rule as the
+// CPU executor's choose_victim (planner/policy/policy.cc), so both evict the same token.
+KVP_GLOBAL void victim_kernel(const float* keys, const int32_t* positions, const int64_t* offset, const int32_t* n_used,
+                              const int32_t* newest, int sinks, int recent, int32_t* victim) {
+  const int h = static_cast<int>(blockIdx.x);
+  const int64_t off = offset[h];
+  const int n = n_used[h];
+  const int32_t first = sinks, last = newest[h] - recent;
+  float best_key = INFINITY;
+  int32_t best_pos = 2147483647, best_slot = -1;
+  auto take = [&](float k, int32_t p, int32_t j) {
+    if (math::evict_before(k, p, best_key, best_pos)) best_key = k, best_pos = p, best_slot = j;
+  };
+  for (int j = static_cast<int>(threadIdx.x); j < n; j += static_cast<int>(blockDim.x)) {
+    const int32_t p = positions[off + j];
+    if (p >= first && p <= last) take(keys[off + j], p, j);
+  }
+  for (int m = 16; m >= 1; m /= 2) {
+    const float k = gpu::shfl_xor(best_key, m);
+    const int32_t p = gpu::shfl_xor(best_pos, m);
+    const int32_t j = gpu::shfl_xor(best_slot, m);
+    take(k, p, j);
+  }
+  KVP_SHARED float wk[kMaxBlockThreads / 32];
+  KVP_SHARED int32_t wp[kMaxBlockThreads / 32], wj[kMaxBlockThreads / 32];
+  const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+  if (lane == 0) wk[warp] = best_key, wp[warp] = best_pos, wj[warp] = best_slot;
+  gpu::sync_threads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < (static_cast<int>(blockDim.x) + 31) / 32; ++w) take(wk[w], wp[w], wj[w]);
+    victim[h] = best_slot;
+  }
+}
+
 // Decode attention over the ragged cache plus the new token, for each (row, KV head) block and its
 // `group` query heads: out = softmax(q·k / sqrt(hd)) · v. The softmax weights, summed over the
 // group, are added to each slot's score in place (H2O/VATP accumulation: no N×N write) and the new

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #include "kernels/gpu_compat.h"
 
@@ -18,6 +19,12 @@ KVP_HD inline void rotate_pair(float& v0, float& v1, float c, float s) {
 KVP_HD inline float swiglu(float gate, float up) { return gate / (1.0f + expf(-gate)) * up; }
 // Argmax order: the larger value, then the lower index.
 KVP_HD inline bool better(float v, int i, float best, int best_i) { return v > best || (v == best && i < best_i); }
+// Eviction order: the lower key first, then the older position (the CPU executor's rule). With
+// best_key = +inf and best_pos = INT32_MAX as "none yet", an open slot whose key is +inf is still
+// taken by the older-position rule, so the oldest open slot wins when every key is +inf.
+KVP_HD inline bool evict_before(float key, int32_t pos, float best_key, int32_t best_pos) {
+  return key < best_key || (key == best_key && pos < best_pos);
+}
 KVP_HD inline float attention_scale(int head_dim) { return 1.0f / sqrtf(static_cast<float>(head_dim)); }
 
 }  // namespace kvp::math

@@ -27,6 +27,8 @@ struct SlotCacheView {
   void argmax(const float* x, int rows, int n, int32_t* out, int threads);                                        \
   void insert(const SlotCacheView& cache, const float* k_new, const float* v_new, const int32_t* slot,           \
               int heads, int head_dim, int threads);                                                              \
+  void victim(const float* keys, const int32_t* positions, const int64_t* offset, const int32_t* n_used,           \
+              const int32_t* newest, int sinks, int recent, int32_t* victim, int heads, int threads);             \
   /* REQUIRES: threads a multiple of 32 (whole warps) for every kernel but swiglu, rope and */             \
   /* embedding; decode_attention: head_dim <= 128 and n_used + 1 <= 64 * threads for every head. */                                                      \
   void decode_attention(const float* q, const SlotCacheView& cache, const float* k_new, const float* v_new,       \

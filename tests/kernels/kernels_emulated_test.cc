@@ -41,6 +41,14 @@ struct Emulated {
     emulated::decode_attention(q.data(), view(k, v, score, l1, offset, capacity, n_used), k_new.data(), v_new.data(),
                                out.data(), self.data(), static_cast<int>(offset.size()), group, head_dim, threads);
   }
+  std::vector<int32_t> victim(const std::vector<float>& keys, const std::vector<int32_t>& positions,
+                              const std::vector<int64_t>& offset, const std::vector<int32_t>& n_used,
+                              const std::vector<int32_t>& newest, int sinks, int recent, int threads) {
+    std::vector<int32_t> out(offset.size());
+    emulated::victim(keys.data(), positions.data(), offset.data(), n_used.data(), newest.data(), sinks, recent,
+                     out.data(), static_cast<int>(out.size()), threads);
+    return out;
+  }
   void insert(std::vector<float>& k, std::vector<float>& v, std::vector<float>& score, std::vector<float>& l1,
               const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity, const std::vector<int32_t>& n_used,
               const std::vector<float>& k_new, const std::vector<float>& v_new, const std::vector<int32_t>& slots,
@@ -63,6 +71,11 @@ TEST(EmulatedKernels, RopeSwigluEmbeddingArgmaxMatchTheReferences) {
 TEST(EmulatedKernels, DecodeAttentionOverARaggedCacheAccumulatesScores) {
   Emulated t;
   test::check_attention(t);
+}
+
+TEST(EmulatedKernels, VictimsAreTheCpuExecutorsChoices) {
+  Emulated t;
+  test::check_victim(t);
 }
 
 // The emulation itself: a barrier orders shared-memory writes before reads, and warp shuffles

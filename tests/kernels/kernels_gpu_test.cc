@@ -100,6 +100,20 @@ struct Device {
     dself.back(self);
     c.score.back(score);
   }
+  std::vector<int32_t> victim(const std::vector<float>& keys, const std::vector<int32_t>& positions,
+                              const std::vector<int64_t>& offset, const std::vector<int32_t>& n_used,
+                              const std::vector<int32_t>& newest, int sinks, int recent, int threads) {
+    std::vector<int32_t> out(offset.size());
+    Dev dk(keys);
+    Dev dp(positions);
+    Dev doff(offset);
+    Dev dn(n_used);
+    Dev dnew(newest);
+    Dev dout(out);
+    cuda::victim(dk.p, dp.p, doff.p, dn.p, dnew.p, sinks, recent, dout.p, static_cast<int>(out.size()), threads);
+    dout.back(out);
+    return out;
+  }
   void insert(std::vector<float>& k, std::vector<float>& v, std::vector<float>& score, std::vector<float>& l1,
               const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity, const std::vector<int32_t>& n_used,
               const std::vector<float>& k_new, const std::vector<float>& v_new, const std::vector<int32_t>& slots,
@@ -143,6 +157,14 @@ TEST(GpuKernels, DecodeAttentionOverARaggedCacheAccumulatesScores) {
 #if KVP_HAVE_CUDA
   Device t;
   test::check_attention(t);
+#endif
+}
+
+TEST(GpuKernels, VictimsAreTheCpuExecutorsChoices) {
+  KVP_REQUIRE_GPU();
+#if KVP_HAVE_CUDA
+  Device t;
+  test::check_victim(t);
 #endif
 }
 

@@ -5,12 +5,14 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
 
 #include "kernels/launch.h"
 #include "kernels/reference.h"
+#include "planner/policy/policy.h"
 
 namespace kvp::test {
 
@@ -135,6 +137,39 @@ void check_attention(Target& t) {
       }
       ASSERT_NEAR(l1[offset[h] + slots[h]], heads[h].value_l1[slots[h]], 1e-5f);
     }
+  }
+}
+
+// Victims of many heads (ragged sizes, shuffled positions, frequent ties, all-+inf heads) against
+// the CPU executor's own choice (choose_victim under h2o, whose eviction key is the score).
+template <typename Target>
+void check_victim(Target& t) {
+  const int sinks = 2, recent = 3;
+  auto h2o = std::move(make_policy("h2o", PolicyParams{.sinks = sinks, .recent = recent})).value();
+  std::mt19937 rng(9);
+  std::vector<float> keys;
+  std::vector<int32_t> positions, n_used, newest;
+  std::vector<int64_t> offset;
+  std::vector<int> want;
+  for (int h = 0; h < 24; ++h) {
+    const int n = 1 + h * 7 % 90;
+    offset.push_back(static_cast<int64_t>(keys.size()));
+    std::vector<int32_t> pos(n);
+    for (int j = 0; j < n; ++j) pos[j] = 2 * j + h % 2;
+    std::shuffle(pos.begin(), pos.end(), rng);
+    std::vector<float> k(n);
+    for (float& e : k) e = h % 5 == 0 ? INFINITY : static_cast<float>(rng() % 4);
+    const int32_t top = 2 * n + 1;
+    std::vector<float> score = k;
+    SlotArrays s{.n_used = n, .budget = n, .pos = pos.data(), .score = score.data(), .aux = nullptr};
+    want.push_back(choose_victim(*h2o, s, top));
+    keys.insert(keys.end(), k.begin(), k.end());
+    positions.insert(positions.end(), pos.begin(), pos.end());
+    n_used.push_back(n);
+    newest.push_back(top);
+  }
+  for (int threads : kThreadCounts) {
+    EXPECT_EQ(t.victim(keys, positions, offset, n_used, newest, sinks, recent, threads), want) << threads << " threads";
   }
 }
 
