@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <barrier>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -75,8 +76,14 @@ T shuffle_from(T value, int src_lane) {
   const int members = std::min(warpSize, b.threads - warp() * warpSize);
   if ((src_lane & (warpSize - 1)) >= members) {
     // On the GPU this reads a lane that does not exist: undefined. Kernels must use whole warps.
-    std::fprintf(stderr, "emulation: warp shuffle from lane %d of a %d-thread warp\n", src_lane & (warpSize - 1), members);
-    std::abort();
+    // One thread reports and stops the process; the others wait for it.
+    static std::atomic<bool> reported{false};
+    if (!reported.exchange(true)) {
+      std::fprintf(stderr, "emulation: warp shuffle from lane %d of a %d-thread warp\n", src_lane & (warpSize - 1),
+                   members);
+      std::abort();
+    }
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   }
   uint64_t bits = 0;
   std::memcpy(&bits, &value, sizeof(T));
