@@ -188,6 +188,94 @@ KVP_GLOBAL void victim_kernel(const float* keys, const int32_t* positions, const
   }
 }
 
+// Prefill, step 1 of 2: causal softmax statistics of each prompt query. One block per (query row i,
+// KV head h); q [P, n_kv_heads, group, head_dim], k [P, n_kv_heads, head_dim] (row-major by
+// position). Writes, per (i, h, g), the largest logit and Σ exp(logit − max) over keys 0..i.
+KVP_GLOBAL void prefill_stats_kernel(const float* q, const float* k, float* row_max, float* row_sum, int n_kv_heads,
+                                     int group, int head_dim) {
+  const int i = static_cast<int>(blockIdx.x), h = static_cast<int>(blockIdx.y);
+  const float scale = math::attention_scale(head_dim);
+  for (int g = 0; g < group; ++g) {
+    const float* qg = q + ((static_cast<int64_t>(i) * n_kv_heads + h) * group + g) * head_dim;
+    auto logit = [&](int j) {
+      const float* kj = k + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
+      float dot = 0;
+      for (int d = 0; d < head_dim; ++d) dot += qg[d] * kj[d];
+      return dot * scale;
+    };
+    float m = -INFINITY;
+    for (int j = static_cast<int>(threadIdx.x); j <= i; j += static_cast<int>(blockDim.x)) m = fmaxf(m, logit(j));
+    m = block_max(m);
+    float z = 0;
+    for (int j = static_cast<int>(threadIdx.x); j <= i; j += static_cast<int>(blockDim.x)) z += expf(logit(j) - m);
+    z = block_sum(z);
+    if (threadIdx.x == 0) {
+      const int64_t at = (static_cast<int64_t>(i) * n_kv_heads + h) * group + g;
+      row_max[at] = m, row_sum[at] = z;
+    }
+  }
+}
+
+// Prefill, step 2 of 2: each prompt key's accumulated attention, Σ over later queries i >= j and
+// the group of softmax weights — the H2O/VATP prefill score — without writing the P × P matrix.
+// One block per (key column j, KV head h); the queries are summed in a fixed order (per thread,
+// then the block's tree), so the result does not depend on timing.
+KVP_GLOBAL void prefill_column_sums_kernel(const float* q, const float* k, const float* row_max, const float* row_sum,
+                                           float* column_sum, int prompt_len, int n_kv_heads, int group, int head_dim) {
+  const int j = static_cast<int>(blockIdx.x), h = static_cast<int>(blockIdx.y);
+  const float scale = math::attention_scale(head_dim);
+  const float* kj = k + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
+  float part = 0;
+  for (int i = j + static_cast<int>(threadIdx.x); i < prompt_len; i += static_cast<int>(blockDim.x)) {
+    for (int g = 0; g < group; ++g) {
+      const int64_t at = (static_cast<int64_t>(i) * n_kv_heads + h) * group + g;
+      const float* qg = q + at * head_dim;
+      float dot = 0;
+      for (int d = 0; d < head_dim; ++d) dot += qg[d] * kj[d];
+      part += expf(dot * scale - row_max[at]) / row_sum[at];
+    }
+  }
+  const float total = block_sum(part);
+  if (threadIdx.x == 0) column_sum[static_cast<int64_t>(h) * prompt_len + j] = total;
+}
+
+// The prompt positions each head keeps (one block per head): every protected position (sinks and
+// the recent window of the last prompt position) and, of the rest, the highest keys — the newer
+// position first on ties — up to `budget`, in position order (keep[h * budget + slot]; -1 pads).
+// The CPU executor's select_prefill_kept, by ranks: a candidate is kept when fewer than the free
+// slots outrank it. O(P²) comparisons per head, no sort.
+KVP_GLOBAL void prefill_keep_kernel(const float* keys, int prompt_len, int sinks, int recent, int budget,
+                                    int32_t* keep) {
+  const int h = static_cast<int>(blockIdx.x);
+  const float* key = keys + static_cast<int64_t>(h) * prompt_len;
+  const int newest = prompt_len - 1;
+  auto protected_pos = [&](int p) { return p < sinks || p > newest - recent; };
+  int n_protected = 0;
+  for (int p = 0; p < prompt_len; ++p) n_protected += protected_pos(p) ? 1 : 0;
+  const int free_slots = budget - n_protected;
+  KVP_SHARED int32_t kept_flag[8192];
+  for (int j = static_cast<int>(threadIdx.x); j < prompt_len; j += static_cast<int>(blockDim.x)) {
+    int flag = 1;
+    if (prompt_len > budget && !protected_pos(j)) {
+      int rank = 0;
+      for (int c = 0; c < prompt_len; ++c) {
+        if (c != j && !protected_pos(c) && (key[c] > key[j] || (key[c] == key[j] && c > j))) ++rank;
+      }
+      flag = rank < free_slots ? 1 : 0;
+    }
+    kept_flag[j] = flag;
+  }
+  gpu::sync_threads();
+  if (threadIdx.x == 0) {
+    int slot = 0;
+    for (int p = 0; p < prompt_len && slot < budget; ++p) {
+      if (kept_flag[p]) keep[static_cast<int64_t>(h) * budget + slot++] = p;
+    }
+    while (slot < budget) keep[static_cast<int64_t>(h) * budget + slot++] = -1;
+  }
+  gpu::sync_threads();
+}
+
 // Decode attention over the ragged cache plus the new token, for each (row, KV head) block and its
 // `group` query heads: out = softmax(q·k / sqrt(hd)) · v. The softmax weights, summed over the
 // group, are added to each slot's score in place (H2O/VATP accumulation: no N×N write) and the new

@@ -29,6 +29,11 @@ struct SlotCacheView {
               int heads, int head_dim, int threads);                                                              \
   void victim(const float* keys, const int32_t* positions, const int64_t* offset, const int32_t* n_used,           \
               const int32_t* newest, int sinks, int recent, int32_t* victim, int heads, int threads);             \
+  void prefill_column_sums(const float* q, const float* k, float* row_max, float* row_sum, float* column_sum,       \
+                           int prompt_len, int n_kv_heads, int group, int head_dim, int threads);               \
+  /* REQUIRES: prompt_len <= 8192 and budget >= the protected positions. */                                   \
+  void prefill_keep(const float* keys, int heads, int prompt_len, int sinks, int recent, int budget,             \
+                    int32_t* keep, int threads);                                                                 \
   /* REQUIRES: threads a multiple of 32 (whole warps) for every kernel but swiglu, rope and */             \
   /* embedding; decode_attention: head_dim <= 128 and n_used + 1 <= 64 * threads for every head. */                                                      \
   void decode_attention(const float* q, const SlotCacheView& cache, const float* k_new, const float* v_new,       \

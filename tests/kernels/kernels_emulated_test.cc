@@ -49,6 +49,19 @@ struct Emulated {
                      out.data(), static_cast<int>(out.size()), threads);
     return out;
   }
+  std::vector<float> prefill_column_sums(const std::vector<float>& q, const std::vector<float>& k, int P, int kvh,
+                                         int group, int hd, int threads) {
+    std::vector<float> row_max(size_t(P) * kvh * group), row_sum(row_max.size()), out(size_t(kvh) * P);
+    emulated::prefill_column_sums(q.data(), k.data(), row_max.data(), row_sum.data(), out.data(), P, kvh, group, hd,
+                                  threads);
+    return out;
+  }
+  std::vector<int32_t> prefill_keep(const std::vector<float>& keys, int heads, int P, int sinks, int recent, int budget,
+                                    int threads) {
+    std::vector<int32_t> out(size_t(heads) * budget);
+    emulated::prefill_keep(keys.data(), heads, P, sinks, recent, budget, out.data(), threads);
+    return out;
+  }
   void insert(std::vector<float>& k, std::vector<float>& v, std::vector<float>& score, std::vector<float>& l1,
               const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity, const std::vector<int32_t>& n_used,
               const std::vector<float>& k_new, const std::vector<float>& v_new, const std::vector<int32_t>& slots,
@@ -76,6 +89,11 @@ TEST(EmulatedKernels, DecodeAttentionOverARaggedCacheAccumulatesScores) {
 TEST(EmulatedKernels, VictimsAreTheCpuExecutorsChoices) {
   Emulated t;
   test::check_victim(t);
+}
+
+TEST(EmulatedKernels, PrefillColumnSumsAndKeptPositionsMatchTheCpu) {
+  Emulated t;
+  test::check_prefill(t);
 }
 
 // The emulation itself: a barrier orders shared-memory writes before reads, and warp shuffles

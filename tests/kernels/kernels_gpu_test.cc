@@ -114,6 +114,27 @@ struct Device {
     dout.back(out);
     return out;
   }
+  std::vector<float> prefill_column_sums(const std::vector<float>& q, const std::vector<float>& k, int P, int kvh,
+                                         int group, int hd, int threads) {
+    std::vector<float> stats(size_t(P) * kvh * group), out(size_t(kvh) * P);
+    Dev dq(q);
+    Dev dk(k);
+    Dev dmax(stats);
+    Dev dsum(stats);
+    Dev dout(out);
+    cuda::prefill_column_sums(dq.p, dk.p, dmax.p, dsum.p, dout.p, P, kvh, group, hd, threads);
+    dout.back(out);
+    return out;
+  }
+  std::vector<int32_t> prefill_keep(const std::vector<float>& keys, int heads, int P, int sinks, int recent, int budget,
+                                    int threads) {
+    std::vector<int32_t> out(size_t(heads) * budget);
+    Dev dkeys(keys);
+    Dev dout(out);
+    cuda::prefill_keep(dkeys.p, heads, P, sinks, recent, budget, dout.p, threads);
+    dout.back(out);
+    return out;
+  }
   void insert(std::vector<float>& k, std::vector<float>& v, std::vector<float>& score, std::vector<float>& l1,
               const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity, const std::vector<int32_t>& n_used,
               const std::vector<float>& k_new, const std::vector<float>& v_new, const std::vector<int32_t>& slots,
@@ -157,6 +178,14 @@ TEST(GpuKernels, DecodeAttentionOverARaggedCacheAccumulatesScores) {
 #if KVP_HAVE_CUDA
   Device t;
   test::check_attention(t);
+#endif
+}
+
+TEST(GpuKernels, PrefillColumnSumsAndKeptPositionsMatchTheCpu) {
+  KVP_REQUIRE_GPU();
+#if KVP_HAVE_CUDA
+  Device t;
+  test::check_prefill(t);
 #endif
 }
 

@@ -173,4 +173,51 @@ void check_victim(Target& t) {
   }
 }
 
+// Prefill: each prompt key's accumulated attention against a double-precision reference, then the
+// kept positions against the CPU executor's select_prefill_kept (h2o: the key is that score), with
+// ties from rounded keys.
+template <typename Target>
+void check_prefill(Target& t) {
+  const int P = 37, kvh = 2, group = 2, hd = 8;
+  const auto q = randoms(size_t(P) * kvh * group * hd, 50), k = randoms(size_t(P) * kvh * hd, 51);
+  std::vector<double> want(size_t(kvh) * P, 0.0);
+  for (int h = 0; h < kvh; ++h) {
+    for (int i = 0; i < P; ++i) {
+      for (int g = 0; g < group; ++g) {
+        std::vector<double> s(i + 1);
+        for (int j = 0; j <= i; ++j) {
+          double dot = 0;
+          for (int d = 0; d < hd; ++d) dot += double(q[((size_t(i) * kvh + h) * group + g) * hd + d]) * k[(size_t(j) * kvh + h) * hd + d];
+          s[j] = dot / std::sqrt(double(hd));
+        }
+        const double m = *std::max_element(s.begin(), s.end());
+        double z = 0;
+        for (double& e : s) z += (e = std::exp(e - m));
+        for (int j = 0; j <= i; ++j) want[size_t(h) * P + j] += s[j] / z;
+      }
+    }
+  }
+  for (int threads : {32, 96}) {  // one block per (position, head): the emulation's costliest launch
+    const std::vector<float> got = t.prefill_column_sums(q, k, P, kvh, group, hd, threads);
+    for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-5 * (1 + want[i])) << i;
+  }
+  auto h2o = std::move(make_policy("h2o", PolicyParams{.sinks = 2, .recent = 3})).value();
+  std::vector<float> keys = t.prefill_column_sums(q, k, P, kvh, group, hd, 32);
+  for (size_t i = 0; i < keys.size(); i += 3) keys[i] = std::round(keys[i] * 2) / 2;  // ties
+  for (int budget : {5, 12, 30, 37, 50}) {
+    const std::vector<int32_t> got = t.prefill_keep(keys, kvh, P, 2, 3, budget, 64);
+    for (int h = 0; h < kvh; ++h) {
+      std::vector<int32_t> pos(P);
+      for (int j = 0; j < P; ++j) pos[j] = j;
+      std::vector<float> score(keys.begin() + size_t(h) * P, keys.begin() + size_t(h + 1) * P);
+      const SlotArrays s{.n_used = P, .budget = P, .pos = pos.data(), .score = score.data(), .aux = nullptr};
+      std::vector<int32_t> want_kept;
+      for (int j : select_prefill_kept(*h2o, std::span(&s, 1), P, budget)) want_kept.push_back(j);
+      want_kept.resize(budget, -1);
+      const std::vector<int32_t> head(got.begin() + size_t(h) * budget, got.begin() + size_t(h + 1) * budget);
+      EXPECT_EQ(head, want_kept) << "budget " << budget << " head " << h;
+    }
+  }
+}
+
 }  // namespace kvp::test
