@@ -15,19 +15,21 @@ namespace kvp::KVP_KERNEL_NS {
 
 inline constexpr int kMaxBlockThreads = 1024;
 
-// Sum over the block, the same order for a given block size; every thread gets the result.
+// Combines every thread's value with `op` (sum or max) over the block — the same order for a given
+// block size — and gives every thread the result.
 // REQUIRES: blockDim.x a multiple of 32 (or below 32), every thread of the block calls it.
-KVP_DEVICE inline float block_sum(float v) {
+template <typename Op>
+KVP_DEVICE inline float block_reduce(float v, Op op) {
   KVP_SHARED float partial[kMaxBlockThreads / 32];
   KVP_SHARED float total;
-  for (int m = 16; m >= 1; m /= 2) v += gpu::shfl_xor(v, m);
+  for (int m = 16; m >= 1; m /= 2) v = op(v, gpu::shfl_xor(v, m));
   const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
   const int warps = (static_cast<int>(blockDim.x) + 31) / 32;
   if (lane == 0) partial[warp] = v;
   gpu::sync_threads();
   if (threadIdx.x == 0) {
-    float t = 0;
-    for (int w = 0; w < warps; ++w) t += partial[w];
+    float t = partial[0];
+    for (int w = 1; w < warps; ++w) t = op(t, partial[w]);
     total = t;
   }
   gpu::sync_threads();
@@ -36,24 +38,15 @@ KVP_DEVICE inline float block_sum(float v) {
   return out;
 }
 
-KVP_DEVICE inline float block_max(float v) {
-  KVP_SHARED float partial[kMaxBlockThreads / 32];
-  KVP_SHARED float total;
-  for (int m = 16; m >= 1; m /= 2) v = fmaxf(v, gpu::shfl_xor(v, m));
-  const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
-  const int warps = (static_cast<int>(blockDim.x) + 31) / 32;
-  if (lane == 0) partial[warp] = v;
-  gpu::sync_threads();
-  if (threadIdx.x == 0) {
-    float t = partial[0];
-    for (int w = 1; w < warps; ++w) t = fmaxf(t, partial[w]);
-    total = t;
-  }
-  gpu::sync_threads();
-  const float out = total;
-  gpu::sync_threads();
-  return out;
-}
+struct Add {
+  KVP_HD float operator()(float a, float b) const { return a + b; }
+};
+struct Max {
+  KVP_HD float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+KVP_DEVICE inline float block_sum(float v) { return block_reduce(v, Add{}); }
+KVP_DEVICE inline float block_max(float v) { return block_reduce(v, Max{}); }
 
 // out[r, :] = table[tokens[r], :]
 KVP_GLOBAL void embedding_kernel(const int32_t* tokens, const float* table, float* out, int dim) {

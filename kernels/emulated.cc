@@ -9,7 +9,7 @@
 #define KVP_KERNEL_NS emulated_kernels
 #include "kernels/decoder_kernels.cuh"
 
-#define KVP_LAUNCH(kernel, grid, block, ...) ::kvp::emu::launch(dim3(grid), dim3(block), 0, kernel, __VA_ARGS__)
+#define KVP_LAUNCH(kernel, grid, block, ...) ::kvp::emu::launch(dim3(grid), dim3(block), kernel, __VA_ARGS__)
 
 namespace kvp::emulated {
 #include "kernels/launch_body.inc"

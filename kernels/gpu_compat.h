@@ -3,7 +3,7 @@
 //   KVP_HD            __host__ __device__ (per-element math shared with the C++ references)
 //   KVP_GLOBAL        a kernel
 //   KVP_SHARED        a block-shared array inside a kernel
-//   kvp::gpu::        sync_threads, shfl_xor, shfl_down, atomic_add
+//   kvp::gpu::        sync_threads, shfl_xor
 #pragma once
 
 #if defined(__CUDACC__)
@@ -15,12 +15,8 @@ namespace kvp::gpu {
 __device__ inline void sync_threads() { __syncthreads(); }
 template <typename T>
 __device__ inline T shfl_xor(T v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
-template <typename T>
-__device__ inline T shfl_down(T v, int delta) { return __shfl_down_sync(0xffffffffu, v, delta); }
-__device__ inline float atomic_add(float* p, float v) { return atomicAdd(p, v); }
 }  // namespace kvp::gpu
 #else
-#include <atomic>
 #include <cmath>
 
 #include "kernels/emu/emu.h"
@@ -33,14 +29,5 @@ namespace kvp::gpu {
 inline void sync_threads() { emu::sync_block(); }
 template <typename T>
 inline T shfl_xor(T v, int mask) { return emu::shuffle_from(v, emu::lane() ^ mask); }
-template <typename T>
-inline T shfl_down(T v, int delta) {
-  const int src = emu::lane() + delta;
-  const T got = emu::shuffle_from(v, src < warpSize ? src : emu::lane());
-  return got;
-}
-inline float atomic_add(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
-using std::exp;
-using std::sqrt;
 }  // namespace kvp::gpu
 #endif

@@ -327,8 +327,7 @@ std::string Calibration::to_yaml() const {
 
 namespace {
 
-Result<std::vector<double>> number_list(const YamlFields& f, const YAML::Node& node, const std::string& key,
-                                        size_t expected) {
+Result<std::vector<double>> number_list(const YamlFields& f, const std::string& key, size_t expected) {
   KVP_ASSIGN_OR_RETURN(YAML::Node list, f.child(key));
   if (!list.IsSequence() || (expected > 0 && list.size() != expected)) {
     return f.error(key, expected > 0 ? fmt::format("expected a list of {} numbers", expected) : "expected a list");
@@ -339,7 +338,6 @@ Result<std::vector<double>> number_list(const YamlFields& f, const YAML::Node& n
     if (!YAML::convert<double>::decode(e, v) || !std::isfinite(v)) return f.error(key, "expected finite numbers");
     out.push_back(v);
   }
-  (void)node;
   return out;
 }
 
@@ -362,7 +360,7 @@ Result<Calibration> Calibration::parse(const std::string& text, const std::strin
   KVP_ASSIGN_OR_RETURN(YAML::Node map, top.child("map"));
   const YamlFields mf(map, path, "map.");
   KVP_RETURN_IF_ERROR(mf.only({"layer_weights", "nll_power", "top1_scale", "top1_power"}));
-  KVP_ASSIGN_OR_RETURN(c.layer_weights, number_list(mf, map, "layer_weights", c.model.n_layers));
+  KVP_ASSIGN_OR_RETURN(c.layer_weights, number_list(mf, "layer_weights", c.model.n_layers));
   for (double w : c.layer_weights) {
     if (w < 0) return mf.error("layer_weights", "expected weights >= 0");
   }
@@ -378,10 +376,10 @@ Result<Calibration> Calibration::parse(const std::string& text, const std::strin
   KVP_ASSIGN_OR_RETURN(c.nll_noise, inf.number("delta_nll_noise"));
   KVP_ASSIGN_OR_RETURN(c.top1_noise, inf.number("top1_noise"));
   KVP_ASSIGN_OR_RETURN(c.coverage, inf.number("coverage"));
-  KVP_ASSIGN_OR_RETURN(auto nr, number_list(inf, intervals, "delta_nll_log_residual", 2));
-  KVP_ASSIGN_OR_RETURN(auto tr, number_list(inf, intervals, "top1_log_residual", 2));
+  KVP_ASSIGN_OR_RETURN(auto nr, number_list(inf, "delta_nll_log_residual", 2));
+  KVP_ASSIGN_OR_RETURN(auto tr, number_list(inf, "top1_log_residual", 2));
   c.nll_resid_low = nr[0], c.nll_resid_high = nr[1], c.top1_resid_low = tr[0], c.top1_resid_high = tr[1];
-  KVP_ASSIGN_OR_RETURN(auto range, number_list(top, root, "range", 2));
+  KVP_ASSIGN_OR_RETURN(auto range, number_list(top, "range", 2));
   c.score_min = range[0], c.score_max = range[1];
   KVP_ASSIGN_OR_RETURN(YAML::Node fit, top.child("fit"));
   const YamlFields ff(fit, path, "fit.");
@@ -407,7 +405,7 @@ Result<Calibration> Calibration::parse(const std::string& text, const std::strin
     KVP_ASSIGN_OR_RETURN(p.delta_nll, pf.number("delta_nll"));
     KVP_ASSIGN_OR_RETURN(p.top1_agreement, pf.number("top1"));
     KVP_ASSIGN_OR_RETURN(double loo, pf.number("predicted_loo"));
-    KVP_ASSIGN_OR_RETURN(p.layer_energy, number_list(pf, point, "resid_energy", c.model.n_layers));
+    KVP_ASSIGN_OR_RETURN(p.layer_energy, number_list(pf, "resid_energy", c.model.n_layers));
     c.points.push_back(std::move(p));
     c.points_predicted_loo.push_back(loo);
   }
@@ -422,7 +420,7 @@ Result<Calibration> Calibration::load(const std::string& path) {
 Status Calibration::save(const std::string& path) const { return write_file_atomic(path, to_yaml()); }
 
 Result<PolicyParams> measured_params(const Measured& m, const std::string& path) {
-  PolicyParams p = published_defaults(m.policy, 64);
+  PolicyParams p;  // the detail string carries every setting besides sinks and recent
   p.sinks = m.sinks;
   p.recent = m.recent;
   std::istringstream detail(m.policy_detail);

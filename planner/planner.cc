@@ -48,6 +48,18 @@ void record_replay_predictions(const ReplayResult& r, Plan* plan) {
   plan->predicted["replay_retained_mass"] = r.mean_retained_mass();
 }
 
+Plan layer_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
+                const std::vector<int32_t>& layer_budgets) {
+  Plan plan;
+  plan.model = model;
+  plan.policy = policy;
+  plan.params = params;
+  plan.kv_dtype = KvDtype::kF32;
+  for (int32_t b : layer_budgets) plan.budgets.push_back(std::vector<int32_t>(model.n_kv_heads, b));
+  plan.kv_bytes_per_sequence = plan.kv_budgets().kv_bytes();
+  return plan;
+}
+
 std::vector<ErrorCurve> weighted_curves(std::vector<ErrorCurve> curves, const std::vector<double>& layer_weights) {
   if (layer_weights.empty()) return curves;
   KVP_CHECK(layer_weights.size() == curves.size(), "{} layer weights for {} layers", layer_weights.size(), curves.size());
@@ -73,13 +85,8 @@ Result<PlanOutcome> make_plan(const ReplayEngine& engine, const std::string& tra
                                 {.n_layers = m.n_layers, .n_kv_heads = m.n_kv_heads, .total_slots = req.total_slots,
                                  .min_budget = min_budget, .max_budget = longest},
                                 weighted_curves(out.curves, req.layer_weights)));
+  out.plan = layer_plan(plan_model_of(m), req.policy, req.params, budgets);
   Plan& plan = out.plan;
-  plan.model = plan_model_of(m);
-  plan.policy = req.policy;
-  plan.params = req.params;
-  plan.kv_dtype = KvDtype::kF32;
-  for (int32_t b : budgets) plan.budgets.push_back(std::vector<int32_t>(m.n_kv_heads, b));
-  plan.kv_bytes_per_sequence = plan.kv_budgets().kv_bytes();
   out.replay = engine.run({.policy = policy, .budgets = plan.budgets});
   record_replay_predictions(out.replay, &plan);
   plan.provenance["trace"] = trace_dir;

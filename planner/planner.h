@@ -14,6 +14,10 @@ namespace kvp {
 
 PlanModel plan_model_of(const TraceModelShape& m);
 
+// A plan with one budget per layer (every KV head of a layer alike), f32 KV, its bytes filled in.
+Plan layer_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
+                const std::vector<int32_t>& layer_budgets);
+
 // Candidate budgets for error curves: a geometric ladder from min_budget to max_budget.
 std::vector<int32_t> candidate_budgets(int32_t min_budget, int32_t max_budget);
 

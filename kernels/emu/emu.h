@@ -4,9 +4,8 @@
 //   - grid and block indices (threadIdx, blockIdx, blockDim, gridDim as thread-local values);
 //   - one OS thread per CUDA thread; the blocks of a grid run one after another, so a function-
 //     local `static` (what KVP_SHARED expands to here) is the block's shared memory;
-//   - __syncthreads as a barrier across the block's threads, warp shuffles (xor, down, idx) through
-//     a per-warp exchange buffer and barrier, and atomicAdd / atomicMax on floats and ints;
-//   - dynamic shared memory (KVP_DYNAMIC_SHARED) sized at launch.
+//   - __syncthreads as a barrier across the block's threads, and warp shuffles through a per-warp
+//     exchange buffer and barrier.
 // Threads that return leave the barriers (as exited threads do on the GPU), so guarded early
 // returns work. A kernel that diverges at a barrier deadlocks here as it would misbehave there.
 // Only for translation units compiled without nvcc; see kernels/gpu_compat.h.
@@ -42,8 +41,7 @@ namespace kvp::emu {
 
 // The state one block's threads share.
 struct Block {
-  Block(int threads_, size_t dynamic_shared_bytes)
-      : threads(threads_), barrier(threads_), dynamic_shared(dynamic_shared_bytes) {
+  explicit Block(int threads_) : threads(threads_), barrier(threads_) {
     const int warps = (threads + warpSize - 1) / warpSize;
     for (int w = 0; w < warps; ++w) {
       const int members = std::min(warpSize, threads - w * warpSize);
@@ -55,7 +53,6 @@ struct Block {
   std::barrier<> barrier;
   std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
   std::vector<uint64_t> exchange;  // one slot per thread for shuffles
-  std::vector<std::byte> dynamic_shared;
 };
 
 inline thread_local Block* current_block = nullptr;
@@ -97,12 +94,12 @@ T shuffle_from(T value, int src_lane) {
 }
 
 template <typename Kernel, typename... Args>
-void launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes, Kernel kernel, Args... args) {
+void launch(dim3 grid, dim3 block, Kernel kernel, Args... args) {
   const int threads = static_cast<int>(block.x * block.y * block.z);
   for (unsigned bz = 0; bz < grid.z; ++bz) {
     for (unsigned by = 0; by < grid.y; ++by) {
       for (unsigned bx = 0; bx < grid.x; ++bx) {
-        Block state(threads, dynamic_shared_bytes);
+        Block state(threads);
         std::vector<std::thread> pool;
         pool.reserve(threads);
         for (int t = 0; t < threads; ++t) {

@@ -31,8 +31,6 @@ inline void store(float* p, F16 v) { std::memcpy(p, &v, sizeof v); }
 inline F16 splat(float x) { return F16{} + x; }
 inline I16 splat(int32_t x) { return I16{} + x; }
 inline F16 max(F16 a, F16 b) { return a > b ? a : b; }
-inline F16 min(F16 a, F16 b) { return a < b ? a : b; }
-inline I16 min(I16 a, I16 b) { return a < b ? a : b; }
 
 // The fixed halving tree: lane l += lane l + w for w = 8, 4, 2, 1, in registers.
 inline float reduce_add(F16 v) {

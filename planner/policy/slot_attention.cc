@@ -7,16 +7,8 @@
 
 namespace kvp {
 
-// Both sums use 16 interleaved partial sums (lane l takes elements l, l + 16, ...) and then a
-// fixed halving tree: the same bits wherever the data sits, and the 16-wide body vectorises.
-float fixed_order_sum(const float* x, int n) {
-  lanes::F16 acc{};
-  int j = 0;
-  for (; j + lanes::kWidth <= n; j += lanes::kWidth) acc += lanes::load(x + j);
-  for (int l = 0; j + l < n; ++l) acc[l] += x[j + l];
-  return lanes::reduce_add(acc);
-}
-
+// 16 interleaved partial sums (lane l takes elements l, l + 16, ...) and then a fixed halving tree:
+// the same bits wherever the data sits, and the 16-wide body vectorises.
 float fixed_order_dot(const float* a, const float* b, int n) {
   lanes::F16 acc{};
   int j = 0;
@@ -66,7 +58,7 @@ void slot_attention_impl(const float* q, int group, const SlotKv& kv, const floa
     for (int j = j0; j < padded; j += W) lane_max = lanes::max(lane_max, lanes::load(s + j));
     const float max_score = lanes::reduce_max(lane_max);
     // exp(x − max) with Eigen's vectorised exp, one 16-float packet at a time (every element takes
-    // the same path wherever it sits), summed lane-wise as fixed_order_sum does: the padding's zeros
+    // the same path wherever it sits), summed in 16 lanes and the fixed tree: the padding's zeros
     // leave every lane's sum as it was.
     F16 lane_sum{};
     for (int j = 0; j < padded; j += W) {

@@ -33,9 +33,8 @@ struct SlotAttentionOut {
 void slot_attention(const float* q, int group, const SlotKv& kv, const float* k_new, const float* v_new,
                     const SlotAttentionOut& result);
 
-// Sum in a fixed order (8 interleaved partial sums, then a fixed tree): vectorises and gives the
-// same bits wherever `x` is.
-float fixed_order_sum(const float* x, int n);
+// Σ a[i]·b[i] in a fixed order (16 interleaved partial sums, then a fixed tree): vectorises and
+// gives the same bits wherever the data is.
 float fixed_order_dot(const float* a, const float* b, int n);
 
 // Where a new token at `newest_pos` goes in each head of a layer: slot n_used while there is room,

@@ -100,7 +100,7 @@ TEST(EmulatedKernels, PrefillColumnSumsAndKeptPositionsMatchTheCpu) {
 // exchange between lanes, including in a partial last warp (shuffling within its lanes).
 TEST(Emulation, BarriersAndShufflesBehaveAsOnTheGpu) {
   std::vector<int> out(40, -1);
-  emu::launch(dim3(1), dim3(40), 0, [](int* o) {
+  emu::launch(dim3(1), dim3(40), [](int* o) {
     static int shared[40];
     const int t = static_cast<int>(threadIdx.x);
     shared[t] = t * 10;
@@ -115,7 +115,7 @@ TEST(Emulation, BarriersAndShufflesBehaveAsOnTheGpu) {
 // A shuffle from a lane the block does not have is undefined on the GPU; the emulation stops.
 TEST(EmulationDeathTest, ShuffleFromAMissingLaneAborts) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  EXPECT_DEATH(emu::launch(dim3(1), dim3(8), 0, [](int) { (void)gpu::shfl_xor(1.0f, 16); }, 0),
+  EXPECT_DEATH(emu::launch(dim3(1), dim3(8), [](int) { (void)gpu::shfl_xor(1.0f, 16); }, 0),
                "warp shuffle from lane 1[0-9]* of a 8-thread warp");
 }
 

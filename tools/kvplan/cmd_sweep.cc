@@ -108,55 +108,43 @@ Status sweep(const SweepFlags& flags) {
     // Greedy plans at the same memory levels, from the curves just measured; PyramidKV schedules.
     configs.clear();
     const size_t first_greedy = rows.size();
-    for (const auto& [budget, params] : levels) {
-      if (!flags.pyramid) break;
-      auto alloc = allocate(Allocation::kPyramid,
-                            {.n_layers = m.n_layers, .n_kv_heads = m.n_kv_heads,
-                             .total_slots = int64_t{budget} * m.n_layers * m.n_kv_heads,
-                             .min_budget = params.sinks + params.recent, .max_budget = longest},
-                            {});
-      if (!alloc.ok()) continue;
-      Plan plan;
-      plan.model = plan_model_of(m);
-      plan.policy = name;
-      plan.params = params;
-      for (int32_t b : *alloc) plan.budgets.push_back(std::vector<int32_t>(m.n_kv_heads, b));
-      plan.kv_bytes_per_sequence = plan.kv_budgets().kv_bytes();
-      configs.push_back({.policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
-                         .budgets = plan.budgets});
-      rows.push_back(Row{.policy = name, .allocation = "pyramid", .budget = budget, .layer_budgets = *alloc,
-                         .kv_bytes = plan.kv_bytes_per_sequence, .plan = plan});
-    }
-    for (const auto& [budget, params] : levels) {
-      if (!flags.greedy) break;
-      auto policy = std::shared_ptr<const Policy>(make_policy(name, params).value());
-      std::vector<ErrorCurve> usable(m.n_layers);
-      for (int l = 0; l < m.n_layers; ++l) {
-        for (size_t i = 0; i < curves[l].budgets.size(); ++i) {
-          if (curves[l].budgets[i] >= params.sinks + params.recent) {
-            usable[l].budgets.push_back(curves[l].budgets[i]);
-            usable[l].error.push_back(curves[l].error[i]);
-          }
-        }
-      }
-      auto alloc = allocate(Allocation::kGreedy,
-                            {.n_layers = m.n_layers, .n_kv_heads = m.n_kv_heads,
-                             .total_slots = int64_t{budget} * m.n_layers * m.n_kv_heads,
-                             .min_budget = params.sinks + params.recent, .max_budget = longest},
-                            weighted_curves(usable, calibration ? calibration->layer_weights : std::vector<double>{}));
+    auto add_allocated = [&](const char* allocation, int budget, const PolicyParams& params,
+                             const Result<std::vector<int32_t>>& alloc) {
       if (!alloc.ok()) {  // the smallest level cannot leave room for a different split
         progress.update(++done);
-        continue;
+        return;
       }
-      Plan plan;
-      plan.model = plan_model_of(m);
-      plan.policy = name;
-      plan.params = params;
-      for (int32_t b : *alloc) plan.budgets.push_back(std::vector<int32_t>(m.n_kv_heads, b));
-      plan.kv_bytes_per_sequence = plan.kv_budgets().kv_bytes();
-      configs.push_back({.policy = policy, .budgets = plan.budgets});
-      rows.push_back(Row{.policy = name, .allocation = "greedy", .budget = budget, .layer_budgets = *alloc,
-                         .kv_bytes = plan.kv_bytes_per_sequence, .plan = plan});
+      Plan plan = layer_plan(plan_model_of(m), name, params, *alloc);
+      configs.push_back({.policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
+                         .budgets = plan.budgets});
+      rows.push_back(Row{.policy = name, .allocation = allocation, .budget = budget, .layer_budgets = *alloc,
+                         .kv_bytes = plan.kv_bytes_per_sequence, .plan = std::move(plan)});
+    };
+    auto request_for = [&](int budget, const PolicyParams& params) {
+      return AllocationRequest{.n_layers = m.n_layers, .n_kv_heads = m.n_kv_heads,
+                               .total_slots = int64_t{budget} * m.n_layers * m.n_kv_heads,
+                               .min_budget = params.sinks + params.recent, .max_budget = longest};
+    };
+    if (flags.pyramid) {
+      for (const auto& [budget, params] : levels) {
+        add_allocated("pyramid", budget, params, allocate(Allocation::kPyramid, request_for(budget, params), {}));
+      }
+    }
+    if (flags.greedy) {
+      for (const auto& [budget, params] : levels) {
+        std::vector<ErrorCurve> usable(m.n_layers);
+        for (int l = 0; l < m.n_layers; ++l) {
+          for (size_t i = 0; i < curves[l].budgets.size(); ++i) {
+            if (curves[l].budgets[i] >= params.sinks + params.recent) {
+              usable[l].budgets.push_back(curves[l].budgets[i]);
+              usable[l].error.push_back(curves[l].error[i]);
+            }
+          }
+        }
+        add_allocated("greedy", budget, params,
+                      allocate(Allocation::kGreedy, request_for(budget, params),
+                               weighted_curves(usable, calibration ? calibration->layer_weights : std::vector<double>{})));
+      }
     }
     results = engine->run_batch(configs);
     for (size_t i = 0; i < results.size(); ++i) rows[first_greedy + i].replay = std::move(results[i]);
