@@ -8,6 +8,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libeigen3-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libfmt-dev libssl-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
+  libboost-context-dev
   python3 python3-matplotlib
 )
 

@@ -119,5 +119,32 @@ TEST(EmulationDeathTest, ShuffleFromAMissingLaneAborts) {
                "warp shuffle from lane 1[0-9]* of a 8-thread warp");
 }
 
+// Threads that wait at different barriers never meet (lane 0 at the block's, its warp at a shuffle):
+// on the GPU a hang, here a report.
+TEST(EmulationDeathTest, DivergentBarrierIsReportedAsADeadlock) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(emu::launch(dim3(1), dim3(64), [](int) {
+    if (threadIdx.x == 0) {
+      gpu::sync_threads();
+    } else {
+      (void)gpu::shfl_xor(1.0f, 1);
+    }
+  }, 0), "emulation: deadlock");
+}
+
+// Guarded early returns leave the barriers, as exited threads do on the GPU.
+TEST(Emulation, ThreadsThatReturnEarlyDoNotHoldUpTheBarrier) {
+  std::vector<int> out(64, 0);
+  emu::launch(dim3(2), dim3(64), [](int* o) {
+    static int shared[64];
+    const int t = static_cast<int>(threadIdx.x);
+    if (t >= 40) return;
+    shared[t] = t + static_cast<int>(blockIdx.x);
+    gpu::sync_threads();
+    o[t] += shared[39 - t];
+  }, out.data());
+  for (int t = 0; t < 64; ++t) EXPECT_EQ(out[t], t < 40 ? 2 * (39 - t) + 1 : 0) << t;
+}
+
 }  // namespace
 }  // namespace kvp
