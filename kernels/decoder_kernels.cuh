@@ -14,6 +14,7 @@
 namespace kvp::KVP_KERNEL_NS {
 
 inline constexpr int kMaxBlockThreads = 1024;
+inline constexpr int kMaxHeadDim = 128;
 
 // Combines every thread's value with `op` (sum or max) over the block — the same order for a given
 // block size — and gives every thread the result.
@@ -114,11 +115,14 @@ KVP_GLOBAL void argmax_kernel(const float* x, int n, int32_t* out) {
   }
 }
 
-// The plan-shaped cache of one layer: per (row, KV head) a run of `capacity` slots, keys and
-// values transposed ([head_dim, capacity]), positions, scores and value L1 norms.
+// The plan-shaped cache: per (row, KV head) a run of `capacity` slots, keys and values (of type T:
+// float or gpu::half) transposed ([head_dim, capacity]), positions, scores and value L1 norms (null
+// when the policy keeps none).
+template <typename T>
 struct SlotCache {
-  float* k;
-  float* v;
+  T* k;
+  T* v;
+  int32_t* pos;
   float* score;
   float* value_l1;
   const int64_t* offset;    // [rows * n_kv_heads] first slot of each head (its keys at offset * head_dim)
@@ -126,34 +130,49 @@ struct SlotCache {
   const int32_t* n_used;    // [rows * n_kv_heads]
 };
 
-// Writes the new token of each (row, KV head) into slot[row * n_kv_heads + h] with its value's L1
-// norm (computed once, here). One block per (row, KV head), threads over head_dim.
-KVP_GLOBAL void insert_kernel(SlotCache cache, const float* k_new, const float* v_new, const int32_t* slot,
-                              int head_dim) {
+// Writes the new token of each (row, KV head) into slot[row * n_kv_heads + h] (skipped when -1) with
+// its position, its value's L1 norm (computed once, here) and its initial score under `rule`
+// (math::initial_score of its self weight). One block per (row, KV head), threads over head_dim.
+template <typename T>
+KVP_GLOBAL void insert_kernel(SlotCache<T> cache, const float* k_new, const float* v_new, const int32_t* slot,
+                              const int32_t* position, const float* self_weight, int rule, int head_dim) {
   const int rh = static_cast<int>(blockIdx.x);
+  const int j = slot[rh];
+  if (j < 0) return;  // the whole block
   const int64_t off = cache.offset[rh];
-  const int cap = cache.capacity[rh], j = slot[rh];
-  const int64_t koff = off * head_dim;  // keys and values: head_dim floats per slot
+  const int cap = cache.capacity[rh];
+  const int64_t koff = off * head_dim;  // keys and values: head_dim elements per slot
   float l1 = 0;
   for (int d = static_cast<int>(threadIdx.x); d < head_dim; d += static_cast<int>(blockDim.x)) {
     const float kv = k_new[static_cast<int64_t>(rh) * head_dim + d], vv = v_new[static_cast<int64_t>(rh) * head_dim + d];
-    cache.k[koff + static_cast<int64_t>(d) * cap + j] = kv;
-    cache.v[koff + static_cast<int64_t>(d) * cap + j] = vv;
+    cache.k[koff + static_cast<int64_t>(d) * cap + j] = gpu::from_float<T>(kv);
+    cache.v[koff + static_cast<int64_t>(d) * cap + j] = gpu::from_float<T>(vv);
     l1 += fabsf(vv);
   }
   l1 = block_sum(l1);
-  if (threadIdx.x == 0) cache.value_l1[off + j] = l1;
+  if (threadIdx.x == 0) {
+    if (cache.value_l1) cache.value_l1[off + j] = l1;
+    cache.pos[off + j] = position[rh];
+    cache.score[off + j] = math::initial_score(rule, position[rh], self_weight ? self_weight[rh] : 0.0f, l1);
+  }
 }
 
-// The victim of each head (one block per head): among slots whose position is neither a sink
-// (< sinks) nor recent (> newest − recent), the lowest eviction key, the older position on ties;
+// Where the new token of each head goes (one block per head): slot n_used while there is room,
+// else the victim's — among slots whose position is neither a sink (< sinks) nor recent
+// (> newest − recent), the lowest eviction key (math::eviction_key), the older position on ties;
 // when every such key is +inf, the oldest such slot; -1 when there is none. The same rule as the
-// CPU executor's choose_victim (planner/policy/policy.cc), so both evict the same token.
-KVP_GLOBAL void victim_kernel(const float* keys, const int32_t* positions, const int64_t* offset, const int32_t* n_used,
-                              const int32_t* newest, int sinks, int recent, int32_t* victim) {
+// CPU executor's choose_victim (planner/policy/policy.cc), so both evict the same token. Writes the
+// slot, and the evicted position and key (-1 and 0 when a free slot was taken).
+KVP_GLOBAL void place_kernel(const float* score, const int32_t* positions, const int64_t* offset,
+                             const int32_t* capacity, const int32_t* n_used, const int32_t* newest, int sinks,
+                             int recent, int per_query_key, int32_t* slot, int32_t* evicted_pos, float* evicted_key) {
   const int h = static_cast<int>(blockIdx.x);
   const int64_t off = offset[h];
   const int n = n_used[h];
+  if (n < capacity[h]) {
+    if (threadIdx.x == 0) slot[h] = n, evicted_pos[h] = -1, evicted_key[h] = 0.0f;
+    return;  // the whole block
+  }
   const int32_t first = sinks, last = newest[h] - recent;
   float best_key = INFINITY;
   int32_t best_pos = 2147483647, best_slot = -1;
@@ -162,7 +181,7 @@ KVP_GLOBAL void victim_kernel(const float* keys, const int32_t* positions, const
   };
   for (int j = static_cast<int>(threadIdx.x); j < n; j += static_cast<int>(blockDim.x)) {
     const int32_t p = positions[off + j];
-    if (p >= first && p <= last) take(keys[off + j], p, j);
+    if (p >= first && p <= last) take(math::eviction_key(score[off + j], p, newest[h], per_query_key), p, j);
   }
   for (int m = 16; m >= 1; m /= 2) {
     const float k = gpu::shfl_xor(best_key, m);
@@ -177,8 +196,11 @@ KVP_GLOBAL void victim_kernel(const float* keys, const int32_t* positions, const
   gpu::sync_threads();
   if (threadIdx.x == 0) {
     for (int w = 1; w < (static_cast<int>(blockDim.x) + 31) / 32; ++w) take(wk[w], wp[w], wj[w]);
-    victim[h] = best_slot;
+    slot[h] = best_slot;
+    evicted_pos[h] = best_slot < 0 ? -1 : best_pos;
+    evicted_key[h] = best_slot < 0 ? 0.0f : best_key;
   }
+  gpu::sync_threads();  // the shared arrays may be reused by the next block
 }
 
 // Prefill, step 1 of 2: causal softmax statistics of each prompt query. One block per (query row i,
@@ -269,18 +291,99 @@ KVP_GLOBAL void prefill_keep_kernel(const float* keys, int prompt_len, int sinks
   gpu::sync_threads();
 }
 
+// Prefill attention outputs (with the statistics of prefill_stats_kernel): out[i, h, g] = Σ_{j ≤ i}
+// softmax weight · v_j. One block per (query row i, KV head h); threads stride over keys, each keeps
+// a partial output that the block sums per element. v [P, n_kv_heads, head_dim].
+KVP_GLOBAL void prefill_attention_kernel(const float* q, const float* k, const float* v, const float* row_max,
+                                         const float* row_sum, float* out, int n_kv_heads, int group, int head_dim) {
+  const int i = static_cast<int>(blockIdx.x), h = static_cast<int>(blockIdx.y);
+  const float scale = math::attention_scale(head_dim);
+  for (int g = 0; g < group; ++g) {
+    const int64_t at = (static_cast<int64_t>(i) * n_kv_heads + h) * group + g;
+    const float* qg = q + at * head_dim;
+    float part[kMaxHeadDim];
+    for (int d = 0; d < head_dim; ++d) part[d] = 0;
+    for (int j = static_cast<int>(threadIdx.x); j <= i; j += static_cast<int>(blockDim.x)) {
+      const float* kj = k + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
+      const float* vj = v + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
+      float dot = 0;
+      for (int d = 0; d < head_dim; ++d) dot += qg[d] * kj[d];
+      const float w = expf(dot * scale - row_max[at]) / row_sum[at];
+      for (int d = 0; d < head_dim; ++d) part[d] += w * vj[d];
+    }
+    for (int d = 0; d < head_dim; ++d) {
+      const float o = block_sum(part[d]);
+      if (threadIdx.x == 0) out[at * head_dim + d] = o;
+    }
+  }
+}
+
+// Each prompt token's value L1 norm, score under `rule` (from its accumulated attention
+// column_sum[h, j], null when the rule needs none) and eviction key at the last prompt position.
+// One block per (position j, KV head h); outputs [n_kv_heads, P].
+KVP_GLOBAL void prefill_scores_kernel(const float* v, const float* column_sum, float* score, float* value_l1, float* key,
+                                      int prompt_len, int n_kv_heads, int head_dim, int rule, int per_query_key) {
+  const int j = static_cast<int>(blockIdx.x), h = static_cast<int>(blockIdx.y);
+  const float* vj = v + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
+  float l1 = 0;
+  for (int d = static_cast<int>(threadIdx.x); d < head_dim; d += static_cast<int>(blockDim.x)) l1 += fabsf(vj[d]);
+  l1 = block_sum(l1);
+  if (threadIdx.x == 0) {
+    const int64_t at = static_cast<int64_t>(h) * prompt_len + j;
+    const float s = math::initial_score(rule, j, column_sum ? column_sum[at] : 0.0f, l1);
+    score[at] = s;
+    value_l1[at] = l1;
+    key[at] = math::eviction_key(s, j, prompt_len - 1, per_query_key);
+  }
+}
+
+// Writes the kept prompt positions of each KV head (keep[h * keep_stride + slot], -1 for none) into
+// its cache slots: key and value transposed, position, score and value norm. One block per head
+// (cache.offset and capacity per head), threads over the slot's elements. k, v [P, n_kv_heads, hd].
+template <typename T>
+KVP_GLOBAL void prefill_gather_kernel(SlotCache<T> cache, const float* k, const float* v, const float* score,
+                                      const float* value_l1, const int32_t* keep, int keep_stride, int prompt_len,
+                                      int n_kv_heads, int head_dim) {
+  const int h = static_cast<int>(blockIdx.x);
+  const int64_t off = cache.offset[h];
+  const int cap = cache.capacity[h];
+  const int64_t koff = off * head_dim;
+  const int n_keep = cap < keep_stride ? cap : keep_stride;
+  for (int e = static_cast<int>(threadIdx.x); e < n_keep * head_dim; e += static_cast<int>(blockDim.x)) {
+    const int s = e / head_dim, d = e % head_dim;
+    const int32_t p = keep[static_cast<int64_t>(h) * keep_stride + s];
+    if (p < 0) continue;
+    const int64_t src = (static_cast<int64_t>(p) * n_kv_heads + h) * head_dim + d;
+    cache.k[koff + static_cast<int64_t>(d) * cap + s] = gpu::from_float<T>(k[src]);
+    cache.v[koff + static_cast<int64_t>(d) * cap + s] = gpu::from_float<T>(v[src]);
+    if (d == 0) {
+      const int64_t at = static_cast<int64_t>(h) * prompt_len + p;
+      cache.pos[off + s] = p;
+      cache.score[off + s] = score[at];
+      if (cache.value_l1) cache.value_l1[off + s] = value_l1[at];
+    }
+  }
+}
+
+// out[i] = x[i] rounded to binary16 (the input of half-precision matrix products), a 1-D grid.
+KVP_GLOBAL void to_half_kernel(const float* x, gpu::half* out, int64_t count) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) out[i] = gpu::from_float<gpu::half>(x[i]);
+}
+
 // Decode attention over the ragged cache plus the new token, for each (row, KV head) block and its
 // `group` query heads: out = softmax(q·k / sqrt(hd)) · v. The softmax weights, summed over the
-// group, are added to each slot's score in place (H2O/VATP accumulation: no N×N write) and the new
+// group, are added to each slot's score in place under `rule` (H2O; VATP times the slot's value norm:
+// no N×N write) and the new
 // token's summed weight goes to self_weight[row * n_kv_heads + h]. Threads stride over slots (keys
 // and values are [head_dim, capacity], so neighbouring threads read neighbouring floats); per query
 // three passes — the maximum logit, the normaliser, then each slot's weight once, accumulated into a
 // per-thread partial output that the block sums per element.
-inline constexpr int kMaxHeadDim = 128;
 inline constexpr int kMaxSlotsPerThread = 64;
 
-KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache cache, const float* k_new, const float* v_new,
-                                        float* out, float* self_weight, int group, int head_dim) {
+template <typename T>
+KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache<T> cache, const float* k_new, const float* v_new,
+                                        float* out, float* self_weight, int rule, int group, int head_dim) {
   const int rh = static_cast<int>(blockIdx.x);
   const int64_t off = cache.offset[rh];
   const int cap = cache.capacity[rh], n = cache.n_used[rh];
@@ -296,7 +399,7 @@ KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache cache, const f
     const float* qg = q + (static_cast<int64_t>(rh) * group + g) * head_dim;
     auto logit = [&](int j) {
       float dot = 0;
-      for (int d = 0; d < head_dim; ++d) dot += qg[d] * (j < n ? cache.k[koff + static_cast<int64_t>(d) * cap + j] : kn[d]);
+      for (int d = 0; d < head_dim; ++d) dot += qg[d] * (j < n ? gpu::to_float(cache.k[koff + static_cast<int64_t>(d) * cap + j]) : kn[d]);
       return dot * scale;
     };
     float m = -INFINITY;
@@ -312,7 +415,7 @@ KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache cache, const f
       const float w = expf(logit(j) - m) * inv_z;
       if (j < n) {
         acc[c] += w;
-        for (int d = 0; d < head_dim; ++d) part[d] += w * cache.v[koff + static_cast<int64_t>(d) * cap + j];
+        for (int d = 0; d < head_dim; ++d) part[d] += w * gpu::to_float(cache.v[koff + static_cast<int64_t>(d) * cap + j]);
       } else {
         self_total += w;
         for (int d = 0; d < head_dim; ++d) part[d] += w * vn[d];
@@ -323,7 +426,11 @@ KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache cache, const f
       if (tid == 0) out[(static_cast<int64_t>(rh) * group + g) * head_dim + d] = o;
     }
   }
-  for (int j = tid, c = 0; j < n; j += nt, ++c) cache.score[off + j] += acc[c];
+  if (math::accumulates_attention(rule)) {
+    for (int j = tid, c = 0; j < n; j += nt, ++c) {
+      cache.score[off + j] += rule == math::kScoreValueAttention ? acc[c] * cache.value_l1[off + j] : acc[c];
+    }
+  }
   if (tid == n % nt) self_weight[rh] = self_total;
 }
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kernels/gpu_compat.h"
+#include "kernels/score_rule.h"
 
 namespace kvp::math {
 
@@ -26,5 +27,22 @@ KVP_HD inline bool evict_before(float key, int32_t pos, float best_key, int32_t 
   return key < best_key || (key == best_key && pos < best_pos);
 }
 KVP_HD inline float attention_scale(int head_dim) { return 1.0f / sqrtf(static_cast<float>(head_dim)); }
+
+KVP_HD inline bool accumulates_attention(int rule) { return rule == kScoreAttention || rule == kScoreValueAttention; }
+// The score a token enters the cache with: `attention` is what it received at its own step (its
+// self weight in decode, its column sum over the prompt in prefill).
+KVP_HD inline float initial_score(int rule, int32_t pos, float attention, float value_l1) {
+  switch (rule) {
+    case kScorePosition: return static_cast<float>(pos);
+    case kScoreAttention: return attention;
+    case kScoreValueAttention: return attention * value_l1;
+    default: return 0.0f;
+  }
+}
+// The eviction key of a slot: its score, or with `per_query` (VATP base mean) its score divided by
+// the number of queries that have seen it, positions pos..newest.
+KVP_HD inline float eviction_key(float score, int32_t pos, int32_t newest, int per_query) {
+  return per_query ? score / static_cast<float>(newest - pos + 1) : score;
+}
 
 }  // namespace kvp::math

@@ -9,6 +9,7 @@ namespace {
 
 // The emulated target works on host memory directly.
 struct Emulated {
+  std::vector<int32_t> pos;  // slot positions of the last view
   void rmsnorm(const std::vector<float>& x, const std::vector<float>& w, std::vector<float>& y, int rows, int n,
                float eps, int threads) {
     emulated::rmsnorm(x.data(), w.data(), y.data(), rows, n, eps, threads);
@@ -32,21 +33,29 @@ struct Emulated {
   SlotCacheView view(std::vector<float>& k, std::vector<float>& v, std::vector<float>& score, std::vector<float>& l1,
                      const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity,
                      const std::vector<int32_t>& n_used) {
-    return SlotCacheView{k.data(), v.data(), score.data(), l1.data(), offset.data(), capacity.data(), n_used.data()};
+    pos.assign(score.size(), 0);
+    return SlotCacheView{k.data(), v.data(), false,         pos.data(),      score.data(),
+                         l1.data(), offset.data(), capacity.data(), n_used.data()};
   }
   void attention(const std::vector<float>& q, std::vector<float>& k, std::vector<float>& v, std::vector<float>& score,
                  std::vector<float>& l1, const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity,
                  const std::vector<int32_t>& n_used, const std::vector<float>& k_new, const std::vector<float>& v_new,
                  std::vector<float>& out, std::vector<float>& self, int group, int head_dim, int threads) {
     emulated::decode_attention(q.data(), view(k, v, score, l1, offset, capacity, n_used), k_new.data(), v_new.data(),
-                               out.data(), self.data(), static_cast<int>(offset.size()), group, head_dim, threads);
+                               out.data(), self.data(), math::kScoreAttention, static_cast<int>(offset.size()), group,
+                               head_dim, threads);
   }
   std::vector<int32_t> victim(const std::vector<float>& keys, const std::vector<int32_t>& positions,
                               const std::vector<int64_t>& offset, const std::vector<int32_t>& n_used,
                               const std::vector<int32_t>& newest, int sinks, int recent, int threads) {
-    std::vector<int32_t> out(offset.size());
-    emulated::victim(keys.data(), positions.data(), offset.data(), n_used.data(), newest.data(), sinks, recent,
-                     out.data(), static_cast<int>(out.size()), threads);
+    // Full heads (capacity = n_used), so place chooses a victim in each.
+    std::vector<int32_t> out(offset.size()), evicted(offset.size());
+    std::vector<float> evicted_key(offset.size());
+    emulated::place(keys.data(), positions.data(), offset.data(), n_used.data(), n_used.data(), newest.data(), sinks,
+                    recent, 0, out.data(), evicted.data(), evicted_key.data(), static_cast<int>(out.size()), threads);
+    for (size_t h = 0; h < out.size(); ++h) {
+      EXPECT_EQ(evicted[h], out[h] < 0 ? -1 : positions[offset[h] + out[h]]) << h;
+    }
     return out;
   }
   std::vector<float> prefill_column_sums(const std::vector<float>& q, const std::vector<float>& k, int P, int kvh,
@@ -66,8 +75,10 @@ struct Emulated {
               const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity, const std::vector<int32_t>& n_used,
               const std::vector<float>& k_new, const std::vector<float>& v_new, const std::vector<int32_t>& slots,
               int head_dim, int threads) {
+    const std::vector<int32_t> position(offset.size(), 7);
     emulated::insert(view(k, v, score, l1, offset, capacity, n_used), k_new.data(), v_new.data(), slots.data(),
-                     static_cast<int>(offset.size()), head_dim, threads);
+                     position.data(), nullptr, math::kScoreAttention, static_cast<int>(offset.size()), head_dim, threads);
+    for (size_t h = 0; h < offset.size(); ++h) EXPECT_EQ(pos[offset[h] + slots[h]], 7);
   }
 };
 

@@ -37,9 +37,11 @@ struct DevCache {
   DevCache(const std::vector<float>& k_, const std::vector<float>& v_, const std::vector<float>& score_,
            const std::vector<float>& l1_, const std::vector<int64_t>& offset_, const std::vector<int32_t>& capacity_,
            const std::vector<int32_t>& n_used_)
-      : k(k_), v(v_), score(score_), l1(l1_), offset(offset_), capacity(capacity_), n_used(n_used_) {}
-  SlotCacheView view() { return SlotCacheView{k.p, v.p, score.p, l1.p, offset.p, capacity.p, n_used.p}; }
+      : k(k_), v(v_), score(score_), l1(l1_), pos(std::vector<int32_t>(score_.size(), 0)), offset(offset_),
+        capacity(capacity_), n_used(n_used_) {}
+  SlotCacheView view() { return SlotCacheView{k.p, v.p, false, pos.p, score.p, l1.p, offset.p, capacity.p, n_used.p}; }
   Dev<float> k, v, score, l1;
+  Dev<int32_t> pos;
   Dev<int64_t> offset;
   Dev<int32_t> capacity, n_used;
 };
@@ -94,8 +96,8 @@ struct Device {
     Dev dvn(v_new);
     Dev dout(out);
     Dev dself(self);
-    cuda::decode_attention(dq.p, c.view(), dkn.p, dvn.p, dout.p, dself.p, static_cast<int>(offset.size()), group,
-                           head_dim, threads);
+    cuda::decode_attention(dq.p, c.view(), dkn.p, dvn.p, dout.p, dself.p, math::kScoreAttention,
+                           static_cast<int>(offset.size()), group, head_dim, threads);
     dout.back(out);
     dself.back(self);
     c.score.back(score);
@@ -103,15 +105,24 @@ struct Device {
   std::vector<int32_t> victim(const std::vector<float>& keys, const std::vector<int32_t>& positions,
                               const std::vector<int64_t>& offset, const std::vector<int32_t>& n_used,
                               const std::vector<int32_t>& newest, int sinks, int recent, int threads) {
-    std::vector<int32_t> out(offset.size());
+    // Full heads (capacity = n_used), so place chooses a victim in each.
+    std::vector<int32_t> out(offset.size()), evicted(offset.size());
+    std::vector<float> evicted_key(offset.size());
     Dev dk(keys);
     Dev dp(positions);
     Dev doff(offset);
     Dev dn(n_used);
     Dev dnew(newest);
     Dev dout(out);
-    cuda::victim(dk.p, dp.p, doff.p, dn.p, dnew.p, sinks, recent, dout.p, static_cast<int>(out.size()), threads);
+    Dev devicted(evicted);
+    Dev dkey(evicted_key);
+    cuda::place(dk.p, dp.p, doff.p, dn.p, dn.p, dnew.p, sinks, recent, 0, dout.p, devicted.p, dkey.p,
+                static_cast<int>(out.size()), threads);
     dout.back(out);
+    devicted.back(evicted);
+    for (size_t h = 0; h < out.size(); ++h) {
+      EXPECT_EQ(evicted[h], out[h] < 0 ? -1 : positions[offset[h] + out[h]]) << h;
+    }
     return out;
   }
   std::vector<float> prefill_column_sums(const std::vector<float>& q, const std::vector<float>& k, int P, int kvh,
@@ -143,7 +154,10 @@ struct Device {
     Dev dkn(k_new);
     Dev dvn(v_new);
     Dev dslot(slots);
-    cuda::insert(c.view(), dkn.p, dvn.p, dslot.p, static_cast<int>(offset.size()), head_dim, threads);
+    const std::vector<int32_t> position(offset.size(), 7);
+    Dev dposition(position);
+    cuda::insert(c.view(), dkn.p, dvn.p, dslot.p, dposition.p, nullptr, math::kScoreAttention,
+                 static_cast<int>(offset.size()), head_dim, threads);
     c.k.back(k);
     c.v.back(v);
     c.l1.back(l1);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/launch.h"
+#include "kernels/score_rule.h"
 #include "kernels/reference.h"
 #include "planner/policy/policy.h"
 
