@@ -1,5 +1,7 @@
 #include "executor/backend.h"
 
+#include <cmath>
+
 namespace kvp {
 
 int act_width(const ModelConfig& c, Act act) {
@@ -51,6 +53,32 @@ const float* host_weight(const ModelWeights& weights, Weight w, int layer_idx) {
     default: break;
   }
   KVP_CHECK(false, "unknown Weight {}", static_cast<int>(w));
+}
+
+StepRows select_step_rows(const StepRows& rows, std::span<const int32_t> row_idx,
+                          const std::function<void(int32_t from, int32_t to)>& move_row) {
+  StepRows kept;
+  for (size_t i = 0; i < row_idx.size(); ++i) {
+    const int32_t r = row_idx[i];
+    KVP_CHECK(r >= static_cast<int32_t>(i) && r < static_cast<int32_t>(rows.size()), "rows must be increasing");
+    if (r != static_cast<int32_t>(i)) move_row(r, static_cast<int32_t>(i));
+    kept.add(rows.tokens[r], rows.positions[r], rows.seq_idx[r]);
+  }
+  return kept;
+}
+
+void rope_tables(const ModelConfig& config, std::vector<float>* cos_table, std::vector<float>* sin_table) {
+  const int half = config.head_dim() / 2;
+  cos_table->resize(static_cast<size_t>(config.seq_len) * half);
+  sin_table->resize(cos_table->size());
+  for (int pos = 0; pos < config.seq_len; ++pos) {
+    for (int i = 0; i < half; ++i) {
+      const float freq = 1.0f / std::pow(config.rope_theta, static_cast<float>(2 * i) / config.head_dim());
+      const float angle = static_cast<float>(pos) * freq;
+      (*cos_table)[static_cast<size_t>(pos) * half + i] = std::cos(angle);
+      (*sin_table)[static_cast<size_t>(pos) * half + i] = std::sin(angle);
+    }
+  }
 }
 
 }  // namespace kvp

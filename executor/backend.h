@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -53,6 +54,15 @@ struct StepRows {
     seq_idx.push_back(seq);
   }
 };
+
+// The rows `row_idx` (increasing, each at or after its new index) of `rows`, for select_rows;
+// calls move_row(from, to) for each row that moves down.
+StepRows select_step_rows(const StepRows& rows, std::span<const int32_t> row_idx,
+                          const std::function<void(int32_t from, int32_t to)>& move_row);
+
+// RoPE tables as llama2.c computes them, theta_i = base^(-2i/head_dim) in f32: cos and sin of each
+// position's angles, [seq_len, head_dim / 2].
+void rope_tables(const ModelConfig& config, std::vector<float>* cos_table, std::vector<float>* sin_table);
 
 // One token evicted from one head's cache (prefill cuts included).
 struct EvictionRecord {

@@ -21,19 +21,7 @@ CpuBackend::CpuBackend(const ModelWeights& weights)
       config_(weights.config()),
       step_scratch_(config_.seq_len) {
   static_assert(EIGEN_MAX_ALIGN_BYTES <= 64, "rows are padded for at most 64-byte packets");
-  // RoPE tables as llama2.c computes them: theta_i = 10000^(-2i/head_dim), in f32.
-  const int half = config_.head_dim() / 2;
-  rope_cos_.resize(static_cast<size_t>(config_.seq_len) * half);
-  rope_sin_.resize(rope_cos_.size());
-  for (int pos = 0; pos < config_.seq_len; ++pos) {
-    for (int i = 0; i < half; ++i) {
-      const float freq =
-          1.0f / std::pow(config_.rope_theta, static_cast<float>(2 * i) / config_.head_dim());
-      const float angle = static_cast<float>(pos) * freq;
-      rope_cos_[static_cast<size_t>(pos) * half + i] = std::cos(angle);
-      rope_sin_[static_cast<size_t>(pos) * half + i] = std::sin(angle);
-    }
-  }
+  rope_tables(config_, &rope_cos_, &rope_sin_);
 }
 
 void CpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets,
@@ -202,15 +190,8 @@ void CpuBackend::swiglu(Act gate, Act up) {
 }
 
 void CpuBackend::select_rows(std::span<const int32_t> row_idx) {
-  const int dim = config_.dim;
-  StepRows kept;
-  for (size_t i = 0; i < row_idx.size(); ++i) {
-    const int32_t r = row_idx[i];
-    KVP_CHECK(r >= static_cast<int32_t>(i) && r < n_rows_, "rows must be increasing");
-    if (r != static_cast<int32_t>(i)) std::copy_n(row(Act::kX, r), dim, row(Act::kX, i));
-    kept.add(rows_.tokens[r], rows_.positions[r], rows_.seq_idx[r]);
-  }
-  rows_ = std::move(kept);
+  rows_ = select_step_rows(rows_, row_idx,
+                           [&](int32_t from, int32_t to) { std::copy_n(row(Act::kX, from), config_.dim, row(Act::kX, to)); });
   n_rows_ = static_cast<int>(row_idx.size());
 }
 

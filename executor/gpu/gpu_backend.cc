@@ -1,0 +1,437 @@
+#include "executor/gpu/gpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "kernels/score_rule.h"
+
+namespace kvp {
+namespace {
+
+constexpr int kNumWeights = static_cast<int>(Weight::kClassifier) + 1;
+
+bool is_matrix(Weight w) {
+  return w != Weight::kRmsAtt && w != Weight::kRmsFfn && w != Weight::kRmsFinal;
+}
+bool is_global(Weight w) { return w == Weight::kRmsFinal || w == Weight::kClassifier; }
+
+std::vector<_Float16> to_half(const float* x, size_t n) {
+  std::vector<_Float16> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<_Float16>(x[i]);
+  return out;
+}
+
+// Positions a prefill of `prompt_len` protects (sinks and the recent window of its last position).
+int protected_count(int prompt_len, int sinks, int recent) {
+  int n = 0;
+  for (int p = 0; p < prompt_len; ++p) n += (p < sinks || p > prompt_len - 1 - recent) ? 1 : 0;
+  return n;
+}
+
+}  // namespace
+
+Status GpuBackend::supports(const Policy& policy) {
+  const std::string_view n = policy.name();
+  if (n == "full" || n == "window" || n == "h2o" || n == "vatp") return {};
+  return make_error("policy '{}' does not run on the GPU backend (it runs full, window, h2o and vatp)", n);
+}
+
+GpuBackend::GpuBackend(const ModelWeights& weights, std::unique_ptr<Device> device, GpuBackendOptions options)
+    : weights_(weights),
+      config_(weights.config()),
+      device_(std::move(device)),
+      options_(options),
+      name_(std::string(device_->kind()) == "cuda" ? "cuda" : "gpu-emulated"),
+      threads_(device_->block_threads()) {
+  KVP_CHECK(config_.head_dim() <= 128, "the GPU kernels take head_dim up to 128, the model has {}",
+            config_.head_dim());
+  const bool half = options_.weights == KvDtype::kF16;
+  Device& d = *device_;
+  auto upload = [&](const void* src, size_t bytes) {
+    DeviceBuffer b(d, bytes);
+    d.upload(b.get(), src, bytes);
+    weight_bytes_ += static_cast<int64_t>(bytes);
+    return b;
+  };
+  weight_bufs_.resize(static_cast<size_t>(config_.n_layers + 1) * kNumWeights);
+  for (int l = 0; l <= config_.n_layers; ++l) {
+    for (int wi = 0; wi < kNumWeights; ++wi) {
+      const Weight w = static_cast<Weight>(wi);
+      if (is_global(w) != (l == config_.n_layers)) continue;
+      const WeightShape s = weight_shape(config_, w);
+      const size_t n = static_cast<size_t>(s.out) * s.in;
+      const float* host = host_weight(weights_, w, l);
+      DeviceBuffer& dst = weight_bufs_[static_cast<size_t>(l) * kNumWeights + wi];
+      if (half && is_matrix(w)) {
+        const std::vector<_Float16> h = to_half(host, n);
+        dst = upload(h.data(), n * sizeof(_Float16));
+      } else {
+        dst = upload(host, n * sizeof(float));
+      }
+    }
+  }
+  embedding_ = upload(weights_.token_embedding(), static_cast<size_t>(config_.vocab_size) * config_.dim * sizeof(float));
+  std::vector<float> cos_t, sin_t;
+  rope_tables(config_, &cos_t, &sin_t);
+  rope_cos_ = DeviceBuffer(d, cos_t.size() * sizeof(float));
+  rope_sin_ = DeviceBuffer(d, sin_t.size() * sizeof(float));
+  d.upload(rope_cos_.get(), cos_t.data(), cos_t.size() * sizeof(float));
+  d.upload(rope_sin_.get(), sin_t.data(), sin_t.size() * sizeof(float));
+}
+
+GpuBackend::~GpuBackend() = default;
+
+const DeviceBuffer& GpuBackend::weight(Weight w, int layer_idx) const {
+  const int l = is_global(w) ? config_.n_layers : layer_idx;
+  return weight_bufs_[static_cast<size_t>(l) * kNumWeights + static_cast<int>(w)];
+}
+
+void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::shared_ptr<const Policy> policy) {
+  static const std::shared_ptr<const Policy> keep_all = [] {
+    auto p = make_policy("full", PolicyParams{.sinks = 0, .recent = 0});
+    return std::shared_ptr<const Policy>(std::move(p).value());
+  }();
+  policy_ = policy ? std::move(policy) : keep_all;
+  const Status ok = supports(*policy_);
+  KVP_CHECK(ok.ok(), "{}", ok.error().message());
+  const std::string_view name = policy_->name();
+  rule_ = name == "full"     ? math::kScoreZero
+          : name == "window" ? math::kScorePosition
+          : name == "h2o"    ? math::kScoreAttention
+                             : math::kScoreValueAttention;
+  per_query_key_ = name == "vatp" && policy_->params().vatp_base == VatpBase::kMean ? 1 : 0;
+  sinks_ = policy_->params().sinks;
+  recent_ = policy_->params().recent;
+  evicts_ = policy_->evicts();
+
+  kv_arena_.reset();
+  budgets_ = budgets;
+  const int L = config_.n_layers, H = config_.n_kv_heads, hd = config_.head_dim();
+  int64_t total_slots = 0, bytes = 0;
+  for (size_t s = 0; s < budgets.size(); ++s) {
+    const KvBudgets& b = budgets[s];
+    KVP_CHECK(b.n_layers == L && b.n_kv_heads == H && b.head_dim == hd, "sequence {}: budgets for another model", s);
+    KVP_CHECK(b.dtype == budgets[0].dtype && b.aux_floats_per_slot == budgets[0].aux_floats_per_slot,
+              "sequence {}: every sequence's cache must have the same dtype and aux floats", s);
+    KVP_CHECK(b.aux_floats_per_slot == (rule_ == math::kScoreValueAttention ? 1 : 0),
+              "sequence {}: {} aux floats per slot; policy {} keeps {}", s, b.aux_floats_per_slot, name,
+              rule_ == math::kScoreValueAttention ? 1 : 0);
+    for (int32_t budget : b.budget_tokens) {
+      KVP_CHECK(budget >= 1 && budget + 1 <= 64 * threads_, "sequence {}: budget {} outside 1..{}", s, budget,
+                64 * threads_ - 1);
+      KVP_CHECK(!evicts_ || budget >= sinks_ + recent_,
+                "sequence {}: budget {} below the {} protected positions (sinks {} + recent {})", s, budget,
+                sinks_ + recent_, sinks_, recent_);
+    }
+    total_slots += b.total_slots();
+    bytes += b.kv_bytes();
+  }
+  kv_half_ = !budgets.empty() && budgets[0].dtype == KvDtype::kF16;
+  const size_t elem = kv_half_ ? 2 : 4;
+  // Regions of the arena, in this order; their sizes add up to the plan's bytes exactly.
+  const size_t kv_region = static_cast<size_t>(total_slots) * hd * elem;
+  const size_t meta_region = static_cast<size_t>(total_slots) * sizeof(float);
+  const bool l1 = rule_ == math::kScoreValueAttention;
+  KVP_CHECK(static_cast<int64_t>(2 * kv_region + 2 * meta_region + (l1 ? meta_region : 0)) == bytes,
+            "KV arena layout does not add up to the plan's bytes");
+  kv_arena_ = DeviceBuffer(*device_, static_cast<size_t>(bytes));
+  auto* base = kv_arena_.as<std::byte>();
+  k_ = base;
+  v_ = base + kv_region;
+  pos_ = reinterpret_cast<int32_t*>(base + 2 * kv_region);
+  score_ = reinterpret_cast<float*>(base + 2 * kv_region + meta_region);
+  value_l1_ = l1 ? reinterpret_cast<float*>(base + 2 * kv_region + 2 * meta_region) : nullptr;
+
+  const size_t heads = budgets.size() * L * H;
+  head_offset_.assign(heads, 0);
+  head_capacity_.assign(heads, 0);
+  n_used_.assign(heads, 0);
+  int64_t next = 0;
+  for (size_t s = 0; s < budgets.size(); ++s) {
+    for (int l = 0; l < L; ++l) {
+      for (int h = 0; h < H; ++h) {
+        const size_t i = head_index(static_cast<int>(s), l, h);
+        head_offset_[i] = next;
+        head_capacity_[i] = budgets[s].budget(l, h);
+        next += head_capacity_[i];
+      }
+    }
+  }
+  head_offset_dev_ = DeviceBuffer(*device_, std::max<size_t>(1, heads) * sizeof(int64_t));
+  head_capacity_dev_ = DeviceBuffer(*device_, std::max<size_t>(1, heads) * sizeof(int32_t));
+  device_->upload(head_offset_dev_.get(), head_offset_.data(), heads * sizeof(int64_t));
+  device_->upload(head_capacity_dev_.get(), head_capacity_.data(), heads * sizeof(int32_t));
+}
+
+void GpuBackend::ensure_rows(int rows) {
+  if (rows <= row_capacity_) return;
+  row_capacity_ = std::max(rows, 2 * row_capacity_);
+  Device& d = *device_;
+  for (int a = 0; a < kNumActs; ++a) {
+    acts_[a] = DeviceBuffer(d, static_cast<size_t>(row_capacity_) * act_width(config_, static_cast<Act>(a)) * sizeof(float));
+  }
+  const int widest_in = std::max({config_.dim, config_.hidden_dim, config_.q_dim()});
+  x_half_ = DeviceBuffer(d, static_cast<size_t>(row_capacity_) * widest_in * 2);
+  tokens_dev_ = DeviceBuffer(d, static_cast<size_t>(row_capacity_) * sizeof(int32_t));
+  positions_dev_ = DeviceBuffer(d, static_cast<size_t>(row_capacity_) * sizeof(int32_t));
+  const size_t rh = static_cast<size_t>(row_capacity_) * config_.n_kv_heads;
+  meta_ = DeviceBuffer(d, rh * (sizeof(int64_t) + 3 * sizeof(int32_t)));
+  slot_ = DeviceBuffer(d, rh * sizeof(int32_t));
+  evicted_pos_ = DeviceBuffer(d, rh * sizeof(int32_t));
+  evicted_key_ = DeviceBuffer(d, rh * sizeof(float));
+  self_weight_ = DeviceBuffer(d, rh * sizeof(float));
+}
+
+void GpuBackend::upload_rows() {
+  device_->upload(tokens_dev_.get(), rows_.tokens.data(), rows_.size() * sizeof(int32_t));
+  device_->upload(positions_dev_.get(), rows_.positions.data(), rows_.size() * sizeof(int32_t));
+}
+
+void GpuBackend::begin_step(const StepRows& rows) {
+  rows_ = rows;
+  n_rows_ = static_cast<int>(rows.size());
+  const int n_seqs = static_cast<int>(budgets_.size());
+  for (int r = 0; r < n_rows_; ++r) {
+    KVP_CHECK(rows.seq_idx[r] >= 0 && rows.seq_idx[r] < n_seqs);
+    KVP_CHECK(rows.positions[r] >= 0 && rows.positions[r] < config_.seq_len);
+    KVP_CHECK(rows.tokens[r] >= 0 && rows.tokens[r] < config_.vocab_size);
+  }
+  ensure_rows(n_rows_);
+  upload_rows();
+  // The step's work: each sequence's contiguous rows are a prefill when its cache is empty;
+  // single decode rows of consecutive sequences form one batch; a sequence decoding several rows
+  // runs them one at a time.
+  work_.clear();
+  for (int first = 0; first < n_rows_;) {
+    const int seq = rows.seq_idx[first];
+    int n = 1;
+    while (first + n < n_rows_ && rows.seq_idx[first + n] == seq) ++n;
+    if (n_used_[head_index(seq, 0, 0)] == 0) {
+      work_.push_back(Work{.prefill = true, .first = first, .n = n});
+    } else if (n == 1 && !work_.empty() && !work_.back().prefill && work_.back().first + work_.back().n == first &&
+               rows.seq_idx[first - 1] != seq) {
+      ++work_.back().n;
+    } else {
+      for (int i = 0; i < n; ++i) work_.push_back(Work{.prefill = false, .first = first + i, .n = 1});
+    }
+    first += n;
+  }
+}
+
+void GpuBackend::embed() {
+  device_->kernels().embedding(tokens_dev_.as<int32_t>(), embedding_.as<float>(), act(Act::kX), n_rows_,
+                               config_.dim, threads_);
+}
+
+void GpuBackend::rmsnorm(Act in, Act out, Weight w, int layer_idx) {
+  device_->kernels().rmsnorm(act(in), weight(w, layer_idx).as<float>(), act(out), n_rows_, act_width(config_, in),
+                             config_.norm_eps, threads_);
+}
+
+void GpuBackend::matmul_rows(Weight w, int layer_idx, Act in, Act out, bool accumulate) {
+  const WeightShape s = weight_shape(config_, w);
+  KVP_CHECK(act_width(config_, in) == s.in && act_width(config_, out) == s.out);
+  device_->gemm(weight(w, layer_idx).get(), options_.weights == KvDtype::kF16, s.out, s.in, act(in), x_half_.get(),
+                act(out), n_rows_, accumulate);
+}
+
+void GpuBackend::matmul(Weight w, int layer_idx, Act in, Act out) { matmul_rows(w, layer_idx, in, out, false); }
+void GpuBackend::matmul_add(Weight w, int layer_idx, Act in, Act out) { matmul_rows(w, layer_idx, in, out, true); }
+
+void GpuBackend::rope(Act qk) {
+  const int hd = config_.head_dim();
+  device_->kernels().rope(act(qk), positions_dev_.as<int32_t>(), rope_cos_.as<float>(), rope_sin_.as<float>(), n_rows_,
+                          act_width(config_, qk) / hd, hd, threads_);
+}
+
+void GpuBackend::swiglu(Act gate, Act up) {
+  device_->kernels().swiglu(act(gate), act(up), static_cast<int64_t>(n_rows_) * act_width(config_, gate), threads_);
+}
+
+SlotCacheView GpuBackend::cache_view(const int64_t* offset, const int32_t* capacity, const int32_t* n_used) const {
+  return SlotCacheView{.k = k_, .v = v_, .half = kv_half_, .pos = pos_, .score = score_, .value_l1 = value_l1_,
+                       .offset = offset, .capacity = capacity, .n_used = n_used};
+}
+
+void GpuBackend::attention(int layer_idx) {
+  // In row order (as the CPU backend goes, so eviction logs come in the same order); consecutive
+  // decode runs share one upload of their metadata.
+  std::vector<Work> decode_runs;
+  for (const Work& w : work_) {
+    if (w.prefill) {
+      if (!decode_runs.empty()) decode(decode_runs, layer_idx);
+      decode_runs.clear();
+      prefill(w, layer_idx);
+    } else {
+      decode_runs.push_back(w);
+    }
+  }
+  if (!decode_runs.empty()) decode(decode_runs, layer_idx);
+}
+
+void GpuBackend::prefill(const Work& w, int layer_idx) {
+  const int P = w.n, seq = rows_.seq_idx[w.first];
+  const int H = config_.n_kv_heads, hd = config_.head_dim(), group = config_.group_size();
+  for (int i = 0; i < P; ++i) {
+    KVP_CHECK(rows_.positions[w.first + i] == i, "a prefill starts at position 0 and runs in order");
+  }
+  KVP_CHECK(P <= 8192, "prefill of {} positions: the GPU backend prefills at most 8192", P);
+  Device& d = *device_;
+  if (P > prefill_capacity_) {
+    prefill_capacity_ = P;
+    const size_t stats = static_cast<size_t>(P) * config_.n_heads, per_head = static_cast<size_t>(P) * H;
+    row_max_ = DeviceBuffer(d, stats * sizeof(float));
+    row_sum_ = DeviceBuffer(d, stats * sizeof(float));
+    column_sum_ = DeviceBuffer(d, per_head * sizeof(float));
+    prompt_score_ = DeviceBuffer(d, per_head * sizeof(float));
+    prompt_l1_ = DeviceBuffer(d, per_head * sizeof(float));
+    prompt_key_ = DeviceBuffer(d, per_head * sizeof(float));
+  }
+  int keep_stride = 1;
+  for (int h = 0; h < H; ++h) {
+    const int budget = head_capacity_[head_index(seq, layer_idx, h)];
+    keep_stride = std::max(keep_stride, budget);
+    if (!evicts_) {
+      KVP_CHECK(P <= budget, "sequence {}: a prompt of {} positions does not fit a full cache of {} slots", seq, P,
+                budget);
+    } else if (P > budget) {
+      KVP_CHECK(protected_count(P, sinks_, recent_) <= budget, "budget {} below the {} protected positions", budget,
+                protected_count(P, sinks_, recent_));
+    }
+  }
+  if (keep_.bytes() < static_cast<size_t>(keep_stride) * H * sizeof(int32_t)) {
+    keep_ = DeviceBuffer(d, static_cast<size_t>(keep_stride) * H * sizeof(int32_t));
+  }
+  const Launchers& K = d.kernels();
+  const float* q = act(Act::kQ) + static_cast<size_t>(w.first) * config_.q_dim();
+  const float* k = act(Act::kK) + static_cast<size_t>(w.first) * config_.kv_dim();
+  const float* v = act(Act::kV) + static_cast<size_t>(w.first) * config_.kv_dim();
+  float* out = act(Act::kAttn) + static_cast<size_t>(w.first) * config_.q_dim();
+  const bool sums = rule_ == math::kScoreAttention || rule_ == math::kScoreValueAttention;
+  K.prefill_attention(q, k, v, row_max_.as<float>(), row_sum_.as<float>(), out, sums ? column_sum_.as<float>() : nullptr,
+                      P, H, group, hd, threads_);
+  K.prefill_scores(v, sums ? column_sum_.as<float>() : nullptr, prompt_score_.as<float>(), prompt_l1_.as<float>(),
+                   prompt_key_.as<float>(), P, H, hd, rule_, per_query_key_, threads_);
+  for (int h = 0; h < H; ++h) {
+    K.prefill_keep(prompt_key_.as<float>() + static_cast<size_t>(h) * P, 1, P, sinks_, recent_,
+                   head_capacity_[head_index(seq, layer_idx, h)], keep_.as<int32_t>() + static_cast<size_t>(h) * keep_stride,
+                   threads_);
+  }
+  const size_t first_head = head_index(seq, layer_idx, 0);
+  K.prefill_gather(cache_view(head_offset_dev_.as<int64_t>() + first_head, head_capacity_dev_.as<int32_t>() + first_head,
+                              nullptr),
+                   k, v, prompt_score_.as<float>(), prompt_l1_.as<float>(), keep_.as<int32_t>(), keep_stride, P, H, hd,
+                   threads_);
+  for (int h = 0; h < H; ++h) {
+    int32_t& used = n_used_[head_index(seq, layer_idx, h)];
+    used = std::min(P, head_capacity_[head_index(seq, layer_idx, h)]);
+  }
+  if (eviction_log_ && P > 1) {
+    std::vector<float> keys(static_cast<size_t>(P) * H);
+    std::vector<int32_t> keep(static_cast<size_t>(keep_stride) * H);
+    d.download(keys.data(), prompt_key_.get(), keys.size() * sizeof(float));
+    d.download(keep.data(), keep_.get(), keep.size() * sizeof(int32_t));
+    const int32_t step = rows_.positions[w.first + P - 1];
+    for (int h = 0; h < H; ++h) {
+      std::vector<bool> kept(P, false);
+      const int budget = head_capacity_[head_index(seq, layer_idx, h)];
+      for (int s = 0; s < std::min(budget, keep_stride); ++s) {
+        const int32_t p = keep[static_cast<size_t>(h) * keep_stride + s];
+        if (p >= 0) kept[p] = true;
+      }
+      for (int j = 0; j < P; ++j) {
+        if (kept[j]) continue;
+        eviction_log_->push_back(EvictionRecord{.seq_idx = seq, .step = step, .layer_idx = layer_idx,
+                                                .kv_head_idx = h, .evicted_pos = j,
+                                                .score = keys[static_cast<size_t>(h) * P + j]});
+      }
+    }
+  }
+}
+
+void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
+  const int H = config_.n_kv_heads, hd = config_.head_dim(), group = config_.group_size();
+  // Every run's (row, head) entries, packed for one upload: offsets, capacities, fill, newest.
+  size_t total = 0;
+  for (const Work& w : runs) total += static_cast<size_t>(w.n) * H;
+  std::vector<std::byte> meta(total * (sizeof(int64_t) + 3 * sizeof(int32_t)));
+  auto* offset = reinterpret_cast<int64_t*>(meta.data());
+  auto* capacity = reinterpret_cast<int32_t*>(offset + total);
+  int32_t* used = capacity + total;
+  int32_t* newest = used + total;
+  size_t e = 0;
+  for (const Work& w : runs) {
+    for (int r = w.first; r < w.first + w.n; ++r) {
+      const int seq = rows_.seq_idx[r];
+      for (int h = 0; h < H; ++h, ++e) {
+        const size_t i = head_index(seq, layer_idx, h);
+        offset[e] = head_offset_[i];
+        capacity[e] = head_capacity_[i];
+        used[e] = n_used_[i];
+        newest[e] = rows_.positions[r];
+        KVP_CHECK(evicts_ || used[e] < capacity[e], "sequence {}: the full cache of {} slots has no room for position {}",
+                  seq, capacity[e], newest[e]);
+        // The fill after this row (a later run of the same sequence sees it): one more, up to the budget.
+        n_used_[i] = std::min(n_used_[i] + 1, head_capacity_[i]);
+      }
+    }
+  }
+  Device& d = *device_;
+  d.upload(meta_.get(), meta.data(), meta.size());
+  const auto* offset_dev = meta_.as<int64_t>();
+  const auto* capacity_dev = reinterpret_cast<const int32_t*>(offset_dev + total);
+  const int32_t* used_dev = capacity_dev + total;
+  const int32_t* newest_dev = used_dev + total;
+  const Launchers& K = d.kernels();
+  std::vector<int32_t> evicted_pos;
+  std::vector<float> evicted_key;
+  e = 0;
+  for (const Work& w : runs) {
+    const int heads = w.n * H;
+    const SlotCacheView view = cache_view(offset_dev + e, capacity_dev + e, used_dev + e);
+    const float* q = act(Act::kQ) + static_cast<size_t>(w.first) * config_.q_dim();
+    const float* k_new = act(Act::kK) + static_cast<size_t>(w.first) * config_.kv_dim();
+    const float* v_new = act(Act::kV) + static_cast<size_t>(w.first) * config_.kv_dim();
+    float* out = act(Act::kAttn) + static_cast<size_t>(w.first) * config_.q_dim();
+    K.decode_attention(q, view, k_new, v_new, out, self_weight_.as<float>(), rule_, heads, group, hd, threads_);
+    K.place(score_, pos_, view.offset, view.capacity, view.n_used, newest_dev + e, sinks_, recent_, per_query_key_,
+            slot_.as<int32_t>(), evicted_pos_.as<int32_t>(), evicted_key_.as<float>(), heads, threads_);
+    K.insert(view, k_new, v_new, slot_.as<int32_t>(), newest_dev + e, self_weight_.as<float>(), rule_, heads, hd,
+             threads_);
+    if (eviction_log_) {
+      evicted_pos.resize(heads);
+      evicted_key.resize(heads);
+      d.download(evicted_pos.data(), evicted_pos_.get(), heads * sizeof(int32_t));
+      d.download(evicted_key.data(), evicted_key_.get(), heads * sizeof(float));
+    }
+    for (int i = 0; eviction_log_ && i < heads; ++i) {
+      const int r = w.first + i / H;
+      if (evicted_pos[i] < 0) continue;
+      eviction_log_->push_back(EvictionRecord{.seq_idx = rows_.seq_idx[r], .step = rows_.positions[r],
+                                              .layer_idx = layer_idx, .kv_head_idx = i % H,
+                                              .evicted_pos = evicted_pos[i], .score = evicted_key[i]});
+    }
+    e += heads;
+  }
+}
+
+void GpuBackend::select_rows(std::span<const int32_t> row_idx) {
+  const size_t dim = config_.dim;
+  rows_ = select_step_rows(rows_, row_idx, [&](int32_t from, int32_t to) {
+    device_->copy(act(Act::kX) + to * dim, act(Act::kX) + from * dim, dim * sizeof(float));
+  });
+  n_rows_ = static_cast<int>(row_idx.size());
+  upload_rows();
+  work_.clear();
+}
+
+void GpuBackend::read(Act a, std::span<float> out) const {
+  const size_t width = act_width(config_, a);
+  KVP_CHECK(out.size() == n_rows_ * width, "read: expected {} floats, got {}", n_rows_ * width, out.size());
+  device_->download(out.data(), act(a), out.size() * sizeof(float));
+}
+
+}  // namespace kvp

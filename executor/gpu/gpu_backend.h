@@ -1,0 +1,130 @@
+// The GPU backend: weights, the plan-shaped KV cache and the step's activations in device memory;
+// matrix products through the device's GEMM (cuBLAS on CUDA); everything else in the kernels of
+// kernels/decoder_kernels.cuh. The cache physically holds only the budgeted slots: one allocation
+// of exactly the plan's bytes for all sequences (keys, values, positions, scores and the policy's
+// value norms), and eviction replaces a victim's slot in place.
+//
+// Policies: full, window, h2o and vatp (both bases) run on the device with the CPU executor's
+// rules (kernels/kernel_math.h); the others are refused by reset_sequences. Decisions are the
+// CPU executor's — lowest key, older position on ties; protected sinks and recent window — so on
+// the same attention both evict the same tokens (floating-point sums run in another order, so keys
+// agree to rounding, and only a near-tie can break differently).
+//
+// Steps: a sequence whose cache is empty is prefilled on the device (attention outputs, each
+// prompt key's accumulated attention by column sums, the kept positions by rank, a gather into
+// its slots); otherwise its row attends its slots plus itself, adds its attention to the scores,
+// and takes a free slot or the victim's. Decode rows of different sequences run as one batch.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "executor/backend.h"
+#include "executor/gpu/device.h"
+
+namespace kvp {
+
+struct GpuBackendOptions {
+  // Element type of the matrix weights on the device (norms and embeddings stay f32). The KV cache's
+  // element type is the budgets' dtype.
+  KvDtype weights = KvDtype::kF32;
+};
+
+class GpuBackend final : public Backend {
+ public:
+  // `weights` must outlive the backend; they are copied to the device here.
+  GpuBackend(const ModelWeights& weights, std::unique_ptr<Device> device, GpuBackendOptions options = {});
+  ~GpuBackend() override;
+
+  // Ok when the backend runs `policy` on the device; else an error naming those it runs.
+  static Status supports(const Policy& policy);
+
+  std::string_view name() const override { return name_; }
+  const ModelConfig& config() const override { return config_; }
+  Device& device() { return *device_; }
+  // Device bytes of the weights as uploaded.
+  int64_t weight_bytes() const { return weight_bytes_; }
+
+  void reset_sequences(const std::vector<KvBudgets>& budgets,
+                       std::shared_ptr<const Policy> policy = nullptr) override;
+  void set_eviction_log(std::vector<EvictionRecord>* log) override { eviction_log_ = log; }
+  int64_t kv_bytes_allocated() const override { return static_cast<int64_t>(kv_arena_.bytes()); }
+
+  void begin_step(const StepRows& rows) override;
+  void embed() override;
+  void rmsnorm(Act in, Act out, Weight w, int layer_idx) override;
+  void matmul(Weight w, int layer_idx, Act in, Act out) override;
+  void matmul_add(Weight w, int layer_idx, Act in, Act out) override;
+  void rope(Act qk) override;
+  void attention(int layer_idx) override;
+  void swiglu(Act gate, Act up) override;
+  void select_rows(std::span<const int32_t> row_idx) override;
+  void read(Act act, std::span<float> out) const override;
+  int n_rows() const override { return n_rows_; }
+
+ private:
+  // A run of rows handled by one launch sequence: a prefill of one sequence, or decode rows of
+  // distinct sequences.
+  struct Work {
+    bool prefill;
+    int first;
+    int n;
+  };
+
+  const DeviceBuffer& weight(Weight w, int layer_idx) const;
+  float* act(Act a) const { return acts_[static_cast<int>(a)].as<float>(); }
+  size_t head_index(int seq, int layer_idx, int kv_head_idx) const {
+    return (static_cast<size_t>(seq) * config_.n_layers + layer_idx) * config_.n_kv_heads + kv_head_idx;
+  }
+  SlotCacheView cache_view(const int64_t* offset, const int32_t* capacity, const int32_t* n_used) const;
+  void ensure_rows(int rows);
+  void upload_rows();
+  void prefill(const Work& w, int layer_idx);
+  void decode(const std::vector<Work>& runs, int layer_idx);
+  void matmul_rows(Weight w, int layer_idx, Act in, Act out, bool accumulate);
+
+  const ModelWeights& weights_;
+  ModelConfig config_;
+  std::unique_ptr<Device> device_;
+  GpuBackendOptions options_;
+  std::string name_;
+  int threads_;
+
+  // Weights: [n_layers + 1][kNumWeights] (the last row for the final norm and classifier).
+  std::vector<DeviceBuffer> weight_bufs_;
+  DeviceBuffer embedding_, rope_cos_, rope_sin_;
+  int64_t weight_bytes_ = 0;
+
+  // The cache of every sequence in one allocation: keys, values, positions, scores, value norms.
+  DeviceBuffer kv_arena_;
+  void* k_ = nullptr;
+  void* v_ = nullptr;
+  int32_t* pos_ = nullptr;
+  float* score_ = nullptr;
+  float* value_l1_ = nullptr;  // null when the policy keeps no value norms
+  bool kv_half_ = false;
+  std::vector<KvBudgets> budgets_;
+  std::vector<int64_t> head_offset_;    // [seq, layer, head] first slot
+  std::vector<int32_t> head_capacity_;  // [seq, layer, head]
+  std::vector<int32_t> n_used_;         // [seq, layer, head]
+  DeviceBuffer head_offset_dev_, head_capacity_dev_;
+  std::shared_ptr<const Policy> policy_;
+  int rule_ = 0, per_query_key_ = 0, sinks_ = 0, recent_ = 0;
+  bool evicts_ = false;
+  std::vector<EvictionRecord>* eviction_log_ = nullptr;
+
+  // The step.
+  StepRows rows_;
+  int n_rows_ = 0, row_capacity_ = 0;
+  std::vector<Work> work_;
+  DeviceBuffer acts_[kNumActs];
+  DeviceBuffer x_half_, tokens_dev_, positions_dev_;
+  // Per (row, KV head) of a decode batch: offsets, capacities, fill and newest positions (one
+  // upload per layer), and the kernels' outputs.
+  DeviceBuffer meta_, slot_, evicted_pos_, evicted_key_, self_weight_;
+  // Prefill scratch, grown to the longest prompt.
+  int prefill_capacity_ = 0;
+  DeviceBuffer row_max_, row_sum_, column_sum_, prompt_score_, prompt_l1_, prompt_key_, keep_;
+};
+
+}  // namespace kvp

@@ -1,0 +1,191 @@
+// The GPU backend against the CPU backend on stories260K, written once for any Device: the emulated
+// device runs them in every build (gpu_backend_emulated_test.cc), the CUDA device on a GPU
+// (gpu_backend_cuda_test.cc, label gpu).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <memory>
+
+#include "executor/cpu/cpu_backend.h"
+#include "executor/generator.h"
+#include "executor/gpu/gpu_backend.h"
+#include "planner/plan/plan.h"
+#include "tests/support/test_support.h"
+
+namespace kvp::test {
+
+using DeviceFactory = std::function<std::unique_ptr<Device>()>;
+
+// f32 logits of the GPU backend against the CPU backend's, relative to the largest |logit| of the
+// row: both compute in f32 with sums in different orders.
+inline constexpr double kGpuF32LogitTolerance = 1e-4;
+// binary16 weights and KV against the f32 CPU backend.
+inline constexpr double kGpuF16LogitTolerance = 2e-2;
+
+inline PlanModel stories_model() {
+  const ModelConfig& c = default_model().weights.config();
+  return PlanModel{.fingerprint = std::string(64, '0'), .dim = c.dim, .n_layers = c.n_layers, .n_heads = c.n_heads,
+                   .n_kv_heads = c.n_kv_heads, .head_dim = c.head_dim(), .vocab_size = c.vocab_size,
+                   .seq_len = c.seq_len};
+}
+
+// A sampled story (temperature 1, fixed seed), so the sequences are not the greedy oracle's.
+inline std::vector<int32_t> sampled_story(int n, uint64_t seed) {
+  CpuBackend backend(default_model().weights);
+  Decoder decoder(backend);
+  const GenerateOptions g{.steps = n, .sampler = {.temperature = 1.0f, .top_p = 0.95f, .seed = seed},
+                          .stop_at_eos = false};
+  auto tokens = generate(decoder, {{kBosToken}}, {full_cache_budgets(default_model().weights.config(), n)}, g).tokens[0];
+  tokens.resize(n);
+  return tokens;
+}
+
+struct Run {
+  std::vector<float> logits;  // every fed position's logits, per sequence in turn
+  std::vector<EvictionRecord> evictions;
+  int64_t kv_bytes = 0;
+};
+
+// Teacher-forced run of several sequences in one batch: each prompt prefilled (all in one step),
+// then one row per sequence per step, logits of every row.
+inline Run teacher_forced(Backend& backend, const std::vector<std::vector<int32_t>>& seqs, int prompt_len,
+                          const std::vector<KvBudgets>& budgets, std::shared_ptr<const Policy> policy) {
+  Decoder decoder(backend);
+  backend.reset_sequences(budgets, std::move(policy));
+  Run run;
+  run.kv_bytes = backend.kv_bytes_allocated();
+  backend.set_eviction_log(&run.evictions);
+  std::vector<std::vector<float>> per_seq(seqs.size());
+  const int V = backend.config().vocab_size;
+  StepRows rows;
+  std::vector<int32_t> last;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    for (int t = 0; t < prompt_len; ++t) rows.add(seqs[s][t], t, static_cast<int32_t>(s));
+    last.push_back(static_cast<int32_t>(rows.size()) - 1);
+  }
+  std::vector<float> logits;
+  decoder.forward(rows, last, &logits);
+  for (size_t s = 0; s < seqs.size(); ++s) per_seq[s].assign(logits.begin() + s * V, logits.begin() + (s + 1) * V);
+  for (size_t t = prompt_len; t < seqs[0].size(); ++t) {
+    StepRows step;
+    std::vector<int32_t> all;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      step.add(seqs[s][t], static_cast<int32_t>(t), static_cast<int32_t>(s));
+      all.push_back(static_cast<int32_t>(s));
+    }
+    decoder.forward(step, all, &logits);
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      per_seq[s].insert(per_seq[s].end(), logits.begin() + s * V, logits.begin() + (s + 1) * V);
+    }
+  }
+  backend.set_eviction_log(nullptr);
+  for (auto& l : per_seq) run.logits.insert(run.logits.end(), l.begin(), l.end());
+  return run;
+}
+
+// Largest |a − b| of each vocabulary row over that row's largest |b|.
+inline double max_relative_logit_error(const std::vector<float>& a, const std::vector<float>& b, int vocab) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0;
+  for (size_t base = 0; base + vocab <= std::min(a.size(), b.size()); base += vocab) {
+    double scale = 0, err = 0;
+    for (int i = 0; i < vocab; ++i) {
+      scale = std::max(scale, std::fabs(double(b[base + i])));
+      err = std::max(err, std::fabs(double(a[base + i]) - b[base + i]));
+    }
+    worst = std::max(worst, err / scale);
+  }
+  return worst;
+}
+
+inline std::vector<int32_t> argmax_rows(const std::vector<float>& x, int vocab) {
+  std::vector<int32_t> out;
+  for (size_t base = 0; base + vocab <= x.size(); base += vocab) {
+    out.push_back(static_cast<int32_t>(std::max_element(x.begin() + base, x.begin() + base + vocab) - x.begin() - base));
+  }
+  return out;
+}
+
+// The full cache, f32: greedy generation reproduces the model's oracle text, and teacher-forced
+// logits of a batch of three sequences agree with the CPU backend's.
+inline void check_decoder_matches_cpu(const DeviceFactory& make_device) {
+  const ModelWeights& w = default_model().weights;
+  {
+    GpuBackend gpu(w, make_device());
+    Decoder decoder(gpu);
+    const GenerateOptions options{.steps = 256};
+    const auto result = generate(decoder, {{kBosToken}}, {full_cache_budgets(w.config(), 256)}, options);
+    EXPECT_EQ(default_model().tokenizer.decode(result.tokens[0]), default_model_oracle().text);
+  }
+  const std::vector<std::vector<int32_t>> seqs = {sampled_story(96, 1), sampled_story(96, 2), sampled_story(96, 3)};
+  const std::vector<KvBudgets> budgets(3, full_cache_budgets(w.config(), 96));
+  CpuBackend cpu(w);
+  GpuBackend gpu(w, make_device());
+  const Run want = teacher_forced(cpu, seqs, 20, budgets, nullptr);
+  const Run got = teacher_forced(gpu, seqs, 20, budgets, nullptr);
+  EXPECT_LE(max_relative_logit_error(got.logits, want.logits, w.config().vocab_size), kGpuF32LogitTolerance);
+  EXPECT_EQ(argmax_rows(got.logits, w.config().vocab_size), argmax_rows(want.logits, w.config().vocab_size));
+  EXPECT_EQ(got.kv_bytes, want.kv_bytes);
+}
+
+// Under a plan (uniform budget below the sequence, so the prompt is cut and decode evicts): the
+// same evictions as the CPU executor, record for record — sequence, step, layer, head and evicted
+// position; keys to rounding — the same logits to rounding, and exactly the plan's KV bytes.
+inline void check_same_evictions_as_cpu(const DeviceFactory& make_device, const std::string& policy_name,
+                                        PolicyParams params) {
+  const ModelWeights& w = default_model().weights;
+  const int budget = 40, n_seqs = 3;
+  auto plan = uniform_plan(stories_model(), policy_name, params, budget, KvDtype::kF32);
+  ASSERT_TRUE(plan.ok()) << plan.error().message();
+  const std::shared_ptr<const Policy> policy(std::move(make_policy(policy_name, params)).value());
+  const std::vector<KvBudgets> budgets(n_seqs, plan->kv_budgets());
+  const std::vector<std::vector<int32_t>> seqs = {sampled_story(160, 4), sampled_story(160, 5), sampled_story(160, 6)};
+  CpuBackend cpu(w);
+  GpuBackend gpu(w, make_device());
+  const Run want = teacher_forced(cpu, seqs, 64, budgets, policy);
+  const Run got = teacher_forced(gpu, seqs, 64, budgets, policy);
+  EXPECT_EQ(got.kv_bytes, plan->kv_bytes_per_sequence * n_seqs);
+  EXPECT_EQ(got.kv_bytes, want.kv_bytes);
+  ASSERT_GT(want.evictions.size(), 1000u) << "the test must evict";
+  ASSERT_EQ(got.evictions.size(), want.evictions.size());
+  for (size_t i = 0; i < want.evictions.size(); ++i) {
+    const EvictionRecord &g = got.evictions[i], &c = want.evictions[i];
+    ASSERT_TRUE(g.seq_idx == c.seq_idx && g.step == c.step && g.layer_idx == c.layer_idx &&
+                g.kv_head_idx == c.kv_head_idx && g.evicted_pos == c.evicted_pos)
+        << policy_name << " eviction " << i << ": gpu (seq " << g.seq_idx << " step " << g.step << " layer "
+        << g.layer_idx << " head " << g.kv_head_idx << " pos " << g.evicted_pos << ") cpu (seq " << c.seq_idx
+        << " step " << c.step << " layer " << c.layer_idx << " head " << c.kv_head_idx << " pos " << c.evicted_pos
+        << ")";
+    ASSERT_NEAR(g.score, c.score, 1e-4 * (1 + std::fabs(c.score))) << policy_name << " eviction " << i;
+  }
+  EXPECT_LE(max_relative_logit_error(got.logits, want.logits, w.config().vocab_size), kGpuF32LogitTolerance);
+}
+
+// binary16 weights and KV cache: logits within the half-precision tolerance of the f32 CPU
+// backend's and the same greedy choice at nearly every position; the KV bytes are the f16 plan's.
+inline void check_half_precision(const DeviceFactory& make_device) {
+  const ModelWeights& w = default_model().weights;
+  const PolicyParams params{.sinks = 4, .recent = 16};
+  auto plan16 = uniform_plan(stories_model(), "vatp", params, 64, KvDtype::kF16);
+  auto plan32 = uniform_plan(stories_model(), "vatp", params, 64, KvDtype::kF32);
+  ASSERT_TRUE(plan16.ok() && plan32.ok());
+  const std::shared_ptr<const Policy> policy(std::move(make_policy("vatp", params)).value());
+  const std::vector<std::vector<int32_t>> seqs = {sampled_story(128, 7), sampled_story(128, 8)};
+  CpuBackend cpu(w);
+  GpuBackend gpu(w, make_device(), GpuBackendOptions{.weights = KvDtype::kF16});
+  const Run want = teacher_forced(cpu, seqs, 32, std::vector<KvBudgets>(2, plan32->kv_budgets()), policy);
+  const Run got = teacher_forced(gpu, seqs, 32, std::vector<KvBudgets>(2, plan16->kv_budgets()), policy);
+  EXPECT_EQ(got.kv_bytes, plan16->kv_bytes_per_sequence * 2);
+  EXPECT_LT(plan16->kv_bytes_per_sequence, plan32->kv_bytes_per_sequence);
+  EXPECT_LE(max_relative_logit_error(got.logits, want.logits, w.config().vocab_size), kGpuF16LogitTolerance);
+  const auto a = argmax_rows(got.logits, w.config().vocab_size), b = argmax_rows(want.logits, w.config().vocab_size);
+  size_t same = 0;
+  for (size_t i = 0; i < a.size(); ++i) same += a[i] == b[i] ? 1 : 0;
+  EXPECT_GE(static_cast<double>(same) / a.size(), 0.95) << same << " of " << a.size();
+}
+
+}  // namespace kvp::test
