@@ -22,6 +22,17 @@ TEST(Cli, RunTellsTheOracleStoryWithoutFlags) {
   EXPECT_NE(r.err.find("tokens/s"), std::string::npos);
 }
 
+// The GPU backend's kernels under the CPU emulation tell the same story; a GPU backend that cannot
+// start says why.
+TEST(Cli, RunOnTheEmulatedGpuBackendTellsTheOracleStory) {
+  const test::CliResult r = run_kvplan("run --backend gpu-emulated");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, test::default_model_oracle().text + "\n");
+  const test::CliResult bad = run_kvplan("run --backend gpu-emulated --weights-dtype f8");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("f8"), std::string::npos) << bad.err;
+}
+
 TEST(Cli, RunJsonHasTokensTextAndKvBytes) {
   const test::CliResult r =
       run_kvplan("run --prompt 'Once upon a time' --prompt 'The dog' --steps 40 --json");

@@ -5,6 +5,7 @@
 
 #include "executor/cpu/cpu_backend.h"
 #include "executor/generator.h"
+#include "executor/gpu/gpu_backend.h"
 #include "executor/model/model_locator.h"
 #include "executor/recorder.h"
 #include "tools/kvplan/command.h"
@@ -20,7 +21,30 @@ struct RunFlags {
   int steps = 256;
   SamplerOptions sampler{.temperature = 0.0f, .top_p = 0.9f, .seed = 0};
   bool json = false;
+  std::string backend = "cpu";
+  std::string weights_dtype = "f32";
 };
+
+// The backend --backend names: cpu, cuda (the first GPU) or gpu-emulated (the GPU backend's
+// kernels under the CPU emulation, for checking without a GPU).
+Result<std::unique_ptr<Backend>> make_backend(const RunFlags& flags, const ModelWeights& weights) {
+  if (flags.backend == "cpu") {
+    if (flags.weights_dtype != "f32") return make_error("--weights-dtype: the cpu backend runs f32 only");
+    return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(weights));
+  }
+  KVP_ASSIGN_OR_RETURN(KvDtype dtype, parse_kv_dtype(flags.weights_dtype));
+  std::unique_ptr<Device> device;
+  if (flags.backend == "cuda") {
+    auto d = make_cuda_device();
+    if (!d.ok()) return make_error("--backend cuda: {}", d.error().message());
+    device = std::move(d).value();
+  } else if (flags.backend == "gpu-emulated") {
+    device = make_emulated_device();
+  } else {
+    return make_error("--backend: expected cpu, cuda or gpu-emulated, found '{}'", flags.backend);
+  }
+  return std::unique_ptr<Backend>(std::make_unique<GpuBackend>(weights, std::move(device), GpuBackendOptions{.weights = dtype}));
+}
 
 Status run(const RunFlags& flags) {
   KVP_RETURN_IF_ERROR(flags.sampler.validate());
@@ -39,7 +63,8 @@ Status run(const RunFlags& flags) {
     }
   }
 
-  CpuBackend backend(model.weights);
+  KVP_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend_ptr, make_backend(flags, model.weights));
+  Backend& backend = *backend_ptr;
   Decoder decoder(backend);
   GenerateOptions options{.steps = flags.steps, .sampler = flags.sampler};
   std::vector<KvBudgets> budgets(prompts.size(), full_cache_budgets(config, flags.steps));
@@ -48,6 +73,12 @@ Status run(const RunFlags& flags) {
     KVP_ASSIGN_OR_RETURN(std::string fingerprint, model_fingerprint(model));
     KVP_ASSIGN_OR_RETURN(Plan plan, flags.plan.resolve(plan_model(config, fingerprint), model.files.model_path));
     KVP_ASSIGN_OR_RETURN(auto policy, make_policy(plan.policy, plan.params));
+    if (flags.backend != "cpu") {
+      const Status runs = GpuBackend::supports(*policy);
+      if (!runs.ok()) return make_error("--backend {}: {}", flags.backend, runs.error().message());
+    } else if (plan.kv_dtype != KvDtype::kF32) {
+      return make_error("plan: KV dtype {} needs a GPU backend (--backend cuda or gpu-emulated)", kv_dtype_name(plan.kv_dtype));
+    }
     if (!policy->evicts() && plan.min_budget() < flags.steps) {
       return make_error("plan: policy full keeps every token, but its budget {} is below --steps {}",
                         plan.min_budget(), flags.steps);
@@ -126,6 +157,11 @@ Command add_run_command(CLI::App& app) {
   sub->add_option("--seed", flags->sampler.seed,
                   "Sampling seed; batch member i uses seed + i (default 0)");
   sub->add_flag("--json", flags->json, "Print tokens, text and timings as JSON");
+  sub->add_option("--backend", flags->backend,
+                  "cpu (default), cuda (the first GPU; policies full, window, h2o, vatp) or gpu-emulated "
+                  "(the CUDA backend's kernels run by the CPU emulation: slow, for checking)");
+  sub->add_option("--weights-dtype", flags->weights_dtype,
+                  "Matrix weights on a GPU backend: f32 (default) or f16; the KV dtype is the plan's");
   return {sub, [flags] { return run(*flags); }};
 }
 
