@@ -64,6 +64,7 @@ class CudaDevice final : public Device {
                        in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
           "cublasGemmEx");
   }
+  void zero(void* dst, size_t bytes) override { check(cudaMemset(dst, 0, bytes), "cudaMemset"); }
   void synchronize() override { check(cudaDeviceSynchronize(), "synchronize"); }
   int64_t free_memory() const override {
     size_t free = 0, total = 0;

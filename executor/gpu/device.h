@@ -34,6 +34,7 @@ class Device {
   virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
   virtual void download(void* host_dst, const void* src, size_t bytes) const = 0;
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
+  virtual void zero(void* dst, size_t bytes) = 0;
 
   // y[rows, out] = x[rows, in] · wᵀ (y += ... when `accumulate`), w [out, in] row-major: f32, or
   // binary16 when `half` (x is then rounded to binary16 into x_half, [rows, in], and the products

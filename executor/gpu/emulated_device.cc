@@ -30,6 +30,7 @@ class EmulatedDevice final : public Device {
   void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) const override { std::memcpy(dst, src, bytes); }
   void copy(void* dst, const void* src, size_t bytes) override { std::memmove(dst, src, bytes); }
+  void zero(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
 
   void gemm(const void* w, bool half, int out, int in, const float* x, void* x_half, float* y, int rows,
             bool accumulate) override {

@@ -166,6 +166,22 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
   device_->upload(head_capacity_dev_.get(), head_capacity_.data(), heads * sizeof(int32_t));
 }
 
+void GpuBackend::fill_for_benchmark(int n_positions) {
+  device_->zero(kv_arena_.get(), kv_arena_.bytes());
+  int64_t total = 0;
+  for (const KvBudgets& b : budgets_) total += b.total_slots();
+  std::vector<int32_t> pos(static_cast<size_t>(total));
+  for (size_t i = 0; i < n_used_.size(); ++i) {
+    const int n = std::min(head_capacity_[i], n_positions);
+    const int sinks = std::min(sinks_, n);
+    int32_t* p = pos.data() + head_offset_[i];
+    for (int j = 0; j < sinks; ++j) p[j] = j;
+    for (int j = sinks; j < n; ++j) p[j] = n_positions - (n - j);
+    n_used_[i] = n;
+  }
+  device_->upload(pos_, pos.data(), pos.size() * sizeof(int32_t));
+}
+
 void GpuBackend::ensure_rows(int rows) {
   if (rows <= row_capacity_) return;
   row_capacity_ = std::max(rows, 2 * row_capacity_);

@@ -50,6 +50,11 @@ class GpuBackend final : public Backend {
   void set_eviction_log(std::vector<EvictionRecord>* log) override { eviction_log_ = log; }
   int64_t kv_bytes_allocated() const override { return static_cast<int64_t>(kv_arena_.bytes()); }
 
+  // For benchmarks of long contexts without their prefill: every head of every sequence holds
+  // min(budget, n_positions) of positions 0..n_positions-1 (the sinks, then the newest), with
+  // zero keys, values and scores.
+  void fill_for_benchmark(int n_positions);
+
   void begin_step(const StepRows& rows) override;
   void embed() override;
   void rmsnorm(Act in, Act out, Weight w, int layer_idx) override;

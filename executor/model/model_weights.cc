@@ -64,6 +64,14 @@ ModelWeights::ModelWeights(const ModelConfig& config, std::vector<float> data)
   classifier_ = base + l.classifier;
 }
 
+ModelWeights ModelWeights::repeat_layer(ModelWeights one_layer, int n_layers) {
+  KVP_CHECK(one_layer.config_.n_layers == 1 && n_layers >= 1, "repeat_layer takes a one-layer model");
+  ModelWeights w = std::move(one_layer);
+  w.config_.n_layers = n_layers;
+  w.layers_.assign(n_layers, w.layers_[0]);
+  return w;
+}
+
 std::vector<TensorSpan> llama2c_tensor_spans(const ModelConfig& config) {
   const Layout l = llama2c_layout(config);
   const size_t d = config.dim, h = config.hidden_dim, q = config.q_dim(), kv = config.kv_dim();

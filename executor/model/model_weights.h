@@ -39,6 +39,11 @@ class ModelWeights {
   const float* classifier() const { return classifier_; }  // [vocab_size, dim]
   const std::vector<float>& data() const { return data_; }
 
+  // A model of `n_layers` whose layers all view `one_layer`'s single layer: the host memory of one
+  // layer, for device benchmarks of large shapes where the values do not matter. data() then holds
+  // the one-layer checkpoint.
+  static ModelWeights repeat_layer(ModelWeights one_layer, int n_layers);
+
   // Where the weights came from: a file path, or "random(seed=...)".
   const std::string& source() const { return source_; }
   void set_source(std::string source) { source_ = std::move(source); }

@@ -10,6 +10,11 @@
 
 #include <vector>
 
+#include <chrono>
+#include <fmt/format.h>
+
+#include "executor/decoder.h"
+#include "executor/gpu/gpu_backend.h"
 #include "kernels/device_query.h"
 #include "kernels/launch.h"
 #include "kernels/score_rule.h"
@@ -114,6 +119,85 @@ void BM_GpuDecodeAttention(benchmark::State& state) {
 BENCHMARK(BM_GpuDecodeAttention)
     ->ArgsProduct({{1, 8, 32}, {2048, 8192}, {0, 1}})
     ->ArgNames({"batch", "context", "f16"})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+// Decode throughput of the whole GPU backend on a LLaMA-2-7B-shaped model (configs/models/
+// llama-2-7b.yaml: dim 4096, hidden 11008, 32 layers, 32 heads, vocab 32000; seq_len raised to
+// 8192 for the 8K context) with random binary16 weights and KV: batch 1, 8 and 32 at contexts 2K
+// and 8K, full cache (keep 100) against VATP at 50% and 25%. The caches start filled
+// (fill_for_benchmark) so no 8K prefill runs; each iteration is one decode step of every sequence.
+// A configuration whose cache does not fit beside the weights is skipped, as the capacity model says.
+ModelConfig llama2_7b_shape() {
+  return ModelConfig{.dim = 4096, .hidden_dim = 11008, .n_layers = 32, .n_heads = 32, .n_kv_heads = 32,
+                     .vocab_size = 32000, .seq_len = 8192, .shared_classifier = false};
+}
+
+GpuBackend& llama2_7b_backend() {
+  static GpuBackend* backend = [] {
+    ModelConfig one = llama2_7b_shape();
+    one.n_layers = 1;
+    // One random layer (host memory), uploaded as 32 separate layers: the device reads 13.5 GB of
+    // binary16 weights per step, as the real model would.
+    static const ModelWeights weights = ModelWeights::repeat_layer(random_weights(one, 1), 32);
+    auto device = std::move(make_cuda_device()).value();
+    return new GpuBackend(weights, std::move(device), GpuBackendOptions{.weights = KvDtype::kF16});
+  }();
+  return *backend;
+}
+
+void BM_GpuDecode(benchmark::State& state) {
+  if (!have_device(state)) return;
+  const int batch = static_cast<int>(state.range(0)), context = static_cast<int>(state.range(1));
+  const int keep_percent = static_cast<int>(state.range(2));
+  constexpr int kSteps = 16;  // decode steps measured (the full cache has room for them)
+  GpuBackend& gpu = llama2_7b_backend();
+  const ModelConfig& c = gpu.config();
+  const bool full = keep_percent == 100;
+  const PolicyParams params{.sinks = 4, .recent = 64};
+  auto policy = std::move(make_policy(full ? "full" : "vatp", full ? PolicyParams{.sinks = 0, .recent = 0} : params)).value();
+  KvBudgets budgets = KvBudgets::uniform(c.n_layers, c.n_kv_heads, c.head_dim(),
+                                         full ? context : context * keep_percent / 100, KvDtype::kF16);
+  budgets.aux_floats_per_slot = policy->aux_floats_per_slot();
+  gpu.reset_sequences({}, nullptr);  // release the previous configuration's cache first
+  const int64_t need = budgets.kv_bytes() * batch;
+  const int64_t free = gpu.device().free_memory();
+  if (need + (int64_t{1} << 30) > free) {
+    state.SkipWithError(fmt::format("KV cache {:.1f} GB does not fit beside the weights ({:.1f} GB free)", need / 1e9,
+                                    free / 1e9).c_str());
+    return;
+  }
+  gpu.reset_sequences(std::vector<KvBudgets>(batch, budgets), std::shared_ptr<const Policy>(std::move(policy)));
+  // Positions up to context − 1: the cache holds the first context − kSteps, the steps add the rest.
+  gpu.fill_for_benchmark(context - kSteps);
+  Decoder decoder(gpu);
+  std::vector<int32_t> all(batch);
+  for (int s = 0; s < batch; ++s) all[s] = s;
+  std::vector<float> logits;
+  auto step = [&](int i) {
+    StepRows rows;
+    for (int s = 0; s < batch; ++s) rows.add((7 * s + i) % c.vocab_size, context - kSteps + i, s);
+    decoder.forward(rows, all, &logits);
+  };
+  step(0);  // warm-up (cuBLAS heuristics, first launches)
+  int i = 1;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    step(i++);
+    gpu.device().synchronize();
+    state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  state.counters["tokens_per_s"] = benchmark::Counter(double(batch) * state.iterations(), benchmark::Counter::kIsRate);
+  state.counters["weight_GB"] = gpu.weight_bytes() / 1e9;
+  state.counters["kv_GB"] = need / 1e9;
+  // Bytes a step must read at least: every weight once, every cached key and value once.
+  state.counters["min_GB_per_s"] = benchmark::Counter((gpu.weight_bytes() + need) / 1e9 * state.iterations(),
+                                                      benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_GpuDecode)
+    ->ArgsProduct({{1, 8, 32}, {2048, 8192}, {100, 50, 25}})
+    ->ArgNames({"batch", "context", "keep"})
+    ->Iterations(15)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 

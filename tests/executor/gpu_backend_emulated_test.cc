@@ -27,6 +27,32 @@ TEST(GpuBackendEmulated, WindowEvictsWhatTheCpuExecutorEvicts) {
 
 TEST(GpuBackendEmulated, HalfPrecisionWeightsAndCacheStayCloseToF32) { test::check_half_precision(emulated); }
 
+// The benchmarks' long-context shortcut: a filled cache decodes and evicts only unprotected
+// positions, the oldest first (zero keys: equal attention, so equal VATP scores of zero values).
+TEST(GpuBackendEmulated, FilledForBenchmarkDecodesAndEvictsTheOldestUnprotected) {
+  const PolicyParams params{.sinks = 4, .recent = 8};
+  auto plan = uniform_plan(test::stories_model(), "vatp", params, 32, KvDtype::kF32);
+  ASSERT_TRUE(plan.ok());
+  GpuBackend gpu(test::default_model().weights, make_emulated_device());
+  gpu.reset_sequences({plan->kv_budgets(), plan->kv_budgets()},
+                      std::shared_ptr<const Policy>(std::move(make_policy("vatp", params)).value()));
+  gpu.fill_for_benchmark(300);
+  std::vector<EvictionRecord> log;
+  gpu.set_eviction_log(&log);
+  Decoder decoder(gpu);
+  StepRows rows;
+  rows.add(5, 300, 0);
+  rows.add(6, 300, 1);
+  std::vector<float> logits;
+  const std::vector<int32_t> both = {0, 1};
+  decoder.forward(rows, both, &logits);
+  const int heads = 2 * gpu.config().n_layers * gpu.config().n_kv_heads;
+  ASSERT_EQ(log.size(), static_cast<size_t>(heads));
+  // Held: sinks 0..3 and positions 272..299; the oldest unprotected is 272.
+  for (const EvictionRecord& r : log) EXPECT_EQ(r.evicted_pos, 272);
+  for (float l : logits) ASSERT_TRUE(std::isfinite(l));
+}
+
 TEST(GpuBackendEmulated, RefusesPoliciesItDoesNotRun) {
   for (const std::string& name : policy_names()) {
     const auto policy = std::move(make_policy(name, PolicyParams{})).value();
