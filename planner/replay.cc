@@ -120,7 +120,6 @@ Result<std::unique_ptr<ReplayEngine>> ReplayEngine::create(const Trace& trace, i
     Sequence& seq = e->seqs_[s];
     seq.length = trace.length(s);
     seq.prompt_len = trace.prompt_len(s);
-    auto policy = make_policy("full", PolicyParams{.sinks = 0, .recent = 0});
     StepScratch scratch(seq.length);
     std::vector<float> softmax(2 * H);
     for (int l = 0; l < m.n_layers; ++l) {
@@ -132,7 +131,7 @@ Result<std::unique_ptr<ReplayEngine>> ReplayEngine::create(const Trace& trace, i
       // The full cache: every position, in order, through the same step as any policy.
       LayerCache cache(std::vector<int32_t>(KVH, seq.length), hd, false);
       for (int t = 0; t < seq.length; ++t) {
-        layer_step(**policy, cache.views(),
+        layer_step(*keep_all_policy(), cache.views(),
                    TokenRow{.q = layer.data.q.data() + size_t(t) * H * hd, .k = layer.data.k.data() + size_t(t) * KVH * hd,
                             .v = layer.data.v.data() + size_t(t) * KVH * hd, .pos = t, .layer_idx = l, .prompt_len = 0},
                    group, layer.o_full.data() + size_t(t) * H * hd, softmax.data(), scratch, {});

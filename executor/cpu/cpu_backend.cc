@@ -26,11 +26,7 @@ CpuBackend::CpuBackend(const ModelWeights& weights)
 
 void CpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets,
                                  std::shared_ptr<const Policy> policy) {
-  static const std::shared_ptr<const Policy> keep_all = [] {
-    auto p = make_policy("full", PolicyParams{.sinks = 0, .recent = 0});
-    return std::shared_ptr<const Policy>(std::move(p).value());
-  }();
-  policy_ = policy ? std::move(policy) : keep_all;
+  policy_ = policy ? std::move(policy) : keep_all_policy();
   caches_.clear();
   caches_.reserve(budgets.size());
   for (const KvBudgets& b : budgets) {

@@ -25,9 +25,9 @@ std::vector<_Float16> to_half(const float* x, size_t n) {
 }
 
 // Positions a prefill of `prompt_len` protects (sinks and the recent window of its last position).
-int protected_count(int prompt_len, int sinks, int recent) {
+int protected_count(const PolicyParams& params, int prompt_len) {
   int n = 0;
-  for (int p = 0; p < prompt_len; ++p) n += (p < sinks || p > prompt_len - 1 - recent) ? 1 : 0;
+  for (int p = 0; p < prompt_len; ++p) n += is_protected(params, p, prompt_len - 1) ? 1 : 0;
   return n;
 }
 
@@ -90,11 +90,7 @@ const DeviceBuffer& GpuBackend::weight(Weight w, int layer_idx) const {
 }
 
 void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::shared_ptr<const Policy> policy) {
-  static const std::shared_ptr<const Policy> keep_all = [] {
-    auto p = make_policy("full", PolicyParams{.sinks = 0, .recent = 0});
-    return std::shared_ptr<const Policy>(std::move(p).value());
-  }();
-  policy_ = policy ? std::move(policy) : keep_all;
+  policy_ = policy ? std::move(policy) : keep_all_policy();
   const Status ok = supports(*policy_);
   KVP_CHECK(ok.ok(), "{}", ok.error().message());
   const std::string_view name = policy_->name();
@@ -314,8 +310,9 @@ void GpuBackend::prefill(const Work& w, int layer_idx) {
       KVP_CHECK(P <= budget, "sequence {}: a prompt of {} positions does not fit a full cache of {} slots", seq, P,
                 budget);
     } else if (P > budget) {
-      KVP_CHECK(protected_count(P, sinks_, recent_) <= budget, "budget {} below the {} protected positions", budget,
-                protected_count(P, sinks_, recent_));
+      const int protected_positions = protected_count(policy_->params(), P);
+      KVP_CHECK(protected_positions <= budget, "budget {} below the {} protected positions", budget,
+                protected_positions);
     }
   }
   if (keep_.bytes() < static_cast<size_t>(keep_stride) * H * sizeof(int32_t)) {
@@ -373,7 +370,8 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
   // Every run's (row, head) entries, packed for one upload: offsets, capacities, fill, newest.
   size_t total = 0;
   for (const Work& w : runs) total += static_cast<size_t>(w.n) * H;
-  std::vector<std::byte> meta(total * (sizeof(int64_t) + 3 * sizeof(int32_t)));
+  std::vector<std::byte>& meta = meta_host_;
+  meta.resize(total * (sizeof(int64_t) + 3 * sizeof(int32_t)));
   auto* offset = reinterpret_cast<int64_t*>(meta.data());
   auto* capacity = reinterpret_cast<int32_t*>(offset + total);
   int32_t* used = capacity + total;

@@ -16,6 +16,7 @@
 // and takes a free slot or the victim's. Decode rows of different sequences run as one batch.
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <vector>
 
@@ -127,6 +128,7 @@ class GpuBackend final : public Backend {
   // Per (row, KV head) of a decode batch: offsets, capacities, fill and newest positions (one
   // upload per layer), and the kernels' outputs.
   DeviceBuffer meta_, slot_, evicted_pos_, evicted_key_, self_weight_;
+  std::vector<std::byte> meta_host_;  // the metadata packed on the host, reused across layers
   // Prefill scratch, grown to the longest prompt.
   int prefill_capacity_ = 0;
   DeviceBuffer row_max_, row_sum_, column_sum_, prompt_score_, prompt_l1_, prompt_key_, keep_;

@@ -97,6 +97,8 @@ class Policy {
 
 // Registered names: full, window, h2o, vatp, tova, snapkv, knorm, random.
 Result<std::unique_ptr<Policy>> make_policy(std::string_view name, const PolicyParams& params);
+// `full` with no sinks and no recent window: the cache of every position (one shared instance).
+const std::shared_ptr<const Policy>& keep_all_policy();
 std::vector<std::string> policy_names();
 
 // Each policy's published defaults for a budget: sinks and recent as its paper or code sets them.

@@ -54,4 +54,10 @@ PolicyParams published_defaults(std::string_view name, int budget) {
   return p;
 }
 
+const std::shared_ptr<const Policy>& keep_all_policy() {
+  static const std::shared_ptr<const Policy> keep_all(
+      std::move(make_policy("full", PolicyParams{.sinks = 0, .recent = 0})).value());
+  return keep_all;
+}
+
 }  // namespace kvp

@@ -36,14 +36,8 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
   }
   if (flags.keep < 0 || flags.keep > 1) return make_error("--keep: expected a ratio in (0, 1], found {}", flags.keep);
   KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
-  std::optional<Calibration> calibration;
-  if (!flags.calibration.empty()) {
-    KVP_ASSIGN_OR_RETURN(calibration, Calibration::load(flags.calibration));
-    if (calibration->model.fingerprint != trace.model().fingerprint) {
-      return make_error("{}: model.fingerprint: calibrated for the model of sha256 {}, the trace {} is of {}",
-                        flags.calibration, calibration->model.fingerprint, flags.trace, trace.model().fingerprint);
-    }
-  }
+  KVP_ASSIGN_OR_RETURN(std::optional<Calibration> calibration,
+                       load_calibration_for(flags.calibration, trace, flags.trace));
   std::unique_ptr<ReplayEngine> engine;
   {
     Progress progress("plan: loading trace", trace.n_sequences());

@@ -51,14 +51,8 @@ Status sweep(const SweepFlags& flags) {
   KVP_ASSIGN_OR_RETURN(std::vector<int> budgets, parse_int_list("--budgets", flags.budgets));
   for (const std::string& p : policies) KVP_RETURN_IF_ERROR(make_policy(p, PolicyParams{}).status());
   KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
-  std::optional<Calibration> calibration;
-  if (!flags.calibration.empty()) {
-    KVP_ASSIGN_OR_RETURN(calibration, Calibration::load(flags.calibration));
-    if (calibration->model.fingerprint != trace.model().fingerprint) {
-      return make_error("{}: model.fingerprint: calibrated for the model of sha256 {}, the trace {} is of {}",
-                        flags.calibration, calibration->model.fingerprint, flags.trace, trace.model().fingerprint);
-    }
-  }
+  KVP_ASSIGN_OR_RETURN(std::optional<Calibration> calibration,
+                       load_calibration_for(flags.calibration, trace, flags.trace));
   std::error_code ec;
   std::filesystem::create_directories(flags.out, ec);
   if (ec) return make_error("{}: cannot create: {}", flags.out, ec.message());

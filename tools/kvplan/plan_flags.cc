@@ -113,4 +113,15 @@ Result<std::vector<int>> parse_int_list(const std::string& flag, const std::stri
   return out;
 }
 
+Result<std::optional<Calibration>> load_calibration_for(const std::string& path, const Trace& trace,
+                                                        const std::string& trace_path) {
+  if (path.empty()) return std::optional<Calibration>();
+  KVP_ASSIGN_OR_RETURN(Calibration calibration, Calibration::load(path));
+  if (calibration.model.fingerprint != trace.model().fingerprint) {
+    return make_error("{}: model.fingerprint: calibrated for the model of sha256 {}, the trace {} is of {}", path,
+                      calibration.model.fingerprint, trace_path, trace.model().fingerprint);
+  }
+  return std::optional<Calibration>(std::move(calibration));
+}
+
 }  // namespace kvp::cli

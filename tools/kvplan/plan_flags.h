@@ -8,7 +8,9 @@
 #include <string>
 
 #include "executor/model/model_locator.h"
+#include "planner/calibration.h"
 #include "planner/plan/plan.h"
+#include "traces/trace.h"
 
 namespace kvp::cli {
 
@@ -42,6 +44,11 @@ std::vector<std::string> split_list(const std::string& text);
 // A Markdown table with a row per policy and a column per budget; `cell` gives each entry's text.
 std::string policy_budget_table(const std::vector<std::string>& policies, const std::vector<int>& budgets,
                                 const std::function<std::string(const std::string& policy, int budget)>& cell);
+
+// Loads --calibration `path` (none when empty), refusing one made for another model than the
+// trace's (recorded at `trace_path`).
+Result<std::optional<Calibration>> load_calibration_for(const std::string& path, const Trace& trace,
+                                                        const std::string& trace_path);
 
 // Worker threads when the user gives none: every core.
 int default_threads();
