@@ -58,7 +58,7 @@ class LayerCache {
 struct Workspace {
   StepScratch scratch{1};  // grows as layer_step needs
   LayerCache prompt, cut_from, cache;  // the prefilled prompt; its copy that a cut may change
-  std::vector<float> out, softmax, mass, rel, delta, injected;
+  std::vector<float> out, softmax, mass, rel, delta, injected;  // [steps, ...] for the decode
 };
 
 template <typename Task>
@@ -182,19 +182,22 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
   };
   thread_local Workspace ws;
   StepScratch& scratch = ws.scratch;
+  const int steps = T - P;
   ws.out.resize(q_dim);
-  ws.softmax.resize(2 * H);
-  ws.mass.resize(H);
-  ws.rel.resize(H);
+  ws.softmax.resize(size_t(steps) * 2 * H);
+  ws.mass.resize(size_t(steps) * H);
+  ws.rel.resize(size_t(steps) * H);
+  ws.delta.resize(size_t(steps) * q_dim);
+  ws.injected.resize(size_t(steps) * dim);
   float* out = ws.out.data();
-  float* softmax = ws.softmax.data();
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Array = Eigen::Map<Eigen::ArrayXf>;
+  using ConstArray = Eigen::Map<const Eigen::ArrayXf>;
   const Eigen::Map<const RowMatrix> wo(wo_[l].data(), dim, q_dim);
-  ws.delta.resize(size_t(T - P) * q_dim);
-  ws.injected.resize(size_t(T - P) * dim);
-  // [decode steps, q_dim] o − ô, projected by Wo in one product below
-  Eigen::Map<RowMatrix> delta(ws.delta.data(), T - P, q_dim);
-  Eigen::Map<RowMatrix> injected(ws.injected.data(), T - P, dim);
+  // [decode steps, q_dim]: the replayed outputs ô, then o − ô, projected by Wo in one product below
+  Eigen::Map<RowMatrix> delta(ws.delta.data(), steps, q_dim);
+  Eigen::Map<RowMatrix> injected(ws.injected.data(), steps, dim);
+  const size_t first = size_t(P);  // the first decode step's row in the full-cache arrays
   const Policy* prefilled = nullptr;
   for (size_t c = 0; c < configs.size(); ++c) {
     const auto start = std::chrono::steady_clock::now();
@@ -215,32 +218,32 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
     LayerCache& cache = ws.cache;
     cache.reshape(config.budgets[l], hd, aux);
     cut_prefill(policy, ws.cut_from.views(), cache.views(), {});
+    // The decode: each step's outputs and softmax statistics into their rows; the measures after.
     for (int t = P; t < T; ++t) {
-      layer_step(policy, cache.views(), row(t), group, out, softmax, scratch, {});
-      const float* full = layer.o_full.data() + size_t(t) * q_dim;
-      const float* norm_full = layer.norm_full.data() + size_t(t) * H;
-      const float* log_z_full = layer.log_z_full.data() + size_t(t) * H;
-      float* d_row = ws.delta.data() + size_t(t - P) * q_dim;
-      for (int i = 0; i < q_dim; ++i) d_row[i] = full[i] - out[i];
-      // Retained mass Σ_kept exp(logit − log Z_full) = Σ · exp(m − log Z_full), for all heads at once.
-      using Pairs = Eigen::Map<const Eigen::Array2Xf>;
-      const Pairs z(softmax, 2, H);
-      Eigen::Map<Eigen::ArrayXf> mass(ws.mass.data(), H);
-      mass = z.row(1).transpose() * (z.row(0).transpose() - Eigen::Map<const Eigen::ArrayXf>(log_z_full, H)).exp();
-      // ‖o − ô‖ / ‖o‖ per query head.
-      Eigen::Map<Eigen::ArrayXf> rel(ws.rel.data(), H);
-      rel = Eigen::Map<const Eigen::MatrixXf>(d_row, hd, H).colwise().norm().transpose().array() /
-            Eigen::Map<const Eigen::ArrayXf>(norm_full, H).max(1e-30f);
-      for (int h = 0; h < H; ++h) {
-        tot.rel[h / group] += rel[h];
-        tot.mass[h / group] += mass[h];
-      }
+      layer_step(policy, cache.views(), row(t), group, ws.delta.data() + size_t(t - P) * q_dim,
+                 ws.softmax.data() + size_t(t - P) * 2 * H, scratch, {});
       if (on_step) {
         for (int h = 0; h < KVH; ++h) {
           const HeadSlots& head = cache.views()[h];
           on_step(s, l, h, t, std::span<const int32_t>(head.pos, *head.n_used));
         }
       }
+    }
+    const size_t n_heads = size_t(steps) * H;
+    Array(ws.delta.data(), delta.size()) =
+        ConstArray(layer.o_full.data() + first * q_dim, delta.size()) - Array(ws.delta.data(), delta.size());
+    // Retained mass Σ_kept exp(logit − log Z_full) = Σ · exp(m − log Z_full) per step and head.
+    const Eigen::Map<const Eigen::Array2Xf> z(ws.softmax.data(), 2, n_heads);
+    Array(ws.mass.data(), n_heads) =
+        z.row(1).transpose() * (z.row(0).transpose() - ConstArray(layer.log_z_full.data() + first * H, n_heads)).exp();
+    // ‖o − ô‖ / ‖o‖ per step and query head.
+    Array(ws.rel.data(), n_heads) =
+        Eigen::Map<const Eigen::MatrixXf>(ws.delta.data(), hd, n_heads).colwise().norm().transpose().array() /
+        ConstArray(layer.norm_full.data() + first * H, n_heads).max(1e-30f);
+    for (size_t i = 0; i < n_heads; ++i) {  // in step order, then head order
+      const int kv_head = static_cast<int>(i % H) / group;
+      tot.rel[kv_head] += ws.rel[i];
+      tot.mass[kv_head] += ws.mass[i];
     }
     // ‖Wo (o − ô)‖² / ‖x‖² per step, summed in step order.
     injected.noalias() = delta * wo.transpose();

@@ -70,16 +70,32 @@ inline float reduce_max(F16 v) {
   return v[0];
 }
 
-// The first `n` (0 < n < 16) floats at p, the other lanes zero; reads nothing past p + n.
-inline F16 load_partial(const float* p, int n) {
+// The smallest lane (min is exact, so any order gives it).
+template <typename V>
+inline auto reduce_min(V v) {
+  auto take_min = [&v](V other) { v = v < other ? v : other; };
+  take_min(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15));
+  take_min(__builtin_shufflevector(v, v, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7));
+  take_min(__builtin_shufflevector(v, v, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3));
+  take_min(__builtin_shufflevector(v, v, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1));
+  return v[0];
+}
+
+// The first `n` (0 < n < 16) elements at p, the other lanes `fill`; reads nothing past p + n.
+template <typename T>
+inline auto load_partial(const T* p, int n, T fill) {
+  using V = decltype(load(p));
 #ifdef __AVX512F__
-  return reinterpret_cast<F16>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
+  static_assert(sizeof(T) == 4);
+  return reinterpret_cast<V>(_mm512_mask_loadu_epi32(reinterpret_cast<__m512i>(splat(fill)),
+                                                     static_cast<__mmask16>((1u << n) - 1), p));
 #else
-  F16 v{};
+  V v = splat(fill);
   for (int l = 0; l < n; ++l) v[l] = p[l];
   return v;
 #endif
 }
+inline F16 load_partial(const float* p, int n) { return load_partial(p, n, 0.0f); }
 
 // Lanes below n keep v, the others become zero.
 inline F16 keep_first(F16 v, int n) {

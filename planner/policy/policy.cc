@@ -44,21 +44,13 @@ int lowest_unprotected(const PolicyParams& p, const int32_t* pos, const float* k
   };
   int j = 0;
   for (; j + W <= n; j += W, slot += W) take(lanes::load(pos + j), lanes::load(keys + j));
-  if (j < n) {
-    I16 q = none_v;
-    F16 k = inf_v;
-    for (int l = 0; j + l < n; ++l) q[l] = pos[j + l], k[l] = keys[j + l];
-    take(q, k);
-  }
-  float key = INFINITY;
-  int32_t oldest = INT32_MAX;
-  int victim = -1;
-  for (int l = 0; l < W; ++l) {
-    if (best_key[l] < key || (best_key[l] == key && best_pos[l] < oldest)) {
-      key = best_key[l], oldest = best_pos[l], victim = best_slot[l];
-    }
-  }
-  return oldest == INT32_MAX ? -1 : victim;
+  if (j < n) take(lanes::load_partial(pos + j, n - j, INT32_MAX), lanes::load_partial(keys + j, n - j, INFINITY));
+  // Across the lanes: the lowest key, then the oldest position among the lanes holding it (a
+  // position sits in one lane only), then that lane's slot.
+  const float key = lanes::reduce_min(best_key);
+  const int32_t oldest = lanes::reduce_min(best_key == lanes::splat(key) ? best_pos : none_v);
+  if (oldest == INT32_MAX) return -1;
+  return lanes::reduce_min(best_pos == lanes::splat(oldest) ? best_slot : lanes::splat(INT32_MAX));
 }
 
 std::vector<float>& key_buffer(size_t n) {
