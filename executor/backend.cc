@@ -81,4 +81,15 @@ void rope_tables(const ModelConfig& config, std::vector<float>* cos_table, std::
   }
 }
 
+void Backend::pick_tokens(const SamplerOptions& options, std::span<const float> uniforms, std::span<int32_t> out) {
+  const size_t vocab = static_cast<size_t>(config().vocab_size);
+  KVP_CHECK(uniforms.size() == size_t(n_rows()) && out.size() == size_t(n_rows()));
+  thread_local std::vector<float> logits;
+  logits.resize(out.size() * vocab);
+  read(Act::kLogits, logits);
+  for (size_t r = 0; r < out.size(); ++r) {
+    out[r] = pick_token(std::span<const float>(logits.data() + r * vocab, vocab), options, uniforms[r]);
+  }
+}
+
 }  // namespace kvp

@@ -16,6 +16,7 @@
 #include <memory>
 
 #include "executor/model/model_weights.h"
+#include "executor/sampler.h"
 #include "planner/plan/kv_budgets.h"
 #include "planner/policy/policy.h"
 
@@ -116,6 +117,10 @@ class Backend {
   // Copies `act` of the current rows to host memory, [n_rows, act_width].
   virtual void read(Act act, std::span<float> out) const = 0;
   virtual int n_rows() const = 0;
+  // The next token of each current row from its kLogits by pick_token (executor/sampler.h), row r
+  // with the draw uniforms[r]. This default reads the logits and picks on the host; a device
+  // backend picks where the logits are and copies back only the tokens.
+  virtual void pick_tokens(const SamplerOptions& options, std::span<const float> uniforms, std::span<int32_t> out);
 };
 
 }  // namespace kvp

@@ -30,8 +30,10 @@ void Decoder::forward(const StepRows& rows, std::span<const int32_t> logit_rows,
   b.select_rows(logit_rows);
   b.rmsnorm(Act::kX, Act::kXb, Weight::kRmsFinal, -1);
   b.matmul(Weight::kClassifier, -1, Act::kXb, Act::kLogits);
-  logits->resize(logit_rows.size() * static_cast<size_t>(config().vocab_size));
-  b.read(Act::kLogits, *logits);
+  if (logits) {
+    logits->resize(logit_rows.size() * static_cast<size_t>(config().vocab_size));
+    b.read(Act::kLogits, *logits);
+  }
 }
 
 }  // namespace kvp

@@ -29,7 +29,8 @@ class Decoder {
   const ModelConfig& config() const { return backend_.config(); }
 
   // Runs `rows` through every layer (extending each sequence's cache) and writes the logits of
-  // the rows named in `logit_rows` (increasing) to `logits`, [logit_rows.size(), vocab_size].
+  // the rows named in `logit_rows` (increasing) to `logits`, [logit_rows.size(), vocab_size] (when
+  // null, they stay on the backend for Backend::pick_tokens).
   void forward(const StepRows& rows, std::span<const int32_t> logit_rows,
                std::vector<float>* logits, ForwardObserver* observer = nullptr);
 

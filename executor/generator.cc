@@ -21,7 +21,6 @@ GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>
                         const std::vector<KvBudgets>& budgets, const GenerateOptions& options,
                         const TokenCallback& on_token) {
   const ModelConfig& config = decoder.config();
-  const int vocab = config.vocab_size;
   KVP_CHECK(options.steps >= 1 && options.steps <= config.seq_len);
   KVP_CHECK(budgets.size() == prompts.size());
   const int n_seqs = static_cast<int>(prompts.size());
@@ -45,18 +44,26 @@ GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>
     logit_rows.push_back(static_cast<int32_t>(rows.size()) - 1);
     logit_seqs.push_back(s);
   }
-  std::vector<float> logits;
-  decoder.forward(rows, logit_rows, &logits);
+  // Each step's logits stay on the backend, which picks the tokens with the sequences' draws.
+  std::vector<float> uniforms;
+  std::vector<int32_t> picked;
+  auto pick = [&] {
+    uniforms.clear();
+    for (int s : logit_seqs) uniforms.push_back(samplers[s].draw());
+    picked.resize(logit_seqs.size());
+    decoder.backend().pick_tokens(options.sampler, uniforms, picked);
+  };
+  decoder.forward(rows, logit_rows, nullptr);
   result.prefill_s = seconds_since(start);
 
   start = std::chrono::steady_clock::now();
+  pick();
   while (!logit_seqs.empty()) {
     rows = StepRows{};
     std::vector<int32_t> next_seqs;
     for (size_t i = 0; i < logit_seqs.size(); ++i) {
       const int s = logit_seqs[i];
-      const int32_t token = samplers[s].sample(
-          std::span<const float>(logits.data() + i * size_t(vocab), size_t(vocab)));
+      const int32_t token = picked[i];
       if (options.stop_at_eos && (token == kBosToken || token == kEosToken)) continue;
       std::vector<int32_t>& seq = result.tokens[s];
       seq.push_back(token);
@@ -72,7 +79,8 @@ GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>
     if (logit_seqs.empty()) break;
     logit_rows.resize(rows.size());
     for (size_t i = 0; i < rows.size(); ++i) logit_rows[i] = static_cast<int32_t>(i);
-    decoder.forward(rows, logit_rows, &logits);
+    decoder.forward(rows, logit_rows, nullptr);
+    pick();
   }
   result.decode_s = seconds_since(start);
   return result;

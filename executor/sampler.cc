@@ -27,49 +27,51 @@ int32_t argmax(std::span<const float> values) {
 Sampler::Sampler(const SamplerOptions& options, uint64_t stream)
     : options_(options), rng_(options.seed + stream) {}
 
-float Sampler::uniform() {
+float Sampler::draw() {
+  if (options_.temperature == 0.0f) return 0.0f;
   // The top 24 bits of a 64-bit draw: the same value on every platform (unlike
   // std::uniform_real_distribution, whose algorithm is implementation-defined).
   return static_cast<float>(rng_() >> 40) * 0x1.0p-24f;
 }
 
-int32_t Sampler::sample(std::span<const float> logits) {
-  if (options_.temperature == 0.0f) return argmax(logits);
+int32_t pick_token(std::span<const float> logits, const SamplerOptions& options, float uniform) {
+  if (options.temperature == 0.0f) return argmax(logits);
+  thread_local std::vector<float> probs;
+  thread_local std::vector<int32_t> order;
   const size_t n = logits.size();
-  probs_.resize(n);
+  probs.resize(n);
   const float max_logit = *std::max_element(logits.begin(), logits.end());
   double sum = 0.0;
   for (size_t i = 0; i < n; ++i) {
-    probs_[i] = std::exp((logits[i] - max_logit) / options_.temperature);
-    sum += probs_[i];
+    probs[i] = std::exp((logits[i] - max_logit) / options.temperature);
+    sum += probs[i];
   }
-  for (float& p : probs_) p = static_cast<float>(p / sum);
+  for (float& p : probs) p = static_cast<float>(p / sum);
 
   // Candidates in decreasing probability (lower id first on ties), cut to the top_p nucleus.
-  order_.resize(n);
-  std::iota(order_.begin(), order_.end(), 0);
+  order.resize(n);
+  std::iota(order.begin(), order.end(), 0);
   size_t n_kept = n;
-  if (options_.top_p < 1.0f) {
-    std::stable_sort(order_.begin(), order_.end(),
-                     [&](int32_t a, int32_t b) { return probs_[a] > probs_[b]; });
+  if (options.top_p < 1.0f) {
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return probs[a] > probs[b]; });
     float cumulative = 0.0f;
     for (size_t i = 0; i < n; ++i) {
-      cumulative += probs_[order_[i]];
-      if (cumulative >= options_.top_p) {
+      cumulative += probs[order[i]];
+      if (cumulative >= options.top_p) {
         n_kept = i + 1;
         break;
       }
     }
   }
   float kept_mass = 0.0f;
-  for (size_t i = 0; i < n_kept; ++i) kept_mass += probs_[order_[i]];
-  const float r = uniform() * kept_mass;
+  for (size_t i = 0; i < n_kept; ++i) kept_mass += probs[order[i]];
+  const float r = uniform * kept_mass;
   float cumulative = 0.0f;
   for (size_t i = 0; i < n_kept; ++i) {
-    cumulative += probs_[order_[i]];
-    if (r < cumulative) return order_[i];
+    cumulative += probs[order[i]];
+    if (r < cumulative) return order[i];
   }
-  return order_[n_kept - 1];  // rounding left r at the very top
+  return order[n_kept - 1];  // rounding left r at the very top
 }
 
 }  // namespace kvp

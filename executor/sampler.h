@@ -19,21 +19,27 @@ struct SamplerOptions {
   Status validate() const;
 };
 
+// The rule, given the draw `uniform` in [0, 1): argmax (the lowest id on ties) when temperature
+// is 0; else p = softmax(logits / temperature), walked in decreasing p (the lower id first on
+// ties) and cut where the walk's mass first reaches top_p when top_p < 1, or walked in id order
+// when top_p is 1; the token is where the walk's cumulative mass passes uniform × the walk's mass.
+// The GPU backend's sampling kernel (kernels/decoder_kernels.cuh) follows the same rule.
+int32_t pick_token(std::span<const float> logits, const SamplerOptions& options, float uniform);
+
 class Sampler {
  public:
   // Sequence `stream` of a batch draws from its own generator seeded with seed + stream, so a
   // batch member sampled with seed S equals a single run sampled with seed S + stream.
   Sampler(const SamplerOptions& options, uint64_t stream);
 
-  int32_t sample(std::span<const float> logits);
+  // pick_token with the next draw.
+  int32_t sample(std::span<const float> logits) { return pick_token(logits, options_, draw()); }
+  // The next draw in [0, 1); 0, drawing nothing, when sampling is greedy.
+  float draw();
 
  private:
-  float uniform();  // [0, 1)
-
   SamplerOptions options_;
   std::mt19937_64 rng_;
-  std::vector<float> probs_;
-  std::vector<int32_t> order_;
 };
 
 int32_t argmax(std::span<const float> values);

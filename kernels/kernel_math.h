@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/gpu_compat.h"
 #include "kernels/score_rule.h"
@@ -25,6 +26,14 @@ KVP_HD inline bool better(float v, int i, float best, int best_i) { return v > b
 // taken by the older-position rule, so the oldest open slot wins when every key is +inf.
 KVP_HD inline bool evict_before(float key, int32_t pos, float best_key, int32_t best_pos) {
   return key < best_key || (key == best_key && pos < best_pos);
+}
+// The same bits as another type (a non-negative float's bits order as the floats do).
+template <typename To, typename From>
+KVP_HD inline To same_bits(From x) {
+  static_assert(sizeof(To) == sizeof(From));
+  To y;
+  memcpy(&y, &x, sizeof y);
+  return y;
 }
 KVP_HD inline float attention_scale(int head_dim) { return 1.0f / sqrtf(static_cast<float>(head_dim)); }
 

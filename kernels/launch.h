@@ -30,6 +30,10 @@ struct SlotCacheView {
             int n_heads, int head_dim, int threads);                                                              \
   void swiglu(float* gate, const float* up, int64_t count, int threads);                                          \
   void argmax(const float* x, int rows, int n, int32_t* out, int threads);                                        \
+  /* executor/sampler.h's rule per row, drawn with uniform[row]; argmax when temperature is 0. */              \
+  /* probs: workspace [rows, n]. */                                                                            \
+  void sample(const float* logits, int rows, int n, float temperature, float top_p, const float* uniform,        \
+              float* probs, int32_t* out, int threads);                                                           \
   void to_half(const float* x, void* out, int64_t count, int threads);                                            \
   void insert(const SlotCacheView& cache, const float* k_new, const float* v_new, const int32_t* slot,           \
               const int32_t* position, const float* self_weight, int rule, int heads, int head_dim, int threads); \
@@ -67,7 +71,7 @@ KVP_DECLARE_LAUNCHERS  // defined only in CUDA builds (KVP_HAVE_CUDA)
 struct Launchers {
 #define KVP_LAUNCHER_FIELD(name) decltype(&emulated::name) name;
   KVP_LAUNCHER_FIELD(embedding) KVP_LAUNCHER_FIELD(rmsnorm) KVP_LAUNCHER_FIELD(rope) KVP_LAUNCHER_FIELD(swiglu)
-  KVP_LAUNCHER_FIELD(argmax) KVP_LAUNCHER_FIELD(to_half) KVP_LAUNCHER_FIELD(insert) KVP_LAUNCHER_FIELD(place)
+  KVP_LAUNCHER_FIELD(argmax) KVP_LAUNCHER_FIELD(sample) KVP_LAUNCHER_FIELD(to_half) KVP_LAUNCHER_FIELD(insert) KVP_LAUNCHER_FIELD(place)
   KVP_LAUNCHER_FIELD(prefill_attention) KVP_LAUNCHER_FIELD(prefill_scores) KVP_LAUNCHER_FIELD(prefill_keep)
   KVP_LAUNCHER_FIELD(prefill_gather) KVP_LAUNCHER_FIELD(decode_attention)
 #undef KVP_LAUNCHER_FIELD

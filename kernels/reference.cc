@@ -49,6 +49,46 @@ std::vector<int32_t> argmax(const std::vector<float>& x, int n) {
   return out;
 }
 
+SampleRef sample(const float* logits, int n, float temperature, float top_p, float uniform) {
+  const double m = *std::max_element(logits, logits + n);
+  std::vector<double> p(n);
+  double z = 0;
+  for (int i = 0; i < n; ++i) z += (p[i] = std::exp((double(logits[i]) - m) / temperature));
+  for (double& v : p) v /= z;
+  std::vector<int32_t> order(n);
+  for (int i = 0; i < n; ++i) order[i] = i;
+  double margin = INFINITY;
+  int walked = n;
+  if (top_p < 1.0f) {
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return p[a] > p[b]; });
+    double before = 0;
+    for (int i = 0; i < n; ++i) {
+      const double after = before + p[order[i]];
+      if (after >= top_p) {
+        walked = i + 1;
+        margin = std::min(top_p - before, after - top_p);
+        break;
+      }
+      before = after;
+    }
+  }
+  double mass = 0;
+  for (int i = 0; i < walked; ++i) mass += p[order[i]];
+  const double r = double(uniform) * mass;
+  double before = 0;
+  for (int i = 0; i < walked; ++i) {
+    const double after = before + p[order[i]];
+    // The first token has no lower boundary (r >= 0) and the last no upper one (it is also taken
+    // when rounding leaves r at the very top).
+    if (r < after || i == walked - 1) {
+      const double low = i == 0 ? INFINITY : r - before, high = i == walked - 1 ? INFINITY : after - r;
+      return {order[i], std::min({margin, low, high}) / mass};
+    }
+    before = after;
+  }
+  return {order[walked - 1], 0.0};  // not reached
+}
+
 float decode_attention(const std::vector<float>& q, HeadSlotsRef& head, const std::vector<float>& k_new,
                        const std::vector<float>& v_new, int group, int head_dim, std::vector<float>& out) {
   const int n = head.n_used;

@@ -14,6 +14,15 @@ void rope(std::vector<float>& x, const std::vector<int32_t>& positions, const st
 void swiglu(std::vector<float>& gate, const std::vector<float>& up);
 std::vector<int32_t> argmax(const std::vector<float>& x, int n);
 
+// executor/sampler.h's rule for one row of logits in double precision, with a sort: the token, and
+// how near (as a share of the walk's mass) the closest decision — where the nucleus is cut, where
+// the draw lands — came to going the other way. A float implementation may differ only below it.
+struct SampleRef {
+  int32_t token;
+  double margin;
+};
+SampleRef sample(const float* logits, int n, float temperature, float top_p, float uniform);
+
 // One (row, KV head) of the ragged cache: `capacity` slots, the first n_used valid.
 struct HeadSlotsRef {
   std::vector<float> k, v;  // [head_dim, capacity]

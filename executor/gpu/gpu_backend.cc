@@ -189,6 +189,9 @@ void GpuBackend::ensure_rows(int rows) {
   x_half_ = DeviceBuffer(d, static_cast<size_t>(row_capacity_) * widest_in * 2);
   tokens_dev_ = DeviceBuffer(d, static_cast<size_t>(row_capacity_) * sizeof(int32_t));
   positions_dev_ = DeviceBuffer(d, static_cast<size_t>(row_capacity_) * sizeof(int32_t));
+  probs_ = DeviceBuffer(d, static_cast<size_t>(row_capacity_) * config_.vocab_size * sizeof(float));
+  uniform_ = DeviceBuffer(d, static_cast<size_t>(row_capacity_) * sizeof(float));
+  picked_ = DeviceBuffer(d, static_cast<size_t>(row_capacity_) * sizeof(int32_t));
   const size_t rh = static_cast<size_t>(row_capacity_) * config_.n_kv_heads;
   meta_ = DeviceBuffer(d, rh * (sizeof(int64_t) + 3 * sizeof(int32_t)));
   slot_ = DeviceBuffer(d, rh * sizeof(int32_t));
@@ -440,6 +443,16 @@ void GpuBackend::select_rows(std::span<const int32_t> row_idx) {
   n_rows_ = static_cast<int>(row_idx.size());
   upload_rows();
   work_.clear();
+}
+
+void GpuBackend::pick_tokens(const SamplerOptions& options, std::span<const float> uniforms, std::span<int32_t> out) {
+  KVP_CHECK(uniforms.size() == size_t(n_rows_) && out.size() == size_t(n_rows_), "pick_tokens: {} rows, {} draws",
+            n_rows_, uniforms.size());
+  Device& d = *device_;
+  d.upload(uniform_.get(), uniforms.data(), uniforms.size() * sizeof(float));
+  d.kernels().sample(act(Act::kLogits), n_rows_, config_.vocab_size, options.temperature, options.top_p,
+                     uniform_.as<float>(), probs_.as<float>(), picked_.as<int32_t>(), threads_);
+  d.download(out.data(), picked_.get(), out.size() * sizeof(int32_t));
 }
 
 void GpuBackend::read(Act a, std::span<float> out) const {

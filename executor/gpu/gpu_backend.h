@@ -67,6 +67,8 @@ class GpuBackend final : public Backend {
   void select_rows(std::span<const int32_t> row_idx) override;
   void read(Act act, std::span<float> out) const override;
   int n_rows() const override { return n_rows_; }
+  // On the device (the sampling kernel, or argmax when greedy); copies back only the tokens.
+  void pick_tokens(const SamplerOptions& options, std::span<const float> uniforms, std::span<int32_t> out) override;
 
  private:
   // A run of rows handled by one launch sequence: a prefill of one sequence, or decode rows of
@@ -125,6 +127,7 @@ class GpuBackend final : public Backend {
   std::vector<Work> work_;
   DeviceBuffer acts_[kNumActs];
   DeviceBuffer x_half_, tokens_dev_, positions_dev_;
+  DeviceBuffer probs_, uniform_, picked_;  // sampling: [rows, vocab] workspace, draws, tokens
   // Per (row, KV head) of a decode batch: offsets, capacities, fill and newest positions (one
   // upload per layer), and the kernels' outputs.
   DeviceBuffer meta_, slot_, evicted_pos_, evicted_key_, self_weight_;

@@ -132,6 +132,28 @@ inline void check_decoder_matches_cpu(const DeviceFactory& make_device) {
   EXPECT_EQ(got.kv_bytes, want.kv_bytes);
 }
 
+// Sampled generation (the device's sampling kernel) against the CPU backend (the host sampler) with
+// the same seeds: the same stories, for top_p below 1 (the nucleus, walked by probability) and at
+// 1 (walked by id). The draws are the same; the two differ only where float rounding puts a draw
+// or the nucleus cut on the other side of a token boundary, which these seeds never do.
+inline void check_sampled_text_matches_cpu(const DeviceFactory& make_device) {
+  const ModelWeights& w = default_model().weights;
+  for (const SamplerOptions& sampler : {SamplerOptions{.temperature = 1.0f, .top_p = 0.9f, .seed = 7},
+                                        SamplerOptions{.temperature = 0.8f, .top_p = 1.0f, .seed = 8}}) {
+    const GenerateOptions g{.steps = 160, .sampler = sampler, .stop_at_eos = false};
+    const std::vector<std::vector<int32_t>> prompts(3, {kBosToken});
+    const std::vector<KvBudgets> budgets(3, full_cache_budgets(w.config(), 160));
+    CpuBackend cpu(w);
+    Decoder cpu_decoder(cpu);
+    GpuBackend gpu(w, make_device());
+    Decoder gpu_decoder(gpu);
+    const auto want = generate(cpu_decoder, prompts, budgets, g).tokens;
+    const auto got = generate(gpu_decoder, prompts, budgets, g).tokens;
+    EXPECT_EQ(got, want) << "top_p " << sampler.top_p;
+    EXPECT_NE(want[0], want[1]) << "the sequences' draws differ";
+  }
+}
+
 // Under a plan (uniform budget below the sequence, so the prompt is cut and decode evicts): the
 // same evictions as the CPU executor, record for record — sequence, step, layer, head and evicted
 // position; keys to rounding — the same logits to rounding, and exactly the plan's KV bytes.

@@ -20,6 +20,11 @@ TEST(GpuBackendCuda, GreedyTextAndLogitsMatchTheCpuBackend) {
   test::check_decoder_matches_cpu(cuda_device);
 }
 
+TEST(GpuBackendCuda, SampledTextMatchesTheCpuBackend) {
+  KVP_REQUIRE_GPU();
+  test::check_sampled_text_matches_cpu(cuda_device);
+}
+
 TEST(GpuBackendCuda, VatpEvictsWhatTheCpuExecutorEvicts) {
   KVP_REQUIRE_GPU();
   test::check_same_evictions_as_cpu(cuda_device, "vatp", PolicyParams{.sinks = 4, .recent = 8});

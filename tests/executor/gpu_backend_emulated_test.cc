@@ -9,6 +9,8 @@ std::unique_ptr<Device> emulated() { return make_emulated_device(); }
 
 TEST(GpuBackendEmulated, GreedyTextAndLogitsMatchTheCpuBackend) { test::check_decoder_matches_cpu(emulated); }
 
+TEST(GpuBackendEmulated, SampledTextMatchesTheCpuBackend) { test::check_sampled_text_matches_cpu(emulated); }
+
 TEST(GpuBackendEmulated, VatpEvictsWhatTheCpuExecutorEvicts) {
   test::check_same_evictions_as_cpu(emulated, "vatp", PolicyParams{.sinks = 4, .recent = 8});
 }

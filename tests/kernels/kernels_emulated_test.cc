@@ -30,6 +30,14 @@ struct Emulated {
     emulated::argmax(x.data(), static_cast<int>(out.size()), n, out.data(), threads);
     return out;
   }
+  std::vector<int32_t> sample(const std::vector<float>& logits, int n, float temperature, float top_p,
+                              const std::vector<float>& uniform, int threads) {
+    std::vector<int32_t> out(uniform.size());
+    std::vector<float> probs(logits.size());
+    emulated::sample(logits.data(), static_cast<int>(out.size()), n, temperature, top_p, uniform.data(), probs.data(),
+                     out.data(), threads);
+    return out;
+  }
   SlotCacheView view(std::vector<float>& k, std::vector<float>& v, std::vector<float>& score, std::vector<float>& l1,
                      const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity,
                      const std::vector<int32_t>& n_used) {
@@ -90,6 +98,11 @@ TEST(EmulatedKernels, RmsnormMatchesTheReference) {
 TEST(EmulatedKernels, RopeSwigluEmbeddingArgmaxMatchTheReferences) {
   Emulated t;
   test::check_rope_swiglu_embedding_argmax(t);
+}
+
+TEST(EmulatedKernels, SamplingFollowsTheSamplersRule) {
+  Emulated t;
+  test::check_sample(t);
 }
 
 TEST(EmulatedKernels, DecodeAttentionOverARaggedCacheAccumulatesScores) {

@@ -86,6 +86,17 @@ struct Device {
     dout.back(out);
     return out;
   }
+  std::vector<int32_t> sample(const std::vector<float>& logits, int n, float temperature, float top_p,
+                              const std::vector<float>& uniform, int threads) {
+    std::vector<int32_t> out(uniform.size());
+    Dev dx(logits);
+    Dev du(uniform);
+    Dev dprobs(logits);
+    Dev dout(out);
+    cuda::sample(dx.p, static_cast<int>(out.size()), n, temperature, top_p, du.p, dprobs.p, dout.p, threads);
+    dout.back(out);
+    return out;
+  }
   void attention(const std::vector<float>& q, std::vector<float>& k, std::vector<float>& v, std::vector<float>& score,
                  std::vector<float>& l1, const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity,
                  const std::vector<int32_t>& n_used, const std::vector<float>& k_new, const std::vector<float>& v_new,
@@ -176,6 +187,14 @@ TEST(GpuKernels, RmsnormMatchesTheReference) {
 #if KVP_HAVE_CUDA
   Device t;
   test::check_rmsnorm(t);
+#endif
+}
+
+TEST(GpuKernels, SamplingFollowsTheSamplersRule) {
+  KVP_REQUIRE_GPU();
+#if KVP_HAVE_CUDA
+  Device t;
+  test::check_sample(t);
 #endif
 }
 

@@ -82,6 +82,50 @@ void check_rope_swiglu_embedding_argmax(Target& t) {
 }
 
 // Heads of different capacities and fill (a ragged, plan-shaped cache); insert then attend.
+// The sampling kernel against the rule in double precision with a sort: the same token for every
+// draw whose decisions are clear of float rounding (and most are). Logits on a 0.05 grid, so
+// distinct tokens' probabilities are never within rounding of each other, with exact ties
+// (duplicated logits, a flat row) that the lower id must win; draws at 0 and just below 1.
+template <typename Target>
+void check_sample(Target& t) {
+  struct Setting {
+    float temperature, top_p;
+  };
+  int decided = 0, total = 0;
+  for (int n : {1, 7, 33, 512, 1000}) {
+    for (int threads : kThreadCounts) {
+      for (Setting s : {Setting{0.7f, 1.0f}, Setting{1.0f, 0.9f}, Setting{1.5f, 0.5f}, Setting{0.5f, 0.05f},
+                        Setting{1.0f, 1.0f}, Setting{0.0f, 0.9f}}) {
+        const int rows = 8;
+        std::mt19937 rng(n * 131 + threads);
+        std::vector<float> logits(size_t(rows) * n), uniform(rows);
+        for (int r = 0; r < rows; ++r) {
+          std::vector<int> grid(n);
+          for (int i = 0; i < n; ++i) grid[i] = i - n / 2;
+          std::shuffle(grid.begin(), grid.end(), rng);
+          for (int i = 0; i < n; ++i) logits[size_t(r) * n + i] = r == 7 ? 1.0f : 0.05f * grid[i];
+          if (n > 3 && r % 2 == 1) logits[size_t(r) * n + 2] = logits[size_t(r) * n + 1];  // an exact tie
+          uniform[r] = r == 0 ? 0.0f : r == 1 ? 1.0f - 0x1.0p-24f : std::uniform_real_distribution<float>(0, 1)(rng);
+        }
+        const auto got = t.sample(logits, n, s.temperature, s.top_p, uniform, threads);
+        if (s.temperature == 0.0f) {
+          EXPECT_EQ(got, ref::argmax(logits, n)) << "temperature 0 is argmax, n " << n;
+          continue;
+        }
+        for (int r = 0; r < rows; ++r) {
+          const ref::SampleRef want = ref::sample(logits.data() + size_t(r) * n, n, s.temperature, s.top_p, uniform[r]);
+          ++total;
+          if (want.margin < 1e-4) continue;
+          ++decided;
+          EXPECT_EQ(got[r], want.token) << "n " << n << " threads " << threads << " T " << s.temperature << " top_p "
+                                        << s.top_p << " row " << r << " u " << uniform[r];
+        }
+      }
+    }
+  }
+  EXPECT_GE(decided, total * 9 / 10) << "too few draws clear of rounding to test";
+}
+
 template <typename Target>
 void check_attention(Target& t) {
   const int head_dim = 8, group = 2;
