@@ -284,7 +284,8 @@ struct SlotCache {
 // (math::initial_score of its self weight). One block per (row, KV head), threads over head_dim.
 template <typename T>
 KVP_GLOBAL void insert_kernel(SlotCache<T> cache, const float* k_new, const float* v_new, const int32_t* slot,
-                              const int32_t* position, const float* self_weight, int rule, int head_dim) {
+                              const int32_t* position, const float* self_weight, math::ScoreArgs score_args,
+                              int n_kv_heads, int head_dim) {
   const int rh = static_cast<int>(blockIdx.x);
   const int j = slot[rh];
   if (j < 0) return;  // the whole block
@@ -302,7 +303,9 @@ KVP_GLOBAL void insert_kernel(SlotCache<T> cache, const float* k_new, const floa
   if (threadIdx.x == 0) {
     if (cache.value_l1) cache.value_l1[off + j] = l1;
     cache.pos[off + j] = position[rh];
-    cache.score[off + j] = math::initial_score(rule, position[rh], self_weight ? self_weight[rh] : 0.0f, l1);
+    cache.score[off + j] = math::initial_score(score_args, rh % n_kv_heads, position[rh],
+                                               self_weight ? self_weight[rh] : 0.0f, l1,
+                                               k_new + static_cast<int64_t>(rh) * head_dim, head_dim);
   }
 }
 
@@ -470,19 +473,21 @@ KVP_GLOBAL void prefill_attention_kernel(const float* q, const float* k, const f
 // Each prompt token's value L1 norm, score under `rule` (from its accumulated attention
 // column_sum[h, j], null when the rule needs none) and eviction key at the last prompt position.
 // One block per (position j, KV head h); outputs [n_kv_heads, P].
-KVP_GLOBAL void prefill_scores_kernel(const float* v, const float* column_sum, float* score, float* value_l1, float* key,
-                                      int prompt_len, int n_kv_heads, int head_dim, int rule, int per_query_key) {
+KVP_GLOBAL void prefill_scores_kernel(const float* k, const float* v, const float* column_sum, float* score,
+                                      float* value_l1, float* key, int prompt_len, int n_kv_heads, int head_dim,
+                                      math::ScoreArgs score_args) {
   const int j = static_cast<int>(blockIdx.x), h = static_cast<int>(blockIdx.y);
   const float* vj = v + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
+  const float* kj = k + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
   float l1 = 0;
   for (int d = static_cast<int>(threadIdx.x); d < head_dim; d += static_cast<int>(blockDim.x)) l1 += fabsf(vj[d]);
   l1 = block_sum(l1);
   if (threadIdx.x == 0) {
     const int64_t at = static_cast<int64_t>(h) * prompt_len + j;
-    const float s = math::initial_score(rule, j, column_sum ? column_sum[at] : 0.0f, l1);
+    const float s = math::initial_score(score_args, h, j, column_sum ? column_sum[at] : 0.0f, l1, kj, head_dim);
     score[at] = s;
     value_l1[at] = l1;
-    key[at] = math::eviction_key(s, j, prompt_len - 1, per_query_key);
+    key[at] = math::eviction_key(s, j, prompt_len - 1, score_args.per_query_key);
   }
 }
 

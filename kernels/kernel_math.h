@@ -38,13 +38,17 @@ KVP_HD inline To same_bits(From x) {
 KVP_HD inline float attention_scale(int head_dim) { return 1.0f / sqrtf(static_cast<float>(head_dim)); }
 
 KVP_HD inline bool accumulates_attention(int rule) { return rule == kScoreAttention || rule == kScoreValueAttention; }
-// The score a token enters the cache with: `attention` is what it received at its own step (its
-// self weight in decode, its column sum over the prompt in prefill).
-KVP_HD inline float initial_score(int rule, int32_t pos, float attention, float value_l1) {
-  switch (rule) {
+// The score a token of KV head `kv_head_idx` enters the cache with: `attention` is what it received
+// at its own step (its self weight in decode, its column sum over the prompt in prefill); `key` its
+// key, [head_dim].
+KVP_HD inline float initial_score(const ScoreArgs& a, int kv_head_idx, int32_t pos, float attention, float value_l1,
+                                  const float* key, int head_dim) {
+  switch (a.rule) {
     case kScorePosition: return static_cast<float>(pos);
     case kScoreAttention: return attention;
     case kScoreValueAttention: return attention * value_l1;
+    case kScoreKeyNorm: return key_norm_score(key, head_dim);
+    case kScoreRandom: return random_score(a.seed, a.layer_idx, kv_head_idx, pos);
     default: return 0.0f;
   }
 }

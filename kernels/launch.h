@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "kernels/score_rule.h"
+
 namespace kvp {
 
 // The plan-shaped cache as the kernels see it (decoder_kernels.cuh SlotCache): keys and values of
@@ -36,7 +38,8 @@ struct SlotCacheView {
               float* probs, int32_t* out, int threads);                                                           \
   void to_half(const float* x, void* out, int64_t count, int threads);                                            \
   void insert(const SlotCacheView& cache, const float* k_new, const float* v_new, const int32_t* slot,           \
-              const int32_t* position, const float* self_weight, int rule, int heads, int head_dim, int threads); \
+              const int32_t* position, const float* self_weight, const math::ScoreArgs& score_args,              \
+              int n_kv_heads, int heads, int head_dim, int threads);                                              \
   void place(const float* score, const int32_t* positions, const int64_t* offset, const int32_t* capacity,       \
              const int32_t* n_used, const int32_t* newest, int sinks, int recent, int per_query_key,             \
              int32_t* slot, int32_t* evicted_pos, float* evicted_key, int heads, int threads);                   \
@@ -46,8 +49,9 @@ struct SlotCacheView {
   void prefill_attention(const float* q, const float* k, const float* v, float* row_max, float* row_sum,         \
                          float* out, float* column_sum, int prompt_len, int n_kv_heads, int group, int head_dim,  \
                          int threads);                                                                            \
-  void prefill_scores(const float* v, const float* column_sum, float* score, float* value_l1, float* key,        \
-                      int prompt_len, int n_kv_heads, int head_dim, int rule, int per_query_key, int threads);   \
+  void prefill_scores(const float* k, const float* v, const float* column_sum, float* score, float* value_l1,   \
+                      float* key, int prompt_len, int n_kv_heads, int head_dim, const math::ScoreArgs& score_args, \
+                      int threads);                                                                               \
   /* REQUIRES: prompt_len <= 8192 and budget >= the protected positions. */                                   \
   void prefill_keep(const float* keys, int heads, int prompt_len, int sinks, int recent, int budget,             \
                     int32_t* keep, int threads);                                                                 \

@@ -35,8 +35,9 @@ int protected_count(const PolicyParams& params, int prompt_len) {
 
 Status GpuBackend::supports(const Policy& policy) {
   const std::string_view n = policy.name();
-  if (n == "full" || n == "window" || n == "h2o" || n == "vatp") return {};
-  return make_error("policy '{}' does not run on the GPU backend (it runs full, window, h2o and vatp)", n);
+  if (n == "full" || n == "window" || n == "h2o" || n == "vatp" || n == "knorm" || n == "random") return {};
+  return make_error("policy '{}' does not run on the GPU backend (it runs full, window, h2o, vatp, knorm and random)",
+                    n);
 }
 
 GpuBackend::GpuBackend(const ModelWeights& weights, std::unique_ptr<Device> device, GpuBackendOptions options)
@@ -94,11 +95,15 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
   const Status ok = supports(*policy_);
   KVP_CHECK(ok.ok(), "{}", ok.error().message());
   const std::string_view name = policy_->name();
-  rule_ = name == "full"     ? math::kScoreZero
-          : name == "window" ? math::kScorePosition
-          : name == "h2o"    ? math::kScoreAttention
-                             : math::kScoreValueAttention;
-  per_query_key_ = name == "vatp" && policy_->params().vatp_base == VatpBase::kMean ? 1 : 0;
+  score_args_ = math::ScoreArgs{
+      .rule = name == "full"     ? math::kScoreZero
+              : name == "window" ? math::kScorePosition
+              : name == "h2o"    ? math::kScoreAttention
+              : name == "vatp"   ? math::kScoreValueAttention
+              : name == "knorm"  ? math::kScoreKeyNorm
+                                 : math::kScoreRandom,
+      .per_query_key = name == "vatp" && policy_->params().vatp_base == VatpBase::kMean ? 1 : 0,
+      .seed = policy_->params().seed};
   sinks_ = policy_->params().sinks;
   recent_ = policy_->params().recent;
   evicts_ = policy_->evicts();
@@ -112,9 +117,9 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
     KVP_CHECK(b.n_layers == L && b.n_kv_heads == H && b.head_dim == hd, "sequence {}: budgets for another model", s);
     KVP_CHECK(b.dtype == budgets[0].dtype && b.aux_floats_per_slot == budgets[0].aux_floats_per_slot,
               "sequence {}: every sequence's cache must have the same dtype and aux floats", s);
-    KVP_CHECK(b.aux_floats_per_slot == (rule_ == math::kScoreValueAttention ? 1 : 0),
+    KVP_CHECK(b.aux_floats_per_slot == (score_args_.rule == math::kScoreValueAttention ? 1 : 0),
               "sequence {}: {} aux floats per slot; policy {} keeps {}", s, b.aux_floats_per_slot, name,
-              rule_ == math::kScoreValueAttention ? 1 : 0);
+              score_args_.rule == math::kScoreValueAttention ? 1 : 0);
     for (int32_t budget : b.budget_tokens) {
       KVP_CHECK(budget >= 1 && budget + 1 <= 64 * threads_, "sequence {}: budget {} outside 1..{}", s, budget,
                 64 * threads_ - 1);
@@ -130,7 +135,7 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
   // Regions of the arena, in this order; their sizes add up to the plan's bytes exactly.
   const size_t kv_region = static_cast<size_t>(total_slots) * hd * elem;
   const size_t meta_region = static_cast<size_t>(total_slots) * sizeof(float);
-  const bool l1 = rule_ == math::kScoreValueAttention;
+  const bool l1 = score_args_.rule == math::kScoreValueAttention;
   KVP_CHECK(static_cast<int64_t>(2 * kv_region + 2 * meta_region + (l1 ? meta_region : 0)) == bytes,
             "KV arena layout does not add up to the plan's bytes");
   kv_arena_ = DeviceBuffer(*device_, static_cast<size_t>(bytes));
@@ -326,11 +331,13 @@ void GpuBackend::prefill(const Work& w, int layer_idx) {
   const float* k = act(Act::kK) + static_cast<size_t>(w.first) * config_.kv_dim();
   const float* v = act(Act::kV) + static_cast<size_t>(w.first) * config_.kv_dim();
   float* out = act(Act::kAttn) + static_cast<size_t>(w.first) * config_.q_dim();
-  const bool sums = rule_ == math::kScoreAttention || rule_ == math::kScoreValueAttention;
+  const bool sums = score_args_.rule == math::kScoreAttention || score_args_.rule == math::kScoreValueAttention;
   K.prefill_attention(q, k, v, row_max_.as<float>(), row_sum_.as<float>(), out, sums ? column_sum_.as<float>() : nullptr,
                       P, H, group, hd, threads_);
-  K.prefill_scores(v, sums ? column_sum_.as<float>() : nullptr, prompt_score_.as<float>(), prompt_l1_.as<float>(),
-                   prompt_key_.as<float>(), P, H, hd, rule_, per_query_key_, threads_);
+  math::ScoreArgs score_args = score_args_;
+  score_args.layer_idx = layer_idx;
+  K.prefill_scores(k, v, sums ? column_sum_.as<float>() : nullptr, prompt_score_.as<float>(), prompt_l1_.as<float>(),
+                   prompt_key_.as<float>(), P, H, hd, score_args, threads_);
   for (int h = 0; h < H; ++h) {
     K.prefill_keep(prompt_key_.as<float>() + static_cast<size_t>(h) * P, 1, P, sinks_, recent_,
                    head_capacity_[head_index(seq, layer_idx, h)], keep_.as<int32_t>() + static_cast<size_t>(h) * keep_stride,
@@ -370,6 +377,8 @@ void GpuBackend::prefill(const Work& w, int layer_idx) {
 
 void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
   const int H = config_.n_kv_heads, hd = config_.head_dim(), group = config_.group_size();
+  math::ScoreArgs score_args = score_args_;
+  score_args.layer_idx = layer_idx;
   // Every run's (row, head) entries, packed for one upload: offsets, capacities, fill, newest.
   size_t total = 0;
   for (const Work& w : runs) total += static_cast<size_t>(w.n) * H;
@@ -413,11 +422,13 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
     const float* k_new = act(Act::kK) + static_cast<size_t>(w.first) * config_.kv_dim();
     const float* v_new = act(Act::kV) + static_cast<size_t>(w.first) * config_.kv_dim();
     float* out = act(Act::kAttn) + static_cast<size_t>(w.first) * config_.q_dim();
-    K.decode_attention(q, view, k_new, v_new, out, self_weight_.as<float>(), rule_, heads, group, hd, threads_);
-    K.place(score_, pos_, view.offset, view.capacity, view.n_used, newest_dev + e, sinks_, recent_, per_query_key_,
-            slot_.as<int32_t>(), evicted_pos_.as<int32_t>(), evicted_key_.as<float>(), heads, threads_);
-    K.insert(view, k_new, v_new, slot_.as<int32_t>(), newest_dev + e, self_weight_.as<float>(), rule_, heads, hd,
-             threads_);
+    K.decode_attention(q, view, k_new, v_new, out, self_weight_.as<float>(), score_args_.rule, heads, group, hd,
+                       threads_);
+    K.place(score_, pos_, view.offset, view.capacity, view.n_used, newest_dev + e, sinks_, recent_,
+            score_args.per_query_key, slot_.as<int32_t>(), evicted_pos_.as<int32_t>(), evicted_key_.as<float>(), heads,
+            threads_);
+    K.insert(view, k_new, v_new, slot_.as<int32_t>(), newest_dev + e, self_weight_.as<float>(), score_args, H, heads,
+             hd, threads_);
     if (eviction_log_) {
       evicted_pos.resize(heads);
       evicted_key.resize(heads);

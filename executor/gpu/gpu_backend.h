@@ -117,7 +117,8 @@ class GpuBackend final : public Backend {
   std::vector<int32_t> n_used_;         // [seq, layer, head]
   DeviceBuffer head_offset_dev_, head_capacity_dev_;
   std::shared_ptr<const Policy> policy_;
-  int rule_ = 0, per_query_key_ = 0, sinks_ = 0, recent_ = 0;
+  math::ScoreArgs score_args_;  // the policy's rule; layer_idx set per call
+  int sinks_ = 0, recent_ = 0;
   bool evicts_ = false;
   std::vector<EvictionRecord>* eviction_log_ = nullptr;
 

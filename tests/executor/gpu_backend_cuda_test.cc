@@ -36,6 +36,12 @@ TEST(GpuBackendCuda, H2oAndWindowEvictWhatTheCpuExecutorEvicts) {
   test::check_same_evictions_as_cpu(cuda_device, "window", PolicyParams{.sinks = 4, .recent = 8});
 }
 
+TEST(GpuBackendCuda, KnormAndRandomEvictWhatTheCpuExecutorEvicts) {
+  KVP_REQUIRE_GPU();
+  test::check_same_evictions_as_cpu(cuda_device, "knorm", PolicyParams{.sinks = 4, .recent = 8});
+  test::check_same_evictions_as_cpu(cuda_device, "random", PolicyParams{.sinks = 2, .recent = 4, .seed = 9});
+}
+
 TEST(GpuBackendCuda, HalfPrecisionWeightsAndCacheStayCloseToF32) {
   KVP_REQUIRE_GPU();
   test::check_half_precision(cuda_device);

@@ -27,6 +27,14 @@ TEST(GpuBackendEmulated, WindowEvictsWhatTheCpuExecutorEvicts) {
   test::check_same_evictions_as_cpu(emulated, "window", PolicyParams{.sinks = 4, .recent = 8});
 }
 
+TEST(GpuBackendEmulated, KnormEvictsWhatTheCpuExecutorEvicts) {
+  test::check_same_evictions_as_cpu(emulated, "knorm", PolicyParams{.sinks = 4, .recent = 8});
+}
+
+TEST(GpuBackendEmulated, RandomEvictsWhatTheCpuExecutorEvicts) {
+  test::check_same_evictions_as_cpu(emulated, "random", PolicyParams{.sinks = 2, .recent = 4, .seed = 9});
+}
+
 TEST(GpuBackendEmulated, HalfPrecisionWeightsAndCacheStayCloseToF32) { test::check_half_precision(emulated); }
 
 // The benchmarks' long-context shortcut: a filled cache decodes and evicts only unprotected
@@ -58,11 +66,12 @@ TEST(GpuBackendEmulated, FilledForBenchmarkDecodesAndEvictsTheOldestUnprotected)
 TEST(GpuBackendEmulated, RefusesPoliciesItDoesNotRun) {
   for (const std::string& name : policy_names()) {
     const auto policy = std::move(make_policy(name, PolicyParams{})).value();
-    const bool runs = name == "full" || name == "window" || name == "h2o" || name == "vatp";
+    const bool runs =
+        name == "full" || name == "window" || name == "h2o" || name == "vatp" || name == "knorm" || name == "random";
     const Status s = GpuBackend::supports(*policy);
     EXPECT_EQ(s.ok(), runs) << name;
     if (!runs) {
-      EXPECT_NE(s.error().message().find("runs full, window, h2o and vatp"), std::string::npos);
+      EXPECT_NE(s.error().message().find("runs full, window, h2o, vatp, knorm and random"), std::string::npos);
     }
   }
 }

@@ -85,7 +85,8 @@ struct Emulated {
               int head_dim, int threads) {
     const std::vector<int32_t> position(offset.size(), 7);
     emulated::insert(view(k, v, score, l1, offset, capacity, n_used), k_new.data(), v_new.data(), slots.data(),
-                     position.data(), nullptr, math::kScoreAttention, static_cast<int>(offset.size()), head_dim, threads);
+                     position.data(), nullptr, math::ScoreArgs{.rule = math::kScoreAttention}, 1,
+                     static_cast<int>(offset.size()), head_dim, threads);
     for (size_t h = 0; h < offset.size(); ++h) EXPECT_EQ(pos[offset[h] + slots[h]], 7);
   }
 };

@@ -167,7 +167,7 @@ struct Device {
     Dev dslot(slots);
     const std::vector<int32_t> position(offset.size(), 7);
     Dev dposition(position);
-    cuda::insert(c.view(), dkn.p, dvn.p, dslot.p, dposition.p, nullptr, math::kScoreAttention,
+    cuda::insert(c.view(), dkn.p, dvn.p, dslot.p, dposition.p, nullptr, math::ScoreArgs{.rule = math::kScoreAttention}, 1,
                  static_cast<int>(offset.size()), head_dim, threads);
     c.k.back(k);
     c.v.back(v);
