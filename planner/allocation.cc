@@ -9,7 +9,8 @@ Result<Allocation> parse_allocation(const std::string& name) {
   if (name == "greedy") return Allocation::kGreedy;
   if (name == "uniform") return Allocation::kUniform;
   if (name == "pyramid") return Allocation::kPyramid;
-  return make_error("--allocation: expected greedy, uniform or pyramid, found '{}'", name);
+  if (name == "greedy-head") return Allocation::kGreedyHead;
+  return make_error("--allocation: expected greedy, greedy-head, uniform or pyramid, found '{}'", name);
 }
 
 std::string allocation_name(Allocation a) {
@@ -17,6 +18,7 @@ std::string allocation_name(Allocation a) {
     case Allocation::kGreedy: return "greedy";
     case Allocation::kUniform: return "uniform";
     case Allocation::kPyramid: return "pyramid";
+    case Allocation::kGreedyHead: return "greedy-head";
   }
   return "?";
 }
@@ -70,19 +72,25 @@ Result<std::vector<int32_t>> allocate(Allocation method, const AllocationRequest
     return budgets;
   }
 
-  // Greedy: every layer starts at its hull's first point; repeatedly take the move with the
-  // largest error drop per slot that still fits.
-  if (static_cast<int>(curves.size()) != r.n_layers) {
-    return make_error("greedy allocation: {} error curves for {} layers", curves.size(), r.n_layers);
+  // Greedy over units (layers, or layers' KV heads) of `unit_heads` heads each: every unit starts at
+  // its hull's first point; repeatedly take the move with the largest error drop per slot that
+  // still fits.
+  const bool per_head = method == Allocation::kGreedyHead;
+  const int units = per_head ? r.n_layers * r.n_kv_heads : r.n_layers;
+  const int64_t unit_heads = per_head ? 1 : r.n_kv_heads;
+  if (static_cast<int>(curves.size()) != units) {
+    return make_error("{} allocation: {} error curves for {} {}", allocation_name(method), curves.size(), units,
+                      per_head ? "layers x KV heads" : "layers");
   }
+  budgets.assign(units, avg);
   std::vector<ErrorCurve> hulls;
-  std::vector<size_t> at(r.n_layers, 0);
+  std::vector<size_t> at(units, 0);
   int64_t used = 0;
-  for (int l = 0; l < r.n_layers; ++l) {
-    hulls.push_back(lower_convex_hull(curves[l]));
-    KVP_CHECK(!hulls[l].budgets.empty());
-    budgets[l] = hulls[l].budgets[0];
-    used += budgets[l] * int64_t{r.n_kv_heads};
+  for (int u = 0; u < units; ++u) {
+    hulls.push_back(lower_convex_hull(curves[u]));
+    KVP_CHECK(!hulls[u].budgets.empty());
+    budgets[u] = hulls[u].budgets[0];
+    used += budgets[u] * unit_heads;
   }
   if (used > r.total_slots) {
     return make_error("memory limit: {} slots per sequence is below the smallest replayed budgets ({} slots)",
@@ -91,15 +99,15 @@ Result<std::vector<int32_t>> allocate(Allocation method, const AllocationRequest
   for (;;) {
     int best = -1;
     double best_gain = 0;
-    for (int l = 0; l < r.n_layers; ++l) {
-      if (at[l] + 1 >= hulls[l].budgets.size()) continue;
-      const int64_t extra = (hulls[l].budgets[at[l] + 1] - hulls[l].budgets[at[l]]) * int64_t{r.n_kv_heads};
+    for (int u = 0; u < units; ++u) {
+      if (at[u] + 1 >= hulls[u].budgets.size()) continue;
+      const int64_t extra = (hulls[u].budgets[at[u] + 1] - hulls[u].budgets[at[u]]) * unit_heads;
       if (used + extra > r.total_slots) continue;
-      const double gain = (hulls[l].error[at[l]] - hulls[l].error[at[l] + 1]) / extra;
-      if (gain > best_gain) best = l, best_gain = gain;
+      const double gain = (hulls[u].error[at[u]] - hulls[u].error[at[u] + 1]) / extra;
+      if (gain > best_gain) best = u, best_gain = gain;
     }
     if (best < 0) break;
-    used += (hulls[best].budgets[at[best] + 1] - hulls[best].budgets[at[best]]) * int64_t{r.n_kv_heads};
+    used += (hulls[best].budgets[at[best] + 1] - hulls[best].budgets[at[best]]) * unit_heads;
     budgets[best] = hulls[best].budgets[++at[best]];
   }
   return budgets;

@@ -15,7 +15,9 @@ struct ErrorCurve {
   std::vector<double> error;
 };
 
-enum class Allocation { kGreedy, kUniform, kPyramid };  // on-disk names frozen: greedy, uniform, pyramid
+// On-disk names frozen: greedy, uniform, pyramid (one budget per layer), greedy-head (one per layer
+// and KV head).
+enum class Allocation { kGreedy, kUniform, kPyramid, kGreedyHead };
 Result<Allocation> parse_allocation(const std::string& name);
 std::string allocation_name(Allocation a);
 
@@ -27,8 +29,9 @@ struct AllocationRequest {
   int32_t max_budget = 0;    // the longest sequence (more is never useful)
 };
 
-// Per-layer budgets (the same for every head of a layer) whose slots never exceed the limit.
-// Greedy needs one curve per layer.
+// Budgets whose slots never exceed the limit: per layer (the same for every head of a layer), or
+// for greedy-head per layer and KV head ([layer * n_kv_heads + head]). Greedy needs one curve per
+// layer, greedy-head one per layer and KV head.
 Result<std::vector<int32_t>> allocate(Allocation method, const AllocationRequest& request,
                                       const std::vector<ErrorCurve>& curves);
 

@@ -21,21 +21,50 @@ std::vector<int32_t> candidate_budgets(int32_t min_budget, int32_t max_budget) {
   return out;
 }
 
-std::vector<ErrorCurve> layer_error_curves(const ReplayEngine& engine, const std::shared_ptr<const Policy>& policy,
-                                           const std::vector<int32_t>& budgets,
-                                           const std::function<void(int)>& progress) {
+namespace {
+
+// Uniform replays at every candidate budget, in one batch.
+std::vector<ReplayResult> uniform_replays(const ReplayEngine& engine, const std::shared_ptr<const Policy>& policy,
+                                          const std::vector<int32_t>& budgets, bool head_energy) {
   const TraceModelShape& m = engine.model();
-  std::vector<ErrorCurve> curves(m.n_layers);
   std::vector<ReplayConfig> configs;
   for (int32_t b : budgets) {
     configs.push_back({.policy = policy,
-                       .budgets = std::vector<std::vector<int32_t>>(m.n_layers, std::vector<int32_t>(m.n_kv_heads, b))});
+                       .budgets = std::vector<std::vector<int32_t>>(m.n_layers, std::vector<int32_t>(m.n_kv_heads, b)),
+                       .head_energy = head_energy});
   }
-  const std::vector<ReplayResult> results = engine.run_batch(configs);
+  return engine.run_batch(configs);
+}
+
+}  // namespace
+
+std::vector<ErrorCurve> layer_error_curves(const ReplayEngine& engine, const std::shared_ptr<const Policy>& policy,
+                                           const std::vector<int32_t>& budgets,
+                                           const std::function<void(int)>& progress) {
+  const std::vector<ReplayResult> results = uniform_replays(engine, policy, budgets, false);
+  std::vector<ErrorCurve> curves(engine.model().n_layers);
   for (size_t i = 0; i < budgets.size(); ++i) {
-    for (int l = 0; l < m.n_layers; ++l) {
+    for (size_t l = 0; l < curves.size(); ++l) {
       curves[l].budgets.push_back(budgets[i]);
       curves[l].error.push_back(results[i].resid_energy[l]);
+    }
+  }
+  if (progress) progress(static_cast<int>(budgets.size()));
+  return curves;
+}
+
+std::vector<ErrorCurve> head_error_curves(const ReplayEngine& engine, const std::shared_ptr<const Policy>& policy,
+                                          const std::vector<int32_t>& budgets,
+                                          const std::function<void(int)>& progress) {
+  const std::vector<ReplayResult> results = uniform_replays(engine, policy, budgets, true);
+  const int L = engine.model().n_layers, KVH = engine.model().n_kv_heads;
+  std::vector<ErrorCurve> curves(size_t(L) * KVH);
+  for (size_t i = 0; i < budgets.size(); ++i) {
+    for (int l = 0; l < L; ++l) {
+      for (int h = 0; h < KVH; ++h) {
+        curves[size_t(l) * KVH + h].budgets.push_back(budgets[i]);
+        curves[size_t(l) * KVH + h].error.push_back(results[i].head_resid_energy[l][h]);
+      }
     }
   }
   if (progress) progress(static_cast<int>(budgets.size()));
@@ -48,23 +77,32 @@ void record_replay_predictions(const ReplayResult& r, Plan* plan) {
   plan->predicted["replay_retained_mass"] = r.mean_retained_mass();
 }
 
-Plan layer_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
-                const std::vector<int32_t>& layer_budgets) {
+Plan head_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
+               std::vector<std::vector<int32_t>> budgets) {
   Plan plan;
   plan.model = model;
   plan.policy = policy;
   plan.params = params;
   plan.kv_dtype = KvDtype::kF32;
-  for (int32_t b : layer_budgets) plan.budgets.push_back(std::vector<int32_t>(model.n_kv_heads, b));
+  plan.budgets = std::move(budgets);
   plan.kv_bytes_per_sequence = plan.kv_budgets().kv_bytes();
   return plan;
 }
 
+Plan layer_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
+                const std::vector<int32_t>& layer_budgets) {
+  std::vector<std::vector<int32_t>> budgets;
+  for (int32_t b : layer_budgets) budgets.push_back(std::vector<int32_t>(model.n_kv_heads, b));
+  return head_plan(model, policy, params, std::move(budgets));
+}
+
 std::vector<ErrorCurve> weighted_curves(std::vector<ErrorCurve> curves, const std::vector<double>& layer_weights) {
   if (layer_weights.empty()) return curves;
-  KVP_CHECK(layer_weights.size() == curves.size(), "{} layer weights for {} layers", layer_weights.size(), curves.size());
-  for (size_t l = 0; l < curves.size(); ++l) {
-    for (double& e : curves[l].error) e *= layer_weights[l];
+  KVP_CHECK(!layer_weights.empty() && curves.size() % layer_weights.size() == 0, "{} layer weights for {} curves",
+            layer_weights.size(), curves.size());
+  const size_t per_layer = curves.size() / layer_weights.size();
+  for (size_t u = 0; u < curves.size(); ++u) {
+    for (double& e : curves[u].error) e *= layer_weights[u / per_layer];
   }
   return curves;
 }
@@ -76,16 +114,31 @@ Result<PlanOutcome> make_plan(const ReplayEngine& engine, const std::string& tra
   std::shared_ptr<const Policy> policy(std::move(policy_impl));
   const int32_t longest = engine.max_length();  // budgets beyond it are never needed
   const int32_t min_budget = policy->evicts() ? std::max(1, req.params.sinks + req.params.recent) : longest;
+  const bool per_head = req.allocation == Allocation::kGreedyHead;
+  if (per_head && policy->shared_per_layer()) {
+    return make_error("--allocation greedy-head: policy {} keeps one set of positions per layer, so the heads of a "
+                      "layer need equal budgets; use greedy", req.policy);
+  }
   PlanOutcome out;
   if (req.allocation == Allocation::kGreedy) {
     out.curves = layer_error_curves(engine, policy, candidate_budgets(min_budget, longest), progress);
+  } else if (per_head) {
+    out.curves = head_error_curves(engine, policy, candidate_budgets(min_budget, longest), progress);
   }
   KVP_ASSIGN_OR_RETURN(std::vector<int32_t> budgets,
                        allocate(req.allocation,
                                 {.n_layers = m.n_layers, .n_kv_heads = m.n_kv_heads, .total_slots = req.total_slots,
                                  .min_budget = min_budget, .max_budget = longest},
                                 weighted_curves(out.curves, req.layer_weights)));
-  out.plan = layer_plan(plan_model_of(m), req.policy, req.params, budgets);
+  if (per_head) {
+    std::vector<std::vector<int32_t>> head_budgets;
+    for (int l = 0; l < m.n_layers; ++l) {
+      head_budgets.emplace_back(budgets.begin() + size_t(l) * m.n_kv_heads, budgets.begin() + size_t(l + 1) * m.n_kv_heads);
+    }
+    out.plan = head_plan(plan_model_of(m), req.policy, req.params, std::move(head_budgets));
+  } else {
+    out.plan = layer_plan(plan_model_of(m), req.policy, req.params, budgets);
+  }
   Plan& plan = out.plan;
   out.replay = engine.run({.policy = policy, .budgets = plan.budgets});
   record_replay_predictions(out.replay, &plan);

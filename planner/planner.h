@@ -17,6 +17,9 @@ PlanModel plan_model_of(const TraceModelShape& m);
 // A plan with one budget per layer (every KV head of a layer alike), f32 KV, its bytes filled in.
 Plan layer_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
                 const std::vector<int32_t>& layer_budgets);
+// The same with a budget per layer and KV head ([n_layers][n_kv_heads]).
+Plan head_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
+               std::vector<std::vector<int32_t>> budgets);
 
 // Candidate budgets for error curves: a geometric ladder from min_budget to max_budget.
 std::vector<int32_t> candidate_budgets(int32_t min_budget, int32_t max_budget);
@@ -32,19 +35,26 @@ struct PlanRequest {
   std::vector<double> layer_weights;
 };
 
-// Scales each layer's curve by its weight (for greedy on calibrated error); empty weights: as is.
+// Scales each layer's curves by its weight (for greedy on calibrated error); empty weights: as is.
+// `curves` holds one curve per layer, or (greedy-head) one per layer and KV head in layer order.
 std::vector<ErrorCurve> weighted_curves(std::vector<ErrorCurve> curves, const std::vector<double>& layer_weights);
 
 struct PlanOutcome {
   Plan plan;
   ReplayResult replay;             // of the chosen budgets
-  std::vector<ErrorCurve> curves;  // per layer (greedy only)
+  std::vector<ErrorCurve> curves;  // per layer (greedy), per layer and KV head (greedy-head)
 };
 
 // Per-layer error curves (residual-stream energy) from uniform replays at `budgets`.
 std::vector<ErrorCurve> layer_error_curves(const ReplayEngine& engine, const std::shared_ptr<const Policy>& policy,
                                            const std::vector<int32_t>& budgets,
                                            const std::function<void(int)>& progress = {});
+
+// Per layer and KV head ([layer * n_kv_heads + head]): each head's own residual energy from the
+// same uniform replays (ReplayResult::head_resid_energy).
+std::vector<ErrorCurve> head_error_curves(const ReplayEngine& engine, const std::shared_ptr<const Policy>& policy,
+                                          const std::vector<int32_t>& budgets,
+                                          const std::function<void(int)>& progress = {});
 
 Result<PlanOutcome> make_plan(const ReplayEngine& engine, const std::string& trace_dir, const PlanRequest& request,
                               const std::function<void(int)>& progress = {});

@@ -157,6 +157,7 @@ Result<std::unique_ptr<ReplayEngine>> ReplayEngine::create(const Trace& trace, i
 struct ReplayEngine::Totals {
   std::vector<double> rel, mass;  // [n_kv_heads]
   double energy = 0;
+  std::vector<double> head_energy;  // [n_kv_heads] when asked
   double seconds = 0;
 };
 
@@ -251,6 +252,18 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
       const double x = layer.data.resid_norm[t];
       tot.energy += static_cast<double>(injected.row(t - P).squaredNorm()) / std::max(x * x, 1e-30);
     }
+    if (config.head_energy) {
+      // Each KV head's query heads' columns alone: ‖W_o,h (o_h − ô_h)‖² / ‖x‖².
+      tot.head_energy.assign(KVH, 0.0);
+      const int cols = group * hd;
+      for (int h = 0; h < KVH; ++h) {
+        injected.noalias() = delta.middleCols(h * cols, cols) * wo.middleCols(h * cols, cols).transpose();
+        for (int t = P; t < T; ++t) {
+          const double x = layer.data.resid_norm[t];
+          tot.head_energy[h] += static_cast<double>(injected.row(t - P).squaredNorm()) / std::max(x * x, 1e-30);
+        }
+      }
+    }
     tot.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
 }
@@ -282,6 +295,7 @@ std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConf
     r.rel_error.assign(L, std::vector<double>(KVH, 0.0));
     r.retained_mass = r.rel_error;
     r.resid_energy.assign(L, 0.0);
+    if (configs[c].head_energy) r.head_resid_energy.assign(L, std::vector<double>(KVH, 0.0));
     for (int i = 0; i < tasks; ++i) {
       const int l = i % L;
       const Totals& t = totals[i][c];
@@ -290,6 +304,7 @@ std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConf
         r.retained_mass[l][h] += t.mass[h] / (steps * group);
       }
       r.resid_energy[l] += t.energy / steps;
+      for (size_t h = 0; h < t.head_energy.size(); ++h) r.head_resid_energy[l][h] += t.head_energy[h] / steps;
       r.cpu_seconds += t.seconds;
     }
     r.head_steps = decode_steps() * model_.n_heads * L;

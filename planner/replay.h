@@ -15,6 +15,7 @@ namespace kvp {
 struct ReplayConfig {
   std::shared_ptr<const Policy> policy;
   std::vector<std::vector<int32_t>> budgets;  // [n_layers][n_kv_heads] slots
+  bool head_energy = false;  // also measure each KV head's own residual energy (head_resid_energy)
 };
 
 struct ReplayResult {
@@ -24,6 +25,10 @@ struct ReplayResult {
   // Per layer: mean over decode steps of ‖W_o (o − ô)‖² / ‖x‖², all heads of the layer together
   // (the energy the error injects into the residual stream x entering the layer).
   std::vector<double> resid_energy;
+  // With ReplayConfig::head_energy, per layer and KV head: the same measure for the head's own error
+  // alone, ‖W_o,h (o_h − ô_h)‖² / ‖x‖² with W_o,h the columns of its query heads (the cross terms
+  // between heads, which average out, left out). Empty otherwise.
+  std::vector<std::vector<double>> head_resid_energy;
   int64_t head_steps = 0;  // query-head decode steps replayed
   double seconds = 0;      // wall time of the run (of the whole batch for run_batch)
   double cpu_seconds = 0;  // worker time spent on this configuration, summed over threads

@@ -38,7 +38,7 @@ class VatpPolicy final : public Policy {
   void init_slot(SlotArrays& s, int slot, const NewToken& token) const override;
   void observe(SlotArrays& s, const float* weights, int query_pos, int prompt_len) const override;
   float eviction_key(const SlotArrays& s, int slot, int query_pos) const override;
-  void eviction_keys(const SlotArrays& s, int query_pos, float* keys) const override;
+  const float* eviction_keys(const SlotArrays& s, int query_pos, float* buffer) const override;
 };
 
 class TovaPolicy final : public Policy {

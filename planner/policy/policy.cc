@@ -62,21 +62,21 @@ std::vector<float>& key_buffer(size_t n) {
 }  // namespace
 
 int choose_victim(const Policy& policy, const SlotArrays& s, int32_t newest_pos) {
-  std::vector<float>& keys = key_buffer(s.n_used);
-  policy.eviction_keys(s, newest_pos, keys.data());
-  return lowest_unprotected(policy.params(), s.pos, keys.data(), s.n_used, newest_pos);
+  std::vector<float>& buffer = key_buffer(s.n_used);
+  const float* keys = policy.eviction_keys(s, newest_pos, buffer.data());
+  return lowest_unprotected(policy.params(), s.pos, keys, s.n_used, newest_pos);
 }
 
 int choose_shared_victim(const Policy& policy, std::span<const SlotArrays> heads, int32_t newest_pos) {
   const SlotArrays& first = heads.front();
   std::vector<float>& sum = key_buffer(2 * size_t(first.n_used));
   float* total = sum.data();
-  float* keys = sum.data() + first.n_used;
+  float* buffer = sum.data() + first.n_used;
   std::fill(total, total + first.n_used, 0.0f);
   for (const SlotArrays& h : heads) {
     KVP_CHECK(h.n_used == first.n_used && std::equal(h.pos, h.pos + h.n_used, first.pos),
               "heads of a shared-set policy hold different positions");
-    policy.eviction_keys(h, newest_pos, keys);
+    const float* keys = policy.eviction_keys(h, newest_pos, buffer);
     for (int j = 0; j < first.n_used; ++j) total[j] += keys[j];
   }
   return lowest_unprotected(policy.params(), first.pos, total, first.n_used, newest_pos);
@@ -102,8 +102,8 @@ std::vector<int> select_prefill_kept(const Policy& policy, std::span<const SlotA
   // Keys summed over the heads in order, as choose_shared_victim sums them.
   std::vector<float> key(prompt_len, 0.0f), head_keys(prompt_len);
   for (const SlotArrays& h : heads) {
-    policy.eviction_keys(h, newest, head_keys.data());
-    for (int j = 0; j < prompt_len; ++j) key[j] += head_keys[j];
+    const float* keys = policy.eviction_keys(h, newest, head_keys.data());
+    for (int j = 0; j < prompt_len; ++j) key[j] += keys[j];
   }
   // Highest key first; the newer position first on ties (ties evict the older).
   std::stable_sort(candidates.begin(), candidates.end(), [&](int a, int b) {

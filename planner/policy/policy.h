@@ -85,10 +85,11 @@ class Policy {
   virtual float eviction_key(const SlotArrays& s, int slot, int /*query_pos*/) const {
     return s.score[slot];
   }
-  // eviction_key() of every slot [0, n_used) at once (the hot path: one call per head and step).
-  // Overrides must give exactly the values eviction_key() gives.
-  virtual void eviction_keys(const SlotArrays& s, int /*query_pos*/, float* keys) const {
-    std::copy(s.score, s.score + s.n_used, keys);
+  // eviction_key() of every slot [0, n_used) at once (the hot path: one call per head and step):
+  // the scores themselves, or the keys written to `buffer` ([n_used]). Overrides must give exactly
+  // the values eviction_key() gives.
+  virtual const float* eviction_keys(const SlotArrays& s, int /*query_pos*/, float* /*buffer*/) const {
+    return s.score;
   }
 
  private:

@@ -32,12 +32,10 @@ float VatpPolicy::eviction_key(const SlotArrays& s, int slot, int query_pos) con
   return s.score[slot] / static_cast<float>(query_pos - s.pos[slot] + 1);
 }
 
-void VatpPolicy::eviction_keys(const SlotArrays& s, int query_pos, float* keys) const {
-  if (params().vatp_base == VatpBase::kH2o) {
-    std::copy(s.score, s.score + s.n_used, keys);
-    return;
-  }
-  for (int j = 0; j < s.n_used; ++j) keys[j] = s.score[j] / static_cast<float>(query_pos - s.pos[j] + 1);
+const float* VatpPolicy::eviction_keys(const SlotArrays& s, int query_pos, float* buffer) const {
+  if (params().vatp_base == VatpBase::kH2o) return s.score;
+  for (int j = 0; j < s.n_used; ++j) buffer[j] = s.score[j] / static_cast<float>(query_pos - s.pos[j] + 1);
+  return buffer;
 }
 
 }  // namespace kvp

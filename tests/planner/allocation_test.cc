@@ -32,6 +32,23 @@ TEST(Allocation, GreedyGivesSlotsWhereTheyCutMostErrorAndNeverExceedsTheLimit) {
   EXPECT_EQ(*uniform, (std::vector<int32_t>{40, 40}));
 }
 
+TEST(Allocation, GreedyHeadGivesSlotsToTheHeadsThatNeedThemWithinTheLimit) {
+  // One layer, two KV heads: head 0 barely cares about its budget, head 1 cares a lot. Per layer
+  // the two would get equal budgets; per head the slots go to head 1.
+  const std::vector<ErrorCurve> curves = {{.budgets = {8, 16, 32, 64}, .error = {0.10, 0.09, 0.08, 0.07}},
+                                          {.budgets = {8, 16, 32, 64}, .error = {1.00, 0.50, 0.20, 0.05}}};
+  const AllocationRequest r{.n_layers = 1, .n_kv_heads = 2, .total_slots = 80, .min_budget = 8, .max_budget = 64};
+  auto head = allocate(Allocation::kGreedyHead, r, curves);
+  ASSERT_TRUE(head.ok()) << head.error().message();
+  // By hand (one head per unit): start at (8, 8) = 16 slots. Head 1 to 16 (+8, gain 0.5/8), to 32
+  // (+16, 0.3/16), to 64 (+32, 0.15/32 beats head 0's 0.01/8): 72 slots. Head 0 to 16 (+8): 80.
+  EXPECT_EQ(*head, (std::vector<int32_t>{16, 64}));
+  auto wrong = allocate(Allocation::kGreedyHead, r, {curves[0]});
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.error().message().find("1 error curves for 2 layers x KV heads"), std::string::npos);
+  EXPECT_EQ(allocation_name(*parse_allocation("greedy-head")), "greedy-head");
+}
+
 TEST(Allocation, PyramidFallsWithDepthWithinTheLimit) {
   const AllocationRequest r{.n_layers = 5, .n_kv_heads = 4, .total_slots = 5 * 4 * 64, .min_budget = 8, .max_budget = 512};
   auto p = allocate(Allocation::kPyramid, r, {});

@@ -94,8 +94,8 @@ TEST(Vatp, MeanBaseDividesByTheQueriesThatSawTheToken) {
   EXPECT_FLOAT_EQ(mean->eviction_key(s.view(), 1, 4), 0.3f / 3.0f);
   EXPECT_FLOAT_EQ(mean->eviction_key(s.view(), 2, 4), 0.25f / 2.0f);
   // The batched keys are the same values.
-  float keys[3];
-  mean->eviction_keys(s.view(), 4, keys);
+  float buffer[3];
+  const float* keys = mean->eviction_keys(s.view(), 4, buffer);
   for (int j = 0; j < 3; ++j) EXPECT_EQ(keys[j], mean->eviction_key(s.view(), j, 4));
   // Keys 0.1, 0.1, 0.125 (in float): positions 1 and 2 tie up to rounding; the lower key goes.
   const int victim = choose_victim(*mean, s.view(), 4);

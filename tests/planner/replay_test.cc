@@ -162,16 +162,22 @@ TEST_P(ReplayAgreement, KeepsTheExecutorsTokensInTheSameSlotsAtEveryStep) {
 INSTANTIATE_TEST_SUITE_P(Policies, ReplayAgreement, ::testing::Values("window", "h2o", "vatp", "tova", "snapkv", "knorm", "random"),
                          [](const auto& info) { return info.param; });
 
-TEST(Replay, ErrorsVanishWithAFullBudgetAndGrowAsItShrinks) {
+// A replay engine over the executor's full-cache recording of 140 positions, 24 of them prompt.
+std::unique_ptr<ReplayEngine> full_cache_engine() {
   const ClosedLoop recorded = run_executor("full", {.sinks = 0, .recent = 0}, 140, 140, 24);
   auto trace = Trace::open(recorded.trace_dir);
-  ASSERT_TRUE(trace.ok());
+  KVP_CHECK(trace.ok(), "{}", trace.error().message());
   auto engine = ReplayEngine::create(*trace, 2);
-  ASSERT_TRUE(engine.ok());
+  KVP_CHECK(engine.ok());
+  return std::move(engine).value();
+}
+
+TEST(Replay, ErrorsVanishWithAFullBudgetAndGrowAsItShrinks) {
+  const std::unique_ptr<ReplayEngine> engine = full_cache_engine();
   const ModelConfig& c = default_model().weights.config();
   auto run = [&](int budget) {
     const PolicyParams p{.sinks = 2, .recent = 4};
-    return (*engine)->run({.policy = std::shared_ptr<const Policy>(make_policy("h2o", p).value()),
+    return engine->run({.policy = std::shared_ptr<const Policy>(make_policy("h2o", p).value()),
                            .budgets = std::vector<std::vector<int32_t>>(c.n_layers, std::vector<int32_t>(c.n_kv_heads, budget))});
   };
   const ReplayResult full = run(140), mid = run(48), small = run(12);
@@ -189,6 +195,31 @@ TEST(Replay, ErrorsVanishWithAFullBudgetAndGrowAsItShrinks) {
   EXPECT_EQ(full.head_steps, int64_t{140 - 24} * c.n_heads * c.n_layers);
   // The same configuration twice, and with one thread, gives the same bits.
   EXPECT_EQ(run(48).rel_error, mid.rel_error);
+}
+
+// Each KV head's own residual energy: zero for a head holding every token, and when one head
+// alone is cut, the layer's energy is that head's (no other head adds error or cross terms).
+TEST(Replay, HeadEnergyIsEachHeadsShareOfTheLayersEnergy) {
+  const std::unique_ptr<ReplayEngine> engine = full_cache_engine();
+  const ModelConfig& c = default_model().weights.config();
+  ASSERT_GE(c.n_kv_heads, 2);
+  std::vector<std::vector<int32_t>> budgets(c.n_layers, std::vector<int32_t>(c.n_kv_heads, 140));
+  budgets[1][1] = 16;  // layer 1, KV head 1 only
+  const ReplayResult r = engine->run({.policy = std::shared_ptr<const Policy>(make_policy("h2o", {.sinks = 2, .recent = 4}).value()),
+                                         .budgets = budgets,
+                                         .head_energy = true});
+  ASSERT_EQ(r.head_resid_energy.size(), size_t(c.n_layers));
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (int h = 0; h < c.n_kv_heads; ++h) {
+      if (l == 1 && h == 1) continue;
+      EXPECT_EQ(r.head_resid_energy[l][h], 0.0) << l << " " << h;
+    }
+    if (l != 1) {
+      EXPECT_EQ(r.resid_energy[l], 0.0);
+    }
+  }
+  EXPECT_GT(r.head_resid_energy[1][1], 0.0);
+  EXPECT_NEAR(r.head_resid_energy[1][1], r.resid_energy[1], 1e-6 * r.resid_energy[1]);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "planner/plan/plan.h"
 #include "tests/support/test_support.h"
 
 namespace kvp {
@@ -168,12 +169,36 @@ TEST(Cli, TracePlansAreByteIdenticalAndSweepsWriteTheirReports) {
   const auto j = nlohmann::json::parse(run.out);
   EXPECT_EQ(j["kv_bytes"], j["predicted_kv_bytes"]);
 
-  const test::CliResult sweep = run_kvplan("sweep --trace " + dir + "/t --policies h2o,vatp --budgets 8,16,32 --sinks 2 "
-                                           "--recent 4 --no-plots --out " + dir + "/s");
+  // Per layer and KV head: byte-identical too, within the same memory, and it runs. TOVA keeps one
+  // set per layer, so it cannot be given per-head budgets.
+  for (const char* out : {"/h1.yaml", "/h2.yaml"}) {
+    const test::CliResult plan = run_kvplan("plan --trace " + dir + "/t --policy vatp --keep 0.25 --sinks 2 --recent 4 "
+                                            "--allocation greedy-head --out " + dir + out);
+    ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  }
+  const std::string h1 = test::read_bytes(dir + "/h1.yaml");
+  EXPECT_EQ(h1, test::read_bytes(dir + "/h2.yaml"));
+  EXPECT_NE(h1.find("allocation: greedy-head"), std::string::npos);
+  auto per_head = Plan::load(dir + "/h1.yaml");
+  auto per_layer = Plan::load(dir + "/p1.yaml");
+  ASSERT_TRUE(per_head.ok() && per_layer.ok());
+  EXPECT_LE(per_head->kv_budgets().total_slots(), int64_t(0.25 * per_head->model.n_layers * per_head->model.n_kv_heads * 96));
+  const test::CliResult run_head = run_kvplan("run --plan " + dir + "/h1.yaml --steps 64 --json");
+  ASSERT_EQ(run_head.exit_code, 0) << run_head.err;
+  EXPECT_EQ(nlohmann::json::parse(run_head.out)["kv_bytes"], per_head->kv_bytes_per_sequence);
+  const test::CliResult tova = run_kvplan("plan --trace " + dir + "/t --policy tova --keep 0.25 --sinks 2 --recent 4 "
+                                          "--allocation greedy-head --out " + dir + "/tova.yaml");
+  EXPECT_NE(tova.exit_code, 0);
+  EXPECT_NE(tova.err.find("keeps one set of positions per layer"), std::string::npos) << tova.err;
+
+  const test::CliResult sweep = run_kvplan("sweep --trace " + dir + "/t --policies h2o,vatp,tova --budgets 8,16,32 --sinks 2 "
+                                           "--recent 4 --no-plots --per-head --out " + dir + "/s");
   ASSERT_EQ(sweep.exit_code, 0) << sweep.err;
   const std::string csv = test::read_bytes(dir + "/s/sweep.csv");
   EXPECT_EQ(csv.rfind("policy,allocation,budget,", 0), 0u);
   EXPECT_NE(csv.find("\nvatp,uniform,32,"), std::string::npos);
+  EXPECT_NE(csv.find("\nvatp,greedy-head,16,"), std::string::npos);
+  EXPECT_EQ(csv.find("\ntova,greedy-head,"), std::string::npos) << "tova keeps one set per layer";
   EXPECT_NE(test::read_bytes(dir + "/s/sweep.md").find("| h2o |"), std::string::npos);
 
   const test::CliResult cap = run_kvplan("capacity --model-config llama-2-7b --hardware a100-80gb --context 4096 --keep 0.5 --json");

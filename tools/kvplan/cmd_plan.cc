@@ -1,7 +1,7 @@
 // kvplan plan: write a plan.yaml — from a trace (replay error curves and allocation under a memory
 // limit), or a uniform plan from flags.
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <optional>
 
@@ -66,10 +66,11 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
     request.total_slots = heads * flags.plan.budget;
     request.memory_description = fmt::format("{} tokens per layer and head on average", flags.plan.budget);
   }
-  if (calibration && allocation == Allocation::kGreedy) request.layer_weights = calibration->layer_weights;
+  const bool greedy = allocation == Allocation::kGreedy || allocation == Allocation::kGreedyHead;
+  if (calibration && greedy) request.layer_weights = calibration->layer_weights;
   PlanOutcome outcome;
   {
-    const int n_curves = allocation == Allocation::kGreedy
+    const int n_curves = greedy
                              ? static_cast<int>(candidate_budgets(params.sinks + params.recent, longest).size())
                              : 0;
     Progress progress("plan: replaying budgets", n_curves);
@@ -85,7 +86,16 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
   }
   KVP_RETURN_IF_ERROR(plan.save(flags.out));
   std::string per_layer;
-  for (const auto& l : plan.budgets) per_layer += (per_layer.empty() ? "" : ", ") + std::to_string(l[0]);
+  for (const auto& l : plan.budgets) {
+    // A layer's budget, or its heads' budgets in brackets when they differ.
+    std::string layer = std::to_string(l[0]);
+    if (std::any_of(l.begin(), l.end(), [&](int32_t b) { return b != l[0]; })) {
+      layer.clear();
+      for (int32_t b : l) layer += (layer.empty() ? "[" : " ") + std::to_string(b);
+      layer += "]";
+    }
+    per_layer += (per_layer.empty() ? "" : ", ") + layer;
+  }
   std::printf("wrote %s: %s, %s allocation, budgets per layer [%s], %lld KV bytes per sequence (limit: %s)\n",
               flags.out.c_str(), plan.policy.c_str(), flags.allocation.c_str(), per_layer.c_str(),
               static_cast<long long>(plan.kv_bytes_per_sequence), request.memory_description.c_str());
@@ -161,7 +171,10 @@ Command add_plan_command(CLI::App& app) {
   sub->add_option("--trace", flags->trace, "Trace directory to replay (kvplan record)");
   sub->add_option("--memory", flags->memory, "KV bytes per sequence the plan may use");
   sub->add_option("--keep", flags->keep, "Share of the full cache (of the trace's longest sequence) to keep, e.g. 0.5");
-  sub->add_option("--allocation", flags->allocation, "greedy (replay error curves), uniform or pyramid (default greedy)");
+  sub->add_option("--allocation", flags->allocation,
+                  "greedy (per-layer budgets from replay error curves), greedy-head (per layer and KV head, from "
+                  "each head's own error curve; not for tova, which keeps one set per layer), uniform or "
+                  "pyramid (default greedy)");
   sub->add_option("--layer-budgets", flags->layer_budgets,
                   "Without --trace: slots per layer, comma-separated (every head of a layer alike)");
   sub->add_option("--calibration", flags->calibration,

@@ -1,8 +1,11 @@
 // kvplan sweep: what-if over policies × budgets by replaying a trace — no model runs.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <numeric>
 #include <optional>
 
 #include "common/file_util.h"
@@ -21,6 +24,7 @@ struct SweepFlags {
   std::string policies = "window,h2o,vatp,tova,snapkv,knorm,random";
   std::string budgets = "16,24,32,48,64,96,128,256";
   bool greedy = true;
+  bool per_head = false;
   bool pyramid = false;
   std::string calibration;
   std::string plans_out;
@@ -32,12 +36,23 @@ struct SweepFlags {
 struct Row {
   std::string policy, allocation;
   int budget;  // average slots per layer and head (the memory level)
-  std::vector<int32_t> layer_budgets;
+  std::vector<int32_t> layer_budgets;  // per layer (greedy-head: the mean over the layer's KV heads)
   int64_t kv_bytes;
   ReplayResult replay;
   Plan plan;
   std::optional<Prediction> prediction;
 };
+
+// A row's budgets for the CSV: per layer, space-separated; a layer whose KV heads differ as its
+// heads' budgets joined by '/'.
+std::string budgets_text(const Plan& plan) {
+  std::vector<std::string> layers;
+  for (const std::vector<int32_t>& l : plan.budgets) {
+    layers.push_back(std::all_of(l.begin(), l.end(), [&](int32_t b) { return b == l[0]; }) ? std::to_string(l[0])
+                                                                                            : fmt::format("{}", fmt::join(l, "/")));
+  }
+  return fmt::format("{}", fmt::join(layers, " "));
+}
 
 std::string python_for_plots() {
   for (const char* p : {"/usr/bin/python3", "/usr/local/bin/python3"}) {
@@ -66,12 +81,15 @@ Status sweep(const SweepFlags& flags) {
   const TraceModelShape& m = trace.model();
   const int32_t longest = engine->max_length();
   std::vector<Row> rows;
-  const int per_level = 1 + flags.greedy + flags.pyramid;
+  const bool per_head = flags.per_head && flags.greedy;
+  const int per_level = 1 + flags.greedy + flags.pyramid + per_head;
   Progress progress("sweep: configurations", static_cast<int64_t>(policies.size() * budgets.size() * per_level));
   int done = 0;
   const auto start = std::chrono::steady_clock::now();
   for (const std::string& name : policies) {
-    std::vector<ErrorCurve> curves(m.n_layers);
+    std::vector<ErrorCurve> curves(m.n_layers), head_curves(size_t(m.n_layers) * m.n_kv_heads);
+    // Per-head budgets need per-head kept sets (not TOVA's one set per layer).
+    const bool heads_here = per_head && !make_policy(name, PolicyParams{}).value()->shared_per_layer();
     std::vector<std::pair<int, PolicyParams>> levels;
     std::vector<ReplayConfig> configs;
     const size_t first = rows.size();
@@ -80,7 +98,8 @@ Status sweep(const SweepFlags& flags) {
       KVP_ASSIGN_OR_RETURN(PolicyParams params, flags.plan.params_for(name, budget));
       KVP_ASSIGN_OR_RETURN(Plan plan, uniform_plan(plan_model_of(m), name, params, budget, KvDtype::kF32));
       configs.push_back({.policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
-                         .budgets = plan.budgets});
+                         .budgets = plan.budgets,
+                         .head_energy = heads_here});
       rows.push_back(Row{.policy = name, .allocation = "uniform", .budget = budget,
                          .layer_budgets = std::vector<int32_t>(m.n_layers, budget),
                          .kv_bytes = plan.kv_bytes_per_sequence, .plan = plan});
@@ -94,10 +113,15 @@ Status sweep(const SweepFlags& flags) {
       for (int l = 0; l < m.n_layers; ++l) {
         curves[l].budgets.push_back(row.budget);
         curves[l].error.push_back(row.replay.resid_energy[l]);
+        for (int h = 0; heads_here && h < m.n_kv_heads; ++h) {
+          head_curves[size_t(l) * m.n_kv_heads + h].budgets.push_back(row.budget);
+          head_curves[size_t(l) * m.n_kv_heads + h].error.push_back(row.replay.head_resid_energy[l][h]);
+        }
       }
     }
     done += static_cast<int>(results.size());
     progress.update(done, fmt::format("{}: uniform budgets", name));
+    if (per_head && !heads_here) done += static_cast<int>(levels.size());  // no greedy-head rows for it
     if ((!flags.greedy && !flags.pyramid) || name == "full") continue;
     // Greedy plans at the same memory levels, from the curves just measured; PyramidKV schedules.
     configs.clear();
@@ -108,10 +132,23 @@ Status sweep(const SweepFlags& flags) {
         progress.update(++done);
         return;
       }
-      Plan plan = layer_plan(plan_model_of(m), name, params, *alloc);
+      Plan plan;
+      std::vector<int32_t> layer_budgets = *alloc;
+      if (alloc->size() == size_t(m.n_layers)) {
+        plan = layer_plan(plan_model_of(m), name, params, *alloc);
+      } else {  // per layer and KV head
+        std::vector<std::vector<int32_t>> heads;
+        layer_budgets.clear();
+        for (int l = 0; l < m.n_layers; ++l) {
+          heads.emplace_back(alloc->begin() + size_t(l) * m.n_kv_heads, alloc->begin() + size_t(l + 1) * m.n_kv_heads);
+          layer_budgets.push_back(static_cast<int32_t>(
+              std::lround(std::accumulate(heads.back().begin(), heads.back().end(), 0.0) / m.n_kv_heads)));
+        }
+        plan = head_plan(plan_model_of(m), name, params, std::move(heads));
+      }
       configs.push_back({.policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
                          .budgets = plan.budgets});
-      rows.push_back(Row{.policy = name, .allocation = allocation, .budget = budget, .layer_budgets = *alloc,
+      rows.push_back(Row{.policy = name, .allocation = allocation, .budget = budget, .layer_budgets = layer_budgets,
                          .kv_bytes = plan.kv_bytes_per_sequence, .plan = std::move(plan)});
     };
     auto request_for = [&](int budget, const PolicyParams& params) {
@@ -124,20 +161,29 @@ Status sweep(const SweepFlags& flags) {
         add_allocated("pyramid", budget, params, allocate(Allocation::kPyramid, request_for(budget, params), {}));
       }
     }
-    if (flags.greedy) {
-      for (const auto& [budget, params] : levels) {
-        std::vector<ErrorCurve> usable(m.n_layers);
-        for (int l = 0; l < m.n_layers; ++l) {
-          for (size_t i = 0; i < curves[l].budgets.size(); ++i) {
-            if (curves[l].budgets[i] >= params.sinks + params.recent) {
-              usable[l].budgets.push_back(curves[l].budgets[i]);
-              usable[l].error.push_back(curves[l].error[i]);
-            }
+    // The curves' points at or above a level's protected positions, weighted by the calibration.
+    auto usable = [&](const std::vector<ErrorCurve>& all, const PolicyParams& params) {
+      std::vector<ErrorCurve> out(all.size());
+      for (size_t u = 0; u < all.size(); ++u) {
+        for (size_t i = 0; i < all[u].budgets.size(); ++i) {
+          if (all[u].budgets[i] >= params.sinks + params.recent) {
+            out[u].budgets.push_back(all[u].budgets[i]);
+            out[u].error.push_back(all[u].error[i]);
           }
         }
+      }
+      return weighted_curves(std::move(out), calibration ? calibration->layer_weights : std::vector<double>{});
+    };
+    if (flags.greedy) {
+      for (const auto& [budget, params] : levels) {
         add_allocated("greedy", budget, params,
-                      allocate(Allocation::kGreedy, request_for(budget, params),
-                               weighted_curves(usable, calibration ? calibration->layer_weights : std::vector<double>{})));
+                      allocate(Allocation::kGreedy, request_for(budget, params), usable(curves, params)));
+      }
+    }
+    if (heads_here) {
+      for (const auto& [budget, params] : levels) {
+        add_allocated("greedy-head", budget, params,
+                      allocate(Allocation::kGreedyHead, request_for(budget, params), usable(head_curves, params)));
       }
     }
     results = engine->run_batch(configs);
@@ -175,7 +221,7 @@ Status sweep(const SweepFlags& flags) {
   csv += "\n";
   for (const Row& r : rows) {
     csv += fmt::format("{},{},{},{},{},{:.8f},{:.8f},{:.8f},{:.4f}", r.policy, r.allocation, r.budget,
-                       fmt::join(r.layer_budgets, " "), r.kv_bytes, r.replay.total_resid_energy(),
+                       budgets_text(r.plan), r.kv_bytes, r.replay.total_resid_energy(),
                        r.replay.mean_rel_error(), r.replay.mean_retained_mass(), r.replay.cpu_seconds);
     if (r.prediction) {
       const Prediction& p = *r.prediction;
@@ -212,15 +258,22 @@ Status sweep(const SweepFlags& flags) {
     });
   }
   if (flags.greedy) {
-    md += "\n### Greedy per-layer budgets at the same memory (residual energy; budgets per layer)\n\n| policy | budget | uniform | greedy | greedy budgets |\n|---|---|---|---|---|\n";
-    for (const Row& g : rows) {
-      if (g.allocation != "greedy") continue;
-      for (const Row& u : rows) {
-        if (u.policy == g.policy && u.allocation == "uniform" && u.budget == g.budget) {
-          md += fmt::format("| {} | {} | {:.4f} | {:.4f} | {} |\n", g.policy, g.budget, u.replay.total_resid_energy(),
-                            g.replay.total_resid_energy(), fmt::join(g.layer_budgets, ", "));
+    auto energy_of = [&](const Row& like, const char* allocation) -> std::string {
+      for (const Row& r : rows) {
+        if (r.policy == like.policy && r.allocation == allocation && r.budget == like.budget) {
+          return fmt::format("{:.4f}", r.replay.total_resid_energy());
         }
       }
+      return "—";
+    };
+    md += fmt::format("\n### Greedy per-layer budgets at the same memory (residual energy; budgets per layer)\n\n"
+                      "| policy | budget | uniform | greedy |{} greedy budgets |\n|---|---|---|---|{}---|\n",
+                      per_head ? " greedy-head |" : "", per_head ? "---|" : "");
+    for (const Row& g : rows) {
+      if (g.allocation != "greedy") continue;
+      md += fmt::format("| {} | {} | {} | {:.4f} |{} {} |\n", g.policy, g.budget, energy_of(g, "uniform"),
+                        g.replay.total_resid_energy(), per_head ? " " + energy_of(g, "greedy-head") + " |" : "",
+                        fmt::join(g.layer_budgets, ", "));
     }
   }
   const std::filesystem::path dir(flags.out);
@@ -254,6 +307,9 @@ Command add_sweep_command(CLI::App& app) {
   sub->add_option("--policies", flags->policies, "Policies (default: every evicting policy)");
   sub->add_option("--budgets", flags->budgets, "Average slots per layer and KV head (default 16,24,32,48,64,96,128,256)");
   sub->add_flag("!--no-greedy", flags->greedy, "Skip the greedy per-layer plans");
+  sub->add_flag("--per-head", flags->per_head,
+                "Also plan greedy-head (budgets per layer and KV head, from each head's own error curve) at each "
+                "memory level, for every policy but tova (one kept set per layer)");
   sub->add_flag("!--no-plots", flags->plots, "Skip the PNG plots");
   sub->add_flag("--pyramid", flags->pyramid, "Also replay PyramidKV per-layer schedules at each memory level");
   sub->add_option("--calibration", flags->calibration,
