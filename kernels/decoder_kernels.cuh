@@ -305,7 +305,7 @@ KVP_GLOBAL void insert_kernel(SlotCache<T> cache, const float* k_new, const floa
     cache.pos[off + j] = position[rh];
     cache.score[off + j] = math::initial_score(score_args, rh % n_kv_heads, position[rh],
                                                self_weight ? self_weight[rh] : 0.0f, l1,
-                                               k_new + static_cast<int64_t>(rh) * head_dim, head_dim);
+                                               k_new + static_cast<int64_t>(rh) * head_dim, head_dim, false);
   }
 }
 
@@ -317,14 +317,25 @@ KVP_GLOBAL void insert_kernel(SlotCache<T> cache, const float* k_new, const floa
 // slot, and the evicted position and key (-1 and 0 when a free slot was taken).
 KVP_GLOBAL void place_kernel(const float* score, const int32_t* positions, const int64_t* offset,
                              const int32_t* capacity, const int32_t* n_used, const int32_t* newest, int sinks,
-                             int recent, int per_query_key, int32_t* slot, int32_t* evicted_pos, float* evicted_key) {
-  const int h = static_cast<int>(blockIdx.x);
+                             int recent, int per_query_key, int shared, int32_t* slot, int32_t* evicted_pos,
+                             float* evicted_key) {
+  const int h = static_cast<int>(blockIdx.x) * shared;  // the block's first head
   const int64_t off = offset[h];
   const int n = n_used[h];
   if (n < capacity[h]) {
-    if (threadIdx.x == 0) slot[h] = n, evicted_pos[h] = -1, evicted_key[h] = 0.0f;
+    for (int e = static_cast<int>(threadIdx.x); e < shared; e += static_cast<int>(blockDim.x)) {
+      slot[h + e] = n, evicted_pos[h + e] = -1, evicted_key[h + e] = 0.0f;
+    }
     return;  // the whole block
   }
+  // A shared set (shared > 1 heads holding the same positions in the same slots): a slot's key is
+  // the sum of the heads' keys, in head order.
+  auto key_of = [&](int j, int32_t p) {
+    if (shared == 1) return math::eviction_key(score[off + j], p, newest[h], per_query_key);
+    float sum = 0.0f;
+    for (int e = 0; e < shared; ++e) sum += math::eviction_key(score[offset[h + e] + j], p, newest[h], per_query_key);
+    return sum;
+  };
   const int32_t first = sinks, last = newest[h] - recent;
   float best_key = INFINITY;
   int32_t best_pos = 2147483647, best_slot = -1;
@@ -333,7 +344,7 @@ KVP_GLOBAL void place_kernel(const float* score, const int32_t* positions, const
   };
   for (int j = static_cast<int>(threadIdx.x); j < n; j += static_cast<int>(blockDim.x)) {
     const int32_t p = positions[off + j];
-    if (p >= first && p <= last) take(math::eviction_key(score[off + j], p, newest[h], per_query_key), p, j);
+    if (p >= first && p <= last) take(key_of(j, p), p, j);
   }
   for (int m = 16; m >= 1; m /= 2) {
     const float k = gpu::shfl_xor(best_key, m);
@@ -348,9 +359,12 @@ KVP_GLOBAL void place_kernel(const float* score, const int32_t* positions, const
   gpu::sync_threads();
   if (threadIdx.x == 0) {
     for (int w = 1; w < (static_cast<int>(blockDim.x) + 31) / 32; ++w) take(wk[w], wp[w], wj[w]);
-    slot[h] = best_slot;
-    evicted_pos[h] = best_slot < 0 ? -1 : best_pos;
-    evicted_key[h] = best_slot < 0 ? 0.0f : best_key;
+    for (int e = 0; e < shared; ++e) {  // each head's own key of the victim, as the CPU logs it
+      slot[h + e] = best_slot;
+      evicted_pos[h + e] = best_slot < 0 ? -1 : best_pos;
+      evicted_key[h + e] =
+          best_slot < 0 ? 0.0f : math::eviction_key(score[offset[h + e] + best_slot], best_pos, newest[h], per_query_key);
+    }
   }
   gpu::sync_threads();  // the shared arrays may be reused by the next block
 }
@@ -383,17 +397,22 @@ KVP_GLOBAL void prefill_stats_kernel(const float* q, const float* k, float* row_
   }
 }
 
-// Prefill, step 2 of 2: each prompt key's accumulated attention, Σ over later queries i >= j and
-// the group of softmax weights — the H2O/VATP prefill score — without writing the P × P matrix.
-// One block per (key column j, KV head h); the queries are summed in a fixed order (per thread,
-// then the block's tree), so the result does not depend on timing.
+// Prefill, step 2 of 2: each prompt key's accumulated attention, Σ over the group's softmax weights
+// of the queries i >= first_row that come at or after it (i >= j, or i > j without its own row) —
+// the H2O/VATP prefill score (every row), TOVA's (the last row), SnapKV's (its observation window)
+// — without writing the P × P matrix. One block per (key column j, KV head h); the queries are
+// summed in a fixed order (per thread, then the block's tree), so the result does not depend on
+// timing.
 KVP_GLOBAL void prefill_column_sums_kernel(const float* q, const float* k, const float* row_max, const float* row_sum,
-                                           float* column_sum, int prompt_len, int n_kv_heads, int group, int head_dim) {
+                                           float* column_sum, int prompt_len, int n_kv_heads, int group, int head_dim,
+                                           int first_row, int own_row) {
   const int j = static_cast<int>(blockIdx.x), h = static_cast<int>(blockIdx.y);
   const float scale = math::attention_scale(head_dim);
   const float* kj = k + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
   float part = 0;
-  for (int i = j + static_cast<int>(threadIdx.x); i < prompt_len; i += static_cast<int>(blockDim.x)) {
+  const int from = own_row ? j : j + 1;
+  for (int i = (from > first_row ? from : first_row) + static_cast<int>(threadIdx.x); i < prompt_len;
+       i += static_cast<int>(blockDim.x)) {
     for (int g = 0; g < group; ++g) {
       const int64_t at = (static_cast<int64_t>(i) * n_kv_heads + h) * group + g;
       const float* qg = q + at * head_dim;
@@ -411,6 +430,16 @@ KVP_GLOBAL void prefill_column_sums_kernel(const float* q, const float* k, const
 // position first on ties — up to `budget`, in position order (keep[h * budget + slot]; -1 pads).
 // The CPU executor's select_prefill_kept, by ranks: a candidate is kept when fewer than the free
 // slots outrank it. O(P²) comparisons per head, no sort.
+// out[j] = Σ_r x[r, j] over `rows` rows of n, summed in row order (the CPU's shared-set keys: the
+// layer's heads' keys per slot). A 1-D grid over j.
+KVP_GLOBAL void sum_rows_kernel(const float* x, int rows, int n, float* out) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= n) return;
+  float s = 0.0f;
+  for (int r = 0; r < rows; ++r) s += x[static_cast<int64_t>(r) * n + j];
+  out[j] = s;
+}
+
 KVP_GLOBAL void prefill_keep_kernel(const float* keys, int prompt_len, int sinks, int recent, int budget,
                                     int32_t* keep) {
   const int h = static_cast<int>(blockIdx.x);
@@ -484,7 +513,13 @@ KVP_GLOBAL void prefill_scores_kernel(const float* k, const float* v, const floa
   l1 = block_sum(l1);
   if (threadIdx.x == 0) {
     const int64_t at = static_cast<int64_t>(h) * prompt_len + j;
-    const float s = math::initial_score(score_args, h, j, column_sum ? column_sum[at] : 0.0f, l1, kj, head_dim);
+    float s = math::initial_score(score_args, h, j, column_sum ? column_sum[at] : 0.0f, l1, kj, head_dim, true);
+    if (score_args.rule == math::kScoreWindowAttention) {  // max-pooled over its neighbours' sums
+      const int half = score_args.snap_kernel / 2 > 0 ? score_args.snap_kernel / 2 : 0;
+      for (int c = j - half > 0 ? j - half : 0; c <= j + half && c < prompt_len; ++c) {
+        s = fmaxf(s, column_sum[static_cast<int64_t>(h) * prompt_len + c]);
+      }
+    }
     score[at] = s;
     value_l1[at] = l1;
     key[at] = math::eviction_key(s, j, prompt_len - 1, score_args.per_query_key);
@@ -584,6 +619,8 @@ KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache<T> cache, cons
     for (int j = tid, c = 0; j < n; j += nt, ++c) {
       cache.score[off + j] += rule == math::kScoreValueAttention ? acc[c] * cache.value_l1[off + j] : acc[c];
     }
+  } else if (rule == math::kScoreLastAttention) {
+    for (int j = tid, c = 0; j < n; j += nt, ++c) cache.score[off + j] = acc[c];
   }
   if (tid == n % nt) self_weight[rh] = self_total;
 }

@@ -37,15 +37,17 @@ KVP_HD inline To same_bits(From x) {
 }
 KVP_HD inline float attention_scale(int head_dim) { return 1.0f / sqrtf(static_cast<float>(head_dim)); }
 
-KVP_HD inline bool accumulates_attention(int rule) { return rule == kScoreAttention || rule == kScoreValueAttention; }
+
 // The score a token of KV head `kv_head_idx` enters the cache with: `attention` is what it received
-// at its own step (its self weight in decode, its column sum over the prompt in prefill); `key` its
-// key, [head_dim].
+// at its own step (its self weight in decode, its column sum over the prompt in prefill, `in_prompt`);
+// `key` its key, [head_dim]. (snapkv's prompt scores are then max-pooled, prefill_scores_kernel.)
 KVP_HD inline float initial_score(const ScoreArgs& a, int kv_head_idx, int32_t pos, float attention, float value_l1,
-                                  const float* key, int head_dim) {
+                                  const float* key, int head_dim, bool in_prompt) {
   switch (a.rule) {
     case kScorePosition: return static_cast<float>(pos);
-    case kScoreAttention: return attention;
+    case kScoreAttention:
+    case kScoreLastAttention: return attention;
+    case kScoreWindowAttention: return in_prompt ? attention : -1.0f;
     case kScoreValueAttention: return attention * value_l1;
     case kScoreKeyNorm: return key_norm_score(key, head_dim);
     case kScoreRandom: return random_score(a.seed, a.layer_idx, kv_head_idx, pos);

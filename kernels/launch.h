@@ -42,16 +42,19 @@ struct SlotCacheView {
               int n_kv_heads, int heads, int head_dim, int threads);                                              \
   void place(const float* score, const int32_t* positions, const int64_t* offset, const int32_t* capacity,       \
              const int32_t* n_used, const int32_t* newest, int sinks, int recent, int per_query_key,             \
-             int32_t* slot, int32_t* evicted_pos, float* evicted_key, int heads, int threads);                   \
+             int shared, int32_t* slot, int32_t* evicted_pos, float* evicted_key, int heads, int threads);       \
   void prefill_column_sums(const float* q, const float* k, float* row_max, float* row_sum, float* column_sum,       \
                            int prompt_len, int n_kv_heads, int group, int head_dim, int threads);               \
-  /* Outputs of every prompt row, and each key's accumulated attention when column_sum is not null. */        \
+  /* Outputs of every prompt row, and when column_sum is not null each key's attention from the rows */      \
+  /* >= first_row at or after it (own_row) or after it. */                                                    \
   void prefill_attention(const float* q, const float* k, const float* v, float* row_max, float* row_sum,         \
-                         float* out, float* column_sum, int prompt_len, int n_kv_heads, int group, int head_dim,  \
-                         int threads);                                                                            \
+                         float* out, float* column_sum, int first_row, int own_row, int prompt_len,               \
+                         int n_kv_heads, int group, int head_dim, int threads);                                   \
   void prefill_scores(const float* k, const float* v, const float* column_sum, float* score, float* value_l1,   \
                       float* key, int prompt_len, int n_kv_heads, int head_dim, const math::ScoreArgs& score_args, \
                       int threads);                                                                               \
+  /* out[j] = sum over the rows of x [rows, n] in row order. */                                                \
+  void sum_rows(const float* x, int rows, int n, float* out, int threads);                                       \
   /* REQUIRES: prompt_len <= 8192 and budget >= the protected positions. */                                   \
   void prefill_keep(const float* keys, int heads, int prompt_len, int sinks, int recent, int budget,             \
                     int32_t* keep, int threads);                                                                 \
@@ -76,7 +79,8 @@ struct Launchers {
 #define KVP_LAUNCHER_FIELD(name) decltype(&emulated::name) name;
   KVP_LAUNCHER_FIELD(embedding) KVP_LAUNCHER_FIELD(rmsnorm) KVP_LAUNCHER_FIELD(rope) KVP_LAUNCHER_FIELD(swiglu)
   KVP_LAUNCHER_FIELD(argmax) KVP_LAUNCHER_FIELD(sample) KVP_LAUNCHER_FIELD(to_half) KVP_LAUNCHER_FIELD(insert) KVP_LAUNCHER_FIELD(place)
-  KVP_LAUNCHER_FIELD(prefill_attention) KVP_LAUNCHER_FIELD(prefill_scores) KVP_LAUNCHER_FIELD(prefill_keep)
+  KVP_LAUNCHER_FIELD(prefill_attention) KVP_LAUNCHER_FIELD(prefill_scores) KVP_LAUNCHER_FIELD(sum_rows)
+  KVP_LAUNCHER_FIELD(prefill_keep)
   KVP_LAUNCHER_FIELD(prefill_gather) KVP_LAUNCHER_FIELD(decode_attention)
 #undef KVP_LAUNCHER_FIELD
 };

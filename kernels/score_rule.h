@@ -18,7 +18,10 @@ namespace kvp::math {
 // kScoreZero: full; kScorePosition: window (the oldest goes first); kScoreAttention: h2o
 // (accumulated attention); kScoreValueAttention: vatp (accumulated attention times the value's L1
 // norm); kScoreKeyNorm: knorm (minus the key's L2 norm); kScoreRandom: random (a hash of the seed
-// and the token's layer, head and position).
+// and the token's layer, head and position); kScoreLastAttention: tova (the latest query's
+// attention, replacing the score; one kept set per layer); kScoreWindowAttention: snapkv (the
+// attention of the prompt's last snap_window queries, max-pooled over snap_kernel positions;
+// tokens generated later enter at -1 and gain nothing).
 enum ScoreRule : int {
   kScoreZero = 0,
   kScorePosition = 1,
@@ -26,6 +29,8 @@ enum ScoreRule : int {
   kScoreValueAttention = 3,
   kScoreKeyNorm = 4,
   kScoreRandom = 5,
+  kScoreLastAttention = 6,
+  kScoreWindowAttention = 7,
 };
 
 // A rule and what it needs besides the token itself, as the kernels take it.
@@ -34,7 +39,25 @@ struct ScoreArgs {
   int per_query_key = 0;  // VATP base mean: eviction key = score / queries seen
   uint64_t seed = 0;      // kScoreRandom
   int layer_idx = 0;      // kScoreRandom
+  int snap_window = 0;    // kScoreWindowAttention: the prompt's last queries that count
+  int snap_kernel = 0;    // kScoreWindowAttention: max-pool width
 };
+
+// Whether decode adds each slot's attention to its score (tova sets it instead).
+KVP_SCORE_HD inline bool accumulates_attention(int rule) {
+  return rule == kScoreAttention || rule == kScoreValueAttention;
+}
+// Whether the prefill scores prompt tokens by attention, and which queries count: rows from
+// first_row on, a token's own row included or not (the CPU policies' observe and init_slot).
+KVP_SCORE_HD inline bool prefill_uses_attention(int rule) {
+  return accumulates_attention(rule) || rule == kScoreLastAttention || rule == kScoreWindowAttention;
+}
+KVP_SCORE_HD inline int prefill_first_row(const ScoreArgs& a, int prompt_len) {
+  if (a.rule == kScoreLastAttention) return prompt_len - 1;
+  if (a.rule == kScoreWindowAttention) return prompt_len - a.snap_window > 0 ? prompt_len - a.snap_window : 0;
+  return 0;
+}
+KVP_SCORE_HD inline bool prefill_counts_own_row(int rule) { return rule != kScoreWindowAttention; }
 
 KVP_SCORE_HD inline uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;

@@ -35,9 +35,12 @@ int protected_count(const PolicyParams& params, int prompt_len) {
 
 Status GpuBackend::supports(const Policy& policy) {
   const std::string_view n = policy.name();
-  if (n == "full" || n == "window" || n == "h2o" || n == "vatp" || n == "knorm" || n == "random") return {};
-  return make_error("policy '{}' does not run on the GPU backend (it runs full, window, h2o, vatp, knorm and random)",
-                    n);
+  if (n == "full" || n == "window" || n == "h2o" || n == "vatp" || n == "knorm" || n == "random" || n == "tova" ||
+      n == "snapkv") {
+    return {};
+  }
+  return make_error("policy '{}' does not run on the GPU backend (it runs full, window, h2o, vatp, tova, snapkv, knorm "
+                    "and random)", n);
 }
 
 GpuBackend::GpuBackend(const ModelWeights& weights, std::unique_ptr<Device> device, GpuBackendOptions options)
@@ -101,9 +104,14 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
               : name == "h2o"    ? math::kScoreAttention
               : name == "vatp"   ? math::kScoreValueAttention
               : name == "knorm"  ? math::kScoreKeyNorm
-                                 : math::kScoreRandom,
+              : name == "random" ? math::kScoreRandom
+              : name == "tova"   ? math::kScoreLastAttention
+                                 : math::kScoreWindowAttention,
       .per_query_key = name == "vatp" && policy_->params().vatp_base == VatpBase::kMean ? 1 : 0,
-      .seed = policy_->params().seed};
+      .seed = policy_->params().seed,
+      .snap_window = policy_->params().snap_window,
+      .snap_kernel = policy_->params().snap_kernel};
+  shared_ = policy_->shared_per_layer();
   sinks_ = policy_->params().sinks;
   recent_ = policy_->params().recent;
   evicts_ = policy_->evicts();
@@ -126,6 +134,13 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
       KVP_CHECK(!evicts_ || budget >= sinks_ + recent_,
                 "sequence {}: budget {} below the {} protected positions (sinks {} + recent {})", s, budget,
                 sinks_ + recent_, sinks_, recent_);
+    }
+    for (int l = 0; shared_ && l < L; ++l) {
+      for (int h = 1; h < H; ++h) {
+        KVP_CHECK(b.budget(l, h) == b.budget(l, 0),
+                  "sequence {}: policy {} keeps one set of positions per layer, so layer {}'s heads need equal budgets",
+                  s, name, l);
+      }
     }
     total_slots += b.total_slots();
     bytes += b.kv_bytes();
@@ -309,6 +324,7 @@ void GpuBackend::prefill(const Work& w, int layer_idx) {
     prompt_score_ = DeviceBuffer(d, per_head * sizeof(float));
     prompt_l1_ = DeviceBuffer(d, per_head * sizeof(float));
     prompt_key_ = DeviceBuffer(d, per_head * sizeof(float));
+    shared_key_ = DeviceBuffer(d, static_cast<size_t>(P) * sizeof(float));
   }
   int keep_stride = 1;
   for (int h = 0; h < H; ++h) {
@@ -331,17 +347,29 @@ void GpuBackend::prefill(const Work& w, int layer_idx) {
   const float* k = act(Act::kK) + static_cast<size_t>(w.first) * config_.kv_dim();
   const float* v = act(Act::kV) + static_cast<size_t>(w.first) * config_.kv_dim();
   float* out = act(Act::kAttn) + static_cast<size_t>(w.first) * config_.q_dim();
-  const bool sums = score_args_.rule == math::kScoreAttention || score_args_.rule == math::kScoreValueAttention;
+  const bool sums = math::prefill_uses_attention(score_args_.rule);
   K.prefill_attention(q, k, v, row_max_.as<float>(), row_sum_.as<float>(), out, sums ? column_sum_.as<float>() : nullptr,
+                      math::prefill_first_row(score_args_, P), math::prefill_counts_own_row(score_args_.rule) ? 1 : 0,
                       P, H, group, hd, threads_);
   math::ScoreArgs score_args = score_args_;
   score_args.layer_idx = layer_idx;
   K.prefill_scores(k, v, sums ? column_sum_.as<float>() : nullptr, prompt_score_.as<float>(), prompt_l1_.as<float>(),
                    prompt_key_.as<float>(), P, H, hd, score_args, threads_);
-  for (int h = 0; h < H; ++h) {
-    K.prefill_keep(prompt_key_.as<float>() + static_cast<size_t>(h) * P, 1, P, sinks_, recent_,
-                   head_capacity_[head_index(seq, layer_idx, h)], keep_.as<int32_t>() + static_cast<size_t>(h) * keep_stride,
-                   threads_);
+  if (shared_) {
+    // One kept set for the layer, from the heads' keys summed per position (equal budgets).
+    K.sum_rows(prompt_key_.as<float>(), H, P, shared_key_.as<float>(), threads_);
+    K.prefill_keep(shared_key_.as<float>(), 1, P, sinks_, recent_, head_capacity_[head_index(seq, layer_idx, 0)],
+                   keep_.as<int32_t>(), threads_);
+    for (int h = 1; h < H; ++h) {
+      d.copy(keep_.as<int32_t>() + static_cast<size_t>(h) * keep_stride, keep_.as<int32_t>(),
+             static_cast<size_t>(keep_stride) * sizeof(int32_t));
+    }
+  } else {
+    for (int h = 0; h < H; ++h) {
+      K.prefill_keep(prompt_key_.as<float>() + static_cast<size_t>(h) * P, 1, P, sinks_, recent_,
+                     head_capacity_[head_index(seq, layer_idx, h)],
+                     keep_.as<int32_t>() + static_cast<size_t>(h) * keep_stride, threads_);
+    }
   }
   const size_t first_head = head_index(seq, layer_idx, 0);
   K.prefill_gather(cache_view(head_offset_dev_.as<int64_t>() + first_head, head_capacity_dev_.as<int32_t>() + first_head,
@@ -425,7 +453,7 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
     K.decode_attention(q, view, k_new, v_new, out, self_weight_.as<float>(), score_args_.rule, heads, group, hd,
                        threads_);
     K.place(score_, pos_, view.offset, view.capacity, view.n_used, newest_dev + e, sinks_, recent_,
-            score_args.per_query_key, slot_.as<int32_t>(), evicted_pos_.as<int32_t>(), evicted_key_.as<float>(), heads,
+            score_args.per_query_key, shared_ ? H : 1, slot_.as<int32_t>(), evicted_pos_.as<int32_t>(), evicted_key_.as<float>(), heads,
             threads_);
     K.insert(view, k_new, v_new, slot_.as<int32_t>(), newest_dev + e, self_weight_.as<float>(), score_args, H, heads,
              hd, threads_);

@@ -118,6 +118,7 @@ class GpuBackend final : public Backend {
   DeviceBuffer head_offset_dev_, head_capacity_dev_;
   std::shared_ptr<const Policy> policy_;
   math::ScoreArgs score_args_;  // the policy's rule; layer_idx set per call
+  bool shared_ = false;         // one kept set per layer (tova)
   int sinks_ = 0, recent_ = 0;
   bool evicts_ = false;
   std::vector<EvictionRecord>* eviction_log_ = nullptr;
@@ -135,7 +136,7 @@ class GpuBackend final : public Backend {
   std::vector<std::byte> meta_host_;  // the metadata packed on the host, reused across layers
   // Prefill scratch, grown to the longest prompt.
   int prefill_capacity_ = 0;
-  DeviceBuffer row_max_, row_sum_, column_sum_, prompt_score_, prompt_l1_, prompt_key_, keep_;
+  DeviceBuffer row_max_, row_sum_, column_sum_, prompt_score_, prompt_l1_, prompt_key_, shared_key_, keep_;
 };
 
 }  // namespace kvp

@@ -42,6 +42,13 @@ TEST(GpuBackendCuda, KnormAndRandomEvictWhatTheCpuExecutorEvicts) {
   test::check_same_evictions_as_cpu(cuda_device, "random", PolicyParams{.sinks = 2, .recent = 4, .seed = 9});
 }
 
+TEST(GpuBackendCuda, TovaAndSnapkvEvictWhatTheCpuExecutorEvicts) {
+  KVP_REQUIRE_GPU();
+  test::check_same_evictions_as_cpu(cuda_device, "tova", PolicyParams{.sinks = 4, .recent = 8});
+  test::check_same_evictions_as_cpu(cuda_device, "snapkv",
+                                    PolicyParams{.sinks = 2, .recent = 8, .snap_window = 8, .snap_kernel = 5});
+}
+
 TEST(GpuBackendCuda, HalfPrecisionWeightsAndCacheStayCloseToF32) {
   KVP_REQUIRE_GPU();
   test::check_half_precision(cuda_device);

@@ -60,7 +60,7 @@ struct Emulated {
     std::vector<int32_t> out(offset.size()), evicted(offset.size());
     std::vector<float> evicted_key(offset.size());
     emulated::place(keys.data(), positions.data(), offset.data(), n_used.data(), n_used.data(), newest.data(), sinks,
-                    recent, 0, out.data(), evicted.data(), evicted_key.data(), static_cast<int>(out.size()), threads);
+                    recent, 0, 1, out.data(), evicted.data(), evicted_key.data(), static_cast<int>(out.size()), threads);
     for (size_t h = 0; h < out.size(); ++h) {
       EXPECT_EQ(evicted[h], out[h] < 0 ? -1 : positions[offset[h] + out[h]]) << h;
     }

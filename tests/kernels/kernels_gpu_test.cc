@@ -127,7 +127,7 @@ struct Device {
     Dev dout(out);
     Dev devicted(evicted);
     Dev dkey(evicted_key);
-    cuda::place(dk.p, dp.p, doff.p, dn.p, dn.p, dnew.p, sinks, recent, 0, dout.p, devicted.p, dkey.p,
+    cuda::place(dk.p, dp.p, doff.p, dn.p, dn.p, dnew.p, sinks, recent, 0, 1, dout.p, devicted.p, dkey.p,
                 static_cast<int>(out.size()), threads);
     dout.back(out);
     devicted.back(evicted);

@@ -158,7 +158,7 @@ Command add_run_command(CLI::App& app) {
                   "Sampling seed; batch member i uses seed + i (default 0)");
   sub->add_flag("--json", flags->json, "Print tokens, text and timings as JSON");
   sub->add_option("--backend", flags->backend,
-                  "cpu (default), cuda (the first GPU; policies full, window, h2o, vatp, knorm, random) or gpu-emulated "
+                  "cpu (default), cuda (the first GPU; every policy) or gpu-emulated "
                   "(the CUDA backend's kernels run by the CPU emulation: slow, for checking)");
   sub->add_option("--weights-dtype", flags->weights_dtype,
                   "Matrix weights on a GPU backend: f32 (default) or f16; the KV dtype is the plan's");
