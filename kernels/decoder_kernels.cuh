@@ -562,17 +562,26 @@ KVP_GLOBAL void to_half_kernel(const float* x, gpu::half* out, int64_t count) {
 
 // Decode attention over the ragged cache plus the new token, for each (row, KV head) block and its
 // `group` query heads: out = softmax(q·k / sqrt(hd)) · v. The softmax weights, summed over the
-// group, are added to each slot's score in place under `rule` (H2O; VATP times the slot's value norm:
-// no N×N write) and the new
-// token's summed weight goes to self_weight[row * n_kv_heads + h]. Threads stride over slots (keys
-// and values are [head_dim, capacity], so neighbouring threads read neighbouring floats); per query
-// three passes — the maximum logit, the normaliser, then each slot's weight once, accumulated into a
-// per-thread partial output that the block sums per element.
-inline constexpr int kMaxSlotsPerThread = 64;
+// group, update each slot's score in place under `rule` (added for H2O, times the slot's value norm
+// for VATP, replacing it for TOVA: no N×N write), and the new token's summed weight goes to
+// self_weight[row * n_kv_heads + h].
+//
+// Keys and values are each read once per block, for all the group's queries together:
+//   A. threads stride over slots (keys are [head_dim, capacity], so neighbouring threads read
+//      neighbouring floats) and write every query's logit to `weights` ([group, weights_stride] per
+//      block, global memory), with per-query maxima;
+//   B. the same threads turn their logits into exp(logit − max) and sum them per query;
+//   C. threads take one output element d each (and, with more threads than elements, a share of the
+//      slots) and walk value row d — its floats contiguous — accumulating every query's output;
+//   D. each slot's weights, normalised and summed over the group in query order, go to its score.
+// The extra traffic is the weights: 3 × group floats per slot against 2 × head_dim key and value
+// elements.
+inline constexpr int kMaxGroup = 8;
 
 template <typename T>
 KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache<T> cache, const float* k_new, const float* v_new,
-                                        float* out, float* self_weight, int rule, int group, int head_dim) {
+                                        float* out, float* self_weight, float* weights, int weights_stride, int rule,
+                                        int group, int head_dim) {
   const int rh = static_cast<int>(blockIdx.x);
   const int64_t off = cache.offset[rh];
   const int cap = cache.capacity[rh], n = cache.n_used[rh];
@@ -581,48 +590,79 @@ KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache<T> cache, cons
   const float* kn = k_new + static_cast<int64_t>(rh) * head_dim;
   const float* vn = v_new + static_cast<int64_t>(rh) * head_dim;
   const int tid = static_cast<int>(threadIdx.x), nt = static_cast<int>(blockDim.x);
-  float self_total = 0;
-  float acc[kMaxSlotsPerThread];  // this thread's slots' weights, summed over the group
-  for (int c = 0; c < kMaxSlotsPerThread; ++c) acc[c] = 0;
-  for (int g = 0; g < group; ++g) {
-    const float* qg = q + (static_cast<int64_t>(rh) * group + g) * head_dim;
-    auto logit = [&](int j) {
-      float dot = 0;
-      for (int d = 0; d < head_dim; ++d) dot += qg[d] * (j < n ? gpu::to_float(cache.k[koff + static_cast<int64_t>(d) * cap + j]) : kn[d]);
-      return dot * scale;
-    };
-    float m = -INFINITY;
-    for (int j = tid; j <= n; j += nt) m = fmaxf(m, logit(j));
-    m = block_max(m);
-    float z = 0;
-    for (int j = tid; j <= n; j += nt) z += expf(logit(j) - m);
-    z = block_sum(z);
-    const float inv_z = 1.0f / z;
-    float part[kMaxHeadDim];
-    for (int d = 0; d < head_dim; ++d) part[d] = 0;
-    for (int j = tid, c = 0; j <= n; j += nt, ++c) {
-      const float w = expf(logit(j) - m) * inv_z;
-      if (j < n) {
-        acc[c] += w;
-        for (int d = 0; d < head_dim; ++d) part[d] += w * gpu::to_float(cache.v[koff + static_cast<int64_t>(d) * cap + j]);
-      } else {
-        self_total += w;
-        for (int d = 0; d < head_dim; ++d) part[d] += w * vn[d];
-      }
-    }
+  float* w = weights + static_cast<int64_t>(rh) * group * weights_stride;  // [group, weights_stride]
+  KVP_SHARED float qs[kMaxGroup * kMaxHeadDim];
+  for (int e = tid; e < group * head_dim; e += nt) qs[e] = q[static_cast<int64_t>(rh) * group * head_dim + e];
+  gpu::sync_threads();
+
+  // A. Logits, keys read once.
+  float m[kMaxGroup], z[kMaxGroup], inv_z[kMaxGroup];
+  for (int g = 0; g < group; ++g) m[g] = -INFINITY;
+  for (int j = tid; j <= n; j += nt) {
+    float dot[kMaxGroup];
+    for (int g = 0; g < group; ++g) dot[g] = 0;
     for (int d = 0; d < head_dim; ++d) {
-      const float o = block_sum(part[d]);
-      if (tid == 0) out[(static_cast<int64_t>(rh) * group + g) * head_dim + d] = o;
+      const float k = j < n ? gpu::to_float(cache.k[koff + static_cast<int64_t>(d) * cap + j]) : kn[d];
+      for (int g = 0; g < group; ++g) dot[g] += qs[g * head_dim + d] * k;
+    }
+    for (int g = 0; g < group; ++g) {
+      const float logit = dot[g] * scale;
+      w[static_cast<int64_t>(g) * weights_stride + j] = logit;
+      m[g] = fmaxf(m[g], logit);
     }
   }
+  for (int g = 0; g < group; ++g) m[g] = block_max(m[g]);
+  // B. exp(logit − max) and the normalisers.
+  for (int g = 0; g < group; ++g) z[g] = 0;
+  for (int j = tid; j <= n; j += nt) {
+    for (int g = 0; g < group; ++g) {
+      float& e = w[static_cast<int64_t>(g) * weights_stride + j];
+      e = expf(e - m[g]);
+      z[g] += e;
+    }
+  }
+  for (int g = 0; g < group; ++g) z[g] = block_sum(z[g]), inv_z[g] = 1.0f / z[g];
+  gpu::sync_threads();  // every slot's exp visible to every thread
+
+  // C. Outputs, values read once: thread e takes element d = e % head_dim over its part of the slots.
+  const int parts = nt >= head_dim ? nt / head_dim : 1;
+  const int per_part = (n + 1 + parts - 1) / parts;
+  KVP_SHARED float partial[kMaxBlockThreads * kMaxGroup];  // [part, group, head_dim]
+  for (int e = tid; e < parts * head_dim; e += nt) {
+    const int d = e % head_dim, part = e / head_dim;
+    float o[kMaxGroup];
+    for (int g = 0; g < group; ++g) o[g] = 0;
+    const int end = (part + 1) * per_part < n + 1 ? (part + 1) * per_part : n + 1;
+    for (int j = part * per_part; j < end; ++j) {
+      const float v = j < n ? gpu::to_float(cache.v[koff + static_cast<int64_t>(d) * cap + j]) : vn[d];
+      for (int g = 0; g < group; ++g) o[g] += w[static_cast<int64_t>(g) * weights_stride + j] * v;
+    }
+    for (int g = 0; g < group; ++g) partial[(part * group + g) * head_dim + d] = o[g];
+  }
+  gpu::sync_threads();
+  for (int e = tid; e < group * head_dim; e += nt) {
+    const int g = e / head_dim, d = e % head_dim;
+    float o = 0;
+    for (int part = 0; part < parts; ++part) o += partial[(part * group + g) * head_dim + d];
+    out[(static_cast<int64_t>(rh) * group + g) * head_dim + d] = o * inv_z[g];
+  }
+
+  // D. Scores: the group's normalised weights summed in query order (the CPU's order).
+  auto summed_weight = [&](int j) {
+    float s = 0;
+    for (int g = 0; g < group; ++g) s += w[static_cast<int64_t>(g) * weights_stride + j] * inv_z[g];
+    return s;
+  };
   if (math::accumulates_attention(rule)) {
-    for (int j = tid, c = 0; j < n; j += nt, ++c) {
-      cache.score[off + j] += rule == math::kScoreValueAttention ? acc[c] * cache.value_l1[off + j] : acc[c];
+    for (int j = tid; j < n; j += nt) {
+      const float a = summed_weight(j);
+      cache.score[off + j] += rule == math::kScoreValueAttention ? a * cache.value_l1[off + j] : a;
     }
   } else if (rule == math::kScoreLastAttention) {
-    for (int j = tid, c = 0; j < n; j += nt, ++c) cache.score[off + j] = acc[c];
+    for (int j = tid; j < n; j += nt) cache.score[off + j] = summed_weight(j);
   }
-  if (tid == n % nt) self_weight[rh] = self_total;
+  if (tid == 0) self_weight[rh] = summed_weight(n);
+  gpu::sync_threads();  // the shared arrays may be reused by the next block
 }
 
 }  // namespace kvp::KVP_KERNEL_NS

@@ -62,9 +62,11 @@ struct SlotCacheView {
                       const float* value_l1, const int32_t* keep, int keep_stride, int prompt_len,              \
                       int n_kv_heads, int head_dim, int threads);                                                \
   /* REQUIRES: threads a multiple of 32 (whole warps) for every kernel but swiglu, rope, to_half and */      \
-  /* embedding; decode_attention: head_dim <= 128 and n_used + 1 <= 64 * threads for every head. */          \
+  /* embedding; decode_attention: head_dim <= 128, group <= 8, and `weights` a workspace of */                \
+  /* [heads, group, weights_stride] floats with weights_stride > every head's n_used. */                        \
   void decode_attention(const float* q, const SlotCacheView& cache, const float* k_new, const float* v_new,       \
-                        float* out, float* self_weight, int rule, int heads, int group, int head_dim, int threads);
+                        float* out, float* self_weight, float* weights, int weights_stride, int rule, int heads,  \
+                        int group, int head_dim, int threads);
 
 namespace emulated {
 KVP_DECLARE_LAUNCHERS

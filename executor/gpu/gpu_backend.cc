@@ -52,6 +52,8 @@ GpuBackend::GpuBackend(const ModelWeights& weights, std::unique_ptr<Device> devi
       threads_(device_->block_threads()) {
   KVP_CHECK(config_.head_dim() <= 128, "the GPU kernels take head_dim up to 128, the model has {}",
             config_.head_dim());
+  KVP_CHECK(config_.group_size() <= 8, "the GPU kernels take up to 8 query heads per KV head, the model has {}",
+            config_.group_size());
   const bool half = options_.weights == KvDtype::kF16;
   Device& d = *device_;
   auto upload = [&](const void* src, size_t bytes) {
@@ -118,6 +120,7 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
 
   kv_arena_.reset();
   budgets_ = budgets;
+  max_capacity_ = 0;
   const int L = config_.n_layers, H = config_.n_kv_heads, hd = config_.head_dim();
   int64_t total_slots = 0, bytes = 0;
   for (size_t s = 0; s < budgets.size(); ++s) {
@@ -129,8 +132,8 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
               "sequence {}: {} aux floats per slot; policy {} keeps {}", s, b.aux_floats_per_slot, name,
               score_args_.rule == math::kScoreValueAttention ? 1 : 0);
     for (int32_t budget : b.budget_tokens) {
-      KVP_CHECK(budget >= 1 && budget + 1 <= 64 * threads_, "sequence {}: budget {} outside 1..{}", s, budget,
-                64 * threads_ - 1);
+      KVP_CHECK(budget >= 1, "sequence {}: budget {} below 1", s, budget);
+      max_capacity_ = std::max(max_capacity_, budget);
       KVP_CHECK(!evicts_ || budget >= sinks_ + recent_,
                 "sequence {}: budget {} below the {} protected positions (sinks {} + recent {})", s, budget,
                 sinks_ + recent_, sinks_, recent_);
@@ -450,8 +453,10 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
     const float* k_new = act(Act::kK) + static_cast<size_t>(w.first) * config_.kv_dim();
     const float* v_new = act(Act::kV) + static_cast<size_t>(w.first) * config_.kv_dim();
     float* out = act(Act::kAttn) + static_cast<size_t>(w.first) * config_.q_dim();
-    K.decode_attention(q, view, k_new, v_new, out, self_weight_.as<float>(), score_args_.rule, heads, group, hd,
-                       threads_);
+    const size_t weights = static_cast<size_t>(heads) * group * (max_capacity_ + 1);
+    if (attn_weights_.bytes() < weights * sizeof(float)) attn_weights_ = DeviceBuffer(d, weights * sizeof(float));
+    K.decode_attention(q, view, k_new, v_new, out, self_weight_.as<float>(), attn_weights_.as<float>(),
+                       max_capacity_ + 1, score_args_.rule, heads, group, hd, threads_);
     K.place(score_, pos_, view.offset, view.capacity, view.n_used, newest_dev + e, sinks_, recent_,
             score_args.per_query_key, shared_ ? H : 1, slot_.as<int32_t>(), evicted_pos_.as<int32_t>(), evicted_key_.as<float>(), heads,
             threads_);

@@ -133,6 +133,8 @@ class GpuBackend final : public Backend {
   // Per (row, KV head) of a decode batch: offsets, capacities, fill and newest positions (one
   // upload per layer), and the kernels' outputs.
   DeviceBuffer meta_, slot_, evicted_pos_, evicted_key_, self_weight_;
+  DeviceBuffer attn_weights_;  // decode attention's workspace, [heads, group, max_capacity_ + 1]
+  int max_capacity_ = 0;       // the largest budget of any head
   std::vector<std::byte> meta_host_;  // the metadata packed on the host, reused across layers
   // Prefill scratch, grown to the longest prompt.
   int prefill_capacity_ = 0;

@@ -68,7 +68,7 @@ void BM_GpuDecodeAttention(benchmark::State& state) {
   std::vector<int32_t> capacity(heads, context), n_used(heads, context - 1);
   for (int h = 0; h < heads; ++h) offset[h] = int64_t{h} * context;
   void *k, *v;
-  float *score, *l1, *q, *kn, *vn, *out, *self;
+  float *score, *l1, *q, *kn, *vn, *out, *self, *weights;
   int64_t* d_off;
   int32_t *d_cap, *d_n, *pos;
   cudaMalloc(&k, slots * head_dim * elem);
@@ -81,6 +81,7 @@ void BM_GpuDecodeAttention(benchmark::State& state) {
   cudaMalloc(&vn, size_t(heads) * head_dim * sizeof(float));
   cudaMalloc(&out, size_t(heads) * group * head_dim * sizeof(float));
   cudaMalloc(&self, size_t(heads) * sizeof(float));
+  cudaMalloc(&weights, size_t(heads) * group * (context + 1) * sizeof(float));
   cudaMalloc(&d_off, heads * sizeof(int64_t));
   cudaMalloc(&d_cap, heads * sizeof(int32_t));
   cudaMalloc(&d_n, heads * sizeof(int32_t));
@@ -99,7 +100,8 @@ void BM_GpuDecodeAttention(benchmark::State& state) {
   for (auto _ : state) {
     cudaEventRecord(start);
     // VATP's accumulation: every slot's score gains its weight times its value norm.
-    cuda::decode_attention(q, cache, kn, vn, out, self, math::kScoreValueAttention, heads, group, head_dim, threads);
+    cuda::decode_attention(q, cache, kn, vn, out, self, weights, context + 1, math::kScoreValueAttention, heads, group,
+                           head_dim, threads);
     cudaEventRecord(stop);
     cudaEventSynchronize(stop);
     float ms = 0;
@@ -112,7 +114,7 @@ void BM_GpuDecodeAttention(benchmark::State& state) {
   for (void* p : {static_cast<void*>(k), static_cast<void*>(v), static_cast<void*>(score), static_cast<void*>(l1),
                   static_cast<void*>(q), static_cast<void*>(kn), static_cast<void*>(vn), static_cast<void*>(out),
                   static_cast<void*>(self), static_cast<void*>(d_off), static_cast<void*>(d_cap),
-                  static_cast<void*>(d_n), static_cast<void*>(pos)}) {
+                  static_cast<void*>(d_n), static_cast<void*>(pos), static_cast<void*>(weights)}) {
     cudaFree(p);
   }
 }

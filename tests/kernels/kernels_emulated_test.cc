@@ -49,9 +49,11 @@ struct Emulated {
                  std::vector<float>& l1, const std::vector<int64_t>& offset, const std::vector<int32_t>& capacity,
                  const std::vector<int32_t>& n_used, const std::vector<float>& k_new, const std::vector<float>& v_new,
                  std::vector<float>& out, std::vector<float>& self, int group, int head_dim, int threads) {
+    const int stride = *std::max_element(capacity.begin(), capacity.end()) + 1;
+    std::vector<float> weights(offset.size() * group * stride);
     emulated::decode_attention(q.data(), view(k, v, score, l1, offset, capacity, n_used), k_new.data(), v_new.data(),
-                               out.data(), self.data(), math::kScoreAttention, static_cast<int>(offset.size()), group,
-                               head_dim, threads);
+                               out.data(), self.data(), weights.data(), stride, math::kScoreAttention,
+                               static_cast<int>(offset.size()), group, head_dim, threads);
   }
   std::vector<int32_t> victim(const std::vector<float>& keys, const std::vector<int32_t>& positions,
                               const std::vector<int64_t>& offset, const std::vector<int32_t>& n_used,

@@ -107,7 +107,9 @@ struct Device {
     Dev dvn(v_new);
     Dev dout(out);
     Dev dself(self);
-    cuda::decode_attention(dq.p, c.view(), dkn.p, dvn.p, dout.p, dself.p, math::kScoreAttention,
+    const int stride = *std::max_element(capacity.begin(), capacity.end()) + 1;
+    Dev dweights(std::vector<float>(offset.size() * group * stride));
+    cuda::decode_attention(dq.p, c.view(), dkn.p, dvn.p, dout.p, dself.p, dweights.p, stride, math::kScoreAttention,
                            static_cast<int>(offset.size()), group, head_dim, threads);
     dout.back(out);
     dself.back(self);
