@@ -97,10 +97,10 @@ inline auto load_partial(const T* p, int n, T fill) {
 }
 inline F16 load_partial(const float* p, int n) { return load_partial(p, n, 0.0f); }
 
+// {0, 1, ..., 15}.
+inline I16 lane_index() { return I16{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}; }
+
 // Lanes below n keep v, the others become zero.
-inline F16 keep_first(F16 v, int n) {
-  static constexpr I16 kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  return kLane < splat(n) ? v : F16{};
-}
+inline F16 keep_first(F16 v, int n) { return lane_index() < splat(n) ? v : F16{}; }
 
 }  // namespace kvp::lanes

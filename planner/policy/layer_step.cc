@@ -4,7 +4,7 @@
 
 namespace kvp {
 
-StepScratch::StepScratch(int max_slots) : scores(max_slots + 17), weights(max_slots + 1) {}
+StepScratch::StepScratch(int max_slots) : scores(max_slots + 17), weights(max_slots + 17) {}
 
 void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const TokenRow& row, int group,
                 float* attn_out, float* softmax, StepScratch& sc, const EvictFn& on_evict) {
@@ -15,9 +15,9 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
   for (int h = 0; h < n_kv_heads; ++h) {
     const HeadSlots& head = heads[h];
     const size_t n = static_cast<size_t>(*head.n_used) + 1;
-    if (sc.weights.size() < n) {
-      sc.scores.resize(n + 16);  // exp runs over whole 16-float packets
-      sc.weights.resize(n);
+    if (sc.weights.size() < n + 16) {  // both written in whole 16-float packets
+      sc.scores.resize(n + 16);
+      sc.weights.resize(n + 16);
     }
     slot_attention(row.q + size_t(h) * group * hd, group, head.kv(), row.k + size_t(h) * hd, row.v + size_t(h) * hd,
                    SlotAttentionOut{.out = attn_out + size_t(h) * group * hd,

@@ -45,17 +45,20 @@ void slot_attention_impl(const float* q, int group, const SlotKv& kv, const floa
       lanes::store(s + j0, acc);
       lane_max = lanes::max(lane_max, acc);
     }
-    if (const int rest = n - j0; rest > 0) {
-      F16 acc{};
-      for (int d = 0; d < hd; ++d) acc += lanes::load_partial(kv.k + size_t(d) * kv.capacity + j0, rest) * qg[d];
-      lanes::store(s + j0, acc * scale);  // within the padding
+    // The last packet, built in a register and stored once: the remaining slots' logits, the new
+    // token's, then -inf padding (it leaves the maximum alone and exponentiates to 0).
+    const int rest = n - j0;
+    F16 tail{};
+    if (rest > 0) {
+      for (int d = 0; d < hd; ++d) tail += lanes::load_partial(kv.k + size_t(d) * kv.capacity + j0, rest) * qg[d];
+      tail *= scale;
     }
     float dot = 0.0f;
     for (int d = 0; d < hd; ++d) dot += qg[d] * k_new[d];
-    s[n] = dot * scale;
-    // The padding holds -inf: it leaves the maximum alone and exponentiates to 0.
-    std::fill(s + n + 1, s + padded, -INFINITY);
-    for (int j = j0; j < padded; j += W) lane_max = lanes::max(lane_max, lanes::load(s + j));
+    const lanes::I16 lane = lanes::lane_index();
+    tail = lane < rest ? tail : (lane == rest ? lanes::splat(dot * scale) : lanes::splat(-INFINITY));
+    lanes::store(s + j0, tail);
+    lane_max = lanes::max(lane_max, tail);
     const float max_score = lanes::reduce_max(lane_max);
     // exp(x − max) with Eigen's vectorised exp, one 16-float packet at a time (every element takes
     // the same path wherever it sits), summed in 16 lanes and the fixed tree: the padding's zeros
@@ -71,26 +74,32 @@ void slot_attention_impl(const float* q, int group, const SlotKv& kv, const floa
     const float inv_sum = 1.0f / sum;
     float* out = r.out + size_t(g) * hd;
     if constexpr (kHeadDim > 0 && kHeadDim <= 16) {
-      // fixed_order_dot for every d at once: the same lanes and tree, all rows in registers.
-      // Normalising each packet as it is used: the weights, then their sum with the values.
+      // fixed_order_dot for every d at once: the same lanes and tree, all rows in registers, over
+      // the unnormalised exps (the sums scaled once at the end). The normalised weights go
+      // straight to r.weights in the same pass (the first query stores them, the others add).
       F16 acc[kHeadDim] = {};
       for (int j = 0; j < padded; j += W) {
-        const F16 w = lanes::load(s + j) * inv_sum;
-        lanes::store(s + j, w);
+        const F16 e = lanes::load(s + j);
+        if (r.weights) {
+          float* wj = r.weights + j;
+          lanes::store(wj, g == 0 ? e * inv_sum : lanes::load(wj) + e * inv_sum);
+        }
         if (j + W <= n) {
-          for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load(kv.v + size_t(d) * kv.capacity + j) * w;
+          for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load(kv.v + size_t(d) * kv.capacity + j) * e;
         } else if (const int rest = n - j; rest > 0) {
-          const F16 wt = lanes::keep_first(w, rest);
-          for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load_partial(kv.v + size_t(d) * kv.capacity + j, rest) * wt;
+          const F16 et = lanes::keep_first(e, rest);
+          for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load_partial(kv.v + size_t(d) * kv.capacity + j, rest) * et;
         }
       }
+      const float w_new = s[n] * inv_sum;
       if constexpr (kHeadDim == 8) {
         float sums[8];
         lanes::reduce_add8(acc, sums);
-        for (int d = 0; d < 8; ++d) out[d] = sums[d] + s[n] * v_new[d];
+        for (int d = 0; d < 8; ++d) out[d] = sums[d] * inv_sum + w_new * v_new[d];
       } else {
-        for (int d = 0; d < kHeadDim; ++d) out[d] = lanes::reduce_add(acc[d]) + s[n] * v_new[d];
+        for (int d = 0; d < kHeadDim; ++d) out[d] = lanes::reduce_add(acc[d]) * inv_sum + w_new * v_new[d];
       }
+      continue;  // the weights are written
     } else {
       for (int j = 0; j < padded; j += W) lanes::store(s + j, lanes::load(s + j) * inv_sum);
       for (int d = 0; d < hd; ++d) out[d] = fixed_order_dot(kv.v + size_t(d) * kv.capacity, s, n) + s[n] * v_new[d];

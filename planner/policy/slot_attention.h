@@ -21,7 +21,8 @@ struct SlotKv {
 
 struct SlotAttentionOut {
   float* out;           // [group, head_dim] attention outputs
-  float* weights;       // [n_used + 1] softmax weights summed over the group (new token last), or null
+  float* weights;       // [n_used + 1] softmax weights summed over the group (new token last), or null;
+                        // room for n_used + 1 rounded up to a multiple of 16 (whole packets are written)
   float* softmax;       // [group, 2] each query's largest scaled logit m and Σ exp(logit − m), or null:
                         // the log normaliser is m + log(Σ)
   float* scratch;       // [n_used + 1 rounded up to a multiple of 16], 64-byte aligned
