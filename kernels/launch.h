@@ -24,7 +24,56 @@ struct SlotCacheView {
   const int32_t* n_used;
 };
 
-// `rule` is a math::ScoreRule (kernels/kernel_math.h); `per_query_key` selects VATP's base-mean key.
+// One decode step's rows, per (row, KV head) entry of the step — `heads` of them, each with its
+// group's queries and the new token.
+struct DecodeRows {
+  const float* q;      // [heads, group, head_dim], post-RoPE
+  const float* k_new;  // [heads, head_dim], post-RoPE
+  const float* v_new;  // [heads, head_dim]
+  float* out;          // [heads, group, head_dim] attention outputs
+  float* self_weight;  // [heads] the new token's attention, summed over the group
+  int heads;
+  int group;
+  int head_dim;
+};
+
+// Which slots a victim search may take and how it ranks them (decoder_kernels.cuh place_kernel).
+struct VictimRule {
+  int sinks = 0;          // the first positions, never evicted
+  int recent = 0;         // the newest positions, never evicted
+  int per_query_key = 0;  // VATP base mean: the key is the score over the queries that saw the slot
+  int shared = 1;         // heads per kept set: 1, or n_kv_heads for TOVA's one set per layer
+};
+
+// place's answers per (row, KV head): the slot the new token takes, and the position evicted from
+// it (-1 for a free slot) with its key.
+struct Placement {
+  int32_t* slot;
+  int32_t* evicted_pos;
+  float* evicted_key;
+};
+
+// One sequence's prompt, as the prefill kernels see it.
+struct PrefillRows {
+  const float* q;  // [prompt_len, n_kv_heads, group, head_dim], post-RoPE
+  const float* k;  // [prompt_len, n_kv_heads, head_dim], post-RoPE
+  const float* v;  // [prompt_len, n_kv_heads, head_dim]
+  float* row_max;  // [prompt_len, n_kv_heads, group] workspace: each query's largest logit
+  float* row_sum;  // [prompt_len, n_kv_heads, group] workspace: its softmax normaliser
+  int prompt_len;
+  int n_kv_heads;
+  int group;
+  int head_dim;
+};
+
+// Which queries a key's column sum counts: rows >= first_row that come at or after the key
+// (own_row) or strictly after it.
+struct ColumnSpan {
+  int first_row = 0;
+  bool own_row = true;
+};
+
+// `rule` is a math::ScoreRule (kernels/score_rule.h).
 #define KVP_DECLARE_LAUNCHERS                                                                                     \
   void embedding(const int32_t* tokens, const float* table, float* out, int rows, int dim, int threads);          \
   void rmsnorm(const float* x, const float* w, float* y, int rows, int n, float eps, int threads);                \
@@ -37,36 +86,33 @@ struct SlotCacheView {
   void sample(const float* logits, int rows, int n, float temperature, float top_p, const float* uniform,        \
               float* probs, int32_t* out, int threads);                                                           \
   void to_half(const float* x, void* out, int64_t count, int threads);                                            \
-  void insert(const SlotCacheView& cache, const float* k_new, const float* v_new, const int32_t* slot,           \
-              const int32_t* position, const float* self_weight, const math::ScoreArgs& score_args,              \
-              int n_kv_heads, int heads, int head_dim, int threads);                                              \
-  void place(const float* score, const int32_t* positions, const int64_t* offset, const int32_t* capacity,       \
-             const int32_t* n_used, const int32_t* newest, int sinks, int recent, int per_query_key,             \
-             int shared, int32_t* slot, int32_t* evicted_pos, float* evicted_key, int heads, int threads);       \
-  void prefill_column_sums(const float* q, const float* k, float* row_max, float* row_sum, float* column_sum,       \
-                           int prompt_len, int n_kv_heads, int group, int head_dim, int threads);               \
-  /* Outputs of every prompt row, and when column_sum is not null each key's attention from the rows */      \
-  /* >= first_row at or after it (own_row) or after it. */                                                    \
-  void prefill_attention(const float* q, const float* k, const float* v, float* row_max, float* row_sum,         \
-                         float* out, float* column_sum, int first_row, int own_row, int prompt_len,               \
-                         int n_kv_heads, int group, int head_dim, int threads);                                   \
-  void prefill_scores(const float* k, const float* v, const float* column_sum, float* score, float* value_l1,   \
-                      float* key, int prompt_len, int n_kv_heads, int head_dim, const math::ScoreArgs& score_args, \
-                      int threads);                                                                               \
+  /* Each entry's new token into slot[entry] (skipped when -1) at position[entry], with its value norm */      \
+  /* and its score under score_args; entry e is KV head e % n_kv_heads. */                                     \
+  void insert(const DecodeRows& rows, const SlotCacheView& cache, const int32_t* slot, const int32_t* position,  \
+              const math::ScoreArgs& score_args, int n_kv_heads, int threads);                                   \
+  /* newest: [heads] each entry's newest position. */                                                          \
+  void place(const SlotCacheView& cache, const int32_t* newest, const VictimRule& rule, const Placement& out,     \
+             int heads, int threads);                                                                             \
+  void prefill_column_sums(const PrefillRows& p, float* column_sum, int threads);                                \
+  /* Outputs of every prompt row ([prompt_len, n_kv_heads, group, head_dim]), and when column_sum */          \
+  /* ([n_kv_heads, prompt_len]) is not null each key's attention from the queries `span` counts. */          \
+  void prefill_attention(const PrefillRows& p, float* out, float* column_sum, ColumnSpan span, int threads);     \
+  /* Each prompt token's score, value norm and eviction key, [n_kv_heads, prompt_len] each. */                 \
+  void prefill_scores(const PrefillRows& p, const float* column_sum, float* score, float* value_l1, float* key,  \
+                      const math::ScoreArgs& score_args, int threads);                                            \
   /* out[j] = sum over the rows of x [rows, n] in row order. */                                                \
   void sum_rows(const float* x, int rows, int n, float* out, int threads);                                       \
   /* REQUIRES: prompt_len <= 8192 and budget >= the protected positions. */                                   \
   void prefill_keep(const float* keys, int heads, int prompt_len, int sinks, int recent, int budget,             \
                     int32_t* keep, int threads);                                                                 \
-  void prefill_gather(const SlotCacheView& cache, const float* k, const float* v, const float* score,            \
-                      const float* value_l1, const int32_t* keep, int keep_stride, int prompt_len,              \
-                      int n_kv_heads, int head_dim, int threads);                                                \
+  /* The kept positions (keep[h * keep_stride + slot], -1 for none) into each KV head's slots. */              \
+  void prefill_gather(const PrefillRows& p, const SlotCacheView& cache, const float* score, const float* value_l1, \
+                      const int32_t* keep, int keep_stride, int threads);                                        \
   /* REQUIRES: threads a multiple of 32 (whole warps) for every kernel but swiglu, rope, to_half and */      \
   /* embedding; decode_attention: head_dim <= 128, group <= 8, and `weights` a workspace of */                \
-  /* [heads, group, weights_stride] floats with weights_stride > every head's n_used. */                        \
-  void decode_attention(const float* q, const SlotCacheView& cache, const float* k_new, const float* v_new,       \
-                        float* out, float* self_weight, float* weights, int weights_stride, int rule, int heads,  \
-                        int group, int head_dim, int threads);
+  /* [heads, group, weights_stride] floats with weights_stride > every entry's n_used. */                      \
+  void decode_attention(const DecodeRows& rows, const SlotCacheView& cache, float* weights, int weights_stride,  \
+                        int rule, int threads);
 
 namespace emulated {
 KVP_DECLARE_LAUNCHERS

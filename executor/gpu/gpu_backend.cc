@@ -346,18 +346,25 @@ void GpuBackend::prefill(const Work& w, int layer_idx) {
     keep_ = DeviceBuffer(d, static_cast<size_t>(keep_stride) * H * sizeof(int32_t));
   }
   const Launchers& K = d.kernels();
-  const float* q = act(Act::kQ) + static_cast<size_t>(w.first) * config_.q_dim();
-  const float* k = act(Act::kK) + static_cast<size_t>(w.first) * config_.kv_dim();
-  const float* v = act(Act::kV) + static_cast<size_t>(w.first) * config_.kv_dim();
+  const PrefillRows rows{.q = act(Act::kQ) + static_cast<size_t>(w.first) * config_.q_dim(),
+                         .k = act(Act::kK) + static_cast<size_t>(w.first) * config_.kv_dim(),
+                         .v = act(Act::kV) + static_cast<size_t>(w.first) * config_.kv_dim(),
+                         .row_max = row_max_.as<float>(),
+                         .row_sum = row_sum_.as<float>(),
+                         .prompt_len = P,
+                         .n_kv_heads = H,
+                         .group = group,
+                         .head_dim = hd};
   float* out = act(Act::kAttn) + static_cast<size_t>(w.first) * config_.q_dim();
-  const bool sums = math::prefill_uses_attention(score_args_.rule);
-  K.prefill_attention(q, k, v, row_max_.as<float>(), row_sum_.as<float>(), out, sums ? column_sum_.as<float>() : nullptr,
-                      math::prefill_first_row(score_args_, P), math::prefill_counts_own_row(score_args_.rule) ? 1 : 0,
-                      P, H, group, hd, threads_);
+  float* column_sum = math::prefill_uses_attention(score_args_.rule) ? column_sum_.as<float>() : nullptr;
+  K.prefill_attention(rows, out, column_sum,
+                      ColumnSpan{.first_row = math::prefill_first_row(score_args_, P),
+                                 .own_row = math::prefill_counts_own_row(score_args_.rule)},
+                      threads_);
   math::ScoreArgs score_args = score_args_;
   score_args.layer_idx = layer_idx;
-  K.prefill_scores(k, v, sums ? column_sum_.as<float>() : nullptr, prompt_score_.as<float>(), prompt_l1_.as<float>(),
-                   prompt_key_.as<float>(), P, H, hd, score_args, threads_);
+  K.prefill_scores(rows, column_sum, prompt_score_.as<float>(), prompt_l1_.as<float>(), prompt_key_.as<float>(),
+                   score_args, threads_);
   if (shared_) {
     // One kept set for the layer, from the heads' keys summed per position (equal budgets).
     K.sum_rows(prompt_key_.as<float>(), H, P, shared_key_.as<float>(), threads_);
@@ -375,10 +382,10 @@ void GpuBackend::prefill(const Work& w, int layer_idx) {
     }
   }
   const size_t first_head = head_index(seq, layer_idx, 0);
-  K.prefill_gather(cache_view(head_offset_dev_.as<int64_t>() + first_head, head_capacity_dev_.as<int32_t>() + first_head,
+  K.prefill_gather(rows,
+                   cache_view(head_offset_dev_.as<int64_t>() + first_head, head_capacity_dev_.as<int32_t>() + first_head,
                               nullptr),
-                   k, v, prompt_score_.as<float>(), prompt_l1_.as<float>(), keep_.as<int32_t>(), keep_stride, P, H, hd,
-                   threads_);
+                   prompt_score_.as<float>(), prompt_l1_.as<float>(), keep_.as<int32_t>(), keep_stride, threads_);
   for (int h = 0; h < H; ++h) {
     int32_t& used = n_used_[head_index(seq, layer_idx, h)];
     used = std::min(P, head_capacity_[head_index(seq, layer_idx, h)]);
@@ -449,19 +456,24 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
   for (const Work& w : runs) {
     const int heads = w.n * H;
     const SlotCacheView view = cache_view(offset_dev + e, capacity_dev + e, used_dev + e);
-    const float* q = act(Act::kQ) + static_cast<size_t>(w.first) * config_.q_dim();
-    const float* k_new = act(Act::kK) + static_cast<size_t>(w.first) * config_.kv_dim();
-    const float* v_new = act(Act::kV) + static_cast<size_t>(w.first) * config_.kv_dim();
-    float* out = act(Act::kAttn) + static_cast<size_t>(w.first) * config_.q_dim();
+    const DecodeRows rows{.q = act(Act::kQ) + static_cast<size_t>(w.first) * config_.q_dim(),
+                          .k_new = act(Act::kK) + static_cast<size_t>(w.first) * config_.kv_dim(),
+                          .v_new = act(Act::kV) + static_cast<size_t>(w.first) * config_.kv_dim(),
+                          .out = act(Act::kAttn) + static_cast<size_t>(w.first) * config_.q_dim(),
+                          .self_weight = self_weight_.as<float>(),
+                          .heads = heads,
+                          .group = group,
+                          .head_dim = hd};
     const size_t weights = static_cast<size_t>(heads) * group * (max_capacity_ + 1);
     if (attn_weights_.bytes() < weights * sizeof(float)) attn_weights_ = DeviceBuffer(d, weights * sizeof(float));
-    K.decode_attention(q, view, k_new, v_new, out, self_weight_.as<float>(), attn_weights_.as<float>(),
-                       max_capacity_ + 1, score_args_.rule, heads, group, hd, threads_);
-    K.place(score_, pos_, view.offset, view.capacity, view.n_used, newest_dev + e, sinks_, recent_,
-            score_args.per_query_key, shared_ ? H : 1, slot_.as<int32_t>(), evicted_pos_.as<int32_t>(), evicted_key_.as<float>(), heads,
-            threads_);
-    K.insert(view, k_new, v_new, slot_.as<int32_t>(), newest_dev + e, self_weight_.as<float>(), score_args, H, heads,
-             hd, threads_);
+    K.decode_attention(rows, view, attn_weights_.as<float>(), max_capacity_ + 1, score_args_.rule, threads_);
+    K.place(view, newest_dev + e,
+            VictimRule{.sinks = sinks_, .recent = recent_, .per_query_key = score_args.per_query_key,
+                       .shared = shared_ ? H : 1},
+            Placement{.slot = slot_.as<int32_t>(), .evicted_pos = evicted_pos_.as<int32_t>(),
+                      .evicted_key = evicted_key_.as<float>()},
+            heads, threads_);
+    K.insert(rows, view, slot_.as<int32_t>(), newest_dev + e, score_args, H, threads_);
     if (eviction_log_) {
       evicted_pos.resize(heads);
       evicted_key.resize(heads);

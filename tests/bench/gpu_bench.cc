@@ -100,8 +100,9 @@ void BM_GpuDecodeAttention(benchmark::State& state) {
   for (auto _ : state) {
     cudaEventRecord(start);
     // VATP's accumulation: every slot's score gains its weight times its value norm.
-    cuda::decode_attention(q, cache, kn, vn, out, self, weights, context + 1, math::kScoreValueAttention, heads, group,
-                           head_dim, threads);
+    cuda::decode_attention(DecodeRows{.q = q, .k_new = kn, .v_new = vn, .out = out, .self_weight = self,
+                                      .heads = heads, .group = group, .head_dim = head_dim},
+                           cache, weights, context + 1, math::kScoreValueAttention, threads);
     cudaEventRecord(stop);
     cudaEventSynchronize(stop);
     float ms = 0;

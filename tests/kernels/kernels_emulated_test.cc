@@ -51,9 +51,11 @@ struct Emulated {
                  std::vector<float>& out, std::vector<float>& self, int group, int head_dim, int threads) {
     const int stride = *std::max_element(capacity.begin(), capacity.end()) + 1;
     std::vector<float> weights(offset.size() * group * stride);
-    emulated::decode_attention(q.data(), view(k, v, score, l1, offset, capacity, n_used), k_new.data(), v_new.data(),
-                               out.data(), self.data(), weights.data(), stride, math::kScoreAttention,
-                               static_cast<int>(offset.size()), group, head_dim, threads);
+    const DecodeRows rows{.q = q.data(), .k_new = k_new.data(), .v_new = v_new.data(), .out = out.data(),
+                          .self_weight = self.data(), .heads = static_cast<int>(offset.size()), .group = group,
+                          .head_dim = head_dim};
+    emulated::decode_attention(rows, view(k, v, score, l1, offset, capacity, n_used), weights.data(), stride,
+                               math::kScoreAttention, threads);
   }
   std::vector<int32_t> victim(const std::vector<float>& keys, const std::vector<int32_t>& positions,
                               const std::vector<int64_t>& offset, const std::vector<int32_t>& n_used,
@@ -61,8 +63,13 @@ struct Emulated {
     // Full heads (capacity = n_used), so place chooses a victim in each.
     std::vector<int32_t> out(offset.size()), evicted(offset.size());
     std::vector<float> evicted_key(offset.size());
-    emulated::place(keys.data(), positions.data(), offset.data(), n_used.data(), n_used.data(), newest.data(), sinks,
-                    recent, 0, 1, out.data(), evicted.data(), evicted_key.data(), static_cast<int>(out.size()), threads);
+    std::vector<float> key_copy = keys;
+    std::vector<int32_t> pos_copy = positions;
+    const SlotCacheView cache{nullptr, nullptr, false, pos_copy.data(), key_copy.data(), nullptr,
+                              offset.data(), n_used.data(), n_used.data()};
+    emulated::place(cache, newest.data(), VictimRule{.sinks = sinks, .recent = recent},
+                    Placement{.slot = out.data(), .evicted_pos = evicted.data(), .evicted_key = evicted_key.data()},
+                    static_cast<int>(out.size()), threads);
     for (size_t h = 0; h < out.size(); ++h) {
       EXPECT_EQ(evicted[h], out[h] < 0 ? -1 : positions[offset[h] + out[h]]) << h;
     }
@@ -71,8 +78,10 @@ struct Emulated {
   std::vector<float> prefill_column_sums(const std::vector<float>& q, const std::vector<float>& k, int P, int kvh,
                                          int group, int hd, int threads) {
     std::vector<float> row_max(size_t(P) * kvh * group), row_sum(row_max.size()), out(size_t(kvh) * P);
-    emulated::prefill_column_sums(q.data(), k.data(), row_max.data(), row_sum.data(), out.data(), P, kvh, group, hd,
-                                  threads);
+    emulated::prefill_column_sums(PrefillRows{.q = q.data(), .k = k.data(), .v = nullptr, .row_max = row_max.data(),
+                                              .row_sum = row_sum.data(), .prompt_len = P, .n_kv_heads = kvh,
+                                              .group = group, .head_dim = hd},
+                                  out.data(), threads);
     return out;
   }
   std::vector<int32_t> prefill_keep(const std::vector<float>& keys, int heads, int P, int sinks, int recent, int budget,
@@ -86,9 +95,11 @@ struct Emulated {
               const std::vector<float>& k_new, const std::vector<float>& v_new, const std::vector<int32_t>& slots,
               int head_dim, int threads) {
     const std::vector<int32_t> position(offset.size(), 7);
-    emulated::insert(view(k, v, score, l1, offset, capacity, n_used), k_new.data(), v_new.data(), slots.data(),
-                     position.data(), nullptr, math::ScoreArgs{.rule = math::kScoreAttention}, 1,
-                     static_cast<int>(offset.size()), head_dim, threads);
+    const DecodeRows rows{.q = nullptr, .k_new = k_new.data(), .v_new = v_new.data(), .out = nullptr,
+                          .self_weight = nullptr, .heads = static_cast<int>(offset.size()), .group = 1,
+                          .head_dim = head_dim};
+    emulated::insert(rows, view(k, v, score, l1, offset, capacity, n_used), slots.data(), position.data(),
+                     math::ScoreArgs{.rule = math::kScoreAttention}, 1, threads);
     for (size_t h = 0; h < offset.size(); ++h) EXPECT_EQ(pos[offset[h] + slots[h]], 7);
   }
 };

@@ -109,8 +109,9 @@ struct Device {
     Dev dself(self);
     const int stride = *std::max_element(capacity.begin(), capacity.end()) + 1;
     Dev dweights(std::vector<float>(offset.size() * group * stride));
-    cuda::decode_attention(dq.p, c.view(), dkn.p, dvn.p, dout.p, dself.p, dweights.p, stride, math::kScoreAttention,
-                           static_cast<int>(offset.size()), group, head_dim, threads);
+    const DecodeRows rows{.q = dq.p, .k_new = dkn.p, .v_new = dvn.p, .out = dout.p, .self_weight = dself.p,
+                          .heads = static_cast<int>(offset.size()), .group = group, .head_dim = head_dim};
+    cuda::decode_attention(rows, c.view(), dweights.p, stride, math::kScoreAttention, threads);
     dout.back(out);
     dself.back(self);
     c.score.back(score);
@@ -129,8 +130,10 @@ struct Device {
     Dev dout(out);
     Dev devicted(evicted);
     Dev dkey(evicted_key);
-    cuda::place(dk.p, dp.p, doff.p, dn.p, dn.p, dnew.p, sinks, recent, 0, 1, dout.p, devicted.p, dkey.p,
-                static_cast<int>(out.size()), threads);
+    const SlotCacheView cache{nullptr, nullptr, false, dp.p, dk.p, nullptr, doff.p, dn.p, dn.p};
+    cuda::place(cache, dnew.p, VictimRule{.sinks = sinks, .recent = recent},
+                Placement{.slot = dout.p, .evicted_pos = devicted.p, .evicted_key = dkey.p}, static_cast<int>(out.size()),
+                threads);
     dout.back(out);
     devicted.back(evicted);
     for (size_t h = 0; h < out.size(); ++h) {
@@ -146,7 +149,9 @@ struct Device {
     Dev dmax(stats);
     Dev dsum(stats);
     Dev dout(out);
-    cuda::prefill_column_sums(dq.p, dk.p, dmax.p, dsum.p, dout.p, P, kvh, group, hd, threads);
+    cuda::prefill_column_sums(PrefillRows{.q = dq.p, .k = dk.p, .v = nullptr, .row_max = dmax.p, .row_sum = dsum.p,
+                                          .prompt_len = P, .n_kv_heads = kvh, .group = group, .head_dim = hd},
+                              dout.p, threads);
     dout.back(out);
     return out;
   }
@@ -169,8 +174,9 @@ struct Device {
     Dev dslot(slots);
     const std::vector<int32_t> position(offset.size(), 7);
     Dev dposition(position);
-    cuda::insert(c.view(), dkn.p, dvn.p, dslot.p, dposition.p, nullptr, math::ScoreArgs{.rule = math::kScoreAttention}, 1,
-                 static_cast<int>(offset.size()), head_dim, threads);
+    const DecodeRows rows{.q = nullptr, .k_new = dkn.p, .v_new = dvn.p, .out = nullptr, .self_weight = nullptr,
+                          .heads = static_cast<int>(offset.size()), .group = 1, .head_dim = head_dim};
+    cuda::insert(rows, c.view(), dslot.p, dposition.p, math::ScoreArgs{.rule = math::kScoreAttention}, 1, threads);
     c.k.back(k);
     c.v.back(v);
     c.l1.back(l1);
