@@ -151,11 +151,13 @@ KVP_DEVICE inline int masked_count(const float* p, int n, Pred keep) {
 }
 
 // The largest threshold t (one of the p of `walked`) whose walked tokens at or above it have mass
-// passing `x` (reaching it when `reach`, exceeding it otherwise), or -1 when not even all do.
-KVP_DEVICE inline float threshold_for(const float* p, int n, Walked walked, float p_max, float x, bool reach) {
+// passing `x` (reaching it when `reach`, exceeding it otherwise), or -1 when not even all of them
+// (`walked_mass`) do.
+KVP_DEVICE inline float threshold_for(const float* p, int n, Walked walked, float walked_mass, float p_max, float x,
+                                      bool reach) {
   auto passes = [&](float mass) { return reach ? mass >= x : mass > x; };
   uint32_t lo = 0, hi = math::same_bits<uint32_t>(p_max) + 1;  // passes at lo, not at hi
-  if (!passes(masked_mass(p, n, [&](int i, float v) { return walked(i, v); }))) return -1.0f;
+  if (!passes(walked_mass)) return -1.0f;
   while (hi - lo > 1) {
     const uint32_t mid = lo + (hi - lo) / 2;
     const float t = math::same_bits<float>(mid);
@@ -216,7 +218,7 @@ KVP_GLOBAL void sample_kernel(const float* logits, int n, float temperature, flo
   if (sorted) {
     // The nucleus: the highest threshold whose tokens reach top_p, and of those tied at it the
     // lowest ids the walk takes.
-    const float t = threshold_for(p, n, everything, p_max, top_p, true);
+    const float t = threshold_for(p, n, everything, masked_mass(p, n, everything), p_max, top_p, true);
     if (t >= 0.0f) {
       const Walked above{t, -1};
       const int tied = masked_count(p, n, [&](int, float v) { return v == t; });
@@ -228,7 +230,7 @@ KVP_GLOBAL void sample_kernel(const float* logits, int n, float temperature, flo
   const float r = uniform[blockIdx.x] * walked_mass;
   int pick;
   if (sorted) {
-    const float t = threshold_for(p, n, walked, p_max, r, false);
+    const float t = threshold_for(p, n, walked, walked_mass, p_max, r, false);
     if (t >= 0.0f) {
       const int tied = masked_count(p, n, [&](int i, float v) { return walked(i, v) && v == t; });
       const int k = tied_taken(masked_mass(p, n, [&](int i, float v) { return walked(i, v) && v > t; }), t, tied, r,

@@ -77,23 +77,23 @@ void record_replay_predictions(const ReplayResult& r, Plan* plan) {
   plan->predicted["replay_retained_mass"] = r.mean_retained_mass();
 }
 
-Plan head_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
-               std::vector<std::vector<int32_t>> budgets) {
+Plan allocated_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
+                    const std::vector<int32_t>& budgets) {
+  const bool per_head = budgets.size() == size_t(model.n_layers) * model.n_kv_heads;
+  KVP_CHECK(per_head || budgets.size() == size_t(model.n_layers), "{} budgets for {} layers x {} KV heads",
+            budgets.size(), model.n_layers, model.n_kv_heads);
   Plan plan;
   plan.model = model;
   plan.policy = policy;
   plan.params = params;
   plan.kv_dtype = KvDtype::kF32;
-  plan.budgets = std::move(budgets);
+  for (int l = 0; l < model.n_layers; ++l) {
+    plan.budgets.push_back(per_head ? std::vector<int32_t>(budgets.begin() + size_t(l) * model.n_kv_heads,
+                                                           budgets.begin() + size_t(l + 1) * model.n_kv_heads)
+                                    : std::vector<int32_t>(model.n_kv_heads, budgets[l]));
+  }
   plan.kv_bytes_per_sequence = plan.kv_budgets().kv_bytes();
   return plan;
-}
-
-Plan layer_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
-                const std::vector<int32_t>& layer_budgets) {
-  std::vector<std::vector<int32_t>> budgets;
-  for (int32_t b : layer_budgets) budgets.push_back(std::vector<int32_t>(model.n_kv_heads, b));
-  return head_plan(model, policy, params, std::move(budgets));
 }
 
 std::vector<ErrorCurve> weighted_curves(std::vector<ErrorCurve> curves, const std::vector<double>& layer_weights) {
@@ -130,15 +130,7 @@ Result<PlanOutcome> make_plan(const ReplayEngine& engine, const std::string& tra
                                 {.n_layers = m.n_layers, .n_kv_heads = m.n_kv_heads, .total_slots = req.total_slots,
                                  .min_budget = min_budget, .max_budget = longest},
                                 weighted_curves(out.curves, req.layer_weights)));
-  if (per_head) {
-    std::vector<std::vector<int32_t>> head_budgets;
-    for (int l = 0; l < m.n_layers; ++l) {
-      head_budgets.emplace_back(budgets.begin() + size_t(l) * m.n_kv_heads, budgets.begin() + size_t(l + 1) * m.n_kv_heads);
-    }
-    out.plan = head_plan(plan_model_of(m), req.policy, req.params, std::move(head_budgets));
-  } else {
-    out.plan = layer_plan(plan_model_of(m), req.policy, req.params, budgets);
-  }
+  out.plan = allocated_plan(plan_model_of(m), req.policy, req.params, budgets);
   Plan& plan = out.plan;
   out.replay = engine.run({.policy = policy, .budgets = plan.budgets});
   record_replay_predictions(out.replay, &plan);

@@ -14,12 +14,10 @@ namespace kvp {
 
 PlanModel plan_model_of(const TraceModelShape& m);
 
-// A plan with one budget per layer (every KV head of a layer alike), f32 KV, its bytes filled in.
-Plan layer_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
-                const std::vector<int32_t>& layer_budgets);
-// The same with a budget per layer and KV head ([n_layers][n_kv_heads]).
-Plan head_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
-               std::vector<std::vector<int32_t>> budgets);
+// A plan of allocate()'s budgets — one per layer (every KV head of a layer alike), or one per layer
+// and KV head ([layer * n_kv_heads + head]) — with f32 KV and its bytes filled in.
+Plan allocated_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
+                    const std::vector<int32_t>& budgets);
 
 // Candidate budgets for error curves: a geometric ladder from min_budget to max_budget.
 std::vector<int32_t> candidate_budgets(int32_t min_budget, int32_t max_budget);

@@ -246,22 +246,25 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
       tot.rel[kv_head] += ws.rel[i];
       tot.mass[kv_head] += ws.mass[i];
     }
-    // ‖Wo (o − ô)‖² / ‖x‖² per step, summed in step order.
+    // Σ over steps, in step order, of ‖injected row‖² / ‖x‖²: the energy an error injects.
+    auto injected_energy = [&] {
+      double energy = 0;
+      for (int t = P; t < T; ++t) {
+        const double x = layer.data.resid_norm[t];
+        energy += static_cast<double>(injected.row(t - P).squaredNorm()) / std::max(x * x, 1e-30);
+      }
+      return energy;
+    };
+    // ‖Wo (o − ô)‖² / ‖x‖² per step.
     injected.noalias() = delta * wo.transpose();
-    for (int t = P; t < T; ++t) {
-      const double x = layer.data.resid_norm[t];
-      tot.energy += static_cast<double>(injected.row(t - P).squaredNorm()) / std::max(x * x, 1e-30);
-    }
+    tot.energy += injected_energy();
     if (config.head_energy) {
       // Each KV head's query heads' columns alone: ‖W_o,h (o_h − ô_h)‖² / ‖x‖².
       tot.head_energy.assign(KVH, 0.0);
       const int cols = group * hd;
       for (int h = 0; h < KVH; ++h) {
         injected.noalias() = delta.middleCols(h * cols, cols) * wo.middleCols(h * cols, cols).transpose();
-        for (int t = P; t < T; ++t) {
-          const double x = layer.data.resid_norm[t];
-          tot.head_energy[h] += static_cast<double>(injected.row(t - P).squaredNorm()) / std::max(x * x, 1e-30);
-        }
+        tot.head_energy[h] += injected_energy();
       }
     }
     tot.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -132,19 +132,11 @@ Status sweep(const SweepFlags& flags) {
         progress.update(++done);
         return;
       }
-      Plan plan;
-      std::vector<int32_t> layer_budgets = *alloc;
-      if (alloc->size() == size_t(m.n_layers)) {
-        plan = layer_plan(plan_model_of(m), name, params, *alloc);
-      } else {  // per layer and KV head
-        std::vector<std::vector<int32_t>> heads;
-        layer_budgets.clear();
-        for (int l = 0; l < m.n_layers; ++l) {
-          heads.emplace_back(alloc->begin() + size_t(l) * m.n_kv_heads, alloc->begin() + size_t(l + 1) * m.n_kv_heads);
-          layer_budgets.push_back(static_cast<int32_t>(
-              std::lround(std::accumulate(heads.back().begin(), heads.back().end(), 0.0) / m.n_kv_heads)));
-        }
-        plan = head_plan(plan_model_of(m), name, params, std::move(heads));
+      Plan plan = allocated_plan(plan_model_of(m), name, params, *alloc);
+      std::vector<int32_t> layer_budgets;  // each layer's mean over its KV heads
+      for (const std::vector<int32_t>& heads : plan.budgets) {
+        layer_budgets.push_back(
+            static_cast<int32_t>(std::lround(std::accumulate(heads.begin(), heads.end(), 0.0) / heads.size())));
       }
       configs.push_back({.policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
                          .budgets = plan.budgets});
