@@ -31,16 +31,31 @@ int protected_count(const PolicyParams& params, int prompt_len) {
   return n;
 }
 
+// The kernels' score rule of each policy that runs on the GPU (kernels/score_rule.h).
+struct PolicyRule {
+  std::string_view name;
+  math::ScoreRule rule;
+};
+constexpr PolicyRule kPolicyRules[] = {
+    {"full", math::kScoreZero},          {"window", math::kScorePosition},      {"h2o", math::kScoreAttention},
+    {"vatp", math::kScoreValueAttention}, {"tova", math::kScoreLastAttention},  {"snapkv", math::kScoreWindowAttention},
+    {"knorm", math::kScoreKeyNorm},       {"random", math::kScoreRandom},
+};
+
+const PolicyRule* rule_of(std::string_view name) {
+  for (const PolicyRule& r : kPolicyRules) {
+    if (r.name == name) return &r;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 Status GpuBackend::supports(const Policy& policy) {
-  const std::string_view n = policy.name();
-  if (n == "full" || n == "window" || n == "h2o" || n == "vatp" || n == "knorm" || n == "random" || n == "tova" ||
-      n == "snapkv") {
-    return {};
-  }
-  return make_error("policy '{}' does not run on the GPU backend (it runs full, window, h2o, vatp, tova, snapkv, knorm "
-                    "and random)", n);
+  if (rule_of(policy.name())) return {};
+  std::string names;
+  for (const PolicyRule& r : kPolicyRules) names += (names.empty() ? "" : ", ") + std::string(r.name);
+  return make_error("policy '{}' does not run on the GPU backend (it runs {})", policy.name(), names);
 }
 
 GpuBackend::GpuBackend(const ModelWeights& weights, std::unique_ptr<Device> device, GpuBackendOptions options)
@@ -101,14 +116,7 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
   KVP_CHECK(ok.ok(), "{}", ok.error().message());
   const std::string_view name = policy_->name();
   score_args_ = math::ScoreArgs{
-      .rule = name == "full"     ? math::kScoreZero
-              : name == "window" ? math::kScorePosition
-              : name == "h2o"    ? math::kScoreAttention
-              : name == "vatp"   ? math::kScoreValueAttention
-              : name == "knorm"  ? math::kScoreKeyNorm
-              : name == "random" ? math::kScoreRandom
-              : name == "tova"   ? math::kScoreLastAttention
-                                 : math::kScoreWindowAttention,
+      .rule = rule_of(name)->rule,
       .per_query_key = name == "vatp" && policy_->params().vatp_base == VatpBase::kMean ? 1 : 0,
       .seed = policy_->params().seed,
       .snap_window = policy_->params().snap_window,
