@@ -1,5 +1,8 @@
 #include "common/sha256.h"
 
+#include <cstdlib>
+#include <filesystem>
+
 #include <openssl/evp.h>
 
 #include <cerrno>
@@ -57,6 +60,51 @@ Result<std::string> sha256_file(const std::string& path) {
   while ((n = std::fread(buffer.data(), 1, buffer.size(), f.get())) > 0) h.update(buffer.data(), n);
   if (std::ferror(f.get())) return make_error("{}: read failed", path);
   return h.hex();
+}
+
+std::string fingerprint_cache_path() {
+  namespace fs = std::filesystem;
+  if (const char* d = std::getenv("KVPLAN_CACHE_DIR"); d && *d) return (fs::path(d) / "fingerprints.tsv").string();
+  if (const char* d = std::getenv("XDG_CACHE_HOME"); d && *d) return (fs::path(d) / "kvplan" / "fingerprints.tsv").string();
+  if (const char* d = std::getenv("HOME"); d && *d) return (fs::path(d) / ".cache" / "kvplan" / "fingerprints.tsv").string();
+  return {};
+}
+
+Result<std::string> sha256_file_cached(const std::string& path, int64_t min_bytes) {
+  namespace fs = std::filesystem;
+  KVP_ASSIGN_OR_RETURN(int64_t size, regular_file_size(path));
+  const std::string cache = fingerprint_cache_path();
+  if (size < min_bytes || cache.empty()) return sha256_file(path);
+  std::error_code ec;
+  const std::string abs = fs::absolute(path, ec).lexically_normal().string();
+  const auto mtime = fs::last_write_time(path, ec);
+  if (ec) return sha256_file(path);
+  const std::string key =
+      fmt::format("{}\t{}\t{}", size, static_cast<long long>(mtime.time_since_epoch().count()), abs);
+  std::vector<std::string> lines;
+  if (std::FILE* f = std::fopen(cache.c_str(), "rb")) {
+    char buf[8192];
+    while (std::fgets(buf, sizeof(buf), f)) {
+      std::string line(buf);
+      if (!line.empty() && line.back() == '\n') line.pop_back();
+      // "sha256<TAB>size<TAB>mtime<TAB>path"
+      if (line.size() > 65 && line[64] == '\t') {
+        if (line.compare(65, std::string::npos, key) == 0) {
+          std::fclose(f);
+          return line.substr(0, 64);
+        }
+        if (!line.ends_with("\t" + abs)) lines.push_back(line);  // drop stale entries of this path
+      }
+    }
+    std::fclose(f);
+  }
+  KVP_ASSIGN_OR_RETURN(std::string digest, sha256_file(path));
+  lines.push_back(digest + "\t" + key);
+  fs::create_directories(fs::path(cache).parent_path(), ec);
+  std::string text;
+  for (const std::string& l : lines) text += l + "\n";
+  (void)write_file_atomic(cache, text);  // best effort: a read-only cache only costs time
+  return digest;
 }
 
 }  // namespace kvp

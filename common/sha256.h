@@ -32,3 +32,17 @@ std::string sha256_hex(std::span<const std::byte> data);
 Result<std::string> sha256_file(const std::string& path);
 
 }  // namespace kvp
+
+namespace kvp {
+
+// sha256_file with a cache for large files (model weights): the digest is stored keyed by the
+// file's absolute path, size and modification time, so a 14 GB model is hashed once, not on every
+// command. The cache is `fingerprints.tsv` in $KVPLAN_CACHE_DIR, else $XDG_CACHE_HOME/kvplan, else
+// ~/.cache/kvplan; files under `min_bytes` are always hashed, and a cache that cannot be written
+// is skipped silently (the digest is still right).
+Result<std::string> sha256_file_cached(const std::string& path, int64_t min_bytes = 64 << 20);
+
+// The cache file sha256_file_cached uses ("" when no cache directory can be named).
+std::string fingerprint_cache_path();
+
+}  // namespace kvp

@@ -36,23 +36,38 @@ WeightShape weight_shape(const ModelConfig& c, Weight w) {
   KVP_CHECK(false, "unknown Weight {}", static_cast<int>(w));
 }
 
-const float* host_weight(const ModelWeights& weights, Weight w, int layer_idx) {
-  if (w == Weight::kRmsFinal) return weights.rms_final();
+bool is_norm(Weight w) { return w == Weight::kRmsAtt || w == Weight::kRmsFfn || w == Weight::kRmsFinal; }
+
+const float* norm_weight(const ModelWeights& weights, Weight w, int layer_idx) {
+  switch (w) {
+    case Weight::kRmsFinal: return weights.rms_final();
+    case Weight::kRmsAtt: return weights.layer(layer_idx).rms_att;
+    case Weight::kRmsFfn: return weights.layer(layer_idx).rms_ffn;
+    default: break;
+  }
+  KVP_CHECK(false, "Weight {} is not a norm", static_cast<int>(w));
+}
+
+const WeightTensor& matrix_weight(const ModelWeights& weights, Weight w, int layer_idx) {
   if (w == Weight::kClassifier) return weights.classifier();
   const LayerWeights& l = weights.layer(layer_idx);
   switch (w) {
-    case Weight::kRmsAtt: return l.rms_att;
     case Weight::kWq: return l.wq;
     case Weight::kWk: return l.wk;
     case Weight::kWv: return l.wv;
     case Weight::kWo: return l.wo;
-    case Weight::kRmsFfn: return l.rms_ffn;
     case Weight::kW1: return l.w1;
     case Weight::kW2: return l.w2;
     case Weight::kW3: return l.w3;
     default: break;
   }
-  KVP_CHECK(false, "unknown Weight {}", static_cast<int>(w));
+  KVP_CHECK(false, "Weight {} is not a matrix", static_cast<int>(w));
+}
+
+const float* matrix_bias(const ModelWeights& weights, Weight w, int layer_idx) {
+  if (w != Weight::kWq && w != Weight::kWk && w != Weight::kWv) return nullptr;
+  const LayerWeights& l = weights.layer(layer_idx);
+  return w == Weight::kWq ? l.bq : w == Weight::kWk ? l.bk : l.bv;
 }
 
 StepRows select_step_rows(const StepRows& rows, std::span<const int32_t> row_idx,
@@ -73,7 +88,8 @@ void rope_tables(const ModelConfig& config, std::vector<float>* cos_table, std::
   sin_table->resize(cos_table->size());
   for (int pos = 0; pos < config.seq_len; ++pos) {
     for (int i = 0; i < half; ++i) {
-      const float freq = 1.0f / std::pow(config.rope_theta, static_cast<float>(2 * i) / config.head_dim());
+      float freq = 1.0f / std::pow(config.rope_theta, static_cast<float>(2 * i) / config.head_dim());
+      if (!config.rope_freq_divisors.empty()) freq /= config.rope_freq_divisors[i];
       const float angle = static_cast<float>(pos) * freq;
       (*cos_table)[static_cast<size_t>(pos) * half + i] = std::cos(angle);
       (*sin_table)[static_cast<size_t>(pos) * half + i] = std::sin(angle);

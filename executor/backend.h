@@ -38,8 +38,14 @@ struct WeightShape {
 };
 WeightShape weight_shape(const ModelConfig& config, Weight w);
 
-// Host pointer to `w` of layer `layer_idx` (ignored for kRmsFinal and kClassifier).
-const float* host_weight(const ModelWeights& weights, Weight w, int layer_idx);
+bool is_norm(Weight w);  // kRmsAtt, kRmsFfn, kRmsFinal
+
+// The f32 weights of norm `w` of layer `layer_idx` (ignored for kRmsFinal), [dim].
+const float* norm_weight(const ModelWeights& weights, Weight w, int layer_idx);
+// Matrix `w` of layer `layer_idx` (ignored for kClassifier) in its stored type.
+const WeightTensor& matrix_weight(const ModelWeights& weights, Weight w, int layer_idx);
+// The bias added after matrix `w` (q, k and v of a model with qkv biases), or null.
+const float* matrix_bias(const ModelWeights& weights, Weight w, int layer_idx);
 
 // The rows of one forward pass: each is one token of one sequence at one position.
 // REQUIRES: within a sequence, rows come in increasing position order and continue the
@@ -61,8 +67,10 @@ struct StepRows {
 StepRows select_step_rows(const StepRows& rows, std::span<const int32_t> row_idx,
                           const std::function<void(int32_t from, int32_t to)>& move_row);
 
-// RoPE tables as llama2.c computes them, theta_i = base^(-2i/head_dim) in f32: cos and sin of each
-// position's angles, [seq_len, head_dim / 2].
+// RoPE tables as llama2.c computes them, theta_i = base^(-2i/head_dim) in f32 (divided by the
+// model's frequency divisors, when it has Llama 3.x or linear scaling): cos and sin of each
+// position's angles, [seq_len, head_dim / 2]. Pair i rotates elements (2i, 2i+1) or (i, i + half)
+// as config.rope_style says.
 void rope_tables(const ModelConfig& config, std::vector<float>* cos_table, std::vector<float>* sin_table);
 
 // One token evicted from one head's cache (prefill cuts included).
@@ -97,11 +105,11 @@ class Backend {
   virtual void embed() = 0;
   // out = w ⊙ in / sqrt(mean(in²) + eps), per row.
   virtual void rmsnorm(Act in, Act out, Weight w, int layer_idx) = 0;
-  // out = in Wᵀ, per row.
+  // out = in Wᵀ (+ the weight's bias, if it has one), per row.
   virtual void matmul(Weight w, int layer_idx, Act in, Act out) = 0;
   // out += in Wᵀ, per row (residual connections).
   virtual void matmul_add(Weight w, int layer_idx, Act in, Act out) = 0;
-  // Rotates each head of kQ or kK by its row's position (pairs (2i, 2i+1)).
+  // Rotates each head of kQ or kK by its row's position (pairs as config().rope_style says).
   virtual void rope(Act qk) = 0;
   // kAttn = causal attention of kQ over the sequence's cache plus this step's kK/kV, which are
   // then inserted into the cache under the policy (DESIGN §4): a sequence whose cache is empty

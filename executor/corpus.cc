@@ -20,7 +20,7 @@ Corpus sample_corpus(Decoder& decoder, const SampleCorpusOptions& options,
     const int n = std::min(options.batch, options.n_sequences - first);
     GenerateOptions g{.steps = options.length - 1, .sampler = options.sampler, .stop_at_eos = false};
     g.sampler.seed = options.sampler.seed + static_cast<uint64_t>(first);
-    const std::vector<std::vector<int32_t>> prompts(n, std::vector<int32_t>{kBosToken});
+    const std::vector<std::vector<int32_t>> prompts(n, std::vector<int32_t>{options.start_token});
     const std::vector<KvBudgets> budgets(n, full_cache_budgets(decoder.config(), g.steps));
     GenerateResult r = generate(decoder, prompts, budgets, g);
     for (auto& seq : r.tokens) corpus.sequences.push_back(std::move(seq));

@@ -31,6 +31,7 @@ struct SampleCorpusOptions {
   int length = 512;  // tokens per sequence, BOS included; <= seq_len
   SamplerOptions sampler{.temperature = 1.0f, .top_p = 0.95f, .seed = 0};
   int batch = 16;  // sequences per forward pass
+  int32_t start_token = kBosToken;  // each sequence starts from it (the tokenizer's BOS)
 };
 
 // Samples from the full-cache model. Sequence i uses seed + i (independent of the batching).

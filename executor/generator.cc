@@ -1,5 +1,7 @@
 #include "executor/generator.h"
 
+#include <algorithm>
+
 #include <chrono>
 
 #include "executor/model/tokenizer.h"
@@ -64,7 +66,7 @@ GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>
     for (size_t i = 0; i < logit_seqs.size(); ++i) {
       const int s = logit_seqs[i];
       const int32_t token = picked[i];
-      if (options.stop_at_eos && (token == kBosToken || token == kEosToken)) continue;
+      if (options.stop_at_eos && std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token) != options.stop_tokens.end()) continue;
       std::vector<int32_t>& seq = result.tokens[s];
       seq.push_back(token);
       ++result.generated_tokens;

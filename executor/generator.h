@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "executor/decoder.h"
+#include "executor/model/tokenizer.h"
 #include "executor/sampler.h"
 
 namespace kvp {
@@ -16,7 +17,8 @@ struct GenerateOptions {
   // token, so a sequence ends with steps + 1 tokens, the last never fed. 1..seq_len.
   int steps = 256;
   SamplerOptions sampler;
-  bool stop_at_eos = true;  // stop a sequence when it samples BOS or EOS (not kept)
+  bool stop_at_eos = true;  // stop a sequence when it samples one of stop_tokens (not kept)
+  std::vector<int32_t> stop_tokens = {kBosToken, kEosToken};  // the tokenizer's end tokens for other models
   std::shared_ptr<const Policy> policy;  // eviction policy of the caches (null: keep all)
 };
 

@@ -65,9 +65,7 @@ std::vector<float> next_token_logprobs(const std::vector<float>& logits, const s
 
 }  // namespace
 
-Result<std::string> model_fingerprint(const LoadedModel& model) {
-  return sha256_file(model.files.model_path);
-}
+Result<std::string> model_fingerprint(const LoadedModel& model) { return fingerprint_files(model.files); }
 
 Result<RecordStats> record_trace(const LoadedModel& model, const Corpus& corpus,
                                  const RecordOptions& options,
@@ -82,12 +80,12 @@ Result<RecordStats> record_trace(const LoadedModel& model, const Corpus& corpus,
 
   SafetensorsWriter projections;
   for (int l = 0; l < c.n_layers; ++l) {
-    projections.add_f32(trace_tensor_name(l, "wo"), {c.dim, c.q_dim()},
-                        std::span<const float>(model.weights.layer(l).wo, size_t(c.dim) * c.q_dim()));
+    // The projection as the model computes with it: its stored values, widened exactly.
+    projections.add_f32(trace_tensor_name(l, "wo"), {c.dim, c.q_dim()}, dequantize(model.weights.layer(l).wo));
   }
   KVP_RETURN_IF_ERROR(writer.set_projections(projections));
 
-  CpuBackend backend(model.weights);
+  CpuBackend backend(model.weights, options.threads);
   Decoder decoder(backend);
   RecordStats stats;
   std::vector<float> logits;

@@ -17,6 +17,7 @@ struct RecordOptions {
   TensorDtype qkv_dtype = TensorDtype::kF32;
   bool overwrite = false;
   std::string tool_version;
+  int threads = 1;  // CPU threads for the matrix products
 };
 
 struct RecordStats {
@@ -26,7 +27,7 @@ struct RecordStats {
   double seconds = 0.0;
 };
 
-// The sha256 of the weights file: the model fingerprint traces and plans carry.
+// The model fingerprint traces and plans carry (fingerprint_files: the weights file's sha256).
 Result<std::string> model_fingerprint(const LoadedModel& model);
 
 Result<RecordStats> record_trace(const LoadedModel& model, const Corpus& corpus,

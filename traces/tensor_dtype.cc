@@ -10,6 +10,7 @@ std::string_view dtype_name(TensorDtype dtype) {
     case TensorDtype::kF32: return "F32";
     case TensorDtype::kF16: return "F16";
     case TensorDtype::kI32: return "I32";
+    case TensorDtype::kBF16: return "BF16";
   }
   KVP_CHECK(false, "unknown TensorDtype {}", static_cast<int>(dtype));
 }
@@ -18,7 +19,8 @@ Result<TensorDtype> parse_dtype(std::string_view name) {
   if (name == "F32") return TensorDtype::kF32;
   if (name == "F16") return TensorDtype::kF16;
   if (name == "I32") return TensorDtype::kI32;
-  return make_error("dtype: expected F32, F16 or I32, found '{}'", name);
+  if (name == "BF16") return TensorDtype::kBF16;
+  return make_error("dtype: expected F32, F16, BF16 or I32, found '{}'", name);
 }
 
 int dtype_bytes(TensorDtype dtype) {
@@ -26,6 +28,7 @@ int dtype_bytes(TensorDtype dtype) {
     case TensorDtype::kF32: return 4;
     case TensorDtype::kF16: return 2;
     case TensorDtype::kI32: return 4;
+    case TensorDtype::kBF16: return 2;
   }
   KVP_CHECK(false, "unknown TensorDtype {}", static_cast<int>(dtype));
 }

@@ -9,9 +9,9 @@
 
 namespace kvp {
 
-enum class TensorDtype { kF32, kF16, kI32 };
+enum class TensorDtype { kF32, kF16, kI32, kBF16 };
 
-std::string_view dtype_name(TensorDtype dtype);  // "F32", "F16", "I32" (safetensors)
+std::string_view dtype_name(TensorDtype dtype);  // "F32", "F16", "I32", "BF16" (safetensors)
 Result<TensorDtype> parse_dtype(std::string_view name);
 int dtype_bytes(TensorDtype dtype);
 

@@ -1,5 +1,7 @@
 #include "executor/cpu/cpu_backend.h"
 
+#include "executor/cpu/dot_kernels.h"
+
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -9,16 +11,15 @@ namespace kvp {
 namespace {
 
 
-using ConstMatrixMap =
-    Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
 using VectorMap = Eigen::Map<Eigen::VectorXf>;
 using ConstVectorMap = Eigen::Map<const Eigen::VectorXf>;
 
 }  // namespace
 
-CpuBackend::CpuBackend(const ModelWeights& weights)
+CpuBackend::CpuBackend(const ModelWeights& weights, int threads)
     : weights_(weights),
       config_(weights.config()),
+      pool_(std::make_unique<ThreadPool>(threads)),
       step_scratch_(config_.seq_len) {
   static_assert(EIGEN_MAX_ALIGN_BYTES <= 64, "rows are padded for at most 64-byte packets");
   rope_tables(config_, &rope_cos_, &rope_sin_);
@@ -59,14 +60,13 @@ void CpuBackend::begin_step(const StepRows& rows) {
 void CpuBackend::embed() {
   const int dim = config_.dim;
   for (int r = 0; r < n_rows_; ++r) {
-    std::copy_n(weights_.token_embedding() + static_cast<size_t>(rows_.tokens[r]) * dim, dim,
-                row(Act::kX, r));
+    dequantize_row(weights_.token_embedding(), rows_.tokens[r], std::span<float>(row(Act::kX, r), dim));
   }
 }
 
 void CpuBackend::rmsnorm(Act in, Act out, Weight w, int layer_idx) {
   const int n = act_width(config_, in);
-  const float* weight = host_weight(weights_, w, layer_idx);
+  const float* weight = norm_weight(weights_, w, layer_idx);
   for (int r = 0; r < n_rows_; ++r) {
     const float* x = row(in, r);
     float* y = row(out, r);
@@ -80,14 +80,20 @@ void CpuBackend::rmsnorm(Act in, Act out, Weight w, int layer_idx) {
 void CpuBackend::matmul_rows(Weight w, int layer_idx, Act in, Act out, bool accumulate) {
   const WeightShape shape = weight_shape(config_, w);
   KVP_CHECK(act_width(config_, in) == shape.in && act_width(config_, out) == shape.out);
-  const ConstMatrixMap W(host_weight(weights_, w, layer_idx), shape.out, shape.in);
-  for (int r = 0; r < n_rows_; ++r) {
-    const ConstVectorMap x(row(in, r), shape.in);
-    VectorMap y(row(out, r), shape.out);
-    if (accumulate) {
-      y.noalias() += W * x;
-    } else {
-      y.noalias() = W * x;
+  const WeightTensor& W = matrix_weight(weights_, w, layer_idx);
+  KVP_CHECK(W.rows == shape.out && W.cols == shape.in);
+  if (n_rows_ == 0) return;
+  const MatmulArgs args{.w = &W, .x = row(in, 0), .x_stride = row_stride(shape.in), .y = row(out, 0),
+                        .y_stride = row_stride(shape.out), .n_rows = n_rows_, .accumulate = accumulate};
+  // Output rows in parts of 16, so that threads never write the same cache line of y.
+  pool_->run([&](int part, int n_parts) {
+    const RowRange r = split_rows(W.rows, part, n_parts, 16);
+    matmul_range(args, r.begin, r.end);
+  });
+  if (const float* bias = matrix_bias(weights_, w, layer_idx)) {
+    for (int r = 0; r < n_rows_; ++r) {
+      float* y = row(out, r);
+      for (int o = 0; o < shape.out; ++o) y[o] += bias[o];
     }
   }
 }
@@ -107,12 +113,17 @@ void CpuBackend::rope(Act qk) {
     const float* cos = rope_cos_.data() + static_cast<size_t>(rows_.positions[r]) * half;
     const float* sin = rope_sin_.data() + static_cast<size_t>(rows_.positions[r]) * half;
     float* x = row(qk, r);
+    // Pair i is (2i, 2i+1) for interleaved checkpoints, (i, i + half) for rotate-half ones.
+    const int stride = config_.rope_style == RopeStyle::kInterleaved ? 2 : 1;
+    const int offset = config_.rope_style == RopeStyle::kInterleaved ? 1 : half;
     for (int h = 0; h < n_heads; ++h) {
       float* v = x + h * head_dim;
       for (int i = 0; i < half; ++i) {
-        const float v0 = v[2 * i], v1 = v[2 * i + 1];
-        v[2 * i] = v0 * cos[i] - v1 * sin[i];
-        v[2 * i + 1] = v0 * sin[i] + v1 * cos[i];
+        float& a = v[stride * i];
+        float& b = v[stride * i + offset];
+        const float v0 = a, v1 = b;
+        a = v0 * cos[i] - v1 * sin[i];
+        b = v0 * sin[i] + v1 * cos[i];
       }
     }
   }

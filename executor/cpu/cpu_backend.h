@@ -1,17 +1,18 @@
-// The reference backend: f32 on the host, Eigen for the matrix products, one thread.
+// The reference backend: f32 activations on the host; weights in their stored types multiplied by
+// the dot kernels (dot_kernels.h), split by output rows over `threads` threads.
 //
 // Every row is computed with the same sequence of floating-point operations whatever else is in
-// the step, so a sequence decoded in a batch gets the same bits as the same sequence decoded
-// alone: matrix products are per-row GEMVs (Eigen's GEMV loads unaligned, so its order does not
-// depend on addresses), and the buffers that Eigen reductions read (activation rows, scores)
-// start on 64-byte boundaries, because a reduction's summation order follows the alignment of
-// its first element.
+// the step and however many threads run, so a sequence decoded in a batch gets the same bits as
+// the same sequence decoded alone: each output element is one dot product in a fixed order, and
+// the buffers that Eigen reductions read (activation rows, scores) start on 64-byte boundaries,
+// because a reduction's summation order follows the alignment of its first element.
 #pragma once
 
 #include <Eigen/Core>
 #include <memory>
 #include <vector>
 
+#include "common/thread_pool.h"
 #include "executor/backend.h"
 #include "executor/kv_cache.h"
 
@@ -19,8 +20,8 @@ namespace kvp {
 
 class CpuBackend final : public Backend {
  public:
-  // `weights` must outlive the backend.
-  explicit CpuBackend(const ModelWeights& weights);
+  // `weights` must outlive the backend. `threads` >= 1 share the matrix products.
+  explicit CpuBackend(const ModelWeights& weights, int threads = 1);
 
   std::string_view name() const override { return "cpu"; }
   const ModelConfig& config() const override { return config_; }
@@ -67,6 +68,7 @@ class CpuBackend final : public Backend {
 
   const ModelWeights& weights_;
   ModelConfig config_;
+  std::unique_ptr<ThreadPool> pool_;
   std::vector<float> rope_cos_;  // [seq_len, head_dim / 2]
   std::vector<float> rope_sin_;  // [seq_len, head_dim / 2]
   std::vector<KvCache> caches_;  // one per sequence

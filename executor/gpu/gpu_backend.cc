@@ -58,6 +58,19 @@ Status GpuBackend::supports(const Policy& policy) {
   return make_error("policy '{}' does not run on the GPU backend (it runs {})", policy.name(), names);
 }
 
+Status GpuBackend::supports_model(const ModelConfig& c) {
+  if (c.head_dim() > 128) return make_error("the GPU kernels take head_dim up to 128, the model has {}", c.head_dim());
+  if (c.group_size() > 8) {
+    return make_error("the GPU kernels take up to 8 query heads per KV head, the model has {}", c.group_size());
+  }
+  if (c.rope_style != RopeStyle::kInterleaved) {
+    return make_error("the GPU backend runs interleaved RoPE only; this {} model is rotate-half (run it on --backend cpu)",
+                      c.architecture);
+  }
+  if (c.qkv_bias) return make_error("the GPU backend does not add q/k/v biases ({}); run it on --backend cpu", c.architecture);
+  return ok_status();
+}
+
 GpuBackend::GpuBackend(const ModelWeights& weights, std::unique_ptr<Device> device, GpuBackendOptions options)
     : weights_(weights),
       config_(weights.config()),
@@ -65,10 +78,8 @@ GpuBackend::GpuBackend(const ModelWeights& weights, std::unique_ptr<Device> devi
       options_(options),
       name_(std::string(device_->kind()) == "cuda" ? "cuda" : "gpu-emulated"),
       threads_(device_->block_threads()) {
-  KVP_CHECK(config_.head_dim() <= 128, "the GPU kernels take head_dim up to 128, the model has {}",
-            config_.head_dim());
-  KVP_CHECK(config_.group_size() <= 8, "the GPU kernels take up to 8 query heads per KV head, the model has {}",
-            config_.group_size());
+  const Status runs = supports_model(config_);
+  KVP_CHECK(runs.ok(), "{}", runs.error().message());
   const bool half = options_.weights == KvDtype::kF16;
   Device& d = *device_;
   auto upload = [&](const void* src, size_t bytes) {
@@ -84,17 +95,23 @@ GpuBackend::GpuBackend(const ModelWeights& weights, std::unique_ptr<Device> devi
       if (is_global(w) != (l == config_.n_layers)) continue;
       const WeightShape s = weight_shape(config_, w);
       const size_t n = static_cast<size_t>(s.out) * s.in;
-      const float* host = host_weight(weights_, w, l);
       DeviceBuffer& dst = weight_bufs_[static_cast<size_t>(l) * kNumWeights + wi];
-      if (half && is_matrix(w)) {
-        const std::vector<_Float16> h = to_half(host, n);
+      if (!is_matrix(w)) {
+        dst = upload(norm_weight(weights_, w, l), n * sizeof(float));
+        continue;
+      }
+      // Widened one tensor at a time on the host (the device holds f32 or binary16 weights).
+      const std::vector<float> host = dequantize(matrix_weight(weights_, w, l));
+      if (half) {
+        const std::vector<_Float16> h = to_half(host.data(), n);
         dst = upload(h.data(), n * sizeof(_Float16));
       } else {
-        dst = upload(host, n * sizeof(float));
+        dst = upload(host.data(), n * sizeof(float));
       }
     }
   }
-  embedding_ = upload(weights_.token_embedding(), static_cast<size_t>(config_.vocab_size) * config_.dim * sizeof(float));
+  const std::vector<float> embedding = dequantize(weights_.token_embedding());
+  embedding_ = upload(embedding.data(), embedding.size() * sizeof(float));
   std::vector<float> cos_t, sin_t;
   rope_tables(config_, &cos_t, &sin_t);
   rope_cos_ = DeviceBuffer(d, cos_t.size() * sizeof(float));

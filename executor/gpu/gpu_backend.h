@@ -39,6 +39,9 @@ class GpuBackend final : public Backend {
 
   // Ok when the backend runs `policy` on the device; else an error naming those it runs.
   static Status supports(const Policy& policy);
+  // Ok when the kernels run this model (head_dim <= 128, at most 8 query heads per KV head,
+  // interleaved RoPE, no q/k/v biases); else an error naming what they do not run.
+  static Status supports_model(const ModelConfig& config);
 
   std::string_view name() const override { return name_; }
   const ModelConfig& config() const override { return config_; }

@@ -76,13 +76,35 @@ Result<ModelWeights> load_llama2c(const std::string& path) {
 
 Status save_llama2c(const std::string& path, const ModelWeights& weights) {
   const ModelConfig& c = weights.config();
+  if (c.head_size != 0 || c.qkv_bias || c.rope_style != RopeStyle::kInterleaved || !c.rope_freq_divisors.empty()) {
+    return make_error("{}: a llama2.c checkpoint cannot hold this model (head_dim, biases or RoPE settings)", path);
+  }
   const int32_t header[7] = {c.dim,        c.hidden_dim,
                              c.n_layers,   c.n_heads,
                              c.n_kv_heads, c.shared_classifier ? c.vocab_size : -c.vocab_size,
                              c.seq_len};
   return write_file_atomic(path, [&](std::FILE* out) -> Status {
     KVP_RETURN_IF_ERROR(write_all(out, header, sizeof(header), path));
-    return write_all(out, weights.data().data(), weights.data().size() * sizeof(float), path);
+    auto put = [&](const WeightTensor& t) -> Status {
+      const std::vector<float> v = dequantize(t);
+      return write_all(out, v.data(), v.size() * sizeof(float), path);
+    };
+    const NamedTensors& t = weights.tensors();
+    auto per_layer = [&](const char* what) -> Status {
+      for (int l = 0; l < c.n_layers; ++l) KVP_RETURN_IF_ERROR(put(t.at(fmt::format("blk.{}.{}", l, what))));
+      return ok_status();
+    };
+    KVP_RETURN_IF_ERROR(put(weights.token_embedding()));
+    for (const char* what : {"attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
+                             "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_down.weight",
+                             "ffn_up.weight"}) {
+      KVP_RETURN_IF_ERROR(per_layer(what));
+    }
+    KVP_RETURN_IF_ERROR(put(t.at("output_norm.weight")));
+    const std::vector<float> legacy_rope(static_cast<size_t>(c.seq_len) * c.head_dim(), 0.0f);  // unused
+    KVP_RETURN_IF_ERROR(write_all(out, legacy_rope.data(), legacy_rope.size() * sizeof(float), path));
+    if (!c.shared_classifier) KVP_RETURN_IF_ERROR(put(weights.classifier()));
+    return ok_status();
   });
 }
 

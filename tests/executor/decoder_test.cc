@@ -50,10 +50,16 @@ std::vector<std::vector<double>> reference_logits(const ModelWeights& w,
   const ModelConfig& c = w.config();
   const int T = static_cast<int>(tokens.size()), D = c.dim, H = c.n_heads, hd = c.head_dim();
   using Mat = std::vector<std::vector<double>>;
-  auto linear = [](const float* W, int out, int in, const std::vector<double>& x) {
+  auto linear = [](const WeightTensor& t, int out, int in, const std::vector<double>& x,
+                   const float* bias = nullptr) {
+    EXPECT_EQ(t.rows, out);
+    EXPECT_EQ(t.cols, in);
+    const std::vector<float> W = dequantize(t);
     std::vector<double> y(out, 0.0);
-    for (int o = 0; o < out; ++o)
+    for (int o = 0; o < out; ++o) {
       for (int i = 0; i < in; ++i) y[o] += double(W[size_t(o) * in + i]) * x[i];
+      if (bias) y[o] += bias[o];
+    }
     return y;
   };
   auto rmsnorm = [&](const std::vector<double>& x, const float* g) {
@@ -64,12 +70,15 @@ std::vector<std::vector<double>> reference_logits(const ModelWeights& w,
     for (size_t i = 0; i < x.size(); ++i) y[i] = g[i] * x[i] * inv;
     return y;
   };
+  // RoPE in the model's layout: pairs (2i, 2i+1), or (i, i + hd/2) for rotate-half checkpoints.
+  const bool half = c.rope_style == RopeStyle::kHalf;
   auto rope = [&](std::vector<double>& v, int pos) {
     for (size_t h = 0; h < v.size() / hd; ++h) {
       for (int i = 0; i < hd / 2; ++i) {
-        const double angle = pos * std::pow(double(c.rope_theta), -2.0 * i / hd);
-        double& a = v[h * hd + 2 * i];
-        double& b = v[h * hd + 2 * i + 1];
+        const double divisor = c.rope_freq_divisors.empty() ? 1.0 : c.rope_freq_divisors[i];
+        const double angle = pos * std::pow(double(c.rope_theta), -2.0 * i / hd) / divisor;
+        double& a = v[h * hd + (half ? i : 2 * i)];
+        double& b = v[h * hd + (half ? i + hd / 2 : 2 * i + 1)];
         const double a0 = a, b0 = b;
         a = a0 * std::cos(angle) - b0 * std::sin(angle);
         b = a0 * std::sin(angle) + b0 * std::cos(angle);
@@ -77,16 +86,17 @@ std::vector<std::vector<double>> reference_logits(const ModelWeights& w,
     }
   };
   Mat x(T, std::vector<double>(D));
+  const std::vector<float> embedding = dequantize(w.token_embedding());
   for (int t = 0; t < T; ++t)
-    for (int i = 0; i < D; ++i) x[t][i] = w.token_embedding()[size_t(tokens[t]) * D + i];
+    for (int i = 0; i < D; ++i) x[t][i] = embedding[size_t(tokens[t]) * D + i];
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layer(l);
     Mat q(T), k(T), v(T);
     for (int t = 0; t < T; ++t) {
       const auto xb = rmsnorm(x[t], L.rms_att);
-      q[t] = linear(L.wq, c.q_dim(), D, xb);
-      k[t] = linear(L.wk, c.kv_dim(), D, xb);
-      v[t] = linear(L.wv, c.kv_dim(), D, xb);
+      q[t] = linear(L.wq, c.q_dim(), D, xb, L.bq);
+      k[t] = linear(L.wk, c.kv_dim(), D, xb, L.bk);
+      v[t] = linear(L.wv, c.kv_dim(), D, xb, L.bv);
       rope(q[t], t);
       rope(k[t], t);
     }

@@ -124,10 +124,11 @@ void expect_trace_reproduces_live_attention(TensorDtype dtype, double tolerance)
     }
     // Layer 0's residual input is the token embedding.
     const TraceLayer layer0 = trace->layer(s, 0);
+    const float* embedding = default_model().weights.token_embedding().f32();
     for (int t = 0; t < T; ++t) {
       double ss = 0;
       for (int i = 0; i < c.dim; ++i) {
-        const double e = default_model().weights.token_embedding()[size_t(tokens[t]) * c.dim + i];
+        const double e = embedding[size_t(tokens[t]) * c.dim + i];
         ss += e * e;
       }
       EXPECT_NEAR(layer0.resid_norm[t], std::sqrt(ss), 1e-5);
@@ -155,7 +156,7 @@ TEST(Recorder, ManifestDescribesModelSequencesAndFiles) {
   EXPECT_EQ(m.sequences[0].prompt_len, 8);
   const std::vector<float> wo = trace->wo(3);
   ASSERT_EQ(wo.size(), 64u * 64u);
-  EXPECT_EQ(std::memcmp(wo.data(), default_model().weights.layer(3).wo, wo.size() * 4), 0);
+  EXPECT_EQ(std::memcmp(wo.data(), default_model().weights.layer(3).wo.data, wo.size() * 4), 0);
 }
 
 // ---- Damaged and foreign traces ----

@@ -107,7 +107,7 @@ ClosedLoop run_executor(const std::string& name, const PolicyParams& params, int
   SafetensorsWriter proj, file;
   for (int l = 0; l < c.n_layers; ++l) {
     proj.add_f32(trace_tensor_name(l, "wo"), {c.dim, c.q_dim()},
-                 std::span<const float>(default_model().weights.layer(l).wo, size_t(c.dim) * c.q_dim()));
+                 dequantize(default_model().weights.layer(l).wo));
   }
   EXPECT_TRUE(writer->set_projections(proj).ok());
   file.add_i32("tokens", {T}, tokens);

@@ -43,6 +43,10 @@ const LoadedModel& default_model() {
   return *model;
 }
 
+std::string shared_model_dir() {
+  return fs::path(default_model().files.model_path).parent_path().parent_path().string();
+}
+
 const Oracle& default_model_oracle() {
   static const Oracle* oracle = [] {
     const fs::path readme = fs::path(default_model().files.model_path).parent_path() / "README.md";

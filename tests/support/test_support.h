@@ -20,6 +20,10 @@ struct Oracle {
 };
 const Oracle& default_model_oracle();
 
+// The folder that holds the shared test models (stories260K/, llama-2-tiny-random/, vocab/): the
+// parent of the default model's folder.
+std::string shared_model_dir();
+
 // A fresh empty directory under the test temp dir, removed at exit.
 std::string make_temp_dir(const std::string& tag);
 

@@ -310,7 +310,7 @@ std::vector<BadInvocation> bad_invocations() {
       {"missing_model", [](const std::string& d) { return "run --model " + d + "/none.bin"; },
        "cannot open"},
       {"directory_as_model", [](const std::string& d) { return "inspect " + d; },
-       "no llama2.c checkpoint"},
+       "no model in it"},
       {"truncated_tokenizer",
        [](const std::string& d) {
          const std::string tok = d + "/tok.bin";

@@ -24,19 +24,21 @@ Status corpus(const CorpusFlags& flags) {
   if (flags.sample.n_sequences < 1) {
     return make_error("--sample: expected at least 1 sequence, found {}", flags.sample.n_sequences);
   }
-  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer));
+  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer, flags.model.load_options()));
   const int seq_len = model.weights.config().seq_len;
   if (flags.sample.length < 2 || flags.sample.length > seq_len) {
     return make_error("--length: expected 2..{} tokens (the model's seq_len), found {}", seq_len,
                       flags.sample.length);
   }
   KVP_ASSIGN_OR_RETURN(std::string fingerprint, model_fingerprint(model));
-  CpuBackend backend(model.weights);
+  CpuBackend backend(model.weights, flags.model.threads);
+  SampleCorpusOptions sample = flags.sample;
+  if (model.tokenizer.bos() >= 0) sample.start_token = model.tokenizer.bos();
   Decoder decoder(backend);
   Corpus sampled;
   {
     Progress progress("corpus: sequences", flags.sample.n_sequences, !flags.json);
-    sampled = sample_corpus(decoder, flags.sample, [&](int done) { progress.update(done); });
+    sampled = sample_corpus(decoder, sample, [&](int done) { progress.update(done); });
     progress.finish(flags.sample.n_sequences);
   }
   KVP_RETURN_IF_ERROR(save_corpus(flags.out, sampled, model.tokenizer,

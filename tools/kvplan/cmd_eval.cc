@@ -96,7 +96,7 @@ struct Context {
 };
 
 Result<Context> load_context(const EvalFlags& flags) {
-  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer));
+  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer, flags.model.load_options()));
   KVP_ASSIGN_OR_RETURN(std::string fingerprint, model_fingerprint(model));
   const ModelConfig& c = model.weights.config();
   KVP_ASSIGN_OR_RETURN(Corpus corpus, load_corpus(flags.corpus, model.tokenizer, c.seq_len));
@@ -115,7 +115,7 @@ Result<Context> load_context(const EvalFlags& flags) {
 Status eval_one(const EvalFlags& flags) {
   KVP_ASSIGN_OR_RETURN(Context ctx, load_context(flags));
   KVP_ASSIGN_OR_RETURN(Plan plan, flags.plan.resolve(ctx.plan_model, ctx.model.files.model_path));
-  CpuBackend backend(ctx.model.weights);
+  CpuBackend backend(ctx.model.weights, flags.model.threads);
   Decoder decoder(backend);
   const EvalOptions options{.prompt_len = flags.prompt_len, .batch = flags.batch};
   const EvalReference ref = compute_reference(decoder, ctx.corpus, options);
@@ -168,7 +168,7 @@ Status eval_plans(const EvalFlags& flags) {
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(flags.out) / "measured", ec);
   if (ec) return make_error("{}: cannot create: {}", flags.out, ec.message());
-  CpuBackend backend(ctx.model.weights);
+  CpuBackend backend(ctx.model.weights, flags.model.threads);
   Decoder decoder(backend);
   const EvalReference ref = compute_reference(decoder, ctx.corpus, EvalOptions{.prompt_len = flags.prompt_len,
                                                                                   .batch = flags.batch});
@@ -222,7 +222,7 @@ Status eval_grid(const EvalFlags& flags) {
   std::filesystem::create_directories(std::filesystem::path(flags.out) / "measured", ec);
   if (ec) return make_error("{}: cannot create: {}", flags.out, ec.message());
 
-  CpuBackend backend(ctx.model.weights);
+  CpuBackend backend(ctx.model.weights, flags.model.threads);
   Decoder decoder(backend);
   const EvalOptions options{.prompt_len = flags.prompt_len, .batch = flags.batch};
   const EvalReference ref = compute_reference(decoder, ctx.corpus, options);

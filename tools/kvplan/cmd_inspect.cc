@@ -1,3 +1,4 @@
+#include <algorithm>
 // kvplan inspect: what a model file holds, and which CUDA devices this machine has.
 #include <nlohmann/json.hpp>
 
@@ -58,17 +59,41 @@ void print_devices(const CudaDeviceReport& report) {
   }
 }
 
+std::string rope_description(const ModelConfig& c) {
+  std::string s = fmt::format("base {}, {}", c.rope_theta,
+                              c.rope_style == RopeStyle::kInterleaved ? "interleaved pairs (2i, 2i+1)"
+                                                                      : "rotate-half pairs (i, i + head_dim/2)");
+  if (!c.rope_freq_divisors.empty()) {
+    const auto [lo, hi] = std::minmax_element(c.rope_freq_divisors.begin(), c.rope_freq_divisors.end());
+    s += fmt::format(", scaled (frequency divisors {:.4g}..{:.4g})", *lo, *hi);
+  }
+  return s;
+}
+
 Status inspect_model(const InspectFlags& flags) {
   const std::string& arg = flags.target.empty() ? flags.model.model : flags.target;
-  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(arg, flags.model.tokenizer));
-  KVP_ASSIGN_OR_RETURN(std::string sha256, sha256_file(model.files.model_path));
+  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(arg, flags.model.tokenizer, flags.model.load_options()));
+  KVP_ASSIGN_OR_RETURN(std::string fingerprint, fingerprint_files(model.files));
   const ModelConfig& c = model.weights.config();
+  const Tokenizer& tok = model.tokenizer;
   const KvBudgets full = KvBudgets::uniform(c.n_layers, c.n_kv_heads, c.head_dim(), c.seq_len);
+  const std::string format(model_format_name(model.files.format));
+  const std::string tokenizer_source = model.files.tokenizer_path.empty() ? "(in the model file)" : model.files.tokenizer_path;
   if (flags.json) {
+    nlohmann::json types = nlohmann::json::object();
+    for (const auto& [name, t] : model.weights.tensors()) {
+      nlohmann::json& e = types[std::string(weight_type_name(t.type))];
+      if (e.is_null()) e = {{"tensors", 0}, {"bytes", 0}};
+      e["tensors"] = e["tensors"].get<int>() + 1;
+      e["bytes"] = e["bytes"].get<int64_t>() + static_cast<int64_t>(t.bytes());
+    }
     nlohmann::json j = {{"model", model.files.model_path},
-                        {"tokenizer", model.files.tokenizer_path},
-                        {"sha256", sha256},
-                        {"format", "llama2.c"},
+                        {"tokenizer", tokenizer_source},
+                        {"sha256", fingerprint},
+                        {"fingerprint", fingerprint},
+                        {"format", format},
+                        {"architecture", c.architecture},
+                        {"weight_files", model.files.weight_files},
                         {"dim", c.dim},
                         {"hidden_dim", c.hidden_dim},
                         {"n_layers", c.n_layers},
@@ -78,22 +103,44 @@ Status inspect_model(const InspectFlags& flags) {
                         {"vocab_size", c.vocab_size},
                         {"seq_len", c.seq_len},
                         {"shared_classifier", c.shared_classifier},
+                        {"qkv_bias", c.qkv_bias},
+                        {"norm_eps", c.norm_eps},
+                        {"rope", {{"theta", c.rope_theta},
+                                  {"style", c.rope_style == RopeStyle::kInterleaved ? "interleaved" : "rotate-half"},
+                                  {"freq_divisors", c.rope_freq_divisors}}},
+                        {"tensor_types", types},
+                        {"tokenizer_kind", std::string(tok.kind_name())},
+                        {"tokenizer_pre", tok.vocabulary().kind == TokenizerKind::kBytePair ? tok.vocabulary().pre : ""},
+                        {"tokenizer_vocab_size", tok.vocab_size()},
+                        {"bos_token", tok.bos()},
+                        {"eos_token", tok.eos()},
+                        {"add_bos", tok.vocabulary().add_bos},
                         {"parameters", c.parameter_count()},
-                        {"weight_bytes", c.weight_bytes()},
+                        {"weight_bytes", model.weights.weight_bytes()},
                         {"full_kv_bytes_per_sequence", full.kv_bytes()}};
     if (flags.devices) j["cuda"] = devices_json(query_cuda_devices());
     std::printf("%s\n", j.dump(2).c_str());
     return ok_status();
   }
-  std::printf("model:      %s (llama2.c)\n", model.files.model_path.c_str());
-  std::printf("tokenizer:  %s\n", model.files.tokenizer_path.c_str());
-  std::printf("sha256:     %s\n", sha256.c_str());
-  std::printf("shape:      %s\n", c.describe().c_str());
-  std::printf("attention:  %d query heads, %d KV heads (group %d), head_dim %d\n", c.n_heads,
-              c.n_kv_heads, c.group_size(), c.head_dim());
-  std::printf("parameters: %lld (%lld bytes as f32)\n", static_cast<long long>(c.parameter_count()),
-              static_cast<long long>(c.weight_bytes()));
-  std::printf("KV cache:   %lld bytes per sequence at the full %d positions (f32, %lld bytes per "
+  std::printf("model:        %s (%s, architecture %s)\n", model.files.model_path.c_str(), format.c_str(),
+              c.architecture.c_str());
+  if (model.files.weight_files.size() > 1) {
+    std::printf("weight files: %zu (%s ...)\n", model.files.weight_files.size(), model.files.weight_files[0].c_str());
+  }
+  std::printf("fingerprint:  %s\n", fingerprint.c_str());
+  std::printf("shape:        %s\n", c.describe().c_str());
+  std::printf("attention:    %d query heads, %d KV heads (group %d), head_dim %d%s\n", c.n_heads, c.n_kv_heads,
+              c.group_size(), c.head_dim(), c.qkv_bias ? ", q/k/v biases" : "");
+  std::printf("RoPE:         %s\n", rope_description(c).c_str());
+  std::printf("RMS norm eps: %g\n", c.norm_eps);
+  std::printf("tensors:      %zu: %s\n", model.weights.tensors().size(), model.weights.type_summary().c_str());
+  std::printf("parameters:   %lld (%.2f MB as stored)\n", static_cast<long long>(c.parameter_count()),
+              model.weights.weight_bytes() / 1e6);
+  std::printf("tokenizer:    %s %s, %d pieces, BOS %d%s, EOS %d%s\n", tokenizer_source.c_str(),
+              std::string(tok.kind_name()).c_str(), tok.vocab_size(), tok.bos(), tok.vocabulary().add_bos ? " (added)" : "",
+              tok.eos(),
+              tok.vocabulary().kind == TokenizerKind::kBytePair ? (", pre-tokenizer " + tok.vocabulary().pre).c_str() : "");
+  std::printf("KV cache:     %lld bytes per sequence at the full %d positions (f32, %lld bytes per "
               "slot incl. position and score)\n", static_cast<long long>(full.kv_bytes()),
               c.seq_len, static_cast<long long>(full.slot_bytes()));
   if (flags.devices) print_devices(query_cuda_devices());
@@ -182,11 +229,11 @@ Command add_inspect_command(CLI::App& app) {
   auto flags = std::make_shared<InspectFlags>();
   CLI::App* sub = app.add_subcommand(
       "inspect",
-      "Describe a model (shape, parameters, bytes), a trace (value norms, attention sinks and "
+      "Describe a model (format, architecture, tensor types, tokenizer, RoPE, bytes), a trace (value norms, attention sinks and "
       "entropy per layer and KV head), or list CUDA devices (--devices)");
   sub->add_option("target", flags->target,
-                  "A trace directory, or a model: name, checkpoint file or directory (default: "
-                  "stories260K)");
+                  "A trace directory, or a model: a name, a .gguf or llama2.c file, a Hugging Face folder "
+                  "(default: stories260K)");
   flags->model.add_to(sub);
   sub->add_flag("--devices", flags->devices,
                 "List CUDA devices (alone: only devices; with a model: both)");

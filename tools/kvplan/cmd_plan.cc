@@ -115,7 +115,7 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
 Status plan_layer_budgets(const PlanCommandFlags& flags) {
   if (flags.plan.budget > 0) return make_error("--layer-budgets and --budget: give one");
   KVP_ASSIGN_OR_RETURN(std::vector<int> layers, parse_int_list("--layer-budgets", flags.layer_budgets));
-  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer));
+  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer, flags.model.load_options()));
   KVP_ASSIGN_OR_RETURN(std::string fingerprint, model_fingerprint(model));
   const ModelConfig& c = model.weights.config();
   if (static_cast<int>(layers.size()) != c.n_layers) {
@@ -146,7 +146,7 @@ Status plan(const PlanCommandFlags& flags) {
   if (flags.plan.budget <= 0) {
     return make_error("--budget: expected the slots per layer and KV head (or give --trace with --memory or --keep)");
   }
-  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer));
+  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer, flags.model.load_options()));
   KVP_ASSIGN_OR_RETURN(std::string fingerprint, model_fingerprint(model));
   KVP_ASSIGN_OR_RETURN(Plan p, flags.plan.uniform(plan_model(model.weights.config(), fingerprint), flags.plan.policy,
                                                   flags.plan.budget));
@@ -166,7 +166,7 @@ Command add_plan_command(CLI::App& app) {
       "plan",
       "Write a plan.yaml: with --trace, per-layer budgets chosen by replaying the trace under a memory limit "
       "(--memory, --keep or --budget); without, a uniform plan from --policy and --budget");
-  flags->model.add_to(sub);
+  flags->model.add_to(sub, false);
   flags->plan.add_to(sub);
   sub->add_option("--trace", flags->trace, "Trace directory to replay (kvplan record)");
   sub->add_option("--memory", flags->memory, "KV bytes per sequence the plan may use");

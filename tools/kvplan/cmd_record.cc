@@ -23,7 +23,8 @@ struct RecordFlags {
 
 Status record(const RecordFlags& flags) {
   RecordOptions options{.out_dir = flags.out, .prompt_len = flags.prompt_len,
-                        .overwrite = flags.force, .tool_version = std::string("kvplan ") + KVP_VERSION};
+                        .overwrite = flags.force, .tool_version = std::string("kvplan ") + KVP_VERSION,
+                        .threads = flags.model.threads};
   if (flags.dtype == "f32") {
     options.qkv_dtype = TensorDtype::kF32;
   } else if (flags.dtype == "f16") {
@@ -31,7 +32,7 @@ Status record(const RecordFlags& flags) {
   } else {
     return make_error("--dtype: expected f32 or f16, found '{}'", flags.dtype);
   }
-  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer));
+  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer, flags.model.load_options()));
   KVP_ASSIGN_OR_RETURN(Corpus corpus,
                        load_corpus(flags.corpus, model.tokenizer, model.weights.config().seq_len));
   RecordStats stats;

@@ -29,8 +29,11 @@ struct RunFlags {
 // kernels under the CPU emulation, for checking without a GPU).
 Result<std::unique_ptr<Backend>> make_backend(const RunFlags& flags, const ModelWeights& weights) {
   if (flags.backend == "cpu") {
-    if (flags.weights_dtype != "f32") return make_error("--weights-dtype: the cpu backend runs f32 only");
-    return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(weights));
+    if (flags.weights_dtype != "f32") {
+      return make_error("--weights-dtype: the cpu backend runs the weights in their stored types (convert the "
+                        "model with kvplan convert --dtype instead)");
+    }
+    return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(weights, flags.model.threads));
   }
   KVP_ASSIGN_OR_RETURN(KvDtype dtype, parse_kv_dtype(flags.weights_dtype));
   std::unique_ptr<Device> device;
@@ -43,12 +46,13 @@ Result<std::unique_ptr<Backend>> make_backend(const RunFlags& flags, const Model
   } else {
     return make_error("--backend: expected cpu, cuda or gpu-emulated, found '{}'", flags.backend);
   }
+  KVP_RETURN_IF_ERROR(GpuBackend::supports_model(weights.config()));
   return std::unique_ptr<Backend>(std::make_unique<GpuBackend>(weights, std::move(device), GpuBackendOptions{.weights = dtype}));
 }
 
 Status run(const RunFlags& flags) {
   KVP_RETURN_IF_ERROR(flags.sampler.validate());
-  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer));
+  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer, flags.model.load_options()));
   const ModelConfig& config = model.weights.config();
   if (flags.steps < 1 || flags.steps > config.seq_len) {
     return make_error("--steps: expected 1..{} (the model's seq_len), found {}", config.seq_len,
@@ -67,6 +71,10 @@ Status run(const RunFlags& flags) {
   Backend& backend = *backend_ptr;
   Decoder decoder(backend);
   GenerateOptions options{.steps = flags.steps, .sampler = flags.sampler};
+  options.stop_tokens.clear();
+  for (int32_t t = 0; t < model.tokenizer.vocab_size(); ++t) {
+    if (model.tokenizer.is_end_token(t) || t == model.tokenizer.bos()) options.stop_tokens.push_back(t);
+  }
   std::vector<KvBudgets> budgets(prompts.size(), full_cache_budgets(config, flags.steps));
   int64_t predicted_kv_bytes = -1;
   if (flags.plan.given()) {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/status.h"
+#include "executor/model/model_locator.h"
 
 namespace kvp::cli {
 
@@ -25,12 +26,17 @@ Command add_sweep_command(CLI::App& app);
 Command add_capacity_command(CLI::App& app);
 Command add_calibrate_command(CLI::App& app);
 Command add_check_command(CLI::App& app);
+Command add_tokenize_command(CLI::App& app);
 
 // Flags most commands share.
 struct ModelFlags {
   std::string model;      // empty: the default model
   std::string tokenizer;  // empty: beside the model
-  void add_to(CLI::App* app);
+  int threads = 1;        // CPU threads for the model's matrix products
+  bool no_check_weights = false;
+  // `threads`: add --threads (commands whose --threads means replay threads leave it out).
+  void add_to(CLI::App* app, bool threads = true);
+  LoadOptions load_options() const { return {.check_weights = !no_check_weights}; }
 };
 
 }  // namespace kvp::cli

@@ -7,12 +7,20 @@
 
 namespace kvp::cli {
 
-void ModelFlags::add_to(CLI::App* app) {
+void ModelFlags::add_to(CLI::App* app, bool with_threads) {
   app->add_option("--model", model,
-                  "Model: a llama2.c checkpoint, a directory holding one, or a name found in "
-                  "$KVPLAN_MODEL_DIR or ../shared/models (default: stories260K)");
+                  "Model: a .gguf file, a Hugging Face folder (config.json, *.safetensors, tokenizer.json), a "
+                  "llama2.c checkpoint or a directory holding one, or a name found in $KVPLAN_MODEL_DIR or "
+                  "../shared/models (default: stories260K)");
   app->add_option("--tokenizer", tokenizer,
-                  "Tokenizer file (default: tok<vocab>.bin or tokenizer.bin beside the model)");
+                  "Tokenizer: a llama2.c tokenizer.bin or a tokenizer.json (default: the model's own: GGUF "
+                  "metadata, the folder's tokenizer.json, or tok<vocab>.bin beside a llama2.c checkpoint)");
+  if (with_threads) {
+    app->add_option("--threads", threads, "CPU threads for the model's matrix products (default 1)")
+        ->check(CLI::Range(1, 256));
+  }
+  app->add_flag("--no-check-weights", no_check_weights,
+                "Skip the load-time scan that rejects NaN or Inf weights");
 }
 
 }  // namespace kvp::cli
@@ -34,7 +42,8 @@ int main(int argc, char** argv) {
                                    add_corpus_command(app), add_record_command(app),
                                    add_plan_command(app), add_eval_command(app),
                                    add_sweep_command(app), add_capacity_command(app),
-                                   add_calibrate_command(app), add_check_command(app)};
+                                   add_calibrate_command(app), add_check_command(app),
+                                   add_tokenize_command(app)};
   if (argc > 1 && argv[1][0] != '-' && std::none_of(commands.begin(), commands.end(),
                                                   [&](const Command& c) { return c.app->get_name() == argv[1]; })) {
     std::string names;

@@ -1,0 +1,189 @@
+#include "executor/cpu/dot_kernels.h"
+
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define KVP_DOT_AVX512 1
+#endif
+
+namespace kvp {
+namespace {
+
+constexpr int kLanes = 16;
+constexpr int kAccs = 4;
+constexpr int kStep = kLanes * kAccs;  // elements per main-loop iteration
+constexpr int kMaxRows = 4;            // activation rows sharing one pass over a weight row
+
+#ifdef KVP_DOT_AVX512
+
+using Vec = __m512;
+
+// Loads 16 weights (elements [i, i + n), n <= 16; the rest read as 0) widened to f32.
+template <WeightType T>
+inline Vec load_weights(const std::byte* row, int64_t i, int n) {
+  const __mmask16 m = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+  if constexpr (T == WeightType::kF32) {
+    return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + i);
+  } else if constexpr (T == WeightType::kF16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(row) + i));
+  } else if constexpr (T == WeightType::kBF16) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(row) + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  } else {  // q8_0: i is a multiple of 16 and n == 16
+    const std::byte* block = row + (i / kQ8BlockSize) * kQ8BlockBytes;
+    uint16_t d;
+    std::memcpy(&d, block, 2);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2 + i % kQ8BlockSize));
+    const Vec scale = _mm512_cvtph_ps(_mm256_set1_epi16(static_cast<short>(d)));
+    return _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+  }
+}
+
+inline Vec load_x(const float* x, int64_t i, int n) {
+  const __mmask16 m = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+  return _mm512_maskz_loadu_ps(m, x + i);
+}
+inline Vec zero() { return _mm512_setzero_ps(); }
+inline Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline float finish(Vec a0, Vec a1, Vec a2, Vec a3) {
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+#else  // portable: the same lanes, one at a time
+
+struct Vec {
+  float v[kLanes];
+};
+
+template <WeightType T>
+inline Vec load_weights(const std::byte* row, int64_t i, int n) {
+  Vec out{};
+  WeightTensor one{.type = T, .data = row, .rows = 1, .cols = 0};
+  for (int l = 0; l < n && l < kLanes; ++l) {
+    const int64_t e = i + l;
+    if constexpr (T == WeightType::kF32) {
+      std::memcpy(&out.v[l], row + 4 * e, 4);
+    } else if constexpr (T == WeightType::kF16 || T == WeightType::kBF16) {
+      uint16_t h;
+      std::memcpy(&h, row + 2 * e, 2);
+      out.v[l] = T == WeightType::kF16 ? half_to_float(h) : bf16_to_float(h);
+    } else {
+      const std::byte* block = row + (e / kQ8BlockSize) * kQ8BlockBytes;
+      uint16_t d;
+      std::memcpy(&d, block, 2);
+      out.v[l] = half_to_float(d) * static_cast<float>(static_cast<int8_t>(block[2 + e % kQ8BlockSize]));
+    }
+  }
+  (void)one;
+  return out;
+}
+
+inline Vec load_x(const float* x, int64_t i, int n) {
+  Vec out{};
+  for (int l = 0; l < n && l < kLanes; ++l) out.v[l] = x[i + l];
+  return out;
+}
+inline Vec zero() { return Vec{}; }
+inline Vec fma(Vec a, Vec b, Vec c) {
+  for (int l = 0; l < kLanes; ++l) c.v[l] = std::fma(a.v[l], b.v[l], c.v[l]);
+  return c;
+}
+inline float finish(Vec a0, Vec a1, Vec a2, Vec a3) {
+  Vec s;
+  for (int l = 0; l < kLanes; ++l) s.v[l] = (a0.v[l] + a1.v[l]) + (a2.v[l] + a3.v[l]);
+  // A pairwise tree over the lanes.
+  for (int width = kLanes / 2; width >= 1; width /= 2) {
+    for (int l = 0; l < width; ++l) s.v[l] = s.v[l] + s.v[l + width];
+  }
+  return s.v[0];
+}
+
+#endif
+
+// Dots of one weight row with NR activation rows; the weights are loaded and widened once.
+template <WeightType T, int NR>
+inline void dot_rows(const std::byte* wrow, int64_t cols, const float* const* x, float* out) {
+  Vec acc[NR][kAccs];
+  for (int r = 0; r < NR; ++r) {
+    for (int a = 0; a < kAccs; ++a) acc[r][a] = zero();
+  }
+  int64_t i = 0;
+  for (; i + kStep <= cols; i += kStep) {
+    for (int a = 0; a < kAccs; ++a) {
+      const Vec w = load_weights<T>(wrow, i + a * kLanes, kLanes);
+      for (int r = 0; r < NR; ++r) acc[r][a] = fma(w, load_x(x[r], i + a * kLanes, kLanes), acc[r][a]);
+    }
+  }
+  // Tail: whole or partial vectors into the accumulators in order (q8_0 tails are whole blocks).
+  for (int a = 0; i < cols; ++a, i += kLanes) {
+    const int n = static_cast<int>(std::min<int64_t>(kLanes, cols - i));
+    const Vec w = load_weights<T>(wrow, i, n);
+    for (int r = 0; r < NR; ++r) acc[r][a] = fma(w, load_x(x[r], i, n), acc[r][a]);
+  }
+  for (int r = 0; r < NR; ++r) out[r] = finish(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+}
+
+template <WeightType T>
+void matmul_typed(const MatmulArgs& a, int64_t row_begin, int64_t row_end) {
+  const WeightTensor& w = *a.w;
+  const size_t rb = w.bytes_per_row();
+  for (int r0 = 0; r0 < a.n_rows; r0 += kMaxRows) {
+    const int nr = std::min(kMaxRows, a.n_rows - r0);
+    const float* x[kMaxRows];
+    for (int r = 0; r < nr; ++r) x[r] = a.x + static_cast<size_t>(r0 + r) * a.x_stride;
+    for (int64_t o = row_begin; o < row_end; ++o) {
+      const std::byte* wrow = w.data + static_cast<size_t>(o) * rb;
+      float out[kMaxRows];
+      switch (nr) {
+        case 1: dot_rows<T, 1>(wrow, w.cols, x, out); break;
+        case 2: dot_rows<T, 2>(wrow, w.cols, x, out); break;
+        case 3: dot_rows<T, 3>(wrow, w.cols, x, out); break;
+        default: dot_rows<T, 4>(wrow, w.cols, x, out); break;
+      }
+      for (int r = 0; r < nr; ++r) {
+        float& y = a.y[static_cast<size_t>(r0 + r) * a.y_stride + o];
+        y = a.accumulate ? y + out[r] : out[r];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void matmul_range(const MatmulArgs& args, int64_t row_begin, int64_t row_end) {
+  KVP_CHECK(row_begin >= 0 && row_begin <= row_end && row_end <= args.w->rows);
+  KVP_CHECK(row_layout_ok(args.w->type, args.w->cols));
+  switch (args.w->type) {
+    case WeightType::kF32: return matmul_typed<WeightType::kF32>(args, row_begin, row_end);
+    case WeightType::kF16: return matmul_typed<WeightType::kF16>(args, row_begin, row_end);
+    case WeightType::kBF16: return matmul_typed<WeightType::kBF16>(args, row_begin, row_end);
+    case WeightType::kQ8_0: return matmul_typed<WeightType::kQ8_0>(args, row_begin, row_end);
+  }
+}
+
+void matmul_reference(const MatmulArgs& a) {
+  const WeightTensor& w = *a.w;
+  std::vector<float> row(static_cast<size_t>(w.cols));
+  for (int64_t o = 0; o < w.rows; ++o) {
+    dequantize_row(w, o, row);
+    for (int r = 0; r < a.n_rows; ++r) {
+      const float* x = a.x + static_cast<size_t>(r) * a.x_stride;
+      double s = 0.0;
+      for (int64_t i = 0; i < w.cols; ++i) s += static_cast<double>(row[i]) * x[i];
+      float& y = a.y[static_cast<size_t>(r) * a.y_stride + o];
+      y = a.accumulate ? static_cast<float>(y + s) : static_cast<float>(s);
+    }
+  }
+}
+
+bool dot_kernels_vectorised() {
+#ifdef KVP_DOT_AVX512
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace kvp

@@ -1,0 +1,203 @@
+#include "executor/model/weight_tensor.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+
+namespace kvp {
+
+std::string_view weight_type_name(WeightType type) {
+  switch (type) {
+    case WeightType::kF32: return "f32";
+    case WeightType::kF16: return "f16";
+    case WeightType::kBF16: return "bf16";
+    case WeightType::kQ8_0: return "q8_0";
+  }
+  KVP_CHECK(false, "unknown WeightType {}", static_cast<int>(type));
+}
+
+Result<WeightType> parse_weight_type(std::string_view name) {
+  for (WeightType t : {WeightType::kF32, WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
+    if (name == weight_type_name(t)) return t;
+  }
+  return make_error("expected f32, f16, bf16 or q8_0, found '{}'", name);
+}
+
+bool row_layout_ok(WeightType type, int64_t cols) {
+  return cols >= 0 && (type != WeightType::kQ8_0 || cols % kQ8BlockSize == 0);
+}
+
+size_t row_bytes(WeightType type, int64_t cols) {
+  const size_t n = static_cast<size_t>(cols);
+  switch (type) {
+    case WeightType::kF32: return n * 4;
+    case WeightType::kF16:
+    case WeightType::kBF16: return n * 2;
+    case WeightType::kQ8_0: return n / kQ8BlockSize * kQ8BlockBytes;
+  }
+  KVP_CHECK(false, "unknown WeightType {}", static_cast<int>(type));
+}
+
+const float* WeightTensor::f32() const {
+  KVP_CHECK(type == WeightType::kF32, "expected an f32 tensor, found {}", weight_type_name(type));
+  return reinterpret_cast<const float*>(data);
+}
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      do {
+        ++e;
+        mant <<= 1;
+      } while ((mant & 0x400u) == 0);
+      bits = sign | static_cast<uint32_t>(127 - 15 - e) << 23 | (mant & 0x3ffu) << 13;
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | mant << 13;
+  } else {
+    bits = sign | (exp + 127 - 15) << 23 | mant << 13;
+  }
+  return std::bit_cast<float>(bits);
+}
+
+uint16_t float_to_half(float x) {
+  const uint32_t f = std::bit_cast<uint32_t>(x);
+  const uint32_t sign = (f >> 16) & 0x8000u;
+  const uint32_t abs = f & 0x7fffffffu;
+  if (abs >= 0x7f800000u) {  // Inf or NaN (quiet NaN keeps a payload bit)
+    return static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0));
+  }
+  if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds past the largest half
+  if (abs < 0x38800000u) {  // below the smallest normal half: round to a subnormal (or zero)
+    const float scaled = std::bit_cast<float>(abs) * 0x1p24f;  // exact: units of 2^-24
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(scaled)));
+  }
+  const uint32_t mant_round = abs + 0xfffu + ((abs >> 13) & 1u);  // round to nearest even at bit 13
+  return static_cast<uint16_t>(sign | ((mant_round - 0x38000000u) >> 13));
+}
+
+float bf16_to_float(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
+
+uint16_t float_to_bf16(float x) {
+  const uint32_t f = std::bit_cast<uint32_t>(x);
+  if ((f & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((f >> 16) | 0x40u);  // quiet NaN
+  return static_cast<uint16_t>((f + 0x7fffu + ((f >> 16) & 1u)) >> 16);
+}
+
+void dequantize_row(const WeightTensor& w, int64_t row_idx, std::span<float> out) {
+  KVP_CHECK(static_cast<int64_t>(out.size()) == w.cols && row_idx >= 0 && row_idx < w.rows);
+  const std::byte* r = w.row(row_idx);
+  const size_t n = out.size();
+  switch (w.type) {
+    case WeightType::kF32:
+      std::memcpy(out.data(), r, n * 4);
+      return;
+    case WeightType::kF16:
+    case WeightType::kBF16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, r + 2 * i, 2);
+        out[i] = w.type == WeightType::kF16 ? half_to_float(h) : bf16_to_float(h);
+      }
+      return;
+    case WeightType::kQ8_0:
+      for (size_t b = 0; b < n / kQ8BlockSize; ++b) {
+        const std::byte* block = r + b * kQ8BlockBytes;
+        uint16_t d;
+        std::memcpy(&d, block, 2);
+        const float scale = half_to_float(d);
+        for (int i = 0; i < kQ8BlockSize; ++i) {
+          out[b * kQ8BlockSize + i] = scale * static_cast<float>(static_cast<int8_t>(block[2 + i]));
+        }
+      }
+      return;
+  }
+}
+
+std::vector<float> dequantize(const WeightTensor& w) {
+  std::vector<float> out(static_cast<size_t>(w.rows * w.cols));
+  for (int64_t r = 0; r < w.rows; ++r) {
+    dequantize_row(w, r, std::span<float>(out.data() + r * w.cols, static_cast<size_t>(w.cols)));
+  }
+  return out;
+}
+
+std::vector<std::byte> quantize(std::span<const float> x, int64_t rows, int64_t cols, WeightType type) {
+  KVP_CHECK(row_layout_ok(type, cols) && static_cast<int64_t>(x.size()) == rows * cols);
+  std::vector<std::byte> out(static_cast<size_t>(rows) * row_bytes(type, cols));
+  std::byte* at = out.data();
+  auto put16 = [&](uint16_t v) {
+    std::memcpy(at, &v, 2);
+    at += 2;
+  };
+  switch (type) {
+    case WeightType::kF32:
+      std::memcpy(out.data(), x.data(), x.size() * 4);
+      break;
+    case WeightType::kF16:
+      for (float v : x) put16(float_to_half(v));
+      break;
+    case WeightType::kBF16:
+      for (float v : x) put16(float_to_bf16(v));
+      break;
+    case WeightType::kQ8_0:
+      for (size_t b = 0; b < x.size() / kQ8BlockSize; ++b) {
+        const float* v = x.data() + b * kQ8BlockSize;
+        float amax = 0.0f;
+        for (int i = 0; i < kQ8BlockSize; ++i) amax = std::max(amax, std::fabs(v[i]));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        put16(float_to_half(d));
+        for (int i = 0; i < kQ8BlockSize; ++i) {
+          *at++ = static_cast<std::byte>(static_cast<int8_t>(std::lround(v[i] * id)));
+        }
+      }
+      break;
+  }
+  return out;
+}
+
+int64_t first_non_finite(const WeightTensor& w) {
+  const size_t n = static_cast<size_t>(w.rows * w.cols);
+  switch (w.type) {
+    case WeightType::kF32: {
+      for (size_t i = 0; i < n; ++i) {
+        float v;
+        std::memcpy(&v, w.data + 4 * i, 4);
+        if (!std::isfinite(v)) return static_cast<int64_t>(i);
+      }
+      return -1;
+    }
+    case WeightType::kF16:
+    case WeightType::kBF16: {
+      // An all-ones exponent is Inf or NaN: 5 bits at 10 for binary16, 8 bits at 7 for bfloat16.
+      const uint16_t mask = w.type == WeightType::kF16 ? 0x7c00u : 0x7f80u;
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, w.data + 2 * i, 2);
+        if ((h & mask) == mask) return static_cast<int64_t>(i);
+      }
+      return -1;
+    }
+    case WeightType::kQ8_0: {
+      const size_t blocks = n / kQ8BlockSize;
+      for (size_t b = 0; b < blocks; ++b) {
+        uint16_t h;
+        std::memcpy(&h, w.data + b * kQ8BlockBytes, 2);
+        if ((h & 0x7c00u) == 0x7c00u) return static_cast<int64_t>(b * kQ8BlockSize);
+      }
+      return -1;
+    }
+  }
+  return -1;
+}
+
+}  // namespace kvp
