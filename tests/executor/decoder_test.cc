@@ -193,6 +193,112 @@ TEST(Decoder, MatchesThePlainReferenceWithUnsharedClassifierAndGroupOf3) {
   expect_matches_reference(w, tokens);
 }
 
+std::vector<int32_t> some_tokens(int n, int vocab) {
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < n; ++i) tokens.push_back((i * 97 + 13) % vocab);
+  return tokens;
+}
+
+// Weights kept in each stored type: the backend computes with exactly the stored values (the
+// reference widens them the same way), so the typed kernels meet the f32 reference tolerance.
+TEST(Decoder, MatchesThePlainReferenceWithF16Bf16AndQ8_0Weights) {
+  const ModelConfig config{.dim = 64, .hidden_dim = 96, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
+                           .vocab_size = 300, .seq_len = 64, .shared_classifier = false};
+  const ModelWeights f32 = random_weights(config, 5);
+  for (WeightType type : {WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
+    SCOPED_TRACE(std::string(weight_type_name(type)));
+    const ModelWeights w = convert_weights(f32, type);
+    EXPECT_EQ(w.layer(1).w2.type, type);
+    EXPECT_EQ(w.token_embedding().type, type);
+    expect_matches_reference(w, some_tokens(29, config.vocab_size));
+  }
+}
+
+// qwen2's shape: q/k/v biases, rotate-half RoPE, a head_dim the file states (q_dim != dim), and
+// scaled RoPE frequencies.
+TEST(Decoder, MatchesThePlainReferenceForQkvBiasRotateHalfAndExplicitHeadDim) {
+  ModelConfig config{.dim = 48, .hidden_dim = 80, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
+                     .vocab_size = 200, .seq_len = 64, .shared_classifier = true};
+  config.architecture = "qwen2";
+  config.head_size = 16;
+  config.qkv_bias = true;
+  config.rope_style = RopeStyle::kHalf;
+  config.rope_theta = 1e6f;
+  config.rope_freq_divisors = {1.0f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 8.0f, 8.0f};
+  ASSERT_TRUE(config.validate().ok());
+  const ModelWeights w = random_weights(config, 3);
+  ASSERT_NE(w.layer(0).bq, nullptr);
+  expect_matches_reference(w, some_tokens(23, config.vocab_size));
+}
+
+// The two RoPE conventions are one rotation in two layouts: permuting each head's q and k rows
+// from (2i, 2i+1) pairs to (i, i + half) pairs — as a Hugging Face checkpoint stores them — and
+// running rotate-half gives the interleaved model's logits.
+TEST(Decoder, RotateHalfOfPermutedQkRowsEqualsInterleavedRope) {
+  const ModelWeights& original = default_model().weights;
+  const ModelConfig& c = original.config();
+  NamedTensors tensors = original.tensors();
+  std::vector<std::shared_ptr<const void>> storage;
+  const int hd = c.head_dim();
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (const char* what : {"attn_q.weight", "attn_k.weight"}) {
+      const WeightTensor t = tensors.at(fmt::format("blk.{}.{}", l, what));
+      auto permuted = std::make_shared<std::vector<float>>(size_t(t.rows * t.cols));
+      for (int64_t r = 0; r < t.rows; ++r) {
+        const int64_t head = r / hd, i = r % hd;
+        // Interleaved row 2j (pair j, first) goes to j; row 2j+1 to j + hd/2.
+        const int64_t to = head * hd + (i % 2 == 0 ? i / 2 : i / 2 + hd / 2);
+        std::copy_n(t.f32() + r * t.cols, t.cols, permuted->data() + to * t.cols);
+      }
+      tensors[fmt::format("blk.{}.{}", l, what)] =
+          WeightTensor{.type = WeightType::kF32, .data = reinterpret_cast<const std::byte*>(permuted->data()),
+                       .rows = t.rows, .cols = t.cols};
+      storage.push_back(permuted);
+    }
+  }
+  ModelConfig half = c;
+  half.rope_style = RopeStyle::kHalf;
+  auto w = ModelWeights::from_tensors(half, tensors, storage, "permuted");
+  ASSERT_TRUE(w.ok()) << w.error().message();
+  const auto tokens = default_model().tokenizer.encode("Once upon a time, there was a little dog named Max.");
+  const std::vector<float> a = backend_logits(original, tokens, false), b = backend_logits(*w, tokens, false);
+  ASSERT_EQ(a.size(), b.size());
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    err = std::max(err, double(std::abs(a[i] - b[i])));
+    scale = std::max(scale, double(std::abs(a[i])));
+  }
+  EXPECT_LE(err, kMaxRelErrF32VsF64 * scale);  // the same rotation, summed in another order
+  // And not trivially: the unpermuted rows under rotate-half give other logits.
+  auto wrong = ModelWeights::from_tensors(half, original.tensors(), {}, "unpermuted");
+  ASSERT_TRUE(wrong.ok());
+  const std::vector<float> x = backend_logits(*wrong, tokens, false);
+  double diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, double(std::abs(a[i] - x[i])));
+  EXPECT_GT(diff, 100 * kMaxRelErrF32VsF64 * scale);
+}
+
+TEST(Decoder, TwoThreadsGiveTheBitsOfOne) {
+  const ModelWeights w = convert_weights(default_model().weights, WeightType::kQ8_0);
+  const auto tokens = default_model().tokenizer.encode("The cat sat on the mat.");
+  const ModelConfig& c = w.config();
+  auto logits = [&](int threads) {
+    CpuBackend backend(w, threads);
+    Decoder decoder(backend);
+    backend.reset_sequences({full_cache_budgets(c, static_cast<int>(tokens.size()))});
+    StepRows rows;
+    std::vector<int32_t> logit_rows;
+    for (size_t t = 0; t < tokens.size(); ++t) {
+      rows.add(tokens[t], static_cast<int32_t>(t), 0);
+      logit_rows.push_back(static_cast<int32_t>(t));
+    }
+    std::vector<float> out;
+    decoder.forward(rows, logit_rows, &out);
+    return out;
+  };
+  EXPECT_EQ(logits(1), logits(2));
+}
+
 TEST(Decoder, OnePassOverAllRowsEqualsOneRowPerPassBitForBit) {
   const auto tokens = default_model().tokenizer.encode("The cat sat on the mat and looked at the sun.");
   EXPECT_EQ(backend_logits(default_model().weights, tokens, false),

@@ -1,0 +1,179 @@
+// The CPU dot kernels of every weight type against the plain reference (dequantize, sum in
+// double), the element conversions against Eigen's binary16, and q8_0 blocks by hand.
+#include <gtest/gtest.h>
+
+#include <Eigen/Core>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "executor/cpu/dot_kernels.h"
+#include "executor/model/weight_tensor.h"
+
+namespace kvp {
+namespace {
+
+// f32 products summed in 64 lanes then a tree, against a double sum: relative to Σ|w x|.
+constexpr double kMaxRelErrF32Dot = 1e-6;
+
+struct Case {
+  WeightType type;
+  int rows;
+  int cols;
+  int n_rows;
+};
+
+class DotKernels : public ::testing::TestWithParam<Case> {};
+
+std::vector<float> random_floats(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+TEST_P(DotKernels, MatchThePlainReference) {
+  const Case c = GetParam();
+  const uint32_t seed = static_cast<uint32_t>(::testing::UnitTest::GetInstance()->random_seed()) + c.cols * 7 + c.rows;
+  const std::vector<float> w_values = random_floats(size_t(c.rows) * c.cols, seed);
+  const std::vector<std::byte> stored = quantize(w_values, c.rows, c.cols, c.type);
+  const WeightTensor w{.type = c.type, .data = stored.data(), .rows = c.rows, .cols = c.cols};
+  const size_t x_stride = c.cols + 3, y_stride = c.rows + 5;  // strides wider than the rows
+  const std::vector<float> x = random_floats(c.n_rows * x_stride, seed + 1);
+  std::vector<float> y(c.n_rows * y_stride, 0.5f), ref = y;
+  const MatmulArgs args{.w = &w, .x = x.data(), .x_stride = x_stride, .y = y.data(), .y_stride = y_stride,
+                        .n_rows = c.n_rows, .accumulate = true};
+  matmul_range(args, 0, c.rows);
+  MatmulArgs ref_args = args;
+  ref_args.y = ref.data();
+  matmul_reference(ref_args);
+  const std::vector<float> wide = dequantize(w);
+  for (int r = 0; r < c.n_rows; ++r) {
+    for (int o = 0; o < c.rows; ++o) {
+      double magnitude = 0.5;
+      for (int i = 0; i < c.cols; ++i) magnitude += std::abs(double(wide[size_t(o) * c.cols + i]) * x[r * x_stride + i]);
+      ASSERT_NEAR(y[r * y_stride + o], ref[r * y_stride + o], kMaxRelErrF32Dot * magnitude) << "row " << r << " out " << o;
+    }
+  }
+  // Padding between rows is untouched.
+  for (int r = 0; r < c.n_rows; ++r) {
+    for (size_t o = c.rows; o < y_stride; ++o) ASSERT_EQ(y[r * y_stride + o], 0.5f);
+  }
+}
+
+TEST_P(DotKernels, ARowGetsTheSameBitsAloneInABatchOrSplitAcrossThreads) {
+  const Case c = GetParam();
+  const std::vector<float> w_values = random_floats(size_t(c.rows) * c.cols, 99);
+  const std::vector<std::byte> stored = quantize(w_values, c.rows, c.cols, c.type);
+  const WeightTensor w{.type = c.type, .data = stored.data(), .rows = c.rows, .cols = c.cols};
+  const std::vector<float> x = random_floats(size_t(c.n_rows) * c.cols, 7);
+  std::vector<float> batch(size_t(c.n_rows) * c.rows);
+  const MatmulArgs all{.w = &w, .x = x.data(), .x_stride = size_t(c.cols), .y = batch.data(), .y_stride = size_t(c.rows),
+                       .n_rows = c.n_rows};
+  // Output rows in two parts, as two threads take them.
+  matmul_range(all, 0, c.rows / 2);
+  matmul_range(all, c.rows / 2, c.rows);
+  for (int r = 0; r < c.n_rows; ++r) {
+    std::vector<float> alone(c.rows);
+    const MatmulArgs one{.w = &w, .x = x.data() + size_t(r) * c.cols, .x_stride = size_t(c.cols), .y = alone.data(),
+                         .y_stride = size_t(c.rows), .n_rows = 1};
+    matmul_range(one, 0, c.rows);
+    for (int o = 0; o < c.rows; ++o) ASSERT_EQ(std::bit_cast<uint32_t>(alone[o]), std::bit_cast<uint32_t>(batch[size_t(r) * c.rows + o]));
+  }
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  for (WeightType t : {WeightType::kF32, WeightType::kF16, WeightType::kBF16}) {
+    for (int cols : {1, 17, 64, 97, 513}) out.push_back({t, 17, cols, 5});
+    out.push_back({t, 1, 2048, 1});
+  }
+  for (int cols : {32, 64, 96, 160, 1024}) out.push_back({WeightType::kQ8_0, 13, cols, 6});
+  out.push_back({WeightType::kQ8_0, 97, 32, 1});
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DotKernels, ::testing::ValuesIn(cases()), [](const auto& info) {
+  return std::string(weight_type_name(info.param.type)) + "_" + std::to_string(info.param.rows) + "x" +
+         std::to_string(info.param.cols) + "_rows" + std::to_string(info.param.n_rows);
+});
+
+TEST(WeightTypes, HalfToFloatMatchesEigenForEveryBitPattern) {
+  for (uint32_t bits = 0; bits < 65536; ++bits) {
+    Eigen::half h;
+    const uint16_t b = static_cast<uint16_t>(bits);
+    std::memcpy(&h, &b, 2);
+    const float want = static_cast<float>(h), got = half_to_float(b);
+    if (std::isnan(want)) {
+      ASSERT_TRUE(std::isnan(got)) << bits;
+    } else {
+      ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << bits;
+    }
+  }
+}
+
+TEST(WeightTypes, FloatToHalfRoundsAsEigenDoes) {
+  std::mt19937 rng(::testing::UnitTest::GetInstance()->random_seed());
+  for (int i = 0; i < 200000; ++i) {
+    // Values across the binary16 range, subnormals and overflow included.
+    const float x = std::ldexp(std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng),
+                               std::uniform_int_distribution<int>(-28, 17)(rng));
+    const Eigen::half h(x);
+    uint16_t want;
+    std::memcpy(&want, &h, 2);
+    ASSERT_EQ(float_to_half(x), want) << x;
+  }
+  EXPECT_EQ(float_to_half(65520.0f), 0x7c00);  // rounds up to infinity
+  EXPECT_EQ(float_to_half(65519.0f), 0x7bff);
+  EXPECT_EQ(float_to_half(-0.0f), 0x8000);
+}
+
+TEST(WeightTypes, Bf16KeepsTheHighHalfRoundedToNearestEven) {
+  EXPECT_EQ(float_to_bf16(1.0f), 0x3f80);
+  EXPECT_EQ(bf16_to_float(0x3f80), 1.0f);
+  // 1 + 2^-8 is halfway between bf16 1 and 1 + 2^-7: ties go to the even mantissa (1).
+  EXPECT_EQ(float_to_bf16(1.0f + 0x1p-8f), 0x3f80);
+  EXPECT_EQ(float_to_bf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81);
+  EXPECT_EQ(float_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);  // halfway above an odd one: up to even
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(NAN))));
+}
+
+TEST(WeightTypes, Q8_0BlockByHand) {
+  std::vector<float> x(32);
+  for (int i = 0; i < 32; ++i) x[i] = (i - 16) * 0.25f;  // max |x| = 4 at i = 0
+  const std::vector<std::byte> q = quantize(x, 1, 32, WeightType::kQ8_0);
+  ASSERT_EQ(q.size(), 34u);
+  uint16_t d;
+  std::memcpy(&d, q.data(), 2);
+  EXPECT_EQ(half_to_float(d), half_to_float(float_to_half(4.0f / 127.0f)));
+  EXPECT_EQ(static_cast<int8_t>(q[2]), -127);       // -4 / d
+  EXPECT_EQ(static_cast<int8_t>(q[2 + 16]), 0);     // 0
+  EXPECT_EQ(static_cast<int8_t>(q[2 + 17]), 8);     // 0.25 / (4/127) = 7.94 -> 8
+  const WeightTensor t{.type = WeightType::kQ8_0, .data = q.data(), .rows = 1, .cols = 32};
+  const std::vector<float> back = dequantize(t);
+  EXPECT_EQ(back[17], half_to_float(d) * 8.0f);
+  for (int i = 0; i < 32; ++i) EXPECT_NEAR(back[i], x[i], 4.0f / 127.0f / 2 * 1.01f) << i;
+}
+
+TEST(WeightTypes, FirstNonFiniteFindsNanInEveryType) {
+  std::vector<float> x(64, 1.0f);
+  x[40] = NAN;
+  for (WeightType t : {WeightType::kF32, WeightType::kF16, WeightType::kBF16}) {
+    const std::vector<std::byte> s = quantize(x, 2, 32, t);
+    EXPECT_EQ(first_non_finite(WeightTensor{.type = t, .data = s.data(), .rows = 2, .cols = 32}), 40) << weight_type_name(t);
+  }
+  x[40] = 1.0f;
+  for (WeightType t : {WeightType::kF32, WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
+    const std::vector<std::byte> s = quantize(x, 2, 32, t);
+    EXPECT_EQ(first_non_finite(WeightTensor{.type = t, .data = s.data(), .rows = 2, .cols = 32}), -1) << weight_type_name(t);
+  }
+  std::vector<std::byte> q = quantize(x, 2, 32, WeightType::kQ8_0);
+  const uint16_t inf = 0x7c00;
+  std::memcpy(q.data() + 34, &inf, 2);  // the second block's scale
+  EXPECT_EQ(first_non_finite(WeightTensor{.type = WeightType::kQ8_0, .data = q.data(), .rows = 2, .cols = 32}), 32);
+}
+
+}  // namespace
+}  // namespace kvp
