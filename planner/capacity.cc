@@ -96,7 +96,7 @@ CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, int64_t weights, i
 CapacityReport capacity(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuery& q) {
   KVP_CHECK(q.context_len >= 1);
   CapacityReport r;
-  r.weight_bytes = m.parameter_count() * q.weight_bytes_per_param;
+  r.weight_bytes = q.weight_bytes > 0 ? q.weight_bytes : m.parameter_count() * q.weight_bytes_per_param;
   r.workspace_bytes = q.runtime_reserve_bytes;
   const KvBudgets full = keep_ratio_budgets(m, q.context_len, 1.0, q.kv_dtype, 0);
   KvBudgets plan = keep_ratio_budgets(m, q.context_len, q.keep_ratio, q.kv_dtype, q.aux_floats_per_slot);

@@ -16,8 +16,9 @@ struct ModelSpec {
   std::string name;
   int dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = 0, seq_len = 0;
   bool tied_embeddings = false;
+  int head_size = 0;  // when the model states one; 0: dim / n_heads
   std::string source;
-  int head_dim() const { return dim / n_heads; }
+  int head_dim() const { return head_size > 0 ? head_size : dim / n_heads; }
   int64_t parameter_count() const;
   static Result<ModelSpec> load(const std::string& path);
 };
@@ -35,6 +36,7 @@ struct HardwareSpec {
 struct CapacityQuery {
   int context_len = 0;               // tokens per sequence
   int weight_bytes_per_param = 2;    // fp16 weights
+  int64_t weight_bytes = 0;          // when known exactly (a real model file's tensors): overrides the above
   KvDtype kv_dtype = KvDtype::kF16;
   int aux_floats_per_slot = 0;       // the plan's policy (VATP: 1)
   // Budgets of the plan per layer and KV head; empty: keep `keep_ratio` of the context everywhere.

@@ -71,6 +71,9 @@ class ModelWeights {
   // layer, for device benchmarks of large shapes where the values do not matter.
   static ModelWeights repeat_layer(ModelWeights one_layer, int n_layers);
 
+  // What keeps the tensors' memory alive (mapped files, owned buffers), for a derived model.
+  const std::vector<std::shared_ptr<const void>>& storage() const { return storage_; }
+
   // Where the weights came from: a file path, or "random(seed=...)".
   const std::string& source() const { return source_; }
   void set_source(std::string source) { source_ = std::move(source); }

@@ -4,12 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "executor/cpu/cpu_backend.h"
 #include "executor/decoder.h"
 #include "executor/generator.h"
 #include "executor/model/gguf_format.h"
+#include "executor/model/model_convert.h"
 #include "tests/support/test_support.h"
 
 namespace kvp {
@@ -158,6 +160,98 @@ TEST(LlamaTinyRandomGguf, KeepsF16WeightsAsStored) {
   EXPECT_EQ(w.token_embedding().type, WeightType::kF16);
   // The tensors view the mapped file: nothing is widened to f32.
   EXPECT_LT(w.weight_bytes(), 1750560);
+}
+
+}  // namespace
+}  // namespace kvp
+
+namespace kvp {
+namespace {
+
+// stories260K written as a Hugging Face folder the way kvplan convert writes it: rotate-half q/k
+// rows, sharded safetensors, a tokenizer.json whose merges come from the SentencePiece scores.
+std::string hf_copy(WeightType type, int shards) {
+  const std::string dir = test::make_temp_dir("hf") + "/stories260K-hf";
+  const ModelWeights typed = convert_weights(default_model().weights, type);
+  const ModelWeights w = with_rope_style(typed, RopeStyle::kHalf);
+  const Status s = save_hf(dir, w, default_model().tokenizer, {.shards = shards});
+  EXPECT_TRUE(s.ok()) << s.error().message();
+  return dir;
+}
+
+int oracle_prefix(const std::vector<int32_t>& tokens, const std::vector<int32_t>& oracle) {
+  int n = 0;
+  while (n < static_cast<int>(std::min(tokens.size(), oracle.size())) && tokens[n] == oracle[n]) ++n;
+  return n;
+}
+
+TEST(HfFolder, F32ShardedRotateHalfCopyGivesTheOracleAndTheLlama2cLogits) {
+  const std::string dir = hf_copy(WeightType::kF32, 3);
+  auto m = load_model(dir, "");
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  EXPECT_EQ(m->files.format, ModelFormat::kHuggingFace);
+  EXPECT_EQ(m->files.weight_files.size(), 3u);
+  EXPECT_EQ(m->weights.config().rope_style, RopeStyle::kHalf);
+  const std::vector<int32_t> prompt = m->tokenizer.encode("Once upon a time");
+  EXPECT_EQ(prompt, (std::vector<int32_t>{1, 403, 407, 261, 378}));
+  EXPECT_EQ(m->tokenizer.decode(greedy(m->weights, prompt, 256)), test::default_model_oracle().text);
+  const std::vector<int32_t> tokens = default_model().tokenizer.encode("Lily saw a big dog. She was happy.");
+  const auto hf = stepwise_logits(m->weights, tokens), bin = stepwise_logits(default_model().weights, tokens);
+  double max_err = 0;
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    for (size_t i = 0; i < bin[t].size(); ++i) max_err = std::max(max_err, double(std::abs(hf[t][i] - bin[t][i])));
+  }
+  EXPECT_LE(max_err, 1e-4);  // attention sums its rotated pairs in another order: f32 rounding only
+}
+
+TEST(HfFolder, TokenizerJsonTokenizesAsTheSentencePieceScores) {
+  auto m = load_model(hf_copy(WeightType::kF32, 1), "");
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  for (const char* text : {"", "Once upon a time", "Lily's mom said, \"Don't worry.\"\n\nThe end!", "naïve café 日本 🙂",
+                           "   spaces  and\ttabs "}) {
+    EXPECT_EQ(m->tokenizer.encode(text), default_model().tokenizer.encode(text)) << text;
+    EXPECT_EQ(m->tokenizer.decode(m->tokenizer.encode(text)), default_model().tokenizer.decode(default_model().tokenizer.encode(text)));
+  }
+}
+
+TEST(HfFolder, Bf16CopyStaysOnTheOracleForMostOfTheStory) {
+  auto m = load_model(hf_copy(WeightType::kBF16, 2), "");
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  EXPECT_EQ(m->weights.layer(0).wq.type, WeightType::kBF16);
+  const std::vector<int32_t> oracle = greedy(default_model().weights, {kBosToken}, 256);
+  const int same = oracle_prefix(greedy(m->weights, {kBosToken}, 256), oracle);
+  RecordProperty("bf16_oracle_prefix_tokens", same);
+  // Measured: the bf16 weights follow the oracle for 186 of its 256 tokens, then take another
+  // near-tied word; the text stays a story.
+  EXPECT_GE(same, 128);
+}
+
+TEST(GgufWriter, F32RoundTripKeepsEveryTensorsBytes) {
+  const LoadedModel& src = gguf_model("stories260K/stories260K.gguf");
+  const std::string path = test::make_temp_dir("gguf") + "/copy.gguf";
+  ASSERT_TRUE(save_gguf(path, src.weights, src.tokenizer).ok());
+  auto copy = load_model(path, "");
+  ASSERT_TRUE(copy.ok()) << copy.error().message();
+  ASSERT_EQ(copy->weights.tensors().size(), src.weights.tensors().size());
+  for (const auto& [name, t] : src.weights.tensors()) {
+    const WeightTensor& u = copy->weights.tensors().at(name);
+    ASSERT_EQ(u.bytes(), t.bytes()) << name;
+    EXPECT_EQ(std::memcmp(u.data, t.data, t.bytes()), 0) << name;
+  }
+  EXPECT_EQ(copy->tokenizer.encode("Once upon a time, Lily"), src.tokenizer.encode("Once upon a time, Lily"));
+}
+
+TEST(GgufWriter, Q8_0CopyRunsWithQ8_0Weights) {
+  const std::string path = test::make_temp_dir("gguf") + "/q8.gguf";
+  ASSERT_TRUE(save_gguf(path, convert_weights(default_model().weights, WeightType::kQ8_0), default_model().tokenizer).ok());
+  auto m = load_model(path, "");
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  EXPECT_EQ(m->weights.layer(0).wq.type, WeightType::kQ8_0);
+  EXPECT_EQ(m->weights.layer(0).w2.type, WeightType::kF16);  // 172-wide rows are not whole q8_0 blocks
+  const std::vector<int32_t> oracle = greedy(default_model().weights, {kBosToken}, 256);
+  const int same = oracle_prefix(greedy(m->weights, {kBosToken}, 256), oracle);
+  RecordProperty("q8_0_oracle_prefix_tokens", same);
+  EXPECT_GE(same, 64);  // measured: 115 of 256
 }
 
 }  // namespace

@@ -13,6 +13,7 @@ namespace {
 
 struct CapacityFlags {
   std::string model = "llama-2-7b";
+  std::string model_file;  // a real model (--model): its shape and its tensors' bytes
   std::string hardware = "h100-80gb";
   int context = 0;
   double keep = 0;
@@ -23,16 +24,30 @@ struct CapacityFlags {
 };
 
 Status run_capacity(const CapacityFlags& flags) {
-  KVP_ASSIGN_OR_RETURN(std::string model_path, find_config("models", flags.model));
   KVP_ASSIGN_OR_RETURN(std::string hw_path, find_config("hardware", flags.hardware));
-  KVP_ASSIGN_OR_RETURN(ModelSpec model, ModelSpec::load(model_path));
+  ModelSpec model;
+  int64_t file_weight_bytes = 0;
+  if (!flags.model_file.empty()) {
+    // Mapped, not read: only the header and tensor table are touched.
+    KVP_ASSIGN_OR_RETURN(LoadedModel m, load_model(flags.model_file, "", LoadOptions{.check_weights = false}));
+    const ModelConfig& c = m.weights.config();
+    model = ModelSpec{.name = m.files.model_path, .dim = c.dim, .hidden_dim = c.hidden_dim, .n_layers = c.n_layers,
+                      .n_heads = c.n_heads, .n_kv_heads = c.n_kv_heads, .vocab_size = c.vocab_size,
+                      .seq_len = c.seq_len, .tied_embeddings = c.shared_classifier, .head_size = c.head_size,
+                      .source = std::string(model_format_name(m.files.format)) + " file " + m.files.model_path};
+    file_weight_bytes = m.weights.weight_bytes();
+  } else {
+    KVP_ASSIGN_OR_RETURN(std::string model_path, find_config("models", flags.model));
+    KVP_ASSIGN_OR_RETURN(model, ModelSpec::load(model_path));
+  }
   KVP_ASSIGN_OR_RETURN(HardwareSpec hw, HardwareSpec::load(hw_path));
   KVP_ASSIGN_OR_RETURN(KvDtype dtype, parse_kv_dtype(flags.kv_dtype));
   const int context = flags.context > 0 ? flags.context : model.seq_len;
   if (flags.weight_bytes != 1 && flags.weight_bytes != 2 && flags.weight_bytes != 4) {
     return make_error("--weight-bytes: expected 1, 2 or 4 bytes per parameter, found {}", flags.weight_bytes);
   }
-  CapacityQuery q{.context_len = context, .weight_bytes_per_param = flags.weight_bytes, .kv_dtype = dtype};
+  CapacityQuery q{.context_len = context, .weight_bytes_per_param = flags.weight_bytes, .weight_bytes = file_weight_bytes,
+                  .kv_dtype = dtype};
   std::string what;
   if (!flags.plan.empty()) {
     if (flags.keep > 0) return make_error("--plan and --keep: give one");
@@ -68,8 +83,10 @@ Status run_capacity(const CapacityFlags& flags) {
                             .c_str());
     return ok_status();
   }
-  std::printf("%s on %s at %d tokens of context (%.2fB parameters, %d-byte weights: %.1f GiB; runtime reserve %.1f GiB)\n\n",
-              model.name.c_str(), hw.name.c_str(), context, model.parameter_count() / 1e9, flags.weight_bytes,
+  const std::string weights = file_weight_bytes > 0 ? std::string("weights as stored")
+                                                   : fmt::format("{}-byte weights", flags.weight_bytes);
+  std::printf("%s on %s at %d tokens of context (%.4gB parameters, %s: %.3f GiB; runtime reserve %.1f GiB)\n\n",
+              model.name.c_str(), hw.name.c_str(), context, model.parameter_count() / 1e9, weights.c_str(),
               r.weight_bytes / double(1 << 30), r.workspace_bytes / double(1 << 30));
   std::printf("%-34s %18s %18s\n", "", "full cache", what.c_str());
   auto row = [](const char* name, const std::string& a, const std::string& b) {
@@ -95,6 +112,9 @@ Command add_capacity_command(CLI::App& app) {
   auto flags = std::make_shared<CapacityFlags>();
   CLI::App* sub = app.add_subcommand(
       "capacity", "How many sequences fit on a device and how fast they decode: full cache vs a plan or keep ratio");
+  sub->add_option("--model", flags->model_file,
+                  "A real model (.gguf, Hugging Face folder, llama2.c file, or a name): its shape, and its "
+                  "tensors' bytes as the weight bytes (instead of --model-config and --weight-bytes)");
   sub->add_option("--model-config", flags->model,
                   "Model shape: a name in configs/models (llama-2-7b, llama-3-8b, mistral-7b, qwen2.5-7b, stories260K) or a YAML file");
   sub->add_option("--hardware", flags->hardware,

@@ -27,6 +27,7 @@ Command add_capacity_command(CLI::App& app);
 Command add_calibrate_command(CLI::App& app);
 Command add_check_command(CLI::App& app);
 Command add_tokenize_command(CLI::App& app);
+Command add_convert_command(CLI::App& app);
 
 // Flags most commands share.
 struct ModelFlags {
