@@ -15,6 +15,7 @@ constexpr int kLanes = 16;
 constexpr int kAccs = 4;
 constexpr int kStep = kLanes * kAccs;  // elements per main-loop iteration
 constexpr int kMaxRows = 4;            // activation rows sharing one pass over a weight row
+constexpr int kPrefetchBytes = 2048;   // how far ahead of the loads the weights are prefetched
 
 #ifdef KVP_DOT_AVX512
 
@@ -102,28 +103,83 @@ inline float finish(Vec a0, Vec a1, Vec a2, Vec a3) {
 
 #endif
 
-// Dots of one weight row with NR activation rows; the weights are loaded and widened once.
+// Dots of one weight row with NR activation rows; the weights are loaded and widened once. Every
+// accumulator index is a compile-time constant (the tail included), so they all stay in registers.
 template <WeightType T, int NR>
 inline void dot_rows(const std::byte* wrow, int64_t cols, const float* const* x, float* out) {
   Vec acc[NR][kAccs];
   for (int r = 0; r < NR; ++r) {
     for (int a = 0; a < kAccs; ++a) acc[r][a] = zero();
   }
+  auto step = [&]<int A>(int64_t at, int n) {
+    const Vec w = load_weights<T>(wrow, at, n);
+    for (int r = 0; r < NR; ++r) acc[r][A] = fma(w, load_x(x[r], at, n), acc[r][A]);
+  };
   int64_t i = 0;
   for (; i + kStep <= cols; i += kStep) {
-    for (int a = 0; a < kAccs; ++a) {
-      const Vec w = load_weights<T>(wrow, i + a * kLanes, kLanes);
-      for (int r = 0; r < NR; ++r) acc[r][a] = fma(w, load_x(x[r], i + a * kLanes, kLanes), acc[r][a]);
+#ifdef KVP_DOT_AVX512
+    // The streamers alone leave a single-thread decode latency-bound: ask for the weights a few
+    // kilobytes ahead (measured: f16 and q8_0 rows stream 1.5-2x faster).
+    constexpr int kElemBytes = T == WeightType::kF32 ? 4 : 2;
+    for (int off = 0; off < kStep * kElemBytes; off += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(wrow) + i * kElemBytes + kPrefetchBytes + off, _MM_HINT_T0);
     }
+#endif
+    step.template operator()<0>(i, kLanes);
+    step.template operator()<1>(i + kLanes, kLanes);
+    step.template operator()<2>(i + 2 * kLanes, kLanes);
+    step.template operator()<3>(i + 3 * kLanes, kLanes);
   }
   // Tail: whole or partial vectors into the accumulators in order (q8_0 tails are whole blocks).
-  for (int a = 0; i < cols; ++a, i += kLanes) {
-    const int n = static_cast<int>(std::min<int64_t>(kLanes, cols - i));
-    const Vec w = load_weights<T>(wrow, i, n);
-    for (int r = 0; r < NR; ++r) acc[r][a] = fma(w, load_x(x[r], i, n), acc[r][a]);
-  }
+  auto tail = [&]<int A>() {
+    if (i < cols) {
+      const int n = static_cast<int>(std::min<int64_t>(kLanes, cols - i));
+      step.template operator()<A>(i, n);
+      i += kLanes;
+    }
+  };
+  tail.template operator()<0>();
+  tail.template operator()<1>();
+  tail.template operator()<2>();
+  tail.template operator()<3>();
   for (int r = 0; r < NR; ++r) out[r] = finish(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
 }
+
+#ifdef KVP_DOT_AVX512
+// q8_0 rows: per block of 32, Σ q·x in f32 (two vectors), then acc += d · that. The scale is
+// applied once per block instead of once per weight; the sum is exact up to f32 rounding (the
+// products q·x carry no more rounding than the dequantized d·q·x would).
+template <int NR>
+inline void dot_rows_q8(const std::byte* wrow, int64_t cols, const float* const* x, float* out) {
+  Vec acc0[NR], acc1[NR];
+  for (int r = 0; r < NR; ++r) acc0[r] = acc1[r] = zero();
+  // One block's contribution into `acc` (a compile-time choice of accumulator set).
+  auto block = [&](int64_t b, Vec* acc) {
+    const std::byte* blk = wrow + b * kQ8BlockBytes;
+    uint16_t d;
+    std::memcpy(&d, blk, 2);
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+    const Vec q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+    const Vec q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
+    const Vec scale = _mm512_set1_ps(_cvtsh_ss(d));
+    for (int r = 0; r < NR; ++r) {
+      const float* xb = x[r] + b * kQ8BlockSize;
+      const Vec s = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(xb)));
+      acc[r] = _mm512_fmadd_ps(scale, s, acc[r]);
+    }
+  };
+  const int64_t blocks = cols / kQ8BlockSize;
+  int64_t b = 0;
+  for (; b + 2 <= blocks; b += 2) {
+    _mm_prefetch(reinterpret_cast<const char*>(wrow + b * kQ8BlockBytes) + kPrefetchBytes, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(wrow + b * kQ8BlockBytes) + kPrefetchBytes + 64, _MM_HINT_T0);
+    block(b, acc0);
+    block(b + 1, acc1);
+  }
+  if (b < blocks) block(b, acc0);
+  for (int r = 0; r < NR; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
+}
+#endif
 
 template <WeightType T>
 void matmul_typed(const MatmulArgs& a, int64_t row_begin, int64_t row_end) {
@@ -136,11 +192,23 @@ void matmul_typed(const MatmulArgs& a, int64_t row_begin, int64_t row_end) {
     for (int64_t o = row_begin; o < row_end; ++o) {
       const std::byte* wrow = w.data + static_cast<size_t>(o) * rb;
       float out[kMaxRows];
-      switch (nr) {
-        case 1: dot_rows<T, 1>(wrow, w.cols, x, out); break;
-        case 2: dot_rows<T, 2>(wrow, w.cols, x, out); break;
-        case 3: dot_rows<T, 3>(wrow, w.cols, x, out); break;
-        default: dot_rows<T, 4>(wrow, w.cols, x, out); break;
+#ifdef KVP_DOT_AVX512
+      if constexpr (T == WeightType::kQ8_0) {
+        switch (nr) {
+          case 1: dot_rows_q8<1>(wrow, w.cols, x, out); break;
+          case 2: dot_rows_q8<2>(wrow, w.cols, x, out); break;
+          case 3: dot_rows_q8<3>(wrow, w.cols, x, out); break;
+          default: dot_rows_q8<4>(wrow, w.cols, x, out); break;
+        }
+      } else
+#endif
+      {
+        switch (nr) {
+          case 1: dot_rows<T, 1>(wrow, w.cols, x, out); break;
+          case 2: dot_rows<T, 2>(wrow, w.cols, x, out); break;
+          case 3: dot_rows<T, 3>(wrow, w.cols, x, out); break;
+          default: dot_rows<T, 4>(wrow, w.cols, x, out); break;
+        }
       }
       for (int r = 0; r < nr; ++r) {
         float& y = a.y[static_cast<size_t>(r0 + r) * a.y_stride + o];

@@ -125,6 +125,7 @@ Result<ModelFiles> locate_model(const std::string& model_arg, const std::string&
   }
 
   if (files.format == ModelFormat::kHuggingFace) {
+    KVP_RETURN_IF_ERROR(read_hf_config(files.model_path));  // what it is, before what it lacks
     KVP_ASSIGN_OR_RETURN(files.weight_files, hf_weight_files(files.model_path));
   } else {
     files.weight_files = {files.model_path};
@@ -176,6 +177,41 @@ Result<LoadedModel> load_model(const std::string& model_arg, const std::string& 
     }
   }
   return make_error("unknown model format");
+}
+
+Result<Tokenizer> load_tokenizer_only(const std::string& model_arg, const std::string& tokenizer_arg) {
+  ModelFiles files;
+  std::error_code ec;
+  const std::string name = model_arg.empty() ? kDefaultModelName : model_arg;
+  // A tokenizer-only GGUF (no tensors, any architecture) has no model to locate.
+  if (tokenizer_arg.empty() && fs::is_regular_file(name, ec) && starts_with_gguf_magic(name)) {
+    KVP_ASSIGN_OR_RETURN(GgufFile f, GgufFile::open(name));
+    return gguf_tokenizer(f);
+  }
+  KVP_ASSIGN_OR_RETURN(files, locate_model(model_arg, tokenizer_arg));
+  int vocab_size = 0;
+  switch (files.format) {
+    case ModelFormat::kLlama2c: {
+      KVP_ASSIGN_OR_RETURN(ModelConfig c, read_llama2c_config(files.model_path));
+      vocab_size = c.vocab_size;
+      break;
+    }
+    case ModelFormat::kGguf: {
+      KVP_ASSIGN_OR_RETURN(GgufFile f, GgufFile::open(files.model_path));
+      if (files.tokenizer_path.empty()) return gguf_tokenizer(f);
+      KVP_ASSIGN_OR_RETURN(ModelConfig c, read_gguf_config(f));
+      vocab_size = c.vocab_size;
+      break;
+    }
+    case ModelFormat::kHuggingFace: {
+      KVP_ASSIGN_OR_RETURN(ModelConfig c, read_hf_config(files.model_path));
+      vocab_size = c.vocab_size;
+      if (files.tokenizer_path.empty()) files.tokenizer_path = (fs::path(files.model_path) / "tokenizer.json").string();
+      break;
+    }
+  }
+  if (files.tokenizer_path.ends_with(".json")) return load_tokenizer_json(files.tokenizer_path, vocab_size);
+  return Tokenizer::load(files.tokenizer_path, vocab_size);
 }
 
 Result<std::string> fingerprint_files(const ModelFiles& files) {

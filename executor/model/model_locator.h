@@ -50,6 +50,10 @@ struct LoadedModel {
 Result<LoadedModel> load_model(const std::string& model_arg, const std::string& tokenizer_arg,
                                const LoadOptions& options = {});
 
+// Only the tokenizer of a model (or of a tokenizer-only GGUF file such as llama.cpp's vocab files),
+// without mapping its weights.
+Result<Tokenizer> load_tokenizer_only(const std::string& model_arg, const std::string& tokenizer_arg);
+
 // The model fingerprint plans and traces carry: the sha256 of the weights file for a single-file
 // model (llama2.c or GGUF), and for a Hugging Face folder the sha256 of "name sha256\n" lines of
 // config.json and every weight file in name order. Large files' digests are cached

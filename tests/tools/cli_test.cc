@@ -55,6 +55,64 @@ TEST(Cli, InspectDescribesTheDefaultModel) {
   EXPECT_EQ(j["sha256"], "b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696");
 }
 
+std::string shared_model(const std::string& relative) {
+  return shell_quote(test::shared_model_dir() + "/" + relative);
+}
+
+TEST(Cli, RunsAndInspectsTheGgufByName) {
+  const test::CliResult r = run_kvplan("run --model stories260K.gguf --prompt 'Once upon a time' --steps 256");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, test::default_model_oracle().text + "\n");
+  const test::CliResult i = run_kvplan("inspect stories260K.gguf --json");
+  ASSERT_EQ(i.exit_code, 0) << i.err;
+  const auto j = nlohmann::json::parse(i.out);
+  EXPECT_EQ(j["format"], "gguf");
+  EXPECT_EQ(j["architecture"], "llama");
+  EXPECT_EQ(j["tokenizer_kind"], "sentencepiece");
+  EXPECT_EQ(j["vocab_size"].get<int>(), 512);
+  EXPECT_EQ(j["rope"]["style"], "interleaved");
+  EXPECT_EQ(j["tensor_types"]["f32"]["tensors"].get<int>(), 48);
+  EXPECT_EQ(j["sha256"], "270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d");
+}
+
+TEST(Cli, TokenizePrintsIdsAndPieces) {
+  const test::CliResult r = run_kvplan("tokenize --model " + shared_model("llama-2-tiny-random/llama-2-tiny-random.gguf") +
+                                       " --text 'Once upon a time' --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["ids"], nlohmann::json::parse("[1, 9038, 2501, 263, 931]"));
+  EXPECT_EQ(j["pieces"][1], "\xE2\x96\x81Once");
+  EXPECT_EQ(j["text"], "Once upon a time");
+  const test::CliResult no_bos = run_kvplan("tokenize --text 'Once upon a time' --no-bos --ids");
+  ASSERT_EQ(no_bos.exit_code, 0) << no_bos.err;
+  EXPECT_EQ(no_bos.out, "403 407 261 378\n");
+  const std::string dir = test::make_temp_dir("tok");
+  test::write_bytes(dir + "/t.txt", "Hello world");
+  const test::CliResult file = run_kvplan("tokenize --model " + shared_model("vocab/ggml-vocab-gpt-2.gguf") + " --file " +
+                                          dir + "/t.txt --ids");
+  ASSERT_EQ(file.exit_code, 0) << file.err;
+  EXPECT_EQ(file.out, "15496 995\n");  // llama.cpp's ids for "Hello world" (ggml-vocab-gpt-2.gguf.out)
+}
+
+TEST(Cli, ConvertToAShardedHfFolderThenRunItAndSizeIt) {
+  const std::string dir = test::make_temp_dir("convert");
+  const test::CliResult c = run_kvplan("convert --to hf --shards 2 --out " + dir + "/hf");
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_TRUE(std::filesystem::exists(dir + "/hf/model.safetensors.index.json"));
+  const test::CliResult r = run_kvplan("run --model " + dir + "/hf --prompt 'Once upon a time' --steps 256");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, test::default_model_oracle().text + "\n");
+  const test::CliResult q = run_kvplan("convert --dtype q8_0 --out " + dir + "/q8.gguf");
+  ASSERT_EQ(q.exit_code, 0) << q.err;
+  const test::CliResult cap = run_kvplan("capacity --model " + dir + "/q8.gguf --hardware cpu-2core --keep 0.5 --json");
+  ASSERT_EQ(cap.exit_code, 0) << cap.err;
+  const auto j = nlohmann::json::parse(cap.out);
+  // The file's own tensor bytes: q8_0 matrices, f16 for the 172-wide ffn_down, f32 norms.
+  auto m = load_model(dir + "/q8.gguf", "");
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  EXPECT_EQ(j["weight_bytes"].get<int64_t>(), m->weights.weight_bytes());
+}
+
 TEST(Cli, InspectDevicesSaysPlainlyWhetherThereIsAGpu) {
   const test::CliResult r = run_kvplan("inspect --devices");
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -319,6 +377,45 @@ std::vector<BadInvocation> bad_invocations() {
        },
        "tok.bin: piece"},
       {"steps_beyond_context", [](const std::string&) { return "run --steps 100000"; }, "--steps"},
+      {"truncated_gguf",
+       [](const std::string& d) {
+         test::write_bytes(d + "/t.gguf", test::read_bytes(test::shared_model_dir() + "/stories260K/stories260K.gguf").substr(0, 700000));
+         return "run --model " + d + "/t.gguf";
+       },
+       "t.gguf: tensor"},
+      {"hf_unsupported_architecture",
+       [](const std::string& d) {
+         std::filesystem::create_directory(d + "/m");
+         test::write_bytes(d + "/m/config.json", R"({"architectures": ["MixtralForCausalLM"], "hidden_size": 64})");
+         return "inspect " + d + "/m";
+       },
+       "'MixtralForCausalLM' is not supported"},
+      {"hf_sliding_window",
+       [](const std::string& d) {
+         std::filesystem::create_directory(d + "/m");
+         test::write_bytes(d + "/m/config.json",
+                           R"({"architectures": ["MistralForCausalLM"], "hidden_size": 64, "intermediate_size": 172,
+                               "num_hidden_layers": 1, "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 512,
+                               "max_position_embeddings": 32768, "sliding_window": 4096})");
+         return "run --model " + d + "/m";
+       },
+       "sliding-window attention (4096) is not supported"},
+      {"hf_missing_weights",
+       [](const std::string& d) {
+         std::filesystem::create_directory(d + "/m");
+         test::write_bytes(d + "/m/config.json",
+                           R"({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 172,
+                               "num_hidden_layers": 1, "num_attention_heads": 8, "vocab_size": 512,
+                               "max_position_embeddings": 512})");
+         return "run --model " + d + "/m";
+       },
+       "no model.safetensors"},
+      {"tokenize_text_and_file",
+       [](const std::string& d) { return "tokenize --text hi --file " + d + "/x.txt"; }, "--text and --file"},
+      {"convert_q8_0_to_hf", [](const std::string& d) { return "convert --to hf --dtype q8_0 --out " + d + "/x"; },
+       "q8_0"},
+      {"convert_unknown_dtype", [](const std::string& d) { return "convert --dtype f8 --out " + d + "/x.gguf"; },
+       "--dtype: expected f32, f16, bf16 or q8_0"},
       {"negative_top_p", [](const std::string&) { return "run --temperature 1 --top-p -0.5"; },
        "--top-p"},
       {"not_a_number", [](const std::string&) { return "run --steps many"; }, "--steps"},

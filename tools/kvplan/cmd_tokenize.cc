@@ -20,20 +20,18 @@ struct TokenizeFlags {
 };
 
 Status tokenize(const TokenizeFlags& flags) {
-  if (flags.text.empty() == flags.file.empty() && !(flags.file.empty() && flags.text.empty())) {
-    return make_error("--text and --file: give one of them, not both");
-  }
+  if (!flags.text.empty() && !flags.file.empty()) return make_error("--text and --file: give one of them, not both");
   std::string text = flags.text;
   if (!flags.file.empty()) {
     KVP_ASSIGN_OR_RETURN(text, read_file_text(flags.file));
   }
-  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer, flags.model.load_options()));
-  const Tokenizer& tok = model.tokenizer;
+  KVP_ASSIGN_OR_RETURN(Tokenizer tok, load_tokenizer_only(flags.model.model, flags.model.tokenizer));
+  const std::string model = flags.model.model.empty() ? kDefaultModelName : flags.model.model;
   const std::vector<int32_t> ids = tok.encode(text, !flags.no_bos);
   if (flags.json) {
     nlohmann::json pieces = nlohmann::json::array();
     for (int32_t id : ids) pieces.push_back(tok.piece(id));
-    const nlohmann::json j = {{"model", model.files.model_path}, {"tokenizer", std::string(tok.kind_name())},
+    const nlohmann::json j = {{"model", model}, {"tokenizer", std::string(tok.kind_name())},
                               {"n_tokens", ids.size()}, {"ids", ids}, {"pieces", pieces},
                               {"text", tok.decode(ids)}};
     // Pieces need not be valid UTF-8 (byte-level pieces of a split character): replace, never throw.
