@@ -26,6 +26,14 @@ Result<std::shared_ptr<const MappedFile>> MappedFile::open(const std::string& pa
   return std::shared_ptr<const MappedFile>(std::move(f));
 }
 
+std::shared_ptr<const MappedFile> MappedFile::from_bytes(const std::string& path, std::span<const std::byte> bytes) {
+  std::shared_ptr<MappedFile> f(new MappedFile());
+  f->path_ = path;
+  f->owned_.assign(bytes.begin(), bytes.end());
+  f->size_ = f->owned_.size();
+  return f;
+}
+
 MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
 }

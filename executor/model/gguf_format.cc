@@ -144,8 +144,14 @@ bool GgufValue::is_integer() const {
 }
 
 Result<GgufFile> GgufFile::open(const std::string& path) {
+  KVP_ASSIGN_OR_RETURN(std::shared_ptr<const MappedFile> file, MappedFile::open(path));
+  return open(std::move(file));
+}
+
+Result<GgufFile> GgufFile::open(std::shared_ptr<const MappedFile> file) {
   GgufFile f;
-  KVP_ASSIGN_OR_RETURN(f.file_, MappedFile::open(path));
+  f.file_ = std::move(file);
+  const std::string& path = f.file_->path();
   const auto bytes = f.file_->bytes();
   Cursor c{bytes.data(), bytes.size(), 0, path};
   KVP_RETURN_IF_ERROR(c.need(4, "magic"));

@@ -52,6 +52,8 @@ class GgufFile {
  public:
   // Maps and validates the file; tensors of types kvplan does not run are refused by name.
   static Result<GgufFile> open(const std::string& path);
+  // The same over bytes already in memory (fuzzing, tests).
+  static Result<GgufFile> open(std::shared_ptr<const MappedFile> file);
 
   const std::string& path() const { return file_->path(); }
   uint32_t version() const { return version_; }
