@@ -557,6 +557,34 @@ KVP_GLOBAL void prefill_gather_kernel(SlotCache<T> cache, const float* k, const 
 }
 
 // out[i] = x[i] rounded to binary16 (the input of half-precision matrix products), a 1-D grid.
+// y[r, o] (+)= W[o, :] · x[r, :] for q8_0 weights: rows of blocks of 32 (binary16 scale d, 32 int8 q;
+// weight d·q). One warp per output row; lane l takes blocks l, l + 32, ...: each block's 32 products
+// summed in order and scaled once, the lanes' sums combined by a shuffle tree (a fixed order).
+// REQUIRES: in a multiple of 32; blockDim.x a multiple of 32.
+KVP_GLOBAL void q8_0_gemv_kernel(const uint8_t* w, int out, int in, const float* x, float* y, int rows, int accumulate) {
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int o = static_cast<int>(blockIdx.x) * (static_cast<int>(blockDim.x) / 32) + static_cast<int>(threadIdx.x) / 32;
+  if (o >= out) return;  // a whole warp: no barrier follows, only this warp's shuffles
+  const int blocks = in / 32;
+  const uint8_t* row = w + static_cast<int64_t>(o) * blocks * 34;
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + static_cast<int64_t>(r) * in;
+    float s = 0.0f;
+    for (int b = lane; b < blocks; b += 32) {
+      const uint8_t* blk = row + static_cast<int64_t>(b) * 34;
+      const float d = math::half_bits_to_float(static_cast<uint32_t>(blk[0]) | static_cast<uint32_t>(blk[1]) << 8);
+      float t = 0.0f;
+      for (int i = 0; i < 32; ++i) t += static_cast<float>(static_cast<int8_t>(blk[2 + i])) * xr[b * 32 + i];
+      s += d * t;
+    }
+    for (int m = 16; m >= 1; m /= 2) s += gpu::shfl_xor(s, m);
+    if (lane == 0) {
+      float& dst = y[static_cast<int64_t>(r) * out + o];
+      dst = accumulate ? dst + s : s;
+    }
+  }
+}
+
 KVP_GLOBAL void to_half_kernel(const float* x, gpu::half* out, int64_t count) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < count) out[i] = gpu::from_float<gpu::half>(x[i]);

@@ -18,6 +18,30 @@ KVP_HD inline void rotate_pair(float& v0, float& v1, float c, float s) {
   v0 = a * c - b * s;
   v1 = a * s + b * c;
 }
+// An IEEE binary16 bit pattern as float, exactly (q8_0 block scales are stored this way).
+KVP_HD inline float half_bits_to_float(uint32_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu, bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      do {
+        ++e;
+        mant <<= 1;
+      } while ((mant & 0x400u) == 0);
+      bits = sign | static_cast<uint32_t>(127 - 15 - e) << 23 | (mant & 0x3ffu) << 13;
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | mant << 13;
+  } else {
+    bits = sign | (exp + 127 - 15) << 23 | mant << 13;
+  }
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
 KVP_HD inline float swiglu(float gate, float up) { return gate / (1.0f + expf(-gate)) * up; }
 // Argmax order: the larger value, then the lower index.
 KVP_HD inline bool better(float v, int i, float best, int best_i) { return v > best || (v == best && i < best_i); }

@@ -86,6 +86,10 @@ struct ColumnSpan {
   void sample(const float* logits, int rows, int n, float temperature, float top_p, const float* uniform,        \
               float* probs, int32_t* out, int threads);                                                           \
   void to_half(const float* x, void* out, int64_t count, int threads);                                            \
+  /* y[rows, out] (+)= x[rows, in] · Wᵀ for q8_0 weights w ([out, in / 32] blocks of 34 bytes). */               \
+  /* REQUIRES: in a multiple of 32. */                                                                          \
+  void q8_0_gemv(const void* w, int out, int in, const float* x, float* y, int rows, bool accumulate,          \
+                 int threads);                                                                                    \
   /* Each entry's new token into slot[entry] (skipped when -1) at position[entry], with its value norm */      \
   /* and its score under score_args; entry e is KV head e % n_kv_heads. */                                     \
   void insert(const DecodeRows& rows, const SlotCacheView& cache, const int32_t* slot, const int32_t* position,  \
@@ -126,7 +130,7 @@ KVP_DECLARE_LAUNCHERS  // defined only in CUDA builds (KVP_HAVE_CUDA)
 struct Launchers {
 #define KVP_LAUNCHER_FIELD(name) decltype(&emulated::name) name;
   KVP_LAUNCHER_FIELD(embedding) KVP_LAUNCHER_FIELD(rmsnorm) KVP_LAUNCHER_FIELD(rope) KVP_LAUNCHER_FIELD(swiglu)
-  KVP_LAUNCHER_FIELD(argmax) KVP_LAUNCHER_FIELD(sample) KVP_LAUNCHER_FIELD(to_half) KVP_LAUNCHER_FIELD(insert) KVP_LAUNCHER_FIELD(place)
+  KVP_LAUNCHER_FIELD(argmax) KVP_LAUNCHER_FIELD(sample) KVP_LAUNCHER_FIELD(to_half) KVP_LAUNCHER_FIELD(q8_0_gemv) KVP_LAUNCHER_FIELD(insert) KVP_LAUNCHER_FIELD(place)
   KVP_LAUNCHER_FIELD(prefill_attention) KVP_LAUNCHER_FIELD(prefill_scores) KVP_LAUNCHER_FIELD(sum_rows)
   KVP_LAUNCHER_FIELD(prefill_keep)
   KVP_LAUNCHER_FIELD(prefill_gather) KVP_LAUNCHER_FIELD(decode_attention)

@@ -129,4 +129,23 @@ void insert(HeadSlotsRef& head, const std::vector<float>& k_new, const std::vect
   head.value_l1[slot] = l1;
 }
 
+float half_bits_to_float(uint32_t h) { return math::half_bits_to_float(h); }
+
+void q8_0_gemv(const std::vector<uint8_t>& w, int out, int in, const std::vector<float>& x, int rows,
+               std::vector<double>& y) {
+  y.assign(static_cast<size_t>(rows) * out, 0.0);
+  const int blocks = in / 32;
+  for (int r = 0; r < rows; ++r) {
+    for (int o = 0; o < out; ++o) {
+      double s = 0;
+      for (int b = 0; b < blocks; ++b) {
+        const uint8_t* blk = w.data() + (static_cast<size_t>(o) * blocks + b) * 34;
+        const double d = math::half_bits_to_float(blk[0] | blk[1] << 8);
+        for (int i = 0; i < 32; ++i) s += d * static_cast<int8_t>(blk[2 + i]) * x[static_cast<size_t>(r) * in + b * 32 + i];
+      }
+      y[static_cast<size_t>(r) * out + o] = s;
+    }
+  }
+}
+
 }  // namespace kvp::ref

@@ -13,6 +13,11 @@ void rope(std::vector<float>& x, const std::vector<int32_t>& positions, const st
           const std::vector<float>& sin_table, int n_heads, int head_dim);
 void swiglu(std::vector<float>& gate, const std::vector<float>& up);
 std::vector<int32_t> argmax(const std::vector<float>& x, int n);
+// kernel_math.h's binary16 decoding, for tests that cannot include the kernel headers.
+float half_bits_to_float(uint32_t h);
+// y[rows, out] = x · Wᵀ for q8_0 blocks (binary16 scale, 32 int8), summed in double.
+void q8_0_gemv(const std::vector<uint8_t>& w, int out, int in, const std::vector<float>& x, int rows,
+               std::vector<double>& y);
 
 // executor/sampler.h's rule for one row of logits in double precision, with a sort: the token, and
 // how near (as a share of the walk's mass) the closest decision — where the nucleus is cut, where

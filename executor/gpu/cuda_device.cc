@@ -50,10 +50,14 @@ class CudaDevice final : public Device {
 
   // Row-major y[rows, out] = x[rows, in] · wᵀ is, column-major, y (out × rows) = wᵀ (out × in, the
   // row-major w read transposed) · x (in × rows).
-  void gemm(const void* w, bool half, int out, int in, const float* x, void* x_half, float* y, int rows,
+  void gemm(const void* w, DeviceWeight type, int out, int in, const float* x, void* x_half, float* y, int rows,
             bool accumulate) override {
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    if (!half) {
+    if (type == DeviceWeight::kQ8_0) {
+      cuda::q8_0_gemv(w, out, in, x, y, rows, accumulate, 256);
+      return;
+    }
+    if (type == DeviceWeight::kF32) {
       check(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, static_cast<const float*>(w), in, x,
                         in, &beta, y, out),
             "cublasSgemm");

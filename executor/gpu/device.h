@@ -16,6 +16,9 @@
 
 namespace kvp {
 
+// How a matrix weight is held on the device.
+enum class DeviceWeight { kF32, kF16, kQ8_0 };
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -36,10 +39,10 @@ class Device {
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
   virtual void zero(void* dst, size_t bytes) = 0;
 
-  // y[rows, out] = x[rows, in] · wᵀ (y += ... when `accumulate`), w [out, in] row-major: f32, or
-  // binary16 when `half` (x is then rounded to binary16 into x_half, [rows, in], and the products
-  // are summed in f32, as cuBLAS's GemmEx does).
-  virtual void gemm(const void* w, bool half, int out, int in, const float* x, void* x_half, float* y, int rows,
+  // y[rows, out] = x[rows, in] · wᵀ (y += ... when `accumulate`), w [out, in] row-major: f32; or
+  // binary16 (x is then rounded to binary16 into x_half, [rows, in], and the products summed in
+  // f32, as cuBLAS's GemmEx does); or q8_0 blocks through our kernel (f32 activations).
+  virtual void gemm(const void* w, DeviceWeight type, int out, int in, const float* x, void* x_half, float* y, int rows,
                     bool accumulate) = 0;
   virtual void synchronize() = 0;
   // Free device memory in bytes, or -1 where the device cannot tell (the emulation).

@@ -32,9 +32,13 @@ class EmulatedDevice final : public Device {
   void copy(void* dst, const void* src, size_t bytes) override { std::memmove(dst, src, bytes); }
   void zero(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
 
-  void gemm(const void* w, bool half, int out, int in, const float* x, void* x_half, float* y, int rows,
+  void gemm(const void* w, DeviceWeight type, int out, int in, const float* x, void* x_half, float* y, int rows,
             bool accumulate) override {
-    if (!half) {
+    if (type == DeviceWeight::kQ8_0) {
+      emulated::q8_0_gemv(w, out, in, x, y, rows, accumulate, 256);
+      return;
+    }
+    if (type == DeviceWeight::kF32) {
       const ConstMatrixMap W(static_cast<const float*>(w), out, in);
       for (int r = 0; r < rows; ++r) {
         const Eigen::Map<const Eigen::VectorXf> xr(x + static_cast<size_t>(r) * in, in);

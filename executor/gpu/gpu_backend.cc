@@ -89,6 +89,7 @@ GpuBackend::GpuBackend(const ModelWeights& weights, std::unique_ptr<Device> devi
     return b;
   };
   weight_bufs_.resize(static_cast<size_t>(config_.n_layers + 1) * kNumWeights);
+  weight_types_.assign(weight_bufs_.size(), DeviceWeight::kF32);
   for (int l = 0; l <= config_.n_layers; ++l) {
     for (int wi = 0; wi < kNumWeights; ++wi) {
       const Weight w = static_cast<Weight>(wi);
@@ -100,12 +101,26 @@ GpuBackend::GpuBackend(const ModelWeights& weights, std::unique_ptr<Device> devi
         dst = upload(norm_weight(weights_, w, l), n * sizeof(float));
         continue;
       }
+      const WeightTensor& tensor = matrix_weight(weights_, w, l);
+      DeviceWeight& type = weight_types_[static_cast<size_t>(l) * kNumWeights + wi];
+      if (options_.q8_0 && row_layout_ok(WeightType::kQ8_0, tensor.cols)) {
+        type = DeviceWeight::kQ8_0;
+        if (tensor.type == WeightType::kQ8_0) {
+          dst = upload(tensor.data, tensor.bytes());
+        } else {
+          const std::vector<std::byte> q = quantize(dequantize(tensor), tensor.rows, tensor.cols, WeightType::kQ8_0);
+          dst = upload(q.data(), q.size());
+        }
+        continue;
+      }
       // Widened one tensor at a time on the host (the device holds f32 or binary16 weights).
-      const std::vector<float> host = dequantize(matrix_weight(weights_, w, l));
+      const std::vector<float> host = dequantize(tensor);
       if (half) {
+        type = DeviceWeight::kF16;
         const std::vector<_Float16> h = to_half(host.data(), n);
         dst = upload(h.data(), n * sizeof(_Float16));
       } else {
+        type = DeviceWeight::kF32;
         dst = upload(host.data(), n * sizeof(float));
       }
     }
@@ -297,7 +312,9 @@ void GpuBackend::rmsnorm(Act in, Act out, Weight w, int layer_idx) {
 void GpuBackend::matmul_rows(Weight w, int layer_idx, Act in, Act out, bool accumulate) {
   const WeightShape s = weight_shape(config_, w);
   KVP_CHECK(act_width(config_, in) == s.in && act_width(config_, out) == s.out);
-  device_->gemm(weight(w, layer_idx).get(), options_.weights == KvDtype::kF16, s.out, s.in, act(in), x_half_.get(),
+  const int l = is_global(w) ? config_.n_layers : layer_idx;
+  device_->gemm(weight(w, layer_idx).get(), weight_types_[static_cast<size_t>(l) * kNumWeights + static_cast<int>(w)],
+                s.out, s.in, act(in), x_half_.get(),
                 act(out), n_rows_, accumulate);
 }
 

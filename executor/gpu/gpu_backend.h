@@ -29,6 +29,10 @@ struct GpuBackendOptions {
   // Element type of the matrix weights on the device (norms and embeddings stay f32). The KV cache's
   // element type is the budgets' dtype.
   KvDtype weights = KvDtype::kF32;
+  // Matrices whose rows are whole 32-blocks go to the device as q8_0 (their stored bytes when the
+  // model holds them so, else quantized on the host) and run through our q8_0 kernel; the others
+  // as `weights`.
+  bool q8_0 = false;
 };
 
 class GpuBackend final : public Backend {
@@ -103,6 +107,7 @@ class GpuBackend final : public Backend {
 
   // Weights: [n_layers + 1][kNumWeights] (the last row for the final norm and classifier).
   std::vector<DeviceBuffer> weight_bufs_;
+  std::vector<DeviceWeight> weight_types_;  // per entry of weight_bufs_
   DeviceBuffer embedding_, rope_cos_, rope_sin_;
   int64_t weight_bytes_ = 0;
 

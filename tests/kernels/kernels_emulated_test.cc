@@ -10,6 +10,10 @@ namespace {
 // The emulated target works on host memory directly.
 struct Emulated {
   std::vector<int32_t> pos;  // slot positions of the last view
+  void q8_0_gemv(const std::vector<uint8_t>& w, int out, int in, const std::vector<float>& x, std::vector<float>& y,
+                 int rows, bool accumulate, int threads) {
+    emulated::q8_0_gemv(w.data(), out, in, x.data(), y.data(), rows, accumulate, threads);
+  }
   void rmsnorm(const std::vector<float>& x, const std::vector<float>& w, std::vector<float>& y, int rows, int n,
                float eps, int threads) {
     emulated::rmsnorm(x.data(), w.data(), y.data(), rows, n, eps, threads);
@@ -103,6 +107,11 @@ struct Emulated {
     for (size_t h = 0; h < offset.size(); ++h) EXPECT_EQ(pos[offset[h] + slots[h]], 7);
   }
 };
+
+TEST(EmulatedKernels, Q8_0GemvMatchesTheReference) {
+  Emulated t;
+  test::check_q8_0_gemv(t);
+}
 
 TEST(EmulatedKernels, RmsnormMatchesTheReference) {
   Emulated t;

@@ -47,6 +47,14 @@ struct DevCache {
 };
 
 struct Device {
+  void q8_0_gemv(const std::vector<uint8_t>& w, int out, int in, const std::vector<float>& x, std::vector<float>& y,
+                 int rows, bool accumulate, int threads) {
+    Dev dw(w);
+    Dev dx(x);
+    Dev dy(y);
+    cuda::q8_0_gemv(dw.p, out, in, dx.p, dy.p, rows, accumulate, threads);
+    dy.back(y);
+  }
   void rmsnorm(const std::vector<float>& x, const std::vector<float>& w, std::vector<float>& y, int rows, int n,
                float eps, int threads) {
     Dev dx(x);
@@ -189,6 +197,14 @@ struct Device {
     const CudaDeviceReport report = query_cuda_devices();                              \
     if (report.devices.empty()) GTEST_SKIP() << "no CUDA device: " << report.why_none; \
   } while (0)
+
+TEST(GpuKernels, Q8_0GemvMatchesTheReference) {
+  KVP_REQUIRE_GPU();
+#if KVP_HAVE_CUDA
+  Device t;
+  test::check_q8_0_gemv(t);
+#endif
+}
 
 TEST(GpuKernels, RmsnormMatchesTheReference) {
   KVP_REQUIRE_GPU();

@@ -28,6 +28,45 @@ inline std::vector<float> randoms(size_t n, uint32_t seed, float scale = 1.0f) {
 // Threads per block tried: one warp, several warps, a block that covers the short rows.
 inline const int kThreadCounts[] = {32, 96, 256};
 
+// q8_0 weights with random scales (binary16) and int8 values, against the double reference: the
+// kernel's f32 sums are within f32 rounding of Σ |d q x|.
+template <typename Target>
+void check_q8_0_gemv(Target& t) {
+  std::mt19937 rng(11);
+  for (int in : {32, 96, 2048}) {
+    for (int out : {1, 5, 33}) {
+      for (int threads : kThreadCounts) {
+        const int rows = 3, blocks = in / 32;
+        std::vector<uint8_t> w(static_cast<size_t>(out) * blocks * 34);
+        std::vector<double> magnitude(static_cast<size_t>(rows) * out, 0.0);
+        for (size_t b = 0; b < w.size() / 34; ++b) {
+          const uint16_t d = static_cast<uint16_t>(0x2000 + rng() % 0x1800);  // scales around 2^-7..2^-1
+          w[b * 34] = static_cast<uint8_t>(d & 0xff);
+          w[b * 34 + 1] = static_cast<uint8_t>(d >> 8);
+          for (int i = 0; i < 32; ++i) w[b * 34 + 2 + i] = static_cast<uint8_t>(rng() % 256);
+        }
+        const auto x = randoms(static_cast<size_t>(rows) * in, in + out);
+        std::vector<double> want;
+        ref::q8_0_gemv(w, out, in, x, rows, want);
+        for (int r = 0; r < rows; ++r) {
+          for (int o = 0; o < out; ++o) {
+            for (int b = 0; b < blocks; ++b) {
+              const uint8_t* blk = w.data() + (static_cast<size_t>(o) * blocks + b) * 34;
+              const double d = ref::half_bits_to_float(blk[0] | blk[1] << 8);
+              for (int i = 0; i < 32; ++i) magnitude[r * out + o] += std::fabs(d * static_cast<int8_t>(blk[2 + i]) * x[r * in + b * 32 + i]);
+            }
+          }
+        }
+        std::vector<float> got(static_cast<size_t>(rows) * out, 0.25f);
+        t.q8_0_gemv(w, out, in, x, got, rows, /*accumulate=*/true, threads);
+        for (size_t i = 0; i < got.size(); ++i) {
+          ASSERT_NEAR(got[i], want[i] + 0.25, 1e-6 * magnitude[i] + 1e-7) << "in " << in << " out " << out << " " << i;
+        }
+      }
+    }
+  }
+}
+
 template <typename Target>
 void check_rmsnorm(Target& t) {
   for (int n : {1, 31, 64, 257}) {

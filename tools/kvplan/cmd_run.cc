@@ -35,7 +35,8 @@ Result<std::unique_ptr<Backend>> make_backend(const RunFlags& flags, const Model
     }
     return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(weights, flags.model.threads));
   }
-  KVP_ASSIGN_OR_RETURN(KvDtype dtype, parse_kv_dtype(flags.weights_dtype));
+  const bool q8_0 = flags.weights_dtype == "q8_0";
+  KVP_ASSIGN_OR_RETURN(KvDtype dtype, parse_kv_dtype(q8_0 ? "f16" : flags.weights_dtype));
   std::unique_ptr<Device> device;
   if (flags.backend == "cuda") {
     auto d = make_cuda_device();
@@ -47,7 +48,7 @@ Result<std::unique_ptr<Backend>> make_backend(const RunFlags& flags, const Model
     return make_error("--backend: expected cpu, cuda or gpu-emulated, found '{}'", flags.backend);
   }
   KVP_RETURN_IF_ERROR(GpuBackend::supports_model(weights.config()));
-  return std::unique_ptr<Backend>(std::make_unique<GpuBackend>(weights, std::move(device), GpuBackendOptions{.weights = dtype}));
+  return std::unique_ptr<Backend>(std::make_unique<GpuBackend>(weights, std::move(device), GpuBackendOptions{.weights = dtype, .q8_0 = q8_0}));
 }
 
 Status run(const RunFlags& flags) {
@@ -169,7 +170,8 @@ Command add_run_command(CLI::App& app) {
                   "cpu (default), cuda (the first GPU; every policy) or gpu-emulated "
                   "(the CUDA backend's kernels run by the CPU emulation: slow, for checking)");
   sub->add_option("--weights-dtype", flags->weights_dtype,
-                  "Matrix weights on a GPU backend: f32 (default) or f16; the KV dtype is the plan's");
+                  "Matrix weights on a GPU backend: f32 (default), f16 (cuBLAS), or q8_0 (our kernel; matrices "
+                  "whose rows are not whole 32-blocks as f16); the KV dtype is the plan's");
   return {sub, [flags] { return run(*flags); }};
 }
 
