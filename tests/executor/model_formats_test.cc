@@ -12,6 +12,7 @@
 #include "executor/generator.h"
 #include "executor/model/gguf_format.h"
 #include "executor/model/model_convert.h"
+#include "executor/model/hf_format.h"
 #include "tests/support/test_support.h"
 
 namespace kvp {
@@ -252,6 +253,96 @@ TEST(GgufWriter, Q8_0CopyRunsWithQ8_0Weights) {
   const int same = oracle_prefix(greedy(m->weights, {kBosToken}, 256), oracle);
   RecordProperty("q8_0_oracle_prefix_tokens", same);
   EXPECT_GE(same, 64);  // measured: 115 of 256
+}
+
+}  // namespace
+}  // namespace kvp
+
+namespace kvp {
+namespace {
+
+std::string write_config(const std::string& json) {
+  const std::string dir = test::make_temp_dir("hfcfg");
+  test::write_bytes(dir + "/config.json", json);
+  return dir;
+}
+
+TEST(HfConfig, Llama31RopeScalingDividesLongWavelengthsByTheFactor) {
+  auto c = read_hf_config(write_config(R"({"architectures": ["LlamaForCausalLM"], "hidden_size": 4096,
+      "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+      "vocab_size": 128256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+      "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 8192, "rope_type": "llama3"}})"));
+  ASSERT_TRUE(c.ok()) << c.error().message();
+  EXPECT_EQ(c->rope_style, RopeStyle::kHalf);
+  EXPECT_EQ(c->n_kv_heads, 8);
+  EXPECT_FLOAT_EQ(c->norm_eps, 1e-5f);
+  ASSERT_EQ(c->rope_freq_divisors.size(), 64u);
+  // Short wavelengths (high frequencies) are kept, long ones divided by the factor, and between
+  // them interpolated: 1/divisor = (1 - s)/8 + s with s = (8192/wavelen - 1) / 3.
+  EXPECT_FLOAT_EQ(c->rope_freq_divisors[0], 1.0f);
+  EXPECT_FLOAT_EQ(c->rope_freq_divisors[63], 8.0f);
+  int interpolated = 0;
+  for (int i = 0; i < 64; ++i) {
+    const double freq = std::pow(500000.0, -2.0 * i / 128), wavelen = 2 * M_PI / freq;
+    if (wavelen < 2048 || wavelen > 8192) continue;
+    const double s = (8192 / wavelen - 1) / 3;
+    EXPECT_NEAR(c->rope_freq_divisors[i], 1.0 / ((1 - s) / 8 + s), 1e-4) << i;
+    ++interpolated;
+  }
+  EXPECT_GT(interpolated, 2);
+}
+
+TEST(HfConfig, Qwen2HasQkvBiasesAndItsOwnHeadDimAndTiedEmbeddings) {
+  auto c = read_hf_config(write_config(R"({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 896,
+      "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+      "vocab_size": 151936, "max_position_embeddings": 32768, "rope_theta": 1000000.0, "tie_word_embeddings": true,
+      "sliding_window": 32768, "use_sliding_window": false, "rms_norm_eps": 1e-06})"));
+  ASSERT_TRUE(c.ok()) << c.error().message();
+  EXPECT_EQ(c->architecture, "qwen2");
+  EXPECT_TRUE(c->qkv_bias);
+  EXPECT_TRUE(c->shared_classifier);
+  EXPECT_EQ(c->head_dim(), 64);
+  EXPECT_FLOAT_EQ(c->rope_theta, 1e6f);
+}
+
+TEST(HfConfig, RefusesWhatItCannotRunByName) {
+  const std::string base = R"("hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+      "num_attention_heads": 4, "vocab_size": 300, "max_position_embeddings": 512)";
+  for (const auto& [extra, expect] : std::vector<std::pair<std::string, std::string>>{
+           {R"("architectures": ["MixtralForCausalLM"])", "MixtralForCausalLM"},
+           {R"("architectures": ["LlamaForCausalLM"], "rope_scaling": {"rope_type": "yarn", "factor": 4})", "yarn"},
+           {R"("architectures": ["LlamaForCausalLM"], "mlp_bias": true)", "mlp_bias"},
+           {R"("architectures": ["MistralForCausalLM"], "sliding_window": 128)", "sliding-window"},
+           {R"("architectures": ["LlamaForCausalLM"], "num_local_experts": 8)", "mixture of experts"}}) {
+    auto c = read_hf_config(write_config("{" + extra + ", " + base + "}"));
+    ASSERT_FALSE(c.ok()) << extra;
+    EXPECT_NE(c.error().message().find(expect), std::string::npos) << c.error().message();
+  }
+  auto ok = read_hf_config(write_config(R"({"architectures": ["LlamaForCausalLM"], )" + base + "}"));
+  EXPECT_TRUE(ok.ok()) << ok.error().message();
+}
+
+// A qwen2 model through GGUF: rotate-half RoPE and q/k/v biases survive the writer and reader, and
+// the logits are the in-memory model's.
+TEST(GgufWriter, Qwen2ModelRoundTripsWithBiasesAndRotateHalf) {
+  ModelConfig c{.dim = 64, .hidden_dim = 96, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .vocab_size = 300,
+                .seq_len = 64, .shared_classifier = true};
+  c.architecture = "qwen2";
+  c.qkv_bias = true;
+  c.rope_style = RopeStyle::kHalf;
+  c.rope_theta = 1e6f;
+  const ModelWeights w = random_weights(c, 9);
+  const std::string path = test::make_temp_dir("gguf") + "/qwen2.gguf";
+  const Status s = save_gguf(path, w, synthetic_tokenizer(300));
+  ASSERT_TRUE(s.ok()) << s.error().message();
+  auto m = load_model(path, "");
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  EXPECT_EQ(m->weights.config().architecture, "qwen2");
+  EXPECT_EQ(m->weights.config().rope_style, RopeStyle::kHalf);
+  EXPECT_TRUE(m->weights.config().qkv_bias);
+  const std::vector<int32_t> tokens = {1, 270, 280, 290, 299};
+  EXPECT_EQ(stepwise_logits(m->weights, tokens), stepwise_logits(w, tokens));
 }
 
 }  // namespace
