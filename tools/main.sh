@@ -6,7 +6,16 @@
 #   4. plan VATP at half the full-cache memory (per-layer budgets from replay, with predictions);
 #   5. run the plan on the held-out sequences and print predicted against measured.
 # Work files go to $KVPLAN_WORK_DIR (default: a new temporary directory, printed at the end).
+#
+#   tools/main.sh [--model M]   M: any model kvplan run takes (a .gguf, a Hugging Face folder, a name)
 set -euo pipefail
+model=()
+if [[ "${1:-}" == "--model" ]]; then
+  [[ -n "${2:-}" ]] || { echo "main.sh: --model needs a value" >&2; exit 2; }
+  model=(--model "$2")
+  shift 2
+fi
+[[ $# -eq 0 ]] || { echo "main.sh: unknown argument '$1' (usage: tools/main.sh [--model M])" >&2; exit 2; }
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_dir=${KVPLAN_BUILD_DIR:-$root/build}
 work=${KVPLAN_WORK_DIR:-$(mktemp -d /tmp/kvplan-main.XXXXXX)}
@@ -16,20 +25,20 @@ start=$(date +%s%N)
 step() { printf '\n== %s\n' "$*"; }
 
 "$root/tools/build.sh" >/dev/null
-"$k" inspect | head -3
+"$k" inspect "${model[@]}" | head -3
 
 step "1. workload sample and held-out sequences (32 stories × 512 tokens each)"
-"$k" corpus --sample 32 --length 512 --seed 1 --out "$work/workload.jsonl"
-"$k" corpus --sample 32 --length 512 --seed 2 --out "$work/heldout.jsonl"
+"$k" corpus "${model[@]}" --sample 32 --length 512 --seed 1 --out "$work/workload.jsonl"
+"$k" corpus "${model[@]}" --sample 32 --length 512 --seed 2 --out "$work/heldout.jsonl"
 
 step "2. record the workload with the full cache"
-"$k" record --corpus "$work/workload.jsonl" --out "$work/trace"
+"$k" record "${model[@]}" --corpus "$work/workload.jsonl" --out "$work/trace"
 
 step "3. measure 5 policies × 5 budgets and 5 one-layer probes closed loop; calibrate replay error against them"
-"$k" eval --grid --policies window,h2o,vatp,tova,snapkv --budgets 16,32,64,128,256 --corpus "$work/workload.jsonl" \
+"$k" eval "${model[@]}" --grid --policies window,h2o,vatp,tova,snapkv --budgets 16,32,64,128,256 --corpus "$work/workload.jsonl" \
   --out "$work/calibration-runs" --json >/dev/null
 # Probes: VATP with one layer at 32 slots and the others whole tell the layers' weights apart.
-n_layers=$("$k" inspect --json | sed -n 's/.*"n_layers": *\([0-9]*\).*/\1/p')
+n_layers=$("$k" inspect "${model[@]}" --json | sed -n 's/.*"n_layers": *\([0-9]*\).*/\1/p')
 probes=()
 for ((layer = 0; layer < n_layers; ++layer)); do
   budgets=""
@@ -37,10 +46,10 @@ for ((layer = 0; layer < n_layers; ++layer)); do
     if ((l == layer)); then budgets+=32; else budgets+=512; fi
     if ((l + 1 < n_layers)); then budgets+=,; fi
   done
-  "$k" plan --policy vatp --layer-budgets "$budgets" --out "$work/probe-$layer.yaml" >/dev/null
+  "$k" plan "${model[@]}" --policy vatp --layer-budgets "$budgets" --out "$work/probe-$layer.yaml" >/dev/null
   probes+=("$work/probe-$layer.yaml")
 done
-"$k" eval --plans "${probes[@]}" --corpus "$work/workload.jsonl" --out "$work/probe-runs" --json >/dev/null
+"$k" eval "${model[@]}" --plans "${probes[@]}" --corpus "$work/workload.jsonl" --out "$work/probe-runs" --json >/dev/null
 "$k" calibrate --trace "$work/trace" --measured "$work"/calibration-runs/measured/*.yaml "$work"/probe-runs/measured/*.yaml \
   --out "$work/calib.yaml" | tail -2
 
@@ -48,10 +57,10 @@ step "4. plan VATP at half the full-cache memory"
 "$k" plan --trace "$work/trace" --policy vatp --keep 0.5 --calibration "$work/calib.yaml" --out "$work/plan.yaml"
 
 step "5. run the plan on the held-out sequences: predicted against measured"
-"$k" eval --plan "$work/plan.yaml" --corpus "$work/heldout.jsonl" --out "$work/measured.yaml" --json >/dev/null
+"$k" eval "${model[@]}" --plan "$work/plan.yaml" --corpus "$work/heldout.jsonl" --out "$work/measured.yaml" --json >/dev/null
 "$k" check --plan "$work/plan.yaml" --measured "$work/measured.yaml"
 echo
-"$k" run --plan "$work/plan.yaml" --prompt "Once upon a time" --steps 200
+"$k" run "${model[@]}" --plan "$work/plan.yaml" --prompt "Once upon a time" --steps 200
 
 elapsed_ms=$((($(date +%s%N) - start) / 1000000))
 printf '\nthe loop took %d.%d s; files in %s\n' $((elapsed_ms / 1000)) $((elapsed_ms % 1000 / 100)) "$work"
