@@ -4,6 +4,9 @@
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
+// GCC 12's masked-load intrinsics start from an "undefined" vector it then warns about.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #define KVP_DOT_AVX512 1
 #endif
@@ -181,6 +184,38 @@ inline void dot_rows_q8(const std::byte* wrow, int64_t cols, const float* const*
 }
 #endif
 
+// k-quant rows: each 256-weight super-block widened into an L1 buffer by the scalar decoder
+// (weight_tensor.h), then the same lanes and order as the float types.
+template <WeightType T, int NR>
+inline void dot_rows_kquant(const std::byte* wrow, int64_t cols, const float* const* x, float* out) {
+  alignas(64) float buf[kQkBlockSize];
+  Vec acc[NR][kAccs];
+  for (int r = 0; r < NR; ++r) {
+    for (int a = 0; a < kAccs; ++a) acc[r][a] = zero();
+  }
+  const std::byte* bufp = reinterpret_cast<const std::byte*>(buf);
+  auto step = [&]<int A>(int64_t at, int64_t x_at) {
+    const Vec w = load_weights<WeightType::kF32>(bufp, at, kLanes);
+    for (int r = 0; r < NR; ++r) acc[r][A] = fma(w, load_x(x[r], x_at, kLanes), acc[r][A]);
+  };
+  constexpr int kBytes = T == WeightType::kQ4_K ? kQ4KBlockBytes : kQ6KBlockBytes;
+  for (int64_t b = 0; b < cols / kQkBlockSize; ++b) {
+    if constexpr (T == WeightType::kQ4_K) {
+      dequantize_q4_k_block(wrow + b * kBytes, buf);
+    } else {
+      dequantize_q6_k_block(wrow + b * kBytes, buf);
+    }
+    for (int c = 0; c < kQkBlockSize; c += kStep) {
+      const int64_t xi = b * kQkBlockSize + c;
+      step.template operator()<0>(c, xi);
+      step.template operator()<1>(c + kLanes, xi + kLanes);
+      step.template operator()<2>(c + 2 * kLanes, xi + 2 * kLanes);
+      step.template operator()<3>(c + 3 * kLanes, xi + 3 * kLanes);
+    }
+  }
+  for (int r = 0; r < NR; ++r) out[r] = finish(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+}
+
 template <WeightType T>
 void matmul_typed(const MatmulArgs& a, int64_t row_begin, int64_t row_end) {
   const WeightTensor& w = *a.w;
@@ -202,7 +237,14 @@ void matmul_typed(const MatmulArgs& a, int64_t row_begin, int64_t row_end) {
         }
       } else
 #endif
-      {
+      if constexpr (T == WeightType::kQ4_K || T == WeightType::kQ6_K) {
+        switch (nr) {
+          case 1: dot_rows_kquant<T, 1>(wrow, w.cols, x, out); break;
+          case 2: dot_rows_kquant<T, 2>(wrow, w.cols, x, out); break;
+          case 3: dot_rows_kquant<T, 3>(wrow, w.cols, x, out); break;
+          default: dot_rows_kquant<T, 4>(wrow, w.cols, x, out); break;
+        }
+      } else {
         switch (nr) {
           case 1: dot_rows<T, 1>(wrow, w.cols, x, out); break;
           case 2: dot_rows<T, 2>(wrow, w.cols, x, out); break;
@@ -228,6 +270,8 @@ void matmul_range(const MatmulArgs& args, int64_t row_begin, int64_t row_end) {
     case WeightType::kF16: return matmul_typed<WeightType::kF16>(args, row_begin, row_end);
     case WeightType::kBF16: return matmul_typed<WeightType::kBF16>(args, row_begin, row_end);
     case WeightType::kQ8_0: return matmul_typed<WeightType::kQ8_0>(args, row_begin, row_end);
+    case WeightType::kQ4_K: return matmul_typed<WeightType::kQ4_K>(args, row_begin, row_end);
+    case WeightType::kQ6_K: return matmul_typed<WeightType::kQ6_K>(args, row_begin, row_end);
   }
 }
 

@@ -15,7 +15,7 @@ constexpr uint64_t kMaxKeyBytes = 1 << 16;
 constexpr uint64_t kMaxTensorNameBytes = 1 << 10;
 constexpr uint32_t kMaxDims = 4;
 
-constexpr uint32_t kGgmlF32 = 0, kGgmlF16 = 1, kGgmlQ8_0 = 8, kGgmlBF16 = 30;
+constexpr uint32_t kGgmlF32 = 0, kGgmlF16 = 1, kGgmlQ8_0 = 8, kGgmlQ4_K = 12, kGgmlQ6_K = 14, kGgmlBF16 = 30;
 
 struct KnownType {
   uint32_t id;
@@ -24,7 +24,7 @@ struct KnownType {
 // ggml types kvplan knows by name but does not run (so the error can say which one it met).
 constexpr KnownType kUnsupportedTypes[] = {
     {2, "Q4_0"}, {3, "Q4_1"}, {6, "Q5_0"}, {7, "Q5_1"}, {9, "Q8_1"}, {10, "Q2_K"}, {11, "Q3_K"},
-    {12, "Q4_K"}, {13, "Q5_K"}, {14, "Q6_K"}, {15, "Q8_K"}, {16, "IQ2_XXS"}, {17, "IQ2_XS"},
+    {13, "Q5_K"}, {15, "Q8_K"}, {16, "IQ2_XXS"}, {17, "IQ2_XS"},
     {18, "IQ3_XXS"}, {19, "IQ1_S"}, {20, "IQ4_NL"}, {21, "IQ3_S"}, {22, "IQ2_S"}, {23, "IQ4_XS"},
     {24, "I8"}, {25, "I16"}, {26, "I32"}, {27, "I64"}, {28, "F64"}, {29, "IQ1_M"}, {34, "TQ1_0"}, {35, "TQ2_0"},
 };
@@ -35,12 +35,14 @@ Result<WeightType> weight_type_of(uint32_t ggml_type) {
     case kGgmlF16: return WeightType::kF16;
     case kGgmlQ8_0: return WeightType::kQ8_0;
     case kGgmlBF16: return WeightType::kBF16;
+    case kGgmlQ4_K: return WeightType::kQ4_K;
+    case kGgmlQ6_K: return WeightType::kQ6_K;
     default: break;
   }
   for (const KnownType& k : kUnsupportedTypes) {
     if (k.id == ggml_type) {
-      return make_error("type {} ({}) is not supported; kvplan runs F32, F16, BF16 and Q8_0 (requantize with "
-                        "llama-quantize --allow-requantize ... Q8_0)", k.name, ggml_type);
+      return make_error("type {} ({}) is not supported; kvplan runs F32, F16, BF16, Q8_0, Q4_K and Q6_K (requantize "
+                        "with llama-quantize --allow-requantize ... Q8_0)", k.name, ggml_type);
     }
   }
   return make_error("type: unknown ggml type {}", ggml_type);
@@ -52,6 +54,8 @@ uint32_t ggml_type_of(WeightType t) {
     case WeightType::kF16: return kGgmlF16;
     case WeightType::kBF16: return kGgmlBF16;
     case WeightType::kQ8_0: return kGgmlQ8_0;
+    case WeightType::kQ4_K: return kGgmlQ4_K;
+    case WeightType::kQ6_K: return kGgmlQ6_K;
   }
   return kGgmlF32;
 }
@@ -239,8 +243,8 @@ Result<GgufFile> GgufFile::open(std::shared_ptr<const MappedFile> file) {
     Result<WeightType> wt = weight_type_of(t.ggml_type);
     if (!wt.ok()) return wt.error().with_context(fmt::format("{}: {}", path, what));
     if (!row_layout_ok(*wt, t.ne[0])) {
-      return make_error("{}: {}: rows of {} elements are not whole {} blocks of {}", path, what, t.ne[0],
-                        weight_type_name(*wt), kQ8BlockSize);
+      return make_error("{}: {}: rows of {} elements are not whole {} blocks", path, what, t.ne[0],
+                        weight_type_name(*wt));
     }
     t.bytes = static_cast<uint64_t>(row_bytes(*wt, t.ne[0])) * (elements / static_cast<uint64_t>(t.ne[0]));
     if (t.offset % f.alignment_ != 0) {

@@ -13,6 +13,8 @@ std::string_view weight_type_name(WeightType type) {
     case WeightType::kF16: return "f16";
     case WeightType::kBF16: return "bf16";
     case WeightType::kQ8_0: return "q8_0";
+    case WeightType::kQ4_K: return "q4_k";
+    case WeightType::kQ6_K: return "q6_k";
   }
   KVP_CHECK(false, "unknown WeightType {}", static_cast<int>(type));
 }
@@ -25,7 +27,10 @@ Result<WeightType> parse_weight_type(std::string_view name) {
 }
 
 bool row_layout_ok(WeightType type, int64_t cols) {
-  return cols >= 0 && (type != WeightType::kQ8_0 || cols % kQ8BlockSize == 0);
+  if (cols < 0) return false;
+  if (type == WeightType::kQ8_0) return cols % kQ8BlockSize == 0;
+  if (type == WeightType::kQ4_K || type == WeightType::kQ6_K) return cols % kQkBlockSize == 0;
+  return true;
 }
 
 size_t row_bytes(WeightType type, int64_t cols) {
@@ -35,6 +40,8 @@ size_t row_bytes(WeightType type, int64_t cols) {
     case WeightType::kF16:
     case WeightType::kBF16: return n * 2;
     case WeightType::kQ8_0: return n / kQ8BlockSize * kQ8BlockBytes;
+    case WeightType::kQ4_K: return n / kQkBlockSize * kQ4KBlockBytes;
+    case WeightType::kQ6_K: return n / kQkBlockSize * kQ6KBlockBytes;
   }
   KVP_CHECK(false, "unknown WeightType {}", static_cast<int>(type));
 }
@@ -92,6 +99,69 @@ uint16_t float_to_bf16(float x) {
   return static_cast<uint16_t>((f + 0x7fffu + ((f >> 16) & 1u)) >> 16);
 }
 
+namespace {
+
+uint16_t load16(const std::byte* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+// Sub-block j's 6-bit scale and min in Q4_K's 12 packed bytes.
+void scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
+  if (j < 4) {
+    *d = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *d = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    *m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+}  // namespace
+
+void dequantize_q4_k_block(const std::byte* block, float* out) {
+  const float d = half_to_float(load16(block)), dmin = half_to_float(load16(block + 2));
+  const uint8_t* scales = reinterpret_cast<const uint8_t*>(block + 4);
+  const uint8_t* q = reinterpret_cast<const uint8_t*>(block + 16);
+  int is = 0;
+  for (int j = 0; j < kQkBlockSize; j += 64) {  // two sub-blocks: low nibbles, then high
+    uint8_t sc, m;
+    scale_min_k4(is + 0, scales, &sc, &m);
+    const float d1 = d * sc, m1 = dmin * m;
+    scale_min_k4(is + 1, scales, &sc, &m);
+    const float d2 = d * sc, m2 = dmin * m;
+    for (int l = 0; l < 32; ++l) *out++ = d1 * static_cast<float>(q[l] & 0xF) - m1;
+    for (int l = 0; l < 32; ++l) *out++ = d2 * static_cast<float>(q[l] >> 4) - m2;
+    q += 32;
+    is += 2;
+  }
+}
+
+void dequantize_q6_k_block(const std::byte* block, float* out) {
+  const uint8_t* ql = reinterpret_cast<const uint8_t*>(block);
+  const uint8_t* qh = reinterpret_cast<const uint8_t*>(block + 128);
+  const int8_t* sc = reinterpret_cast<const int8_t*>(block + 192);
+  const float d = half_to_float(load16(block + 208));
+  for (int n = 0; n < kQkBlockSize; n += 128) {
+    for (int l = 0; l < 32; ++l) {
+      const int is = l / 16;
+      const int q1 = static_cast<int>((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+      const int q2 = static_cast<int>((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+      const int q3 = static_cast<int>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+      const int q4 = static_cast<int>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+      out[l] = d * sc[is] * static_cast<float>(q1);
+      out[l + 32] = d * sc[is + 2] * static_cast<float>(q2);
+      out[l + 64] = d * sc[is + 4] * static_cast<float>(q3);
+      out[l + 96] = d * sc[is + 6] * static_cast<float>(q4);
+    }
+    out += 128;
+    ql += 64;
+    qh += 32;
+    sc += 8;
+  }
+}
+
 void dequantize_row(const WeightTensor& w, int64_t row_idx, std::span<float> out) {
   KVP_CHECK(static_cast<int64_t>(out.size()) == w.cols && row_idx >= 0 && row_idx < w.rows);
   const std::byte* r = w.row(row_idx);
@@ -119,6 +189,12 @@ void dequantize_row(const WeightTensor& w, int64_t row_idx, std::span<float> out
         }
       }
       return;
+    case WeightType::kQ4_K:
+      for (size_t b = 0; b < n / kQkBlockSize; ++b) dequantize_q4_k_block(r + b * kQ4KBlockBytes, out.data() + b * kQkBlockSize);
+      return;
+    case WeightType::kQ6_K:
+      for (size_t b = 0; b < n / kQkBlockSize; ++b) dequantize_q6_k_block(r + b * kQ6KBlockBytes, out.data() + b * kQkBlockSize);
+      return;
   }
 }
 
@@ -132,6 +208,7 @@ std::vector<float> dequantize(const WeightTensor& w) {
 
 std::vector<std::byte> quantize(std::span<const float> x, int64_t rows, int64_t cols, WeightType type) {
   KVP_CHECK(row_layout_ok(type, cols) && static_cast<int64_t>(x.size()) == rows * cols);
+  KVP_CHECK(type != WeightType::kQ4_K && type != WeightType::kQ6_K, "k-quants are read, not written");
   std::vector<std::byte> out(static_cast<size_t>(rows) * row_bytes(type, cols));
   std::byte* at = out.data();
   auto put16 = [&](uint16_t v) {
@@ -161,6 +238,9 @@ std::vector<std::byte> quantize(std::span<const float> x, int64_t rows, int64_t 
         }
       }
       break;
+    case WeightType::kQ4_K:
+    case WeightType::kQ6_K:
+      break;  // refused above
   }
   return out;
 }
@@ -187,12 +267,18 @@ int64_t first_non_finite(const WeightTensor& w) {
       }
       return -1;
     }
-    case WeightType::kQ8_0: {
-      const size_t blocks = n / kQ8BlockSize;
-      for (size_t b = 0; b < blocks; ++b) {
-        uint16_t h;
-        std::memcpy(&h, w.data + b * kQ8BlockBytes, 2);
-        if ((h & 0x7c00u) == 0x7c00u) return static_cast<int64_t>(b * kQ8BlockSize);
+    case WeightType::kQ8_0:
+    case WeightType::kQ4_K:
+    case WeightType::kQ6_K: {
+      // The binary16 scales: d at 0 (q8_0), d and dmin at 0 and 2 (q4_k), d at 208 (q6_k).
+      const size_t block = w.type == WeightType::kQ8_0 ? kQ8BlockSize : kQkBlockSize;
+      const size_t bytes = w.type == WeightType::kQ8_0 ? kQ8BlockBytes : w.type == WeightType::kQ4_K ? kQ4KBlockBytes : kQ6KBlockBytes;
+      const std::vector<size_t> at = w.type == WeightType::kQ8_0 ? std::vector<size_t>{0}
+                                     : w.type == WeightType::kQ4_K ? std::vector<size_t>{0, 2} : std::vector<size_t>{208};
+      for (size_t b = 0; b < n / block; ++b) {
+        for (size_t o : at) {
+          if ((load16(w.data + b * bytes + o) & 0x7c00u) == 0x7c00u) return static_cast<int64_t>(b * block);
+        }
       }
       return -1;
     }

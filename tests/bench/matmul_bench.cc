@@ -4,6 +4,9 @@
 //   build/kvplan_bench --benchmark_filter='ReadBandwidth|Matmul'
 #include <benchmark/benchmark.h>
 
+// GCC 12 warns inside its own reduction intrinsics.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include <random>

@@ -177,3 +177,81 @@ TEST(WeightTypes, FirstNonFiniteFindsNanInEveryType) {
 
 }  // namespace
 }  // namespace kvp
+
+namespace kvp {
+namespace {
+
+TEST(KQuants, Q4_KBlockByHand) {
+  std::vector<std::byte> b(kQ4KBlockBytes, std::byte{0});
+  auto set = [&](size_t at, int v) { b[at] = static_cast<std::byte>(v); };
+  set(0, 0x00), set(1, 0x3C);  // d = 1
+  set(2, 0x00), set(3, 0x38);  // dmin = 0.5
+  // scales[12] at 4: sub-block 0 scale 2, min 3; sub-block 4 scale (q[8] & 15) | (q[0] >> 6) << 4.
+  set(4 + 0, 0x02 | 0x40), set(4 + 4, 0x03), set(4 + 8, 0x21);
+  set(16 + 0, 0x75);   // element 0: low nibble 5; element 32 (sub-block 1, all zero): high nibble 7
+  set(16 + 64, 0x09);  // element 128 (sub-block 4): low nibble 9
+  float out[kQkBlockSize];
+  dequantize_q4_k_block(b.data(), out);
+  EXPECT_FLOAT_EQ(out[0], 1.0f * 2 * 5 - 0.5f * 3);   // 8.5
+  EXPECT_FLOAT_EQ(out[1], -1.5f);                     // q 0
+  EXPECT_FLOAT_EQ(out[32], 0.0f);                     // scale 0, min 0
+  EXPECT_FLOAT_EQ(out[128], 1.0f * 17 * 9 - 0.5f * 2);  // scale 1 | 1 << 4, min 2
+}
+
+TEST(KQuants, Q6_KBlockByHand) {
+  std::vector<std::byte> b(kQ6KBlockBytes, std::byte{0});
+  auto set = [&](size_t at, int v) { b[at] = static_cast<std::byte>(v); };
+  set(0, 0x21);          // ql[0]: low 1 (element 0), high 2 (element 64)
+  set(128, 0x01);        // qh[0]: bits 0-1 = 1 (element 0's high bits)
+  set(192 + 0, 3);       // scale of elements 0..15
+  set(192 + 4, 0xFE);    // scale -2 of elements 64..79
+  set(208, 0x00), set(209, 0x38);  // d = 0.5
+  float out[kQkBlockSize];
+  dequantize_q6_k_block(b.data(), out);
+  EXPECT_FLOAT_EQ(out[0], 0.5f * 3 * ((1 | 1 << 4) - 32));  // -22.5
+  EXPECT_FLOAT_EQ(out[64], 0.5f * -2 * (2 - 32));           // 30
+  EXPECT_FLOAT_EQ(out[1], 0.5f * 3 * -32);                  // q 0 - 32
+}
+
+// Random k-quant rows (sane binary16 scales, any other bytes): the vector kernels against the
+// plain reference, and each row's bits the same alone or in a batch.
+TEST(KQuants, KernelsMatchTheReferenceAndAreBatchInvariant) {
+  std::mt19937 rng(::testing::UnitTest::GetInstance()->random_seed());
+  for (WeightType type : {WeightType::kQ4_K, WeightType::kQ6_K}) {
+    const int64_t rows = 7, cols = 512;
+    std::vector<std::byte> data(rows * row_bytes(type, cols));
+    for (auto& x : data) x = static_cast<std::byte>(rng() & 0xff);
+    const size_t block = type == WeightType::kQ4_K ? kQ4KBlockBytes : kQ6KBlockBytes;
+    for (size_t b = 0; b < data.size() / block; ++b) {
+      for (size_t at : type == WeightType::kQ4_K ? std::vector<size_t>{0, 2} : std::vector<size_t>{208}) {
+        const uint16_t d = static_cast<uint16_t>(0x1c00 + rng() % 0x1000);
+        std::memcpy(data.data() + b * block + at, &d, 2);
+      }
+    }
+    const WeightTensor w{.type = type, .data = data.data(), .rows = rows, .cols = cols};
+    ASSERT_EQ(first_non_finite(w), -1);
+    const int n_rows = 5;
+    const std::vector<float> x = random_floats(size_t(n_rows) * cols, 3);
+    std::vector<float> y(size_t(n_rows) * rows), ref = y;
+    MatmulArgs a{.w = &w, .x = x.data(), .x_stride = size_t(cols), .y = y.data(), .y_stride = size_t(rows), .n_rows = n_rows};
+    matmul_range(a, 0, rows);
+    a.y = ref.data();
+    matmul_reference(a);
+    const std::vector<float> wide = dequantize(w);
+    for (int r = 0; r < n_rows; ++r) {
+      for (int o = 0; o < rows; ++o) {
+        double magnitude = 0;
+        for (int i = 0; i < cols; ++i) magnitude += std::abs(double(wide[o * cols + i]) * x[r * cols + i]);
+        ASSERT_NEAR(y[r * rows + o], ref[r * rows + o], kMaxRelErrF32Dot * magnitude) << weight_type_name(type);
+        std::vector<float> alone(rows);
+        const MatmulArgs one{.w = &w, .x = x.data() + size_t(r) * cols, .x_stride = size_t(cols), .y = alone.data(),
+                             .y_stride = size_t(rows), .n_rows = 1};
+        matmul_range(one, o, o + 1);
+        ASSERT_EQ(std::bit_cast<uint32_t>(alone[o]), std::bit_cast<uint32_t>(y[r * rows + o]));
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvp
