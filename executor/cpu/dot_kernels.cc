@@ -18,7 +18,7 @@ constexpr int kLanes = 16;
 constexpr int kAccs = 4;
 constexpr int kStep = kLanes * kAccs;  // elements per main-loop iteration
 constexpr int kMaxRows = 4;            // activation rows sharing one pass over a weight row
-constexpr int kPrefetchBytes = 2048;   // how far ahead of the loads the weights are prefetched
+constexpr int kPrefetchBytes = 4096;   // how far ahead of the loads the weights are prefetched
 
 #ifdef KVP_DOT_AVX512
 

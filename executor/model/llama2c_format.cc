@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "common/file_util.h"
+#include "common/mapped_file.h"
 
 namespace kvp {
 namespace {
@@ -51,26 +52,17 @@ Result<ModelConfig> read_llama2c_config(const std::string& path) {
   return parse_header(path, header, file_bytes);
 }
 
-Result<ModelWeights> load_llama2c(const std::string& path) {
+Result<ModelWeights> load_llama2c(const std::string& path, bool check_weights) {
   KVP_ASSIGN_OR_RETURN(ModelConfig config, read_llama2c_config(path));
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!f) return make_error("{}: cannot open: {}", path, std::strerror(errno));
-  std::vector<float> data(static_cast<size_t>(llama2c_float_count(config)));
-  if (std::fseek(f.get(), kLlama2cHeaderBytes, SEEK_SET) != 0 ||
-      std::fread(data.data(), sizeof(float), data.size(), f.get()) != data.size()) {
-    return make_error("{}: weights: short read (file changed while loading?)", path);
+  // Mapped, not read: the floats start 28 bytes into a page-aligned mapping, so they are aligned.
+  KVP_ASSIGN_OR_RETURN(std::shared_ptr<const MappedFile> file, MappedFile::open(path));
+  if (file->size() != static_cast<size_t>(kLlama2cHeaderBytes + llama2c_float_count(config) * 4)) {
+    return make_error("{}: file length changed while loading", path);
   }
-  for (const TensorSpan& t : llama2c_tensor_spans(config)) {
-    for (size_t i = 0; i < t.count; ++i) {
-      const float x = data[t.offset + i];
-      if (!std::isfinite(x)) {
-        return make_error("{}: tensor {}: element {} is {}, expected a finite weight", path,
-                          t.name, i, x);
-      }
-    }
-  }
-  ModelWeights weights(config, std::move(data));
-  weights.set_source(path);
+  const float* base = reinterpret_cast<const float*>(file->bytes().data() + kLlama2cHeaderBytes);
+  KVP_ASSIGN_OR_RETURN(ModelWeights weights,
+                       ModelWeights::from_tensors(config, llama2c_tensor_views(config, base), {file}, path));
+  if (check_weights) KVP_RETURN_IF_ERROR(check_finite(weights));
   return weights;
 }
 

@@ -17,9 +17,10 @@ inline constexpr int64_t kLlama2cHeaderBytes = 7 * 4;
 // Reads and validates only the header; the file length must match the shape it declares.
 Result<ModelConfig> read_llama2c_config(const std::string& path);
 
-// Loads a checkpoint. Every size is checked against the file length before data is read, and
-// every weight must be finite. Errors name the file and the header field or tensor.
-Result<ModelWeights> load_llama2c(const std::string& path);
+// Maps a checkpoint. Every size is checked against the file length before data is read, and
+// every weight must be finite (unless `check_weights` is false). Errors name the file and the
+// header field or tensor.
+Result<ModelWeights> load_llama2c(const std::string& path, bool check_weights = true);
 
 // Writes `weights` as a llama2.c checkpoint, atomically.
 Status save_llama2c(const std::string& path, const ModelWeights& weights);

@@ -155,6 +155,12 @@ Result<nlohmann::ordered_json> tokenizer_json(const Tokenizer& tokenizer) {
 
 }  // namespace
 
+Status save_tokenizer_json(const std::string& path, const Tokenizer& tokenizer) {
+  Result<nlohmann::ordered_json> j = tokenizer_json(tokenizer);
+  if (!j.ok()) return j.error().with_context(path);
+  return write_file_atomic(path, j->dump(2) + "\n");
+}
+
 ModelWeights with_rope_style(const ModelWeights& weights, RopeStyle style) {
   const ModelConfig& c = weights.config();
   NamedTensors tensors = weights.tensors();

@@ -22,6 +22,10 @@ ModelWeights random_typed_weights(const ModelConfig& config, uint64_t seed, Weig
 // pieces, then "▁w<i>" words) for random-weight models, whose text does not matter.
 Tokenizer synthetic_tokenizer(int vocab_size);
 
+// Writes `tokenizer` as a Hugging Face tokenizer.json (BPE: SentencePiece-style with byte fallback
+// and merges from the scores, or byte-level with its one Split regex), atomically.
+Status save_tokenizer_json(const std::string& path, const Tokenizer& tokenizer);
+
 struct HfWriteOptions {
   int shards = 1;  // > 1: model-0000k-of-0000n.safetensors and model.safetensors.index.json
 };

@@ -157,7 +157,7 @@ Result<LoadedModel> load_model(const std::string& model_arg, const std::string& 
   };
   switch (files.format) {
     case ModelFormat::kLlama2c: {
-      KVP_ASSIGN_OR_RETURN(ModelWeights weights, load_llama2c(files.model_path));
+      KVP_ASSIGN_OR_RETURN(ModelWeights weights, load_llama2c(files.model_path, options.check_weights));
       KVP_ASSIGN_OR_RETURN(Tokenizer tokenizer, override_tokenizer(weights.config().vocab_size));
       return LoadedModel{std::move(files), std::move(weights), std::move(tokenizer)};
     }

@@ -129,12 +129,8 @@ Result<ModelWeights> ModelWeights::from_tensors(const ModelConfig& config, const
   return w;
 }
 
-ModelWeights::ModelWeights(const ModelConfig& config, std::vector<float> data) {
-  KVP_CHECK(config.validate().ok());
+NamedTensors llama2c_tensor_views(const ModelConfig& config, const float* base) {
   const Layout l = llama2c_layout(config);
-  KVP_CHECK(data.size() == l.end, "expected {} floats, got {}", l.end, data.size());
-  auto owned = std::make_shared<std::vector<float>>(std::move(data));
-  const float* base = owned->data();
   const int64_t d = config.dim, h = config.hidden_dim, q = config.q_dim(), kv = config.kv_dim();
   NamedTensors t;
   t["token_embd.weight"] = f32_view(base + l.embedding, config.vocab_size, d);
@@ -151,7 +147,14 @@ ModelWeights::ModelWeights(const ModelConfig& config, std::vector<float> data) {
   }
   t["output_norm.weight"] = f32_view(base + l.rms_final, 1, d);
   if (!config.shared_classifier) t["output.weight"] = f32_view(base + l.classifier, config.vocab_size, d);
-  Result<ModelWeights> w = from_tensors(config, t, {owned}, "");
+  return t;
+}
+
+ModelWeights::ModelWeights(const ModelConfig& config, std::vector<float> data) {
+  KVP_CHECK(config.validate().ok());
+  KVP_CHECK(data.size() == llama2c_layout(config).end, "expected {} floats, got {}", llama2c_layout(config).end, data.size());
+  auto owned = std::make_shared<std::vector<float>>(std::move(data));
+  Result<ModelWeights> w = from_tensors(config, llama2c_tensor_views(config, owned->data()), {owned}, "");
   KVP_CHECK(w.ok(), "{}", w.error().message());
   *this = std::move(w).value();
 }

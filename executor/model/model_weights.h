@@ -109,6 +109,9 @@ struct TensorSpan {
 // The weight tensors of this shape in file order (the legacy RoPE tables excluded).
 std::vector<TensorSpan> llama2c_tensor_spans(const ModelConfig& config);
 
+// Views of the tensors of a llama2.c checkpoint's floats (after the header), by canonical name.
+NamedTensors llama2c_tensor_views(const ModelConfig& config, const float* base);
+
 // Floats after the 7-int header of a llama2.c checkpoint of this shape.
 int64_t llama2c_float_count(const ModelConfig& config);
 

@@ -91,13 +91,13 @@ std::vector<Corruption> corruptions() {
          const float nan = std::numeric_limits<float>::quiet_NaN();
          std::memcpy(b.data() + wq_offset, &nan, 4);
        },
-       "tensor wq: element 17 is nan"},
+       "tensor blk.0.attn_q.weight: element 17 is not finite"},
       {"inf_weight",
        [](std::string& b) {
          const float inf = std::numeric_limits<float>::infinity();
          std::memcpy(b.data() + kLlama2cHeaderBytes, &inf, 4);
        },
-       "tensor token_embedding: element 0 is inf"},
+       "tensor token_embd.weight: element 0 is not finite"},
   };
 }
 

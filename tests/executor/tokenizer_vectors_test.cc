@@ -9,6 +9,8 @@
 #include <sstream>
 
 #include "executor/model/gguf_format.h"
+#include "executor/model/hf_format.h"
+#include "executor/model/model_convert.h"
 #include "tests/support/test_support.h"
 
 namespace kvp {
@@ -70,6 +72,32 @@ INSTANTIATE_TEST_SUITE_P(LlamaCpp, VocabVectors,
                            for (char& c : n) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
                            return n;
                          });
+
+}  // namespace
+}  // namespace kvp
+
+namespace kvp {
+namespace {
+
+// The byte-level BPE path of tokenizer.json (as Llama 3 and Qwen2 ship it: a Split regex, then
+// ByteLevel) against the same llama.cpp vectors: GPT-2's vocabulary written as tokenizer.json.
+TEST(TokenizerJson, ByteLevelBpeGivesLlamaCppsIdsForGpt2) {
+  const std::string path = vocab_dir() + "/ggml-vocab-gpt-2.gguf";
+  auto file = GgufFile::open(path);
+  ASSERT_TRUE(file.ok()) << file.error().message();
+  auto gguf = gguf_tokenizer(*file);
+  ASSERT_TRUE(gguf.ok()) << gguf.error().message();
+  const std::string json = test::make_temp_dir("tokjson") + "/tokenizer.json";
+  ASSERT_TRUE(save_tokenizer_json(json, *gguf).ok());
+  auto tok = load_tokenizer_json(json, gguf->vocab_size());
+  ASSERT_TRUE(tok.ok()) << tok.error().message();
+  EXPECT_EQ(tok->vocabulary().kind, TokenizerKind::kBytePair);
+  const std::vector<std::string> inputs = split_inputs(test::read_bytes(path + ".inp"));
+  const std::vector<std::vector<int32_t>> expected = read_outputs(test::read_bytes(path + ".out"));
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    EXPECT_EQ(tok->encode(inputs[i], false), expected[i]) << nlohmann::json(inputs[i]).dump();
+  }
+}
 
 }  // namespace
 }  // namespace kvp

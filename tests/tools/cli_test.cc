@@ -364,7 +364,7 @@ std::vector<BadInvocation> bad_invocations() {
                   std::memset(b.data() + 1000, 0xFF, 4);
                 }));
        },
-       "expected a finite weight"},
+       "not finite"},
       {"missing_model", [](const std::string& d) { return "run --model " + d + "/none.bin"; },
        "cannot open"},
       {"directory_as_model", [](const std::string& d) { return "inspect " + d; },
