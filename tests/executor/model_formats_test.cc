@@ -25,8 +25,9 @@ using test::default_model;
 constexpr double kMaxAbsErrVsLlamaCppF16 = 5e-4;
 
 const LoadedModel& gguf_model(const std::string& relative) {
-  static std::map<std::string, LoadedModel*> cache;
-  auto& slot = cache[relative];
+  // Loaded once per process and kept (a leak by design, reachable to the end, as default_model's).
+  static auto* cache = new std::map<std::string, LoadedModel*>();
+  auto& slot = (*cache)[relative];
   if (!slot) {
     auto m = load_model(test::shared_model_dir() + "/" + relative, "");
     EXPECT_TRUE(m.ok()) << m.error().message();
@@ -107,7 +108,8 @@ nlohmann::json peer(const std::string& file) {
 
 TEST(LlamaTinyRandomGguf, PromptTokensEqualLlamaCpps) {
   const LoadedModel& m = gguf_model("llama-2-tiny-random/llama-2-tiny-random.gguf");
-  for (const auto& c : peer("peer-greedy.json")["cases"]) {
+  const nlohmann::json cases = peer("peer-greedy.json")["cases"];  // held: a range over a temporary's member dangles
+  for (const auto& c : cases) {
     EXPECT_EQ(m.tokenizer.encode(c["prompt"].get<std::string>()), c["prompt_tokens"].get<std::vector<int32_t>>())
         << c["prompt"];
   }
@@ -135,7 +137,8 @@ TEST(LlamaTinyRandomGguf, TeacherForcedLogitsWithinToleranceOfLlamaCpps) {
 
 TEST(LlamaTinyRandomGguf, GreedyTokensEqualLlamaCppsWhereItsMarginIsClear) {
   const LoadedModel& m = gguf_model("llama-2-tiny-random/llama-2-tiny-random.gguf");
-  for (const auto& c : peer("peer-greedy.json")["cases"]) {
+  const nlohmann::json cases = peer("peer-greedy.json")["cases"];  // held: a range over a temporary's member dangles
+  for (const auto& c : cases) {
     const std::vector<int32_t> prompt = c["prompt_tokens"].get<std::vector<int32_t>>();
     const std::vector<int32_t> expected = c["greedy_tokens"].get<std::vector<int32_t>>();
     const std::vector<double> margin = c["top1_top2_margin"].get<std::vector<double>>();
