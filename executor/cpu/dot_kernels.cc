@@ -184,8 +184,73 @@ inline void dot_rows_q8(const std::byte* wrow, int64_t cols, const float* const*
 }
 #endif
 
-// k-quant rows: each 256-weight super-block widened into an L1 buffer by the scalar decoder
-// (weight_tensor.h), then the same lanes and order as the float types.
+#ifdef KVP_DOT_AVX512
+// Vector decoders of one super-block into `out` (256 floats), with the scalar decoders' operations
+// in the same order (a multiply, then a subtraction: no fused rounding), so the values are equal.
+inline void q4_k_block_avx512(const std::byte* block, float* out) {
+  uint16_t hd, hm;
+  std::memcpy(&hd, block, 2);
+  std::memcpy(&hm, block + 2, 2);
+  const float d = _cvtsh_ss(hd), dmin = _cvtsh_ss(hm);
+  const uint8_t* sc = reinterpret_cast<const uint8_t*>(block + 4);
+  const uint8_t* q = reinterpret_cast<const uint8_t*>(block + 16);
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  for (int j = 0; j < 4; ++j) {  // 64 weights: sub-block 2j from low nibbles, 2j+1 from high
+    float scale[2], min[2];
+    for (int h = 0; h < 2; ++h) {
+      const int s = 2 * j + h;
+      const uint8_t a = s < 4 ? sc[s] & 63 : static_cast<uint8_t>((sc[s + 4] & 0xF) | ((sc[s - 4] >> 6) << 4));
+      const uint8_t m = s < 4 ? sc[s + 4] & 63 : static_cast<uint8_t>((sc[s + 4] >> 4) | ((sc[s] >> 6) << 4));
+      scale[h] = d * a;
+      min[h] = dmin * m;
+    }
+    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * j));
+    const __m256i lo = _mm256_and_si256(bytes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+    const __m256i halves[2] = {lo, hi};
+    for (int h = 0; h < 2; ++h) {
+      const Vec vs = _mm512_set1_ps(scale[h]), vm = _mm512_set1_ps(min[h]);
+      for (int k = 0; k < 2; ++k) {
+        const __m128i part = k == 0 ? _mm256_castsi256_si128(halves[h]) : _mm256_extracti128_si256(halves[h], 1);
+        const Vec v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(part));
+        _mm512_store_ps(out + 64 * j + 32 * h + 16 * k, _mm512_sub_ps(_mm512_mul_ps(vs, v), vm));
+      }
+    }
+  }
+}
+
+inline void q6_k_block_avx512(const std::byte* block, float* out) {
+  const uint8_t* ql = reinterpret_cast<const uint8_t*>(block);
+  const uint8_t* qh = reinterpret_cast<const uint8_t*>(block + 128);
+  const int8_t* sc = reinterpret_cast<const int8_t*>(block + 192);
+  uint16_t hd;
+  std::memcpy(&hd, block + 208, 2);
+  const float d = _cvtsh_ss(hd);
+  const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03), k32 = _mm256_set1_epi8(32);
+  for (int n = 0; n < 2; ++n) {  // 128 weights
+    const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 64 * n));
+    const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 64 * n + 32));
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh + 32 * n));
+    auto high = [&](int shift) { return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, shift), low2), 4); };
+    const __m256i q[4] = {
+        _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l0, low4), high(0)), k32),
+        _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l1, low4), high(2)), k32),
+        _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), high(4)), k32),
+        _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), high(6)), k32),
+    };
+    for (int g = 0; g < 4; ++g) {  // out[32g + l] uses scale sc[8n + 2g + l / 16]
+      for (int k = 0; k < 2; ++k) {
+        const __m128i part = k == 0 ? _mm256_castsi256_si128(q[g]) : _mm256_extracti128_si256(q[g], 1);
+        const Vec v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(part));
+        const Vec s = _mm512_set1_ps(d * sc[8 * n + 2 * g + k]);
+        _mm512_store_ps(out + 128 * n + 32 * g + 16 * k, _mm512_mul_ps(s, v));
+      }
+    }
+  }
+}
+#endif
+
+// k-quant rows: each 256-weight super-block widened into an L1 buffer (by the vector decoders, or
+// the scalar ones of weight_tensor.h), then the same lanes and order as the float types.
 template <WeightType T, int NR>
 inline void dot_rows_kquant(const std::byte* wrow, int64_t cols, const float* const* x, float* out) {
   alignas(64) float buf[kQkBlockSize];
@@ -200,11 +265,23 @@ inline void dot_rows_kquant(const std::byte* wrow, int64_t cols, const float* co
   };
   constexpr int kBytes = T == WeightType::kQ4_K ? kQ4KBlockBytes : kQ6KBlockBytes;
   for (int64_t b = 0; b < cols / kQkBlockSize; ++b) {
+#ifdef KVP_DOT_AVX512
+    _mm_prefetch(reinterpret_cast<const char*>(wrow + b * kBytes) + kPrefetchBytes, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(wrow + b * kBytes) + kPrefetchBytes + 64, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(wrow + b * kBytes) + kPrefetchBytes + 128, _MM_HINT_T0);
+    if constexpr (T == WeightType::kQ4_K) {
+      q4_k_block_avx512(wrow + b * kBytes, buf);
+    } else {
+      _mm_prefetch(reinterpret_cast<const char*>(wrow + b * kBytes) + kPrefetchBytes + 192, _MM_HINT_T0);
+      q6_k_block_avx512(wrow + b * kBytes, buf);
+    }
+#else
     if constexpr (T == WeightType::kQ4_K) {
       dequantize_q4_k_block(wrow + b * kBytes, buf);
     } else {
       dequantize_q6_k_block(wrow + b * kBytes, buf);
     }
+#endif
     for (int c = 0; c < kQkBlockSize; c += kStep) {
       const int64_t xi = b * kQkBlockSize + c;
       step.template operator()<0>(c, xi);

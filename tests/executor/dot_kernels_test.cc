@@ -250,6 +250,15 @@ TEST(KQuants, KernelsMatchTheReferenceAndAreBatchInvariant) {
         ASSERT_EQ(std::bit_cast<uint32_t>(alone[o]), std::bit_cast<uint32_t>(y[r * rows + o]));
       }
     }
+    // A one-hot x reads out single weights: the kernels' vector decoders give the scalar decoder's
+    // values exactly.
+    for (int i : {0, 17, 31, 32, 100, 127, 128, 200, 255, 256, 300, 511}) {
+      std::vector<float> hot(cols, 0.0f), out(rows);
+      hot[i] = 1.0f;
+      const MatmulArgs one{.w = &w, .x = hot.data(), .x_stride = size_t(cols), .y = out.data(), .y_stride = size_t(rows), .n_rows = 1};
+      matmul_range(one, 0, rows);
+      for (int o = 0; o < rows; ++o) ASSERT_EQ(out[o], wide[o * cols + i]) << weight_type_name(type) << " row " << o << " col " << i;
+    }
   }
 }
 
