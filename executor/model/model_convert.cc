@@ -183,12 +183,16 @@ ModelWeights with_rope_style(const ModelWeights& weights, RopeStyle style) {
   return std::move(w).value();
 }
 
-ModelWeights random_typed_weights(const ModelConfig& config, uint64_t seed, WeightType type) {
+ModelWeights random_typed_weights(const ModelConfig& config, uint64_t seed, WeightType type,
+                                  const std::function<void(int64_t, int64_t)>& progress) {
   KVP_CHECK(config.validate().ok());
   NamedTensors tensors;
   std::vector<std::shared_ptr<const void>> storage;
   uint64_t tensor_seed = seed;
-  for (const TensorSpec& spec : model_tensor_specs(config)) {
+  const std::vector<TensorSpec> specs = model_tensor_specs(config);
+  int64_t total = 0, done = 0;
+  for (const TensorSpec& spec : specs) total += spec.rows * spec.cols;
+  for (const TensorSpec& spec : specs) {
     std::mt19937_64 rng(tensor_seed++);
     std::normal_distribution<float> normal(0.0f, 0.02f);
     const bool vector = spec.rows == 1;
@@ -198,6 +202,8 @@ ModelWeights random_typed_weights(const ModelConfig& config, uint64_t seed, Weig
     auto bytes = std::make_shared<std::vector<std::byte>>(quantize(values, spec.rows, spec.cols, t));
     tensors[spec.name] = WeightTensor{.type = t, .data = bytes->data(), .rows = spec.rows, .cols = spec.cols};
     storage.push_back(bytes);
+    done += spec.rows * spec.cols;
+    if (progress) progress(done, total);
   }
   Result<ModelWeights> w = ModelWeights::from_tensors(config, tensors, std::move(storage),
                                                       fmt::format("random(seed={}, {})", seed, weight_type_name(type)));

@@ -3,6 +3,7 @@
 // the writers of the formats kvplan reads (GGUF in gguf_format.h; Hugging Face folders here).
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "executor/model/model_weights.h"
@@ -16,7 +17,9 @@ ModelWeights with_rope_style(const ModelWeights& weights, RopeStyle style);
 
 // Random weights of `config` stored in `type` (std 0.02, norms 1), made one tensor at a time so
 // that a 1.1B-parameter f16 model never needs its f32 copy.
-ModelWeights random_typed_weights(const ModelConfig& config, uint64_t seed, WeightType type);
+// `progress(done, total)` is called after each tensor with counts of parameters.
+ModelWeights random_typed_weights(const ModelConfig& config, uint64_t seed, WeightType type,
+                                  const std::function<void(int64_t done, int64_t total)>& progress = {});
 
 // A synthetic SentencePiece vocabulary of `vocab_size` pieces (<unk>, <s>, </s>, the 256 byte
 // pieces, then "▁w<i>" words) for random-weight models, whose text does not matter.

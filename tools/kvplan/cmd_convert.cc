@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "common/progress.h"
 #include "executor/model/gguf_format.h"
 #include "executor/model/model_convert.h"
 #include "planner/capacity.h"
@@ -47,7 +48,10 @@ Status convert(const ConvertFlags& flags) {
     std::fprintf(stderr, "convert: drawing random %s weights of %s (%.2fB parameters)\n",
                  std::string(weight_type_name(dtype.value_or(WeightType::kF16))).c_str(), spec.name.c_str(),
                  c.parameter_count() / 1e9);
-    weights.emplace(random_typed_weights(c, flags.seed, dtype.value_or(WeightType::kF16)));
+    Progress progress("convert: random weights (parameters)", c.parameter_count());
+    weights.emplace(random_typed_weights(c, flags.seed, dtype.value_or(WeightType::kF16),
+                                         [&](int64_t done, int64_t) { progress.update(done); }));
+    progress.finish(c.parameter_count());
     tokenizer.emplace(synthetic_tokenizer(c.vocab_size));
   } else {
     KVP_ASSIGN_OR_RETURN(LoadedModel m, load_model(flags.model.model, flags.model.tokenizer, flags.model.load_options()));
