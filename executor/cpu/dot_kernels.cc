@@ -64,7 +64,6 @@ struct Vec {
 template <WeightType T>
 inline Vec load_weights(const std::byte* row, int64_t i, int n) {
   Vec out{};
-  WeightTensor one{.type = T, .data = row, .rows = 1, .cols = 0};
   for (int l = 0; l < n && l < kLanes; ++l) {
     const int64_t e = i + l;
     if constexpr (T == WeightType::kF32) {
@@ -80,7 +79,6 @@ inline Vec load_weights(const std::byte* row, int64_t i, int n) {
       out.v[l] = half_to_float(d) * static_cast<float>(static_cast<int8_t>(block[2 + e % kQ8BlockSize]));
     }
   }
-  (void)one;
   return out;
 }
 

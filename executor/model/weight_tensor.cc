@@ -1,5 +1,7 @@
 #include "executor/model/weight_tensor.h"
 
+#include "kernels/kernel_math.h"
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -51,29 +53,8 @@ const float* WeightTensor::f32() const {
   return reinterpret_cast<const float*>(data);
 }
 
-float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      int e = -1;
-      do {
-        ++e;
-        mant <<= 1;
-      } while ((mant & 0x400u) == 0);
-      bits = sign | static_cast<uint32_t>(127 - 15 - e) << 23 | (mant & 0x3ffu) << 13;
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | mant << 13;
-  } else {
-    bits = sign | (exp + 127 - 15) << 23 | mant << 13;
-  }
-  return std::bit_cast<float>(bits);
-}
+// One definition of the decoding for the CPU, the kernels and their references.
+float half_to_float(uint16_t h) { return math::half_bits_to_float(h); }
 
 uint16_t float_to_half(float x) {
   const uint32_t f = std::bit_cast<uint32_t>(x);
