@@ -40,33 +40,61 @@ Result<double> json_number(const json& j, const std::string& path, const char* k
   return j[key].get<double>();
 }
 
-// HF parameter names -> the canonical (GGUF) names.
-std::optional<std::string> canonical_name(const std::string& hf) {
-  static const std::pair<const char*, const char*> kLayer[] = {
-      {"input_layernorm.weight", "attn_norm.weight"},     {"self_attn.q_proj.weight", "attn_q.weight"},
-      {"self_attn.k_proj.weight", "attn_k.weight"},       {"self_attn.v_proj.weight", "attn_v.weight"},
-      {"self_attn.q_proj.bias", "attn_q.bias"},           {"self_attn.k_proj.bias", "attn_k.bias"},
-      {"self_attn.v_proj.bias", "attn_v.bias"},           {"self_attn.o_proj.weight", "attn_output.weight"},
-      {"post_attention_layernorm.weight", "ffn_norm.weight"}, {"mlp.gate_proj.weight", "ffn_gate.weight"},
-      {"mlp.up_proj.weight", "ffn_up.weight"},            {"mlp.down_proj.weight", "ffn_down.weight"},
-  };
-  if (hf == "model.embed_tokens.weight") return "token_embd.weight";
-  if (hf == "model.norm.weight") return "output_norm.weight";
-  if (hf == "lm_head.weight") return "output.weight";
-  const std::string prefix = "model.layers.";
-  if (hf.rfind(prefix, 0) != 0) return std::nullopt;
-  const size_t dot = hf.find('.', prefix.size());
+}  // namespace
+
+namespace {
+
+// Hugging Face parameter names and the canonical (GGUF) names: the whole-model ones, then the per-layer
+// suffixes (after model.layers.L. and blk.L.). The one table both directions read.
+constexpr std::pair<const char*, const char*> kGlobalNames[] = {
+    {"model.embed_tokens.weight", "token_embd.weight"},
+    {"model.norm.weight", "output_norm.weight"},
+    {"lm_head.weight", "output.weight"},
+};
+constexpr std::pair<const char*, const char*> kLayerNames[] = {
+    {"input_layernorm.weight", "attn_norm.weight"},     {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.k_proj.weight", "attn_k.weight"},       {"self_attn.v_proj.weight", "attn_v.weight"},
+    {"self_attn.q_proj.bias", "attn_q.bias"},           {"self_attn.k_proj.bias", "attn_k.bias"},
+    {"self_attn.v_proj.bias", "attn_v.bias"},           {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"post_attention_layernorm.weight", "ffn_norm.weight"}, {"mlp.gate_proj.weight", "ffn_gate.weight"},
+    {"mlp.up_proj.weight", "ffn_up.weight"},            {"mlp.down_proj.weight", "ffn_down.weight"},
+};
+
+// `name` split as PREFIX<digits>.REST; nullopt when it is not.
+std::optional<std::pair<std::string, std::string>> split_layer(const std::string& name, const std::string& prefix) {
+  if (name.rfind(prefix, 0) != 0) return std::nullopt;
+  const size_t dot = name.find('.', prefix.size());
   if (dot == std::string::npos) return std::nullopt;
-  const std::string layer = hf.substr(prefix.size(), dot - prefix.size());
+  const std::string layer = name.substr(prefix.size(), dot - prefix.size());
   if (layer.empty() || layer.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
-  const std::string rest = hf.substr(dot + 1);
-  for (const auto& [from, to] : kLayer) {
-    if (rest == from) return "blk." + layer + "." + to;
+  return std::pair{layer, name.substr(dot + 1)};
+}
+
+}  // namespace
+
+std::optional<std::string> canonical_tensor_name(const std::string& hf) {
+  for (const auto& [h, c] : kGlobalNames) {
+    if (hf == h) return c;
+  }
+  const auto parts = split_layer(hf, "model.layers.");
+  if (!parts) return std::nullopt;
+  for (const auto& [h, c] : kLayerNames) {
+    if (parts->second == h) return "blk." + parts->first + "." + c;
   }
   return std::nullopt;
 }
 
-}  // namespace
+std::optional<std::string> hf_tensor_name(const std::string& canonical) {
+  for (const auto& [h, c] : kGlobalNames) {
+    if (canonical == c) return h;
+  }
+  const auto parts = split_layer(canonical, "blk.");
+  if (!parts) return std::nullopt;
+  for (const auto& [h, c] : kLayerNames) {
+    if (parts->second == c) return "model.layers." + parts->first + "." + h;
+  }
+  return std::nullopt;
+}
 
 bool is_hf_folder(const std::string& dir) {
   std::error_code ec;
@@ -320,7 +348,7 @@ Result<HfModel> load_hf(const std::string& dir, bool check_weights) {
     auto shared = std::make_shared<SafetensorsFile>(std::move(st));
     for (const TensorInfo& t : shared->tensors()) {
       if (t.name.ends_with("rotary_emb.inv_freq")) continue;  // older checkpoints store RoPE tables
-      const std::optional<std::string> name = canonical_name(t.name);
+      const std::optional<std::string> name = canonical_tensor_name(t.name);
       if (!name) return make_error("{}: tensor {}: not a parameter of a {} model", file, t.name, config.architecture);
       if (where.count(*name)) return make_error("{}: tensor {}: also in {}", file, t.name, where[*name]);
       WeightType type;

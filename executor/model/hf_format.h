@@ -5,6 +5,7 @@
 // the end tokens. Hugging Face stores q and k rows for rotate-half RoPE; the model runs that way.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,11 @@
 #include "executor/model/tokenizer.h"
 
 namespace kvp {
+
+// The canonical (GGUF) name of a Hugging Face parameter (model.layers.3.self_attn.q_proj.weight ->
+// blk.3.attn_q.weight), and back; nullopt for a name that is not a decoder parameter.
+std::optional<std::string> canonical_tensor_name(const std::string& hf);
+std::optional<std::string> hf_tensor_name(const std::string& canonical);
 
 // Whether `dir` looks like a Hugging Face model folder (it has a config.json).
 bool is_hf_folder(const std::string& dir);

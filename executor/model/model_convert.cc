@@ -8,6 +8,7 @@
 #include <random>
 
 #include "common/file_util.h"
+#include "executor/model/hf_format.h"
 #include "traces/safetensors_writer.h"
 
 namespace kvp {
@@ -29,26 +30,6 @@ std::shared_ptr<std::vector<std::byte>> permute_rows(const WeightTensor& t, int 
     std::memcpy(out->data() + dest * elem, t.data + from * elem, elem);
   }
   return out;
-}
-
-std::string hf_name(const std::string& canonical) {
-  static const std::pair<const char*, const char*> kLayer[] = {
-      {"attn_norm.weight", "input_layernorm.weight"},     {"attn_q.weight", "self_attn.q_proj.weight"},
-      {"attn_k.weight", "self_attn.k_proj.weight"},       {"attn_v.weight", "self_attn.v_proj.weight"},
-      {"attn_q.bias", "self_attn.q_proj.bias"},           {"attn_k.bias", "self_attn.k_proj.bias"},
-      {"attn_v.bias", "self_attn.v_proj.bias"},           {"attn_output.weight", "self_attn.o_proj.weight"},
-      {"ffn_norm.weight", "post_attention_layernorm.weight"}, {"ffn_gate.weight", "mlp.gate_proj.weight"},
-      {"ffn_up.weight", "mlp.up_proj.weight"},            {"ffn_down.weight", "mlp.down_proj.weight"},
-  };
-  if (canonical == "token_embd.weight") return "model.embed_tokens.weight";
-  if (canonical == "output_norm.weight") return "model.norm.weight";
-  if (canonical == "output.weight") return "lm_head.weight";
-  const size_t dot = canonical.find('.', 4);
-  const std::string layer = canonical.substr(4, dot - 4), rest = canonical.substr(dot + 1);
-  for (const auto& [from, to] : kLayer) {
-    if (rest == from) return "model.layers." + layer + "." + to;
-  }
-  KVP_CHECK(false, "no Hugging Face name for {}", canonical);
 }
 
 // SentencePiece scores as BPE merges (as transformers' converter does): every split of a normal
@@ -283,7 +264,9 @@ Status save_hf(const std::string& dir, const ModelWeights& weights, const Tokeni
   int64_t total = 0;
   for (const auto& [name, t] : weights.tensors()) {
     if (t.type == WeightType::kQ8_0) return fail(make_error("{}: tensor {}: safetensors holds f32, f16 or bf16, not q8_0", dir, name));
-    order.emplace_back(hf_name(name), &t);
+    const std::optional<std::string> hf = hf_tensor_name(name);
+    KVP_CHECK(hf.has_value(), "no Hugging Face name for {}", name);
+    order.emplace_back(*hf, &t);
     total += static_cast<int64_t>(t.bytes());
   }
   std::sort(order.begin(), order.end());
