@@ -74,19 +74,9 @@ TEST(GpuBackendCuda, FreeMemoryDropsByThePlansBytes) {
               2.0 * 1024 * 1024);
 }
 
-// q8_0 weights through our kernel on the device: the CPU backend's story on the same q8_0 model
-// (as on the emulated device).
 TEST(GpuBackendCuda, Q8_0WeightsThroughTheKernelTellTheCpusQ8_0Story) {
   KVP_REQUIRE_GPU();
-  const ModelWeights q8 = convert_weights(test::default_model().weights, WeightType::kQ8_0);
-  auto story = [&](Backend& b) {
-    Decoder decoder(b);
-    GenerateOptions g{.steps = 96, .stop_at_eos = false};
-    return generate(decoder, {{kBosToken}}, {full_cache_budgets(q8.config(), 96)}, g).tokens[0];
-  };
-  CpuBackend cpu(q8);
-  GpuBackend gpu(q8, cuda_device(), GpuBackendOptions{.weights = KvDtype::kF16, .q8_0 = true});
-  EXPECT_EQ(story(gpu), story(cpu));
+  test::check_q8_0_weights_match_cpu(cuda_device);
 }
 
 }  // namespace

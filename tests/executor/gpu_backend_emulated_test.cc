@@ -71,20 +71,8 @@ TEST(GpuBackendEmulated, FilledForBenchmarkDecodesAndEvictsTheOldestUnprotected)
   for (float l : logits) ASSERT_TRUE(std::isfinite(l));
 }
 
-// q8_0 weights through our device kernel: the same greedy story as the CPU backend on the same
-// q8_0 model (both compute with the stored d·q values; measured identical for all 96 tokens).
 TEST(GpuBackendEmulated, Q8_0WeightsThroughTheKernelTellTheCpusQ8_0Story) {
-  const ModelWeights q8 = convert_weights(test::default_model().weights, WeightType::kQ8_0);
-  auto story = [&](Backend& b) {
-    Decoder decoder(b);
-    GenerateOptions g{.steps = 96, .stop_at_eos = false};
-    return generate(decoder, {{kBosToken}}, {full_cache_budgets(q8.config(), 96)}, g).tokens[0];
-  };
-  CpuBackend cpu(q8);
-  GpuBackend gpu(q8, make_emulated_device(), GpuBackendOptions{.weights = KvDtype::kF16, .q8_0 = true});
-  // q8_0 matrices hold 34/32 bytes a weight and ffn_down (172 wide) binary16: under half of f32.
-  EXPECT_LT(gpu.weight_bytes(), 4 * q8.config().parameter_count() / 2);
-  EXPECT_EQ(story(gpu), story(cpu));
+  test::check_q8_0_weights_match_cpu(emulated);
 }
 
 TEST(GpuBackendEmulated, RunsEveryPolicy) {
