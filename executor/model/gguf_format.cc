@@ -454,8 +454,8 @@ Result<Tokenizer> gguf_tokenizer(const GgufFile& f) {
   KVP_ASSIGN_OR_RETURN(v.eos, id("tokenizer.ggml.eos_token_id", v.kind == TokenizerKind::kSentencePiece ? 2 : -1));
   KVP_ASSIGN_OR_RETURN(v.eot, id("tokenizer.ggml.eot_token_id", -1));
   if (v.kind == TokenizerKind::kBytePair) {
-    KVP_ASSIGN_OR_RETURN(v.pre, f.get_string("tokenizer.ggml.pre").ok() ? f.get_string("tokenizer.ggml.pre")
-                                                                         : Result<std::string>(std::string("default")));
+    const GgufValue* pre = f.find("tokenizer.ggml.pre");
+    v.pre = pre && pre->type == GgufType::kString ? pre->text : "default";
     Result<std::vector<std::string>> regexes = pre_tokenizer_regexes(v.pre);
     if (!regexes.ok()) return regexes.error().with_context(f.path() + ": metadata");
     v.pre_regexes = std::move(regexes).value();
