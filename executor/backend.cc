@@ -77,7 +77,7 @@ StepRows select_step_rows(const StepRows& rows, std::span<const int32_t> row_idx
     const int32_t r = row_idx[i];
     KVP_CHECK(r >= static_cast<int32_t>(i) && r < static_cast<int32_t>(rows.size()), "rows must be increasing");
     if (r != static_cast<int32_t>(i)) move_row(r, static_cast<int32_t>(i));
-    kept.add(rows.tokens[r], rows.positions[r], rows.seq_idx[r]);
+    kept.add(rows.tokens[r], rows.positions[r], rows.seq_idx[r], rows.prompt_len[r]);
   }
   return kept;
 }

@@ -50,16 +50,31 @@ const float* matrix_bias(const ModelWeights& weights, Weight w, int layer_idx);
 // The rows of one forward pass: each is one token of one sequence at one position.
 // REQUIRES: within a sequence, rows come in increasing position order and continue the
 // positions that sequence's cache has already seen (0 for a fresh sequence).
+//
+// A prompt is prefilled in one step (its rows, prompt_len 0, are the whole prompt of a fresh
+// sequence) or in chunks over several steps (every row carries prompt_len, the whole prompt's
+// length; the prompt is cut to budget when its last position has been run).
 struct StepRows {
-  std::vector<int32_t> tokens;     // [n_rows]
-  std::vector<int32_t> positions;  // [n_rows]
-  std::vector<int32_t> seq_idx;    // [n_rows] the sequence whose cache the row reads and extends
+  std::vector<int32_t> tokens;      // [n_rows]
+  std::vector<int32_t> positions;   // [n_rows]
+  std::vector<int32_t> seq_idx;     // [n_rows] the sequence whose cache the row reads and extends
+  std::vector<int32_t> prompt_len;  // [n_rows] > 0: a row of a chunked prompt that long
   size_t size() const { return tokens.size(); }
-  void add(int32_t token, int32_t position, int32_t seq) {
+  void add(int32_t token, int32_t position, int32_t seq, int32_t prompt = 0) {
     tokens.push_back(token);
     positions.push_back(position);
     seq_idx.push_back(seq);
+    prompt_len.push_back(prompt);
   }
+};
+
+// How a backend prefills prompts that come in chunks.
+struct PrefillMode {
+  // 0: a prompt's KV is held whole until its last chunk, then cut to budget (the same kept set
+  // and scores as a prompt run in one step). > 0: --prefill-evict with chunks of this many rows:
+  // after each chunk the prompt is cut to budget in place, from the scores of the chunks seen
+  // so far, so it never holds more than budget + evict_chunk tokens.
+  int evict_chunk = 0;
 };
 
 // The rows `row_idx` (increasing, each at or after its new index) of `rows`, for select_rows;
@@ -94,6 +109,13 @@ class Backend {
   // under `policy` (null: keep everything; the caches must then hold every position).
   virtual void reset_sequences(const std::vector<KvBudgets>& budgets,
                                std::shared_ptr<const Policy> policy = nullptr) = 0;
+  // Whether prompts may come in chunks (StepRows::prompt_len); else each in one step.
+  virtual bool prefills_in_chunks() const { return true; }
+  // How chunked prompts are prefilled from now on (default: held whole, then cut).
+  virtual void set_prefill_mode(const PrefillMode& mode) = 0;
+  // The most bytes of KV the backend has held at once since reset_sequences, the prefill's
+  // scratch included (the prefill transient).
+  virtual int64_t peak_kv_bytes() const = 0;
   // Appends every eviction to `log` (null: none).
   virtual void set_eviction_log(std::vector<EvictionRecord>* log) = 0;
   // KV cache bytes allocated for all sequences (the plan's prediction, exactly).

@@ -34,32 +34,62 @@ GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>
     KVP_CHECK(!prompts[s].empty() && prompts[s].size() <= size_t(options.steps));
     samplers.emplace_back(options.sampler, s);
   }
-  decoder.backend().reset_sequences(budgets, options.policy);
+  Backend& backend = decoder.backend();
+  KVP_CHECK(options.prefill_chunk >= 1);
+  const bool chunked = backend.prefills_in_chunks();
+  KVP_CHECK(chunked || !options.prefill_evict, "the {} backend does not run --prefill-evict", backend.name());
+  backend.set_prefill_mode(PrefillMode{.evict_chunk = options.prefill_evict ? options.prefill_chunk : 0});
+  backend.reset_sequences(budgets, options.policy);
 
-  // Prefill: every prompt token of every sequence in one pass; logits of each prompt's last token.
-  auto start = std::chrono::steady_clock::now();
-  StepRows rows;
-  std::vector<int32_t> logit_rows;
-  std::vector<int32_t> logit_seqs;
-  for (int s = 0; s < n_seqs; ++s) {
-    for (size_t i = 0; i < prompts[s].size(); ++i) rows.add(prompts[s][i], int32_t(i), s);
-    logit_rows.push_back(static_cast<int32_t>(rows.size()) - 1);
-    logit_seqs.push_back(s);
-  }
   // Each step's logits stay on the backend, which picks the tokens with the sequences' draws.
   std::vector<float> uniforms;
   std::vector<int32_t> picked;
+  std::vector<int32_t> logit_rows;
+  std::vector<int32_t> logit_seqs;
   auto pick = [&] {
     uniforms.clear();
     for (int s : logit_seqs) uniforms.push_back(samplers[s].draw());
     picked.resize(logit_seqs.size());
-    decoder.backend().pick_tokens(options.sampler, uniforms, picked);
+    backend.pick_tokens(options.sampler, uniforms, picked);
   };
-  decoder.forward(rows, logit_rows, nullptr);
+
+  // Prefill: chunk c of every prompt that long in one pass (every prompt whole when the backend
+  // prefills in one step); the logits of each prompt's last token when its last chunk runs.
+  auto start = std::chrono::steady_clock::now();
+  size_t longest = 0;
+  for (const auto& p : prompts) longest = std::max(longest, p.size());
+  const size_t chunk = chunked ? static_cast<size_t>(options.prefill_chunk) : longest;
+  std::vector<int32_t> first_token(n_seqs, -1);
+  for (size_t begin = 0; begin < longest; begin += chunk) {
+    StepRows rows;
+    logit_rows.clear();
+    logit_seqs.clear();
+    for (int s = 0; s < n_seqs; ++s) {
+      const size_t len = prompts[s].size();
+      if (begin >= len) continue;
+      const size_t end = std::min(len, begin + chunk);
+      for (size_t i = begin; i < end; ++i) rows.add(prompts[s][i], int32_t(i), s, chunked ? int32_t(len) : 0);
+      if (end == len) {
+        logit_rows.push_back(static_cast<int32_t>(rows.size()) - 1);
+        logit_seqs.push_back(s);
+      }
+    }
+    result.prompt_tokens += static_cast<int64_t>(rows.size());
+    decoder.forward(rows, logit_rows, nullptr);
+    if (logit_seqs.empty()) continue;
+    pick();
+    for (size_t i = 0; i < logit_seqs.size(); ++i) first_token[logit_seqs[i]] = picked[i];
+  }
+  logit_seqs.clear();
+  picked.clear();
+  for (int s = 0; s < n_seqs; ++s) {
+    logit_seqs.push_back(s);
+    picked.push_back(first_token[s]);
+  }
   result.prefill_s = seconds_since(start);
 
   start = std::chrono::steady_clock::now();
-  pick();
+  StepRows rows;
   while (!logit_seqs.empty()) {
     rows = StepRows{};
     std::vector<int32_t> next_seqs;

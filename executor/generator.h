@@ -20,11 +20,18 @@ struct GenerateOptions {
   bool stop_at_eos = true;  // stop a sequence when it samples one of stop_tokens (not kept)
   std::vector<int32_t> stop_tokens = {kBosToken, kEosToken};  // the tokenizer's end tokens for other models
   std::shared_ptr<const Policy> policy;  // eviction policy of the caches (null: keep all)
+  // Prompts run in chunks of this many rows per sequence (the step's activations are O(chunk),
+  // attention's working memory O(chunk × prompt)); a backend that prefills in one step gets each
+  // prompt whole. >= 1.
+  int prefill_chunk = 512;
+  // --prefill-evict: cut each prompt to budget after every chunk (PrefillMode).
+  bool prefill_evict = false;
 };
 
 struct GenerateResult {
   std::vector<std::vector<int32_t>> tokens;  // per sequence: prompt, then generated tokens
   int64_t generated_tokens = 0;
+  int64_t prompt_tokens = 0;
   double prefill_s = 0.0;
   double decode_s = 0.0;
 };

@@ -19,10 +19,10 @@ using ConstVectorMap = Eigen::Map<const Eigen::VectorXf>;
 CpuBackend::CpuBackend(const ModelWeights& weights, int threads)
     : weights_(weights),
       config_(weights.config()),
-      pool_(std::make_unique<ThreadPool>(threads)),
-      step_scratch_(config_.seq_len) {
+      pool_(std::make_unique<ThreadPool>(threads)) {
   static_assert(EIGEN_MAX_ALIGN_BYTES <= 64, "rows are padded for at most 64-byte packets");
   rope_tables(config_, &rope_cos_, &rope_sin_);
+  for (int t = 0; t < pool_->n_threads(); ++t) workers_.emplace_back(config_.seq_len);
 }
 
 void CpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets,
@@ -35,12 +35,31 @@ void CpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets,
               b.head_dim == config_.head_dim());
     caches_.emplace_back(b);
   }
+  prompts_.clear();
+  prompts_.resize(budgets.size());
+  peak_kv_bytes_ = 0;
+  note_kv_bytes();
 }
 
 int64_t CpuBackend::kv_bytes_allocated() const {
   int64_t total = 0;
   for (const KvCache& c : caches_) total += c.bytes();
   return total;
+}
+
+void CpuBackend::note_kv_bytes() {
+  int64_t total = kv_bytes_allocated();
+  for (const Prompt& p : prompts_) total += p.scratch ? p.scratch->bytes() : 0;
+  peak_kv_bytes_ = std::max(peak_kv_bytes_, total);
+}
+
+void CpuBackend::start_prompt(int seq, int prompt_len) {
+  Prompt& p = prompts_[seq];
+  p.prompt_len = prompt_len;
+  p.next_pos = 0;
+  // Held whole, or (--prefill-evict) each head's budget plus one chunk.
+  p.scratch = std::make_unique<KvCache>(caches_[seq].budgets().prefill_scratch(prompt_len, prefill_mode_.evict_chunk));
+  note_kv_bytes();
 }
 
 void CpuBackend::begin_step(const StepRows& rows) {
@@ -54,6 +73,32 @@ void CpuBackend::begin_step(const StepRows& rows) {
     KVP_CHECK(rows.seq_idx[r] >= 0 && rows.seq_idx[r] < static_cast<int>(caches_.size()));
     KVP_CHECK(rows.positions[r] >= 0 && rows.positions[r] < config_.seq_len);
     KVP_CHECK(rows.tokens[r] >= 0 && rows.tokens[r] < config_.vocab_size);
+  }
+  // Each sequence's rows: a prompt's (a whole prompt of a fresh sequence, or a chunk) or decode rows.
+  runs_.clear();
+  for (int first = 0; first < n_rows_;) {
+    const int seq = rows.seq_idx[first];
+    int n = 1;
+    while (first + n < n_rows_ && rows.seq_idx[first + n] == seq) ++n;
+    Prompt& p = prompts_[seq];
+    int prompt_len = rows.prompt_len[first];
+    if (prompt_len == 0 && !p.scratch && *caches_[seq].head(0, 0).n_used == 0) prompt_len = n;  // a whole prompt
+    if (prompt_len > 0) {
+      if (rows.positions[first] == 0) {
+        KVP_CHECK(!p.scratch, "sequence {}: a new prompt while one is being prefilled", seq);
+        start_prompt(seq, prompt_len);
+      }
+      KVP_CHECK(p.scratch && p.prompt_len == prompt_len, "sequence {}: prompt rows of no prompt in progress", seq);
+      for (int i = 0; i < n; ++i) {
+        KVP_CHECK(rows.positions[first + i] == p.next_pos++ && rows.prompt_len[first + i] == rows.prompt_len[first],
+                  "sequence {}: a prompt's rows run in order from position 0", seq);
+      }
+      KVP_CHECK(p.next_pos <= prompt_len, "sequence {}: more rows than its prompt of {}", seq, prompt_len);
+    } else {
+      KVP_CHECK(!p.scratch, "sequence {}: decode rows before its prompt is prefilled", seq);
+    }
+    runs_.push_back(Run{.first = first, .n = n, .seq = seq, .prompt_len = prompt_len});
+    first += n;
   }
 }
 
@@ -129,60 +174,89 @@ void CpuBackend::rope(Act qk) {
   }
 }
 
-void CpuBackend::heads_of(KvCache& cache, int layer_idx, std::vector<HeadSlots>* heads) const {
+void CpuBackend::heads_of(KvCache& cache, int layer_idx, int h0, int h1, std::vector<HeadSlots>* heads) const {
   heads->clear();
-  for (int h = 0; h < config_.n_kv_heads; ++h) heads->push_back(cache.head(layer_idx, h));
+  for (int h = h0; h < h1; ++h) heads->push_back(cache.head(layer_idx, h));
 }
 
-EvictFn CpuBackend::eviction_logger(int seq, int32_t step, int layer_idx) {
+EvictFn CpuBackend::eviction_logger(int seq, int32_t step, int layer_idx, int h0) {
   if (!eviction_log_) return {};
-  return [this, seq, step, layer_idx](int kv_head_idx, int32_t pos, float key) {
+  return [this, seq, step, layer_idx, h0](int kv_head_idx, int32_t pos, float key) {
     eviction_log_->push_back(EvictionRecord{.seq_idx = seq, .step = step, .layer_idx = layer_idx,
-                                            .kv_head_idx = kv_head_idx, .evicted_pos = pos, .score = key});
+                                            .kv_head_idx = h0 + kv_head_idx, .evicted_pos = pos, .score = key});
   };
 }
 
-void CpuBackend::step_row(int r, int seq, int layer_idx, KvCache& cache, int cache_layer, int prompt_len) {
-  heads_of(cache, cache_layer, &row_heads_);
-  layer_step(*policy_, row_heads_,
-             TokenRow{.q = row(Act::kQ, r), .k = row(Act::kK, r), .v = row(Act::kV, r),
-                      .pos = rows_.positions[r], .layer_idx = layer_idx, .prompt_len = prompt_len},
-             config_.group_size(), row(Act::kAttn, r), nullptr, step_scratch_,
-             eviction_logger(seq, rows_.positions[r], layer_idx));
+void CpuBackend::step_row(Worker& w, int r, int seq, int layer_idx, KvCache& cache, int cache_layer, int h0, int h1,
+                          int prompt_len) {
+  heads_of(cache, cache_layer, h0, h1, &w.heads);
+  const int group = config_.group_size(), hd = config_.head_dim();
+  const size_t q_at = static_cast<size_t>(h0) * group * hd, kv_at = static_cast<size_t>(h0) * hd;
+  layer_step(*policy_, w.heads,
+             TokenRow{.q = row(Act::kQ, r) + q_at, .k = row(Act::kK, r) + kv_at, .v = row(Act::kV, r) + kv_at,
+                      .pos = rows_.positions[r], .layer_idx = layer_idx, .prompt_len = prompt_len,
+                      .kv_head_first = h0},
+             group, row(Act::kAttn, r) + q_at, nullptr, w.scratch,
+             eviction_logger(seq, rows_.positions[r], layer_idx, h0));
 }
 
-void CpuBackend::prefill(int first, int n, int seq, int layer_idx) {
-  KvCache& cache = caches_[seq];
-  const int n_kv_heads = config_.n_kv_heads, head_dim = config_.head_dim();
-  const int aux = cache.budgets().aux_floats_per_slot;
-  if (!scratch_ || scratch_->budgets().budget_tokens[0] < n || scratch_->budgets().aux_floats_per_slot != aux) {
-    KvBudgets b = KvBudgets::uniform(1, n_kv_heads, head_dim, std::max(n, config_.seq_len));
-    b.aux_floats_per_slot = aux;
-    scratch_ = std::make_unique<KvCache>(b);
+void CpuBackend::prefill_rows(Worker& w, const Run& run, int layer_idx, int h0, int h1) {
+  Prompt& p = prompts_[run.seq];
+  const int chunk = prefill_mode_.evict_chunk;
+  std::vector<int32_t> budgets;
+  for (int h = h0; h < h1; ++h) budgets.push_back(caches_[run.seq].head(layer_idx, h).budget);
+  for (int i = 0; i < run.n; ++i) {
+    const int r = run.first + i;
+    const int32_t pos = rows_.positions[r];
+    step_row(w, r, run.seq, layer_idx, *p.scratch, layer_idx, h0, h1, p.prompt_len);
+    if (pos == p.prompt_len - 1) {
+      // The whole prompt has been seen: keep what the policy selects in the sequence's cache.
+      heads_of(*p.scratch, layer_idx, h0, h1, &w.heads);
+      heads_of(caches_[run.seq], layer_idx, h0, h1, &w.dest);
+      cut_slots(*policy_, w.heads, w.dest, budgets, pos, true, eviction_logger(run.seq, pos, layer_idx, h0));
+    } else if (chunk > 0 && (pos + 1) % chunk == 0) {
+      // --prefill-evict: the end of a chunk; cut to budget in place from the scores so far.
+      heads_of(*p.scratch, layer_idx, h0, h1, &w.heads);
+      cut_slots(*policy_, w.heads, w.heads, budgets, pos, false, eviction_logger(run.seq, pos, layer_idx, h0));
+    }
   }
-  scratch_->clear();
-  for (int i = 0; i < n; ++i) {
-    KVP_CHECK(rows_.positions[first + i] == i, "a prefill starts at position 0 and runs in order");
-    step_row(first + i, seq, layer_idx, *scratch_, 0, n);
-  }
-  heads_of(*scratch_, 0, &prefill_heads_);
-  heads_of(cache, layer_idx, &row_heads_);
-  cut_prefill(*policy_, prefill_heads_, row_heads_,
-              eviction_logger(seq, rows_.positions[first + n - 1], layer_idx));
 }
 
 void CpuBackend::attention(int layer_idx) {
-  for (int first = 0; first < n_rows_;) {
-    const int seq = rows_.seq_idx[first];
-    int n = 1;
-    while (first + n < n_rows_ && rows_.seq_idx[first + n] == seq) ++n;
-    KvCache& cache = caches_[seq];
-    if (*cache.head(layer_idx, 0).n_used == 0) {
-      prefill(first, n, seq, layer_idx);
+  // Work units: a run's rows through one KV head, or through all of them for a policy that keeps
+  // one set per layer. Units touch disjoint heads and rows, so they run on any thread. With an
+  // eviction log, a unit is a run through all heads and units run in order on one thread, so the
+  // log comes in row order.
+  const int n_kv_heads = config_.n_kv_heads;
+  const int heads_per_unit = policy_->shared_per_layer() || eviction_log_ ? n_kv_heads : 1;
+  struct Unit {
+    int run, h0, h1;
+  };
+  std::vector<Unit> units;
+  for (int i = 0; i < static_cast<int>(runs_.size()); ++i) {
+    for (int h = 0; h < n_kv_heads; h += heads_per_unit) units.push_back(Unit{i, h, h + heads_per_unit});
+  }
+  auto do_unit = [&](Worker& w, const Unit& u) {
+    const Run& run = runs_[u.run];
+    if (run.prompt_len > 0) {
+      prefill_rows(w, run, layer_idx, u.h0, u.h1);
     } else {
-      for (int i = 0; i < n; ++i) step_row(first + i, seq, layer_idx, cache, layer_idx, 0);
+      for (int i = 0; i < run.n; ++i) {
+        step_row(w, run.first + i, run.seq, layer_idx, caches_[run.seq], layer_idx, u.h0, u.h1, 0);
+      }
     }
-    first += n;
+  };
+  if (eviction_log_ || pool_->n_threads() == 1 || units.size() == 1) {
+    for (const Unit& u : units) do_unit(workers_[0], u);
+  } else {
+    pool_->run([&](int part, int n_parts) {
+      for (size_t u = part; u < units.size(); u += n_parts) do_unit(workers_[part], units[u]);
+    });
+  }
+  if (layer_idx == config_.n_layers - 1) {
+    for (Prompt& p : prompts_) {
+      if (p.scratch && p.next_pos == p.prompt_len) p.scratch.reset();  // cut into the cache at every layer
+    }
   }
 }
 

@@ -29,7 +29,9 @@ class CpuBackend final : public Backend {
   void reset_sequences(const std::vector<KvBudgets>& budgets,
                        std::shared_ptr<const Policy> policy = nullptr) override;
   void set_eviction_log(std::vector<EvictionRecord>* log) override { eviction_log_ = log; }
+  void set_prefill_mode(const PrefillMode& mode) override { prefill_mode_ = mode; }
   int64_t kv_bytes_allocated() const override;
+  int64_t peak_kv_bytes() const override { return peak_kv_bytes_; }
 
   void begin_step(const StepRows& rows) override;
   void embed() override;
@@ -56,15 +58,34 @@ class CpuBackend final : public Backend {
   }
   void matmul_rows(Weight w, int layer_idx, Act in, Act out, bool accumulate);
 
-  // Runs row `r` of sequence `seq` through one layer's cache (layer_step): attend, score, insert or
-  // evict. `prompt_len` > 0 while prefilling (no eviction then: the scratch holds the whole prompt).
-  void step_row(int r, int seq, int layer_idx, KvCache& cache, int cache_layer, int prompt_len);
-  // Fills `heads` with one layer's head views (reusing its storage: this runs for every row).
-  void heads_of(KvCache& cache, int layer_idx, std::vector<HeadSlots>* heads) const;
-  // Prefills rows [first, first + n) of an empty cache through the scratch cache, then keeps
-  // what the policy selects within each head's budget.
-  void prefill(int first, int n, int seq, int layer_idx);
-  EvictFn eviction_logger(int seq, int32_t step, int layer_idx);
+  // A prompt being prefilled: its KV so far, every layer, in `scratch` (working memory until the
+  // prompt is cut to budget, counted in peak_kv_bytes).
+  struct Prompt {
+    int prompt_len = 0;
+    int next_pos = 0;                  // the position its next row must have
+    std::unique_ptr<KvCache> scratch;  // null: no prompt in progress
+  };
+  // One sequence's contiguous rows in the current step; a prompt's rows when prompt_len > 0.
+  struct Run {
+    int first, n, seq, prompt_len;
+  };
+  // A thread's buffers for attention.
+  struct Worker {
+    explicit Worker(int max_slots) : scratch(max_slots) {}
+    StepScratch scratch;
+    std::vector<HeadSlots> heads, dest;
+  };
+  // Runs row `r` through heads [h0, h1) of one layer's cache `cache` (layer `cache_layer`):
+  // attend, score, insert or evict. `prompt_len` > 0 for a prompt's rows.
+  void step_row(Worker& w, int r, int seq, int layer_idx, KvCache& cache, int cache_layer, int h0, int h1,
+                int prompt_len);
+  void heads_of(KvCache& cache, int layer_idx, int h0, int h1, std::vector<HeadSlots>* heads) const;
+  // A prompt's rows of a run through heads [h0, h1) of its scratch; cuts to budget after each
+  // --prefill-evict chunk and, after the prompt's last position, into the sequence's cache.
+  void prefill_rows(Worker& w, const Run& run, int layer_idx, int h0, int h1);
+  void start_prompt(int seq, int prompt_len);
+  EvictFn eviction_logger(int seq, int32_t step, int layer_idx, int h0);
+  void note_kv_bytes();
 
   const ModelWeights& weights_;
   ModelConfig config_;
@@ -73,15 +94,17 @@ class CpuBackend final : public Backend {
   std::vector<float> rope_sin_;  // [seq_len, head_dim / 2]
   std::vector<KvCache> caches_;  // one per sequence
   std::shared_ptr<const Policy> policy_;
-  std::unique_ptr<KvCache> scratch_;  // one layer's prompt during prefill (working memory, not KV)
+  std::vector<Prompt> prompts_;  // one per sequence
+  PrefillMode prefill_mode_;
+  int64_t peak_kv_bytes_ = 0;
   std::vector<EvictionRecord>* eviction_log_ = nullptr;
 
   StepRows rows_;
+  std::vector<Run> runs_;
   int n_rows_ = 0;
   using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
   AlignedFloats acts_[kNumActs];  // each [rows capacity, row_stride(act_width)]
-  StepScratch step_scratch_;
-  std::vector<HeadSlots> row_heads_, prefill_heads_;  // reused head views
+  std::vector<Worker> workers_;   // one per thread
 };
 
 }  // namespace kvp

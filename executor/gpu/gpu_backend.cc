@@ -268,6 +268,11 @@ void GpuBackend::upload_rows() {
   device_->upload(positions_dev_.get(), rows_.positions.data(), rows_.size() * sizeof(int32_t));
 }
 
+void GpuBackend::set_prefill_mode(const PrefillMode& mode) {
+  KVP_CHECK(mode.evict_chunk == 0, "the {} backend prefills a prompt in one step: --prefill-evict runs on --backend cpu",
+            name_);
+}
+
 void GpuBackend::begin_step(const StepRows& rows) {
   rows_ = rows;
   n_rows_ = static_cast<int>(rows.size());
@@ -287,6 +292,8 @@ void GpuBackend::begin_step(const StepRows& rows) {
     const int seq = rows.seq_idx[first];
     int n = 1;
     while (first + n < n_rows_ && rows.seq_idx[first + n] == seq) ++n;
+    KVP_CHECK(rows.prompt_len[first] == 0 || rows.prompt_len[first] == n,
+              "sequence {}: the {} backend prefills a prompt in one step, not in chunks", seq, name_);
     if (n_used_[head_index(seq, 0, 0)] == 0) {
       work_.push_back(Work{.prefill = true, .first = first, .n = n});
     } else if (n == 1 && !work_.empty() && !work_.back().prefill && work_.back().first + work_.back().n == first &&

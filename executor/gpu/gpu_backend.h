@@ -57,6 +57,11 @@ class GpuBackend final : public Backend {
                        std::shared_ptr<const Policy> policy = nullptr) override;
   void set_eviction_log(std::vector<EvictionRecord>* log) override { eviction_log_ = log; }
   int64_t kv_bytes_allocated() const override { return static_cast<int64_t>(kv_arena_.bytes()); }
+  // A prompt runs through the prefill kernels in one step (its rows' K/V stay in the step's
+  // activations), so this backend takes no chunked prompts and no --prefill-evict.
+  bool prefills_in_chunks() const override { return false; }
+  void set_prefill_mode(const PrefillMode& mode) override;
+  int64_t peak_kv_bytes() const override { return kv_bytes_allocated(); }
 
   // For benchmarks of long contexts without their prefill: every head of every sequence holds
   // min(budget, n_positions) of positions 0..n_positions-1 (the sinks, then the newest), with

@@ -1,5 +1,6 @@
 #include "planner/plan/kv_budgets.h"
 
+#include <algorithm>
 #include <numeric>
 
 namespace kvp {
@@ -39,6 +40,12 @@ int64_t KvBudgets::total_slots() const {
 
 int64_t KvBudgets::slot_bytes() const {
   return 2 * int64_t{head_dim} * kv_dtype_bytes(dtype) + kSlotMetadataBytes + 4 * aux_floats_per_slot;
+}
+
+KvBudgets KvBudgets::prefill_scratch(int prompt_len, int evict_chunk) const {
+  KvBudgets b = *this;
+  for (int32_t& t : b.budget_tokens) t = evict_chunk > 0 ? std::min(prompt_len, t + evict_chunk) : prompt_len;
+  return b;
 }
 
 }  // namespace kvp

@@ -44,6 +44,12 @@ struct KvBudgets {
   int64_t slot_bytes() const;
   // Bytes of one sequence's cache: total_slots() * slot_bytes().
   int64_t kv_bytes() const { return total_slots() * slot_bytes(); }
+
+  // The prefill's scratch for a prompt of `prompt_len` tokens (DESIGN §6, the prefill transient):
+  // every head holds the whole prompt until it is cut to budget, or with --prefill-evict chunks
+  // of `evict_chunk` rows (> 0) at most its budget plus one chunk. The peak KV of a sequence is
+  // kv_bytes() + prefill_scratch(...).kv_bytes().
+  KvBudgets prefill_scratch(int prompt_len, int evict_chunk) const;
 };
 
 }  // namespace kvp

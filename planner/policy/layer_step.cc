@@ -47,35 +47,38 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
     head.store(sc.slot[h], k_new, v_new, row.pos);
     SlotArrays s = head.slots();
     policy.init_slot(s, sc.slot[h],
-                     NewToken{.pos = row.pos, .layer_idx = row.layer_idx, .kv_head_idx = h, .k = k_new, .v = v_new,
+                     NewToken{.pos = row.pos, .layer_idx = row.layer_idx, .kv_head_idx = row.kv_head_first + h, .k = k_new, .v = v_new,
                               .head_dim = hd, .self_weight = sc.self_weight[h], .prompt_len = row.prompt_len});
   }
 }
 
-void cut_prefill(const Policy& policy, std::span<const HeadSlots> prompt, std::span<const HeadSlots> dest,
-                 const EvictFn& on_evict) {
-  const int n_kv_heads = static_cast<int>(prompt.size());
-  const int n = *prompt[0].n_used;
-  const int hd = prompt[0].head_dim;
+void cut_slots(const Policy& policy, std::span<const HeadSlots> from, std::span<const HeadSlots> to,
+               std::span<const int32_t> budgets, int32_t newest_pos, bool finish, const EvictFn& on_evict) {
+  const int n_kv_heads = static_cast<int>(from.size());
+  const int n = *from[0].n_used;
+  const int hd = from[0].head_dim;
+  KVP_CHECK(to.size() == from.size() && budgets.size() == from.size());
   std::vector<SlotArrays> views;
-  for (const HeadSlots& p : prompt) {
+  for (const HeadSlots& p : from) {
     SlotArrays s = p.slots();
-    policy.finish_prefill(s, n);
+    if (finish) policy.finish_prefill(s, n);
     views.push_back(s);
   }
-  const int32_t newest = n - 1;
   std::vector<int> shared;
-  if (policy.shared_per_layer()) shared = select_prefill_kept(policy, views, n, dest[0].budget);
+  if (policy.shared_per_layer()) shared = select_kept(policy, views, newest_pos, budgets[0]);
   for (int h = 0; h < n_kv_heads; ++h) {
-    const HeadSlots& src = prompt[h];
-    const HeadSlots& dst = dest[h];
+    const HeadSlots& src = from[h];
+    const HeadSlots& dst = to[h];
+    KVP_CHECK(budgets[h] <= dst.budget);
     const std::vector<int> kept =
-        policy.shared_per_layer() ? shared : select_prefill_kept(policy, std::span(&views[h], 1), n, dst.budget);
-    KVP_CHECK(static_cast<int>(kept.size()) <= dst.budget);
+        policy.shared_per_layer() ? shared : select_kept(policy, std::span(&views[h], 1), newest_pos, budgets[h]);
+    KVP_CHECK(static_cast<int>(kept.size()) <= budgets[h]);
+    // Kept slots in increasing order: slot `next` <= j, so `to` may be `from` itself.
     size_t next = 0;
     for (int j = 0; j < n; ++j) {
       if (next < kept.size() && kept[next] == j) {
         const int slot = static_cast<int>(next++);
+        if (src.k == dst.k && slot == j) continue;
         for (int d = 0; d < hd; ++d) {
           dst.k[size_t(d) * dst.budget + slot] = src.k[size_t(d) * src.budget + j];
           dst.v[size_t(d) * dst.budget + slot] = src.v[size_t(d) * src.budget + j];
@@ -84,11 +87,20 @@ void cut_prefill(const Policy& policy, std::span<const HeadSlots> prompt, std::s
         dst.score[slot] = src.score[j];
         if (dst.aux) dst.aux[slot] = src.aux[j];
       } else if (on_evict) {
-        on_evict(h, src.pos[j], policy.eviction_key(views[h], j, newest));
+        on_evict(h, src.pos[j], policy.eviction_key(views[h], j, newest_pos));
       }
     }
     *dst.n_used = static_cast<int32_t>(kept.size());
   }
+}
+
+void cut_prefill(const Policy& policy, std::span<const HeadSlots> prompt, std::span<const HeadSlots> dest,
+                 const EvictFn& on_evict) {
+  const int n = *prompt[0].n_used;
+  for (int j = 0; j < n; ++j) KVP_CHECK(prompt[0].pos[j] == j, "prefill slots must hold positions in order");
+  std::vector<int32_t> budgets;
+  for (const HeadSlots& d : dest) budgets.push_back(d.budget);
+  cut_slots(policy, prompt, dest, budgets, n - 1, true, on_evict);
 }
 
 }  // namespace kvp

@@ -49,6 +49,7 @@ struct TokenRow {
   int32_t pos;
   int layer_idx;
   int prompt_len;   // > 0 while prefilling that many positions
+  int kv_head_first = 0;  // the KV head of heads[0] (when a step runs a subset of the layer's heads)
 };
 
 // Reusable buffers of layer_step, sized for `max_slots` + 1 keys.
@@ -70,6 +71,13 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
 
 // Keeps, of `prompt` (heads holding positions 0..n-1 in order, prefilled by layer_step with
 // prompt_len n), what the policy selects within each of `dest`'s budgets, in position order.
+// Keeps, of `from` (heads whose slots hold increasing positions, the newest `newest_pos`), what the
+// policy selects within budgets[h] slots of `to`, in position order. `to` may be `from` itself (a
+// cut in place: the kept slots move down). `finish`: the prompt's last cut (finish_prefill runs
+// first). --prefill-evict cuts a prompt this way after each chunk.
+void cut_slots(const Policy& policy, std::span<const HeadSlots> from, std::span<const HeadSlots> to,
+               std::span<const int32_t> budgets, int32_t newest_pos, bool finish, const EvictFn& on_evict);
+
 void cut_prefill(const Policy& policy, std::span<const HeadSlots> prompt, std::span<const HeadSlots> dest,
                  const EvictFn& on_evict);
 

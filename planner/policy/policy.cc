@@ -82,30 +82,29 @@ int choose_shared_victim(const Policy& policy, std::span<const SlotArrays> heads
   return lowest_unprotected(policy.params(), first.pos, total, first.n_used, newest_pos);
 }
 
-std::vector<int> select_prefill_kept(const Policy& policy, std::span<const SlotArrays> heads,
-                                     int prompt_len, int budget) {
+std::vector<int> select_kept(const Policy& policy, std::span<const SlotArrays> heads, int32_t newest_pos, int budget) {
   const SlotArrays& first = heads.front();
-  KVP_CHECK(first.n_used == prompt_len);
+  const int n = first.n_used;
   std::vector<int> kept, candidates;
-  const int32_t newest = prompt_len - 1;
-  for (int j = 0; j < prompt_len; ++j) {
-    KVP_CHECK(first.pos[j] == j, "prefill slots must hold positions in order");
-    (is_protected(policy.params(), j, newest) ? kept : candidates).push_back(j);
+  for (int j = 0; j < n; ++j) {
+    KVP_CHECK(j == 0 || first.pos[j] > first.pos[j - 1], "slots to cut must hold increasing positions");
+    (is_protected(policy.params(), first.pos[j], newest_pos) ? kept : candidates).push_back(j);
   }
-  if (prompt_len <= budget) {
-    std::vector<int> all(prompt_len);
+  if (n <= budget) {
+    std::vector<int> all(n);
     std::iota(all.begin(), all.end(), 0);
     return all;
   }
   KVP_CHECK(static_cast<int>(kept.size()) <= budget, "budget {} below the {} protected positions",
             budget, kept.size());
   // Keys summed over the heads in order, as choose_shared_victim sums them.
-  std::vector<float> key(prompt_len, 0.0f), head_keys(prompt_len);
+  std::vector<float> key(n, 0.0f), head_keys(n);
   for (const SlotArrays& h : heads) {
-    const float* keys = policy.eviction_keys(h, newest, head_keys.data());
-    for (int j = 0; j < prompt_len; ++j) key[j] += keys[j];
+    const float* keys = policy.eviction_keys(h, newest_pos, head_keys.data());
+    for (int j = 0; j < n; ++j) key[j] += keys[j];
   }
-  // Highest key first; the newer position first on ties (ties evict the older).
+  // Highest key first; the newer position first on ties (ties evict the older; slots are in
+  // position order, so the slot index orders positions).
   std::stable_sort(candidates.begin(), candidates.end(), [&](int a, int b) {
     return evict_before(key[b], b, key[a], a);
   });
@@ -113,6 +112,14 @@ std::vector<int> select_prefill_kept(const Policy& policy, std::span<const SlotA
   kept.insert(kept.end(), candidates.begin(), candidates.end());
   std::sort(kept.begin(), kept.end());
   return kept;
+}
+
+std::vector<int> select_prefill_kept(const Policy& policy, std::span<const SlotArrays> heads,
+                                     int prompt_len, int budget) {
+  const SlotArrays& first = heads.front();
+  KVP_CHECK(first.n_used == prompt_len);
+  for (int j = 0; j < prompt_len; ++j) KVP_CHECK(first.pos[j] == j, "prefill slots must hold positions in order");
+  return select_kept(policy, heads, prompt_len - 1, budget);
 }
 
 Result<VatpBase> parse_vatp_base(std::string_view name) {

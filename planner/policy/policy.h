@@ -125,6 +125,9 @@ int choose_shared_victim(const Policy& policy, std::span<const SlotArrays> heads
 // After prefill of `prompt_len` positions held in slots [0, prompt_len) in position order: the
 // slots to keep within `budget`, in position order — protected positions first, then the highest
 // eviction keys (the newer position on ties).
+// The same for slots [0, n_used) holding increasing (not necessarily consecutive) positions, the
+// newest at `newest_pos`: a prompt cut during prefill (--prefill-evict).
+std::vector<int> select_kept(const Policy& policy, std::span<const SlotArrays> heads, int32_t newest_pos, int budget);
 std::vector<int> select_prefill_kept(const Policy& policy, std::span<const SlotArrays> heads,
                                      int prompt_len, int budget);
 

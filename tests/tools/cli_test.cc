@@ -46,6 +46,29 @@ TEST(Cli, RunJsonHasTokensTextAndKvBytes) {
   EXPECT_EQ(j["kv_bytes"].get<int64_t>(), 2 * 5 * 4 * 40 * 72);
 }
 
+// A 300-token prompt file in chunks of 64, evicting to a VATP budget of 64 as it goes: the
+// prefill's peak KV is the caches plus budget + chunk slots per head, as predicted.
+TEST(Cli, RunPrefillsAPromptFileInChunksAndReportsItsPeak) {
+  const std::string dir = test::make_temp_dir("prefill");
+  std::string text;
+  while (test::default_model().tokenizer.encode(text).size() < 300) text += "Lily saw a big red ball in the park. ";
+  test::write_bytes(dir + "/p.txt", text);
+  const int P = static_cast<int>(test::default_model().tokenizer.encode(text).size());
+  const test::CliResult r = run_kvplan("run --prompt-file " + dir + "/p.txt --steps 400 --policy vatp --budget 64 "
+                                       "--prefill-chunk 64 --prefill-evict --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["prompt_tokens"].get<int>(), P);
+  // stories260K: 5 layers x 4 KV heads; a VATP slot is 2 x 8 x 4 + 8 + 4 = 76 bytes.
+  EXPECT_EQ(j["kv_bytes"].get<int64_t>(), 5 * 4 * 64 * 76);
+  EXPECT_EQ(j["peak_kv_bytes"].get<int64_t>(), 5 * 4 * (64 + 64 + 64) * 76);
+  EXPECT_EQ(j["predicted_peak_kv_bytes"], j["peak_kv_bytes"]);
+  EXPECT_GT(j["prefill_tokens_per_s"].get<double>(), 0.0);
+  const test::CliResult whole = run_kvplan("run --prompt-file " + dir + "/p.txt --steps 400 --policy vatp --budget 64 --json");
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  EXPECT_EQ(nlohmann::json::parse(whole.out)["peak_kv_bytes"].get<int64_t>(), 5 * 4 * (64 + P) * 76);
+}
+
 TEST(Cli, InspectDescribesTheDefaultModel) {
   const test::CliResult r = run_kvplan("inspect --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -497,6 +520,9 @@ std::vector<BadInvocation> bad_invocations() {
        "m.yaml: config: measured h2o"},
       {"check_missing_plan", [](const std::string& d) { return "check --plan " + d + "/p.yaml --measured " + d + "/m.yaml"; },
        "p.yaml"},
+      {"run_prefill_chunk_zero", [](const std::string&) { return "run --prefill-chunk 0"; }, "--prefill-chunk"},
+      {"run_prefill_evict_on_gpu", [](const std::string&) { return "run --backend gpu-emulated --prefill-evict"; },
+       "--prefill-evict"},
       {"capacity_unknown_hardware", [](const std::string&) { return "capacity --hardware tpu-v9 --keep 0.5"; }, "tpu-v9"},
       {"sweep_missing_trace", [](const std::string& d) { return "sweep --trace " + d + "/none --out " + d + "/s"; },
        "no such trace"},

@@ -1,7 +1,11 @@
 // kvplan run: generate text with the full cache (plans come with the policies issue).
 #include <nlohmann/json.hpp>
 
+#include <sys/resource.h>
+
 #include <cstdio>
+
+#include "common/file_util.h"
 
 #include "executor/cpu/cpu_backend.h"
 #include "executor/generator.h"
@@ -18,7 +22,10 @@ struct RunFlags {
   ModelFlags model;
   PlanFlags plan;
   std::vector<std::string> prompts;
+  std::vector<std::string> prompt_files;
   int steps = 256;
+  int prefill_chunk = 512;
+  bool prefill_evict = false;
   SamplerOptions sampler{.temperature = 0.0f, .top_p = 0.9f, .seed = 0};
   bool json = false;
   std::string backend = "cpu";
@@ -59,19 +66,34 @@ Status run(const RunFlags& flags) {
     return make_error("--steps: expected 1..{} (the model's seq_len), found {}", config.seq_len,
                       flags.steps);
   }
+  if (flags.prefill_chunk < 1) return make_error("--prefill-chunk: expected at least 1, found {}", flags.prefill_chunk);
   std::vector<std::vector<int32_t>> prompts;
-  for (const std::string& text : flags.prompts.empty() ? std::vector<std::string>{""} : flags.prompts) {
+  for (const std::string& text : flags.prompts) {
     prompts.push_back(model.tokenizer.encode(text));
     if (prompts.back().size() > size_t(flags.steps)) {
       return make_error("--prompt: '{}' is {} tokens, more than --steps {}", text,
                         prompts.back().size(), flags.steps);
     }
   }
+  for (const std::string& path : flags.prompt_files) {
+    KVP_ASSIGN_OR_RETURN(std::string text, read_file_text(path));
+    prompts.push_back(model.tokenizer.encode(text));
+    if (prompts.back().size() > size_t(flags.steps)) {
+      return make_error("--prompt-file: {} is {} tokens, more than --steps {}", path, prompts.back().size(),
+                        flags.steps);
+    }
+  }
+  if (prompts.empty()) prompts.push_back(model.tokenizer.encode(""));
 
   KVP_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend_ptr, make_backend(flags, model.weights));
   Backend& backend = *backend_ptr;
   Decoder decoder(backend);
-  GenerateOptions options{.steps = flags.steps, .sampler = flags.sampler};
+  if (flags.prefill_evict && !backend.prefills_in_chunks()) {
+    return make_error("--prefill-evict: the {} backend prefills a prompt in one step; run it on --backend cpu",
+                      backend.name());
+  }
+  GenerateOptions options{.steps = flags.steps, .sampler = flags.sampler, .prefill_chunk = flags.prefill_chunk,
+                          .prefill_evict = flags.prefill_evict};
   options.stop_tokens.clear();
   for (int32_t t = 0; t < model.tokenizer.vocab_size(); ++t) {
     if (model.tokenizer.is_end_token(t) || t == model.tokenizer.bos()) options.stop_tokens.push_back(t);
@@ -96,6 +118,17 @@ Status run(const RunFlags& flags) {
     budgets.assign(prompts.size(), plan.kv_budgets());
     predicted_kv_bytes = plan.kv_bytes_per_sequence * static_cast<int64_t>(prompts.size());
   }
+  // The KV the memory model predicts at the prefill's peak: every cache, plus every prompt's
+  // scratch (all prompts are prefilled together, chunk by chunk).
+  int64_t predicted_peak_kv_bytes = 0;
+  const bool chunked = backend.prefills_in_chunks();
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    predicted_peak_kv_bytes += budgets[s].kv_bytes();
+    if (chunked) {
+      const int evict_chunk = flags.prefill_evict ? flags.prefill_chunk : 0;
+      predicted_peak_kv_bytes += budgets[s].prefill_scratch(int(prompts[s].size()), evict_chunk).kv_bytes();
+    }
+  }
 
   // A single sequence streams its text as it is generated; a batch prints when done.
   const bool stream = prompts.size() == 1 && !flags.json;
@@ -114,6 +147,11 @@ Status run(const RunFlags& flags) {
   });
   const double tokens_per_s =
       result.decode_s > 0 ? static_cast<double>(result.generated_tokens) / result.decode_s : 0.0;
+  const double prefill_tokens_per_s =
+      result.prefill_s > 0 ? static_cast<double>(result.prompt_tokens) / result.prefill_s : 0.0;
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const int64_t peak_rss_bytes = int64_t{usage.ru_maxrss} * 1024;
 
   if (flags.json) {
     nlohmann::json out;
@@ -121,6 +159,14 @@ Status run(const RunFlags& flags) {
     out["backend"] = backend.name();
     out["kv_bytes"] = backend.kv_bytes_allocated();
     if (predicted_kv_bytes >= 0) out["predicted_kv_bytes"] = predicted_kv_bytes;
+    out["peak_kv_bytes"] = backend.peak_kv_bytes();
+    if (chunked) out["predicted_peak_kv_bytes"] = predicted_peak_kv_bytes;
+    out["peak_rss_bytes"] = peak_rss_bytes;
+    out["threads"] = flags.model.threads;
+    out["prefill_chunk"] = flags.prefill_chunk;
+    out["prefill_evict"] = flags.prefill_evict;
+    out["prompt_tokens"] = result.prompt_tokens;
+    out["prefill_tokens_per_s"] = prefill_tokens_per_s;
     out["generated_tokens"] = result.generated_tokens;
     out["prefill_s"] = result.prefill_s;
     out["decode_s"] = result.decode_s;
@@ -139,7 +185,8 @@ Status run(const RunFlags& flags) {
       std::printf("[%zu] %s\n", s, model.tokenizer.decode(result.tokens[s]).c_str());
     }
   }
-  std::fprintf(stderr, "kvplan run: %lld tokens in %.3f s (%.0f tokens/s), KV cache %lld bytes%s\n",
+  std::fprintf(stderr, "kvplan run: prefill %lld tokens in %.3f s (%.0f tokens/s); %lld tokens in %.3f s (%.0f tokens/s), KV cache %lld bytes%s\n",
+               static_cast<long long>(result.prompt_tokens), result.prefill_s, prefill_tokens_per_s,
                static_cast<long long>(result.generated_tokens), result.decode_s, tokens_per_s,
                static_cast<long long>(backend.kv_bytes_allocated()),
                predicted_kv_bytes < 0 ? "" : fmt::format(" (plan predicted {})", predicted_kv_bytes).c_str());
@@ -156,6 +203,14 @@ Command add_run_command(CLI::App& app) {
   flags->plan.add_to(sub);
   sub->add_option("--prompt", flags->prompts,
                   "Prompt text; repeat for a batch (default: start from BOS alone)");
+  sub->add_option("--prompt-file", flags->prompt_files, "A file whose text is one prompt; repeat for a batch")
+      ->check(CLI::ExistingFile);
+  sub->add_option("--prefill-chunk", flags->prefill_chunk,
+                  "Prompt rows run per forward pass and sequence (default 512): activations O(chunk), "
+                  "attention O(chunk x prompt); the kept tokens do not depend on it");
+  sub->add_flag("--prefill-evict", flags->prefill_evict,
+                "Cut each prompt to budget after every chunk (scores from the chunks seen so far), so a "
+                "sequence never holds more than budget + chunk tokens; cpu backend");
   sub->add_option("--steps", flags->steps,
                   "Positions to run through the model, prompt included, as llama2.c counts "
                   "them; each yields one token (default 256)");
