@@ -4,7 +4,7 @@
 
 namespace kvp {
 
-CudaDeviceReport query_cuda_devices() {
+CudaDeviceReport query_cuda_devices_direct() {
   CudaDeviceReport report;
   report.built_with_cuda = true;
   cudaRuntimeGetVersion(&report.runtime_version);

@@ -27,6 +27,10 @@ struct CudaDeviceReport {
   std::string why_none;  // when devices is empty: the runtime's own reason
 };
 
+// Loads the CUDA plugin (executor/gpu/cuda_plugin.h) on first use; a build without CUDA, or a
+// machine where the plugin or the CUDA libraries cannot be loaded, reports no device and why.
 CudaDeviceReport query_cuda_devices();
+// The plugin's own query through the CUDA runtime (kernels/device_query.cu; CUDA builds only).
+CudaDeviceReport query_cuda_devices_direct();
 
 }  // namespace kvp

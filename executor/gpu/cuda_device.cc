@@ -84,7 +84,7 @@ class CudaDevice final : public Device {
 
 }  // namespace
 
-Result<std::unique_ptr<Device>> make_cuda_device() {
+Result<std::unique_ptr<Device>> make_cuda_device_direct() {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) return make_error("no CUDA device: {}", cudaGetErrorString(e));

@@ -51,8 +51,11 @@ class Device {
 
 // The CPU emulation: always available.
 std::unique_ptr<Device> make_emulated_device();
-// The first CUDA device, or why there is none (no CUDA build, no driver, no device).
+// The first CUDA device, or why there is none (no CUDA build, the plugin or the CUDA libraries
+// not loadable, no driver, no device). Loads the CUDA plugin on first use (cuda_plugin.h).
 Result<std::unique_ptr<Device>> make_cuda_device();
+// The plugin's own constructor (executor/gpu/cuda_device.cc; CUDA builds only).
+Result<std::unique_ptr<Device>> make_cuda_device_direct();
 
 // Device memory owned by one buffer.
 class DeviceBuffer {

@@ -69,6 +69,39 @@ TEST(Cli, RunPrefillsAPromptFileInChunksAndReportsItsPeak) {
   EXPECT_EQ(nlohmann::json::parse(whole.out)["peak_kv_bytes"].get<int64_t>(), 5 * 4 * (64 + P) * 76);
 }
 
+// The libraries the dynamic loader maps for `args`, from glibc's LD_DEBUG=libs trace.
+std::string loaded_libraries(const std::string& env, const std::string& args) {
+  const std::string dir = test::make_temp_dir("ldd");
+  const std::string trace = dir + "/trace";
+  const std::string command = env + " LD_DEBUG=libs LD_DEBUG_OUTPUT=" + shell_quote(trace) + " " +
+                              shell_quote(KVPLAN_BINARY) + " " + args + " >/dev/null 2>&1";
+  EXPECT_EQ(std::system(command.c_str()), 0) << command;
+  std::string all;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) all += test::read_bytes(e.path().string());
+  return all;
+}
+
+// The CPU path never maps cudart or cuBLAS: they come with the CUDA plugin, loaded only when a GPU
+// is asked for (and a plugin that cannot be loaded is reported, not fatal).
+TEST(Cli, TheCpuPathStartsWithoutTheCudaLibraries) {
+  const std::string run = loaded_libraries("", "run --steps 16");
+  ASSERT_NE(run.find("libstdc++"), std::string::npos) << "LD_DEBUG traced nothing";
+  EXPECT_EQ(run.find("libcudart"), std::string::npos);
+  EXPECT_EQ(run.find("libcublas"), std::string::npos);
+  EXPECT_EQ(loaded_libraries("", "--help").find("libcudart"), std::string::npos);
+#if KVP_HAVE_CUDA
+  const std::string devices = loaded_libraries("", "inspect --devices");
+  EXPECT_NE(devices.find("libkvplan_cuda.so"), std::string::npos);
+  EXPECT_NE(devices.find("libcudart"), std::string::npos);
+  const std::string dir = test::make_temp_dir("noplugin");
+  const std::string command = "KVPLAN_CUDA_PLUGIN=" + dir + "/none.so " + shell_quote(KVPLAN_BINARY) +
+                              " inspect --devices --json > " + dir + "/out";
+  ASSERT_EQ(std::system(command.c_str()), 0);
+  const auto j = nlohmann::json::parse(test::read_bytes(dir + "/out"));
+  EXPECT_NE(j.dump().find(dir + "/none.so"), std::string::npos) << j.dump();
+#endif
+}
+
 TEST(Cli, InspectDescribesTheDefaultModel) {
   const test::CliResult r = run_kvplan("inspect --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
