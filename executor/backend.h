@@ -116,6 +116,10 @@ class Backend {
   // The most bytes of KV the backend has held at once since reset_sequences, the prefill's
   // scratch included (the prefill transient).
   virtual int64_t peak_kv_bytes() const = 0;
+  // For benchmarks of long contexts without their prefill: every head of every sequence holds
+  // min(budget, n_positions) of positions 0..n_positions-1 (the policy's sinks, then the newest),
+  // with zero keys, values and scores; the next row of each sequence is at n_positions.
+  virtual void fill_for_benchmark(int n_positions) = 0;
   // Appends every eviction to `log` (null: none).
   virtual void set_eviction_log(std::vector<EvictionRecord>* log) = 0;
   // KV cache bytes allocated for all sequences (the plan's prediction, exactly).

@@ -27,16 +27,24 @@ double teacher_force(Decoder& decoder, const std::vector<std::vector<int32_t>>& 
                      const std::function<bool(int s, int t, const float* logits)>& on_logits) {
   Backend& backend = decoder.backend();
   const int vocab = decoder.config().vocab_size;
+  backend.set_prefill_mode(PrefillMode{.evict_chunk = config.prefill_evict ? config.prefill_chunk : 0});
   backend.reset_sequences(std::vector<KvBudgets>(n, config.budgets), config.policy);
   StepRows rows;
   std::vector<int32_t> logit_rows, live;
+  std::vector<std::span<const int32_t>> prompts;
   for (int i = 0; i < n; ++i) {
-    for (int t = 0; t < prompt_len; ++t) rows.add(tokens[first + i][t], t, i);
-    logit_rows.push_back(static_cast<int32_t>(rows.size()) - 1);
+    prompts.emplace_back(tokens[first + i].data(), size_t(prompt_len));
     live.push_back(i);
   }
-  std::vector<float> logits;
-  decoder.forward(rows, logit_rows, &logits);
+  // The prompts in chunks; each one's last logits into row i of `logits`.
+  std::vector<float> logits(size_t(n) * vocab), ended;
+  prefill_prompts(decoder, prompts, config.prefill_chunk, [&](const std::vector<int32_t>& seqs) {
+    ended.resize(seqs.size() * size_t(vocab));
+    backend.read(Act::kLogits, ended);
+    for (size_t k = 0; k < seqs.size(); ++k) {
+      std::copy_n(ended.data() + k * vocab, vocab, logits.data() + size_t(seqs[k]) * vocab);
+    }
+  });
   const auto start = std::chrono::steady_clock::now();
   for (int t = prompt_len - 1;; ++t) {
     std::vector<int32_t> next;

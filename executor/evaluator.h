@@ -31,6 +31,8 @@ struct EvalReference {
 struct EvalConfig {
   KvBudgets budgets;
   std::shared_ptr<const Policy> policy;
+  int prefill_chunk = 512;  // prompt rows per forward pass (the kept tokens do not depend on it)
+  bool prefill_evict = false;  // --prefill-evict: cut the prompt to budget after every chunk
 };
 
 // REQUIRES: every sequence longer than prompt_len, at most the model's seq_len.

@@ -15,6 +15,36 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
+int64_t prefill_prompts(Decoder& decoder, const std::vector<std::span<const int32_t>>& prompts, int chunk,
+                        const std::function<void(const std::vector<int32_t>& seqs)>& on_last) {
+  KVP_CHECK(chunk >= 1);
+  size_t longest = 0;
+  for (const auto& p : prompts) longest = std::max(longest, p.size());
+  const bool chunked = decoder.backend().prefills_in_chunks();
+  const size_t step = chunked ? static_cast<size_t>(chunk) : longest;
+  int64_t n_rows = 0;
+  std::vector<int32_t> logit_rows, ended;
+  for (size_t begin = 0; begin < longest; begin += step) {
+    StepRows rows;
+    logit_rows.clear();
+    ended.clear();
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      const size_t len = prompts[s].size();
+      if (begin >= len) continue;
+      const size_t end = std::min(len, begin + step);
+      for (size_t i = begin; i < end; ++i) rows.add(prompts[s][i], int32_t(i), int32_t(s), chunked ? int32_t(len) : 0);
+      if (end == len) {
+        logit_rows.push_back(static_cast<int32_t>(rows.size()) - 1);
+        ended.push_back(static_cast<int32_t>(s));
+      }
+    }
+    n_rows += static_cast<int64_t>(rows.size());
+    decoder.forward(rows, logit_rows, nullptr);
+    if (!ended.empty()) on_last(ended);
+  }
+  return n_rows;
+}
+
 KvBudgets full_cache_budgets(const ModelConfig& config, int n_positions) {
   return KvBudgets::uniform(config.n_layers, config.n_kv_heads, config.head_dim(), n_positions);
 }
@@ -36,8 +66,7 @@ GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>
   }
   Backend& backend = decoder.backend();
   KVP_CHECK(options.prefill_chunk >= 1);
-  const bool chunked = backend.prefills_in_chunks();
-  KVP_CHECK(chunked || !options.prefill_evict, "the {} backend does not run --prefill-evict", backend.name());
+  KVP_CHECK(backend.prefills_in_chunks() || !options.prefill_evict, "the {} backend does not run --prefill-evict", backend.name());
   backend.set_prefill_mode(PrefillMode{.evict_chunk = options.prefill_evict ? options.prefill_chunk : 0});
   backend.reset_sequences(budgets, options.policy);
 
@@ -53,33 +82,15 @@ GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>
     backend.pick_tokens(options.sampler, uniforms, picked);
   };
 
-  // Prefill: chunk c of every prompt that long in one pass (every prompt whole when the backend
-  // prefills in one step); the logits of each prompt's last token when its last chunk runs.
+  // Prefill in chunks; the first token of each sequence from its prompt's last logits.
   auto start = std::chrono::steady_clock::now();
-  size_t longest = 0;
-  for (const auto& p : prompts) longest = std::max(longest, p.size());
-  const size_t chunk = chunked ? static_cast<size_t>(options.prefill_chunk) : longest;
+  std::vector<std::span<const int32_t>> views(prompts.begin(), prompts.end());
   std::vector<int32_t> first_token(n_seqs, -1);
-  for (size_t begin = 0; begin < longest; begin += chunk) {
-    StepRows rows;
-    logit_rows.clear();
-    logit_seqs.clear();
-    for (int s = 0; s < n_seqs; ++s) {
-      const size_t len = prompts[s].size();
-      if (begin >= len) continue;
-      const size_t end = std::min(len, begin + chunk);
-      for (size_t i = begin; i < end; ++i) rows.add(prompts[s][i], int32_t(i), s, chunked ? int32_t(len) : 0);
-      if (end == len) {
-        logit_rows.push_back(static_cast<int32_t>(rows.size()) - 1);
-        logit_seqs.push_back(s);
-      }
-    }
-    result.prompt_tokens += static_cast<int64_t>(rows.size());
-    decoder.forward(rows, logit_rows, nullptr);
-    if (logit_seqs.empty()) continue;
+  result.prompt_tokens = prefill_prompts(decoder, views, options.prefill_chunk, [&](const std::vector<int32_t>& seqs) {
+    logit_seqs = seqs;
     pick();
-    for (size_t i = 0; i < logit_seqs.size(); ++i) first_token[logit_seqs[i]] = picked[i];
-  }
+    for (size_t i = 0; i < seqs.size(); ++i) first_token[seqs[i]] = picked[i];
+  });
   logit_seqs.clear();
   picked.clear();
   for (int s = 0; s < n_seqs; ++s) {

@@ -45,6 +45,13 @@ GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>
                         const std::vector<KvBudgets>& budgets, const GenerateOptions& options,
                         const TokenCallback& on_token = {});
 
+// Prefills `prompts[s]` into the backend's fresh sequence s: chunk c of every prompt that long in
+// one forward pass (every prompt whole when the backend prefills in one step). After each pass,
+// `on_last(seqs)` gets the sequences whose prompt ended in it, in order: their last rows' logits
+// are then the backend's current rows. Returns the prompt rows run.
+int64_t prefill_prompts(Decoder& decoder, const std::vector<std::span<const int32_t>>& prompts, int chunk,
+                        const std::function<void(const std::vector<int32_t>& seqs)>& on_last);
+
 // Budgets that hold every position of a sequence up to `n_positions` (the full cache).
 KvBudgets full_cache_budgets(const ModelConfig& config, int n_positions);
 

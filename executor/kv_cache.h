@@ -24,6 +24,20 @@ class KvCache {
   // budgets.aux_floats_per_slot <= 1.
   explicit KvCache(KvBudgets budgets);
 
+  // Storage of a cache, kept for another of at most `bytes` (reusing memory already faulted in:
+  // a fresh allocation of gigabytes costs seconds of page zeroing).
+  struct Arena {
+    struct Free {
+      void operator()(std::byte* p) const;
+    };
+    std::unique_ptr<std::byte[], Free> data;
+    size_t bytes = 0;
+  };
+  // A cache in `arena` when it is large enough (else in a new allocation).
+  KvCache(KvBudgets budgets, Arena arena);
+  // Gives up the cache's storage (the cache is then unusable).
+  Arena release() && { return std::move(arena_); }
+
   const KvBudgets& budgets() const { return budgets_; }
   HeadCache head(int layer_idx, int kv_head_idx);
   int64_t bytes() const { return budgets_.kv_bytes(); }
@@ -32,10 +46,7 @@ class KvCache {
 
  private:
   KvBudgets budgets_;
-  struct AlignedFree {
-    void operator()(std::byte* p) const;
-  };
-  std::unique_ptr<std::byte[], AlignedFree> arena_;  // kv_bytes() bytes, 64-byte aligned
+  Arena arena_;  // at least kv_bytes() bytes, 64-byte aligned
   std::vector<size_t> head_offset_;     // [n_layers * n_kv_heads] byte offset of each head
   std::vector<int32_t> n_used_;         // [n_layers * n_kv_heads]
 };

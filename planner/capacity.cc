@@ -44,7 +44,8 @@ Result<HardwareSpec> HardwareSpec::load(const std::string& path) {
   KVP_ASSIGN_OR_RETURN(std::string text, read_file_text(path));
   KVP_ASSIGN_OR_RETURN(YAML::Node root, parse_yaml_map(text, path));
   const YamlFields f(root, path, "");
-  KVP_RETURN_IF_ERROR(f.only({"name", "memory_bytes", "bandwidth_bytes_per_s", "peak_flops", "source"}));
+  KVP_RETURN_IF_ERROR(f.only({"name", "memory_bytes", "bandwidth_bytes_per_s", "peak_flops", "source", "matmul_flops",
+                              "matmul_stream_flops", "matmul_stream1_flops", "attention_flops", "evict_slot_s", "sync_s", "measured_by"}));
   HardwareSpec h;
   KVP_ASSIGN_OR_RETURN(h.name, f.str("name"));
   KVP_ASSIGN_OR_RETURN(h.memory_bytes, f.integer64("memory_bytes", 1, INT64_MAX));
@@ -53,7 +54,61 @@ Result<HardwareSpec> HardwareSpec::load(const std::string& path) {
   KVP_ASSIGN_OR_RETURN(h.source, f.str("source"));
   if (h.bandwidth_bytes_per_s <= 0) return f.error("bandwidth_bytes_per_s", "expected a positive number");
   if (h.peak_flops <= 0) return f.error("peak_flops", "expected a positive number");
+  for (auto [key, rates] : {std::pair{"matmul_flops", &h.matmul_flops}, std::pair{"matmul_stream_flops", &h.matmul_stream_flops},
+                            std::pair{"matmul_stream1_flops", &h.matmul_stream1_flops}}) {
+    if (!f.has(key)) continue;
+    const YAML::Node m = root[key];
+    const std::string name = key;
+    if (!m.IsMap()) return f.error(name, "expected a map of weight type to FLOP/s");
+    for (const auto& kv : m) {
+      const std::string type = kv.first.as<std::string>();
+      static constexpr std::string_view kTypes[] = {"f32", "f16", "bf16", "q8_0", "q4_k", "q6_k"};
+      if (std::find(std::begin(kTypes), std::end(kTypes), type) == std::end(kTypes)) {
+        return f.error(name + "." + type, "unknown weight type (f32, f16, bf16, q8_0, q4_k or q6_k)");
+      }
+      double v = 0;
+      try {
+        v = kv.second.as<double>();
+      } catch (const YAML::Exception&) {
+        v = -1;
+      }
+      if (!(v > 0)) return f.error(name + "." + type, "expected a positive number");
+      rates->emplace_back(type, v);
+    }
+  }
+  for (auto [key, field] : {std::pair{"attention_flops", &h.attention_flops}, std::pair{"evict_slot_s", &h.evict_slot_s},
+                            std::pair{"sync_s", &h.sync_s}}) {
+    if (!f.has(key)) continue;
+    KVP_ASSIGN_OR_RETURN(*field, f.number(key));
+    if (*field < 0) return f.error(key, "expected a number >= 0");
+  }
   return h;
+}
+
+namespace {
+
+double rate_of(const std::vector<std::pair<std::string, double>>& rates, const std::string& weight_type) {
+  for (const auto& [type, flops] : rates) {
+    if (type == weight_type) return flops;
+  }
+  return 0;
+}
+
+}  // namespace
+
+double HardwareSpec::matmul_stream_flops_for(const std::string& weight_type) const {
+  return rate_of(matmul_stream_flops, weight_type);
+}
+
+double HardwareSpec::matmul_stream1_flops_for(const std::string& weight_type) const {
+  return rate_of(matmul_stream1_flops, weight_type);
+}
+
+double HardwareSpec::matmul_flops_for(const std::string& weight_type) const {
+  for (const auto& [type, flops] : matmul_flops) {
+    if (type == weight_type) return flops;
+  }
+  return peak_flops;
 }
 
 KvBudgets keep_ratio_budgets(const ModelSpec& m, int context_len, double keep_ratio, KvDtype dtype,
@@ -66,28 +121,67 @@ KvBudgets keep_ratio_budgets(const ModelSpec& m, int context_len, double keep_ra
 
 namespace {
 
-CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, int64_t weights, int64_t reserve, const KvBudgets& kv,
-                  int context_len) {
+// Parameters multiplied per token: every matrix, the classifier included (for tied embeddings the
+// table itself). A step reads their share of the weight bytes: all but the norms and an untied
+// embedding table, of which it reads one row per token.
+int64_t matmul_parameters(const ModelSpec& m) {
+  const int64_t d = m.dim, h = m.hidden_dim, hd = m.head_dim();
+  const int64_t per_layer = d * m.n_heads * hd + 2 * d * m.n_kv_heads * hd + m.n_heads * hd * d + 3 * d * h;
+  return m.n_layers * per_layer + int64_t{m.vocab_size} * d;
+}
+
+CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuery& q, int64_t weights,
+                  const KvBudgets& kv, bool evicts) {
   CapacitySide s;
   s.kv_bytes_per_sequence = kv.kv_bytes();
+  const int prompt_len = q.prompt_len > 0 ? q.prompt_len : q.context_len;
+  s.peak_kv_bytes_per_sequence = s.kv_bytes_per_sequence + kv.prefill_scratch(prompt_len, q.prefill_evict_chunk).kv_bytes();
   // Per-sequence activations of a decode step in fp32: residual, norms, q/k/v, attention output,
   // the two SwiGLU halves, logits, and the attention scores of one head row.
   s.activation_bytes_per_sequence =
       4 * (3 * int64_t{m.dim} + 2 * int64_t{m.n_kv_heads} * m.head_dim() + 2 * int64_t{m.hidden_dim} + m.vocab_size +
-           context_len);
-  const int64_t free = hw.memory_bytes - weights - reserve;
+           q.context_len);
+  const int64_t free = hw.memory_bytes - weights - q.runtime_reserve_bytes;
   s.max_batch = free > 0 ? free / (s.kv_bytes_per_sequence + s.activation_bytes_per_sequence) : 0;
-  if (s.max_batch == 0) return s;
-  // Roofline of one decode step for max_batch sequences: every weight and every cached byte is
-  // read once; FLOPs are the weight products plus attention over the cached slots.
-  const double attended_slots = static_cast<double>(kv.total_slots());
-  const double bytes = double(weights) + double(s.max_batch) * double(s.kv_bytes_per_sequence);
-  const double flops = double(s.max_batch) * (2.0 * m.parameter_count() +
-                                              4.0 * attended_slots * m.head_dim() * (m.n_heads / m.n_kv_heads));
-  const double t_mem = bytes / hw.bandwidth_bytes_per_s, t_flop = flops / hw.peak_flops;
-  s.decode_step_s = std::max(t_mem, t_flop);
-  s.memory_bound = t_mem >= t_flop;
-  s.tokens_per_s = double(s.max_batch) / s.decode_step_s;
+  s.max_batch_at_peak = free > 0 ? free / (s.peak_kv_bytes_per_sequence + s.activation_bytes_per_sequence) : 0;
+  s.batch = q.batch > 0 ? q.batch : s.max_batch;
+  if (s.batch == 0) return s;
+  const double B = double(s.batch);
+  // A decode step runs its phases one after another (DESIGN §6):
+  // weight products: every matrix byte is read once for the batch, and 2 FLOPs per parameter and row
+  // are done at the kernels' compute-bound rate; the slower of the two.
+  const int64_t params = m.parameter_count(), mm_params = matmul_parameters(m);
+  const double bytes_read = double(weights) * double(mm_params) / double(params);
+  const double t_w_mem = bytes_read / hw.bandwidth_bytes_per_s;
+  const double per_row = 2.0 * double(mm_params);
+  const double cached = hw.matmul_flops_for(q.weight_type), streamed = hw.matmul_stream_flops_for(q.weight_type);
+  if (streamed > 0) {
+    // The first pass over each matrix streams it from memory with up to 4 rows; the rest of the
+    // batch finds it in cache.
+    // 1..4 rows: a + b·rows through the 1-row and 4-row rates when both were measured.
+    const double t4 = 4.0 * per_row / streamed;
+    const double streamed1 = hw.matmul_stream1_flops_for(q.weight_type);
+    const double t1 = streamed1 > 0 ? per_row / streamed1 : t4 / 4.0;
+    const double first = B >= 4.0 ? t4 : t1 + (B - 1.0) * (t4 - t1) / 3.0;
+    s.weights_s = std::max(t_w_mem, first) + std::max(0.0, B - 4.0) * per_row / cached;
+    s.memory_bound = t_w_mem >= first && B <= 4.0;
+  } else {
+    const double t_w_flop = B * per_row / cached;
+    s.weights_s = std::max(t_w_mem, t_w_flop);
+    s.memory_bound = t_w_mem >= t_w_flop;
+  }
+  // attention: each sequence's cached bytes read once, 4·head_dim FLOPs per query head and slot,
+  // and an evicting policy's bookkeeping per KV-head slot.
+  const double slots = double(kv.total_slots());
+  const double group = double(m.n_heads / m.n_kv_heads);
+  const double attention_flops = hw.attention_flops > 0 ? hw.attention_flops : hw.peak_flops;
+  s.attention_s = std::max(B * double(s.kv_bytes_per_sequence) / hw.bandwidth_bytes_per_s,
+                           B * 4.0 * slots * m.head_dim() * group / attention_flops) +
+                  (evicts ? B * slots * hw.evict_slot_s : 0.0);
+  // fork/joins: 7 matrix products and attention per layer, and the classifier.
+  s.overhead_s = hw.sync_s * double(8 * m.n_layers + 1);
+  s.decode_step_s = s.weights_s + s.attention_s + s.overhead_s;
+  s.tokens_per_s = B / s.decode_step_s;
   return s;
 }
 
@@ -104,8 +198,8 @@ CapacityReport capacity(const ModelSpec& m, const HardwareSpec& hw, const Capaci
     KVP_CHECK(q.plan_budgets.size() == size_t(m.n_layers) * m.n_kv_heads);
     plan.budget_tokens = q.plan_budgets;
   }
-  r.full = side(m, hw, r.weight_bytes, r.workspace_bytes, full, q.context_len);
-  r.plan = side(m, hw, r.weight_bytes, r.workspace_bytes, plan, q.context_len);
+  r.full = side(m, hw, q, r.weight_bytes, full, false);
+  r.plan = side(m, hw, q, r.weight_bytes, plan, q.keep_ratio < 1.0 || !q.plan_budgets.empty());
   return r;
 }
 

@@ -23,13 +23,30 @@ struct ModelSpec {
   static Result<ModelSpec> load(const std::string& path);
 };
 
-// A device (configs/hardware/*.yaml).
+// A device (configs/hardware/*.yaml). The optional rates describe kvplan's own kernels on it, as
+// `kvplan measure-hardware` measures them; where absent, the roofline's peak_flops stands in.
 struct HardwareSpec {
   std::string name;
   int64_t memory_bytes = 0;
   double bandwidth_bytes_per_s = 0;
   double peak_flops = 0;
   std::string source;
+  // FLOP/s of the weight products when compute-bound (a batch of rows), per stored weight type
+  // ("f32", "f16", "bf16", "q8_0", "q4_k", "q6_k"). Empty: peak_flops.
+  std::vector<std::pair<std::string, double>> matmul_flops;
+  // The same with the weights streamed from memory, 4 rows at a time (the CPU kernels' register
+  // block): the rate of a step's first pass over each matrix; later passes (batches over 4 rows)
+  // find the matrix in cache and run at matmul_flops. Empty: one roofline for the whole batch.
+  std::vector<std::pair<std::string, double>> matmul_stream_flops;
+  // The same at 1 row: with it, a first pass of 1..4 rows costs a + b·rows (weight decoding plus
+  // the products), interpolated between the two.
+  std::vector<std::pair<std::string, double>> matmul_stream1_flops;
+  double attention_flops = 0;  // decode attention, 4·head_dim FLOPs per query head and slot (0: peak_flops)
+  double evict_slot_s = 0;     // an evicting policy's bookkeeping per KV-head slot and step (scores, victim)
+  double sync_s = 0;           // one fork/join of the threads that share a step's work (0: one thread)
+  double matmul_flops_for(const std::string& weight_type) const;
+  double matmul_stream_flops_for(const std::string& weight_type) const;  // 0 when not measured
+  double matmul_stream1_flops_for(const std::string& weight_type) const;  // 0 when not measured
   static Result<HardwareSpec> load(const std::string& path);
 };
 
@@ -43,15 +60,24 @@ struct CapacityQuery {
   std::vector<int32_t> plan_budgets;  // [n_layers * n_kv_heads]
   double keep_ratio = 1.0;
   int64_t runtime_reserve_bytes = int64_t{1} << 30;  // CUDA context, cuBLAS workspace, allocator slack
+  int batch = 0;                     // sequences decoded together; 0: the largest batch that fits
+  std::string weight_type = "f16";   // stored type of the matrices (HardwareSpec::matmul_flops)
+  int prompt_len = 0;                // prompt prefilled per sequence (peak bytes); 0: context_len
+  int prefill_evict_chunk = 0;       // --prefill-evict chunk; 0: the prompt held whole until cut
 };
 
 struct CapacitySide {
-  int64_t kv_bytes_per_sequence = 0;
+  int64_t kv_bytes_per_sequence = 0;       // steady state: the budgets
+  int64_t peak_kv_bytes_per_sequence = 0;  // during prefill: the budgets plus the prompt's scratch
   int64_t activation_bytes_per_sequence = 0;
-  int64_t max_batch = 0;            // sequences that fit
-  double decode_step_s = 0;         // roofline, one token for each of max_batch sequences
+  int64_t max_batch = 0;            // sequences that fit at steady state
+  int64_t max_batch_at_peak = 0;    // sequences that fit when all prefill together
+  int64_t batch = 0;                // the batch the step time is for (query.batch, else max_batch)
+  double decode_step_s = 0;         // one token for each of `batch` sequences
   double tokens_per_s = 0;
-  bool memory_bound = true;
+  bool memory_bound = true;         // the weight products are bandwidth-bound (not compute-bound)
+  // The step's parts: weight products, attention (with the policy's bookkeeping), fork/joins.
+  double weights_s = 0, attention_s = 0, overhead_s = 0;
 };
 
 struct CapacityReport {

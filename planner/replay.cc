@@ -206,19 +206,34 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
     const Policy& policy = *config.policy;
     const bool aux = policy.aux_floats_per_slot() > 0;
     Totals& tot = totals[c];
-    if (prefilled == nullptr || !same_prefill(*prefilled, policy)) {
-      ws.prompt.reshape(std::vector<int32_t>(KVH, P), hd, aux);
+    LayerCache& cache = ws.cache;
+    if (config.prefill_evict_chunk > 0) {
+      // Cut after every chunk: the prefill depends on the budgets, so it runs per configuration.
+      const int chunk = config.prefill_evict_chunk;
+      std::vector<int32_t> room;
+      for (int32_t b : config.budgets[l]) room.push_back(std::min(P, b + chunk));
+      ws.cut_from.reshape(room, hd, aux);
+      cache.reshape(config.budgets[l], hd, aux);
       for (int t = 0; t < P; ++t) {
         TokenRow r = row(t);
         r.prompt_len = P;
-        layer_step(policy, ws.prompt.views(), r, group, out, nullptr, scratch, {});
+        prefill_row(policy, ws.cut_from.views(), cache.views(), config.budgets[l], r, group, out, scratch, chunk, {});
       }
-      prefilled = &policy;
+      prefilled = nullptr;
+    } else {
+      if (prefilled == nullptr || !same_prefill(*prefilled, policy)) {
+        ws.prompt.reshape(std::vector<int32_t>(KVH, P), hd, aux);
+        for (int t = 0; t < P; ++t) {
+          TokenRow r = row(t);
+          r.prompt_len = P;
+          layer_step(policy, ws.prompt.views(), r, group, out, nullptr, scratch, {});
+        }
+        prefilled = &policy;
+      }
+      ws.cut_from.assign(ws.prompt);
+      cache.reshape(config.budgets[l], hd, aux);
+      cut_prefill(policy, ws.cut_from.views(), cache.views(), {});
     }
-    ws.cut_from.assign(ws.prompt);
-    LayerCache& cache = ws.cache;
-    cache.reshape(config.budgets[l], hd, aux);
-    cut_prefill(policy, ws.cut_from.views(), cache.views(), {});
     // The decode: each step's outputs and softmax statistics into their rows; the measures after.
     for (int t = P; t < T; ++t) {
       layer_step(policy, cache.views(), row(t), group, ws.delta.data() + size_t(t - P) * q_dim,

@@ -16,6 +16,9 @@ struct ReplayConfig {
   std::shared_ptr<const Policy> policy;
   std::vector<std::vector<int32_t>> budgets;  // [n_layers][n_kv_heads] slots
   bool head_energy = false;  // also measure each KV head's own residual energy (head_resid_energy)
+  // --prefill-evict with chunks of this many prompt rows (0: the prompt held whole, then cut), as
+  // the executor's prefill_row does it.
+  int prefill_evict_chunk = 0;
 };
 
 struct ReplayResult {

@@ -16,6 +16,12 @@ using ConstVectorMap = Eigen::Map<const Eigen::VectorXf>;
 
 }  // namespace
 
+int64_t cpu_activation_bytes(const ModelConfig& config, int64_t rows) {
+  int64_t floats = 0;
+  for (int a = 0; a < kNumActs; ++a) floats += (act_width(config, static_cast<Act>(a)) + 15) / 16 * 16;
+  return rows * floats * int64_t{sizeof(float)};
+}
+
 CpuBackend::CpuBackend(const ModelWeights& weights, int threads)
     : weights_(weights),
       config_(weights.config()),
@@ -28,12 +34,20 @@ CpuBackend::CpuBackend(const ModelWeights& weights, int threads)
 void CpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets,
                                  std::shared_ptr<const Policy> policy) {
   policy_ = policy ? std::move(policy) : keep_all_policy();
+  // The old caches' storage serves the new ones where it is large enough (smallest first).
+  std::vector<KvCache::Arena> spare;
+  for (KvCache& c : caches_) spare.push_back(std::move(c).release());
   caches_.clear();
   caches_.reserve(budgets.size());
   for (const KvBudgets& b : budgets) {
     KVP_CHECK(b.n_layers == config_.n_layers && b.n_kv_heads == config_.n_kv_heads &&
               b.head_dim == config_.head_dim());
-    caches_.emplace_back(b);
+    const size_t need = static_cast<size_t>(b.kv_bytes());
+    auto best = spare.end();
+    for (auto it = spare.begin(); it != spare.end(); ++it) {
+      if (it->data && it->bytes >= need && (best == spare.end() || it->bytes < best->bytes)) best = it;
+    }
+    caches_.emplace_back(b, best == spare.end() ? KvCache::Arena{} : std::move(*best));
   }
   prompts_.clear();
   prompts_.resize(budgets.size());
@@ -45,6 +59,26 @@ int64_t CpuBackend::kv_bytes_allocated() const {
   int64_t total = 0;
   for (const KvCache& c : caches_) total += c.bytes();
   return total;
+}
+
+void CpuBackend::fill_for_benchmark(int n_positions) {
+  const int sinks = policy_->params().sinks;
+  for (KvCache& cache : caches_) {
+    const KvBudgets& b = cache.budgets();
+    for (int l = 0; l < b.n_layers; ++l) {
+      for (int h = 0; h < b.n_kv_heads; ++h) {
+        const HeadSlots head = cache.head(l, h);
+        const int n = std::min(head.budget, n_positions), s = std::min(sinks, n);
+        std::fill_n(head.k, size_t(head.budget) * head.head_dim, 0.0f);
+        std::fill_n(head.v, size_t(head.budget) * head.head_dim, 0.0f);
+        std::fill_n(head.score, head.budget, 0.0f);
+        if (head.aux) std::fill_n(head.aux, head.budget, 0.0f);
+        for (int j = 0; j < s; ++j) head.pos[j] = j;
+        for (int j = s; j < n; ++j) head.pos[j] = n_positions - (n - j);
+        *head.n_used = n;
+      }
+    }
+  }
 }
 
 void CpuBackend::note_kv_bytes() {
@@ -202,23 +236,20 @@ void CpuBackend::step_row(Worker& w, int r, int seq, int layer_idx, KvCache& cac
 
 void CpuBackend::prefill_rows(Worker& w, const Run& run, int layer_idx, int h0, int h1) {
   Prompt& p = prompts_[run.seq];
-  const int chunk = prefill_mode_.evict_chunk;
   std::vector<int32_t> budgets;
-  for (int h = h0; h < h1; ++h) budgets.push_back(caches_[run.seq].head(layer_idx, h).budget);
+  heads_of(*p.scratch, layer_idx, h0, h1, &w.heads);
+  heads_of(caches_[run.seq], layer_idx, h0, h1, &w.dest);
+  for (const HeadSlots& d : w.dest) budgets.push_back(d.budget);
+  const int group = config_.group_size(), hd = config_.head_dim();
+  const size_t q_at = static_cast<size_t>(h0) * group * hd, kv_at = static_cast<size_t>(h0) * hd;
   for (int i = 0; i < run.n; ++i) {
     const int r = run.first + i;
     const int32_t pos = rows_.positions[r];
-    step_row(w, r, run.seq, layer_idx, *p.scratch, layer_idx, h0, h1, p.prompt_len);
-    if (pos == p.prompt_len - 1) {
-      // The whole prompt has been seen: keep what the policy selects in the sequence's cache.
-      heads_of(*p.scratch, layer_idx, h0, h1, &w.heads);
-      heads_of(caches_[run.seq], layer_idx, h0, h1, &w.dest);
-      cut_slots(*policy_, w.heads, w.dest, budgets, pos, true, eviction_logger(run.seq, pos, layer_idx, h0));
-    } else if (chunk > 0 && (pos + 1) % chunk == 0) {
-      // --prefill-evict: the end of a chunk; cut to budget in place from the scores so far.
-      heads_of(*p.scratch, layer_idx, h0, h1, &w.heads);
-      cut_slots(*policy_, w.heads, w.heads, budgets, pos, false, eviction_logger(run.seq, pos, layer_idx, h0));
-    }
+    prefill_row(*policy_, w.heads, w.dest, budgets,
+                TokenRow{.q = row(Act::kQ, r) + q_at, .k = row(Act::kK, r) + kv_at, .v = row(Act::kV, r) + kv_at,
+                         .pos = pos, .layer_idx = layer_idx, .prompt_len = p.prompt_len, .kv_head_first = h0},
+                group, row(Act::kAttn, r) + q_at, w.scratch, prefill_mode_.evict_chunk,
+                eviction_logger(run.seq, pos, layer_idx, h0));
   }
 }
 

@@ -18,6 +18,10 @@
 
 namespace kvp {
 
+// Bytes of the step activations the CPU backend holds for `rows` rows at once (every Act, rows
+// padded to 16 floats): what a prefill chunk of that many rows costs besides the KV.
+int64_t cpu_activation_bytes(const ModelConfig& config, int64_t rows);
+
 class CpuBackend final : public Backend {
  public:
   // `weights` must outlive the backend. `threads` >= 1 share the matrix products.
@@ -32,6 +36,7 @@ class CpuBackend final : public Backend {
   void set_prefill_mode(const PrefillMode& mode) override { prefill_mode_ = mode; }
   int64_t kv_bytes_allocated() const override;
   int64_t peak_kv_bytes() const override { return peak_kv_bytes_; }
+  void fill_for_benchmark(int n_positions) override;
 
   void begin_step(const StepRows& rows) override;
   void embed() override;

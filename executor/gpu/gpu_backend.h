@@ -63,10 +63,7 @@ class GpuBackend final : public Backend {
   void set_prefill_mode(const PrefillMode& mode) override;
   int64_t peak_kv_bytes() const override { return kv_bytes_allocated(); }
 
-  // For benchmarks of long contexts without their prefill: every head of every sequence holds
-  // min(budget, n_positions) of positions 0..n_positions-1 (the sinks, then the newest), with
-  // zero keys, values and scores.
-  void fill_for_benchmark(int n_positions);
+  void fill_for_benchmark(int n_positions) override;
 
   void begin_step(const StepRows& rows) override;
   void embed() override;

@@ -94,6 +94,18 @@ void cut_slots(const Policy& policy, std::span<const HeadSlots> from, std::span<
   }
 }
 
+void prefill_row(const Policy& policy, std::span<const HeadSlots> scratch, std::span<const HeadSlots> dest,
+                 std::span<const int32_t> budgets, const TokenRow& row, int group, float* attn_out, StepScratch& sc,
+                 int evict_chunk, const EvictFn& on_cut) {
+  KVP_CHECK(row.prompt_len > 0 && row.pos < row.prompt_len);
+  layer_step(policy, scratch, row, group, attn_out, nullptr, sc, {});
+  if (row.pos == row.prompt_len - 1) {
+    cut_slots(policy, scratch, dest, budgets, row.pos, true, on_cut);
+  } else if (evict_chunk > 0 && (row.pos + 1) % evict_chunk == 0) {
+    cut_slots(policy, scratch, scratch, budgets, row.pos, false, on_cut);
+  }
+}
+
 void cut_prefill(const Policy& policy, std::span<const HeadSlots> prompt, std::span<const HeadSlots> dest,
                  const EvictFn& on_evict) {
   const int n = *prompt[0].n_used;

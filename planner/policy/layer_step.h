@@ -78,6 +78,16 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
 void cut_slots(const Policy& policy, std::span<const HeadSlots> from, std::span<const HeadSlots> to,
                std::span<const int32_t> budgets, int32_t newest_pos, bool finish, const EvictFn& on_evict);
 
+// One prompt row of a prompt of row.prompt_len positions (prefilled in position order) through
+// `scratch` (the prompt so far: every position, or with --prefill-evict chunks of `evict_chunk`
+// rows at most budgets[h] + evict_chunk), then the cut its position calls for: after the prompt's
+// last position, what the policy keeps within budgets[h] into `dest`; after the last row of an
+// --prefill-evict chunk, in place in `scratch`, from the scores so far. The executor's CPU cache
+// and the planner's replay both prefill through this, so they cut the same tokens.
+void prefill_row(const Policy& policy, std::span<const HeadSlots> scratch, std::span<const HeadSlots> dest,
+                 std::span<const int32_t> budgets, const TokenRow& row, int group, float* attn_out, StepScratch& sc,
+                 int evict_chunk, const EvictFn& on_cut);
+
 void cut_prefill(const Policy& policy, std::span<const HeadSlots> prompt, std::span<const HeadSlots> dest,
                  const EvictFn& on_evict);
 

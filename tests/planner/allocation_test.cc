@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "planner/capacity.h"
+#include "tests/support/test_support.h"
 
 namespace kvp {
 namespace {
@@ -89,10 +90,79 @@ TEST(Capacity, BatchAndRooflineByHand) {
   EXPECT_EQ(r.plan.kv_bytes_per_sequence, 4 * 25 * 136);
   const int64_t free = (int64_t{1} << 30) - r.weight_bytes - (1 << 20);
   EXPECT_EQ(r.full.max_batch, free / (r.full.kv_bytes_per_sequence + r.full.activation_bytes_per_sequence));
-  // Memory-bound: weights plus every cached byte of the batch, once per step.
+  // Memory-bound: the matrices' bytes (all but the two norms per layer and the final one), then
+  // every cached byte of the batch, once per step.
+  const double params = 100 * 64 + 2 * (2 * 64 + 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128) + 64;
+  const double matrices = 100 * 64 + 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128);
+  EXPECT_EQ(m.parameter_count(), params);
   EXPECT_TRUE(r.full.memory_bound);
-  EXPECT_NEAR(r.full.decode_step_s, (r.weight_bytes + double(r.full.max_batch) * r.full.kv_bytes_per_sequence) / 1e9, 1e-9);
+  EXPECT_NEAR(r.full.decode_step_s,
+              (r.weight_bytes * matrices / params + double(r.full.max_batch) * r.full.kv_bytes_per_sequence) / 1e9, 1e-9);
+  EXPECT_EQ(r.full.overhead_s, 0.0);
   EXPECT_GT(r.plan.max_batch, r.full.max_batch);
+}
+
+// The measured rates of a hardware file, each part of the step by hand at a given batch.
+TEST(Capacity, StepPartsFromMeasuredRatesByHand) {
+  ModelSpec m{.name = "toy", .dim = 64, .hidden_dim = 128, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
+              .vocab_size = 100, .seq_len = 128, .tied_embeddings = false};
+  HardwareSpec hw{.name = "toy", .memory_bytes = int64_t{1} << 30, .bandwidth_bytes_per_s = 1e9, .peak_flops = 1e15,
+                  .matmul_flops = {{"q8_0", 2e6}, {"f16", 1e6}}, .attention_flops = 1e5, .evict_slot_s = 1e-6,
+                  .sync_s = 1e-3};
+  const CapacityReport r = capacity(m, hw, {.context_len = 100, .weight_bytes = 50000, .kv_dtype = KvDtype::kF32,
+                                            .aux_floats_per_slot = 1, .keep_ratio = 0.5, .runtime_reserve_bytes = 0,
+                                            .batch = 4, .weight_type = "q8_0"});
+  const double matrices = 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128) + 100 * 64;
+  EXPECT_EQ(r.plan.batch, 4);
+  // Weights: 4 rows x 2 FLOPs per matrix parameter at the q8_0 rate; the bytes would take less.
+  EXPECT_DOUBLE_EQ(r.plan.weights_s, 4 * 2 * matrices / 2e6);
+  EXPECT_FALSE(r.plan.memory_bound);
+  // Attention: 2 layers x 2 KV heads x 50 slots, 4 query-head FLOPs of head_dim 16 x group 2 each,
+  // at the attention rate (the 76-byte slots would take less), plus VATP's bookkeeping per slot.
+  const double slots = 2 * 2 * 50;
+  EXPECT_DOUBLE_EQ(r.plan.attention_s, 4 * 4.0 * slots * 16 * 2 / 1e5 + 4 * slots * 1e-6);
+  EXPECT_DOUBLE_EQ(r.full.attention_s, 4 * 4.0 * 2 * slots * 16 * 2 / 1e5);  // full: no bookkeeping
+  // 8 fork/joins per layer and one for the classifier.
+  EXPECT_DOUBLE_EQ(r.plan.overhead_s, 17 * 1e-3);
+  EXPECT_DOUBLE_EQ(r.plan.decode_step_s, r.plan.weights_s + r.plan.attention_s + r.plan.overhead_s);
+  EXPECT_DOUBLE_EQ(r.plan.tokens_per_s, 4 / r.plan.decode_step_s);
+  // Another stored type takes its own rate; an unlisted one peak_flops.
+  EXPECT_EQ(hw.matmul_flops_for("f16"), 1e6);
+  EXPECT_EQ(hw.matmul_flops_for("bf16"), 1e15);
+}
+
+// The prefill transient: the budgets plus the whole prompt per head, or budget + one chunk.
+TEST(Capacity, PeakBytesAddThePrefillScratch) {
+  ModelSpec m{.name = "toy", .dim = 64, .hidden_dim = 128, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
+              .vocab_size = 100, .seq_len = 4096, .tied_embeddings = true};
+  HardwareSpec hw{.name = "toy", .memory_bytes = int64_t{1} << 30, .bandwidth_bytes_per_s = 1e9, .peak_flops = 1e15};
+  CapacityQuery q{.context_len = 1000, .kv_dtype = KvDtype::kF32, .keep_ratio = 0.25, .runtime_reserve_bytes = 0};
+  const int64_t slot = 2 * 16 * 4 + 8, heads = 2 * 2;
+  CapacityReport r = capacity(m, hw, q);
+  EXPECT_EQ(r.plan.kv_bytes_per_sequence, heads * 250 * slot);
+  EXPECT_EQ(r.plan.peak_kv_bytes_per_sequence, heads * (250 + 1000) * slot);
+  EXPECT_EQ(r.full.peak_kv_bytes_per_sequence, heads * 2000 * slot);
+  EXPECT_LT(r.plan.max_batch_at_peak, r.plan.max_batch);
+  q.prefill_evict_chunk = 128;
+  r = capacity(m, hw, q);
+  EXPECT_EQ(r.plan.peak_kv_bytes_per_sequence, heads * (250 + 250 + 128) * slot);
+  q.prompt_len = 300;
+  r = capacity(m, hw, q);
+  EXPECT_EQ(r.plan.peak_kv_bytes_per_sequence, heads * (250 + 300) * slot);  // min(prompt, budget + chunk)
+}
+
+TEST(Capacity, HardwareFilesReadTheirMeasuredRatesAndRejectUnknownTypes) {
+  auto hw = HardwareSpec::load(std::string(KVP_SOURCE_DIR) + "/configs/hardware/cpu-2core.yaml");
+  ASSERT_TRUE(hw.ok()) << hw.error().message();
+  EXPECT_GT(hw->matmul_flops_for("q8_0"), 0);
+  EXPECT_GT(hw->attention_flops, 0);
+  const std::string dir = test::make_temp_dir("hw");
+  test::write_bytes(dir + "/bad.yaml",
+                    "name: x\nmemory_bytes: 1\nbandwidth_bytes_per_s: 1\npeak_flops: 1\nsource: x\n"
+                    "matmul_flops:\n  f8: 1e9\n");
+  auto bad = HardwareSpec::load(dir + "/bad.yaml");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message().find("matmul_flops.f8"), std::string::npos) << bad.error().message();
 }
 
 TEST(Capacity, UnknownConfigsAreErrorsListingWhatExists) {

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 
+#include "common/file_util.h"
 #include "planner/capacity.h"
 #include "planner/plan/plan.h"
 #include "tools/kvplan/command.h"
@@ -20,12 +21,123 @@ struct CapacityFlags {
   std::string plan;
   std::string kv_dtype = "f16";
   int weight_bytes = 2;
+  std::string weight_type;  // the matrices' stored type; empty: the model file's, else from --weight-bytes
+  int batch = 0;
+  int prompt_len = 0;
+  int prefill_chunk = 512;
+  bool prefill_evict = false;
+  std::string measured;  // a bench.json: predicted against measured
   bool json = false;
 };
 
+// The matrices' type for HardwareSpec::matmul_flops when only --weight-bytes is known.
+std::string weight_type_of_bytes(int bytes) { return bytes == 1 ? "q8_0" : bytes == 4 ? "f32" : "f16"; }
+
+// kvplan capacity --measured: each cell of a kvplan bench file against the prediction for the same
+// model, batch, context and keep ratio; and each pruned cell's speed-up over the full cache.
+Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
+  KVP_ASSIGN_OR_RETURN(std::string text, read_file_text(flags.measured));
+  nlohmann::json bench;
+  try {
+    bench = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    return make_error("{}: not JSON: {}", flags.measured, e.what());
+  }
+  auto field = [&](const nlohmann::json& j, const char* key, const std::string& where) -> Result<nlohmann::json> {
+    if (!j.is_object() || !j.contains(key)) return make_error("{}: {}{}: missing", flags.measured, where, key);
+    return j[key];
+  };
+  try {
+    if (bench.value("format", "") != "kvplan-bench" || bench.value("version", 0) != 1) {
+      return make_error("{}: format: expected a kvplan-bench file, version 1 (written by kvplan bench)", flags.measured);
+    }
+    KVP_ASSIGN_OR_RETURN(nlohmann::json m, field(bench, "model", ""));
+    ModelSpec model{.name = m.value("path", "?"), .dim = m.at("dim"), .hidden_dim = m.at("hidden_dim"),
+                    .n_layers = m.at("n_layers"), .n_heads = m.at("n_heads"), .n_kv_heads = m.at("n_kv_heads"),
+                    .vocab_size = m.at("vocab_size"), .seq_len = m.at("seq_len"),
+                    .tied_embeddings = m.at("tied_embeddings"), .head_size = m.at("head_size")};
+    const int64_t weight_bytes = m.at("weight_bytes");
+    const std::string weight_type = m.at("weight_type");
+    KVP_ASSIGN_OR_RETURN(KvDtype kv_dtype, parse_kv_dtype(bench.value("kv_dtype", "f32")));
+    KVP_ASSIGN_OR_RETURN(nlohmann::json cells, field(bench, "cells", ""));
+    struct Row {
+      int context, batch;
+      double keep, measured, predicted;
+      CapacitySide side;
+    };
+    std::vector<Row> rows;
+    for (const auto& c : cells) {
+      CapacityQuery q{.context_len = c.at("context"), .weight_bytes = weight_bytes, .kv_dtype = kv_dtype,
+                      .aux_floats_per_slot = c.at("aux_floats_per_slot"), .keep_ratio = c.at("keep"),
+                      .runtime_reserve_bytes = 0, .batch = c.at("batch"), .weight_type = weight_type};
+      const CapacityReport r = capacity(model, hw, q);
+      const CapacitySide& side = q.keep_ratio >= 1.0 ? r.full : r.plan;
+      rows.push_back(Row{q.context_len, q.batch, q.keep_ratio, c.at("tokens_per_s"), side.tokens_per_s, side});
+    }
+    auto full_of = [&](const Row& row) -> const Row* {
+      for (const Row& f : rows) {
+        if (f.context == row.context && f.batch == row.batch && f.keep >= 1.0) return &f;
+      }
+      return nullptr;
+    };
+    nlohmann::json out = nlohmann::json::array();
+    double worst = 0, worst_speedup = 0;
+    if (!flags.json) {
+      std::printf("%s (%s weights, %.3f GB) on %s, %s backend, %d threads: decode tokens/s\n\n", model.name.c_str(),
+                  weight_type.c_str(), weight_bytes / 1e9, hw.name.c_str(), bench.value("backend", "?").c_str(),
+                  bench.value("threads", 0));
+      std::printf("%7s %5s %5s %10s %10s %7s   %9s %9s %7s   %s\n", "context", "batch", "keep", "measured", "predicted",
+                  "error", "speed-up", "predicted", "error", "step: weights + attention + sync (ms)");
+    }
+    for (const Row& row : rows) {
+      const double err = row.predicted / row.measured - 1.0;
+      worst = std::max(worst, std::abs(err));
+      nlohmann::json j = {{"context", row.context}, {"batch", row.batch}, {"keep", row.keep},
+                          {"measured_tokens_per_s", row.measured}, {"predicted_tokens_per_s", row.predicted},
+                          {"error", err}, {"weights_s", row.side.weights_s}, {"attention_s", row.side.attention_s},
+                          {"overhead_s", row.side.overhead_s}};
+      std::string speed = fmt::format("{:>9} {:>9} {:>7}", "", "", "");
+      if (const Row* f = full_of(row); f && row.keep < 1.0) {
+        const double measured = row.measured / f->measured, predicted = row.predicted / f->predicted;
+        const double serr = predicted / measured - 1.0;
+        worst_speedup = std::max(worst_speedup, std::abs(serr));
+        j["measured_speedup"] = measured;
+        j["predicted_speedup"] = predicted;
+        j["speedup_error"] = serr;
+        speed = fmt::format("{:>8.2f}x {:>8.2f}x {:>+6.1f}%", measured, predicted, 100 * serr);
+      }
+      out.push_back(j);
+      if (!flags.json) {
+        std::printf("%7d %5d %5.2f %10.2f %10.2f %+6.1f%%   %s   %.1f + %.1f + %.1f\n", row.context, row.batch, row.keep,
+                    row.measured, row.predicted, 100 * err, speed.c_str(), 1e3 * row.side.weights_s,
+                    1e3 * row.side.attention_s, 1e3 * row.side.overhead_s);
+      }
+    }
+    if (flags.json) {
+      std::printf("%s\n", nlohmann::json{{"model", model.name}, {"hardware", hw.name}, {"weight_type", weight_type},
+                                         {"cells", out}, {"max_abs_error", worst},
+                                         {"max_abs_speedup_error", worst_speedup}}
+                              .dump(2)
+                              .c_str());
+    } else {
+      std::printf("\nlargest error %.1f%%, largest speed-up error %.1f%%\n", 100 * worst, 100 * worst_speedup);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return make_error("{}: cells: {}", flags.measured, e.what());
+  }
+  return ok_status();
+}
+
 Status run_capacity(const CapacityFlags& flags) {
   KVP_ASSIGN_OR_RETURN(std::string hw_path, find_config("hardware", flags.hardware));
+  if (!flags.measured.empty()) {
+    KVP_ASSIGN_OR_RETURN(HardwareSpec hw, HardwareSpec::load(hw_path));
+    return run_measured(flags, hw);
+  }
+  if (flags.batch < 0) return make_error("--batch: expected a batch size >= 1, found {}", flags.batch);
+  if (flags.prefill_chunk < 1) return make_error("--prefill-chunk: expected at least 1, found {}", flags.prefill_chunk);
   ModelSpec model;
+  std::string weight_type = flags.weight_type;
   int64_t file_weight_bytes = 0;
   if (!flags.model_file.empty()) {
     // Mapped, not read: only the header and tensor table are touched.
@@ -36,6 +148,7 @@ Status run_capacity(const CapacityFlags& flags) {
                       .seq_len = c.seq_len, .tied_embeddings = c.shared_classifier, .head_size = c.head_size,
                       .source = std::string(model_format_name(m.files.format)) + " file " + m.files.model_path};
     file_weight_bytes = m.weights.weight_bytes();
+    if (weight_type.empty()) weight_type = weight_type_name(m.weights.layer(0).w1.type);
   } else {
     KVP_ASSIGN_OR_RETURN(std::string model_path, find_config("models", flags.model));
     KVP_ASSIGN_OR_RETURN(model, ModelSpec::load(model_path));
@@ -46,8 +159,11 @@ Status run_capacity(const CapacityFlags& flags) {
   if (flags.weight_bytes != 1 && flags.weight_bytes != 2 && flags.weight_bytes != 4) {
     return make_error("--weight-bytes: expected 1, 2 or 4 bytes per parameter, found {}", flags.weight_bytes);
   }
+  if (weight_type.empty()) weight_type = weight_type_of_bytes(flags.weight_bytes);
   CapacityQuery q{.context_len = context, .weight_bytes_per_param = flags.weight_bytes, .weight_bytes = file_weight_bytes,
-                  .kv_dtype = dtype};
+                  .kv_dtype = dtype, .batch = flags.batch, .weight_type = weight_type,
+                  .prompt_len = std::min(flags.prompt_len > 0 ? flags.prompt_len : context, context),
+                  .prefill_evict_chunk = flags.prefill_evict ? flags.prefill_chunk : 0};
   std::string what;
   if (!flags.plan.empty()) {
     if (flags.keep > 0) return make_error("--plan and --keep: give one");
@@ -70,8 +186,11 @@ Status run_capacity(const CapacityFlags& flags) {
   const CapacityReport r = capacity(model, hw, q);
   auto side_json = [](const CapacitySide& s) {
     return nlohmann::json{{"kv_bytes_per_sequence", s.kv_bytes_per_sequence},
+                          {"peak_kv_bytes_per_sequence", s.peak_kv_bytes_per_sequence},
                           {"activation_bytes_per_sequence", s.activation_bytes_per_sequence},
-                          {"max_batch", s.max_batch}, {"decode_step_s", s.decode_step_s},
+                          {"max_batch", s.max_batch}, {"max_batch_at_peak", s.max_batch_at_peak}, {"batch", s.batch},
+                          {"decode_step_s", s.decode_step_s}, {"weights_s", s.weights_s},
+                          {"attention_s", s.attention_s}, {"overhead_s", s.overhead_s},
                           {"tokens_per_s", s.tokens_per_s}, {"memory_bound", s.memory_bound}};
   };
   if (flags.json) {
@@ -94,9 +213,12 @@ Status run_capacity(const CapacityFlags& flags) {
   };
   row("KV bytes per sequence", fmt::format("{:.1f} MiB", r.full.kv_bytes_per_sequence / double(1 << 20)),
       fmt::format("{:.1f} MiB", r.plan.kv_bytes_per_sequence / double(1 << 20)));
+  row("peak KV per sequence (prefill)", fmt::format("{:.1f} MiB", r.full.peak_kv_bytes_per_sequence / double(1 << 20)),
+      fmt::format("{:.1f} MiB", r.plan.peak_kv_bytes_per_sequence / double(1 << 20)));
   row("largest batch that fits", std::to_string(r.full.max_batch), std::to_string(r.plan.max_batch));
-  row("decode step at that batch (roofline)", fmt::format("{:.2f} ms", r.full.decode_step_s * 1e3),
-      fmt::format("{:.2f} ms", r.plan.decode_step_s * 1e3));
+  row("... when all prefill together", std::to_string(r.full.max_batch_at_peak), std::to_string(r.plan.max_batch_at_peak));
+  const std::string at = flags.batch > 0 ? fmt::format("decode step at batch {}", flags.batch) : "decode step at that batch";
+  row(at.c_str(), fmt::format("{:.2f} ms", r.full.decode_step_s * 1e3), fmt::format("{:.2f} ms", r.plan.decode_step_s * 1e3));
   row("decode tokens/s", fmt::format("{:.0f}", r.full.tokens_per_s), fmt::format("{:.0f}", r.plan.tokens_per_s));
   row("bound by", r.full.memory_bound ? "memory" : "compute", r.plan.memory_bound ? "memory" : "compute");
   if (r.full.tokens_per_s > 0) {
@@ -124,6 +246,15 @@ Command add_capacity_command(CLI::App& app) {
   sub->add_option("--plan", flags->plan, "A plan.yaml whose budgets to size instead of --keep (same model shape)");
   sub->add_option("--kv-dtype", flags->kv_dtype, "KV element type: f16 or f32 (default f16)");
   sub->add_option("--weight-bytes", flags->weight_bytes, "Bytes per weight: 2 (fp16), 1 (int8), 4 (f32) (default 2)");
+  sub->add_option("--weight-type", flags->weight_type,
+                  "Stored type of the matrices, for the hardware file's matmul_flops (default: the --model file's, "
+                  "else f16, q8_0 or f32 from --weight-bytes)");
+  sub->add_option("--batch", flags->batch, "Predict this batch size (default: the largest that fits)");
+  sub->add_option("--prompt-len", flags->prompt_len, "Prompt prefilled per sequence, for the peak (default: --context)");
+  sub->add_option("--prefill-chunk", flags->prefill_chunk, "Prefill chunk, as kvplan run (default 512)");
+  sub->add_flag("--prefill-evict", flags->prefill_evict, "Peak under --prefill-evict: budget + one chunk per head");
+  sub->add_option("--measured", flags->measured,
+                  "A kvplan bench JSON: print predicted against measured tokens/s for each of its cells");
   sub->add_flag("--json", flags->json, "Machine-readable output");
   return {sub, [flags] { return run_capacity(*flags); }};
 }

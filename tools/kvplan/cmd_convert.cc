@@ -17,6 +17,7 @@ struct ConvertFlags {
   ModelFlags model;
   std::string random_shape;  // a configs/models name: random weights of that shape
   uint64_t seed = 1;
+  int seq_len = 0;
   std::string to = "gguf";
   std::string dtype;         // empty: keep each tensor's type
   int shards = 1;
@@ -42,7 +43,8 @@ Status convert(const ConvertFlags& flags) {
     KVP_ASSIGN_OR_RETURN(std::string path, find_config("models", flags.random_shape));
     KVP_ASSIGN_OR_RETURN(ModelSpec spec, ModelSpec::load(path));
     ModelConfig c{.dim = spec.dim, .hidden_dim = spec.hidden_dim, .n_layers = spec.n_layers, .n_heads = spec.n_heads,
-                  .n_kv_heads = spec.n_kv_heads, .vocab_size = spec.vocab_size, .seq_len = spec.seq_len,
+                  .n_kv_heads = spec.n_kv_heads, .vocab_size = spec.vocab_size,
+                  .seq_len = flags.seq_len > 0 ? flags.seq_len : spec.seq_len,
                   .shared_classifier = spec.tied_embeddings};
     if (Status s = c.validate(); !s.ok()) return s.error().with_context(path);
     std::fprintf(stderr, "convert: drawing random %s weights of %s (%.2fB parameters)\n",
@@ -90,6 +92,8 @@ Command add_convert_command(CLI::App& app) {
                   "Instead of --model: random weights (std 0.02) of this configs/models shape, e.g. tinyllama-1.1b, "
                   "with a synthetic vocabulary");
   sub->add_option("--seed", flags->seed, "Seed of the random weights (default 1)");
+  sub->add_option("--seq-len", flags->seq_len,
+                  "Context length of a --random-shape model (default: the shape's), e.g. 20480 for 16K-token prompts");
   sub->add_option("--to", flags->to, "Output format: gguf (a file) or hf (a folder) (default gguf)");
   sub->add_option("--dtype", flags->dtype,
                   "Weight type of every matrix: f32, f16, bf16 or q8_0 (GGUF only); norms stay f32 (default: as loaded; "

@@ -22,6 +22,8 @@ struct EvalFlags {
   std::string corpus;
   int prompt_len = 64;
   int batch = 16;
+  int prefill_chunk = 512;
+  bool prefill_evict = false;
   std::string out;
   std::string eviction_log;
   bool json = false;
@@ -60,8 +62,12 @@ Result<Measured> measure(Decoder& decoder, const Corpus& corpus, const EvalRefer
                       "longest sequence ({} tokens)", plan.min_budget(), longest);
   }
   Measured m = describe(plan, source, corpus.source);
+  if (flags.prefill_evict) {
+    m.policy_detail += fmt::format("{}prefill_evict={}", m.policy_detail.empty() ? "" : " ", flags.prefill_chunk);
+  }
   evaluate(decoder, corpus, ref,
-           EvalConfig{.budgets = plan.kv_budgets(), .policy = std::shared_ptr<const Policy>(std::move(policy))},
+           EvalConfig{.budgets = plan.kv_budgets(), .policy = std::shared_ptr<const Policy>(std::move(policy)),
+                      .prefill_chunk = flags.prefill_chunk, .prefill_evict = flags.prefill_evict},
            EvalOptions{.prompt_len = flags.prompt_len, .batch = flags.batch}, &m, log,
            [&](int done) { if (progress) progress->update(done); });
   KVP_CHECK(m.kv_bytes_per_sequence == m.predicted_kv_bytes_per_sequence,
@@ -305,6 +311,10 @@ Command add_eval_command(CLI::App& app) {
   sub->add_option("--corpus", flags->corpus, "A kvplan corpus file or a plain text file")->required();
   sub->add_option("--prompt-len", flags->prompt_len, "Prompt positions attended in full before eviction (default 64)");
   sub->add_option("--batch", flags->batch, "Sequences per forward pass (default 16)");
+  sub->add_option("--prefill-chunk", flags->prefill_chunk, "Prompt rows per forward pass (default 512)")
+      ->check(CLI::PositiveNumber);
+  sub->add_flag("--prefill-evict", flags->prefill_evict,
+                "Cut each prompt to budget after every chunk of --prefill-chunk rows (scores from the chunks so far)");
   sub->add_option("--out", flags->out, "measured.yaml to write (default ./measured.yaml); with --grid a directory");
   sub->add_option("--eviction-log", flags->eviction_log, "CSV of every eviction: seq, step, layer, head, position, score");
   sub->add_flag("--json", flags->json, "Machine-readable output, no progress");

@@ -32,32 +32,6 @@ struct RunFlags {
   std::string weights_dtype = "f32";
 };
 
-// The backend --backend names: cpu, cuda (the first GPU) or gpu-emulated (the GPU backend's
-// kernels under the CPU emulation, for checking without a GPU).
-Result<std::unique_ptr<Backend>> make_backend(const RunFlags& flags, const ModelWeights& weights) {
-  if (flags.backend == "cpu") {
-    if (flags.weights_dtype != "f32") {
-      return make_error("--weights-dtype: the cpu backend runs the weights in their stored types (convert the "
-                        "model with kvplan convert --dtype instead)");
-    }
-    return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(weights, flags.model.threads));
-  }
-  const bool q8_0 = flags.weights_dtype == "q8_0";
-  KVP_ASSIGN_OR_RETURN(KvDtype dtype, parse_kv_dtype(q8_0 ? "f16" : flags.weights_dtype));
-  std::unique_ptr<Device> device;
-  if (flags.backend == "cuda") {
-    auto d = make_cuda_device();
-    if (!d.ok()) return make_error("--backend cuda: {}", d.error().message());
-    device = std::move(d).value();
-  } else if (flags.backend == "gpu-emulated") {
-    device = make_emulated_device();
-  } else {
-    return make_error("--backend: expected cpu, cuda or gpu-emulated, found '{}'", flags.backend);
-  }
-  KVP_RETURN_IF_ERROR(GpuBackend::supports_model(weights.config()));
-  return std::unique_ptr<Backend>(std::make_unique<GpuBackend>(weights, std::move(device), GpuBackendOptions{.weights = dtype, .q8_0 = q8_0}));
-}
-
 Status run(const RunFlags& flags) {
   KVP_RETURN_IF_ERROR(flags.sampler.validate());
   KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer, flags.model.load_options()));
@@ -85,7 +59,8 @@ Status run(const RunFlags& flags) {
   }
   if (prompts.empty()) prompts.push_back(model.tokenizer.encode(""));
 
-  KVP_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend_ptr, make_backend(flags, model.weights));
+  KVP_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend_ptr,
+                       make_backend(flags.backend, flags.weights_dtype, model.weights, flags.model.threads));
   Backend& backend = *backend_ptr;
   Decoder decoder(backend);
   if (flags.prefill_evict && !backend.prefills_in_chunks()) {
@@ -162,6 +137,16 @@ Status run(const RunFlags& flags) {
     out["peak_kv_bytes"] = backend.peak_kv_bytes();
     if (chunked) out["predicted_peak_kv_bytes"] = predicted_peak_kv_bytes;
     out["peak_rss_bytes"] = peak_rss_bytes;
+    if (backend.name() == "cpu") {
+      // The host process at its peak: the weights as mapped, the peak KV, the widest step's
+      // activations (a prefill chunk of every prompt, or the batch), the RoPE tables.
+      int64_t rows = 0;
+      for (const auto& p : prompts) rows += std::min<int64_t>(flags.prefill_chunk, int64_t(p.size()));
+      rows = std::max<int64_t>(rows, int64_t(prompts.size()));
+      out["predicted_peak_rss_bytes"] = model.weights.weight_bytes() + predicted_peak_kv_bytes +
+                                        cpu_activation_bytes(config, rows) +
+                                        int64_t{config.seq_len} * config.head_dim() * int64_t{sizeof(float)};
+    }
     out["threads"] = flags.model.threads;
     out["prefill_chunk"] = flags.prefill_chunk;
     out["prefill_evict"] = flags.prefill_evict;
@@ -194,6 +179,31 @@ Status run(const RunFlags& flags) {
 }
 
 }  // namespace
+
+Result<std::unique_ptr<Backend>> make_backend(const std::string& backend, const std::string& weights_dtype,
+                                              const ModelWeights& weights, int threads) {
+  if (backend == "cpu") {
+    if (weights_dtype != "f32") {
+      return make_error("--weights-dtype: the cpu backend runs the weights in their stored types (convert the "
+                        "model with kvplan convert --dtype instead)");
+    }
+    return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(weights, threads));
+  }
+  const bool q8_0 = weights_dtype == "q8_0";
+  KVP_ASSIGN_OR_RETURN(KvDtype dtype, parse_kv_dtype(q8_0 ? "f16" : weights_dtype));
+  std::unique_ptr<Device> device;
+  if (backend == "cuda") {
+    auto d = make_cuda_device();
+    if (!d.ok()) return make_error("--backend cuda: {}", d.error().message());
+    device = std::move(d).value();
+  } else if (backend == "gpu-emulated") {
+    device = make_emulated_device();
+  } else {
+    return make_error("--backend: expected cpu, cuda or gpu-emulated, found '{}'", backend);
+  }
+  KVP_RETURN_IF_ERROR(GpuBackend::supports_model(weights.config()));
+  return std::unique_ptr<Backend>(std::make_unique<GpuBackend>(weights, std::move(device), GpuBackendOptions{.weights = dtype, .q8_0 = q8_0}));
+}
 
 Command add_run_command(CLI::App& app) {
   auto flags = std::make_shared<RunFlags>();

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/status.h"
+#include "executor/backend.h"
 #include "executor/model/model_locator.h"
 
 namespace kvp::cli {
@@ -28,6 +29,14 @@ Command add_calibrate_command(CLI::App& app);
 Command add_check_command(CLI::App& app);
 Command add_tokenize_command(CLI::App& app);
 Command add_convert_command(CLI::App& app);
+Command add_bench_command(CLI::App& app);
+Command add_measure_hardware_command(CLI::App& app);
+
+// The backend --backend names: cpu (its weights as stored, `threads` threads), cuda (the first
+// GPU) or gpu-emulated (the GPU backend's kernels under the CPU emulation, for checking without a
+// GPU); `weights_dtype` is the GPU backends' matrix type (f32, f16 or q8_0).
+Result<std::unique_ptr<Backend>> make_backend(const std::string& backend, const std::string& weights_dtype,
+                                              const ModelWeights& weights, int threads);
 
 // Flags most commands share.
 struct ModelFlags {

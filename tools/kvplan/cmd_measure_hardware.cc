@@ -1,0 +1,245 @@
+// kvplan measure-hardware: the rates the capacity model needs for this machine's CPU backend,
+// measured with kvplan's own kernels, printed as the lines of a configs/hardware file.
+//
+//   bandwidth_bytes_per_s  streaming read of 1 GiB split over the threads (what a decode step does to
+//                          the weights and the caches)
+//   matmul_flops           the weight products at 32 rows (compute-bound), a 5632 x 2048 matrix per type
+//   matmul_stream_flops    the same at 4 rows with the weights streamed from memory (a step's first pass)
+//   matmul_stream1_flops   ... and at 1 row
+//   attention_flops        one layer's decode attention (layer_step, full cache) over 4 KV heads of
+//                          4096 slots, head_dim 64, 8 query heads per KV head
+//   evict_slot_s           what VATP adds per KV-head slot and step (score update, victim scan)
+//   sync_s                 one fork/join of the thread pool
+#include <Eigen/Core>
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+#include "common/thread_pool.h"
+#include "executor/cpu/dot_kernels.h"
+#include "executor/model/weight_tensor.h"
+#include "planner/policy/layer_step.h"
+#include "planner/policy/policy.h"
+#include "planner/policy/slot_attention.h"
+#include "tools/kvplan/command.h"
+
+namespace kvp::cli {
+namespace {
+
+struct MeasureFlags {
+  int threads = 2;
+  double seconds = 0.5;  // per measurement, at least
+};
+
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Seconds per call of `once`: the mean over a run of at least `min_s` (at least twice), best of 3
+// runs — the statistic kvplan bench reports, so rates and measured cells are compared alike on a
+// shared machine whose speed comes and goes.
+template <typename F>
+double best_time(double min_s, F&& once) {
+  double best = 1e30;
+  for (int run = 0; run < 3; ++run) {
+    const double t0 = now_s();
+    int calls = 0;
+    while (calls < 2 || now_s() - t0 < min_s) {
+      once();
+      ++calls;
+    }
+    best = std::min(best, (now_s() - t0) / calls);
+  }
+  return best;
+}
+
+double read_bandwidth(ThreadPool& pool, double min_s) {
+  const size_t n = size_t{1} << 28;  // 1 GiB of floats
+  std::vector<float> buf(n, 1.0f);
+  std::vector<double> sums(pool.n_threads());
+  const double t = best_time(min_s, [&] {
+    pool.run([&](int part, int parts) {
+      const RowRange r = split_rows(static_cast<int64_t>(n), part, parts, 1024);
+      float acc[16] = {};
+      for (int64_t i = r.begin; i < r.end; i += 16) {
+        for (int l = 0; l < 16; ++l) acc[l] += buf[i + l];
+      }
+      double s = 0;
+      for (float a : acc) s += a;
+      sums[part] = s;
+    });
+  });
+  return double(n * sizeof(float)) / t;
+}
+
+double matmul_rate(ThreadPool& pool, WeightType type, double min_s) {
+  const int64_t rows = 5632, cols = 2048;
+  const int batch = 32;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> dist(0.0f, 0.02f);
+  std::vector<float> w(static_cast<size_t>(rows * cols));
+  for (float& v : w) v = dist(rng);
+  const std::vector<std::byte> bytes = quantize(w, rows, cols, type);
+  const WeightTensor t{.type = type, .data = bytes.data(), .rows = rows, .cols = cols};
+  std::vector<float> x(static_cast<size_t>(batch) * cols), y(static_cast<size_t>(batch) * rows);
+  for (float& v : x) v = dist(rng);
+  const MatmulArgs args{
+      .w = &t, .x = x.data(), .x_stride = size_t(cols), .y = y.data(), .y_stride = size_t(rows), .n_rows = batch};
+  const double s = best_time(min_s, [&] {
+    pool.run([&](int part, int parts) {
+      const RowRange r = split_rows(rows, part, parts, 16);
+      matmul_range(args, r.begin, r.end);
+    });
+  });
+  return 2.0 * double(rows) * double(cols) * batch / s;
+}
+
+// The same products with the weights streamed from memory: 48 matrices (1.1 GB of f16, past the
+// L3) in turn, `batch` rows (1, or 4: one register block of the kernel) each; the rate of a
+// step's first pass over its matrices.
+double matmul_stream_rate(ThreadPool& pool, WeightType type, int batch, double min_s) {
+  const int64_t rows = 5632, cols = 2048;
+  const int n_mats = 48;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> dist(0.0f, 0.02f);
+  std::vector<float> w(static_cast<size_t>(rows * cols));
+  for (float& v : w) v = dist(rng);
+  const std::vector<std::byte> one = quantize(w, rows, cols, type);
+  std::vector<std::byte> all(one.size() * n_mats);
+  for (int m = 0; m < n_mats; ++m) std::copy(one.begin(), one.end(), all.begin() + m * one.size());
+  std::vector<float> x(static_cast<size_t>(batch) * cols), y(static_cast<size_t>(batch) * rows);
+  for (float& v : x) v = dist(rng);
+  const double s = best_time(min_s, [&] {
+    for (int m = 0; m < n_mats; ++m) {
+      const WeightTensor t{.type = type, .data = all.data() + m * one.size(), .rows = rows, .cols = cols};
+      const MatmulArgs args{
+          .w = &t, .x = x.data(), .x_stride = size_t(cols), .y = y.data(), .y_stride = size_t(rows), .n_rows = batch};
+      pool.run([&](int part, int parts) {
+        const RowRange r = split_rows(rows, part, parts, 16);
+        matmul_range(args, r.begin, r.end);
+      });
+    }
+  });
+  return 2.0 * double(rows) * double(cols) * batch * n_mats / s;
+}
+
+// Decode attention as the CPU backend runs it: layer_step over KV heads of 4096 slots (head_dim 64,
+// 8 query heads each), 4 per layer shared over the threads, 32 layers (268 MB of cache, past the L3, streamed
+// from memory as a long context's is); with `policy` full (attention alone) or vatp (its
+// bookkeeping too). Seconds per layer.
+double layer_attention_seconds(ThreadPool& pool, const std::string& policy_name, double min_s) {
+  const int slots = 4096, hd = 64, group = 8, layers = 32, heads = 4 * layers;
+  auto policy = make_policy(policy_name, published_defaults(policy_name, slots));
+  KVP_CHECK(policy.ok());
+  const bool aux = (*policy)->aux_floats_per_slot() > 0;
+  std::mt19937 rng(2);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  struct Head {
+    std::vector<float> k, v, score, aux;
+    std::vector<int32_t> pos;
+    int32_t n_used = 0;
+  };
+  std::vector<Head> cache(heads);
+  for (Head& h : cache) {
+    h.k.resize(size_t(hd) * slots);
+    h.v.resize(h.k.size());
+    for (float& e : h.k) e = dist(rng);
+    for (float& e : h.v) e = dist(rng);
+    h.score.assign(slots, 0.0f);
+    h.aux.assign(slots, 1.0f);
+    h.pos.resize(slots);
+    for (int j = 0; j < slots; ++j) h.pos[j] = j;
+  }
+  std::vector<float> q(size_t(heads) * group * hd), k(size_t(heads) * hd), v(k.size());  // per head
+  for (auto* a : {&q, &k, &v}) {
+    for (float& e : *a) e = dist(rng);
+  }
+  std::vector<StepScratch> scratch;
+  std::vector<std::vector<float>> out(pool.n_threads(), std::vector<float>(size_t(4) * group * hd));
+  for (int t = 0; t < pool.n_threads(); ++t) scratch.emplace_back(slots);
+  int32_t pos = slots;
+  return best_time(min_s,
+                   [&] {
+                     for (int l = 0; l < layers; ++l) {
+                       ++pos;
+                       pool.run([&](int part, int parts) {
+                         for (int h = 4 * l + part; h < 4 * l + 4; h += parts) {
+                           Head& c = cache[h];
+                           c.n_used = (*policy)->evicts() ? slots : slots - 1;  // full: a free slot; vatp: evict one
+                           const HeadSlots view{.k = c.k.data(),
+                                                .v = c.v.data(),
+                                                .pos = c.pos.data(),
+                                                .score = c.score.data(),
+                                                .aux = aux ? c.aux.data() : nullptr,
+                                                .budget = slots,
+                                                .n_used = &c.n_used,
+                                                .head_dim = hd};
+                           layer_step(**policy, std::span(&view, 1),
+                                      TokenRow{.q = q.data() + size_t(h) * group * hd,
+                                               .k = k.data() + size_t(h) * hd,
+                                               .v = v.data() + size_t(h) * hd,
+                                               .pos = pos,
+                                               .layer_idx = 0,
+                                               .prompt_len = 0,
+                                               .kv_head_first = h},
+                                      group, out[part].data() + size_t(h % 4) * group * hd, nullptr, scratch[part], {});
+                         }
+                       });
+                     }
+                   }) /
+         layers;
+}
+
+double sync_seconds(ThreadPool& pool, double min_s) {
+  const int reps = 1000;
+  const double t = best_time(min_s, [&] {
+    for (int i = 0; i < reps; ++i) pool.run([](int, int) {});
+  });
+  return pool.n_threads() > 1 ? t / reps : 0.0;
+}
+
+Status run_measure(const MeasureFlags& flags) {
+  if (flags.threads < 1) return make_error("--threads: expected at least 1, found {}", flags.threads);
+  ThreadPool pool(flags.threads);
+  std::fprintf(stderr, "measure-hardware: read bandwidth (1 GiB, %d threads)\n", flags.threads);
+  const double bw = read_bandwidth(pool, flags.seconds);
+  std::printf("bandwidth_bytes_per_s: %.4g\n", bw);
+  std::printf("matmul_flops:\n");
+  for (WeightType type : {WeightType::kF32, WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
+    std::fprintf(stderr, "measure-hardware: %s weight products (5632 x 2048, 32 rows)\n",
+                 std::string(weight_type_name(type)).c_str());
+    std::printf("  %s: %.4g\n", std::string(weight_type_name(type)).c_str(), matmul_rate(pool, type, flags.seconds));
+    std::fflush(stdout);
+  }
+  for (int rows : {1, 4}) {
+    std::printf("%s:\n", rows == 1 ? "matmul_stream1_flops" : "matmul_stream_flops");
+    for (WeightType type : {WeightType::kF32, WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
+      std::fprintf(stderr, "measure-hardware: %s weight products streamed from memory (48 x 5632 x 2048, %d rows)\n",
+                   std::string(weight_type_name(type)).c_str(), rows);
+      std::printf("  %s: %.4g\n", std::string(weight_type_name(type)).c_str(),
+                  matmul_stream_rate(pool, type, rows, flags.seconds));
+      std::fflush(stdout);
+    }
+  }
+  std::fprintf(stderr, "measure-hardware: decode attention (4 KV heads x 4096 slots, head_dim 64, group 8)\n");
+  const double full = layer_attention_seconds(pool, "full", flags.seconds);
+  const double vatp = layer_attention_seconds(pool, "vatp", flags.seconds);
+  const double slots = 4.0 * 4096;
+  std::printf("attention_flops: %.4g\n", 4.0 * 64 * 8 * slots / full);
+  std::printf("evict_slot_s: %.4g\n", std::max(0.0, vatp - full) / slots);
+
+  std::printf("sync_s: %.4g\n", sync_seconds(pool, flags.seconds));
+  return ok_status();
+}
+
+}  // namespace
+
+Command add_measure_hardware_command(CLI::App& app) {
+  auto flags = std::make_shared<MeasureFlags>();
+  CLI::App* sub = app.add_subcommand(
+      "measure-hardware",
+      "Measure this machine's rates for the capacity model with kvplan's CPU kernels; prints configs/hardware lines");
+  sub->add_option("--threads", flags->threads, "Threads, as kvplan run --threads (default 2)");
+  sub->add_option("--seconds", flags->seconds, "Least time per measurement (default 0.5)");
+  return {sub, [flags] { return run_measure(*flags); }};
+}
+
+}  // namespace kvp::cli
