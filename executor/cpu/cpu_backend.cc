@@ -221,15 +221,13 @@ EvictFn CpuBackend::eviction_logger(int seq, int32_t step, int layer_idx, int h0
   };
 }
 
-void CpuBackend::step_row(Worker& w, int r, int seq, int layer_idx, KvCache& cache, int cache_layer, int h0, int h1,
-                          int prompt_len) {
-  heads_of(cache, cache_layer, h0, h1, &w.heads);
+void CpuBackend::decode_row(Worker& w, int r, int seq, int layer_idx, int h0, int h1) {
+  heads_of(caches_[seq], layer_idx, h0, h1, &w.heads);
   const int group = config_.group_size(), hd = config_.head_dim();
   const size_t q_at = static_cast<size_t>(h0) * group * hd, kv_at = static_cast<size_t>(h0) * hd;
   layer_step(*policy_, w.heads,
              TokenRow{.q = row(Act::kQ, r) + q_at, .k = row(Act::kK, r) + kv_at, .v = row(Act::kV, r) + kv_at,
-                      .pos = rows_.positions[r], .layer_idx = layer_idx, .prompt_len = prompt_len,
-                      .kv_head_first = h0},
+                      .pos = rows_.positions[r], .layer_idx = layer_idx, .prompt_len = 0, .kv_head_first = h0},
              group, row(Act::kAttn, r) + q_at, nullptr, w.scratch,
              eviction_logger(seq, rows_.positions[r], layer_idx, h0));
 }
@@ -273,7 +271,7 @@ void CpuBackend::attention(int layer_idx) {
       prefill_rows(w, run, layer_idx, u.h0, u.h1);
     } else {
       for (int i = 0; i < run.n; ++i) {
-        step_row(w, run.first + i, run.seq, layer_idx, caches_[run.seq], layer_idx, u.h0, u.h1, 0);
+        decode_row(w, run.first + i, run.seq, layer_idx, u.h0, u.h1);
       }
     }
   };

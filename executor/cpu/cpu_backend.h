@@ -80,10 +80,9 @@ class CpuBackend final : public Backend {
     StepScratch scratch;
     std::vector<HeadSlots> heads, dest;
   };
-  // Runs row `r` through heads [h0, h1) of one layer's cache `cache` (layer `cache_layer`):
-  // attend, score, insert or evict. `prompt_len` > 0 for a prompt's rows.
-  void step_row(Worker& w, int r, int seq, int layer_idx, KvCache& cache, int cache_layer, int h0, int h1,
-                int prompt_len);
+  // Runs decode row `r` of sequence `seq` through heads [h0, h1) of one layer's cache: attend,
+  // score, insert or evict.
+  void decode_row(Worker& w, int r, int seq, int layer_idx, int h0, int h1);
   void heads_of(KvCache& cache, int layer_idx, int h0, int h1, std::vector<HeadSlots>* heads) const;
   // A prompt's rows of a run through heads [h0, h1) of its scratch; cuts to budget after each
   // --prefill-evict chunk and, after the prompt's last position, into the sequence's cache.
