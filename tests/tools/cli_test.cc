@@ -69,6 +69,20 @@ TEST(Cli, RunPrefillsAPromptFileInChunksAndReportsItsPeak) {
   EXPECT_EQ(nlohmann::json::parse(whole.out)["peak_kv_bytes"].get<int64_t>(), 5 * 4 * (64 + P) * 76);
 }
 
+// plan prints the prefill's peak next to the steady-state bytes, as run measures them.
+TEST(Cli, PlanReportsThePrefillPeakBesideTheSteadyBytes) {
+  const std::string dir = test::make_temp_dir("planpeak");
+  const test::CliResult r = run_kvplan("plan --policy vatp --budget 64 --prompt-len 300 --prefill-chunk 64 --out " + dir +
+                                       "/p.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // 5 layers x 4 KV heads of 76-byte VATP slots: 64 kept; + 300 held whole, or + min(300, 64 + 64).
+  EXPECT_NE(r.out.find("a 300-token prompt: " + std::to_string(20 * (64 + 300) * 76) + " bytes (held whole), " +
+                       std::to_string(20 * (64 + 128) * 76) + " with --prefill-evict --prefill-chunk 64; " +
+                       std::to_string(20 * 64 * 76) + " steady"),
+            std::string::npos)
+      << r.out;
+}
+
 // The libraries the dynamic loader maps for `args`, from glibc's LD_DEBUG=libs trace.
 std::string loaded_libraries(const std::string& env, const std::string& args) {
   const std::string dir = test::make_temp_dir("ldd");

@@ -26,7 +26,22 @@ struct PlanCommandFlags {
   std::string layer_budgets;
   std::string out;
   int threads = 0;
+  int prompt_len = 0;      // the prompt the peak is reported for; 0: the trace's, else the model's seq_len
+  int prefill_chunk = 512;
 };
+
+// The prefill transient next to the steady-state bytes: a prompt of `prompt_len` held whole until
+// it is cut, or cut after every chunk (--prefill-evict), as the CPU executor holds it.
+void print_peak(const Plan& plan, int prompt_len, int chunk) {
+  const KvBudgets b = plan.kv_budgets();
+  KvBudgets host = b;
+  host.dtype = KvDtype::kF32;  // the prefill scratch of the CPU backend
+  std::printf("peak KV per sequence while prefilling a %d-token prompt: %lld bytes (held whole), %lld with "
+              "--prefill-evict --prefill-chunk %d; %lld steady\n",
+              prompt_len, static_cast<long long>(b.kv_bytes() + host.prefill_scratch(prompt_len, 0).kv_bytes()),
+              static_cast<long long>(b.kv_bytes() + host.prefill_scratch(prompt_len, chunk).kv_bytes()), chunk,
+              static_cast<long long>(b.kv_bytes()));
+}
 
 Status plan_from_trace(const PlanCommandFlags& flags) {
   KVP_ASSIGN_OR_RETURN(Allocation allocation, parse_allocation(flags.allocation));
@@ -99,6 +114,7 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
   std::printf("wrote %s: %s, %s allocation, budgets per layer [%s], %lld KV bytes per sequence (limit: %s)\n",
               flags.out.c_str(), plan.policy.c_str(), flags.allocation.c_str(), per_layer.c_str(),
               static_cast<long long>(plan.kv_bytes_per_sequence), request.memory_description.c_str());
+  print_peak(plan, flags.prompt_len > 0 ? flags.prompt_len : trace.prompt_len(0), flags.prefill_chunk);
   std::printf("replay: residual energy %.5f, relative output error %.4f, retained attention mass %.4f\n",
               outcome.replay.total_resid_energy(), outcome.replay.mean_rel_error(), outcome.replay.mean_retained_mass());
   if (prediction) {
@@ -136,6 +152,7 @@ Status plan_layer_budgets(const PlanCommandFlags& flags) {
   std::printf("wrote %s: policy %s (sinks %d, recent %d), budgets per layer [%s], %lld KV bytes per sequence\n",
               flags.out.c_str(), p.policy.c_str(), p.params.sinks, p.params.recent,
               fmt::format("{}", fmt::join(layers, ", ")).c_str(), static_cast<long long>(p.kv_bytes_per_sequence));
+  print_peak(p, flags.prompt_len > 0 ? flags.prompt_len : c.seq_len, flags.prefill_chunk);
   return ok_status();
 }
 
@@ -155,6 +172,7 @@ Status plan(const PlanCommandFlags& flags) {
   std::printf("wrote %s: policy %s (sinks %d, recent %d), %d slots per layer and KV head, %lld KV bytes per sequence\n",
               flags.out.c_str(), p.policy.c_str(), p.params.sinks, p.params.recent, flags.plan.budget,
               static_cast<long long>(p.kv_bytes_per_sequence));
+  print_peak(p, flags.prompt_len > 0 ? flags.prompt_len : model.weights.config().seq_len, flags.prefill_chunk);
   return ok_status();
 }
 
@@ -169,6 +187,10 @@ Command add_plan_command(CLI::App& app) {
   flags->model.add_to(sub, false);
   flags->plan.add_to(sub);
   sub->add_option("--trace", flags->trace, "Trace directory to replay (kvplan record)");
+  sub->add_option("--prompt-len", flags->prompt_len,
+                  "Prompt length the prefill's peak KV is reported for (default: the trace's, else the model's seq_len)");
+  sub->add_option("--prefill-chunk", flags->prefill_chunk, "Chunk of the --prefill-evict peak reported (default 512)")
+      ->check(CLI::PositiveNumber);
   sub->add_option("--memory", flags->memory, "KV bytes per sequence the plan may use");
   sub->add_option("--keep", flags->keep, "Share of the full cache (of the trace's longest sequence) to keep, e.g. 0.5");
   sub->add_option("--allocation", flags->allocation,
