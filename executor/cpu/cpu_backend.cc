@@ -16,10 +16,13 @@ using ConstVectorMap = Eigen::Map<const Eigen::VectorXf>;
 
 }  // namespace
 
-int64_t cpu_activation_bytes(const ModelConfig& config, int64_t rows) {
+int64_t cpu_activation_bytes(const ModelConfig& config, int64_t rows, int64_t logit_rows) {
   int64_t floats = 0;
-  for (int a = 0; a < kNumActs; ++a) floats += (act_width(config, static_cast<Act>(a)) + 15) / 16 * 16;
-  return rows * floats * int64_t{sizeof(float)};
+  for (int a = 0; a < kNumActs; ++a) {
+    const Act act = static_cast<Act>(a);
+    floats += (act == Act::kLogits ? logit_rows : rows) * ((act_width(config, act) + 15) / 16 * 16);
+  }
+  return floats * int64_t{sizeof(float)};
 }
 
 CpuBackend::CpuBackend(const ModelWeights& weights, int threads)

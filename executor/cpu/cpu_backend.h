@@ -18,9 +18,10 @@
 
 namespace kvp {
 
-// Bytes of the step activations the CPU backend holds for `rows` rows at once (every Act, rows
-// padded to 16 floats): what a prefill chunk of that many rows costs besides the KV.
-int64_t cpu_activation_bytes(const ModelConfig& config, int64_t rows);
+// Bytes of the step activations the CPU backend writes for `rows` rows at once, `logit_rows` of
+// them through the classifier (every Act, rows padded to 16 floats): what a prefill chunk of that
+// many rows costs besides the KV.
+int64_t cpu_activation_bytes(const ModelConfig& config, int64_t rows, int64_t logit_rows);
 
 class CpuBackend final : public Backend {
  public:

@@ -138,13 +138,15 @@ Status run(const RunFlags& flags) {
     if (chunked) out["predicted_peak_kv_bytes"] = predicted_peak_kv_bytes;
     out["peak_rss_bytes"] = peak_rss_bytes;
     if (backend.name() == "cpu") {
-      // The host process at its peak: the weights as mapped, the peak KV, the widest step's
-      // activations (a prefill chunk of every prompt, or the batch), the RoPE tables.
+      // The host process at its peak: the weights a step reads (all but an untied embedding
+      // table, of which only the prompt's rows), the peak KV, the widest step's activations (a
+      // prefill chunk of every prompt, one logits row per sequence), the RoPE tables.
       int64_t rows = 0;
       for (const auto& p : prompts) rows += std::min<int64_t>(flags.prefill_chunk, int64_t(p.size()));
       rows = std::max<int64_t>(rows, int64_t(prompts.size()));
-      out["predicted_peak_rss_bytes"] = model.weights.weight_bytes() + predicted_peak_kv_bytes +
-                                        cpu_activation_bytes(config, rows) +
+      const int64_t embedding = config.shared_classifier ? 0 : int64_t(model.weights.token_embedding().bytes());
+      out["predicted_peak_rss_bytes"] = model.weights.weight_bytes() - embedding + predicted_peak_kv_bytes +
+                                        cpu_activation_bytes(config, rows, int64_t(prompts.size())) +
                                         int64_t{config.seq_len} * config.head_dim() * int64_t{sizeof(float)};
     }
     out["threads"] = flags.model.threads;
