@@ -1,5 +1,8 @@
 // The reference backend: f32 activations on the host; weights in their stored types multiplied by
-// the dot kernels (dot_kernels.h), split by output rows over `threads` threads.
+// the dot kernels (dot_kernels.h), split by output rows over `threads` threads; attention split
+// over KV heads (and sequences) across the same threads. Prompts may come in chunks
+// (StepRows::prompt_len): a prompt's KV is kept in a per-sequence scratch until it is cut to budget
+// (or, under PrefillMode::evict_chunk, cut in place after every chunk).
 //
 // Every row is computed with the same sequence of floating-point operations whatever else is in
 // the step and however many threads run, so a sequence decoded in a batch gets the same bits as
