@@ -105,10 +105,8 @@ double HardwareSpec::matmul_stream1_flops_for(const std::string& weight_type) co
 }
 
 double HardwareSpec::matmul_flops_for(const std::string& weight_type) const {
-  for (const auto& [type, flops] : matmul_flops) {
-    if (type == weight_type) return flops;
-  }
-  return peak_flops;
+  const double rate = rate_of(matmul_flops, weight_type);
+  return rate > 0 ? rate : peak_flops;
 }
 
 KvBudgets keep_ratio_budgets(const ModelSpec& m, int context_len, double keep_ratio, KvDtype dtype,

@@ -261,28 +261,23 @@ void CpuBackend::attention(int layer_idx) {
   // log comes in row order.
   const int n_kv_heads = config_.n_kv_heads;
   const int heads_per_unit = policy_->shared_per_layer() || eviction_log_ ? n_kv_heads : 1;
-  struct Unit {
-    int run, h0, h1;
-  };
-  std::vector<Unit> units;
-  for (int i = 0; i < static_cast<int>(runs_.size()); ++i) {
-    for (int h = 0; h < n_kv_heads; h += heads_per_unit) units.push_back(Unit{i, h, h + heads_per_unit});
-  }
-  auto do_unit = [&](Worker& w, const Unit& u) {
-    const Run& run = runs_[u.run];
+  // Unit u is run u / per_run through heads [h0, h0 + heads_per_unit), in run order, then head order.
+  const int per_run = n_kv_heads / heads_per_unit;
+  const size_t n_units = runs_.size() * per_run;
+  auto do_unit = [&](Worker& w, size_t u) {
+    const Run& run = runs_[u / per_run];
+    const int h0 = static_cast<int>(u % per_run) * heads_per_unit, h1 = h0 + heads_per_unit;
     if (run.prompt_len > 0) {
-      prefill_rows(w, run, layer_idx, u.h0, u.h1);
+      prefill_rows(w, run, layer_idx, h0, h1);
     } else {
-      for (int i = 0; i < run.n; ++i) {
-        decode_row(w, run.first + i, run.seq, layer_idx, u.h0, u.h1);
-      }
+      for (int i = 0; i < run.n; ++i) decode_row(w, run.first + i, run.seq, layer_idx, h0, h1);
     }
   };
-  if (eviction_log_ || pool_->n_threads() == 1 || units.size() == 1) {
-    for (const Unit& u : units) do_unit(workers_[0], u);
+  if (eviction_log_ || pool_->n_threads() == 1 || n_units == 1) {
+    for (size_t u = 0; u < n_units; ++u) do_unit(workers_[0], u);
   } else {
     pool_->run([&](int part, int n_parts) {
-      for (size_t u = part; u < units.size(); u += n_parts) do_unit(workers_[part], units[u]);
+      for (size_t u = part; u < n_units; u += n_parts) do_unit(workers_[part], u);
     });
   }
   if (layer_idx == config_.n_layers - 1) {

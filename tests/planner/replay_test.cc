@@ -141,30 +141,44 @@ ClosedLoop run_executor(const std::string& name, const PolicyParams& params, int
 
 class ReplayAgreement : public ::testing::TestWithParam<std::string> {};
 
+// Replays `executor`'s trace under `name` at `budget` (cutting the prompt after every `chunk` rows
+// when > 0) and expects the executor's kept tokens at every decode step; returns the steps compared.
+int expect_replay_keeps_executor_tokens(const ClosedLoop& executor, const std::string& name,
+                                        const PolicyParams& params, int budget, int chunk) {
+  auto trace = Trace::open(executor.trace_dir);
+  EXPECT_TRUE(trace.ok()) << trace.error().message();
+  if (!trace.ok()) return 0;
+  auto engine = ReplayEngine::create(*trace, 2);
+  EXPECT_TRUE(engine.ok());
+  if (!engine.ok()) return 0;
+  const ModelConfig& c = default_model().weights.config();
+  KeptLog replayed;
+  const ReplayConfig config{
+      .policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
+      .budgets = std::vector<std::vector<int32_t>>(c.n_layers, std::vector<int32_t>(c.n_kv_heads, budget)),
+      .prefill_evict_chunk = chunk};
+  (*engine)->run(config, [&](int, int l, int h, int32_t step, std::span<const int32_t> kept) {
+    replayed[{l, h, step}] = std::vector<int32_t>(kept.begin(), kept.end());
+  });
+  EXPECT_EQ(replayed.size(), executor.kept.size());
+  int compared = 0;
+  for (const auto& [key, slots] : executor.kept) {
+    const auto it = replayed.find(key);
+    EXPECT_TRUE(it != replayed.end() && it->second == slots)
+        << name << " layer " << std::get<0>(key) << " head " << std::get<1>(key) << " step " << std::get<2>(key);
+    if (it == replayed.end() || it->second != slots) return compared;
+    ++compared;
+  }
+  return compared;
+}
+
 TEST_P(ReplayAgreement, KeepsTheExecutorsTokensInTheSameSlotsAtEveryStep) {
   const std::string name = GetParam();
   const PolicyParams params{.sinks = 2, .recent = 5, .snap_window = 6};
   const int budget = 24, T = 140, P = 40;
   const ClosedLoop executor = run_executor(name, params, budget, T, P);
-  auto trace = Trace::open(executor.trace_dir);
-  ASSERT_TRUE(trace.ok()) << trace.error().message();
-  auto engine = ReplayEngine::create(*trace, 2);
-  ASSERT_TRUE(engine.ok());
   const ModelConfig& c = default_model().weights.config();
-  KeptLog replayed;
-  const ReplayConfig config{.policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
-                            .budgets = std::vector<std::vector<int32_t>>(c.n_layers, std::vector<int32_t>(c.n_kv_heads, budget))};
-  (*engine)->run(config, [&](int, int l, int h, int32_t step, std::span<const int32_t> kept) {
-    replayed[{l, h, step}] = std::vector<int32_t>(kept.begin(), kept.end());
-  });
-  ASSERT_EQ(replayed.size(), executor.kept.size());
-  int compared = 0;
-  for (const auto& [key, slots] : executor.kept) {
-    ASSERT_EQ(replayed.at(key), slots) << name << " layer " << std::get<0>(key) << " head " << std::get<1>(key)
-                                       << " step " << std::get<2>(key);
-    ++compared;
-  }
-  EXPECT_EQ(compared, c.n_layers * c.n_kv_heads * (T - P));
+  EXPECT_EQ(expect_replay_keeps_executor_tokens(executor, name, params, budget, 0), c.n_layers * c.n_kv_heads * (T - P));
 }
 
 // --prefill-evict: the prompt of 60 cut to budget 24 after every chunk of 16, in the executor and in
@@ -175,24 +189,9 @@ TEST_P(ReplayAgreement, CutsThePromptAsTheExecutorDoesUnderPrefillEvict) {
   const int budget = 24, T = 120, P = 60, chunk = 16;
   const ClosedLoop executor = run_executor(name, params, budget, T, P, chunk);
   const ClosedLoop whole = run_executor(name, params, budget, T, P);
-  auto trace = Trace::open(executor.trace_dir);
-  ASSERT_TRUE(trace.ok()) << trace.error().message();
-  auto engine = ReplayEngine::create(*trace, 2);
-  ASSERT_TRUE(engine.ok());
   const ModelConfig& c = default_model().weights.config();
-  KeptLog replayed;
-  const ReplayConfig config{
-      .policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
-      .budgets = std::vector<std::vector<int32_t>>(c.n_layers, std::vector<int32_t>(c.n_kv_heads, budget)),
-      .prefill_evict_chunk = chunk};
-  (*engine)->run(config, [&](int, int l, int h, int32_t step, std::span<const int32_t> kept) {
-    replayed[{l, h, step}] = std::vector<int32_t>(kept.begin(), kept.end());
-  });
-  ASSERT_EQ(replayed.size(), executor.kept.size());
-  for (const auto& [key, slots] : executor.kept) {
-    ASSERT_EQ(replayed.at(key), slots) << name << " layer " << std::get<0>(key) << " head " << std::get<1>(key)
-                                       << " step " << std::get<2>(key);
-  }
+  EXPECT_EQ(expect_replay_keeps_executor_tokens(executor, name, params, budget, chunk),
+            c.n_layers * c.n_kv_heads * (T - P));
   // Attention-scored policies cut the prompt differently when they see it in chunks.
   if (name == "h2o" || name == "vatp" || name == "tova") EXPECT_NE(executor.kept, whole.kept) << name;
 }

@@ -70,35 +70,12 @@ double read_bandwidth(ThreadPool& pool, double min_s) {
   return double(n * sizeof(float)) / t;
 }
 
-double matmul_rate(ThreadPool& pool, WeightType type, double min_s) {
+// The weight products on `n_mats` random 5632 x 2048 matrices of `type` in turn, `batch` rows each,
+// the output rows split over the threads as the CPU backend splits them. One matrix stays in the
+// L3 (the in-cache rate); 48 (1.1 GB of f16) stream from memory (the rate of a step's first pass).
+double matmul_rate(ThreadPool& pool, WeightType type, int batch, int n_mats, double min_s) {
   const int64_t rows = 5632, cols = 2048;
-  const int batch = 32;
   std::mt19937 rng(1);
-  std::normal_distribution<float> dist(0.0f, 0.02f);
-  std::vector<float> w(static_cast<size_t>(rows * cols));
-  for (float& v : w) v = dist(rng);
-  const std::vector<std::byte> bytes = quantize(w, rows, cols, type);
-  const WeightTensor t{.type = type, .data = bytes.data(), .rows = rows, .cols = cols};
-  std::vector<float> x(static_cast<size_t>(batch) * cols), y(static_cast<size_t>(batch) * rows);
-  for (float& v : x) v = dist(rng);
-  const MatmulArgs args{
-      .w = &t, .x = x.data(), .x_stride = size_t(cols), .y = y.data(), .y_stride = size_t(rows), .n_rows = batch};
-  const double s = best_time(min_s, [&] {
-    pool.run([&](int part, int parts) {
-      const RowRange r = split_rows(rows, part, parts, 16);
-      matmul_range(args, r.begin, r.end);
-    });
-  });
-  return 2.0 * double(rows) * double(cols) * batch / s;
-}
-
-// The same products with the weights streamed from memory: 48 matrices (1.1 GB of f16, past the
-// L3) in turn, `batch` rows (1, or 4: one register block of the kernel) each; the rate of a
-// step's first pass over its matrices.
-double matmul_stream_rate(ThreadPool& pool, WeightType type, int batch, double min_s) {
-  const int64_t rows = 5632, cols = 2048;
-  const int n_mats = 48;
-  std::mt19937 rng(3);
   std::normal_distribution<float> dist(0.0f, 0.02f);
   std::vector<float> w(static_cast<size_t>(rows * cols));
   for (float& v : w) v = dist(rng);
@@ -223,7 +200,7 @@ Status run_measure(const MeasureFlags& flags) {
   for (WeightType type : {WeightType::kF32, WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
     std::fprintf(stderr, "measure-hardware: %s weight products (5632 x 2048, 32 rows)\n",
                  std::string(weight_type_name(type)).c_str());
-    std::printf("  %s: %.4g\n", std::string(weight_type_name(type)).c_str(), matmul_rate(pool, type, flags.seconds));
+    std::printf("  %s: %.4g\n", std::string(weight_type_name(type)).c_str(), matmul_rate(pool, type, 32, 1, flags.seconds));
     std::fflush(stdout);
   }
   for (int rows : {1, 4}) {
@@ -232,7 +209,7 @@ Status run_measure(const MeasureFlags& flags) {
       std::fprintf(stderr, "measure-hardware: %s weight products streamed from memory (48 x 5632 x 2048, %d rows)\n",
                    std::string(weight_type_name(type)).c_str(), rows);
       std::printf("  %s: %.4g\n", std::string(weight_type_name(type)).c_str(),
-                  matmul_stream_rate(pool, type, rows, flags.seconds));
+                  matmul_rate(pool, type, rows, 48, flags.seconds));
       std::fflush(stdout);
     }
   }
