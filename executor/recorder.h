@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "executor/corpus.h"
 #include "executor/model/model_locator.h"
@@ -14,7 +15,10 @@ namespace kvp {
 struct RecordOptions {
   std::string out_dir;
   int prompt_len = 64;  // positions attended in full before eviction; min(prompt_len, T - 1) per sequence
-  TensorDtype qkv_dtype = TensorDtype::kF32;
+  TensorDtype qkv_dtype = TensorDtype::kF32;  // F32, F16 or BF16
+  std::vector<int> layers;  // the layers to record, increasing; empty: every layer
+  int query_stride = 1;     // keep the query of every query_stride-th position (see TraceManifest)
+  int chunk = 512;          // positions per forward pass (activations and logits are O(chunk))
   bool overwrite = false;
   std::string tool_version;
   int threads = 1;  // CPU threads for the matrix products

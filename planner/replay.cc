@@ -59,7 +59,32 @@ struct Workspace {
   StepScratch scratch{1};  // grows as layer_step needs
   LayerCache prompt, cut_from, cache;  // the prefilled prompt; its copy that a cut may change
   std::vector<float> out, softmax, mass, rel, delta, injected;  // [steps, ...] for the decode
+  // The (sequence, layer) being replayed: its trace data, and its full-cache outputs at the
+  // recorded queries.
+  TraceLayer data;
+  std::vector<float> wo;          // [dim, n_heads * head_dim]
+  std::vector<int32_t> q_row;     // per position: its row in data.q, or -1
+  std::vector<int32_t> measured;  // the decode positions with a recorded query
+  LayerCache full;
+  std::vector<float> o_full;      // [Tq, n_heads, head_dim]
+  std::vector<float> log_z_full;  // [Tq, n_heads]
+  std::vector<float> norm_full;   // [Tq, n_heads] ‖o‖
 };
+
+// Per-layer values of the unmeasured layers, linear in the layer index between the nearest
+// measured ones (the nearest one's value beyond the first and the last).
+template <typename T, typename Lerp>
+void interpolate_layers(std::vector<T>& per_layer, const std::vector<int>& measured, const Lerp& lerp) {
+  const int L = static_cast<int>(per_layer.size());
+  for (int l = 0, next = 0; l < L; ++l) {
+    while (next < static_cast<int>(measured.size()) && measured[next] < l) ++next;
+    if (next < static_cast<int>(measured.size()) && measured[next] == l) continue;
+    const int hi = next < static_cast<int>(measured.size()) ? measured[next] : measured.back();
+    const int lo = next > 0 ? measured[next - 1] : measured.front();
+    const double f = hi == lo ? 0.0 : double(l - lo) / (hi - lo);
+    per_layer[l] = lerp(per_layer[lo], per_layer[hi], f);
+  }
+}
 
 template <typename Task>
 void parallel_for(int n, int threads, const Task& task) {
@@ -95,62 +120,25 @@ double ReplayResult::total_resid_energy() const {
 
 int32_t ReplayEngine::max_length() const {
   int32_t n = 0;
-  for (const Sequence& s : seqs_) n = std::max(n, static_cast<int32_t>(s.length));
+  for (int s = 0; s < trace_->n_sequences(); ++s) n = std::max(n, static_cast<int32_t>(trace_->length(s)));
   return n;
 }
 
 int64_t ReplayEngine::decode_steps() const {
   int64_t n = 0;
-  for (const Sequence& s : seqs_) n += s.length - s.prompt_len;
+  for (int s = 0; s < trace_->n_sequences(); ++s) {
+    const int T = trace_->length(s), P = trace_->prompt_len(s);
+    // The prompt's last position is always recorded; recorded positions before it are not decode steps.
+    n += recorded_query_count(T, P, trace_->query_stride()) - recorded_query_count(P, P, trace_->query_stride());
+  }
   return n;
 }
 
-Result<std::unique_ptr<ReplayEngine>> ReplayEngine::create(const Trace& trace, int threads,
-                                                           const std::function<void(int)>& progress) {
+Result<std::unique_ptr<ReplayEngine>> ReplayEngine::create(const Trace& trace, int threads) {
   std::unique_ptr<ReplayEngine> e(new ReplayEngine);
+  e->trace_ = &trace;
   e->model_ = trace.model();
   e->threads_ = std::max(1, threads);
-  const TraceModelShape& m = e->model_;
-  const int H = m.n_heads, KVH = m.n_kv_heads, hd = m.head_dim, group = H / KVH;
-  for (int l = 0; l < m.n_layers; ++l) e->wo_.push_back(trace.wo(l));
-  e->seqs_.resize(trace.n_sequences());
-  std::atomic<int> done{0};
-  std::mutex mu;
-  parallel_for(trace.n_sequences(), e->threads_, [&](int s) {
-    Sequence& seq = e->seqs_[s];
-    seq.length = trace.length(s);
-    seq.prompt_len = trace.prompt_len(s);
-    StepScratch scratch(seq.length);
-    std::vector<float> softmax(2 * H);
-    for (int l = 0; l < m.n_layers; ++l) {
-      Layer layer;
-      layer.data = trace.layer(s, l);
-      layer.o_full.resize(size_t(seq.length) * H * hd);
-      layer.log_z_full.resize(size_t(seq.length) * H);
-      layer.norm_full.resize(size_t(seq.length) * H);
-      // The full cache: every position, in order, through the same step as any policy.
-      LayerCache cache(std::vector<int32_t>(KVH, seq.length), hd, false);
-      for (int t = 0; t < seq.length; ++t) {
-        layer_step(*keep_all_policy(), cache.views(),
-                   TokenRow{.q = layer.data.q.data() + size_t(t) * H * hd, .k = layer.data.k.data() + size_t(t) * KVH * hd,
-                            .v = layer.data.v.data() + size_t(t) * KVH * hd, .pos = t, .layer_idx = l, .prompt_len = 0},
-                   group, layer.o_full.data() + size_t(t) * H * hd, softmax.data(), scratch, {});
-        for (int h = 0; h < H; ++h) {
-          layer.log_z_full[size_t(t) * H + h] = softmax[2 * h] + std::log(softmax[2 * h + 1]);
-        }
-      }
-      for (size_t i = 0; i < layer.norm_full.size(); ++i) {
-        double norm = 0;
-        for (int d = 0; d < hd; ++d) norm += double(layer.o_full[i * hd + d]) * layer.o_full[i * hd + d];
-        layer.norm_full[i] = static_cast<float>(std::sqrt(norm));
-      }
-      seq.layers.push_back(std::move(layer));
-    }
-    if (progress) {
-      std::lock_guard<std::mutex> lock(mu);
-      progress(++done);
-    }
-  });
   return e;
 }
 
@@ -173,32 +161,62 @@ bool same_prefill(const Policy& a, const Policy& b) {
 
 void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs, std::vector<Totals>& totals,
                           const KeptFn& on_step) const {
-  const Sequence& seq = seqs_[s];
-  const Layer& layer = seq.layers[l];
   const int H = model_.n_heads, KVH = model_.n_kv_heads, hd = model_.head_dim, group = H / KVH;
-  const int q_dim = H * hd, dim = model_.dim, T = seq.length, P = seq.prompt_len;
-  auto row = [&](int t) {
-    return TokenRow{.q = layer.data.q.data() + size_t(t) * q_dim, .k = layer.data.k.data() + size_t(t) * KVH * hd,
-                    .v = layer.data.v.data() + size_t(t) * KVH * hd, .pos = t, .layer_idx = l, .prompt_len = 0};
-  };
+  const int q_dim = H * hd, dim = model_.dim, T = trace_->length(s), P = trace_->prompt_len(s);
   thread_local Workspace ws;
+  TraceLayer& data = ws.data;
+  trace_->read_layer(s, l, &data);
+  ws.wo = trace_->wo(l);
+  ws.q_row = trace_->query_rows(s);
+  ws.measured.clear();
+  for (int t = P; t < T; ++t) {
+    if (ws.q_row[t] >= 0) ws.measured.push_back(t);
+  }
+  auto row = [&](int t) {
+    return TokenRow{.q = ws.q_row[t] >= 0 ? data.q.data() + size_t(ws.q_row[t]) * q_dim : nullptr,
+                    .k = data.k.data() + size_t(t) * KVH * hd, .v = data.v.data() + size_t(t) * KVH * hd,
+                    .pos = t, .layer_idx = l, .prompt_len = 0};
+  };
   StepScratch& scratch = ws.scratch;
-  const int steps = T - P;
   ws.out.resize(q_dim);
+  float* out = ws.out.data();
+  {
+    // The full cache: every position, in order, through the same step as any policy.
+    const size_t Tq = data.q.size() / q_dim;
+    ws.o_full.resize(Tq * q_dim);
+    ws.log_z_full.resize(Tq * H);
+    ws.norm_full.resize(Tq * H);
+    ws.softmax.resize(size_t(2) * H);
+    ws.full.reshape(std::vector<int32_t>(KVH, T), hd, false);
+    for (int t = 0; t < T; ++t) {
+      const int32_t r = ws.q_row[t];
+      layer_step(*keep_all_policy(), ws.full.views(), row(t), group, r >= 0 ? ws.o_full.data() + size_t(r) * q_dim : out,
+                 r >= 0 ? ws.softmax.data() : nullptr, scratch, {});
+      for (int h = 0; r >= 0 && h < H; ++h) {
+        ws.log_z_full[size_t(r) * H + h] = ws.softmax[2 * h] + std::log(ws.softmax[2 * h + 1]);
+      }
+    }
+    for (size_t i = 0; i < ws.norm_full.size(); ++i) {
+      double norm = 0;
+      for (int d = 0; d < hd; ++d) norm += double(ws.o_full[i * hd + d]) * ws.o_full[i * hd + d];
+      ws.norm_full[i] = static_cast<float>(std::sqrt(norm));
+    }
+  }
+  const int steps = static_cast<int>(ws.measured.size());
   ws.softmax.resize(size_t(steps) * 2 * H);
   ws.mass.resize(size_t(steps) * H);
   ws.rel.resize(size_t(steps) * H);
   ws.delta.resize(size_t(steps) * q_dim);
   ws.injected.resize(size_t(steps) * dim);
-  float* out = ws.out.data();
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Array = Eigen::Map<Eigen::ArrayXf>;
   using ConstArray = Eigen::Map<const Eigen::ArrayXf>;
-  const Eigen::Map<const RowMatrix> wo(wo_[l].data(), dim, q_dim);
-  // [decode steps, q_dim]: the replayed outputs ô, then o − ô, projected by Wo in one product below
+  const Eigen::Map<const RowMatrix> wo(ws.wo.data(), dim, q_dim);
+  // [measured decode steps, q_dim]: the replayed outputs ô, then o − ô, projected by Wo in one product below
   Eigen::Map<RowMatrix> delta(ws.delta.data(), steps, q_dim);
   Eigen::Map<RowMatrix> injected(ws.injected.data(), steps, dim);
-  const size_t first = size_t(P);  // the first decode step's row in the full-cache arrays
+  // The first measured decode step's row in the full-cache arrays (the measured rows are consecutive).
+  const size_t first = steps > 0 ? size_t(ws.q_row[ws.measured[0]]) : 0;
   const Policy* prefilled = nullptr;
   for (size_t c = 0; c < configs.size(); ++c) {
     const auto start = std::chrono::steady_clock::now();
@@ -235,9 +253,11 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
       cut_prefill(policy, ws.cut_from.views(), cache.views(), {});
     }
     // The decode: each step's outputs and softmax statistics into their rows; the measures after.
-    for (int t = P; t < T; ++t) {
-      layer_step(policy, cache.views(), row(t), group, ws.delta.data() + size_t(t - P) * q_dim,
-                 ws.softmax.data() + size_t(t - P) * 2 * H, scratch, {});
+    for (int t = P, m = 0; t < T; ++t) {
+      const bool measure = ws.q_row[t] >= 0;
+      layer_step(policy, cache.views(), row(t), group, measure ? ws.delta.data() + size_t(m) * q_dim : out,
+                 measure ? ws.softmax.data() + size_t(m) * 2 * H : nullptr, scratch, {});
+      m += measure;
       if (on_step) {
         for (int h = 0; h < KVH; ++h) {
           const HeadSlots& head = cache.views()[h];
@@ -247,15 +267,15 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
     }
     const size_t n_heads = size_t(steps) * H;
     Array(ws.delta.data(), delta.size()) =
-        ConstArray(layer.o_full.data() + first * q_dim, delta.size()) - Array(ws.delta.data(), delta.size());
+        ConstArray(ws.o_full.data() + first * q_dim, delta.size()) - Array(ws.delta.data(), delta.size());
     // Retained mass Σ_kept exp(logit − log Z_full) = Σ · exp(m − log Z_full) per step and head.
     const Eigen::Map<const Eigen::Array2Xf> z(ws.softmax.data(), 2, n_heads);
     Array(ws.mass.data(), n_heads) =
-        z.row(1).transpose() * (z.row(0).transpose() - ConstArray(layer.log_z_full.data() + first * H, n_heads)).exp();
+        z.row(1).transpose() * (z.row(0).transpose() - ConstArray(ws.log_z_full.data() + first * H, n_heads)).exp();
     // ‖o − ô‖ / ‖o‖ per step and query head.
     Array(ws.rel.data(), n_heads) =
         Eigen::Map<const Eigen::MatrixXf>(ws.delta.data(), hd, n_heads).colwise().norm().transpose().array() /
-        ConstArray(layer.norm_full.data() + first * H, n_heads).max(1e-30f);
+        ConstArray(ws.norm_full.data() + first * H, n_heads).max(1e-30f);
     for (size_t i = 0; i < n_heads; ++i) {  // in step order, then head order
       const int kv_head = static_cast<int>(i % H) / group;
       tot.rel[kv_head] += ws.rel[i];
@@ -264,9 +284,9 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
     // Σ over steps, in step order, of ‖injected row‖² / ‖x‖²: the energy an error injects.
     auto injected_energy = [&] {
       double energy = 0;
-      for (int t = P; t < T; ++t) {
-        const double x = layer.data.resid_norm[t];
-        energy += static_cast<double>(injected.row(t - P).squaredNorm()) / std::max(x * x, 1e-30);
+      for (int m = 0; m < steps; ++m) {
+        const double x = data.resid_norm[ws.measured[m]];
+        energy += static_cast<double>(injected.row(m).squaredNorm()) / std::max(x * x, 1e-30);
       }
       return energy;
     };
@@ -287,26 +307,38 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
 }
 
 ReplayResult ReplayEngine::run(const ReplayConfig& config, const KeptFn& on_step) const {
-  return std::move(run_configs({config}, on_step).front());
+  return std::move(run_configs({config}, on_step, {}).front());
 }
 
-std::vector<ReplayResult> ReplayEngine::run_batch(const std::vector<ReplayConfig>& configs) const {
-  return run_configs(configs, {});
+std::vector<ReplayResult> ReplayEngine::run_batch(const std::vector<ReplayConfig>& configs,
+                                                  const ReplayProgress& progress) const {
+  return run_configs(configs, {}, progress);
 }
 
-std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConfig>& configs,
-                                                    const KeptFn& on_step) const {
+std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConfig>& configs, const KeptFn& on_step,
+                                                    const ReplayProgress& progress_arg) const {
+  const ReplayProgress& progress = progress_arg ? progress_arg : progress_;
   const auto start = std::chrono::steady_clock::now();
   const int L = model_.n_layers, KVH = model_.n_kv_heads, group = model_.n_heads / KVH;
+  const std::vector<int>& layers = measured_layers();
+  const int Lm = static_cast<int>(layers.size());
   const size_t C = configs.size();
   for (const ReplayConfig& c : configs) KVP_CHECK(static_cast<int>(c.budgets.size()) == L);
-  const int tasks = n_sequences() * L;
+  const int tasks = n_sequences() * Lm;
   std::vector<std::vector<Totals>> totals(
       tasks, std::vector<Totals>(C, Totals{.rel = std::vector<double>(KVH, 0.0), .mass = std::vector<double>(KVH, 0.0)}));
-  parallel_for(tasks, on_step ? 1 : threads_, [&](int i) { replay(i / L, i % L, configs, totals[i], on_step); });
+  std::mutex mu;
+  int64_t done = 0;
+  parallel_for(tasks, on_step ? 1 : threads_, [&](int i) {
+    replay(i / Lm, layers[i % Lm], configs, totals[i], on_step);
+    if (progress) {
+      std::lock_guard<std::mutex> lock(mu);
+      progress(++done, tasks);
+    }
+  });
   // Sum per (sequence, layer) in a fixed order, so any number of threads gives the same bits.
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double steps = static_cast<double>(decode_steps());
+  const double steps = std::max<double>(1.0, static_cast<double>(decode_steps()));
   std::vector<ReplayResult> results(C);
   for (size_t c = 0; c < C; ++c) {
     ReplayResult& r = results[c];
@@ -315,7 +347,7 @@ std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConf
     r.resid_energy.assign(L, 0.0);
     if (configs[c].head_energy) r.head_resid_energy.assign(L, std::vector<double>(KVH, 0.0));
     for (int i = 0; i < tasks; ++i) {
-      const int l = i % L;
+      const int l = layers[i % Lm];
       const Totals& t = totals[i][c];
       for (int h = 0; h < KVH; ++h) {
         r.rel_error[l][h] += t.rel[h] / (steps * group);
@@ -325,7 +357,20 @@ std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConf
       for (size_t h = 0; h < t.head_energy.size(); ++h) r.head_resid_energy[l][h] += t.head_energy[h] / steps;
       r.cpu_seconds += t.seconds;
     }
-    r.head_steps = decode_steps() * model_.n_heads * L;
+    if (Lm < L) {
+      const auto lerp = [](double a, double b, double f) { return a + (b - a) * f; };
+      const auto lerp_heads = [&](const std::vector<double>& a, const std::vector<double>& b, double f) {
+        std::vector<double> out(a.size());
+        for (size_t h = 0; h < a.size(); ++h) out[h] = lerp(a[h], b[h], f);
+        return out;
+      };
+      interpolate_layers(r.resid_energy, layers, lerp);
+      interpolate_layers(r.rel_error, layers, lerp_heads);
+      interpolate_layers(r.retained_mass, layers, lerp_heads);
+      if (!r.head_resid_energy.empty()) interpolate_layers(r.head_resid_energy, layers, lerp_heads);
+    }
+    r.measured_layers = layers;
+    r.head_steps = decode_steps() * model_.n_heads * Lm;
     r.seconds = wall;
   }
   return results;

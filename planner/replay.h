@@ -1,6 +1,14 @@
 // Open-loop replay (DESIGN §6): a policy at given per-layer and per-head budgets over a recorded
 // trace, through the same planner/policy code the executor runs (layer_step, cut_prefill), with
 // the recorded queries. Measures what each configuration does to attention, without the model.
+//
+// The trace is streamed: each (sequence, layer) is read from the mapped files, its full-cache
+// outputs computed, and every configuration of a batch replayed over it before the next is read, so
+// memory is a few layers' worth per thread whatever the number of sequences. A trace recorded
+// with a query stride is replayed at every position (each token enters the cache and evicts), but
+// attention is computed, scored and measured only at the positions whose query was recorded. Of a
+// trace recorded with a subset of layers, only those layers are replayed; the per-layer results of
+// the others are interpolated linearly in the layer index between the nearest recorded layers.
 #pragma once
 
 #include <functional>
@@ -32,7 +40,8 @@ struct ReplayResult {
   // alone, ‖W_o,h (o_h − ô_h)‖² / ‖x‖² with W_o,h the columns of its query heads (the cross terms
   // between heads, which average out, left out). Empty otherwise.
   std::vector<std::vector<double>> head_resid_energy;
-  int64_t head_steps = 0;  // query-head decode steps replayed
+  std::vector<int> measured_layers;  // the layers replayed; the others are interpolated
+  int64_t head_steps = 0;  // query-head decode steps replayed (at recorded queries, recorded layers)
   double seconds = 0;      // wall time of the run (of the whole batch for run_batch)
   double cpu_seconds = 0;  // worker time spent on this configuration, summed over threads
 
@@ -44,45 +53,42 @@ struct ReplayResult {
 // Called after every decode step with a head's kept positions (in slot order).
 using KeptFn = std::function<void(int seq, int layer, int kv_head, int32_t step, std::span<const int32_t> kept)>;
 
+// Called as (sequence, layer) tasks complete: done of total.
+using ReplayProgress = std::function<void(int64_t done, int64_t total)>;
+
 class ReplayEngine {
  public:
-  // Loads the trace's layers and computes the full-cache outputs once; `threads` workers.
-  static Result<std::unique_ptr<ReplayEngine>> create(const Trace& trace, int threads,
-                                                      const std::function<void(int)>& progress = {});
+  // Replays `trace` (which must outlive the engine) with `threads` workers.
+  static Result<std::unique_ptr<ReplayEngine>> create(const Trace& trace, int threads);
 
   ReplayResult run(const ReplayConfig& config, const KeptFn& on_step = {}) const;
-  // Several configurations in one pass over the trace: each (sequence, layer) is loaded once, and
+  // Several configurations in one pass over the trace: each (sequence, layer) is read once, and
   // the prompt is prefilled once for consecutive configurations whose policies differ at most in
   // sinks and recent (the prefill does not depend on them). Results equal run() of each.
-  std::vector<ReplayResult> run_batch(const std::vector<ReplayConfig>& configs) const;
+  std::vector<ReplayResult> run_batch(const std::vector<ReplayConfig>& configs,
+                                      const ReplayProgress& progress = {}) const;
+
+  // Progress of every later run (run_batch's own argument takes precedence).
+  void set_progress(ReplayProgress progress) { progress_ = std::move(progress); }
 
   const TraceModelShape& model() const { return model_; }
-  int n_sequences() const { return static_cast<int>(seqs_.size()); }
-  int64_t decode_steps() const;  // per KV head, over all sequences
+  const std::vector<int>& measured_layers() const { return trace_->layers(); }
+  int n_sequences() const { return trace_->n_sequences(); }
+  int64_t decode_steps() const;  // per KV head, over all sequences, at the recorded queries
   int32_t max_length() const;     // the longest sequence
 
  private:
-  struct Layer {
-    TraceLayer data;               // q, k, v, resid_norm
-    std::vector<float> o_full;     // [T, n_heads, head_dim] full-cache outputs
-    std::vector<float> log_z_full; // [T, n_heads]
-    std::vector<float> norm_full;  // [T, n_heads] ‖o‖
-  };
-  struct Sequence {
-    int length;
-    int prompt_len;
-    std::vector<Layer> layers;
-  };
   ReplayEngine() = default;
   struct Totals;  // one configuration's sums over a (sequence, layer)
   void replay(int s, int l, const std::vector<ReplayConfig>& configs, std::vector<Totals>& totals,
               const KeptFn& on_step) const;
-  std::vector<ReplayResult> run_configs(const std::vector<ReplayConfig>& configs, const KeptFn& on_step) const;
+  std::vector<ReplayResult> run_configs(const std::vector<ReplayConfig>& configs, const KeptFn& on_step,
+                                        const ReplayProgress& progress) const;
 
+  const Trace* trace_ = nullptr;
+  ReplayProgress progress_;
   TraceModelShape model_;
   int threads_ = 1;
-  std::vector<Sequence> seqs_;
-  std::vector<std::vector<float>> wo_;  // per layer [dim, n_heads * head_dim]
 };
 
 }  // namespace kvp

@@ -38,9 +38,9 @@ double percentile(std::vector<float>& sorted, double p) {
 }  // namespace
 
 void causal_attention_row(const float* q, const float* k, int n_heads, int n_kv_heads,
-                          int head_dim, int head_idx, int t, std::vector<double>* probs) {
+                          int head_dim, int head_idx, int t, std::vector<double>* probs, int q_row) {
   const int kv_head_idx = head_idx / (n_heads / n_kv_heads);
-  const float* qv = q + (size_t(t) * n_heads + head_idx) * head_dim;
+  const float* qv = q + (size_t(q_row < 0 ? t : q_row) * n_heads + head_idx) * head_dim;
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   probs->resize(t + 1);
   double mx = -INFINITY;
@@ -67,11 +67,13 @@ TraceStats compute_trace_stats(const Trace& trace, int threads,
 
   auto work = [&] {
     std::vector<double> probs;
+    TraceLayer layer;
     for (int s; (s = next++) < trace.n_sequences();) {
       std::vector<Accumulator> local(size_t(L) * KVH);
       const int T = trace.length(s);
-      for (int l = 0; l < L; ++l) {
-        const TraceLayer layer = trace.layer(s, l);
+      const std::vector<int32_t> q_rows = trace.query_rows(s);
+      for (int l : trace.layers()) {
+        trace.read_layer(s, l, &layer);
         for (int kvh = 0; kvh < KVH; ++kvh) {
           Accumulator& a = local[size_t(l) * KVH + kvh];
           for (int t = 0; t < T; ++t) {
@@ -84,7 +86,8 @@ TraceStats compute_trace_stats(const Trace& trace, int threads,
           }
           for (int g = 0; g < group; ++g) {
             for (int t = 1; t < T; ++t) {
-              causal_attention_row(layer.q.data(), layer.k.data(), H, KVH, hd, kvh * group + g, t, &probs);
+              if (q_rows[t] < 0) continue;
+              causal_attention_row(layer.q.data(), layer.k.data(), H, KVH, hd, kvh * group + g, t, &probs, q_rows[t]);
               double h = 0;
               for (double p : probs) if (p > 0) h -= p * std::log(p);
               a.mass_sum += probs[0];
@@ -125,7 +128,7 @@ TraceStats compute_trace_stats(const Trace& trace, int threads,
       h.first_token_mass = a.n_queries ? a.mass_sum / a.n_queries : 0;
       h.entropy = a.n_queries ? a.entropy_sum / a.n_queries : 0;
       h.entropy_normalised = a.n_queries ? a.entropy_norm_sum / a.n_queries : 0;
-      stats.n_queries = a.n_queries / group;
+      if (a.n_queries > 0) stats.n_queries = a.n_queries / group;
     }
   }
   return stats;

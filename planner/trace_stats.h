@@ -25,14 +25,16 @@ struct TraceStats {
   std::vector<std::vector<HeadStats>> heads;  // [n_layers][n_kv_heads]
 };
 
-// Attention is recomputed from the recorded q and k (causal, full softmax); query heads of a
-// group are averaged into their KV head. Uses up to `threads` threads over sequences.
+// Attention is recomputed from the recorded q and k (causal, full softmax) at the recorded
+// queries; query heads of a group are averaged into their KV head. Layers not recorded keep
+// zeroed statistics. Uses up to `threads` threads over sequences.
 TraceStats compute_trace_stats(const Trace& trace, int threads,
                                const std::function<void(int sequences_done)>& progress = {});
 
 // Causal attention weights of query head `head_idx` at query position t over keys 0..t:
-// probs[j] for j <= t. q: [T, n_heads, head_dim], k: [T, n_kv_heads, head_dim].
+// probs[j] for j <= t. q: [Tq, n_heads, head_dim] with position t's query in row `q_row` (t when
+// -1), k: [T, n_kv_heads, head_dim].
 void causal_attention_row(const float* q, const float* k, int n_heads, int n_kv_heads,
-                          int head_dim, int head_idx, int t, std::vector<double>* probs);
+                          int head_dim, int head_idx, int t, std::vector<double>* probs, int q_row = -1);
 
 }  // namespace kvp

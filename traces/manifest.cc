@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <set>
 
 #include "common/yaml_fields.h"
@@ -12,6 +13,16 @@ namespace {
 constexpr int kMaxDim = 1 << 22;
 
 }  // namespace
+
+int recorded_query_count(int length, int prompt_len, int query_stride) {
+  int n = 0;
+  for (int t = 0; t < length; ++t) n += query_recorded(t, prompt_len, query_stride);
+  return n;
+}
+
+bool TraceManifest::has_layer(int layer_idx) const {
+  return std::binary_search(layers.begin(), layers.end(), layer_idx);
+}
 
 std::string TraceManifest::to_yaml() const {
   YAML::Emitter out;
@@ -31,6 +42,8 @@ std::string TraceManifest::to_yaml() const {
   out << YAML::Key << "recorder" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "backend" << YAML::Value << recorder_backend;
   out << YAML::Key << "qkv_dtype" << YAML::Value << std::string(dtype_name(qkv_dtype));
+  out << YAML::Key << "layers" << YAML::Value << YAML::Flow << layers;
+  out << YAML::Key << "query_stride" << YAML::Value << query_stride;
   out << YAML::Key << "tool" << YAML::Value << tool_version;
   out << YAML::Key << "corpus" << YAML::Value << corpus;
   out << YAML::EndMap;
@@ -60,8 +73,8 @@ Result<TraceManifest> TraceManifest::parse(const std::string& yaml_text, const s
     return make_error("{}: format: expected {}, found '{}'", path, kTraceFormatName, format);
   }
   KVP_ASSIGN_OR_RETURN(int version, top.integer("version", 0, 1 << 20));
-  if (version != kTraceFormatVersion) {
-    return make_error("{}: version: this kvplan reads version {}, found {}", path,
+  if (version != 1 && version != kTraceFormatVersion) {
+    return make_error("{}: version: this kvplan reads versions 1 and {}, found {}", path,
                       kTraceFormatVersion, version);
   }
   TraceManifest m;
@@ -86,14 +99,38 @@ Result<TraceManifest> TraceManifest::parse(const std::string& yaml_text, const s
 
   KVP_ASSIGN_OR_RETURN(YAML::Node recorder, top.child("recorder"));
   const YamlFields rf(recorder, path, "recorder.");
-  KVP_RETURN_IF_ERROR(rf.only({"backend", "qkv_dtype", "tool", "corpus"}));
+  if (version == 1) {
+    KVP_RETURN_IF_ERROR(rf.only({"backend", "qkv_dtype", "tool", "corpus"}));
+  } else {
+    KVP_RETURN_IF_ERROR(rf.only({"backend", "qkv_dtype", "layers", "query_stride", "tool", "corpus"}));
+  }
   KVP_ASSIGN_OR_RETURN(m.recorder_backend, rf.str("backend"));
   KVP_ASSIGN_OR_RETURN(std::string dtype, rf.str("qkv_dtype"));
   auto parsed_dtype = parse_dtype(dtype);
-  if (!parsed_dtype.ok() || *parsed_dtype == TensorDtype::kI32) {
-    return make_error("{}: recorder.qkv_dtype: expected F32 or F16, found '{}'", path, dtype);
+  if (!parsed_dtype.ok() || *parsed_dtype == TensorDtype::kI32 ||
+      (version == 1 && *parsed_dtype == TensorDtype::kBF16)) {
+    return make_error("{}: recorder.qkv_dtype: expected F32, F16{}, found '{}'", path,
+                      version == 1 ? " (version 1)" : " or BF16", dtype);
   }
   m.qkv_dtype = *parsed_dtype;
+  if (version == 1) {  // every layer, every query
+    for (int l = 0; l < m.model.n_layers; ++l) m.layers.push_back(l);
+  } else {
+    KVP_ASSIGN_OR_RETURN(YAML::Node layers, rf.child("layers"));
+    if (!layers.IsSequence() || layers.size() == 0) {
+      return make_error("{}: recorder.layers: expected a non-empty list of layer indices", path);
+    }
+    for (size_t i = 0; i < layers.size(); ++i) {
+      int l = -1;
+      if (!YAML::convert<int>::decode(layers[i], l) || l < 0 || l >= m.model.n_layers ||
+          (!m.layers.empty() && l <= m.layers.back())) {
+        return make_error("{}: recorder.layers[{}]: expected increasing layer indices in 0..{}, found '{}'", path,
+                          i, m.model.n_layers - 1, layers[i].IsScalar() ? layers[i].Scalar() : "a non-scalar");
+      }
+      m.layers.push_back(l);
+    }
+    KVP_ASSIGN_OR_RETURN(m.query_stride, rf.integer("query_stride", 1, 1 << 20));
+  }
   KVP_ASSIGN_OR_RETURN(m.tool_version, rf.str("tool"));
   KVP_ASSIGN_OR_RETURN(m.corpus, rf.str("corpus"));
 

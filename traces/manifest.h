@@ -1,4 +1,5 @@
-// manifest.yaml of a trace directory (format "kvplan-trace", version 1). See FORMAT.md.
+// manifest.yaml of a trace directory (format "kvplan-trace", version 2; version 1 still read). See
+// FORMAT.md.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +12,7 @@
 namespace kvp {
 
 inline constexpr const char* kTraceFormatName = "kvplan-trace";
-inline constexpr int kTraceFormatVersion = 1;
+inline constexpr int kTraceFormatVersion = 2;
 inline constexpr const char* kTraceManifestName = "manifest.yaml";
 inline constexpr const char* kTraceProjectionsName = "projections.safetensors";
 
@@ -34,6 +35,14 @@ struct TraceFileEntry {
   std::string sha256;  // of the whole file
 };
 
+// Whether the query at position `pos` of a sequence with a prompt of `prompt_len` is recorded.
+inline bool query_recorded(int pos, int prompt_len, int query_stride) {
+  const int d = pos - (prompt_len - 1);
+  return (d % query_stride + query_stride) % query_stride == 0;
+}
+// How many of positions 0..length-1 have a recorded query.
+int recorded_query_count(int length, int prompt_len, int query_stride);
+
 struct TraceSequenceEntry {
   std::string file;
   std::string sha256;
@@ -45,11 +54,17 @@ struct TraceManifest {
   TraceModelShape model;
   std::string recorder_backend;  // "cpu" or "cuda"
   TensorDtype qkv_dtype = TensorDtype::kF32;
+  // The layers recorded, increasing (every layer unless `record --layers` chose a subset).
+  std::vector<int> layers;
+  // Queries kept at the positions t of a sequence with (t - prompt_len + 1) mod query_stride == 0;
+  // keys and values are kept at every position.
+  int query_stride = 1;
   std::string tool_version;
   std::string corpus;  // the corpus the sequences came from, informational
   TraceFileEntry projections;
   std::vector<TraceSequenceEntry> sequences;
 
+  bool has_layer(int layer_idx) const;
   std::string to_yaml() const;
   // Parses and checks every field; errors read "<path>: <field>: expected ..., found ...".
   static Result<TraceManifest> parse(const std::string& yaml_text, const std::string& path);

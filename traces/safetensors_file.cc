@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
+#include "common/sha256.h"
 
 namespace kvp {
 namespace {
@@ -179,10 +180,40 @@ void SafetensorsFile::read_floats(const TensorInfo& t, std::span<float> out) con
     std::memcpy(out.data(), b.data(), b.size());
     return;
   }
-  KVP_CHECK(t.dtype == TensorDtype::kF16, "tensor {} is {}", t.name, dtype_name(t.dtype));
-  std::vector<uint16_t> halves(out.size());
-  std::memcpy(halves.data(), b.data(), b.size());
-  f16_to_f32(halves, out);
+  KVP_CHECK(t.dtype == TensorDtype::kF16 || t.dtype == TensorDtype::kBF16, "tensor {} is {}", t.name,
+            dtype_name(t.dtype));
+  // In blocks, so the conversion needs no copy of the whole tensor.
+  constexpr size_t kBlock = 4096;
+  uint16_t halves[kBlock];
+  for (size_t at = 0; at < out.size(); at += kBlock) {
+    const size_t n = std::min(kBlock, out.size() - at);
+    std::memcpy(halves, b.data() + at * 2, n * 2);
+    if (t.dtype == TensorDtype::kF16) {
+      f16_to_f32(std::span(halves, n), out.subspan(at, n));
+    } else {
+      bf16_to_f32(std::span(halves, n), out.subspan(at, n));
+    }
+  }
+}
+
+void SafetensorsFile::release(std::span<const std::byte> range) const {
+  if (range.empty()) return;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(range.data()) & ~(page - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(range.data() + range.size());
+  // A private read-only file mapping: dropped pages read back from the file when touched again.
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+std::string SafetensorsFile::sha256_releasing() const {
+  constexpr size_t kChunk = size_t{32} << 20;
+  Sha256 hash;
+  for (size_t at = 0; at < map_size_; at += kChunk) {
+    const size_t n = std::min(kChunk, map_size_ - at);
+    hash.update(map_ + at, n);
+    release({map_ + at, n});
+  }
+  return hash.hex();
 }
 
 }  // namespace kvp

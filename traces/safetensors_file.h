@@ -48,8 +48,16 @@ class SafetensorsFile {
   Result<const TensorInfo*> expect(const std::string& name, TensorDtype dtype,
                                    const std::vector<int64_t>& shape) const;
 
-  // Copies a tensor out as f32 (F32 as is, F16 widened). REQUIRES: dtype F32 or F16.
+  // Copies a tensor out as f32 (F32 as is, F16 and BF16 widened). REQUIRES: a float dtype.
   void read_floats(const TensorInfo& t, std::span<float> out) const;
+
+  // Drops the mapped pages of `range` (inside file_bytes()) from this process's memory; they are
+  // read back from the file if touched again. Keeps a reader's resident set bounded by what it
+  // holds, not by the size of the files it has read.
+  void release(std::span<const std::byte> range) const;
+  void release(const TensorInfo& t) const { release(bytes(t)); }
+  // sha256 of the whole file, releasing each chunk once hashed.
+  std::string sha256_releasing() const;
 
  private:
   SafetensorsFile() = default;

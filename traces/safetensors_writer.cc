@@ -38,9 +38,13 @@ void SafetensorsWriter::add_i32(std::string name, std::vector<int64_t> shape,
 void SafetensorsWriter::add_float_as(std::string name, TensorDtype dtype,
                                      std::vector<int64_t> shape, std::span<const float> data) {
   if (dtype == TensorDtype::kF32) return add_f32(std::move(name), std::move(shape), data);
-  KVP_CHECK(dtype == TensorDtype::kF16);
+  KVP_CHECK(dtype == TensorDtype::kF16 || dtype == TensorDtype::kBF16);
   std::vector<uint16_t> halves(data.size());
-  f32_to_f16(data, halves);
+  if (dtype == TensorDtype::kF16) {
+    f32_to_f16(data, halves);
+  } else {
+    f32_to_bf16(data, halves);
+  }
   add(std::move(name), dtype, std::move(shape), std::as_bytes(std::span(halves)));
 }
 

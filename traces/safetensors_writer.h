@@ -21,7 +21,7 @@ class SafetensorsWriter {
            std::span<const std::byte> data);
   void add_f32(std::string name, std::vector<int64_t> shape, std::span<const float> data);
   void add_i32(std::string name, std::vector<int64_t> shape, std::span<const int32_t> data);
-  // Stores f32 values as `dtype` (F32 or F16).
+  // Stores f32 values as `dtype` (F32, F16 or BF16).
   void add_float_as(std::string name, TensorDtype dtype, std::vector<int64_t> shape,
                     std::span<const float> data);
   void set_metadata(std::string key, std::string value) { metadata_[std::move(key)] = std::move(value); }

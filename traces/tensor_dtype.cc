@@ -50,4 +50,25 @@ void f16_to_f32(std::span<const uint16_t> in, std::span<float> out) {
   }
 }
 
+void f32_to_bf16(std::span<const float> in, std::span<uint16_t> out) {
+  KVP_CHECK(in.size() == out.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &in[i], 4);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) {
+      out[i] = static_cast<uint16_t>((bits >> 16) | 0x40);  // a quiet NaN
+    } else {
+      out[i] = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+    }
+  }
+}
+
+void bf16_to_f32(std::span<const uint16_t> in, std::span<float> out) {
+  KVP_CHECK(in.size() == out.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    const uint32_t bits = uint32_t{in[i]} << 16;
+    std::memcpy(&out[i], &bits, 4);
+  }
+}
+
 }  // namespace kvp

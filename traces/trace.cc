@@ -13,7 +13,7 @@ namespace {
 std::vector<int64_t> dims(std::initializer_list<int64_t> d) { return d; }
 
 Status check_checksum(const SafetensorsFile& f, const std::string& expected) {
-  const std::string actual = sha256_hex(f.file_bytes());
+  const std::string actual = f.sha256_releasing();
   if (actual != expected) {
     return make_error("{}: sha256: the manifest says {}, the file has {} (changed or corrupt)",
                       f.path(), expected, actual);
@@ -26,11 +26,12 @@ Status check_sequence_file(const SafetensorsFile& f, const TraceManifest& m,
                            const TraceSequenceEntry& e) {
   const TraceModelShape& s = m.model;
   const int64_t T = e.length;
+  const int64_t Tq = recorded_query_count(e.length, e.prompt_len, m.query_stride);
   size_t expected_count = 2;
   KVP_ASSIGN_OR_RETURN(const TensorInfo* tokens, f.expect("tokens", TensorDtype::kI32, dims({T})));
   KVP_RETURN_IF_ERROR(f.expect("ref_logprob", TensorDtype::kF32, dims({T - 1})));
-  for (int l = 0; l < s.n_layers; ++l) {
-    KVP_RETURN_IF_ERROR(f.expect(trace_tensor_name(l, "q"), m.qkv_dtype, dims({T, s.n_heads, s.head_dim})));
+  for (int l : m.layers) {
+    KVP_RETURN_IF_ERROR(f.expect(trace_tensor_name(l, "q"), m.qkv_dtype, dims({Tq, s.n_heads, s.head_dim})));
     KVP_RETURN_IF_ERROR(f.expect(trace_tensor_name(l, "k"), m.qkv_dtype, dims({T, s.n_kv_heads, s.head_dim})));
     KVP_RETURN_IF_ERROR(f.expect(trace_tensor_name(l, "v"), m.qkv_dtype, dims({T, s.n_kv_heads, s.head_dim})));
     KVP_RETURN_IF_ERROR(f.expect(trace_tensor_name(l, "resid_norm"), TensorDtype::kF32, dims({T})));
@@ -43,11 +44,12 @@ Status check_sequence_file(const SafetensorsFile& f, const TraceManifest& m,
                           kTraceFormatVersion);
       }
     }
-    return make_error("{}: holds {} tensors, a {}-layer trace has {} (recorded with another model?)",
-                      f.path(), f.tensors().size(), s.n_layers, expected_count);
+    return make_error("{}: holds {} tensors, a trace of {} layers has {} (recorded with another model?)",
+                      f.path(), f.tensors().size(), m.layers.size(), expected_count);
   }
   std::vector<int32_t> ids(static_cast<size_t>(T));
   std::memcpy(ids.data(), f.bytes(*tokens).data(), ids.size() * 4);
+  f.release(*tokens);
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= s.vocab_size) {
       return make_error("{}: tensor tokens: element {} is {}, outside the vocabulary of {}", f.path(),
@@ -86,7 +88,7 @@ Result<Trace> Trace::open(const std::string& dir, const OpenOptions& options) {
 
   const std::string proj_path = (fs::path(dir) / m.projections.file).string();
   KVP_ASSIGN_OR_RETURN(SafetensorsFile proj, SafetensorsFile::open(proj_path));
-  for (int l = 0; l < m.model.n_layers; ++l) {
+  for (int l : m.layers) {
     KVP_RETURN_IF_ERROR(proj.expect(trace_tensor_name(l, "wo"), TensorDtype::kF32,
                                     dims({m.model.dim, int64_t{m.model.n_heads} * m.model.head_dim})));
   }
@@ -119,18 +121,39 @@ std::vector<float> Trace::ref_logprob(int seq_idx) const {
   return out;
 }
 
-TraceLayer Trace::layer(int seq_idx, int layer_idx) const {
+std::vector<int32_t> Trace::query_rows(int seq_idx) const {
+  const TraceSequenceEntry& e = manifest_.sequences[seq_idx];
+  std::vector<int32_t> rows(static_cast<size_t>(e.length), -1);
+  int32_t next = 0;
+  for (int t = 0; t < e.length; ++t) {
+    if (query_recorded(t, e.prompt_len, manifest_.query_stride)) rows[t] = next++;
+  }
+  return rows;
+}
+
+void Trace::read_layer(int seq_idx, int layer_idx, TraceLayer* out) const {
+  KVP_CHECK(manifest_.has_layer(layer_idx), "layer {} is not recorded in {}", layer_idx, dir_);
   const SafetensorsFile& f = sequences_[seq_idx];
-  auto read = [&](const char* what) {
+  auto read = [&](const char* what, std::vector<float>& into) {
     const TensorInfo* t = f.find(trace_tensor_name(layer_idx, what));
-    std::vector<float> out(static_cast<size_t>(t->element_count()));
-    f.read_floats(*t, out);
-    return out;
+    into.resize(static_cast<size_t>(t->element_count()));
+    f.read_floats(*t, into);
+    f.release(*t);
   };
-  return TraceLayer{.q = read("q"), .k = read("k"), .v = read("v"), .resid_norm = read("resid_norm")};
+  read("q", out->q);
+  read("k", out->k);
+  read("v", out->v);
+  read("resid_norm", out->resid_norm);
+}
+
+TraceLayer Trace::layer(int seq_idx, int layer_idx) const {
+  TraceLayer out;
+  read_layer(seq_idx, layer_idx, &out);
+  return out;
 }
 
 std::vector<float> Trace::wo(int layer_idx) const {
+  KVP_CHECK(manifest_.has_layer(layer_idx), "layer {} is not recorded in {}", layer_idx, dir_);
   const SafetensorsFile& f = projections_.front();
   const TensorInfo* t = f.find(trace_tensor_name(layer_idx, "wo"));
   std::vector<float> out(static_cast<size_t>(t->element_count()));

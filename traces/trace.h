@@ -13,7 +13,7 @@ namespace kvp {
 
 // One layer of one recorded sequence, widened to f32.
 struct TraceLayer {
-  std::vector<float> q;           // [T, n_heads, head_dim], post-RoPE
+  std::vector<float> q;           // [Tq, n_heads, head_dim], post-RoPE, at the recorded query positions
   std::vector<float> k;           // [T, n_kv_heads, head_dim], post-RoPE
   std::vector<float> v;           // [T, n_kv_heads, head_dim]
   std::vector<float> resid_norm;  // [T] L2 norm of the residual stream entering the layer
@@ -35,11 +35,20 @@ class Trace {
   int n_sequences() const { return static_cast<int>(sequences_.size()); }
   int length(int seq_idx) const { return manifest_.sequences[seq_idx].length; }
   int prompt_len(int seq_idx) const { return manifest_.sequences[seq_idx].prompt_len; }
+  // The recorded layers (all, unless recorded with a subset) and the query stride.
+  const std::vector<int>& layers() const { return manifest_.layers; }
+  int query_stride() const { return manifest_.query_stride; }
+  // For each position of a sequence, the row of its query in TraceLayer::q, or -1 when not recorded.
+  std::vector<int32_t> query_rows(int seq_idx) const;
 
   std::vector<int32_t> tokens(int seq_idx) const;    // [T]
   std::vector<float> ref_logprob(int seq_idx) const; // [T - 1]
+  // REQUIRES: layer_idx is a recorded layer.
   TraceLayer layer(int seq_idx, int layer_idx) const;
-  std::vector<float> wo(int layer_idx) const;        // [dim, n_heads * head_dim]
+  // The same into `out`'s buffers (reused), dropping the file pages it read from memory again, so
+  // a reader streaming over the sequences holds only what it copied out.
+  void read_layer(int seq_idx, int layer_idx, TraceLayer* out) const;
+  std::vector<float> wo(int layer_idx) const;        // [dim, n_heads * head_dim]; a recorded layer
 
   // Total bytes of the sequence files.
   int64_t sequence_bytes() const;

@@ -12,7 +12,7 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
   const int hd = heads[0].head_dim;
   const bool want_weights = policy.uses_attention();
   sc.self_weight.assign(n_kv_heads, 0.0f);
-  for (int h = 0; h < n_kv_heads; ++h) {
+  for (int h = 0; row.q != nullptr && h < n_kv_heads; ++h) {
     const HeadSlots& head = heads[h];
     const size_t n = static_cast<size_t>(*head.n_used) + 1;
     if (sc.weights.size() < n + 16) {  // both written in whole 16-float packets

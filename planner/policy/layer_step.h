@@ -43,7 +43,8 @@ using EvictFn = std::function<void(int kv_head_idx, int32_t evicted_pos, float k
 
 // The row of one token, all heads of one layer.
 struct TokenRow {
-  const float* q;   // [n_heads, head_dim], post-RoPE
+  const float* q;   // [n_heads, head_dim], post-RoPE; null: no query (a trace recorded with a
+                    // query stride): the token enters the cache with no attention computed or scored
   const float* k;   // [n_kv_heads, head_dim], post-RoPE
   const float* v;   // [n_kv_heads, head_dim]
   int32_t pos;

@@ -271,17 +271,17 @@ std::vector<Damage> damages() {
       {"manifest_future_version",
        [](const std::string& d) {
          std::string m = test::read_bytes(d + "/manifest.yaml");
-         m.replace(m.find("version: 1"), 10, "version: 2");
+         m.replace(m.find("version: 2"), 10, "version: 3");
          test::write_bytes(d + "/manifest.yaml", m);
        },
-       "version: this kvplan reads version 1, found 2"},
+       "version: this kvplan reads versions 1 and 2, found 3"},
       {"manifest_layers_disagree",
        [](const std::string& d) {
          std::string m = test::read_bytes(d + "/manifest.yaml");
          m.replace(m.find("n_layers: 5"), 11, "n_layers: 4");
          test::write_bytes(d + "/manifest.yaml", m);
        },
-       "recorded with another model"},
+       "recorder.layers[4]: expected increasing layer indices in 0..3, found '4'"},
   };
 }
 

@@ -133,6 +133,7 @@ ClosedLoop run_executor(const std::string& name, const PolicyParams& params, int
                             .n_kv_heads = c.n_kv_heads, .head_dim = c.head_dim(), .vocab_size = c.vocab_size,
                             .seq_len = c.seq_len};
   m.recorder_backend = "cpu";
+  for (int l = 0; l < c.n_layers; ++l) m.layers.push_back(l);
   m.tool_version = "test";
   m.corpus = "closed loop";
   EXPECT_TRUE(writer->finish(m).ok());
@@ -201,10 +202,13 @@ INSTANTIATE_TEST_SUITE_P(Policies, ReplayAgreement, ::testing::Values("window", 
 
 // A replay engine over the executor's full-cache recording of 140 positions, 24 of them prompt.
 std::unique_ptr<ReplayEngine> full_cache_engine() {
-  const ClosedLoop recorded = run_executor("full", {.sinks = 0, .recent = 0}, 140, 140, 24);
-  auto trace = Trace::open(recorded.trace_dir);
-  KVP_CHECK(trace.ok(), "{}", trace.error().message());
-  auto engine = ReplayEngine::create(*trace, 2);
+  static const Trace trace = [] {
+    const ClosedLoop recorded = run_executor("full", {.sinks = 0, .recent = 0}, 140, 140, 24);
+    auto opened = Trace::open(recorded.trace_dir);
+    KVP_CHECK(opened.ok(), "{}", opened.error().message());
+    return std::move(opened).value();
+  }();
+  auto engine = ReplayEngine::create(trace, 2);
   KVP_CHECK(engine.ok());
   return std::move(engine).value();
 }

@@ -7,8 +7,10 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 
+#include "common/sha256.h"
 #include "tests/support/test_support.h"
 #include "traces/safetensors_file.h"
 #include "traces/safetensors_writer.h"
@@ -126,6 +128,86 @@ std::vector<BadFile> bad_files() {
        [=] { return raw_file({{"a", {{"dtype", "F32"}, {"shape", {1}}, {"data_offsets", {-4, 0}}}}}, data); },
        "data_offsets"},
   };
+}
+
+TEST(Safetensors, Bf16RoundsToNearestEvenAndKeepsSpecials) {
+  // bf16 is the high half of a binary32: 8 significant bits.
+  const float halfway_even = 1.0f + 1.0f / 256;      // between 0x3F80 and 0x3F81: to 0x3F80 (even)
+  const float halfway_odd = 1.0f + 3.0f / 256;       // between 0x3F81 and 0x3F82: to 0x3F82 (even)
+  const float above_halfway = 1.0f + 1.0f / 256 + 1.0f / 65536;  // just above: up, to 0x3F81
+  const std::vector<float> in = {1.0f, -2.0f, halfway_even, halfway_odd, above_halfway, 0.0f, -0.0f,
+                                 std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(),
+                                 3.0e38f};
+  std::vector<uint16_t> bits(in.size());
+  f32_to_bf16(in, bits);
+  EXPECT_EQ(bits[0], 0x3F80);
+  EXPECT_EQ(bits[1], 0xC000);
+  EXPECT_EQ(bits[2], 0x3F80);
+  EXPECT_EQ(bits[3], 0x3F82);
+  EXPECT_EQ(bits[4], 0x3F81);
+  EXPECT_EQ(bits[5], 0x0000);
+  EXPECT_EQ(bits[6], 0x8000);
+  EXPECT_EQ(bits[7], 0x7F80);
+  EXPECT_EQ(bits[8] & 0x7F80, 0x7F80);
+  EXPECT_NE(bits[8] & 0x007F, 0) << "NaN stays NaN";
+  EXPECT_EQ(bits[9], 0x7F62) << "3e38 rounds to 0x7F62 (3.0040e38), not to infinity";
+
+  SafetensorsWriter w;
+  w.add_float_as("x", TensorDtype::kBF16, {static_cast<int64_t>(in.size())}, in);
+  const std::string path = test::make_temp_dir("st") + "/bf16.safetensors";
+  ASSERT_TRUE(w.write(path).ok());
+  auto f = SafetensorsFile::open(path);
+  ASSERT_TRUE(f.ok()) << f.error().message();
+  auto t = f->expect("x", TensorDtype::kBF16, {static_cast<int64_t>(in.size())});
+  ASSERT_TRUE(t.ok()) << t.error().message();
+  std::vector<float> back(in.size());
+  f->read_floats(**t, back);
+  for (size_t i = 0; i < in.size(); ++i) {
+    uint32_t b;
+    std::memcpy(&b, &back[i], 4);
+    EXPECT_EQ(b, uint32_t{bits[i]} << 16) << "element " << i;
+  }
+}
+
+// Resident bytes of the mapping that contains `p`, from /proc/self/smaps.
+int64_t resident_bytes_of_mapping(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const uintptr_t at = reinterpret_cast<uintptr_t>(p);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    uintptr_t lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
+      inside = lo <= at && at < hi;
+    } else if (inside && line.rfind("Rss:", 0) == 0) {
+      return std::stoll(line.substr(4)) * 1024;  // "Rss:   1234 kB"
+    }
+  }
+  return -1;
+}
+
+TEST(Safetensors, ReleasedPagesLeaveTheProcessAndReadBackTheSame) {
+  // 16 MiB of floats: reading them makes the mapping resident; releasing drops it, not the data.
+  std::vector<float> x(size_t{4} << 20);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 1000) * 0.5f;
+  SafetensorsWriter w;
+  w.add_f32("x", {static_cast<int64_t>(x.size())}, x);
+  const std::string path = test::make_temp_dir("st") + "/big.safetensors";
+  ASSERT_TRUE(w.write(path).ok());
+  auto f = SafetensorsFile::open(path);
+  ASSERT_TRUE(f.ok());
+  const TensorInfo& t = *f->find("x");
+  std::vector<float> back(x.size());
+  f->read_floats(t, back);
+  const int64_t before = resident_bytes_of_mapping(f->bytes(t).data());
+  ASSERT_GE(before, int64_t{15} << 20) << "reading touched every page";
+  f->release(t);
+  EXPECT_LE(resident_bytes_of_mapping(f->bytes(t).data()), int64_t{8} << 10);
+  std::vector<float> again(x.size());
+  f->read_floats(t, again);
+  EXPECT_EQ(again, x);
+  // The checksum pass releases as it goes, and equals the digest of the file.
+  EXPECT_EQ(f->sha256_releasing(), *sha256_file(path));
+  EXPECT_LE(resident_bytes_of_mapping(f->bytes(t).data()), int64_t{8} << 10);
 }
 
 class CorruptSafetensors : public ::testing::TestWithParam<BadFile> {};

@@ -60,19 +60,15 @@ Status calibrate(const CalibrateFlags& flags) {
   }
   // Consecutive configurations of one policy share the prompt prefill.
   std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.m.policy < b.m.policy; });
-  std::unique_ptr<ReplayEngine> engine;
-  {
-    Progress progress("calibrate: loading trace", trace.n_sequences());
-    KVP_ASSIGN_OR_RETURN(engine, ReplayEngine::create(trace, flags.threads > 0 ? flags.threads : default_threads(),
-                                                      [&](int d) { progress.update(d); }));
-    progress.finish(trace.n_sequences());
-  }
+  KVP_ASSIGN_OR_RETURN(std::unique_ptr<ReplayEngine> engine, ReplayEngine::create(trace, flags.threads > 0 ? flags.threads : default_threads()));
   std::vector<ReplayConfig> configs;
   for (const Item& it : items) configs.push_back(it.config);
   std::vector<ReplayResult> replays;
   {
     Progress progress("calibrate: replaying measured configurations", 1);
-    replays = engine->run_batch(configs);
+    replays = engine->run_batch(configs, [&](int64_t tasks_done, int64_t tasks) {
+      progress.update(0, fmt::format("trace pass {}/{} sequence-layers", tasks_done, tasks));
+    });
     progress.finish(1);
   }
   std::vector<CalibrationPoint> points;

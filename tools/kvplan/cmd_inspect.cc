@@ -161,8 +161,10 @@ Status inspect_trace(const InspectFlags& flags) {
                         {"model_fingerprint", m.fingerprint},
                         {"n_sequences", trace.n_sequences()},
                         {"qkv_dtype", dtype_name(trace.manifest().qkv_dtype)},
+                        {"recorded_layers", trace.layers()},
+                        {"query_stride", trace.query_stride()},
                         {"queries_per_head", stats.n_queries}};
-    for (int l = 0; l < m.n_layers; ++l) {
+    for (int l : trace.layers()) {
       nlohmann::json layer = {{"layer", l}, {"heads", nlohmann::json::array()}};
       for (int h = 0; h < m.n_kv_heads; ++h) {
         const HeadStats& s = stats.heads[l][h];
@@ -186,13 +188,18 @@ Status inspect_trace(const InspectFlags& flags) {
               flags.target.c_str(), trace.n_sequences(), static_cast<long long>(total_tokens),
               std::string(dtype_name(trace.manifest().qkv_dtype)).c_str(),
               trace.sequence_bytes() / 1e6, m.fingerprint.c_str());
-  std::printf("model: %d layers, %d query heads, %d KV heads, head_dim %d (recorded by %s, %s)\n\n",
+  std::printf("model: %d layers, %d query heads, %d KV heads, head_dim %d (recorded by %s, %s)\n",
               m.n_layers, m.n_heads, m.n_kv_heads, m.head_dim, trace.manifest().recorder_backend.c_str(),
               trace.manifest().tool_version.c_str());
+  std::printf("recorded: %s of %d layers (%s), %s\n\n",
+              trace.layers().size() == size_t(m.n_layers) ? "all" : std::to_string(trace.layers().size()).c_str(),
+              m.n_layers, fmt::format("{}", fmt::join(trace.layers(), ",")).c_str(),
+              trace.query_stride() == 1 ? "every position's query"
+                                        : fmt::format("the query of every {}th position", trace.query_stride()).c_str());
   std::printf("Value L1 norms, attention on the first token and attention entropy, per KV head\n"
               "(query heads of a group averaged; queries at positions >= 1):\n\n");
   std::printf("layer head |  |v|1 mean    p5   p50   p95   max | pos 0  pos 0-3 | attn on pos 0 | entropy nats  normalised\n");
-  for (int l = 0; l < m.n_layers; ++l) {
+  for (int l : trace.layers()) {
     for (int h = 0; h < m.n_kv_heads; ++h) {
       const HeadStats& s = stats.heads[l][h];
       std::printf("%5d %4d | %10.3f %5.2f %5.2f %5.2f %5.2f | %5.2f %8.2f | %13.3f | %12.3f %11.3f\n",

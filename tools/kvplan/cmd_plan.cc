@@ -53,13 +53,7 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
   KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
   KVP_ASSIGN_OR_RETURN(std::optional<Calibration> calibration,
                        load_calibration_for(flags.calibration, trace, flags.trace));
-  std::unique_ptr<ReplayEngine> engine;
-  {
-    Progress progress("plan: loading trace", trace.n_sequences());
-    KVP_ASSIGN_OR_RETURN(engine, ReplayEngine::create(trace, flags.threads > 0 ? flags.threads : default_threads(),
-                                                      [&](int done) { progress.update(done); }));
-    progress.finish(trace.n_sequences());
-  }
+  KVP_ASSIGN_OR_RETURN(std::unique_ptr<ReplayEngine> engine, ReplayEngine::create(trace, flags.threads > 0 ? flags.threads : default_threads()));
   const TraceModelShape& m = trace.model();
   const int32_t longest = engine->max_length();
   const int32_t nominal_budget = flags.plan.budget > 0 ? flags.plan.budget
@@ -89,7 +83,13 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
                              ? static_cast<int>(candidate_budgets(params.sinks + params.recent, longest).size())
                              : 0;
     Progress progress("plan: replaying budgets", n_curves);
-    KVP_ASSIGN_OR_RETURN(outcome, make_plan(*engine, flags.trace, request, [&](int done) { progress.update(done); }));
+    int curves_done = 0;
+    engine->set_progress([&](int64_t tasks_done, int64_t tasks) {
+      progress.update(curves_done, fmt::format("trace pass {}/{} sequence-layers", tasks_done, tasks));
+    });
+    KVP_ASSIGN_OR_RETURN(outcome, make_plan(*engine, flags.trace, request, [&](int done) {
+                           progress.update(curves_done = done);
+                         }));
     progress.finish(n_curves);
   }
   Plan& plan = outcome.plan;

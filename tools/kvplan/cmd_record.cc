@@ -16,21 +16,55 @@ struct RecordFlags {
   std::string corpus;
   int prompt_len = 64;
   std::string dtype = "f32";
+  std::string layers;
+  int query_stride = 1;
+  int chunk = 512;
   std::string out;
   bool force = false;
   bool json = false;
 };
 
+// "0,4,8" or "0-3,10": increasing layer indices.
+Result<std::vector<int>> parse_layers(const std::string& text) {
+  std::vector<int> layers;
+  size_t at = 0;
+  while (at <= text.size()) {
+    const size_t comma = std::min(text.find(',', at), text.size());
+    const std::string item = text.substr(at, comma - at);
+    int lo = 0, hi = 0;
+    char dash = 0, extra = 0;
+    const int n = std::sscanf(item.c_str(), "%d%c%d%c", &lo, &dash, &hi, &extra);
+    if (n == 1 && item.find_first_not_of("0123456789") == std::string::npos) {
+      hi = lo;
+    } else if (!(n == 3 && dash == '-' && item.find_first_not_of("0123456789-") == std::string::npos && lo <= hi)) {
+      return make_error("--layers: expected layer indices and ranges such as 0,4,8 or 0-3, found '{}'", item);
+    }
+    for (int l = lo; l <= hi; ++l) {
+      if (!layers.empty() && l <= layers.back()) {
+        return make_error("--layers: expected increasing layer indices, found {} after {}", l, layers.back());
+      }
+      layers.push_back(l);
+    }
+    at = comma + 1;
+  }
+  return layers;
+}
+
 Status record(const RecordFlags& flags) {
-  RecordOptions options{.out_dir = flags.out, .prompt_len = flags.prompt_len,
-                        .overwrite = flags.force, .tool_version = std::string("kvplan ") + KVP_VERSION,
-                        .threads = flags.model.threads};
+  RecordOptions options{.out_dir = flags.out, .prompt_len = flags.prompt_len, .query_stride = flags.query_stride,
+                        .chunk = flags.chunk, .overwrite = flags.force,
+                        .tool_version = std::string("kvplan ") + KVP_VERSION, .threads = flags.model.threads};
   if (flags.dtype == "f32") {
     options.qkv_dtype = TensorDtype::kF32;
   } else if (flags.dtype == "f16") {
     options.qkv_dtype = TensorDtype::kF16;
+  } else if (flags.dtype == "bf16") {
+    options.qkv_dtype = TensorDtype::kBF16;
   } else {
-    return make_error("--dtype: expected f32 or f16, found '{}'", flags.dtype);
+    return make_error("--dtype: expected f32, f16 or bf16, found '{}'", flags.dtype);
+  }
+  if (!flags.layers.empty()) {
+    KVP_ASSIGN_OR_RETURN(options.layers, parse_layers(flags.layers));
   }
   KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer, flags.model.load_options()));
   KVP_ASSIGN_OR_RETURN(Corpus corpus,
@@ -71,7 +105,13 @@ Command add_record_command(CLI::App& app) {
   sub->add_option("--corpus", flags->corpus, "A kvplan corpus file or a plain text file")->required();
   sub->add_option("--prompt-len", flags->prompt_len,
                   "Positions attended in full before eviction starts, stored per sequence (default 64)");
-  sub->add_option("--dtype", flags->dtype, "Element type of q, k and v: f32 or f16 (default f32)");
+  sub->add_option("--dtype", flags->dtype, "Element type of q, k and v: f32, f16 or bf16 (default f32)");
+  sub->add_option("--layers", flags->layers,
+                  "Record only these layers, e.g. 0,4,8 or 0-3 (default all); replay interpolates the others");
+  sub->add_option("--query-stride", flags->query_stride,
+                  "Keep the query of every k-th position only, the prompt's last among them (keys and values of "
+                  "every position stay; default 1)");
+  sub->add_option("--chunk", flags->chunk, "Positions per forward pass, bounding activations and logits (default 512)");
   sub->add_option("--out", flags->out, "Trace directory to create")->required();
   sub->add_flag("--force", flags->force, "Replace --out if it exists");
   sub->add_flag("--json", flags->json, "Print a JSON summary, no progress");

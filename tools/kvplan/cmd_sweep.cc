@@ -72,12 +72,7 @@ Status sweep(const SweepFlags& flags) {
   std::filesystem::create_directories(flags.out, ec);
   if (ec) return make_error("{}: cannot create: {}", flags.out, ec.message());
   const int threads = flags.threads > 0 ? flags.threads : default_threads();
-  std::unique_ptr<ReplayEngine> engine;
-  {
-    Progress progress("sweep: loading trace", trace.n_sequences());
-    KVP_ASSIGN_OR_RETURN(engine, ReplayEngine::create(trace, threads, [&](int d) { progress.update(d); }));
-    progress.finish(trace.n_sequences());
-  }
+  KVP_ASSIGN_OR_RETURN(std::unique_ptr<ReplayEngine> engine, ReplayEngine::create(trace, threads));
   const TraceModelShape& m = trace.model();
   const int32_t longest = engine->max_length();
   std::vector<Row> rows;
@@ -85,6 +80,9 @@ Status sweep(const SweepFlags& flags) {
   const int per_level = 1 + flags.greedy + flags.pyramid + per_head;
   Progress progress("sweep: configurations", static_cast<int64_t>(policies.size() * budgets.size() * per_level));
   int done = 0;
+  engine->set_progress([&](int64_t tasks_done, int64_t tasks) {
+    progress.update(done, fmt::format("trace pass {}/{} sequence-layers", tasks_done, tasks));
+  });
   const auto start = std::chrono::steady_clock::now();
   for (const std::string& name : policies) {
     std::vector<ErrorCurve> curves(m.n_layers), head_curves(size_t(m.n_layers) * m.n_kv_heads);
