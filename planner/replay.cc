@@ -253,9 +253,15 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
       cut_prefill(policy, ws.cut_from.views(), cache.views(), {});
     }
     // The decode: each step's outputs and softmax statistics into their rows; the measures after.
-    for (int t = P, m = 0; t < T; ++t) {
+    for (int t = P, m = 0, last_query = P - 1; t < T; ++t) {
       const bool measure = ws.q_row[t] >= 0;
-      layer_step(policy, cache.views(), row(t), group, measure ? ws.delta.data() + size_t(m) * q_dim : out,
+      TokenRow r = row(t);
+      if (measure) {
+        last_query = t;
+      } else if (policy.uses_attention()) {  // scores from keys or values alone are whole
+        r.unscored_from = last_query + 1;
+      }
+      layer_step(policy, cache.views(), r, group, measure ? ws.delta.data() + size_t(m) * q_dim : out,
                  measure ? ws.softmax.data() + size_t(m) * 2 * H : nullptr, scratch, {});
       m += measure;
       if (on_step) {

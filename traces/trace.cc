@@ -118,6 +118,7 @@ std::vector<float> Trace::ref_logprob(int seq_idx) const {
   const TensorInfo* t = f.find("ref_logprob");
   std::vector<float> out(static_cast<size_t>(t->element_count()));
   f.read_floats(*t, out);
+  f.release(*t);
   return out;
 }
 
@@ -138,12 +139,14 @@ void Trace::read_layer(int seq_idx, int layer_idx, TraceLayer* out) const {
     const TensorInfo* t = f.find(trace_tensor_name(layer_idx, what));
     into.resize(static_cast<size_t>(t->element_count()));
     f.read_floats(*t, into);
-    f.release(*t);
   };
   read("q", out->q);
   read("k", out->k);
   read("v", out->v);
   read("resid_norm", out->resid_norm);
+  // The whole file, not the tensors alone: faults map neighbouring pages too. Pages another
+  // reader of the same file is using are read back from the page cache when touched.
+  f.release(f.file_bytes());
 }
 
 TraceLayer Trace::layer(int seq_idx, int layer_idx) const {
@@ -158,6 +161,7 @@ std::vector<float> Trace::wo(int layer_idx) const {
   const TensorInfo* t = f.find(trace_tensor_name(layer_idx, "wo"));
   std::vector<float> out(static_cast<size_t>(t->element_count()));
   f.read_floats(*t, out);
+  f.release(*t);
   return out;
 }
 

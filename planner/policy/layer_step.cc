@@ -34,7 +34,7 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
   for (const HeadSlots& head : heads) sc.views.push_back(head.slots());
   sc.slot.resize(n_kv_heads);
   sc.victim.resize(n_kv_heads);
-  place_new_token(policy, sc.views, row.pos, sc.slot, sc.victim);
+  place_new_token(policy, sc.views, row.pos, sc.slot, sc.victim, row.unscored_from);
   for (int h = 0; h < n_kv_heads; ++h) {
     const HeadSlots& head = heads[h];
     if (sc.victim[h] < 0) {

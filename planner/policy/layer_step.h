@@ -51,6 +51,9 @@ struct TokenRow {
   int layer_idx;
   int prompt_len;   // > 0 while prefilling that many positions
   int kv_head_first = 0;  // the KV head of heads[0] (when a step runs a subset of the layer's heads)
+  // Replay of a strided trace: positions at or after this one are not yet scored by a recorded
+  // query and are evicted last (choose_victim).
+  int32_t unscored_from = kNoUnscored;
 };
 
 // Reusable buffers of layer_step, sized for `max_slots` + 1 keys.

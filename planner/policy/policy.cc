@@ -1,5 +1,7 @@
 #include "planner/policy/policy.h"
 
+#include <limits>
+
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -61,13 +63,26 @@ std::vector<float>& key_buffer(size_t n) {
 
 }  // namespace
 
-int choose_victim(const Policy& policy, const SlotArrays& s, int32_t newest_pos) {
-  std::vector<float>& buffer = key_buffer(s.n_used);
+namespace {
+
+// Keys with +inf for the positions at or after `unscored_from` (evicted last, oldest first).
+const float* defer_unscored(const float* keys, const int32_t* pos, int n, int32_t unscored_from, float* out) {
+  if (unscored_from == kNoUnscored) return keys;
+  for (int j = 0; j < n; ++j) out[j] = pos[j] >= unscored_from ? std::numeric_limits<float>::infinity() : keys[j];
+  return out;
+}
+
+}  // namespace
+
+int choose_victim(const Policy& policy, const SlotArrays& s, int32_t newest_pos, int32_t unscored_from) {
+  std::vector<float>& buffer = key_buffer(2 * size_t(s.n_used));
   const float* keys = policy.eviction_keys(s, newest_pos, buffer.data());
+  keys = defer_unscored(keys, s.pos, s.n_used, unscored_from, buffer.data() + s.n_used);
   return lowest_unprotected(policy.params(), s.pos, keys, s.n_used, newest_pos);
 }
 
-int choose_shared_victim(const Policy& policy, std::span<const SlotArrays> heads, int32_t newest_pos) {
+int choose_shared_victim(const Policy& policy, std::span<const SlotArrays> heads, int32_t newest_pos,
+                         int32_t unscored_from) {
   const SlotArrays& first = heads.front();
   std::vector<float>& sum = key_buffer(2 * size_t(first.n_used));
   float* total = sum.data();
@@ -78,6 +93,11 @@ int choose_shared_victim(const Policy& policy, std::span<const SlotArrays> heads
               "heads of a shared-set policy hold different positions");
     const float* keys = policy.eviction_keys(h, newest_pos, buffer);
     for (int j = 0; j < first.n_used; ++j) total[j] += keys[j];
+  }
+  if (unscored_from != kNoUnscored) {
+    for (int j = 0; j < first.n_used; ++j) {
+      if (first.pos[j] >= unscored_from) total[j] = std::numeric_limits<float>::infinity();
+    }
   }
   return lowest_unprotected(policy.params(), first.pos, total, first.n_used, newest_pos);
 }

@@ -116,11 +116,17 @@ bool is_protected(const PolicyParams& p, int32_t pos, int32_t newest_pos);
 // The slot to evict from `s` (full, newest token at `newest_pos` not yet inserted): the
 // unprotected slot of lowest eviction key, the older position on ties; -1 if every slot is
 // protected.
-int choose_victim(const Policy& policy, const SlotArrays& s, int32_t newest_pos);
+//
+// `unscored_from` (replay of a trace recorded with a query stride): positions at or after it have
+// not yet been attended by a recorded query, so their scores say nothing; they are evicted only
+// when no other unprotected slot is left (the oldest first).
+inline constexpr int32_t kNoUnscored = INT32_MAX;
+int choose_victim(const Policy& policy, const SlotArrays& s, int32_t newest_pos, int32_t unscored_from = kNoUnscored);
 
 // The same over all KV heads of a layer for shared_per_layer() policies: keys summed per slot
 // (the heads' slots hold the same positions).
-int choose_shared_victim(const Policy& policy, std::span<const SlotArrays> heads, int32_t newest_pos);
+int choose_shared_victim(const Policy& policy, std::span<const SlotArrays> heads, int32_t newest_pos,
+                         int32_t unscored_from = kNoUnscored);
 
 // After prefill of `prompt_len` positions held in slots [0, prompt_len) in position order: the
 // slots to keep within `budget`, in position order — protected positions first, then the highest

@@ -125,7 +125,7 @@ void slot_attention(const float* q, int group, const SlotKv& kv, const float* k_
 }
 
 void place_new_token(const Policy& policy, std::span<const SlotArrays> heads, int32_t newest_pos,
-                     std::span<int> slot, std::span<int32_t> victim_pos) {
+                     std::span<int> slot, std::span<int32_t> victim_pos, int32_t unscored_from) {
   int shared_victim = -2;
   for (size_t h = 0; h < heads.size(); ++h) {
     const SlotArrays& s = heads[h];
@@ -137,10 +137,10 @@ void place_new_token(const Policy& policy, std::span<const SlotArrays> heads, in
     KVP_CHECK(policy.evicts(), "head {}: the cache of {} slots is full and policy {} does not evict", h,
               s.budget, policy.name());
     if (policy.shared_per_layer()) {
-      if (shared_victim == -2) shared_victim = choose_shared_victim(policy, heads, newest_pos);
+      if (shared_victim == -2) shared_victim = choose_shared_victim(policy, heads, newest_pos, unscored_from);
       slot[h] = shared_victim;
     } else {
-      slot[h] = choose_victim(policy, s, newest_pos);
+      slot[h] = choose_victim(policy, s, newest_pos, unscored_from);
     }
     KVP_CHECK(slot[h] >= 0, "head {}: every slot is protected (budget {} < sinks + recent)", h, s.budget);
     victim_pos[h] = s.pos[slot[h]];

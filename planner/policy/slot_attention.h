@@ -41,8 +41,8 @@ float fixed_order_dot(const float* a, const float* b, int n);
 // Where a new token at `newest_pos` goes in each head of a layer: slot n_used while there is room,
 // else the victim's slot (one victim for the layer when the policy keeps a shared set).
 // victim_pos[h] is the evicted position, or -1 when a free slot was taken.
-// REQUIRES: every full head has an unprotected slot.
+// REQUIRES: every full head has an unprotected slot. `unscored_from`: see choose_victim.
 void place_new_token(const Policy& policy, std::span<const SlotArrays> heads, int32_t newest_pos,
-                     std::span<int> slot, std::span<int32_t> victim_pos);
+                     std::span<int> slot, std::span<int32_t> victim_pos, int32_t unscored_from = kNoUnscored);
 
 }  // namespace kvp
