@@ -226,6 +226,37 @@ TEST(Cli, CorpusRecordInspectMakeAndDescribeATrace) {
   EXPECT_NE(text.out.find("attn on pos 0"), std::string::npos);
 }
 
+TEST(Cli, RecordBoundsATraceAndRefusesNonsenseBounds) {
+  const std::string dir = test::make_temp_dir("clibounded");
+  ASSERT_EQ(run_kvplan("corpus --sample 2 --length 48 --seed 5 --out " + dir + "/c.jsonl").exit_code, 0);
+  const test::CliResult record = run_kvplan("record --corpus " + dir + "/c.jsonl --prompt-len 16 --dtype bf16 --layers 0,2-3 "
+                                            "--query-stride 4 --chunk 10 --out " + dir + "/t --json");
+  ASSERT_EQ(record.exit_code, 0) << record.err;
+  // Per sequence: tokens and ref_logprob 4 * 48 + 4 * 47; per layer resid_norm 4 * 48, k and v
+  // 2 * 48 * 32 * 2, and the 12 queries at 3, 7, ..., 47 (2 * 12 * 64).
+  EXPECT_EQ(nlohmann::json::parse(record.out)["tensor_bytes"], 2 * (4 * 48 + 4 * 47 + 3 * (4 * 48 + 2 * 2 * 48 * 32 + 2 * 12 * 64)));
+  const test::CliResult inspect = run_kvplan("inspect " + dir + "/t --json");
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.err;
+  const auto j = nlohmann::json::parse(inspect.out);
+  EXPECT_EQ(j["recorded_layers"], nlohmann::json({0, 2, 3}));
+  EXPECT_EQ(j["query_stride"], 4);
+  EXPECT_EQ(j["qkv_dtype"], "BF16");
+  EXPECT_EQ(j["layers"].size(), 3u);
+  const test::CliResult sweep = run_kvplan("sweep --trace " + dir + "/t --policies vatp --budgets 16 --no-greedy --no-plots --out " + dir + "/s");
+  EXPECT_EQ(sweep.exit_code, 0) << sweep.err;
+
+  for (const auto& [flags, message] : {std::pair{"--layers 2,1", "--layers: expected increasing layer indices, found 1 after 2"},
+                                       {"--layers 0-9", "--layers: expected increasing layer indices in 0..4, found 5"},
+                                       {"--layers x", "--layers: expected layer indices and ranges such as 0,4,8 or 0-3, found 'x'"},
+                                       {"--query-stride 0", "--query-stride: expected at least 1, found 0"},
+                                       {"--dtype f8", "--dtype: expected f32, f16 or bf16, found 'f8'"}}) {
+    const test::CliResult bad = run_kvplan("record --corpus " + dir + "/c.jsonl " + flags + " --out " + dir + "/bad");
+    EXPECT_NE(bad.exit_code, 0) << flags;
+    EXPECT_NE(bad.err.find(message), std::string::npos) << flags << ": " << bad.err;
+    EXPECT_FALSE(std::filesystem::exists(dir + "/bad")) << flags;
+  }
+}
+
 TEST(Cli, PlanThenRunAndEvalEnforceIt) {
   const std::string dir = test::make_temp_dir("cliplan");
   const test::CliResult plan =
