@@ -244,6 +244,9 @@ TEST(Cli, RecordBoundsATraceAndRefusesNonsenseBounds) {
   EXPECT_EQ(j["layers"].size(), 3u);
   const test::CliResult sweep = run_kvplan("sweep --trace " + dir + "/t --policies vatp --budgets 16 --no-greedy --no-plots --out " + dir + "/s");
   EXPECT_EQ(sweep.exit_code, 0) << sweep.err;
+  EXPECT_NE(sweep.err.find("records layers 0,2,3 of 5 (the others' errors are interpolated) and keeps every 4th query"),
+            std::string::npos)
+      << sweep.err;
 
   for (const auto& [flags, message] : {std::pair{"--layers 2,1", "--layers: expected increasing layer indices, found 1 after 2"},
                                        {"--layers 0-9", "--layers: expected increasing layer indices in 0..4, found 5"},

@@ -33,6 +33,7 @@ std::string budget_summary(const std::vector<std::vector<int32_t>>& budgets) {
 
 Status calibrate(const CalibrateFlags& flags) {
   KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
+  note_trace_bounds(trace, flags.trace);
   const TraceModelShape& shape = trace.model();
   const PlanModel model = plan_model_of(shape);
   struct Item {

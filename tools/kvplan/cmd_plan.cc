@@ -51,6 +51,7 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
   }
   if (flags.keep < 0 || flags.keep > 1) return make_error("--keep: expected a ratio in (0, 1], found {}", flags.keep);
   KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
+  note_trace_bounds(trace, flags.trace);
   KVP_ASSIGN_OR_RETURN(std::optional<Calibration> calibration,
                        load_calibration_for(flags.calibration, trace, flags.trace));
   KVP_ASSIGN_OR_RETURN(std::unique_ptr<ReplayEngine> engine, ReplayEngine::create(trace, flags.threads > 0 ? flags.threads : default_threads()));

@@ -66,6 +66,7 @@ Status sweep(const SweepFlags& flags) {
   KVP_ASSIGN_OR_RETURN(std::vector<int> budgets, parse_int_list("--budgets", flags.budgets));
   for (const std::string& p : policies) KVP_RETURN_IF_ERROR(make_policy(p, PolicyParams{}).status());
   KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
+  note_trace_bounds(trace, flags.trace);
   KVP_ASSIGN_OR_RETURN(std::optional<Calibration> calibration,
                        load_calibration_for(flags.calibration, trace, flags.trace));
   std::error_code ec;

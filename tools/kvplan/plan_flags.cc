@@ -1,6 +1,7 @@
 #include "tools/kvplan/plan_flags.h"
 
 #include <cmath>
+#include <cstdio>
 #include <sstream>
 #include <thread>
 
@@ -111,6 +112,22 @@ Result<std::vector<int>> parse_int_list(const std::string& flag, const std::stri
   }
   if (out.empty()) return make_error("{}: expected a comma-separated list, found '{}'", flag, text);
   return out;
+}
+
+void note_trace_bounds(const Trace& trace, const std::string& trace_path) {
+  const int L = trace.model().n_layers;
+  std::vector<std::string> parts;
+  if (static_cast<int>(trace.layers().size()) < L) {
+    parts.push_back(fmt::format("records layers {} of {} (the others' errors are interpolated)",
+                                fmt::join(trace.layers(), ","), L));
+  }
+  if (trace.query_stride() > 1) {
+    parts.push_back(fmt::format("keeps every {}th query (attention measured and scored there only)",
+                                trace.query_stride()));
+  }
+  if (!parts.empty()) {
+    std::fprintf(stderr, "note: trace %s %s\n", trace_path.c_str(), fmt::format("{}", fmt::join(parts, " and ")).c_str());
+  }
 }
 
 Result<std::optional<Calibration>> load_calibration_for(const std::string& path, const Trace& trace,

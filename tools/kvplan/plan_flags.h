@@ -50,6 +50,10 @@ std::string policy_budget_table(const std::vector<std::string>& policies, const 
 Result<std::optional<Calibration>> load_calibration_for(const std::string& path, const Trace& trace,
                                                         const std::string& trace_path);
 
+// Prints to stderr what a bounded trace (record --layers, --query-stride) leaves the replay to
+// estimate; nothing for a trace of every layer and every query.
+void note_trace_bounds(const Trace& trace, const std::string& trace_path);
+
 // Worker threads when the user gives none: every core.
 int default_threads();
 
