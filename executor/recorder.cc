@@ -1,7 +1,7 @@
 #include "executor/recorder.h"
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <span>
 
@@ -18,10 +18,9 @@ namespace {
 // positions), k, v and residual norm.
 class RecordingObserver final : public ForwardObserver {
  public:
-  RecordingObserver(const ModelConfig& c, const std::vector<int>& layers, std::vector<int32_t> query_rows)
+  RecordingObserver(const ModelConfig& c, const std::vector<int>& layers, std::vector<int32_t> query_rows, int n_queries)
       : config_(c), query_rows_(std::move(query_rows)), slot_(c.n_layers, -1) {
-    const size_t T = query_rows_.size();
-    const size_t Tq = std::count_if(query_rows_.begin(), query_rows_.end(), [](int32_t r) { return r >= 0; });
+    const size_t T = query_rows_.size(), Tq = static_cast<size_t>(n_queries);
     for (int l : layers) {
       slot_[l] = static_cast<int>(layers_.size());
       TraceLayer& t = layers_.emplace_back();
@@ -135,11 +134,9 @@ Result<RecordStats> record_trace(const LoadedModel& model, const Corpus& corpus,
                         corpus.source, stats.n_sequences, T, c.seq_len);
     }
     const int prompt_len = std::min(options.prompt_len, T - 1);
-    std::vector<int32_t> query_rows(T);
-    int32_t n_queries = 0;
-    for (int t = 0; t < T; ++t) query_rows[t] = query_recorded(t, prompt_len, options.query_stride) ? n_queries++ : -1;
+    const int n_queries = recorded_query_count(T, prompt_len, options.query_stride);
     backend.reset_sequences({full_cache_budgets(c, T)});
-    RecordingObserver observer(c, layers, std::move(query_rows));
+    RecordingObserver observer(c, layers, recorded_query_rows(T, prompt_len, options.query_stride), n_queries);
     std::vector<float> logprob;
     logprob.reserve(T - 1);
     // Teacher-forced in chunks through the full cache: a chunk's rows attend every earlier

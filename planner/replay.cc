@@ -313,17 +313,15 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
 }
 
 ReplayResult ReplayEngine::run(const ReplayConfig& config, const KeptFn& on_step) const {
-  return std::move(run_configs({config}, on_step, {}).front());
+  return std::move(run_configs({config}, on_step).front());
 }
 
-std::vector<ReplayResult> ReplayEngine::run_batch(const std::vector<ReplayConfig>& configs,
-                                                  const ReplayProgress& progress) const {
-  return run_configs(configs, {}, progress);
+std::vector<ReplayResult> ReplayEngine::run_batch(const std::vector<ReplayConfig>& configs) const {
+  return run_configs(configs, {});
 }
 
-std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConfig>& configs, const KeptFn& on_step,
-                                                    const ReplayProgress& progress_arg) const {
-  const ReplayProgress& progress = progress_arg ? progress_arg : progress_;
+std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConfig>& configs,
+                                                    const KeptFn& on_step) const {
   const auto start = std::chrono::steady_clock::now();
   const int L = model_.n_layers, KVH = model_.n_kv_heads, group = model_.n_heads / KVH;
   const std::vector<int>& layers = measured_layers();
@@ -337,14 +335,15 @@ std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConf
   int64_t done = 0;
   parallel_for(tasks, on_step ? 1 : threads_, [&](int i) {
     replay(i / Lm, layers[i % Lm], configs, totals[i], on_step);
-    if (progress) {
+    if (progress_) {
       std::lock_guard<std::mutex> lock(mu);
-      progress(++done, tasks);
+      progress_(++done, tasks);
     }
   });
   // Sum per (sequence, layer) in a fixed order, so any number of threads gives the same bits.
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double steps = std::max<double>(1.0, static_cast<double>(decode_steps()));
+  const int64_t decode = decode_steps();
+  const double steps = std::max<double>(1.0, static_cast<double>(decode));
   std::vector<ReplayResult> results(C);
   for (size_t c = 0; c < C; ++c) {
     ReplayResult& r = results[c];
@@ -376,7 +375,7 @@ std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConf
       if (!r.head_resid_energy.empty()) interpolate_layers(r.head_resid_energy, layers, lerp_heads);
     }
     r.measured_layers = layers;
-    r.head_steps = decode_steps() * model_.n_heads * Lm;
+    r.head_steps = decode * model_.n_heads * Lm;
     r.seconds = wall;
   }
   return results;

@@ -65,10 +65,9 @@ class ReplayEngine {
   // Several configurations in one pass over the trace: each (sequence, layer) is read once, and
   // the prompt is prefilled once for consecutive configurations whose policies differ at most in
   // sinks and recent (the prefill does not depend on them). Results equal run() of each.
-  std::vector<ReplayResult> run_batch(const std::vector<ReplayConfig>& configs,
-                                      const ReplayProgress& progress = {}) const;
+  std::vector<ReplayResult> run_batch(const std::vector<ReplayConfig>& configs) const;
 
-  // Progress of every later run (run_batch's own argument takes precedence).
+  // Reports the progress of every later run.
   void set_progress(ReplayProgress progress) { progress_ = std::move(progress); }
 
   const TraceModelShape& model() const { return model_; }
@@ -82,8 +81,7 @@ class ReplayEngine {
   struct Totals;  // one configuration's sums over a (sequence, layer)
   void replay(int s, int l, const std::vector<ReplayConfig>& configs, std::vector<Totals>& totals,
               const KeptFn& on_step) const;
-  std::vector<ReplayResult> run_configs(const std::vector<ReplayConfig>& configs, const KeptFn& on_step,
-                                        const ReplayProgress& progress) const;
+  std::vector<ReplayResult> run_configs(const std::vector<ReplayConfig>& configs, const KeptFn& on_step) const;
 
   const Trace* trace_ = nullptr;
   ReplayProgress progress_;

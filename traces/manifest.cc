@@ -20,6 +20,15 @@ int recorded_query_count(int length, int prompt_len, int query_stride) {
   return n;
 }
 
+std::vector<int32_t> recorded_query_rows(int length, int prompt_len, int query_stride) {
+  std::vector<int32_t> rows(static_cast<size_t>(length), -1);
+  int32_t next = 0;
+  for (int t = 0; t < length; ++t) {
+    if (query_recorded(t, prompt_len, query_stride)) rows[t] = next++;
+  }
+  return rows;
+}
+
 bool TraceManifest::has_layer(int layer_idx) const {
   return std::binary_search(layers.begin(), layers.end(), layer_idx);
 }

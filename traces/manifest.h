@@ -42,6 +42,8 @@ inline bool query_recorded(int pos, int prompt_len, int query_stride) {
 }
 // How many of positions 0..length-1 have a recorded query.
 int recorded_query_count(int length, int prompt_len, int query_stride);
+// For each of positions 0..length-1, the row of its query among the recorded ones, or -1.
+std::vector<int32_t> recorded_query_rows(int length, int prompt_len, int query_stride);
 
 struct TraceSequenceEntry {
   std::string file;

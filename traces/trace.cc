@@ -49,7 +49,6 @@ Status check_sequence_file(const SafetensorsFile& f, const TraceManifest& m,
   }
   std::vector<int32_t> ids(static_cast<size_t>(T));
   std::memcpy(ids.data(), f.bytes(*tokens).data(), ids.size() * 4);
-  f.release(*tokens);
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= s.vocab_size) {
       return make_error("{}: tensor tokens: element {} is {}, outside the vocabulary of {}", f.path(),
@@ -124,12 +123,7 @@ std::vector<float> Trace::ref_logprob(int seq_idx) const {
 
 std::vector<int32_t> Trace::query_rows(int seq_idx) const {
   const TraceSequenceEntry& e = manifest_.sequences[seq_idx];
-  std::vector<int32_t> rows(static_cast<size_t>(e.length), -1);
-  int32_t next = 0;
-  for (int t = 0; t < e.length; ++t) {
-    if (query_recorded(t, e.prompt_len, manifest_.query_stride)) rows[t] = next++;
-  }
-  return rows;
+  return recorded_query_rows(e.length, e.prompt_len, manifest_.query_stride);
 }
 
 void Trace::read_layer(int seq_idx, int layer_idx, TraceLayer* out) const {

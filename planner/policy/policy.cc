@@ -1,10 +1,9 @@
 #include "planner/policy/policy.h"
 
-#include <limits>
-
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "planner/policy/lanes.h"
@@ -65,7 +64,8 @@ std::vector<float>& key_buffer(size_t n) {
 
 namespace {
 
-// Keys with +inf for the positions at or after `unscored_from` (evicted last, oldest first).
+// Keys with +inf for the positions at or after `unscored_from` (evicted last, oldest first), into
+// `out` (which may be `keys`).
 const float* defer_unscored(const float* keys, const int32_t* pos, int n, int32_t unscored_from, float* out) {
   if (unscored_from == kNoUnscored) return keys;
   for (int j = 0; j < n; ++j) out[j] = pos[j] >= unscored_from ? std::numeric_limits<float>::infinity() : keys[j];
@@ -94,12 +94,8 @@ int choose_shared_victim(const Policy& policy, std::span<const SlotArrays> heads
     const float* keys = policy.eviction_keys(h, newest_pos, buffer);
     for (int j = 0; j < first.n_used; ++j) total[j] += keys[j];
   }
-  if (unscored_from != kNoUnscored) {
-    for (int j = 0; j < first.n_used; ++j) {
-      if (first.pos[j] >= unscored_from) total[j] = std::numeric_limits<float>::infinity();
-    }
-  }
-  return lowest_unprotected(policy.params(), first.pos, total, first.n_used, newest_pos);
+  const float* keys = defer_unscored(total, first.pos, first.n_used, unscored_from, total);
+  return lowest_unprotected(policy.params(), first.pos, keys, first.n_used, newest_pos);
 }
 
 std::vector<int> select_kept(const Policy& policy, std::span<const SlotArrays> heads, int32_t newest_pos, int budget) {

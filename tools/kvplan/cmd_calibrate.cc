@@ -67,9 +67,10 @@ Status calibrate(const CalibrateFlags& flags) {
   std::vector<ReplayResult> replays;
   {
     Progress progress("calibrate: replaying measured configurations", 1);
-    replays = engine->run_batch(configs, [&](int64_t tasks_done, int64_t tasks) {
+    engine->set_progress([&](int64_t tasks_done, int64_t tasks) {
       progress.update(0, fmt::format("trace pass {}/{} sequence-layers", tasks_done, tasks));
     });
+    replays = engine->run_batch(configs);
     progress.finish(1);
   }
   std::vector<CalibrationPoint> points;
