@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with clang (ASan + UBSan) into build-fuzz/ and runs each for a time.
 #   tools/fuzz.sh [SECONDS_PER_TARGET]   (default 600)
-# The seeds are written by tests/fuzz/make_seeds into build-fuzz/seeds (model files are made, never
-# committed); new inputs found go to build-fuzz/corpus/TARGET; crashes are written to
+# The seeds are tests/fuzz/seeds/TARGET (small text inputs, committed) and what tests/fuzz/make_seeds
+# writes into build-fuzz/seeds (model files are made, never committed); new inputs found go to
+# build-fuzz/corpus/TARGET; crashes are written to
 # build-fuzz/crash-* and fail the run. Prints executions/s per target.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,16 +13,16 @@ if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
   CC=clang CXX=clang++ cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVP_FUZZ=ON \
     -DKVP_BUILD_TESTS=OFF -DKVP_ENABLE_CUDA=OFF >/dev/null
 fi
-cmake --build "$build_dir" -j"$(nproc)" --target gguf_fuzz safetensors_fuzz tokenizer_json_fuzz make_seeds >/dev/null
+cmake --build "$build_dir" -j"$(nproc)" --target gguf_fuzz safetensors_fuzz tokenizer_json_fuzz trace_manifest_fuzz flag_list_fuzz make_seeds >/dev/null
 rm -rf "$build_dir/seeds"
 "$build_dir/tests/fuzz/make_seeds" "$build_dir/seeds" >/dev/null
 seconds=${1:-600}
-for target in gguf safetensors tokenizer_json; do
+for target in gguf safetensors tokenizer_json trace_manifest flag_list; do
   mkdir -p "$build_dir/corpus/$target"
   log="$build_dir/$target.log"
   echo "fuzz: $target for ${seconds}s" >&2
   (cd "$build_dir" && "./tests/fuzz/${target}_fuzz" -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=262144 \
-    -print_final_stats=1 "corpus/$target" "seeds/$target" >"$log" 2>&1) || {
+    -print_final_stats=1 "corpus/$target" $(for d in "seeds/$target" "$root/tests/fuzz/seeds/$target"; do [[ -d $d ]] && echo "$d"; done) >"$log" 2>&1) || {
     echo "fuzz: $target FAILED; see $log" >&2
     tail -30 "$log" >&2
     exit 1

@@ -251,6 +251,8 @@ TEST(Cli, RecordBoundsATraceAndRefusesNonsenseBounds) {
   for (const auto& [flags, message] : {std::pair{"--layers 2,1", "--layers: expected increasing layer indices, found 1 after 2"},
                                        {"--layers 0-9", "--layers: expected increasing layer indices in 0..4, found 5"},
                                        {"--layers x", "--layers: expected layer indices and ranges such as 0,4,8 or 0-3, found 'x'"},
+                                       {"--layers 0-2000000000",  // refused as written, not after listing 2e9 layers
+                                        "--layers: expected layer indices and ranges such as 0,4,8 or 0-3, found '0-2000000000'"},
                                        {"--query-stride 0", "--query-stride: expected at least 1, found 0"},
                                        {"--dtype f8", "--dtype: expected f32, f16 or bf16, found 'f8'"}}) {
     const test::CliResult bad = run_kvplan("record --corpus " + dir + "/c.jsonl " + flags + " --out " + dir + "/bad");

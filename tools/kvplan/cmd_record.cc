@@ -7,6 +7,7 @@
 #include "common/progress.h"
 #include "executor/recorder.h"
 #include "tools/kvplan/command.h"
+#include "tools/kvplan/plan_flags.h"
 
 namespace kvp::cli {
 namespace {
@@ -24,32 +25,6 @@ struct RecordFlags {
   bool json = false;
 };
 
-// "0,4,8" or "0-3,10": increasing layer indices.
-Result<std::vector<int>> parse_layers(const std::string& text) {
-  std::vector<int> layers;
-  size_t at = 0;
-  while (at <= text.size()) {
-    const size_t comma = std::min(text.find(',', at), text.size());
-    const std::string item = text.substr(at, comma - at);
-    int lo = 0, hi = 0;
-    char dash = 0, extra = 0;
-    const int n = std::sscanf(item.c_str(), "%d%c%d%c", &lo, &dash, &hi, &extra);
-    if (n == 1 && item.find_first_not_of("0123456789") == std::string::npos) {
-      hi = lo;
-    } else if (!(n == 3 && dash == '-' && item.find_first_not_of("0123456789-") == std::string::npos && lo <= hi)) {
-      return make_error("--layers: expected layer indices and ranges such as 0,4,8 or 0-3, found '{}'", item);
-    }
-    for (int l = lo; l <= hi; ++l) {
-      if (!layers.empty() && l <= layers.back()) {
-        return make_error("--layers: expected increasing layer indices, found {} after {}", l, layers.back());
-      }
-      layers.push_back(l);
-    }
-    at = comma + 1;
-  }
-  return layers;
-}
-
 Status record(const RecordFlags& flags) {
   RecordOptions options{.out_dir = flags.out, .prompt_len = flags.prompt_len, .query_stride = flags.query_stride,
                         .chunk = flags.chunk, .overwrite = flags.force,
@@ -64,7 +39,7 @@ Status record(const RecordFlags& flags) {
     return make_error("--dtype: expected f32, f16 or bf16, found '{}'", flags.dtype);
   }
   if (!flags.layers.empty()) {
-    KVP_ASSIGN_OR_RETURN(options.layers, parse_layers(flags.layers));
+    KVP_ASSIGN_OR_RETURN(options.layers, parse_layer_list("--layers", flags.layers));
   }
   KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer, flags.model.load_options()));
   KVP_ASSIGN_OR_RETURN(Corpus corpus,

@@ -1,5 +1,6 @@
 #include "tools/kvplan/plan_flags.h"
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -112,6 +113,36 @@ Result<std::vector<int>> parse_int_list(const std::string& flag, const std::stri
   }
   if (out.empty()) return make_error("{}: expected a comma-separated list, found '{}'", flag, text);
   return out;
+}
+
+Result<std::vector<int>> parse_layer_list(const std::string& flag, const std::string& text) {
+  constexpr int kMaxLayer = 4095;  // a trace manifest's n_layers is at most 4096
+  std::vector<int> layers;
+  for (const std::string& item : split_list(text)) {
+    // An index, or two joined by '-', each of digits only and at most kMaxLayer (so a range cannot
+    // ask for billions of layers before the model's count is checked).
+    auto index = [&](std::string_view digits, int* out) {
+      const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), *out);
+      return !digits.empty() && ec == std::errc() && end == digits.data() + digits.size() &&
+             digits.find_first_not_of("0123456789") == std::string_view::npos && *out <= kMaxLayer;
+    };
+    const size_t dash = item.find('-');
+    int lo = 0, hi = 0;
+    const std::string_view view(item);
+    const bool ok = dash == std::string::npos ? index(view, &lo) && index(view, &hi)
+                                              : index(view.substr(0, dash), &lo) && index(view.substr(dash + 1), &hi);
+    if (!ok || lo > hi) {
+      return make_error("{}: expected layer indices and ranges such as 0,4,8 or 0-3, found '{}'", flag, item);
+    }
+    for (int l = lo; l <= hi; ++l) {
+      if (!layers.empty() && l <= layers.back()) {
+        return make_error("{}: expected increasing layer indices, found {} after {}", flag, l, layers.back());
+      }
+      layers.push_back(l);
+    }
+  }
+  if (layers.empty()) return make_error("{}: expected a comma-separated list, found '{}'", flag, text);
+  return layers;
 }
 
 void note_trace_bounds(const Trace& trace, const std::string& trace_path) {

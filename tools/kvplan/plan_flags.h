@@ -50,6 +50,9 @@ std::string policy_budget_table(const std::vector<std::string>& policies, const 
 Result<std::optional<Calibration>> load_calibration_for(const std::string& path, const Trace& trace,
                                                         const std::string& trace_path);
 
+// "0,4,8" or "0-3,10" (record --layers): increasing layer indices; the error names `flag`.
+Result<std::vector<int>> parse_layer_list(const std::string& flag, const std::string& text);
+
 // Prints to stderr what a bounded trace (record --layers, --query-stride) leaves the replay to
 // estimate; nothing for a trace of every layer and every query.
 void note_trace_bounds(const Trace& trace, const std::string& trace_path);
