@@ -12,7 +12,19 @@ Error YamlFields::error(const std::string& key, const std::string& message) cons
   return make_error("{}: {}{}: {}", path_, prefix_, key, message);
 }
 
+std::string YamlFields::node_name() const {
+  // prefix_ is "" (the document), "model." or "sequences[3].": the node itself.
+  return prefix_.empty() ? "document" : prefix_.substr(0, prefix_.size() - 1);
+}
+
+Status YamlFields::expect_map() const {
+  if (node_.IsMap()) return ok_status();
+  return make_error("{}: {}: expected a map of fields, found {}", path_, node_name(),
+                    node_.IsScalar() ? fmt::format("'{}'", node_.Scalar()) : node_.IsSequence() ? "a list" : "nothing");
+}
+
 Result<YAML::Node> YamlFields::child(const std::string& key) const {
+  KVP_RETURN_IF_ERROR(expect_map());
   const YAML::Node n = node_[key];
   if (!n) return error(key, "missing");
   return n;
@@ -64,7 +76,11 @@ Result<std::string> YamlFields::file_name(const std::string& key) const {
 }
 
 Status YamlFields::only(const std::set<std::string>& known) const {
+  KVP_RETURN_IF_ERROR(expect_map());
   for (const auto& kv : node_) {
+    if (!kv.first.IsScalar()) {
+      return make_error("{}: {}: expected field names, found a key that is a list or a map", path_, node_name());
+    }
     const std::string key = kv.first.as<std::string>();
     if (!known.contains(key)) {
       std::string list;

@@ -28,12 +28,15 @@ class YamlFields {
   Result<std::string> sha256(const std::string& key) const;
   // A plain file name (no directory part).
   Result<std::string> file_name(const std::string& key) const;
-  // Every key of the node must be one of `known`.
+  // Every key of the node must be one of `known`. Every accessor first requires the node to be a
+  // map, so a scalar or a list where fields belong is an error naming it, not an exception.
   Status only(const std::set<std::string>& known) const;
   // "<path>: <prefix><key>: <message>"
   Error error(const std::string& key, const std::string& message) const;
 
  private:
+  Status expect_map() const;
+  std::string node_name() const;
   const YAML::Node& node_;
   std::string path_;
   std::string prefix_;

@@ -275,6 +275,19 @@ std::vector<Damage> damages() {
          test::write_bytes(d + "/manifest.yaml", m);
        },
        "version: this kvplan reads versions 1 and 2, found 3"},
+      {"manifest_model_not_a_map",  // found by trace_manifest_fuzz: threw from yaml-cpp before
+       [](const std::string& d) {
+         std::string m = test::read_bytes(d + "/manifest.yaml");
+         const size_t from = m.find("model:\n"), to = m.find("recorder:");
+         m.replace(from, to - from, "model: 3\n");
+         test::write_bytes(d + "/manifest.yaml", m);
+       },
+       "manifest.yaml: model: expected a map of fields, found '3'"},
+      {"manifest_key_not_a_name",  // found by trace_manifest_fuzz too
+       [](const std::string& d) {
+         test::write_bytes(d + "/manifest.yaml", test::read_bytes(d + "/manifest.yaml") + "? [a, b]\n: 1\n");
+       },
+       "manifest.yaml: document: expected field names, found a key that is a list or a map"},
       {"manifest_layers_disagree",
        [](const std::string& d) {
          std::string m = test::read_bytes(d + "/manifest.yaml");
