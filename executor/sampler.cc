@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "planner/policy/lanes.h"
+
 namespace kvp {
 
 Status SamplerOptions::validate() const {
@@ -16,16 +18,23 @@ Status SamplerOptions::validate() const {
   return ok_status();
 }
 
+// The first index of the largest value, as `if (v[i] > v[best]) best = i` finds it (a NaN never
+// wins; a NaN first wins everything), in two vectorised passes: the maximum, then where it is.
 int32_t argmax(std::span<const float> values) {
-  int32_t best = 0;
-  for (size_t i = 1; i < values.size(); ++i) {
-    if (values[i] > values[best]) best = static_cast<int32_t>(i);
+  const size_t n = values.size();
+  if (n == 0 || std::isnan(values[0])) return 0;
+  lanes::F16 lane_max = lanes::splat(values[0]);
+  size_t i = 0;
+  for (; i + lanes::kWidth <= n; i += lanes::kWidth) lane_max = lanes::max(lanes::load(values.data() + i), lane_max);
+  float m = lanes::reduce_max(lane_max);
+  for (; i < n; ++i) m = values[i] > m ? values[i] : m;
+  for (i = 0; i < n; ++i) {
+    if (values[i] == m) return static_cast<int32_t>(i);
   }
-  return best;
+  return 0;
 }
 
-Sampler::Sampler(const SamplerOptions& options, uint64_t stream)
-    : options_(options), rng_(options.seed + stream) {}
+Sampler::Sampler(const SamplerOptions& options, uint64_t stream) : options_(options), rng_(options.seed + stream) {}
 
 float Sampler::draw() {
   if (options_.temperature == 0.0f) return 0.0f;

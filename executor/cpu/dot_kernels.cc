@@ -51,8 +51,32 @@ inline Vec load_x(const float* x, int64_t i, int n) {
 }
 inline Vec zero() { return _mm512_setzero_ps(); }
 inline Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
-inline float finish(Vec a0, Vec a1, Vec a2, Vec a3) {
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+inline Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline Vec combine(Vec a0, Vec a1, Vec a2, Vec a3) { return _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)); }
+
+// out[i] = the lane sum of v[i] for 16 vectors at once, by the tree of _mm512_reduce_add_ps
+// (lanes l + 8, then l + 4, l + 2, l + 1) with the 16 trees interleaved: a transpose that adds as
+// it shuffles, 15 vector additions for 16 sums instead of 4 dependent ones each. The bits equal
+// _mm512_reduce_add_ps(v[i]) (each addition is the same pair of values).
+inline void reduce16(const Vec* v, float* out) {
+  Vec s1[8], s2[4], s3[2];
+  for (int i = 0; i < 8; ++i) {  // lanes 0-7: row 2i's v[l] + v[l + 8]; lanes 8-15: row 2i + 1's
+    s1[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                          _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  }
+  for (int i = 0; i < 4; ++i) {  // quarter k: row 4i + k's (l) + (l + 4)
+    s2[i] = _mm512_add_ps(_mm512_shuffle_f32x4(s1[2 * i], s1[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_f32x4(s1[2 * i], s1[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  for (int i = 0; i < 2; ++i) {  // quarter k: rows 8i + k and 8i + 4 + k, (m) + (m + 2) for m = 0, 1
+    s3[i] = _mm512_add_ps(_mm512_shuffle_ps(s2[2 * i], s2[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_ps(s2[2 * i], s2[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  // Lane 4k + j holds row 4j + k's sum.
+  const Vec r = _mm512_add_ps(_mm512_shuffle_ps(s3[0], s3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_ps(s3[0], s3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  _mm512_storeu_ps(out, _mm512_permutexvar_ps(order, r));
 }
 
 #else  // portable: the same lanes, one at a time
@@ -92,22 +116,30 @@ inline Vec fma(Vec a, Vec b, Vec c) {
   for (int l = 0; l < kLanes; ++l) c.v[l] = std::fma(a.v[l], b.v[l], c.v[l]);
   return c;
 }
-inline float finish(Vec a0, Vec a1, Vec a2, Vec a3) {
-  Vec s;
-  for (int l = 0; l < kLanes; ++l) s.v[l] = (a0.v[l] + a1.v[l]) + (a2.v[l] + a3.v[l]);
-  // A pairwise tree over the lanes.
-  for (int width = kLanes / 2; width >= 1; width /= 2) {
-    for (int l = 0; l < width; ++l) s.v[l] = s.v[l] + s.v[l + width];
+inline Vec add(Vec a, Vec b) {
+  for (int l = 0; l < kLanes; ++l) a.v[l] += b.v[l];
+  return a;
+}
+inline Vec combine(Vec a0, Vec a1, Vec a2, Vec a3) { return add(add(a0, a1), add(a2, a3)); }
+
+// A pairwise tree over each vector's lanes.
+inline void reduce16(const Vec* v, float* out) {
+  for (int i = 0; i < kLanes; ++i) {
+    Vec s = v[i];
+    for (int width = kLanes / 2; width >= 1; width /= 2) {
+      for (int l = 0; l < width; ++l) s.v[l] = s.v[l] + s.v[l + width];
+    }
+    out[i] = s.v[0];
   }
-  return s.v[0];
 }
 
 #endif
 
-// Dots of one weight row with NR activation rows; the weights are loaded and widened once. Every
-// accumulator index is a compile-time constant (the tail included), so they all stay in registers.
+// Dots of one weight row with NR activation rows, each left as 16 lanes for reduce16 to sum; the
+// weights are loaded and widened once. Every accumulator index is a compile-time constant (the tail
+// included), so they all stay in registers.
 template <WeightType T, int NR>
-inline void dot_rows(const std::byte* wrow, int64_t cols, const float* const* x, float* out) {
+inline void dot_rows(const std::byte* wrow, int64_t cols, const float* const* x, Vec* out) {
   Vec acc[NR][kAccs];
   for (int r = 0; r < NR; ++r) {
     for (int a = 0; a < kAccs; ++a) acc[r][a] = zero();
@@ -143,7 +175,7 @@ inline void dot_rows(const std::byte* wrow, int64_t cols, const float* const* x,
   tail.template operator()<1>();
   tail.template operator()<2>();
   tail.template operator()<3>();
-  for (int r = 0; r < NR; ++r) out[r] = finish(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+  for (int r = 0; r < NR; ++r) out[r] = combine(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
 }
 
 #ifdef KVP_DOT_AVX512
@@ -151,7 +183,7 @@ inline void dot_rows(const std::byte* wrow, int64_t cols, const float* const* x,
 // applied once per block instead of once per weight; the sum is exact up to f32 rounding (the
 // products q·x carry no more rounding than the dequantized d·q·x would).
 template <int NR>
-inline void dot_rows_q8(const std::byte* wrow, int64_t cols, const float* const* x, float* out) {
+inline void dot_rows_q8(const std::byte* wrow, int64_t cols, const float* const* x, Vec* out) {
   Vec acc0[NR], acc1[NR];
   for (int r = 0; r < NR; ++r) acc0[r] = acc1[r] = zero();
   // One block's contribution into `acc` (a compile-time choice of accumulator set).
@@ -178,7 +210,7 @@ inline void dot_rows_q8(const std::byte* wrow, int64_t cols, const float* const*
     block(b + 1, acc1);
   }
   if (b < blocks) block(b, acc0);
-  for (int r = 0; r < NR; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
+  for (int r = 0; r < NR; ++r) out[r] = _mm512_add_ps(acc0[r], acc1[r]);
 }
 #endif
 
@@ -250,7 +282,7 @@ inline void q6_k_block_avx512(const std::byte* block, float* out) {
 // k-quant rows: each 256-weight super-block widened into an L1 buffer (by the vector decoders, or
 // the scalar ones of weight_tensor.h), then the same lanes and order as the float types.
 template <WeightType T, int NR>
-inline void dot_rows_kquant(const std::byte* wrow, int64_t cols, const float* const* x, float* out) {
+inline void dot_rows_kquant(const std::byte* wrow, int64_t cols, const float* const* x, Vec* out) {
   alignas(64) float buf[kQkBlockSize];
   Vec acc[NR][kAccs];
   for (int r = 0; r < NR; ++r) {
@@ -288,48 +320,55 @@ inline void dot_rows_kquant(const std::byte* wrow, int64_t cols, const float* co
       step.template operator()<3>(c + 3 * kLanes, xi + 3 * kLanes);
     }
   }
-  for (int r = 0; r < NR; ++r) out[r] = finish(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+  for (int r = 0; r < NR; ++r) out[r] = combine(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+}
+
+template <WeightType T, int NR>
+inline void dot_rows_any(const std::byte* wrow, int64_t cols, const float* const* x, Vec* out) {
+#ifdef KVP_DOT_AVX512
+  if constexpr (T == WeightType::kQ8_0) return dot_rows_q8<NR>(wrow, cols, x, out);
+#endif
+  if constexpr (T == WeightType::kQ4_K || T == WeightType::kQ6_K) {
+    dot_rows_kquant<T, NR>(wrow, cols, x, out);
+  } else {
+    dot_rows<T, NR>(wrow, cols, x, out);
+  }
+}
+
+// Output rows [o0, o0 + n_out), n_out <= 16, for NR activation rows: each row's lanes, then one
+// reduce16 per activation row, and the 16 results stored together.
+template <WeightType T, int NR>
+void matmul_block(const MatmulArgs& a, const float* const* x, int r0, int64_t o0, int n_out) {
+  const WeightTensor& w = *a.w;
+  const size_t rb = w.bytes_per_row();
+  Vec lanes[NR][kLanes];
+  for (int j = 0; j < n_out; ++j) {
+    Vec out[NR];
+    dot_rows_any<T, NR>(w.data + static_cast<size_t>(o0 + j) * rb, w.cols, x, out);
+    for (int r = 0; r < NR; ++r) lanes[r][j] = out[r];
+  }
+  for (int r = 0; r < NR; ++r) {
+    for (int j = n_out; j < kLanes; ++j) lanes[r][j] = zero();
+    float sums[kLanes];
+    reduce16(lanes[r], sums);
+    float* y = a.y + static_cast<size_t>(r0 + r) * a.y_stride + o0;
+    for (int j = 0; j < n_out; ++j) y[j] = a.accumulate ? y[j] + sums[j] : sums[j];
+  }
 }
 
 template <WeightType T>
 void matmul_typed(const MatmulArgs& a, int64_t row_begin, int64_t row_end) {
-  const WeightTensor& w = *a.w;
-  const size_t rb = w.bytes_per_row();
   for (int r0 = 0; r0 < a.n_rows; r0 += kMaxRows) {
     const int nr = std::min(kMaxRows, a.n_rows - r0);
     const float* x[kMaxRows];
     for (int r = 0; r < nr; ++r) x[r] = a.x + static_cast<size_t>(r0 + r) * a.x_stride;
-    for (int64_t o = row_begin; o < row_end; ++o) {
-      const std::byte* wrow = w.data + static_cast<size_t>(o) * rb;
-      float out[kMaxRows];
-#ifdef KVP_DOT_AVX512
-      if constexpr (T == WeightType::kQ8_0) {
-        switch (nr) {
-          case 1: dot_rows_q8<1>(wrow, w.cols, x, out); break;
-          case 2: dot_rows_q8<2>(wrow, w.cols, x, out); break;
-          case 3: dot_rows_q8<3>(wrow, w.cols, x, out); break;
-          default: dot_rows_q8<4>(wrow, w.cols, x, out); break;
-        }
-      } else
-#endif
-      if constexpr (T == WeightType::kQ4_K || T == WeightType::kQ6_K) {
-        switch (nr) {
-          case 1: dot_rows_kquant<T, 1>(wrow, w.cols, x, out); break;
-          case 2: dot_rows_kquant<T, 2>(wrow, w.cols, x, out); break;
-          case 3: dot_rows_kquant<T, 3>(wrow, w.cols, x, out); break;
-          default: dot_rows_kquant<T, 4>(wrow, w.cols, x, out); break;
-        }
-      } else {
-        switch (nr) {
-          case 1: dot_rows<T, 1>(wrow, w.cols, x, out); break;
-          case 2: dot_rows<T, 2>(wrow, w.cols, x, out); break;
-          case 3: dot_rows<T, 3>(wrow, w.cols, x, out); break;
-          default: dot_rows<T, 4>(wrow, w.cols, x, out); break;
-        }
-      }
-      for (int r = 0; r < nr; ++r) {
-        float& y = a.y[static_cast<size_t>(r0 + r) * a.y_stride + o];
-        y = a.accumulate ? y + out[r] : out[r];
+    for (int64_t o0 = row_begin; o0 < row_end; o0 += kLanes) {
+      const int n_out = static_cast<int>(std::min<int64_t>(kLanes, row_end - o0));
+      switch (nr) {
+        case 1: matmul_block<T, 1>(a, x, r0, o0, n_out); break;
+        case 2: matmul_block<T, 2>(a, x, r0, o0, n_out); break;
+        case 3: matmul_block<T, 3>(a, x, r0, o0, n_out); break;
+        default: matmul_block<T, 4>(a, x, r0, o0, n_out); break;
       }
     }
   }

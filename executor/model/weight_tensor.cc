@@ -226,28 +226,43 @@ std::vector<std::byte> quantize(std::span<const float> x, int64_t rows, int64_t 
   return out;
 }
 
+namespace {
+
+// The first element of `data` (n elements of UInt) whose bits under `mask` are all ones (an
+// all-ones exponent: Inf or NaN), or -1. Chunks of 1024 are tested without branches (the loop
+// vectorises), and only a chunk that holds one is searched element by element.
+template <typename UInt>
+int64_t first_all_ones(const std::byte* data, size_t n, UInt mask) {
+  constexpr size_t kChunk = 1024;
+  for (size_t c = 0; c < n; c += kChunk) {
+    const size_t end = std::min(n, c + kChunk);
+    bool any = false;
+    for (size_t i = c; i < end; ++i) {
+      UInt v;
+      std::memcpy(&v, data + sizeof(UInt) * i, sizeof(UInt));
+      any |= (v & mask) == mask;
+    }
+    if (!any) continue;
+    for (size_t i = c; i < end; ++i) {
+      UInt v;
+      std::memcpy(&v, data + sizeof(UInt) * i, sizeof(UInt));
+      if ((v & mask) == mask) return static_cast<int64_t>(i);
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
 int64_t first_non_finite(const WeightTensor& w) {
   const size_t n = static_cast<size_t>(w.rows * w.cols);
   switch (w.type) {
-    case WeightType::kF32: {
-      for (size_t i = 0; i < n; ++i) {
-        float v;
-        std::memcpy(&v, w.data + 4 * i, 4);
-        if (!std::isfinite(v)) return static_cast<int64_t>(i);
-      }
-      return -1;
-    }
+    case WeightType::kF32:
+      return first_all_ones<uint32_t>(w.data, n, 0x7f800000u);
     case WeightType::kF16:
-    case WeightType::kBF16: {
+    case WeightType::kBF16:
       // An all-ones exponent is Inf or NaN: 5 bits at 10 for binary16, 8 bits at 7 for bfloat16.
-      const uint16_t mask = w.type == WeightType::kF16 ? 0x7c00u : 0x7f80u;
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, w.data + 2 * i, 2);
-        if ((h & mask) == mask) return static_cast<int64_t>(i);
-      }
-      return -1;
-    }
+      return first_all_ones<uint16_t>(w.data, n, w.type == WeightType::kF16 ? 0x7c00u : 0x7f80u);
     case WeightType::kQ8_0:
     case WeightType::kQ4_K:
     case WeightType::kQ6_K: {

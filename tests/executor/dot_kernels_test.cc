@@ -63,15 +63,35 @@ TEST_P(DotKernels, MatchThePlainReference) {
   }
 }
 
+// A case's weights, stored in its type, and activation rows of exactly `cols` floats.
+struct Operands {
+  std::vector<std::byte> stored;
+  WeightTensor w;
+  std::vector<float> x;
+  int n_rows;
+  // W x into y, [n_rows, w.rows], packed.
+  MatmulArgs args(float* y) const {
+    return MatmulArgs{.w = &w, .x = x.data(), .x_stride = size_t(w.cols), .y = y, .y_stride = size_t(w.rows),
+                      .n_rows = n_rows};
+  }
+};
+
+Operands make_operands(const Case& c, uint32_t w_seed, uint32_t x_seed) {
+  Operands o;
+  o.stored = quantize(random_floats(size_t(c.rows) * c.cols, w_seed), c.rows, c.cols, c.type);
+  o.w = WeightTensor{.type = c.type, .data = o.stored.data(), .rows = c.rows, .cols = c.cols};
+  o.x = random_floats(size_t(c.n_rows) * c.cols, x_seed);
+  o.n_rows = c.n_rows;
+  return o;
+}
+
 TEST_P(DotKernels, ARowGetsTheSameBitsAloneInABatchOrSplitAcrossThreads) {
   const Case c = GetParam();
-  const std::vector<float> w_values = random_floats(size_t(c.rows) * c.cols, 99);
-  const std::vector<std::byte> stored = quantize(w_values, c.rows, c.cols, c.type);
-  const WeightTensor w{.type = c.type, .data = stored.data(), .rows = c.rows, .cols = c.cols};
-  const std::vector<float> x = random_floats(size_t(c.n_rows) * c.cols, 7);
+  const Operands op = make_operands(c, 99, 7);
+  const WeightTensor& w = op.w;
+  const std::vector<float>& x = op.x;
   std::vector<float> batch(size_t(c.n_rows) * c.rows);
-  const MatmulArgs all{.w = &w, .x = x.data(), .x_stride = size_t(c.cols), .y = batch.data(), .y_stride = size_t(c.rows),
-                       .n_rows = c.n_rows};
+  const MatmulArgs all = op.args(batch.data());
   // Output rows in two parts, as two threads take them.
   matmul_range(all, 0, c.rows / 2);
   matmul_range(all, c.rows / 2, c.rows);
@@ -84,10 +104,44 @@ TEST_P(DotKernels, ARowGetsTheSameBitsAloneInABatchOrSplitAcrossThreads) {
   }
 }
 
+// The order dot_kernels.h documents, one element at a time: element i goes by fused multiply-add
+// into accumulator (i / 16) % 4, lane i % 16; then lane-wise (a0 + a1) + (a2 + a3), then the
+// pairwise tree over the lanes (l + 8, l + 4, l + 2, l + 1). The kernels must give these bits for
+// the float types, however many output rows they compute together.
+float documented_order_dot(const std::vector<float>& w, const float* x, int cols) {
+  float acc[4][16] = {};
+  for (int i = 0; i < cols; ++i) acc[(i / 16) % 4][i % 16] = std::fma(w[i], x[i], acc[(i / 16) % 4][i % 16]);
+  float s[16];
+  for (int l = 0; l < 16; ++l) s[l] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+  for (int width = 8; width >= 1; width /= 2) {
+    for (int l = 0; l < width; ++l) s[l] = s[l] + s[l + width];
+  }
+  return s[0];
+}
+
+class DotKernelsFloatOrder : public ::testing::TestWithParam<Case> {};
+
+TEST_P(DotKernelsFloatOrder, SumInTheDocumentedOrder) {
+  const Case c = GetParam();
+  const Operands op = make_operands(c, 5, 6);
+  std::vector<float> y(size_t(c.n_rows) * c.rows);
+  matmul_range(op.args(y.data()), 0, c.rows);
+  std::vector<float> row(c.cols);
+  for (int o = 0; o < c.rows; ++o) {
+    dequantize_row(op.w, o, row);
+    for (int r = 0; r < c.n_rows; ++r) {
+      const float want = documented_order_dot(row, op.x.data() + size_t(r) * c.cols, c.cols);
+      ASSERT_EQ(std::bit_cast<uint32_t>(y[size_t(r) * c.rows + o]), std::bit_cast<uint32_t>(want))
+          << "row " << r << " out " << o << ": " << y[size_t(r) * c.rows + o] << " vs " << want;
+    }
+  }
+}
+
 std::vector<Case> cases() {
   std::vector<Case> out;
   for (WeightType t : {WeightType::kF32, WeightType::kF16, WeightType::kBF16}) {
     for (int cols : {1, 17, 64, 97, 513}) out.push_back({t, 17, cols, 5});
+    out.push_back({t, 40, 64, 1});  // several 16-row output blocks and a partial one
     out.push_back({t, 1, 2048, 1});
   }
   for (int cols : {32, 64, 96, 160, 1024}) out.push_back({WeightType::kQ8_0, 13, cols, 6});
@@ -95,10 +149,22 @@ std::vector<Case> cases() {
   return out;
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, DotKernels, ::testing::ValuesIn(cases()), [](const auto& info) {
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   return std::string(weight_type_name(info.param.type)) + "_" + std::to_string(info.param.rows) + "x" +
          std::to_string(info.param.cols) + "_rows" + std::to_string(info.param.n_rows);
-});
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DotKernels, ::testing::ValuesIn(cases()), case_name);
+
+// q8_0 sums each 32-block, then scales it: not this order.
+std::vector<Case> float_cases() {
+  std::vector<Case> out;
+  for (const Case& c : cases()) {
+    if (c.type != WeightType::kQ8_0) out.push_back(c);
+  }
+  return out;
+}
+INSTANTIATE_TEST_SUITE_P(Shapes, DotKernelsFloatOrder, ::testing::ValuesIn(float_cases()), case_name);
 
 TEST(WeightTypes, HalfToFloatMatchesEigenForEveryBitPattern) {
   for (uint32_t bits = 0; bits < 65536; ++bits) {
@@ -173,6 +239,20 @@ TEST(WeightTypes, FirstNonFiniteFindsNanInEveryType) {
   const uint16_t inf = 0x7c00;
   std::memcpy(q.data() + 34, &inf, 2);  // the second block's scale
   EXPECT_EQ(first_non_finite(WeightTensor{.type = WeightType::kQ8_0, .data = q.data(), .rows = 2, .cols = 32}), 32);
+}
+
+// Past the first 1024-element chunk, at a chunk's edges, and the first of two in one chunk.
+TEST(WeightTypes, FirstNonFiniteFindsTheFirstOneAnywhere) {
+  for (WeightType t : {WeightType::kF32, WeightType::kF16, WeightType::kBF16}) {
+    for (int64_t at : {0, 1023, 1024, 2047, 3199}) {
+      std::vector<float> x(100 * 32, 0.5f);
+      x[at] = INFINITY;
+      if (at + 7 < 3200) x[at + 7] = NAN;
+      const std::vector<std::byte> s = quantize(x, 100, 32, t);
+      EXPECT_EQ(first_non_finite(WeightTensor{.type = t, .data = s.data(), .rows = 100, .cols = 32}), at)
+          << weight_type_name(t);
+    }
+  }
 }
 
 }  // namespace
