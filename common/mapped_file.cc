@@ -19,7 +19,11 @@ Result<std::shared_ptr<const MappedFile>> MappedFile::open(const std::string& pa
   if (size == 0) return std::shared_ptr<const MappedFile>(std::move(f));
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return make_error("{}: cannot open: {}", path, std::strerror(errno));
-  void* map = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  // A small file is mapped whole at once (one call instead of a page fault per 16 pages: on a
+  // stories260K run they cost more than its decode); a large one is faulted in as it is read.
+  constexpr size_t kPopulateBytes = size_t{64} << 20;
+  const int flags = MAP_PRIVATE | (f->size_ <= kPopulateBytes ? MAP_POPULATE : 0);
+  void* map = ::mmap(nullptr, f->size_, PROT_READ, flags, fd, 0);
   ::close(fd);
   if (map == MAP_FAILED) return make_error("{}: mmap failed: {}", path, std::strerror(errno));
   f->data_ = static_cast<const std::byte*>(map);

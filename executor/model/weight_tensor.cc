@@ -236,13 +236,13 @@ int64_t first_all_ones(const std::byte* data, size_t n, UInt mask) {
   constexpr size_t kChunk = 1024;
   for (size_t c = 0; c < n; c += kChunk) {
     const size_t end = std::min(n, c + kChunk);
-    bool any = false;
+    unsigned hits = 0;
     for (size_t i = c; i < end; ++i) {
       UInt v;
       std::memcpy(&v, data + sizeof(UInt) * i, sizeof(UInt));
-      any |= (v & mask) == mask;
+      hits += (v & mask) == mask ? 1u : 0u;
     }
-    if (!any) continue;
+    if (hits == 0) continue;
     for (size_t i = c; i < end; ++i) {
       UInt v;
       std::memcpy(&v, data + sizeof(UInt) * i, sizeof(UInt));

@@ -83,5 +83,25 @@ BENCHMARK(BM_Matmul)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// stories260K's shape: rows of range(0) inputs (64 or 172), 1 MiB of f32 weights in all (the whole
+// model's matrices, as one decode step reads them from L2), one activation row, one thread.
+void BM_MatmulNarrow(benchmark::State& state) {
+  const int64_t cols = state.range(0), rows = (int64_t{1} << 20) / (4 * cols);
+  std::vector<float> values(size_t(rows * cols));
+  uint32_t h = 1;
+  for (float& v : values) v = static_cast<float>(int32_t(h = h * 1664525u + 1013904223u) >> 8) * 0x1p-30f;
+  const WeightTensor w{.type = WeightType::kF32, .data = reinterpret_cast<const std::byte*>(values.data()), .rows = rows,
+                       .cols = cols};
+  std::vector<float> x(cols, 0.5f), y(rows);
+  const MatmulArgs args{.w = &w, .x = x.data(), .x_stride = size_t(cols), .y = y.data(), .y_stride = size_t(rows), .n_rows = 1};
+  for (auto _ : state) {
+    matmul_range(args, 0, rows);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(int64_t(state.iterations()) * rows * cols * 4);
+  state.counters["ns_per_row"] = benchmark::Counter(double(rows), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+BENCHMARK(BM_MatmulNarrow)->Arg(64)->Arg(172)->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 }  // namespace kvp
