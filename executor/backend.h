@@ -125,6 +125,15 @@ class Backend {
   // KV cache bytes allocated for all sequences (the plan's prediction, exactly).
   virtual int64_t kv_bytes_allocated() const = 0;
 
+  // Wall seconds spent in the matrix products and in attention since time_phases(true) (which
+  // resets them): the measured parts of a step that kvplan bench reports next to the capacity
+  // model's. Off by default (two clock reads per call); backends that do not time them report 0.
+  struct PhaseTimes {
+    double weights_s = 0, attention_s = 0;
+  };
+  virtual void time_phases(bool on) { (void)on; }
+  virtual PhaseTimes phase_times() const { return {}; }
+
   // Starts a forward pass over `rows`; later operations act on these rows.
   virtual void begin_step(const StepRows& rows) = 0;
   // kX = token_embedding[tokens].

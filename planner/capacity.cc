@@ -45,7 +45,9 @@ Result<HardwareSpec> HardwareSpec::load(const std::string& path) {
   KVP_ASSIGN_OR_RETURN(YAML::Node root, parse_yaml_map(text, path));
   const YamlFields f(root, path, "");
   KVP_RETURN_IF_ERROR(f.only({"name", "memory_bytes", "bandwidth_bytes_per_s", "peak_flops", "source", "matmul_flops",
-                              "matmul_stream_flops", "matmul_stream1_flops", "attention_flops", "evict_slot_s", "sync_s", "measured_by"}));
+                              "matmul_stream_flops", "matmul_stream1_flops", "matmul_stream_call_s",
+                              "matmul_stream1_call_s", "attention_flops", "attention_batch_flops", "evict_slot_s",
+                              "sync_s", "measured_by"}));
   HardwareSpec h;
   KVP_ASSIGN_OR_RETURN(h.name, f.str("name"));
   KVP_ASSIGN_OR_RETURN(h.memory_bytes, f.integer64("memory_bytes", 1, INT64_MAX));
@@ -54,12 +56,20 @@ Result<HardwareSpec> HardwareSpec::load(const std::string& path) {
   KVP_ASSIGN_OR_RETURN(h.source, f.str("source"));
   if (h.bandwidth_bytes_per_s <= 0) return f.error("bandwidth_bytes_per_s", "expected a positive number");
   if (h.peak_flops <= 0) return f.error("peak_flops", "expected a positive number");
-  for (auto [key, rates] : {std::pair{"matmul_flops", &h.matmul_flops}, std::pair{"matmul_stream_flops", &h.matmul_stream_flops},
-                            std::pair{"matmul_stream1_flops", &h.matmul_stream1_flops}}) {
+  struct TypeMap {
+    const char* key;
+    std::vector<std::pair<std::string, double>>* values;
+    bool seconds;  // seconds (>= 0), else FLOP/s (> 0)
+  };
+  for (auto [key, rates, seconds] : {TypeMap{"matmul_flops", &h.matmul_flops, false},
+                                     TypeMap{"matmul_stream_flops", &h.matmul_stream_flops, false},
+                                     TypeMap{"matmul_stream1_flops", &h.matmul_stream1_flops, false},
+                                     TypeMap{"matmul_stream_call_s", &h.matmul_stream_call_s, true},
+                                     TypeMap{"matmul_stream1_call_s", &h.matmul_stream1_call_s, true}}) {
     if (!f.has(key)) continue;
     const YAML::Node m = root[key];
     const std::string name = key;
-    if (!m.IsMap()) return f.error(name, "expected a map of weight type to FLOP/s");
+    if (!m.IsMap()) return f.error(name, seconds ? "expected a map of weight type to seconds" : "expected a map of weight type to FLOP/s");
     for (const auto& kv : m) {
       const std::string type = kv.first.as<std::string>();
       static constexpr std::string_view kTypes[] = {"f32", "f16", "bf16", "q8_0", "q4_k", "q6_k"};
@@ -72,12 +82,15 @@ Result<HardwareSpec> HardwareSpec::load(const std::string& path) {
       } catch (const YAML::Exception&) {
         v = -1;
       }
-      if (!(v > 0)) return f.error(name + "." + type, "expected a positive number");
+      if (seconds ? !(v >= 0) : !(v > 0)) {
+        return f.error(name + "." + type, seconds ? "expected a number >= 0" : "expected a positive number");
+      }
       rates->emplace_back(type, v);
     }
   }
-  for (auto [key, field] : {std::pair{"attention_flops", &h.attention_flops}, std::pair{"evict_slot_s", &h.evict_slot_s},
-                            std::pair{"sync_s", &h.sync_s}}) {
+  for (auto [key, field] : {std::pair{"attention_flops", &h.attention_flops},
+                            std::pair{"attention_batch_flops", &h.attention_batch_flops},
+                            std::pair{"evict_slot_s", &h.evict_slot_s}, std::pair{"sync_s", &h.sync_s}}) {
     if (!f.has(key)) continue;
     KVP_ASSIGN_OR_RETURN(*field, f.number(key));
     if (*field < 0) return f.error(key, "expected a number >= 0");
@@ -102,6 +115,22 @@ double HardwareSpec::matmul_stream_flops_for(const std::string& weight_type) con
 
 double HardwareSpec::matmul_stream1_flops_for(const std::string& weight_type) const {
   return rate_of(matmul_stream1_flops, weight_type);
+}
+
+double HardwareSpec::matmul_stream_call_s_for(const std::string& weight_type) const {
+  return rate_of(matmul_stream_call_s, weight_type);
+}
+
+double HardwareSpec::matmul_stream1_call_s_for(const std::string& weight_type) const {
+  return rate_of(matmul_stream1_call_s, weight_type);
+}
+
+double HardwareSpec::attention_flops_at(double kv_heads) const {
+  if (attention_flops <= 0) return peak_flops;
+  if (attention_batch_flops <= 0) return attention_flops;
+  // Measured at 4 and at 128 KV heads per fork/join: log-linear in both between, clamped outside.
+  const double t = std::clamp((std::log2(std::max(kv_heads, 1.0)) - 2.0) / 5.0, 0.0, 1.0);
+  return std::exp((1.0 - t) * std::log(attention_flops) + t * std::log(attention_batch_flops));
 }
 
 double HardwareSpec::matmul_flops_for(const std::string& weight_type) const {
@@ -153,13 +182,17 @@ CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuer
   const double t_w_mem = bytes_read / hw.bandwidth_bytes_per_s;
   const double per_row = 2.0 * double(mm_params);
   const double cached = hw.matmul_flops_for(q.weight_type), streamed = hw.matmul_stream_flops_for(q.weight_type);
+  // Matrices a step multiplies: 7 per layer and the classifier, each in one call (fork/join).
+  const double n_matrices = 7.0 * m.n_layers + 1.0;
+  const bool call_costs = !hw.matmul_stream_call_s.empty();
   if (streamed > 0) {
     // The first pass over each matrix streams it from memory with up to 4 rows; the rest of the
-    // batch finds it in cache.
+    // batch finds it in cache. Each matrix's call adds its fixed cost where it was measured.
     // 1..4 rows: a + b·rows through the 1-row and 4-row rates when both were measured.
-    const double t4 = 4.0 * per_row / streamed;
+    const double t4 = 4.0 * per_row / streamed + n_matrices * hw.matmul_stream_call_s_for(q.weight_type);
     const double streamed1 = hw.matmul_stream1_flops_for(q.weight_type);
-    const double t1 = streamed1 > 0 ? per_row / streamed1 : t4 / 4.0;
+    const double t1 = streamed1 > 0 ? per_row / streamed1 + n_matrices * hw.matmul_stream1_call_s_for(q.weight_type)
+                                    : t4 / 4.0;
     const double first = B >= 4.0 ? t4 : t1 + (B - 1.0) * (t4 - t1) / 3.0;
     s.weights_s = std::max(t_w_mem, first) + std::max(0.0, B - 4.0) * per_row / cached;
     s.memory_bound = t_w_mem >= first && B <= 4.0;
@@ -172,12 +205,14 @@ CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuer
   // and an evicting policy's bookkeeping per KV-head slot.
   const double slots = double(kv.total_slots());
   const double group = double(m.n_heads / m.n_kv_heads);
-  const double attention_flops = hw.attention_flops > 0 ? hw.attention_flops : hw.peak_flops;
+  // Each layer shares batch x n_kv_heads heads out to the threads in one fork/join.
+  const double attention_flops = hw.attention_flops_at(B * m.n_kv_heads);
   s.attention_s = std::max(B * double(s.kv_bytes_per_sequence) / hw.bandwidth_bytes_per_s,
                            B * 4.0 * slots * m.head_dim() * group / attention_flops) +
                   (evicts ? B * slots * hw.evict_slot_s : 0.0);
-  // fork/joins: 7 matrix products and attention per layer, and the classifier.
-  s.overhead_s = hw.sync_s * double(8 * m.n_layers + 1);
+  // fork/joins: attention per layer, and the 7 matrix products per layer and the classifier where
+  // their call costs were not measured.
+  s.overhead_s = hw.sync_s * (double(m.n_layers) + (call_costs ? 0.0 : n_matrices));
   s.decode_step_s = s.weights_s + s.attention_s + s.overhead_s;
   s.tokens_per_s = B / s.decode_step_s;
   return s;

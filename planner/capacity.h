@@ -41,12 +41,24 @@ struct HardwareSpec {
   // The same at 1 row: with it, a first pass of 1..4 rows costs a + b·rows (weight decoding plus
   // the products), interpolated between the two.
   std::vector<std::pair<std::string, double>> matmul_stream1_flops;
-  double attention_flops = 0;  // decode attention, 4·head_dim FLOPs per query head and slot (0: peak_flops)
+  // Seconds each matrix product costs beyond its FLOPs at the streamed rates (its fork/join and
+  // the start of its streams: what makes a small matrix slower per byte), at 4 rows and at 1 row.
+  // Measured: a step's matrix products pay no separate fork/joins (sync_s).
+  std::vector<std::pair<std::string, double>> matmul_stream_call_s;
+  std::vector<std::pair<std::string, double>> matmul_stream1_call_s;
+  double attention_flops = 0;  // decode attention, 4·head_dim FLOPs per query head and slot (0: peak_flops),
+                               // 4 KV heads per fork/join (one sequence's layer)
+  double attention_batch_flops = 0;  // the same at 128 KV heads per fork/join; between the two, the
+                                     // rate goes log-linearly with the heads a step's layer shares out
   double evict_slot_s = 0;     // an evicting policy's bookkeeping per KV-head slot and step (scores, victim)
   double sync_s = 0;           // one fork/join of the threads that share a step's work (0: one thread)
   double matmul_flops_for(const std::string& weight_type) const;
   double matmul_stream_flops_for(const std::string& weight_type) const;  // 0 when not measured
   double matmul_stream1_flops_for(const std::string& weight_type) const;  // 0 when not measured
+  double matmul_stream_call_s_for(const std::string& weight_type) const;   // 0 when not measured
+  double matmul_stream1_call_s_for(const std::string& weight_type) const;  // 0 when not measured
+  // attention_flops for a step whose layers share `kv_heads` KV heads (batch x n_kv_heads) out.
+  double attention_flops_at(double kv_heads) const;
   static Result<HardwareSpec> load(const std::string& path);
 };
 

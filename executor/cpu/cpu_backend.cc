@@ -1,5 +1,7 @@
 #include "executor/cpu/cpu_backend.h"
 
+#include <chrono>
+
 #include "executor/cpu/dot_kernels.h"
 
 
@@ -159,7 +161,17 @@ void CpuBackend::rmsnorm(Act in, Act out, Weight w, int layer_idx) {
   }
 }
 
+namespace {
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+}  // namespace
+
+CpuBackend::PhaseTimer::PhaseTimer(bool on, double* p) : part(on ? p : nullptr), start(on ? now_s() : 0.0) {}
+CpuBackend::PhaseTimer::~PhaseTimer() {
+  if (part) *part += now_s() - start;
+}
+
 void CpuBackend::matmul_rows(Weight w, int layer_idx, Act in, Act out, bool accumulate) {
+  const PhaseTimer timer(time_phases_, &phases_.weights_s);
   const WeightShape shape = weight_shape(config_, w);
   KVP_CHECK(act_width(config_, in) == shape.in && act_width(config_, out) == shape.out);
   const WeightTensor& W = matrix_weight(weights_, w, layer_idx);
@@ -255,6 +267,7 @@ void CpuBackend::prefill_rows(Worker& w, const Run& run, int layer_idx, int h0, 
 }
 
 void CpuBackend::attention(int layer_idx) {
+  const PhaseTimer timer(time_phases_, &phases_.attention_s);
   // Work units: a run's rows through one KV head, or through all of them for a policy that keeps
   // one set per layer. Units touch disjoint heads and rows, so they run on any thread. With an
   // eviction log, a unit is a run through all heads and units run in order on one thread, so the

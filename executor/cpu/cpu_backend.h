@@ -54,6 +54,12 @@ class CpuBackend final : public Backend {
   void read(Act act, std::span<float> out) const override;
   int n_rows() const override { return n_rows_; }
 
+  void time_phases(bool on) override {
+    time_phases_ = on;
+    phases_ = {};
+  }
+  PhaseTimes phase_times() const override { return phases_; }
+
   KvCache& cache(int seq_idx) { return caches_[seq_idx]; }
 
  private:
@@ -94,6 +100,16 @@ class CpuBackend final : public Backend {
   void start_prompt(int seq, int prompt_len);
   EvictFn eviction_logger(int seq, int32_t step, int layer_idx, int h0);
   void note_kv_bytes();
+
+  // Adds the seconds since `start` to `*part` when phases are timed.
+  struct PhaseTimer {
+    PhaseTimer(bool on, double* part);
+    ~PhaseTimer();
+    double* part;
+    double start;
+  };
+  bool time_phases_ = false;
+  PhaseTimes phases_;
 
   const ModelWeights& weights_;
   ModelConfig config_;

@@ -131,6 +131,37 @@ TEST(Capacity, StepPartsFromMeasuredRatesByHand) {
   EXPECT_EQ(hw.matmul_flops_for("bf16"), 1e15);
 }
 
+// Measured call costs: each of a step's matrices (7 per layer and the classifier) pays its call
+// cost on top of its FLOPs at the streamed rate, and no separate fork/join; attention's rate goes
+// log-linearly from 4 to 128 KV heads per fork/join.
+TEST(Capacity, CallCostsAndBatchAttentionRateByHand) {
+  ModelSpec m{.name = "toy", .dim = 64, .hidden_dim = 128, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
+              .vocab_size = 100, .seq_len = 128, .tied_embeddings = false};
+  HardwareSpec hw{.name = "toy", .memory_bytes = int64_t{1} << 30, .bandwidth_bytes_per_s = 1e12, .peak_flops = 1e15,
+                  .matmul_flops = {{"q8_0", 2e6}}, .matmul_stream_flops = {{"q8_0", 1e6}},
+                  .matmul_stream1_flops = {{"q8_0", 5e5}}, .matmul_stream_call_s = {{"q8_0", 1e-3}},
+                  .matmul_stream1_call_s = {{"q8_0", 2e-3}}, .attention_flops = 1e5, .attention_batch_flops = 3.2e5,
+                  .sync_s = 1e-3};
+  CapacityQuery q{.context_len = 100, .weight_bytes = 50000, .kv_dtype = KvDtype::kF32, .runtime_reserve_bytes = 0,
+                  .batch = 2, .weight_type = "q8_0"};
+  const double per_row = 2.0 * (2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128) + 100 * 64);
+  const double t4 = 4 * per_row / 1e6 + 15 * 1e-3, t1 = per_row / 5e5 + 15 * 2e-3;
+  CapacityReport r = capacity(m, hw, q);
+  EXPECT_DOUBLE_EQ(r.full.weights_s, t1 + (t4 - t1) / 3);  // 2 rows: a third of the way from 1 to 4
+  EXPECT_DOUBLE_EQ(r.full.overhead_s, 2 * 1e-3);           // attention's fork/join per layer only
+  const double flops = 4.0 * (2 * 2 * 100) * 16 * 2;       // per sequence: 2 layers x 2 heads x 100 slots
+  EXPECT_DOUBLE_EQ(r.full.attention_s, 2 * flops / 1e5);   // 4 KV heads per fork/join
+  q.batch = 8;                                             // 16 heads: 2/5 of the way in log2
+  r = capacity(m, hw, q);
+  EXPECT_NEAR(r.full.attention_s, 8 * flops / (1e5 * std::pow(3.2, 0.4)), 1e-12);
+  EXPECT_DOUBLE_EQ(r.full.weights_s, t4 + 4 * per_row / 2e6);  // rows past 4 at the in-cache rate
+  q.batch = 100;                                               // past 128 heads: the batch rate
+  r = capacity(m, hw, q);
+  EXPECT_NEAR(r.full.attention_s, 100 * flops / 3.2e5, 1e-12);
+  EXPECT_DOUBLE_EQ(hw.attention_flops_at(4), 1e5);
+  EXPECT_DOUBLE_EQ(hw.attention_flops_at(1), 1e5);
+}
+
 // The prefill transient: the budgets plus the whole prompt per head, or budget + one chunk.
 TEST(Capacity, PeakBytesAddThePrefillScratch) {
   ModelSpec m{.name = "toy", .dim = 64, .hidden_dim = 128, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
@@ -163,6 +194,18 @@ TEST(Capacity, HardwareFilesReadTheirMeasuredRatesAndRejectUnknownTypes) {
   auto bad = HardwareSpec::load(dir + "/bad.yaml");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.error().message().find("matmul_flops.f8"), std::string::npos) << bad.error().message();
+  // Call costs may be 0 (the fit found none); negative seconds are refused.
+  EXPECT_GT(hw->attention_batch_flops, 0);
+  EXPECT_FALSE(hw->matmul_stream_call_s.empty());
+  const std::string base = "name: x\nmemory_bytes: 1\nbandwidth_bytes_per_s: 1\npeak_flops: 1\nsource: x\n";
+  test::write_bytes(dir + "/zero.yaml", base + "matmul_stream_call_s:\n  f16: 0\n");
+  auto zero = HardwareSpec::load(dir + "/zero.yaml");
+  ASSERT_TRUE(zero.ok()) << zero.error().message();
+  EXPECT_EQ(zero->matmul_stream_call_s_for("f16"), 0.0);
+  test::write_bytes(dir + "/negative.yaml", base + "matmul_stream1_call_s:\n  f16: -1e-6\n");
+  auto negative = HardwareSpec::load(dir + "/negative.yaml");
+  ASSERT_FALSE(negative.ok());
+  EXPECT_NE(negative.error().message().find("matmul_stream1_call_s.f16"), std::string::npos) << negative.error().message();
 }
 
 TEST(Capacity, UnknownConfigsAreErrorsListingWhatExists) {

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/file_util.h"
 #include "planner/plan/plan.h"
 #include "tests/support/test_support.h"
 
@@ -181,6 +182,42 @@ TEST(Cli, ConvertToAShardedHfFolderThenRunItAndSizeIt) {
   auto m = load_model(dir + "/q8.gguf", "");
   ASSERT_TRUE(m.ok()) << m.error().message();
   EXPECT_EQ(j["weight_bytes"].get<int64_t>(), m->weights.weight_bytes());
+}
+
+// kvplan bench on stories260K, then capacity --measured on its file: every cell's tokens/s and its
+// timed step parts (matrix products and attention, which take part of a step and not more than all
+// of it), and each cell against its prediction.
+TEST(Cli, BenchTimesStepPartsAndCapacityComparesThem) {
+  const std::string dir = test::make_temp_dir("bench");
+  const test::CliResult b = run_kvplan("bench --batch 1,2 --context 64 --keep 1,0.5 --steps 3 --min-seconds 0 "
+                                       "--repeats 2 --out " + dir + "/bench.json");
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  const nlohmann::json bench = nlohmann::json::parse(*read_file_text(dir + "/bench.json"));
+  ASSERT_EQ(bench["cells"].size(), 4u);
+  for (const auto& c : bench["cells"]) {
+    const double step_s = c["batch"].get<double>() / c["tokens_per_s"].get<double>();
+    EXPECT_GE(c["steps"].get<int>(), 3);
+    EXPECT_EQ(c["runs_tokens_per_s"].size(), 2u);
+    EXPECT_GT(c["weights_s"].get<double>(), 0.0);
+    EXPECT_GT(c["attention_s"].get<double>(), 0.0);
+    EXPECT_LT(c["weights_s"].get<double>() + c["attention_s"].get<double>(), step_s) << c.dump();
+  }
+  const test::CliResult cap = run_kvplan("capacity --measured " + dir + "/bench.json --hardware cpu-2core --json");
+  ASSERT_EQ(cap.exit_code, 0) << cap.err;
+  const auto j = nlohmann::json::parse(cap.out);
+  ASSERT_EQ(j["cells"].size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    const auto& c = j["cells"][i];
+    EXPECT_EQ(c["measured_tokens_per_s"], bench["cells"][i]["tokens_per_s"]);
+    EXPECT_EQ(c["measured_weights_s"], bench["cells"][i]["weights_s"]);
+    EXPECT_GT(c["predicted_tokens_per_s"].get<double>(), 0.0);
+  }
+  EXPECT_TRUE(j["cells"][1].contains("speedup_error"));  // keep 0.5 against the full cache of its batch
+  // Not a bench file: one line naming it.
+  test::write_bytes(dir + "/other.json", "{\"format\": \"kvplan-trace\"}");
+  const test::CliResult bad = run_kvplan("capacity --measured " + dir + "/other.json --hardware cpu-2core");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find(dir + "/other.json"), std::string::npos) << bad.err;
 }
 
 TEST(Cli, InspectDevicesSaysPlainlyWhetherThereIsAGpu) {

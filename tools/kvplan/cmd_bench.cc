@@ -73,12 +73,13 @@ Status run_bench(const BenchFlags &flags) {
     int ctx, batch;
     double keep;
     std::vector<double> runs;  // tokens/s of each repeat
+    std::vector<std::pair<double, double>> phases;  // each repeat's weights and attention seconds per step
     nlohmann::json json;
   };
   std::vector<Cell> grid;
   for (int ctx : flags.contexts) {
     for (int batch : flags.batches) {
-      for (double keep : flags.keeps) grid.push_back(Cell{ctx, batch, keep, {}, {}});
+      for (double keep : flags.keeps) grid.push_back(Cell{ctx, batch, keep, {}, {}, {}});
     }
   }
   // The keep ratios of one (context, batch) are run --repeats times
@@ -120,13 +121,17 @@ Status run_bench(const BenchFlags &flags) {
           backend->pick_tokens(SamplerOptions{.temperature = 0.0f}, uniforms, tokens);
         };
         step(0);
+        backend->time_phases(true);
         const double start = now_s();
         const int limit = full ? budget - ctx - 1 : c.seq_len - ctx - 1;
         int timed = 0;
         while (timed < limit && (timed < flags.steps || now_s() - start < flags.min_seconds)) step(1 + timed++);
         const double seconds = now_s() - start;
         const double tps = double(batch) * timed / seconds;
+        const Backend::PhaseTimes phases = backend->phase_times();
+        backend->time_phases(false);
         cell.runs.push_back(tps);
+        cell.phases.push_back({phases.weights_s / timed, phases.attention_s / timed});
         std::fprintf(stderr,
                      "kvplan bench: [%zu/%zu, run %d/%d] context %d, batch %d, "
                      "keep %g (%s, %d slots): %.2f tokens/s\n",
@@ -146,7 +151,11 @@ Status run_bench(const BenchFlags &flags) {
   nlohmann::json cells = nlohmann::json::array();
   for (Cell &cell : grid) {
     cell.json["runs_tokens_per_s"] = cell.runs;
-    cell.json["tokens_per_s"] = *std::max_element(cell.runs.begin(), cell.runs.end());
+    const size_t best = std::max_element(cell.runs.begin(), cell.runs.end()) - cell.runs.begin();
+    cell.json["tokens_per_s"] = cell.runs[best];
+    // The best run's step parts, seconds per step (0 where the backend does not time them).
+    cell.json["weights_s"] = cell.phases[best].first;
+    cell.json["attention_s"] = cell.phases[best].second;
     cells.push_back(cell.json);
   }
   nlohmann::json out = {{"format", "kvplan-bench"},

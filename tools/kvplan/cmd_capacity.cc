@@ -64,6 +64,7 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
       int context, batch;
       double keep, measured, predicted;
       CapacitySide side;
+      double weights_s, attention_s;  // measured per step (bench files since the step parts were timed; else 0)
     };
     std::vector<Row> rows;
     for (const auto& c : cells) {
@@ -72,7 +73,8 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
                       .runtime_reserve_bytes = 0, .batch = c.at("batch"), .weight_type = weight_type};
       const CapacityReport r = capacity(model, hw, q);
       const CapacitySide& side = q.keep_ratio >= 1.0 ? r.full : r.plan;
-      rows.push_back(Row{q.context_len, q.batch, q.keep_ratio, c.at("tokens_per_s"), side.tokens_per_s, side});
+      rows.push_back(Row{q.context_len, q.batch, q.keep_ratio, c.at("tokens_per_s"), side.tokens_per_s, side,
+                         c.value("weights_s", 0.0), c.value("attention_s", 0.0)});
     }
     auto full_of = [&](const Row& row) -> const Row* {
       for (const Row& f : rows) {
@@ -87,7 +89,7 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
                   weight_type.c_str(), weight_bytes / 1e9, hw.name.c_str(), bench.value("backend", "?").c_str(),
                   bench.value("threads", 0));
       std::printf("%7s %5s %5s %10s %10s %7s   %9s %9s %7s   %s\n", "context", "batch", "keep", "measured", "predicted",
-                  "error", "speed-up", "predicted", "error", "step: weights + attention + sync (ms)");
+                  "error", "speed-up", "predicted", "error", "step ms, predicted: weights + attention + sync  (measured)");
     }
     for (const Row& row : rows) {
       const double err = row.predicted / row.measured - 1.0;
@@ -96,6 +98,10 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
                           {"measured_tokens_per_s", row.measured}, {"predicted_tokens_per_s", row.predicted},
                           {"error", err}, {"weights_s", row.side.weights_s}, {"attention_s", row.side.attention_s},
                           {"overhead_s", row.side.overhead_s}};
+      if (row.weights_s > 0) {
+        j["measured_weights_s"] = row.weights_s;
+        j["measured_attention_s"] = row.attention_s;
+      }
       std::string speed = fmt::format("{:>9} {:>9} {:>7}", "", "", "");
       if (const Row* f = full_of(row); f && row.keep < 1.0) {
         const double measured = row.measured / f->measured, predicted = row.predicted / f->predicted;
@@ -108,9 +114,12 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
       }
       out.push_back(j);
       if (!flags.json) {
-        std::printf("%7d %5d %5.2f %10.2f %10.2f %+6.1f%%   %s   %.1f + %.1f + %.1f\n", row.context, row.batch, row.keep,
+        const std::string parts = row.weights_s > 0 ? fmt::format("  ({:.1f} + {:.1f})", 1e3 * row.weights_s,
+                                                                  1e3 * row.attention_s)
+                                                    : std::string();
+        std::printf("%7d %5d %5.2f %10.2f %10.2f %+6.1f%%   %s   %.1f + %.1f + %.1f%s\n", row.context, row.batch, row.keep,
                     row.measured, row.predicted, 100 * err, speed.c_str(), 1e3 * row.side.weights_s,
-                    1e3 * row.side.attention_s, 1e3 * row.side.overhead_s);
+                    1e3 * row.side.attention_s, 1e3 * row.side.overhead_s, parts.c_str());
       }
     }
     if (flags.json) {

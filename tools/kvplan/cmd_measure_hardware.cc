@@ -4,10 +4,14 @@
 //   bandwidth_bytes_per_s  streaming read of 1 GiB split over the threads (what a decode step does to
 //                          the weights and the caches)
 //   matmul_flops           the weight products at 32 rows (compute-bound), a 5632 x 2048 matrix per type
-//   matmul_stream_flops    the same at 4 rows with the weights streamed from memory (a step's first pass)
-//   matmul_stream1_flops   ... and at 1 row
+//   matmul_stream_flops    the same at 4 rows with the weights streamed from memory (a step's first
+//                          pass), and matmul_stream_call_s: a call's cost beyond its FLOPs at that
+//                          rate (the fork/join, the streams' start), fitted through two matrix shapes
+//                          (256 x 2048 and 5632 x 2048, each streamed over 1 GiB of copies)
+//   matmul_stream1_flops   ... and at 1 row, with matmul_stream1_call_s
 //   attention_flops        one layer's decode attention (layer_step, full cache) over 4 KV heads of
-//                          4096 slots, head_dim 64, 8 query heads per KV head
+//                          4096 slots per fork/join, head_dim 64, 8 query heads per KV head
+//   attention_batch_flops  the same with 128 KV heads per fork/join (a batch of 32 such sequences)
 //   evict_slot_s           what VATP adds per KV-head slot and step (score update, victim scan)
 //   sync_s                 one fork/join of the thread pool
 #include <Eigen/Core>
@@ -70,11 +74,11 @@ double read_bandwidth(ThreadPool& pool, double min_s) {
   return double(n * sizeof(float)) / t;
 }
 
-// The weight products on `n_mats` random 5632 x 2048 matrices of `type` in turn, `batch` rows each,
-// the output rows split over the threads as the CPU backend splits them. One matrix stays in the
-// L3 (the in-cache rate); 48 (1.1 GB of f16) stream from memory (the rate of a step's first pass).
-double matmul_rate(ThreadPool& pool, WeightType type, int batch, int n_mats, double min_s) {
-  const int64_t rows = 5632, cols = 2048;
+// Seconds per product of a random `rows` x 2048 matrix of `type` with `batch` rows, the output rows
+// split over the threads as the CPU backend splits them, going through `n_mats` copies in turn: one
+// copy stays in the L3 (the in-cache rate); copies of 1 GiB in all stream from memory.
+double matmul_seconds(ThreadPool& pool, WeightType type, int batch, int64_t rows, int n_mats, double min_s) {
+  const int64_t cols = 2048;
   std::mt19937 rng(1);
   std::normal_distribution<float> dist(0.0f, 0.02f);
   std::vector<float> w(static_cast<size_t>(rows * cols));
@@ -95,16 +99,38 @@ double matmul_rate(ThreadPool& pool, WeightType type, int batch, int n_mats, dou
       });
     }
   });
-  return 2.0 * double(rows) * double(cols) * batch * n_mats / s;
+  return s / n_mats;
 }
 
-// Decode attention as the CPU backend runs it: layer_step over KV heads of 4096 slots (head_dim 64,
-// 8 query heads each), 4 per layer shared over the threads, 32 layers (268 MB of cache, past the
-// L3, streamed from memory as a long context's is), with policy full (attention alone) and vatp
-// (its bookkeeping too), alternately so both see the same machine. Seconds per layer of each: the
-// means over a run of at least `min_s`, best of 3 runs.
-std::pair<double, double> layer_attention_seconds(ThreadPool& pool, double min_s) {
-  const int slots = 4096, hd = 64, group = 8, layers = 32, heads = 4 * layers;
+// Streamed from memory: FLOP/s and seconds per call of t = call_s + FLOPs / rate, through a small and
+// a large matrix (each call's fixed cost shows in the small one).
+struct StreamRate {
+  double flops, call_s;
+};
+
+StreamRate stream_rate(ThreadPool& pool, WeightType type, int batch, double min_s) {
+  const int64_t small_rows = 256, large_rows = 5632;
+  auto copies = [&](int64_t rows) {
+    return static_cast<int>(std::max<int64_t>(2, (int64_t{1} << 30) / static_cast<int64_t>(rows * row_bytes(type, 2048))));
+  };
+  const double t_small = matmul_seconds(pool, type, batch, small_rows, copies(small_rows), min_s);
+  const double t_large = matmul_seconds(pool, type, batch, large_rows, copies(large_rows), min_s);
+  const double f_small = 2.0 * small_rows * 2048 * batch, f_large = 2.0 * large_rows * 2048 * batch;
+  if (t_large > t_small) {
+    const double rate = (f_large - f_small) / (t_large - t_small), call_s = t_small - f_small / rate;
+    if (call_s >= 0) return {rate, call_s};
+  }
+  return {f_large / t_large, 0.0};  // the machine's noise hid the fixed cost
+}
+
+// Decode attention as the CPU backend runs it: layer_step over 128 KV heads of 4096 slots (head_dim
+// 64, 8 query heads each; 268 MB of cache, past the L3, streamed from memory as a long context's is),
+// `per_call` of them per fork/join shared over the threads (4: one sequence's layer; 128: 32
+// sequences'), with policy full (attention alone) and vatp (its bookkeeping too), alternately so both
+// see the same machine. Seconds per call of each: the means over a run of at least `min_s`, best of
+// 3 runs.
+std::pair<double, double> layer_attention_seconds(ThreadPool& pool, int per_call, double min_s) {
+  const int slots = 4096, hd = 64, group = 8, heads = 128, layers = heads / per_call;
   auto full = make_policy("full", published_defaults("full", slots));
   auto vatp = make_policy("vatp", published_defaults("vatp", slots));
   KVP_CHECK(full.ok() && vatp.ok());
@@ -131,7 +157,7 @@ std::pair<double, double> layer_attention_seconds(ThreadPool& pool, double min_s
     for (float& e : *a) e = dist(rng);
   }
   std::vector<StepScratch> scratch;
-  std::vector<std::vector<float>> out(pool.n_threads(), std::vector<float>(size_t(4) * group * hd));
+  std::vector<std::vector<float>> out(pool.n_threads(), std::vector<float>(size_t(per_call) * group * hd));
   for (int t = 0; t < pool.n_threads(); ++t) scratch.emplace_back(slots);
   int32_t pos = slots;
   // All layers once under `policy`; seconds.
@@ -141,7 +167,7 @@ std::pair<double, double> layer_attention_seconds(ThreadPool& pool, double min_s
     for (int l = 0; l < layers; ++l) {
       ++pos;
       pool.run([&](int part, int parts) {
-        for (int h = 4 * l + part; h < 4 * l + 4; h += parts) {
+        for (int h = per_call * l + part; h < per_call * (l + 1); h += parts) {
           Head& c = cache[h];
           c.n_used = policy.evicts() ? slots : slots - 1;  // full: a free slot; vatp: evict one
           const HeadSlots view{.k = c.k.data(),
@@ -160,7 +186,7 @@ std::pair<double, double> layer_attention_seconds(ThreadPool& pool, double min_s
                               .layer_idx = 0,
                               .prompt_len = 0,
                               .kv_head_first = h},
-                     group, out[part].data() + size_t(h % 4) * group * hd, nullptr, scratch[part], {});
+                     group, out[part].data() + size_t(h % per_call) * group * hd, nullptr, scratch[part], {});
         }
       });
     }
@@ -200,24 +226,33 @@ Status run_measure(const MeasureFlags& flags) {
   for (WeightType type : {WeightType::kF32, WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
     std::fprintf(stderr, "measure-hardware: %s weight products (5632 x 2048, 32 rows)\n",
                  std::string(weight_type_name(type)).c_str());
-    std::printf("  %s: %.4g\n", std::string(weight_type_name(type)).c_str(), matmul_rate(pool, type, 32, 1, flags.seconds));
+    const double t = matmul_seconds(pool, type, 32, 5632, 1, flags.seconds);
+    std::printf("  %s: %.4g\n", std::string(weight_type_name(type)).c_str(), 2.0 * 5632 * 2048 * 32 / t);
     std::fflush(stdout);
   }
   for (int rows : {1, 4}) {
-    std::printf("%s:\n", rows == 1 ? "matmul_stream1_flops" : "matmul_stream_flops");
+    std::vector<std::pair<std::string, StreamRate>> rates;
     for (WeightType type : {WeightType::kF32, WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
-      std::fprintf(stderr, "measure-hardware: %s weight products streamed from memory (48 x 5632 x 2048, %d rows)\n",
+      std::fprintf(stderr,
+                   "measure-hardware: %s weight products streamed from memory (256 x 2048 and 5632 x 2048, 1 GiB of "
+                   "copies each, %d rows)\n",
                    std::string(weight_type_name(type)).c_str(), rows);
-      std::printf("  %s: %.4g\n", std::string(weight_type_name(type)).c_str(),
-                  matmul_rate(pool, type, rows, 48, flags.seconds));
-      std::fflush(stdout);
+      rates.emplace_back(std::string(weight_type_name(type)), stream_rate(pool, type, rows, flags.seconds));
     }
+    std::printf("%s:\n", rows == 1 ? "matmul_stream1_flops" : "matmul_stream_flops");
+    for (const auto& [type, r] : rates) std::printf("  %s: %.4g\n", type.c_str(), r.flops);
+    std::printf("%s:\n", rows == 1 ? "matmul_stream1_call_s" : "matmul_stream_call_s");
+    for (const auto& [type, r] : rates) std::printf("  %s: %.4g\n", type.c_str(), r.call_s);
+    std::fflush(stdout);
   }
-  std::fprintf(stderr, "measure-hardware: decode attention (4 KV heads x 4096 slots, head_dim 64, group 8)\n");
-  const auto [full, vatp] = layer_attention_seconds(pool, flags.seconds);
-  const double slots = 4.0 * 4096;
-  std::printf("attention_flops: %.4g\n", 4.0 * 64 * 8 * slots / full);
-  std::printf("evict_slot_s: %.4g\n", std::max(0.0, vatp - full) / slots);
+  const double flops_per_head = 4.0 * 64 * 8 * 4096;
+  std::fprintf(stderr, "measure-hardware: decode attention (4 KV heads x 4096 slots per fork/join, head_dim 64, group 8)\n");
+  const auto [full, vatp] = layer_attention_seconds(pool, 4, flags.seconds);
+  std::printf("attention_flops: %.4g\n", 4 * flops_per_head / full);
+  std::printf("evict_slot_s: %.4g\n", std::max(0.0, vatp - full) / (4.0 * 4096));
+  std::fprintf(stderr, "measure-hardware: decode attention (128 KV heads x 4096 slots per fork/join)\n");
+  const double batch_full = layer_attention_seconds(pool, 128, flags.seconds).first;
+  std::printf("attention_batch_flops: %.4g\n", 128 * flops_per_head / batch_full);
 
   std::printf("sync_s: %.4g\n", sync_seconds(pool, flags.seconds));
   return ok_status();
