@@ -111,6 +111,14 @@ class Backend {
                                std::shared_ptr<const Policy> policy = nullptr) = 0;
   // Whether prompts may come in chunks (StepRows::prompt_len); else each in one step.
   virtual bool prefills_in_chunks() const { return true; }
+  // Whether PrefillMode::evict_chunk (--prefill-evict) runs here.
+  virtual bool evicts_during_prefill() const { return true; }
+  // Whether a prompt of `prompt_len` positions prefilled `chunk` rows at a time is held in a scratch
+  // (KvBudgets::prefill_scratch bytes, counted in peak_kv_bytes) until it is cut.
+  virtual bool holds_prompt_scratch(int prompt_len, int chunk) const {
+    (void)prompt_len, (void)chunk;
+    return true;
+  }
   // How chunked prompts are prefilled from now on (default: held whole, then cut).
   virtual void set_prefill_mode(const PrefillMode& mode) = 0;
   // The most bytes of KV the backend has held at once since reset_sequences, the prefill's

@@ -375,11 +375,11 @@ KVP_GLOBAL void place_kernel(const float* score, const int32_t* positions, const
 // KV head h); q [P, n_kv_heads, group, head_dim], k [P, n_kv_heads, head_dim] (row-major by
 // position). Writes, per (i, h, g), the largest logit and Σ exp(logit − max) over keys 0..i.
 KVP_GLOBAL void prefill_stats_kernel(const float* q, const float* k, float* row_max, float* row_sum, int n_kv_heads,
-                                     int group, int head_dim) {
-  const int i = static_cast<int>(blockIdx.x), h = static_cast<int>(blockIdx.y);
+                                     int group, int head_dim, int first_query) {
+  const int r = static_cast<int>(blockIdx.x), i = first_query + r, h = static_cast<int>(blockIdx.y);
   const float scale = math::attention_scale(head_dim);
   for (int g = 0; g < group; ++g) {
-    const float* qg = q + ((static_cast<int64_t>(i) * n_kv_heads + h) * group + g) * head_dim;
+    const float* qg = q + ((static_cast<int64_t>(r) * n_kv_heads + h) * group + g) * head_dim;
     auto logit = [&](int j) {
       const float* kj = k + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
       float dot = 0;
@@ -393,7 +393,7 @@ KVP_GLOBAL void prefill_stats_kernel(const float* q, const float* k, float* row_
     for (int j = static_cast<int>(threadIdx.x); j <= i; j += static_cast<int>(blockDim.x)) z += expf(logit(j) - m);
     z = block_sum(z);
     if (threadIdx.x == 0) {
-      const int64_t at = (static_cast<int64_t>(i) * n_kv_heads + h) * group + g;
+      const int64_t at = (static_cast<int64_t>(r) * n_kv_heads + h) * group + g;
       row_max[at] = m, row_sum[at] = z;
     }
   }
@@ -407,16 +407,17 @@ KVP_GLOBAL void prefill_stats_kernel(const float* q, const float* k, float* row_
 // timing.
 KVP_GLOBAL void prefill_column_sums_kernel(const float* q, const float* k, const float* row_max, const float* row_sum,
                                            float* column_sum, int prompt_len, int n_kv_heads, int group, int head_dim,
-                                           int first_row, int own_row) {
+                                           int first_row, int own_row, int first_query, int column_stride) {
   const int j = static_cast<int>(blockIdx.x), h = static_cast<int>(blockIdx.y);
   const float scale = math::attention_scale(head_dim);
   const float* kj = k + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
   float part = 0;
-  const int from = own_row ? j : j + 1;
-  for (int i = (from > first_row ? from : first_row) + static_cast<int>(threadIdx.x); i < prompt_len;
-       i += static_cast<int>(blockDim.x)) {
+  int from = own_row ? j : j + 1;
+  from = from > first_row ? from : first_row;
+  from = from > first_query ? from : first_query;
+  for (int i = from + static_cast<int>(threadIdx.x); i < prompt_len; i += static_cast<int>(blockDim.x)) {
     for (int g = 0; g < group; ++g) {
-      const int64_t at = (static_cast<int64_t>(i) * n_kv_heads + h) * group + g;
+      const int64_t at = (static_cast<int64_t>(i - first_query) * n_kv_heads + h) * group + g;
       const float* qg = q + at * head_dim;
       float dot = 0;
       for (int d = 0; d < head_dim; ++d) dot += qg[d] * kj[d];
@@ -424,7 +425,10 @@ KVP_GLOBAL void prefill_column_sums_kernel(const float* q, const float* k, const
     }
   }
   const float total = block_sum(part);
-  if (threadIdx.x == 0) column_sum[static_cast<int64_t>(h) * prompt_len + j] = total;
+  if (threadIdx.x == 0) {
+    float& sum = column_sum[static_cast<int64_t>(h) * column_stride + j];
+    sum = j < first_query ? sum + total : total;
+  }
 }
 
 // The prompt positions each head keeps (one block per head): every protected position (sinks and
@@ -478,11 +482,12 @@ KVP_GLOBAL void prefill_keep_kernel(const float* keys, int prompt_len, int sinks
 // softmax weight · v_j. One block per (query row i, KV head h); threads stride over keys, each keeps
 // a partial output that the block sums per element. v [P, n_kv_heads, head_dim].
 KVP_GLOBAL void prefill_attention_kernel(const float* q, const float* k, const float* v, const float* row_max,
-                                         const float* row_sum, float* out, int n_kv_heads, int group, int head_dim) {
-  const int i = static_cast<int>(blockIdx.x), h = static_cast<int>(blockIdx.y);
+                                         const float* row_sum, float* out, int n_kv_heads, int group, int head_dim,
+                                         int first_query) {
+  const int r = static_cast<int>(blockIdx.x), i = first_query + r, h = static_cast<int>(blockIdx.y);
   const float scale = math::attention_scale(head_dim);
   for (int g = 0; g < group; ++g) {
-    const int64_t at = (static_cast<int64_t>(i) * n_kv_heads + h) * group + g;
+    const int64_t at = (static_cast<int64_t>(r) * n_kv_heads + h) * group + g;
     const float* qg = q + at * head_dim;
     float part[kMaxHeadDim];
     for (int d = 0; d < head_dim; ++d) part[d] = 0;

@@ -53,17 +53,23 @@ struct Placement {
   float* evicted_key;
 };
 
-// One sequence's prompt, as the prefill kernels see it.
+// One sequence's prompt, as the prefill kernels see it: keys and values of rows [0, prompt_len), and
+// the queries of rows [first_query, prompt_len) (a chunk of a longer prompt; 0: all of them).
 struct PrefillRows {
-  const float* q;  // [prompt_len, n_kv_heads, group, head_dim], post-RoPE
+  const float* q;  // [prompt_len - first_query, n_kv_heads, group, head_dim], post-RoPE
   const float* k;  // [prompt_len, n_kv_heads, head_dim], post-RoPE
   const float* v;  // [prompt_len, n_kv_heads, head_dim]
-  float* row_max;  // [prompt_len, n_kv_heads, group] workspace: each query's largest logit
-  float* row_sum;  // [prompt_len, n_kv_heads, group] workspace: its softmax normaliser
+  float* row_max;  // [prompt_len - first_query, n_kv_heads, group] workspace: each query's largest logit
+  float* row_sum;  // [prompt_len - first_query, n_kv_heads, group] workspace: its softmax normaliser
   int prompt_len;
   int n_kv_heads;
   int group;
   int head_dim;
+  int first_query = 0;
+  // Row stride of the column sums, [n_kv_heads, column_stride] (0: prompt_len): a chunked prompt
+  // keeps one array for the whole prompt. Keys before first_query add this chunk's queries to the
+  // sums they hold; keys from first_query on are written.
+  int column_stride = 0;
 };
 
 // Which queries a key's column sum counts: rows >= first_row that come at or after the key

@@ -51,7 +51,6 @@ inline Vec load_x(const float* x, int64_t i, int n) {
 }
 inline Vec zero() { return _mm512_setzero_ps(); }
 inline Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
-inline Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
 inline Vec combine(Vec a0, Vec a1, Vec a2, Vec a3) { return _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)); }
 
 // out[i] = the lane sum of v[i] for 16 vectors at once, by the tree of _mm512_reduce_add_ps
@@ -325,11 +324,12 @@ inline void dot_rows_kquant(const std::byte* wrow, int64_t cols, const float* co
 
 template <WeightType T, int NR>
 inline void dot_rows_any(const std::byte* wrow, int64_t cols, const float* const* x, Vec* out) {
-#ifdef KVP_DOT_AVX512
-  if constexpr (T == WeightType::kQ8_0) return dot_rows_q8<NR>(wrow, cols, x, out);
-#endif
   if constexpr (T == WeightType::kQ4_K || T == WeightType::kQ6_K) {
     dot_rows_kquant<T, NR>(wrow, cols, x, out);
+#ifdef KVP_DOT_AVX512
+  } else if constexpr (T == WeightType::kQ8_0) {
+    dot_rows_q8<NR>(wrow, cols, x, out);
+#endif
   } else {
     dot_rows<T, NR>(wrow, cols, x, out);
   }

@@ -208,6 +208,9 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
   head_offset_.assign(heads, 0);
   head_capacity_.assign(heads, 0);
   n_used_.assign(heads, 0);
+  prompts_.clear();
+  prompts_.resize(budgets.size());
+  peak_kv_bytes_ = 0;
   int64_t next = 0;
   for (size_t s = 0; s < budgets.size(); ++s) {
     for (int l = 0; l < L; ++l) {
@@ -269,8 +272,14 @@ void GpuBackend::upload_rows() {
 }
 
 void GpuBackend::set_prefill_mode(const PrefillMode& mode) {
-  KVP_CHECK(mode.evict_chunk == 0, "the {} backend prefills a prompt in one step: --prefill-evict runs on --backend cpu",
-            name_);
+  KVP_CHECK(mode.evict_chunk == 0, "the {} backend holds a prompt whole until its last chunk: --prefill-evict runs on "
+            "--backend cpu", name_);
+}
+
+void GpuBackend::note_kv_bytes() {
+  int64_t bytes = kv_bytes_allocated();
+  for (const PromptScratch& p : prompts_) bytes += p.bytes();
+  peak_kv_bytes_ = std::max(peak_kv_bytes_, bytes);
 }
 
 void GpuBackend::begin_step(const StepRows& rows) {
@@ -292,8 +301,33 @@ void GpuBackend::begin_step(const StepRows& rows) {
     const int seq = rows.seq_idx[first];
     int n = 1;
     while (first + n < n_rows_ && rows.seq_idx[first + n] == seq) ++n;
-    KVP_CHECK(rows.prompt_len[first] == 0 || rows.prompt_len[first] == n,
-              "sequence {}: the {} backend prefills a prompt in one step, not in chunks", seq, name_);
+    if (const int prompt_len = rows.prompt_len[first]; prompt_len > 0 && n < prompt_len) {
+      // A chunk of a longer prompt: its rows continue the prompt; the first one opens the scratch.
+      PromptScratch& p = prompts_[seq];
+      const int32_t pos = rows.positions[first];
+      if (pos == 0) {
+        KVP_CHECK(n_used_[head_index(seq, 0, 0)] == 0 && p.prompt_len == 0, "sequence {}: a new prompt while one is being prefilled", seq);
+        KVP_CHECK(prompt_len <= 8192, "prefill of {} positions: the GPU backend prefills at most 8192", prompt_len);
+        p.prompt_len = prompt_len;
+        const size_t kv = static_cast<size_t>(prompt_len) * config_.kv_dim();
+        const size_t per_layer = 2 * kv + static_cast<size_t>(prompt_len) * config_.n_kv_heads;  // floats
+        // The predicted bytes hold it for an f32 cache; an f16 cache's prediction counts 2-byte keys
+        // and values, while the scratch keeps the activations' f32.
+        const size_t bytes = std::max(static_cast<size_t>(budgets_[seq].prefill_scratch(prompt_len, 0).kv_bytes()),
+                                      per_layer * config_.n_layers * sizeof(float));
+        p.arena = DeviceBuffer(*device_, bytes);
+        for (int l = 0; l < config_.n_layers; ++l) {
+          float* base = p.arena.as<float>() + l * per_layer;
+          p.k.push_back(base);
+          p.v.push_back(base + kv);
+          p.column_sum.push_back(base + 2 * kv);
+        }
+        note_kv_bytes();
+      }
+      KVP_CHECK(p.prompt_len == prompt_len && pos == p.next_pos && pos + n <= prompt_len,
+                "sequence {}: a prompt's chunks run in order from position 0", seq);
+      p.next_pos += n;
+    }
     if (n_used_[head_index(seq, 0, 0)] == 0) {
       work_.push_back(Work{.prefill = true, .first = first, .n = n});
     } else if (n == 1 && !work_.empty() && !work_.back().prefill && work_.back().first + work_.back().n == first &&
@@ -360,10 +394,11 @@ void GpuBackend::attention(int layer_idx) {
 }
 
 void GpuBackend::prefill(const Work& w, int layer_idx) {
-  const int P = w.n, seq = rows_.seq_idx[w.first];
+  const int seq = rows_.seq_idx[w.first], c0 = rows_.positions[w.first], c1 = c0 + w.n;
+  const int P = rows_.prompt_len[w.first] > 0 ? rows_.prompt_len[w.first] : w.n;
   const int H = config_.n_kv_heads, hd = config_.head_dim(), group = config_.group_size();
-  for (int i = 0; i < P; ++i) {
-    KVP_CHECK(rows_.positions[w.first + i] == i, "a prefill starts at position 0 and runs in order");
+  for (int i = 0; i < w.n; ++i) {
+    KVP_CHECK(rows_.positions[w.first + i] == c0 + i, "a prefill starts at position 0 and runs in order");
   }
   KVP_CHECK(P <= 8192, "prefill of {} positions: the GPU backend prefills at most 8192", P);
   Device& d = *device_;
@@ -378,6 +413,49 @@ void GpuBackend::prefill(const Work& w, int layer_idx) {
     prompt_key_ = DeviceBuffer(d, per_head * sizeof(float));
     shared_key_ = DeviceBuffer(d, static_cast<size_t>(P) * sizeof(float));
   }
+  const float* q = act(Act::kQ) + static_cast<size_t>(w.first) * config_.q_dim();
+  const float* k = act(Act::kK) + static_cast<size_t>(w.first) * config_.kv_dim();
+  const float* v = act(Act::kV) + static_cast<size_t>(w.first) * config_.kv_dim();
+  float* column_sum = math::prefill_uses_attention(score_args_.rule) ? column_sum_.as<float>() : nullptr;
+  const bool chunked = w.n < P;
+  if (chunked) {
+    // This chunk's keys and values join the prompt's so far; its queries attend all of them, and
+    // their attention adds to the earlier keys' column sums.
+    PromptScratch& p = prompts_[seq];
+    const size_t row_bytes = static_cast<size_t>(config_.kv_dim()) * sizeof(float);
+    d.copy(p.k[layer_idx] + static_cast<size_t>(c0) * config_.kv_dim(), k, w.n * row_bytes);
+    d.copy(p.v[layer_idx] + static_cast<size_t>(c0) * config_.kv_dim(), v, w.n * row_bytes);
+    k = p.k[layer_idx];
+    v = p.v[layer_idx];
+    if (column_sum) column_sum = p.column_sum[layer_idx];
+  }
+  const PrefillRows rows{.q = q,
+                         .k = k,
+                         .v = v,
+                         .row_max = row_max_.as<float>(),
+                         .row_sum = row_sum_.as<float>(),
+                         .prompt_len = c1,
+                         .n_kv_heads = H,
+                         .group = group,
+                         .head_dim = hd,
+                         .first_query = c0,
+                         .column_stride = P};
+  float* out = act(Act::kAttn) + static_cast<size_t>(w.first) * config_.q_dim();
+  device_->kernels().prefill_attention(rows, out, column_sum,
+                                       ColumnSpan{.first_row = math::prefill_first_row(score_args_, P),
+                                                  .own_row = math::prefill_counts_own_row(score_args_.rule)},
+                                       threads_);
+  if (c1 < P) return;  // more chunks to come
+  PrefillRows prompt = rows;
+  prompt.first_query = 0;
+  prompt.column_stride = 0;
+  cut_prompt(seq, layer_idx, prompt, column_sum);
+  if (chunked && layer_idx == config_.n_layers - 1) prompts_[seq] = PromptScratch{};  // the scratch is freed
+}
+
+void GpuBackend::cut_prompt(int seq, int layer_idx, const PrefillRows& rows, const float* column_sum) {
+  const int P = rows.prompt_len, H = config_.n_kv_heads;
+  Device& d = *device_;
   int keep_stride = 1;
   for (int h = 0; h < H; ++h) {
     const int budget = head_capacity_[head_index(seq, layer_idx, h)];
@@ -395,21 +473,6 @@ void GpuBackend::prefill(const Work& w, int layer_idx) {
     keep_ = DeviceBuffer(d, static_cast<size_t>(keep_stride) * H * sizeof(int32_t));
   }
   const Launchers& K = d.kernels();
-  const PrefillRows rows{.q = act(Act::kQ) + static_cast<size_t>(w.first) * config_.q_dim(),
-                         .k = act(Act::kK) + static_cast<size_t>(w.first) * config_.kv_dim(),
-                         .v = act(Act::kV) + static_cast<size_t>(w.first) * config_.kv_dim(),
-                         .row_max = row_max_.as<float>(),
-                         .row_sum = row_sum_.as<float>(),
-                         .prompt_len = P,
-                         .n_kv_heads = H,
-                         .group = group,
-                         .head_dim = hd};
-  float* out = act(Act::kAttn) + static_cast<size_t>(w.first) * config_.q_dim();
-  float* column_sum = math::prefill_uses_attention(score_args_.rule) ? column_sum_.as<float>() : nullptr;
-  K.prefill_attention(rows, out, column_sum,
-                      ColumnSpan{.first_row = math::prefill_first_row(score_args_, P),
-                                 .own_row = math::prefill_counts_own_row(score_args_.rule)},
-                      threads_);
   math::ScoreArgs score_args = score_args_;
   score_args.layer_idx = layer_idx;
   K.prefill_scores(rows, column_sum, prompt_score_.as<float>(), prompt_l1_.as<float>(), prompt_key_.as<float>(),
@@ -444,7 +507,7 @@ void GpuBackend::prefill(const Work& w, int layer_idx) {
     std::vector<int32_t> keep(static_cast<size_t>(keep_stride) * H);
     d.download(keys.data(), prompt_key_.get(), keys.size() * sizeof(float));
     d.download(keep.data(), keep_.get(), keep.size() * sizeof(int32_t));
-    const int32_t step = rows_.positions[w.first + P - 1];
+    const int32_t step = P - 1;
     for (int h = 0; h < H; ++h) {
       std::vector<bool> kept(P, false);
       const int budget = head_capacity_[head_index(seq, layer_idx, h)];

@@ -16,6 +16,7 @@
 // and takes a free slot or the victim's. Decode rows of different sequences run as one batch.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <memory>
 #include <vector>
@@ -57,11 +58,15 @@ class GpuBackend final : public Backend {
                        std::shared_ptr<const Policy> policy = nullptr) override;
   void set_eviction_log(std::vector<EvictionRecord>* log) override { eviction_log_ = log; }
   int64_t kv_bytes_allocated() const override { return static_cast<int64_t>(kv_arena_.bytes()); }
-  // A prompt runs through the prefill kernels in one step (its rows' K/V stay in the step's
-  // activations), so this backend takes no chunked prompts and no --prefill-evict.
-  bool prefills_in_chunks() const override { return false; }
+  // A prompt in one step runs through the prefill kernels from the step's activations; a prompt in
+  // chunks keeps its keys and values, every layer, in a device scratch until its last chunk, whose
+  // cut takes what the policy keeps (the same kernels, over the scratch). No --prefill-evict.
+  bool prefills_in_chunks() const override { return true; }
+  bool evicts_during_prefill() const override { return false; }
+  // A prompt in one step is cut from the step's activations.
+  bool holds_prompt_scratch(int prompt_len, int chunk) const override { return prompt_len > chunk; }
   void set_prefill_mode(const PrefillMode& mode) override;
-  int64_t peak_kv_bytes() const override { return kv_bytes_allocated(); }
+  int64_t peak_kv_bytes() const override { return std::max(peak_kv_bytes_, kv_bytes_allocated()); }
 
   void fill_for_benchmark(int n_positions) override;
 
@@ -97,6 +102,8 @@ class GpuBackend final : public Backend {
   void ensure_rows(int rows);
   void upload_rows();
   void prefill(const Work& w, int layer_idx);
+  // The prompt's cut into the cache: scores, the kept positions, the gather, the eviction log.
+  void cut_prompt(int seq, int layer_idx, const PrefillRows& prompt, const float* column_sum);
   void decode(const std::vector<Work>& runs, int layer_idx);
   void matmul_rows(Weight w, int layer_idx, Act in, Act out, bool accumulate);
 
@@ -146,6 +153,21 @@ class GpuBackend final : public Backend {
   DeviceBuffer attn_weights_;  // decode attention's workspace, [heads, group, max_capacity_ + 1]
   int max_capacity_ = 0;       // the largest budget of any head
   std::vector<std::byte> meta_host_;  // the metadata packed on the host, reused across layers
+  // A prompt arriving in chunks: its keys, values and column sums so far, per layer.
+  // One allocation of the memory model's prefill scratch (KvBudgets::prefill_scratch: what the CPU
+  // cache holds, keys and values plus each slot's position, score and value norm), so the peak is
+  // the predicted one (for an f32 cache); per layer it holds keys and values [P, kv_dim] in f32 and
+  // column sums [n_kv_heads, P].
+  struct PromptScratch {
+    int prompt_len = 0;
+    int next_pos = 0;
+    DeviceBuffer arena;
+    std::vector<float*> k, v, column_sum;  // [layer]
+    int64_t bytes() const { return static_cast<int64_t>(arena.bytes()); }
+  };
+  std::vector<PromptScratch> prompts_;  // [seq]
+  int64_t peak_kv_bytes_ = 0;
+  void note_kv_bytes();
   // Prefill scratch, grown to the longest prompt.
   int prefill_capacity_ = 0;
   DeviceBuffer row_max_, row_sum_, column_sum_, prompt_score_, prompt_l1_, prompt_key_, shared_key_, keep_;

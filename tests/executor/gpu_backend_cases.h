@@ -55,8 +55,10 @@ struct Run {
 
 // Teacher-forced run of several sequences in one batch: each prompt prefilled (all in one step),
 // then one row per sequence per step, logits of every row.
+// `chunk` > 0: the prompts arrive in steps of `chunk` rows each (StepRows::prompt_len set), the
+// last one with the logits; 0: in one step.
 inline Run teacher_forced(Backend& backend, const std::vector<std::vector<int32_t>>& seqs, int prompt_len,
-                          const std::vector<KvBudgets>& budgets, std::shared_ptr<const Policy> policy) {
+                          const std::vector<KvBudgets>& budgets, std::shared_ptr<const Policy> policy, int chunk = 0) {
   Decoder decoder(backend);
   backend.reset_sequences(budgets, std::move(policy));
   Run run;
@@ -64,14 +66,18 @@ inline Run teacher_forced(Backend& backend, const std::vector<std::vector<int32_
   backend.set_eviction_log(&run.evictions);
   std::vector<std::vector<float>> per_seq(seqs.size());
   const int V = backend.config().vocab_size;
-  StepRows rows;
-  std::vector<int32_t> last;
-  for (size_t s = 0; s < seqs.size(); ++s) {
-    for (int t = 0; t < prompt_len; ++t) rows.add(seqs[s][t], t, static_cast<int32_t>(s));
-    last.push_back(static_cast<int32_t>(rows.size()) - 1);
-  }
   std::vector<float> logits;
-  decoder.forward(rows, last, &logits);
+  const int step_rows = chunk > 0 ? chunk : prompt_len;
+  for (int begin = 0; begin < prompt_len; begin += step_rows) {
+    const int end = std::min(prompt_len, begin + step_rows);
+    StepRows rows;
+    std::vector<int32_t> last;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      for (int t = begin; t < end; ++t) rows.add(seqs[s][t], t, static_cast<int32_t>(s), chunk > 0 ? prompt_len : 0);
+      if (end == prompt_len) last.push_back(static_cast<int32_t>(rows.size()) - 1);
+    }
+    decoder.forward(rows, last, &logits);
+  }
   for (size_t s = 0; s < seqs.size(); ++s) per_seq[s].assign(logits.begin() + s * V, logits.begin() + (s + 1) * V);
   for (size_t t = prompt_len; t < seqs[0].size(); ++t) {
     StepRows step;
@@ -199,8 +205,10 @@ inline void check_same_evictions_up_to_near_ties(const std::vector<EvictionRecor
 // Under a plan (uniform budget below the sequence, so the prompt is cut and decode evicts): the
 // same evictions as the CPU executor, record for record — sequence, step, layer, head and evicted
 // position; keys to rounding — the same logits to rounding, and exactly the plan's KV bytes.
+// `gpu_chunk` > 0: the GPU backend takes the prompts in chunks of that many rows (the CPU's in one
+// step: its chunked prefill keeps the same tokens exactly, ChunkedPrefill.*).
 inline void check_same_evictions_as_cpu(const DeviceFactory& make_device, const std::string& policy_name,
-                                        PolicyParams params) {
+                                        PolicyParams params, int gpu_chunk = 0) {
   const ModelWeights& w = default_model().weights;
   const int budget = 40, n_seqs = 3;
   auto plan = uniform_plan(stories_model(), policy_name, params, budget, KvDtype::kF32);
@@ -211,7 +219,10 @@ inline void check_same_evictions_as_cpu(const DeviceFactory& make_device, const 
   CpuBackend cpu(w);
   GpuBackend gpu(w, make_device());
   const Run want = teacher_forced(cpu, seqs, 64, budgets, policy);
-  const Run got = teacher_forced(gpu, seqs, 64, budgets, policy);
+  const Run got = teacher_forced(gpu, seqs, 64, budgets, policy, gpu_chunk);
+  if (gpu_chunk > 0) {  // the prompts' scratch while the third is prefilled: the memory model's peak
+    EXPECT_EQ(gpu.peak_kv_bytes(), (plan->kv_bytes_per_sequence + plan->kv_budgets().prefill_scratch(64, 0).kv_bytes()) * n_seqs);
+  }
   EXPECT_EQ(got.kv_bytes, plan->kv_bytes_per_sequence * n_seqs);
   EXPECT_EQ(got.kv_bytes, want.kv_bytes);
   ASSERT_GT(want.evictions.size(), 1000u) << "the test must evict";

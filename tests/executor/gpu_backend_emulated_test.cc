@@ -16,7 +16,8 @@ TEST(GpuBackendEmulated, VatpEvictsWhatTheCpuExecutorEvicts) {
 }
 
 TEST(GpuBackendEmulated, VatpMeanBaseEvictsWhatTheCpuExecutorEvicts) {
-  test::check_same_evictions_as_cpu(emulated, "vatp", PolicyParams{.sinks = 2, .recent = 6, .vatp_base = VatpBase::kMean});
+  test::check_same_evictions_as_cpu(emulated, "vatp",
+                                    PolicyParams{.sinks = 2, .recent = 6, .vatp_base = VatpBase::kMean});
 }
 
 TEST(GpuBackendEmulated, H2oEvictsWhatTheCpuExecutorEvicts) {
@@ -40,7 +41,19 @@ TEST(GpuBackendEmulated, TovaEvictsWhatTheCpuExecutorEvicts) {
 }
 
 TEST(GpuBackendEmulated, SnapkvEvictsWhatTheCpuExecutorEvicts) {
-  test::check_same_evictions_as_cpu(emulated, "snapkv", PolicyParams{.sinks = 2, .recent = 8, .snap_window = 8, .snap_kernel = 5});
+  test::check_same_evictions_as_cpu(emulated, "snapkv",
+                                    PolicyParams{.sinks = 2, .recent = 8, .snap_window = 8, .snap_kernel = 5});
+}
+
+// Prompts of 64 in chunks of 24 (24, 24, 16): the scratch holds every position until the last
+// chunk, whose cut keeps what the one-step prefill keeps.
+TEST(GpuBackendEmulated, ChunkedPromptsEvictWhatTheCpuExecutorEvicts) {
+  test::check_same_evictions_as_cpu(emulated, "vatp", PolicyParams{.sinks = 4, .recent = 8}, 24);
+  test::check_same_evictions_as_cpu(emulated, "h2o", PolicyParams{.sinks = 4, .recent = 8}, 24);
+  test::check_same_evictions_as_cpu(emulated, "tova", PolicyParams{.sinks = 4, .recent = 8}, 24);
+  test::check_same_evictions_as_cpu(emulated, "snapkv",
+                                    PolicyParams{.sinks = 2, .recent = 8, .snap_window = 8, .snap_kernel = 5}, 24);
+  test::check_same_evictions_as_cpu(emulated, "window", PolicyParams{.sinks = 4, .recent = 8}, 24);
 }
 
 TEST(GpuBackendEmulated, HalfPrecisionWeightsAndCacheStayCloseToF32) { test::check_half_precision(emulated); }

@@ -68,6 +68,18 @@ TEST(Cli, RunPrefillsAPromptFileInChunksAndReportsItsPeak) {
   const test::CliResult whole = run_kvplan("run --prompt-file " + dir + "/p.txt --steps 400 --policy vatp --budget 64 --json");
   ASSERT_EQ(whole.exit_code, 0) << whole.err;
   EXPECT_EQ(nlohmann::json::parse(whole.out)["peak_kv_bytes"].get<int64_t>(), 5 * 4 * (64 + P) * 76);
+  // The emulated GPU backend takes the prompt in chunks of 128 (held whole until the last): the
+  // CPU's text and the same peak, predicted; --prefill-evict it refuses in one line.
+  const std::string chunked = "run --prompt-file " + dir + "/p.txt --steps 400 --policy vatp --budget 64 --prefill-chunk 128 --json";
+  const test::CliResult cpu = run_kvplan(chunked), gpu = run_kvplan(chunked + " --backend gpu-emulated");
+  ASSERT_EQ(gpu.exit_code, 0) << gpu.err;
+  const auto c = nlohmann::json::parse(cpu.out), g = nlohmann::json::parse(gpu.out);
+  EXPECT_EQ(g["sequences"][0]["tokens"], c["sequences"][0]["tokens"]);
+  EXPECT_EQ(g["peak_kv_bytes"].get<int64_t>(), 5 * 4 * (64 + P) * 76);
+  EXPECT_EQ(g["predicted_peak_kv_bytes"], g["peak_kv_bytes"]);
+  const test::CliResult evict = run_kvplan(chunked + " --backend gpu-emulated --prefill-evict");
+  EXPECT_NE(evict.exit_code, 0);
+  EXPECT_NE(evict.err.find("--prefill-evict"), std::string::npos) << evict.err;
 }
 
 // plan prints the prefill's peak next to the steady-state bytes, as run measures them.

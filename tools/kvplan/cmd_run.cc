@@ -63,8 +63,8 @@ Status run(const RunFlags& flags) {
                        make_backend(flags.backend, flags.weights_dtype, model.weights, flags.model.threads));
   Backend& backend = *backend_ptr;
   Decoder decoder(backend);
-  if (flags.prefill_evict && !backend.prefills_in_chunks()) {
-    return make_error("--prefill-evict: the {} backend prefills a prompt in one step; run it on --backend cpu",
+  if (flags.prefill_evict && !backend.evicts_during_prefill()) {
+    return make_error("--prefill-evict: the {} backend holds a prompt whole until its last chunk; run it on --backend cpu",
                       backend.name());
   }
   GenerateOptions options{.steps = flags.steps, .sampler = flags.sampler, .prefill_chunk = flags.prefill_chunk,
@@ -99,7 +99,7 @@ Status run(const RunFlags& flags) {
   const bool chunked = backend.prefills_in_chunks();
   for (size_t s = 0; s < prompts.size(); ++s) {
     predicted_peak_kv_bytes += budgets[s].kv_bytes();
-    if (chunked) {
+    if (chunked && backend.holds_prompt_scratch(int(prompts[s].size()), flags.prefill_chunk)) {
       const int evict_chunk = flags.prefill_evict ? flags.prefill_chunk : 0;
       predicted_peak_kv_bytes += budgets[s].prefill_scratch(int(prompts[s].size()), evict_chunk).kv_bytes();
     }
