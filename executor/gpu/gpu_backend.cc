@@ -267,6 +267,7 @@ void GpuBackend::ensure_rows(int rows) {
 }
 
 void GpuBackend::upload_rows() {
+  if (rows_.size() == 0) return;  // a prompt chunk whose rows gave no logits
   device_->upload(tokens_dev_.get(), rows_.tokens.data(), rows_.size() * sizeof(int32_t));
   device_->upload(positions_dev_.get(), rows_.positions.data(), rows_.size() * sizeof(int32_t));
 }

@@ -49,12 +49,17 @@ TEST(Cli, RunJsonHasTokensTextAndKvBytes) {
 
 // A 300-token prompt file in chunks of 64, evicting to a VATP budget of 64 as it goes: the
 // prefill's peak KV is the caches plus budget + chunk slots per head, as predicted.
-TEST(Cli, RunPrefillsAPromptFileInChunksAndReportsItsPeak) {
-  const std::string dir = test::make_temp_dir("prefill");
+// A prompt of at least 300 stories260K tokens into `path`; its token count.
+int write_long_prompt(const std::string& path) {
   std::string text;
   while (test::default_model().tokenizer.encode(text).size() < 300) text += "Lily saw a big red ball in the park. ";
-  test::write_bytes(dir + "/p.txt", text);
-  const int P = static_cast<int>(test::default_model().tokenizer.encode(text).size());
+  test::write_bytes(path, text);
+  return static_cast<int>(test::default_model().tokenizer.encode(text).size());
+}
+
+TEST(Cli, RunPrefillsAPromptFileInChunksAndReportsItsPeak) {
+  const std::string dir = test::make_temp_dir("prefill");
+  const int P = write_long_prompt(dir + "/p.txt");
   const test::CliResult r = run_kvplan("run --prompt-file " + dir + "/p.txt --steps 400 --policy vatp --budget 64 "
                                        "--prefill-chunk 64 --prefill-evict --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -68,8 +73,13 @@ TEST(Cli, RunPrefillsAPromptFileInChunksAndReportsItsPeak) {
   const test::CliResult whole = run_kvplan("run --prompt-file " + dir + "/p.txt --steps 400 --policy vatp --budget 64 --json");
   ASSERT_EQ(whole.exit_code, 0) << whole.err;
   EXPECT_EQ(nlohmann::json::parse(whole.out)["peak_kv_bytes"].get<int64_t>(), 5 * 4 * (64 + P) * 76);
-  // The emulated GPU backend takes the prompt in chunks of 128 (held whole until the last): the
-  // CPU's text and the same peak, predicted; --prefill-evict it refuses in one line.
+}
+
+// The emulated GPU backend takes a 300-token prompt in chunks of 128 (held whole until the last):
+// the CPU's tokens and the same peak, predicted; --prefill-evict it refuses in one line.
+TEST(Cli, RunOnTheEmulatedGpuBackendInChunksMatchesTheCpu) {
+  const std::string dir = test::make_temp_dir("gpuchunks");
+  const int P = write_long_prompt(dir + "/p.txt");
   const std::string chunked = "run --prompt-file " + dir + "/p.txt --steps 400 --policy vatp --budget 64 --prefill-chunk 128 --json";
   const test::CliResult cpu = run_kvplan(chunked), gpu = run_kvplan(chunked + " --backend gpu-emulated");
   ASSERT_EQ(gpu.exit_code, 0) << gpu.err;
