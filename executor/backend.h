@@ -109,8 +109,6 @@ class Backend {
   // under `policy` (null: keep everything; the caches must then hold every position).
   virtual void reset_sequences(const std::vector<KvBudgets>& budgets,
                                std::shared_ptr<const Policy> policy = nullptr) = 0;
-  // Whether prompts may come in chunks (StepRows::prompt_len); else each in one step.
-  virtual bool prefills_in_chunks() const { return true; }
   // Whether PrefillMode::evict_chunk (--prefill-evict) runs here.
   virtual bool evicts_during_prefill() const { return true; }
   // Whether a prompt of `prompt_len` positions prefilled `chunk` rows at a time is held in a scratch

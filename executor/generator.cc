@@ -20,8 +20,7 @@ int64_t prefill_prompts(Decoder& decoder, const std::vector<std::span<const int3
   KVP_CHECK(chunk >= 1);
   size_t longest = 0;
   for (const auto& p : prompts) longest = std::max(longest, p.size());
-  const bool chunked = decoder.backend().prefills_in_chunks();
-  const size_t step = chunked ? static_cast<size_t>(chunk) : longest;
+  const size_t step = static_cast<size_t>(chunk);
   int64_t n_rows = 0;
   std::vector<int32_t> logit_rows, ended;
   for (size_t begin = 0; begin < longest; begin += step) {
@@ -32,7 +31,7 @@ int64_t prefill_prompts(Decoder& decoder, const std::vector<std::span<const int3
       const size_t len = prompts[s].size();
       if (begin >= len) continue;
       const size_t end = std::min(len, begin + step);
-      for (size_t i = begin; i < end; ++i) rows.add(prompts[s][i], int32_t(i), int32_t(s), chunked ? int32_t(len) : 0);
+      for (size_t i = begin; i < end; ++i) rows.add(prompts[s][i], int32_t(i), int32_t(s), int32_t(len));
       if (end == len) {
         logit_rows.push_back(static_cast<int32_t>(rows.size()) - 1);
         ended.push_back(static_cast<int32_t>(s));

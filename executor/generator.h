@@ -21,8 +21,7 @@ struct GenerateOptions {
   std::vector<int32_t> stop_tokens = {kBosToken, kEosToken};  // the tokenizer's end tokens for other models
   std::shared_ptr<const Policy> policy;  // eviction policy of the caches (null: keep all)
   // Prompts run in chunks of this many rows per sequence (the step's activations are O(chunk),
-  // attention's working memory O(chunk × prompt)); a backend that prefills in one step gets each
-  // prompt whole. >= 1.
+  // attention's working memory O(chunk × prompt)). >= 1.
   int prefill_chunk = 512;
   // --prefill-evict: cut each prompt to budget after every chunk (PrefillMode).
   bool prefill_evict = false;
@@ -46,7 +45,7 @@ GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>
                         const TokenCallback& on_token = {});
 
 // Prefills `prompts[s]` into the backend's fresh sequence s: chunk c of every prompt that long in
-// one forward pass (every prompt whole when the backend prefills in one step). After each pass,
+// one forward pass. After each pass,
 // `on_last(seqs)` gets the sequences whose prompt ended in it, in order: their last rows' logits
 // are then the backend's current rows. Returns the prompt rows run.
 int64_t prefill_prompts(Decoder& decoder, const std::vector<std::span<const int32_t>>& prompts, int chunk,

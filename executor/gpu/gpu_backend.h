@@ -61,7 +61,6 @@ class GpuBackend final : public Backend {
   // A prompt in one step runs through the prefill kernels from the step's activations; a prompt in
   // chunks keeps its keys and values, every layer, in a device scratch until its last chunk, whose
   // cut takes what the policy keeps (the same kernels, over the scratch). No --prefill-evict.
-  bool prefills_in_chunks() const override { return true; }
   bool evicts_during_prefill() const override { return false; }
   // A prompt in one step is cut from the step's activations.
   bool holds_prompt_scratch(int prompt_len, int chunk) const override { return prompt_len > chunk; }

@@ -96,10 +96,9 @@ Status run(const RunFlags& flags) {
   // The KV the memory model predicts at the prefill's peak: every cache, plus every prompt's
   // scratch (all prompts are prefilled together, chunk by chunk).
   int64_t predicted_peak_kv_bytes = 0;
-  const bool chunked = backend.prefills_in_chunks();
   for (size_t s = 0; s < prompts.size(); ++s) {
     predicted_peak_kv_bytes += budgets[s].kv_bytes();
-    if (chunked && backend.holds_prompt_scratch(int(prompts[s].size()), flags.prefill_chunk)) {
+    if (backend.holds_prompt_scratch(int(prompts[s].size()), flags.prefill_chunk)) {
       const int evict_chunk = flags.prefill_evict ? flags.prefill_chunk : 0;
       predicted_peak_kv_bytes += budgets[s].prefill_scratch(int(prompts[s].size()), evict_chunk).kv_bytes();
     }
@@ -135,7 +134,7 @@ Status run(const RunFlags& flags) {
     out["kv_bytes"] = backend.kv_bytes_allocated();
     if (predicted_kv_bytes >= 0) out["predicted_kv_bytes"] = predicted_kv_bytes;
     out["peak_kv_bytes"] = backend.peak_kv_bytes();
-    if (chunked) out["predicted_peak_kv_bytes"] = predicted_peak_kv_bytes;
+    out["predicted_peak_kv_bytes"] = predicted_peak_kv_bytes;
     out["peak_rss_bytes"] = peak_rss_bytes;
     if (backend.name() == "cpu") {
       // The host process at its peak: the weights a step reads (all but an untied embedding
