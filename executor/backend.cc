@@ -108,4 +108,10 @@ void Backend::pick_tokens(const SamplerOptions& options, std::span<const float> 
   }
 }
 
+void Backend::open_sequence(int, const KvBudgets&, std::shared_ptr<const Policy>) {
+  KVP_CHECK(false, "the {} backend does not open single sequences", name());
+}
+
+void Backend::close_sequence(int) { KVP_CHECK(false, "the {} backend does not close single sequences", name()); }
+
 }  // namespace kvp

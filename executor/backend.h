@@ -109,6 +109,16 @@ class Backend {
   // under `policy` (null: keep everything; the caches must then hold every position).
   virtual void reset_sequences(const std::vector<KvBudgets>& budgets,
                                std::shared_ptr<const Policy> policy = nullptr) = 0;
+  // Continuous batching (kvplan serve): sequences come and go while others decode. Whether this
+  // backend can open and close single sequences.
+  virtual bool opens_sequences() const { return false; }
+  // Gives sequence `seq` (< the count reset_sequences made) a fresh, empty cache of `budgets` run
+  // under `policy` (null: keep everything), replacing what it held; the other sequences are
+  // untouched. REQUIRES: opens_sequences().
+  virtual void open_sequence(int seq, const KvBudgets& budgets, std::shared_ptr<const Policy> policy);
+  // Frees sequence `seq`'s cache and any prompt scratch it holds: kv_bytes_allocated() drops by
+  // its bytes at once. The sequence holds nothing until it is opened again.
+  virtual void close_sequence(int seq);
   // Whether PrefillMode::evict_chunk (--prefill-evict) runs here.
   virtual bool evicts_during_prefill() const { return true; }
   // Whether a prompt of `prompt_len` positions prefilled `chunk` rows at a time is held in a scratch

@@ -138,6 +138,11 @@ double HardwareSpec::matmul_flops_for(const std::string& weight_type) const {
   return rate > 0 ? rate : peak_flops;
 }
 
+int64_t sequences_in_pool(int64_t pool, int64_t steady, int64_t scratch) {
+  KVP_CHECK(steady > 0 && scratch >= 0);
+  return pool < steady + scratch ? 0 : (pool - scratch) / steady;
+}
+
 KvBudgets keep_ratio_budgets(const ModelSpec& m, int context_len, double keep_ratio, KvDtype dtype,
                              int aux_floats_per_slot) {
   const int32_t budget = std::max<int32_t>(1, static_cast<int32_t>(std::lround(keep_ratio * context_len)));

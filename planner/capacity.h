@@ -101,6 +101,12 @@ struct CapacityReport {
 // REQUIRES: query.context_len >= 1; plan_budgets empty or n_layers * n_kv_heads long.
 CapacityReport capacity(const ModelSpec& model, const HardwareSpec& hw, const CapacityQuery& query);
 
+// kvplan serve's admission (executor/serve/scheduler.h): requests whose cache is `steady` bytes and
+// whose prompt scratch is `scratch` bytes, each admitted when the bytes in use plus its steady and
+// scratch bytes fit `pool`, run at most floor((pool - scratch) / steady) at once (0 when one does
+// not fit).
+int64_t sequences_in_pool(int64_t pool, int64_t steady, int64_t scratch);
+
 // The KV budgets of keeping `keep_ratio` of `context_len` tokens in every head (at least one).
 KvBudgets keep_ratio_budgets(const ModelSpec& model, int context_len, double keep_ratio, KvDtype dtype,
                              int aux_floats_per_slot);

@@ -38,7 +38,7 @@ CpuBackend::CpuBackend(const ModelWeights& weights, int threads)
 
 void CpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets,
                                  std::shared_ptr<const Policy> policy) {
-  policy_ = policy ? std::move(policy) : keep_all_policy();
+  if (!policy) policy = keep_all_policy();
   // The old caches' storage serves the new ones where it is large enough (smallest first).
   std::vector<KvCache::Arena> spare;
   for (KvCache& c : caches_) spare.push_back(std::move(c).release());
@@ -54,10 +54,27 @@ void CpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets,
     }
     caches_.emplace_back(b, best == spare.end() ? KvCache::Arena{} : std::move(*best));
   }
+  policies_.assign(budgets.size(), policy);
   prompts_.clear();
   prompts_.resize(budgets.size());
   peak_kv_bytes_ = 0;
   note_kv_bytes();
+}
+
+void CpuBackend::open_sequence(int seq, const KvBudgets& budgets, std::shared_ptr<const Policy> policy) {
+  KVP_CHECK(seq >= 0 && seq < static_cast<int>(caches_.size()), "open_sequence: no sequence {}", seq);
+  KVP_CHECK(budgets.n_layers == config_.n_layers && budgets.n_kv_heads == config_.n_kv_heads &&
+            budgets.head_dim == config_.head_dim());
+  close_sequence(seq);
+  caches_[seq] = KvCache(budgets);
+  policies_[seq] = policy ? std::move(policy) : keep_all_policy();
+  note_kv_bytes();
+}
+
+void CpuBackend::close_sequence(int seq) {
+  KVP_CHECK(seq >= 0 && seq < static_cast<int>(caches_.size()), "close_sequence: no sequence {}", seq);
+  caches_[seq] = KvCache(KvBudgets::uniform(config_.n_layers, config_.n_kv_heads, config_.head_dim(), 0));
+  prompts_[seq] = Prompt{};
 }
 
 int64_t CpuBackend::kv_bytes_allocated() const {
@@ -67,8 +84,9 @@ int64_t CpuBackend::kv_bytes_allocated() const {
 }
 
 void CpuBackend::fill_for_benchmark(int n_positions) {
-  const int sinks = policy_->params().sinks;
-  for (KvCache& cache : caches_) {
+  for (size_t seq = 0; seq < caches_.size(); ++seq) {
+    KvCache& cache = caches_[seq];
+    const int sinks = policies_[seq]->params().sinks;
     const KvBudgets& b = cache.budgets();
     for (int l = 0; l < b.n_layers; ++l) {
       for (int h = 0; h < b.n_kv_heads; ++h) {
@@ -240,7 +258,7 @@ void CpuBackend::decode_row(Worker& w, int r, int seq, int layer_idx, int h0, in
   heads_of(caches_[seq], layer_idx, h0, h1, &w.heads);
   const int group = config_.group_size(), hd = config_.head_dim();
   const size_t q_at = static_cast<size_t>(h0) * group * hd, kv_at = static_cast<size_t>(h0) * hd;
-  layer_step(*policy_, w.heads,
+  layer_step(*policies_[seq], w.heads,
              TokenRow{.q = row(Act::kQ, r) + q_at, .k = row(Act::kK, r) + kv_at, .v = row(Act::kV, r) + kv_at,
                       .pos = rows_.positions[r], .layer_idx = layer_idx, .prompt_len = 0, .kv_head_first = h0},
              group, row(Act::kAttn, r) + q_at, nullptr, w.scratch,
@@ -258,7 +276,7 @@ void CpuBackend::prefill_rows(Worker& w, const Run& run, int layer_idx, int h0, 
   for (int i = 0; i < run.n; ++i) {
     const int r = run.first + i;
     const int32_t pos = rows_.positions[r];
-    prefill_row(*policy_, w.heads, w.dest, budgets,
+    prefill_row(*policies_[run.seq], w.heads, w.dest, budgets,
                 TokenRow{.q = row(Act::kQ, r) + q_at, .k = row(Act::kK, r) + kv_at, .v = row(Act::kV, r) + kv_at,
                          .pos = pos, .layer_idx = layer_idx, .prompt_len = p.prompt_len, .kv_head_first = h0},
                 group, row(Act::kAttn, r) + q_at, w.scratch, prefill_mode_.evict_chunk,
@@ -273,17 +291,19 @@ void CpuBackend::attention(int layer_idx) {
   // eviction log, a unit is a run through all heads and units run in order on one thread, so the
   // log comes in row order.
   const int n_kv_heads = config_.n_kv_heads;
-  const int heads_per_unit = policy_->shared_per_layer() || eviction_log_ ? n_kv_heads : 1;
-  // Unit u is run u / per_run through heads [h0, h0 + heads_per_unit), in run order, then head order.
-  const int per_run = n_kv_heads / heads_per_unit;
-  const size_t n_units = runs_.size() * per_run;
+  units_.clear();
+  for (size_t i = 0; i < runs_.size(); ++i) {
+    const int per_unit = policies_[runs_[i].seq]->shared_per_layer() || eviction_log_ ? n_kv_heads : 1;
+    for (int h0 = 0; h0 < n_kv_heads; h0 += per_unit) units_.push_back(Unit{static_cast<int>(i), h0, h0 + per_unit});
+  }
+  const size_t n_units = units_.size();
   auto do_unit = [&](Worker& w, size_t u) {
-    const Run& run = runs_[u / per_run];
-    const int h0 = static_cast<int>(u % per_run) * heads_per_unit, h1 = h0 + heads_per_unit;
+    const Unit& unit = units_[u];
+    const Run& run = runs_[unit.run];
     if (run.prompt_len > 0) {
-      prefill_rows(w, run, layer_idx, h0, h1);
+      prefill_rows(w, run, layer_idx, unit.h0, unit.h1);
     } else {
-      for (int i = 0; i < run.n; ++i) decode_row(w, run.first + i, run.seq, layer_idx, h0, h1);
+      for (int i = 0; i < run.n; ++i) decode_row(w, run.first + i, run.seq, layer_idx, unit.h0, unit.h1);
     }
   };
   if (eviction_log_ || pool_->n_threads() == 1 || n_units == 1) {

@@ -36,6 +36,9 @@ class CpuBackend final : public Backend {
 
   void reset_sequences(const std::vector<KvBudgets>& budgets,
                        std::shared_ptr<const Policy> policy = nullptr) override;
+  bool opens_sequences() const override { return true; }
+  void open_sequence(int seq, const KvBudgets& budgets, std::shared_ptr<const Policy> policy) override;
+  void close_sequence(int seq) override;
   void set_eviction_log(std::vector<EvictionRecord>* log) override { eviction_log_ = log; }
   void set_prefill_mode(const PrefillMode& mode) override { prefill_mode_ = mode; }
   int64_t kv_bytes_allocated() const override;
@@ -84,6 +87,10 @@ class CpuBackend final : public Backend {
   struct Run {
     int first, n, seq, prompt_len;
   };
+  // Attention's work units: a run's rows through heads [h0, h1) of one layer.
+  struct Unit {
+    int run, h0, h1;
+  };
   // A thread's buffers for attention.
   struct Worker {
     explicit Worker(int max_slots) : scratch(max_slots) {}
@@ -117,7 +124,7 @@ class CpuBackend final : public Backend {
   std::vector<float> rope_cos_;  // [seq_len, head_dim / 2]
   std::vector<float> rope_sin_;  // [seq_len, head_dim / 2]
   std::vector<KvCache> caches_;  // one per sequence
-  std::shared_ptr<const Policy> policy_;
+  std::vector<std::shared_ptr<const Policy>> policies_;  // one per sequence (never null)
   std::vector<Prompt> prompts_;  // one per sequence
   PrefillMode prefill_mode_;
   int64_t peak_kv_bytes_ = 0;
@@ -125,6 +132,7 @@ class CpuBackend final : public Backend {
 
   StepRows rows_;
   std::vector<Run> runs_;
+  std::vector<Unit> units_;
   int n_rows_ = 0;
   using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
   AlignedFloats acts_[kNumActs];  // each [rows capacity, row_stride(act_width)]

@@ -468,6 +468,7 @@ Result<Tokenizer> gguf_tokenizer(const GgufFile& f) {
     KVP_ASSIGN_OR_RETURN(v.add_space_prefix, f.get_bool("tokenizer.ggml.add_space_prefix", true));
   }
   if (v.add_bos && v.bos < 0) v.add_bos = false;
+  if (const GgufValue* t = f.find("tokenizer.chat_template"); t && t->type == GgufType::kString) v.chat_template = t->text;
   return Tokenizer::create(std::move(v), f.path());
 }
 
@@ -584,6 +585,7 @@ Status save_gguf(const std::string& path, const ModelWeights& weights, const Tok
   if (voc.eot >= 0) w.kv_u32("tokenizer.ggml.eot_token_id", voc.eot);
   w.kv_bool("tokenizer.ggml.add_bos_token", voc.add_bos);
   if (spm) w.kv_bool("tokenizer.ggml.add_space_prefix", voc.add_space_prefix);
+  if (!voc.chat_template.empty()) w.kv_str("tokenizer.chat_template", voc.chat_template);
 
   // Tensor infos, then the data, each tensor at a multiple of 32.
   std::string infos;

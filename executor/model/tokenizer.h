@@ -50,6 +50,7 @@ struct Vocabulary {
   bool add_bos = true;
   bool add_space_prefix = true;     // SentencePiece only
   bool ignore_merges = false;       // byte-level BPE only (Llama 3)
+  std::string chat_template;        // the model's Jinja chat template text (GGUF tokenizer.chat_template), or empty
   std::string space_marker = "\xE2\x96\x81";  // "▁"; llama2.c vocabularies use " "
 };
 
@@ -90,6 +91,9 @@ class Tokenizer {
 
   // The text of a whole sequence: decode() over consecutive pairs.
   std::string decode(const std::vector<int32_t>& tokens) const;
+
+  // The id of the piece spelled exactly `piece` (special pieces included), or -1.
+  int32_t find_piece(std::string_view piece) const { return lookup(piece); }
 
  private:
   struct Regex;

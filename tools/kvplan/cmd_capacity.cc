@@ -27,6 +27,7 @@ struct CapacityFlags {
   int prefill_chunk = 512;
   bool prefill_evict = false;
   std::string measured;  // a bench.json: predicted against measured
+  std::string kv_memory;  // kvplan serve's pool: how many requests it runs at once
   bool json = false;
 };
 
@@ -193,20 +194,33 @@ Status run_capacity(const CapacityFlags& flags) {
     what = fmt::format("keep {:g}", flags.keep);
   }
   const CapacityReport r = capacity(model, hw, q);
-  auto side_json = [](const CapacitySide& s) {
-    return nlohmann::json{{"kv_bytes_per_sequence", s.kv_bytes_per_sequence},
+  int64_t pool = 0;
+  if (!flags.kv_memory.empty()) {
+    KVP_ASSIGN_OR_RETURN(pool, parse_byte_count("--kv-memory", flags.kv_memory));
+  }
+  auto in_pool = [&](const CapacitySide& s) {
+    return sequences_in_pool(pool, s.kv_bytes_per_sequence, s.peak_kv_bytes_per_sequence - s.kv_bytes_per_sequence);
+  };
+  auto side_json = [&](const CapacitySide& s) {
+    nlohmann::json j{{"kv_bytes_per_sequence", s.kv_bytes_per_sequence},
                           {"peak_kv_bytes_per_sequence", s.peak_kv_bytes_per_sequence},
                           {"activation_bytes_per_sequence", s.activation_bytes_per_sequence},
                           {"max_batch", s.max_batch}, {"max_batch_at_peak", s.max_batch_at_peak}, {"batch", s.batch},
                           {"decode_step_s", s.decode_step_s}, {"weights_s", s.weights_s},
                           {"attention_s", s.attention_s}, {"overhead_s", s.overhead_s},
                           {"tokens_per_s", s.tokens_per_s}, {"memory_bound", s.memory_bound}};
+    if (pool > 0) {
+      j["pool_sequences"] = in_pool(s);
+      j["pool_sequences_at_peak"] = pool / s.peak_kv_bytes_per_sequence;
+    }
+    return j;
   };
   if (flags.json) {
     std::printf("%s\n", nlohmann::json{{"model", model.name}, {"hardware", hw.name}, {"context", context},
                                        {"parameters", model.parameter_count()}, {"weight_bytes", r.weight_bytes},
                                        {"workspace_bytes", r.workspace_bytes}, {"full", side_json(r.full)},
-                                       {"plan", side_json(r.plan)}, {"plan_source", what}}
+                                       {"plan", side_json(r.plan)}, {"plan_source", what},
+                                       {"kv_memory", pool > 0 ? nlohmann::json(pool) : nlohmann::json(nullptr)}}
                             .dump(2)
                             .c_str());
     return ok_status();
@@ -226,6 +240,12 @@ Status run_capacity(const CapacityFlags& flags) {
       fmt::format("{:.1f} MiB", r.plan.peak_kv_bytes_per_sequence / double(1 << 20)));
   row("largest batch that fits", std::to_string(r.full.max_batch), std::to_string(r.plan.max_batch));
   row("... when all prefill together", std::to_string(r.full.max_batch_at_peak), std::to_string(r.plan.max_batch_at_peak));
+  if (pool > 0) {
+    row(fmt::format("requests in a {:.1f} MiB KV pool", pool / double(1 << 20)).c_str(), std::to_string(in_pool(r.full)),
+        std::to_string(in_pool(r.plan)));
+    row("... when all prefill together", std::to_string(pool / r.full.peak_kv_bytes_per_sequence),
+        std::to_string(pool / r.plan.peak_kv_bytes_per_sequence));
+  }
   const std::string at = flags.batch > 0 ? fmt::format("decode step at batch {}", flags.batch) : "decode step at that batch";
   row(at.c_str(), fmt::format("{:.2f} ms", r.full.decode_step_s * 1e3), fmt::format("{:.2f} ms", r.plan.decode_step_s * 1e3));
   row("decode tokens/s", fmt::format("{:.0f}", r.full.tokens_per_s), fmt::format("{:.0f}", r.plan.tokens_per_s));
@@ -264,6 +284,9 @@ Command add_capacity_command(CLI::App& app) {
   sub->add_flag("--prefill-evict", flags->prefill_evict, "Peak under --prefill-evict: budget + one chunk per head");
   sub->add_option("--measured", flags->measured,
                   "A kvplan bench JSON: print predicted against measured tokens/s for each of its cells");
+  sub->add_option("--kv-memory", flags->kv_memory,
+                  "kvplan serve's KV pool (bytes, or 256MiB, 1GiB): how many requests it runs at once, each admitted "
+                  "with its prompt's prefill scratch (--prompt-len)");
   sub->add_flag("--json", flags->json, "Machine-readable output");
   return {sub, [flags] { return run_capacity(*flags); }};
 }

@@ -44,7 +44,8 @@ int main(int argc, char** argv) {
                                    add_sweep_command(app), add_capacity_command(app),
                                    add_calibrate_command(app), add_check_command(app),
                                    add_tokenize_command(app), add_convert_command(app),
-                                   add_bench_command(app), add_measure_hardware_command(app)};
+                                   add_bench_command(app), add_measure_hardware_command(app),
+                                   add_serve_command(app)};
   if (argc > 1 && argv[1][0] != '-' && std::none_of(commands.begin(), commands.end(),
                                                   [&](const Command& c) { return c.app->get_name() == argv[1]; })) {
     std::string names;

@@ -1,0 +1,135 @@
+#include "executor/serve/chat_template.h"
+
+#include <fmt/format.h>
+
+namespace kvp::serve {
+
+std::string_view chat_template_name(ChatTemplate t) {
+  switch (t) {
+    case ChatTemplate::kLlama2:
+      return "llama2";
+    case ChatTemplate::kLlama3:
+      return "llama3";
+    case ChatTemplate::kChatMl:
+      return "chatml";
+  }
+  return "?";
+}
+
+std::optional<ChatTemplate> parse_chat_template(std::string_view name) {
+  for (ChatTemplate t : {ChatTemplate::kLlama2, ChatTemplate::kLlama3, ChatTemplate::kChatMl}) {
+    if (name == chat_template_name(t)) return t;
+  }
+  return std::nullopt;
+}
+
+std::optional<ChatTemplate> recognise_chat_template(std::string_view text) {
+  if (text.find("<|start_header_id|>") != std::string_view::npos) return ChatTemplate::kLlama3;
+  if (text.find("<|im_start|>") != std::string_view::npos) return ChatTemplate::kChatMl;
+  if (text.find("[INST]") != std::string_view::npos) return ChatTemplate::kLlama2;
+  return std::nullopt;
+}
+
+namespace {
+
+// Tokens built segment by segment: text through the tokenizer, special pieces by id.
+class Builder {
+ public:
+  explicit Builder(const Tokenizer& tok) : tok_(tok) {
+    if (tok.vocabulary().add_bos && tok.bos() >= 0) out_.push_back(tok.bos());
+  }
+  void text(std::string_view s) {
+    if (s.empty()) return;
+    const std::vector<int32_t> ids = tok_.encode(s, false);
+    out_.insert(out_.end(), ids.begin(), ids.end());
+  }
+  void special(std::string_view piece) {
+    const int32_t id = tok_.find_piece(piece);
+    if (id < 0 && !error) {
+      error =
+          ApiError{.status = 400,
+                   .message = fmt::format("the chat template needs the piece {} and the model's vocabulary has none "
+                                          "(choose another with --chat-template)",
+                                          piece),
+                   .param = "messages"};
+    }
+    if (id >= 0) out_.push_back(id);
+  }
+  std::optional<ApiError> error;
+  std::vector<int32_t> take() { return std::move(out_); }
+
+ private:
+  const Tokenizer& tok_;
+  std::vector<int32_t> out_;
+};
+
+}  // namespace
+
+std::variant<std::vector<int32_t>, ApiError> render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages,
+                                                         const Tokenizer& tokenizer) {
+  Builder b(tokenizer);
+  switch (t) {
+    case ChatTemplate::kLlama3:
+      // <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|> ..., then the assistant's header.
+      for (const ChatMessage& m : messages) {
+        b.special("<|start_header_id|>");
+        b.text(m.role);
+        b.special("<|end_header_id|>");
+        b.text("\n\n" + m.content);
+        b.special("<|eot_id|>");
+      }
+      b.special("<|start_header_id|>");
+      b.text("assistant");
+      b.special("<|end_header_id|>");
+      b.text("\n\n");
+      break;
+    case ChatTemplate::kChatMl:
+      for (const ChatMessage& m : messages) {
+        b.special("<|im_start|>");
+        b.text(m.role + "\n" + m.content);
+        b.special("<|im_end|>");
+        b.text("\n");
+      }
+      b.special("<|im_start|>");
+      b.text("assistant\n");
+      break;
+    case ChatTemplate::kLlama2: {
+      // [INST] <<SYS>>\nsystem\n<</SYS>>\n\nuser [/INST] assistant </s><s>[INST] user [/INST]
+      // The system message joins the first user turn; turns must alternate user, assistant.
+      size_t i = 0;
+      std::string system;
+      if (!messages.empty() && messages[0].role == "system") system = messages[i++].content;
+      bool first = true;
+      for (size_t k = 0; i < messages.size(); ++i, ++k) {
+        const ChatMessage& m = messages[i];
+        if (m.role != (k % 2 == 0 ? "user" : "assistant")) {
+          return ApiError{.status = 400,
+                          .message =
+                              "the llama2 chat template needs an optional system message, then user and "
+                              "assistant turns alternating from user",
+                          .param = fmt::format("messages[{}].role", i)};
+        }
+        if (m.role == "user") {
+          if (!first) b.special("<s>");
+          std::string turn = "[INST] ";
+          if (first && !system.empty()) turn += "<<SYS>>\n" + system + "\n<</SYS>>\n\n";
+          b.text(turn + m.content + " [/INST]");
+          first = false;
+        } else {
+          b.text(" " + m.content + " ");
+          b.special("</s>");
+        }
+      }
+      if (messages.back().role != "user") {
+        return ApiError{.status = 400,
+                        .message = "the llama2 chat template needs the last message from the user",
+                        .param = "messages"};
+      }
+      break;
+    }
+  }
+  if (b.error) return *b.error;
+  return b.take();
+}
+
+}  // namespace kvp::serve

@@ -1,0 +1,32 @@
+// The chat renderings kvplan serve knows, written out rather than run through a Jinja engine:
+// Llama 2 ([INST] ... [/INST]), Llama 3 (<|start_header_id|> ... <|eot_id|>) and ChatML
+// (<|im_start|> ... <|im_end|>). A model's template text (GGUF tokenizer.chat_template) is
+// recognised by the markers it contains; --chat-template names one instead.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "executor/model/tokenizer.h"
+#include "executor/serve/openai.h"
+
+namespace kvp::serve {
+
+enum class ChatTemplate { kLlama2, kLlama3, kChatMl };
+
+std::string_view chat_template_name(ChatTemplate t);
+std::optional<ChatTemplate> parse_chat_template(std::string_view name);  // llama2, llama3, chatml
+// The rendering a template text stands for, by its markers; none for an unknown template.
+std::optional<ChatTemplate> recognise_chat_template(std::string_view template_text);
+
+// The prompt tokens of `messages` rendered by `t` and ending where the assistant's reply begins:
+// BOS as the vocabulary adds it, text segments through the tokenizer, and the template's special
+// pieces (<|eot_id|>, <|im_start|>, </s>, ...) as their ids. An error names a piece the vocabulary
+// lacks or a message order the template cannot render.
+std::variant<std::vector<int32_t>, ApiError> render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages,
+                                                         const Tokenizer& tokenizer);
+
+}  // namespace kvp::serve
