@@ -55,6 +55,7 @@ class Builder {
     }
     if (id >= 0) out_.push_back(id);
   }
+  void id(int32_t token) { out_.push_back(token); }
   std::optional<ApiError> error;
   std::vector<int32_t> take() { return std::move(out_); }
 
@@ -110,14 +111,14 @@ std::variant<std::vector<int32_t>, ApiError> render_chat(ChatTemplate t, const s
                           .param = fmt::format("messages[{}].role", i)};
         }
         if (m.role == "user") {
-          if (!first) b.special("<s>");
+          if (!first) b.id(tokenizer.bos());
           std::string turn = "[INST] ";
           if (first && !system.empty()) turn += "<<SYS>>\n" + system + "\n<</SYS>>\n\n";
           b.text(turn + m.content + " [/INST]");
           first = false;
         } else {
           b.text(" " + m.content + " ");
-          b.special("</s>");
+          b.id(tokenizer.eos());  // </s>: EOS and BOS by id, however the vocabulary spells them
         }
       }
       if (messages.back().role != "user") {
