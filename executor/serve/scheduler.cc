@@ -129,11 +129,12 @@ Scheduler::Snapshot Scheduler::snapshot() const {
   s.backend_kv_bytes = allocated_;
   for (const auto& a : active_) {
     if (!a) continue;
+    const int generated = a->n_generated, prefilled = a->prefilled;  // read once: the scheduler moves on
     s.slots.push_back(SlotInfo{.id = a->job->id,
                                .seq = a->seq,
-                               .position = a->positions(),
+                               .position = prefilled + std::max(0, generated - 1),
                                .prompt_tokens = a->prompt_len(),
-                               .completion_tokens = a->n_generated,
+                               .completion_tokens = generated,
                                .prefilling = a->prefilling(),
                                .kv_bytes = a->job->steady_bytes + (a->prefilling() ? a->job->scratch_bytes : 0),
                                .budget_slots = a->job->budgets.total_slots(),
