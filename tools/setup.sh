@@ -8,7 +8,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libeigen3-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libfmt-dev libssl-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
-  libboost-context-dev
+  libboost-dev libboost-context-dev
   libpcre2-dev clang
   python3 python3-matplotlib
 )

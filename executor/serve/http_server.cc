@@ -84,7 +84,20 @@ class Session : public std::enable_shared_from_this<Session> {
     stream_.expires_never();
     request_ = parser_->release();
     keep_alive_ = request_.keep_alive();
-    route();
+    try {
+      route();
+    } catch (const std::exception& e) {
+      // A bug, not the client's fault: answer 500 and keep serving everyone else (a job already
+      // submitted is cancelled and answers when it ends).
+      if (job_) {
+        job_->cancelled = true;
+        return;
+      }
+      respond(500,
+              json_error(ApiError{
+                  .status = 500, .message = fmt::format("internal error: {}", e.what()), .type = "server_error"}),
+              "application/json");
+    }
   }
 
   // Answers and closes: the request could not be read, so the connection cannot go on.

@@ -67,8 +67,9 @@ std::variant<CompletionParams, ApiError> parse_completion(std::string_view body,
   json j;
   try {
     j = json::parse(body);
-  } catch (const json::parse_error& e) {
-    // nlohmann's id 101 covers both malformed JSON and ill-formed UTF-8 inside strings.
+  } catch (const json::exception& e) {
+    // Malformed JSON and ill-formed UTF-8 inside strings (parse_error 101), numbers out of range
+    // (out_of_range 406, e.g. 1e999).
     return ApiError{.status = 400, .message = fmt::format("the body is not valid JSON (or not UTF-8): {}", e.what())};
   }
   if (!j.is_object()) return bad("", fmt::format("the body must be a JSON object, found {}", type_name(j)));

@@ -173,6 +173,8 @@ TEST(ParseCompletion, RefusesBodiesThatAreNotJsonObjectsOrUtf8) {
   EXPECT_NE(refused("[1,2]").message.find("JSON object"), std::string::npos);
   EXPECT_NE(refused("{\"prompt\": \"caf\xC3\"}").message.find("UTF-8"), std::string::npos);
   EXPECT_NE(refused("").message.find("not valid JSON"), std::string::npos);
+  // A number beyond double's range (found by tools/fuzz.sh: it threw out_of_range, not parse_error).
+  EXPECT_NE(refused(R"({"prompt":"x","max_tokens":1e999})").message.find("not valid JSON"), std::string::npos);
   // The same bytes, valid: accepted.
   EXPECT_EQ(ok("{\"prompt\": \"caf\xC3\xA9\"}").prompt_text, "caf\xC3\xA9");
 }

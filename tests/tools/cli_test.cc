@@ -257,6 +257,33 @@ TEST(Cli, HelpExplainsEverySubcommand) {
   EXPECT_NE(run_help.out.find("--temperature"), std::string::npos);
 }
 
+TEST(Cli, ServeRefusesAPlanForAnotherModelAndCapacitySizesItsPool) {
+  const std::string dir = test::make_temp_dir("serve-cli");
+  ASSERT_EQ(run_kvplan("plan --policy vatp --budget 32 --model llama-2-tiny-random --out " + dir + "/other.yaml").exit_code,
+            0);
+  const test::CliResult r = run_kvplan("serve --port 0 --plan " + dir + "/other.yaml");
+  EXPECT_EQ(r.exit_code, 1);
+  // The progress line (it listens while the model loads), then the error naming the plan's field.
+  const std::string last = r.err.substr(r.err.rfind('\n', r.err.size() - 2) + 1);
+  EXPECT_NE(last.find("other.yaml: model"), std::string::npos) << r.err;
+  EXPECT_EQ(test::line_count(r.err), 2) << r.err;
+  // capacity --kv-memory: (pool - scratch) / steady requests at once. stories260K at 100 positions,
+  // full f32 cache: 20 heads x 100 slots x 72 bytes = 144000 per sequence; a 10-token prompt's
+  // scratch 20 x 10 x 72 = 14400; a 1 MiB pool holds (1048576 - 14400) / 144000 = 7. At keep 0.5
+  // under vatp (one value norm per slot more): 20 x 50 x 76 = 76000, and (1048576 - 14400) / 76000 = 13.
+  const test::CliResult c = run_kvplan(
+      "capacity --model stories260K --hardware cpu-2core --kv-dtype f32 --context 100 --prompt-len 10 --keep 0.5 "
+      "--policy vatp --kv-memory 1MiB --json");
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  const nlohmann::json j = nlohmann::json::parse(c.out);
+  EXPECT_EQ(j["kv_memory"], 1048576);
+  EXPECT_EQ(j["full"]["kv_bytes_per_sequence"], 144000);
+  EXPECT_EQ(j["full"]["pool_sequences"], 7);
+  EXPECT_EQ(j["full"]["pool_sequences_at_peak"], 1048576 / (144000 + 14400));
+  EXPECT_EQ(j["plan"]["kv_bytes_per_sequence"], 76000);
+  EXPECT_EQ(j["plan"]["pool_sequences"], 13);
+}
+
 TEST(Cli, CorpusRecordInspectMakeAndDescribeATrace) {
   const std::string dir = test::make_temp_dir("clitrace");
   const test::CliResult corpus =
@@ -666,6 +693,17 @@ std::vector<BadInvocation> bad_invocations() {
       {"run_prefill_evict_on_gpu", [](const std::string&) { return "run --backend gpu-emulated --prefill-evict"; },
        "--prefill-evict"},
       {"capacity_unknown_hardware", [](const std::string&) { return "capacity --hardware tpu-v9 --keep 0.5"; }, "tpu-v9"},
+      {"capacity_bad_kv_memory", [](const std::string&) { return "capacity --keep 0.5 --kv-memory 12parsecs"; },
+       "--kv-memory: unknown unit 'parsecs'"},
+      {"capacity_unknown_keep_policy", [](const std::string&) { return "capacity --keep 0.5 --policy lru"; },
+       "--policy"},
+      {"serve_bad_kv_memory", [](const std::string&) { return "serve --port 0 --kv-memory lots"; }, "--kv-memory"},
+      {"serve_on_cuda", [](const std::string&) { return "serve --port 0 --backend cuda"; }, "--backend cuda"},
+      {"serve_unknown_chat_template", [](const std::string&) { return "serve --port 0 --chat-template vicuna"; },
+       "--chat-template: expected llama2, llama3 or chatml"},
+      {"serve_bad_host", [](const std::string&) { return "serve --host 300.1.1.1"; }, "--host: '300.1.1.1'"},
+      {"serve_unknown_keep_policy", [](const std::string&) { return "serve --port 0 --keep-policy lru"; },
+       "--keep-policy"},
       {"sweep_missing_trace", [](const std::string& d) { return "sweep --trace " + d + "/none --out " + d + "/s"; },
        "no such trace"},
       {"inspect_damaged_trace",

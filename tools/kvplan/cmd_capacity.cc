@@ -27,6 +27,7 @@ struct CapacityFlags {
   int prefill_chunk = 512;
   bool prefill_evict = false;
   std::string measured;  // a bench.json: predicted against measured
+  std::string policy;     // --keep's policy: its per-slot state (VATP's value norm) counts in the bytes
   std::string kv_memory;  // kvplan serve's pool: how many requests it runs at once
   bool json = false;
 };
@@ -192,6 +193,12 @@ Status run_capacity(const CapacityFlags& flags) {
     if (!(flags.keep > 0 && flags.keep <= 1)) return make_error("--keep: expected a ratio in (0, 1] (or --plan), found {}", flags.keep);
     q.keep_ratio = flags.keep;
     what = fmt::format("keep {:g}", flags.keep);
+    if (!flags.policy.empty()) {
+      auto policy = make_policy(flags.policy, published_defaults(flags.policy, 64));
+      if (!policy.ok()) return make_error("--policy: {}", policy.error().message());
+      q.aux_floats_per_slot = (*policy)->aux_floats_per_slot();
+      what = fmt::format("{} keep {:g}", flags.policy, flags.keep);
+    }
   }
   const CapacityReport r = capacity(model, hw, q);
   int64_t pool = 0;
@@ -284,6 +291,8 @@ Command add_capacity_command(CLI::App& app) {
   sub->add_flag("--prefill-evict", flags->prefill_evict, "Peak under --prefill-evict: budget + one chunk per head");
   sub->add_option("--measured", flags->measured,
                   "A kvplan bench JSON: print predicted against measured tokens/s for each of its cells");
+  sub->add_option("--policy", flags->policy,
+                  "With --keep: the policy, whose per-slot state counts in the bytes (vatp keeps each value's L1 norm)");
   sub->add_option("--kv-memory", flags->kv_memory,
                   "kvplan serve's KV pool (bytes, or 256MiB, 1GiB): how many requests it runs at once, each admitted "
                   "with its prompt's prefill scratch (--prompt-len)");
