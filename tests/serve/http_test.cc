@@ -553,6 +553,24 @@ TEST(ServeHttp, ShutdownFinishesWhatIsInFlight) {
   EXPECT_TRUE(ec) << "the server still accepts connections after shutdown";
 }
 
+TEST(ServeHttp, ShutdownCancelsWhatOutlivesItsDeadline) {
+  HttpOptions http;
+  http.shutdown_timeout = std::chrono::milliseconds(0);
+  auto server = std::make_unique<Server>(SchedulerOptions{.kv_memory = 8 << 20}, std::vector<ServedPlan>{}, http);
+  Reply reply;
+  std::thread client([&] {
+    reply =
+        post(server->port(), "/v1/completions", R"({"prompt":"Once","max_tokens":500,"temperature":0,"stream":true})");
+  });
+  wait_metric(server->port(), "kvplan_requests_running 1");
+  server->stop();
+  client.join();
+  EXPECT_EQ(reply.status, 200);
+  const auto [text, finish] = streamed(reply);  // the stream still ends properly, with [DONE]
+  EXPECT_EQ(finish, "cancelled");
+  EXPECT_EQ(server->scheduler().snapshot().kv_bytes_in_use, 0);
+}
+
 TEST(ServeHttp, TheBinaryDrainsOnSigtermAndExitsZero) {
   const std::string dir = test::make_temp_dir("serve-sigterm");
   const std::string port_file = dir + "/port";

@@ -70,11 +70,13 @@ std::shared_ptr<Job> make_job(const Spec& s) {
 }
 
 // What kvplan run gives for the spec alone: its generated tokens, and its text piece by piece.
-std::pair<std::vector<int32_t>, std::string> alone(const Spec& s) {
+// `evict_chunk` > 0: run --prefill-chunk C --prefill-evict.
+std::pair<std::vector<int32_t>, std::string> alone(const Spec& s, int evict_chunk = 0) {
   CpuBackend backend(default_model().weights);
   Decoder decoder(backend);
   const Tokenizer& tok = default_model().tokenizer;
   GenerateOptions options{.steps = static_cast<int>(s.prompt.size()) + s.max_tokens - 1, .sampler = s.sampler};
+  if (evict_chunk > 0) options.prefill_chunk = evict_chunk, options.prefill_evict = true;
   options.stop_tokens.clear();
   for (int32_t t = 0; t < tok.vocab_size(); ++t) {
     if (tok.is_end_token(t) || t == tok.bos()) options.stop_tokens.push_back(t);
@@ -176,6 +178,45 @@ TEST(Scheduler, BatchedRequestsGetTheTokensOfALoneRun) {
   EXPECT_EQ(s.backend_kv_bytes, 0);
   EXPECT_EQ(backend.kv_bytes_allocated(), 0);
   EXPECT_EQ(s.peak_running, static_cast<int>(specs.size()));
+}
+
+TEST(Scheduler, PrefillEvictCutsWhereKvplanRunCutsAndHoldsItsSmallerScratch) {
+  // --prefill-evict with chunks of 16: the cuts fall after positions 15, 31, ... however the
+  // scheduler spreads a prompt's rows over steps (here 10 prompt rows per step, all prompts
+  // together), so the tokens equal run --prefill-chunk 16 --prefill-evict.
+  const std::vector<int32_t> long_prompt = natural_prompt(120);
+  const std::vector<Spec> specs = {{long_prompt, 40, {}, "vatp", 32, {}},
+                                   {long_prompt, 40, {}, "h2o", 24, {}},
+                                   {long_prompt, 40, {.temperature = 0.8f, .seed = 4}, "tova", 40, {}}};
+  CpuBackend backend(default_model().weights);
+  Decoder decoder(backend);
+  Scheduler scheduler(
+      decoder, default_model().tokenizer,
+      SchedulerOptions{
+          .kv_memory = int64_t{1} << 30, .prefill_chunk = 16, .prefill_evict = true, .start_paused = true});
+  Batch batch;
+  batch.results.resize(specs.size());
+  batch.streamed.resize(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto job = make_job(specs[i]);
+    batch.attach(*job, static_cast<int>(i));
+    ASSERT_EQ(scheduler.submit(job), Scheduler::Submit::kQueued);
+    // The scratch the admission charges: budget + one chunk per head, not the whole prompt.
+    EXPECT_EQ(job->scratch_bytes, job->budgets.prefill_scratch(120, 16).kv_bytes());
+    EXPECT_LT(job->scratch_bytes, job->budgets.prefill_scratch(120, 0).kv_bytes());
+  }
+  scheduler.resume();
+  batch.wait(static_cast<int>(specs.size()));
+  for (size_t i = 0; i < specs.size(); ++i) {
+    SCOPED_TRACE(testing::Message() << "request " << i);
+    const auto with_evict = alone(specs[i], 16);
+    EXPECT_EQ(batch.results[i].tokens, with_evict.first);
+    EXPECT_EQ(batch.results[i].text, with_evict.second);
+  }
+  // The cuts matter: without --prefill-evict some request generates other tokens.
+  int differ = 0;
+  for (const Spec& s : specs) differ += alone(s).first != alone(s, 16).first;
+  EXPECT_GT(differ, 0);
 }
 
 TEST(Scheduler, AdmissionFillsThePoolAsCapacityPredicts) {
