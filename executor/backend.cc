@@ -108,6 +108,13 @@ void Backend::pick_tokens(const SamplerOptions& options, std::span<const float> 
   }
 }
 
+void Backend::reset_pool(int n_sequences, int64_t /*pool_bytes*/, KvDtype dtype, std::shared_ptr<const Policy> policy) {
+  const ModelConfig& c = config();
+  KvBudgets empty = KvBudgets::uniform(c.n_layers, c.n_kv_heads, c.head_dim(), 0, dtype);
+  if (policy) empty.aux_floats_per_slot = policy->aux_floats_per_slot();
+  reset_sequences(std::vector<KvBudgets>(static_cast<size_t>(n_sequences), empty), std::move(policy));
+}
+
 void Backend::open_sequence(int, const KvBudgets&, std::shared_ptr<const Policy>) {
   KVP_CHECK(false, "the {} backend does not open single sequences", name());
 }

@@ -112,6 +112,11 @@ class Backend {
   // Continuous batching (kvplan serve): sequences come and go while others decode. Whether this
   // backend can open and close single sequences.
   virtual bool opens_sequences() const { return false; }
+  // Drops every sequence and prepares `n_sequences` empty ones, to be opened one by one, whose
+  // caches together never exceed `pool_bytes` of `dtype` elements under `policy` (null: keep all).
+  // A device backend reserves the pool here (and open_sequence carves caches out of it); the host
+  // backend allocates each cache when it is opened.
+  virtual void reset_pool(int n_sequences, int64_t pool_bytes, KvDtype dtype, std::shared_ptr<const Policy> policy);
   // Gives sequence `seq` (< the count reset_sequences made) a fresh, empty cache of `budgets` run
   // under `policy` (null: keep everything), replacing what it held; the other sequences are
   // untouched. REQUIRES: opens_sequences().

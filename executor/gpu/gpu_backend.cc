@@ -142,7 +142,7 @@ const DeviceBuffer& GpuBackend::weight(Weight w, int layer_idx) const {
   return weight_bufs_[static_cast<size_t>(l) * kNumWeights + static_cast<int>(w)];
 }
 
-void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::shared_ptr<const Policy> policy) {
+void GpuBackend::set_policy(std::shared_ptr<const Policy> policy) {
   policy_ = policy ? std::move(policy) : keep_all_policy();
   const Status ok = supports(*policy_);
   KVP_CHECK(ok.ok(), "{}", ok.error().message());
@@ -157,7 +157,12 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
   sinks_ = policy_->params().sinks;
   recent_ = policy_->params().recent;
   evicts_ = policy_->evicts();
+}
 
+void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::shared_ptr<const Policy> policy) {
+  set_policy(std::move(policy));
+  const std::string_view name = policy_->name();
+  pool_ = false;
   kv_arena_.reset();
   budgets_ = budgets;
   max_capacity_ = 0;
@@ -189,20 +194,7 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
     bytes += b.kv_bytes();
   }
   kv_half_ = !budgets.empty() && budgets[0].dtype == KvDtype::kF16;
-  const size_t elem = kv_half_ ? 2 : 4;
-  // Regions of the arena, in this order; their sizes add up to the plan's bytes exactly.
-  const size_t kv_region = static_cast<size_t>(total_slots) * hd * elem;
-  const size_t meta_region = static_cast<size_t>(total_slots) * sizeof(float);
-  const bool l1 = score_args_.rule == math::kScoreValueAttention;
-  KVP_CHECK(static_cast<int64_t>(2 * kv_region + 2 * meta_region + (l1 ? meta_region : 0)) == bytes,
-            "KV arena layout does not add up to the plan's bytes");
-  kv_arena_ = DeviceBuffer(*device_, static_cast<size_t>(bytes));
-  auto* base = kv_arena_.as<std::byte>();
-  k_ = base;
-  v_ = base + kv_region;
-  pos_ = reinterpret_cast<int32_t*>(base + 2 * kv_region);
-  score_ = reinterpret_cast<float*>(base + 2 * kv_region + meta_region);
-  value_l1_ = l1 ? reinterpret_cast<float*>(base + 2 * kv_region + 2 * meta_region) : nullptr;
+  KVP_CHECK(allocate_arena(total_slots) == bytes, "KV arena layout does not add up to the plan's bytes");
 
   const size_t heads = budgets.size() * L * H;
   head_offset_.assign(heads, 0);
@@ -226,6 +218,136 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
   head_capacity_dev_ = DeviceBuffer(*device_, std::max<size_t>(1, heads) * sizeof(int32_t));
   device_->upload(head_offset_dev_.get(), head_offset_.data(), heads * sizeof(int64_t));
   device_->upload(head_capacity_dev_.get(), head_capacity_.data(), heads * sizeof(int32_t));
+}
+
+int64_t GpuBackend::allocate_arena(int64_t slots) {
+  // Regions of the arena, in this order (keys, values, positions, scores, VATP's value norms);
+  // their sizes add up to the budgets' bytes exactly.
+  const size_t elem = kv_half_ ? 2 : 4;
+  const size_t kv_region = static_cast<size_t>(slots) * config_.head_dim() * elem;
+  const size_t meta_region = static_cast<size_t>(slots) * sizeof(float);
+  const bool l1 = score_args_.rule == math::kScoreValueAttention;
+  const size_t bytes = 2 * kv_region + 2 * meta_region + (l1 ? meta_region : 0);
+  kv_arena_ = DeviceBuffer(*device_, bytes);
+  auto* base = kv_arena_.as<std::byte>();
+  k_ = base;
+  v_ = base + kv_region;
+  pos_ = reinterpret_cast<int32_t*>(base + 2 * kv_region);
+  score_ = reinterpret_cast<float*>(base + 2 * kv_region + meta_region);
+  value_l1_ = l1 ? reinterpret_cast<float*>(base + 2 * kv_region + 2 * meta_region) : nullptr;
+  return static_cast<int64_t>(bytes);
+}
+
+void GpuBackend::reset_pool(int n_sequences, int64_t pool_bytes, KvDtype dtype, std::shared_ptr<const Policy> policy) {
+  set_policy(std::move(policy));
+  const int L = config_.n_layers, H = config_.n_kv_heads, hd = config_.head_dim();
+  KvBudgets empty = KvBudgets::uniform(L, H, hd, 0, dtype);
+  empty.aux_floats_per_slot = score_args_.rule == math::kScoreValueAttention ? 1 : 0;
+  pool_ = true;
+  pool_slots_ = pool_bytes / empty.slot_bytes();
+  KVP_CHECK(pool_slots_ >= 1, "a KV pool of {} bytes holds no slot of {} bytes", pool_bytes, empty.slot_bytes());
+  free_slots_ = {{0, pool_slots_}};
+  seq_slots_.assign(static_cast<size_t>(n_sequences), {0, 0});
+  budgets_.assign(static_cast<size_t>(n_sequences), empty);
+  in_use_bytes_ = 0;
+  max_capacity_ = 0;
+  kv_half_ = dtype == KvDtype::kF16;
+  allocate_arena(pool_slots_);
+  const size_t heads = static_cast<size_t>(n_sequences) * L * H;
+  head_offset_.assign(heads, 0);
+  head_capacity_.assign(heads, 0);
+  n_used_.assign(heads, 0);
+  prompts_.clear();
+  prompts_.resize(static_cast<size_t>(n_sequences));
+  peak_kv_bytes_ = 0;
+  head_offset_dev_ = DeviceBuffer(*device_, std::max<size_t>(1, heads) * sizeof(int64_t));
+  head_capacity_dev_ = DeviceBuffer(*device_, std::max<size_t>(1, heads) * sizeof(int32_t));
+}
+
+void GpuBackend::open_sequence(int seq, const KvBudgets& b, std::shared_ptr<const Policy> policy) {
+  KVP_CHECK(pool_, "the {} backend opens single sequences only in a pool (reset_pool)", name_);
+  KVP_CHECK(seq >= 0 && seq < static_cast<int>(budgets_.size()), "open_sequence: no sequence {}", seq);
+  // One policy runs on the device for every sequence: the kernels take its rule once per launch.
+  const Policy& p = policy ? *policy : *keep_all_policy();
+  const PolicyParams& a = p.params();
+  const PolicyParams& mine = policy_->params();
+  KVP_CHECK(p.name() == policy_->name() && a.sinks == mine.sinks && a.recent == mine.recent &&
+                a.vatp_base == mine.vatp_base && a.seed == mine.seed && a.snap_window == mine.snap_window &&
+                a.snap_kernel == mine.snap_kernel,
+            "sequence {}: policy {} (sinks {}, recent {}); the {} backend's pool runs {} (sinks {}, recent {}) for every "
+            "sequence",
+            seq, p.name(), a.sinks, a.recent, name_, policy_->name(), mine.sinks, mine.recent);
+  KVP_CHECK(b.n_layers == config_.n_layers && b.n_kv_heads == config_.n_kv_heads && b.head_dim == config_.head_dim() &&
+                b.dtype == budgets_[seq].dtype && b.aux_floats_per_slot == budgets_[seq].aux_floats_per_slot,
+            "sequence {}: budgets of another shape, dtype or policy than the pool's", seq);
+  close_sequence(seq);
+  const int L = config_.n_layers, H = config_.n_kv_heads;
+  for (int l = 0; l < L; ++l) {
+    for (int h = 0; h < H; ++h) {
+      const int32_t budget = b.budget(l, h);
+      KVP_CHECK(budget >= 1 && (!evicts_ || budget >= sinks_ + recent_),
+                "sequence {}: budget {} below the {} protected positions", seq, budget, sinks_ + recent_);
+      KVP_CHECK(!shared_ || budget == b.budget(l, 0), "sequence {}: policy {} needs equal budgets in a layer", seq,
+                policy_->name());
+    }
+  }
+  // First fit in the free ranges of slots.
+  const int64_t need = b.total_slots();
+  auto it = std::find_if(free_slots_.begin(), free_slots_.end(), [&](const auto& r) { return r.second >= need; });
+  KVP_CHECK(it != free_slots_.end(), "sequence {}: no free range of {} slots in the KV pool of {}", seq, need,
+            pool_slots_);
+  const int64_t start = it->first;
+  if (it->second == need) {
+    free_slots_.erase(it);
+  } else {
+    *it = {it->first + need, it->second - need};
+  }
+  seq_slots_[seq] = {start, need};
+  int64_t next = start;
+  for (int l = 0; l < L; ++l) {
+    for (int h = 0; h < H; ++h) {
+      const size_t i = head_index(seq, l, h);
+      head_offset_[i] = next;
+      head_capacity_[i] = b.budget(l, h);
+      n_used_[i] = 0;
+      next += head_capacity_[i];
+      max_capacity_ = std::max(max_capacity_, head_capacity_[i]);
+    }
+  }
+  budgets_[seq] = b;
+  in_use_bytes_ += b.kv_bytes();
+  device_->upload(head_offset_dev_.get(), head_offset_.data(), head_offset_.size() * sizeof(int64_t));
+  device_->upload(head_capacity_dev_.get(), head_capacity_.data(), head_capacity_.size() * sizeof(int32_t));
+  note_kv_bytes();
+}
+
+void GpuBackend::close_sequence(int seq) {
+  KVP_CHECK(pool_, "the {} backend closes single sequences only in a pool (reset_pool)", name_);
+  KVP_CHECK(seq >= 0 && seq < static_cast<int>(budgets_.size()), "close_sequence: no sequence {}", seq);
+  prompts_[seq] = PromptScratch{};
+  const auto [start, n] = seq_slots_[seq];
+  if (n == 0) return;
+  in_use_bytes_ -= budgets_[seq].kv_bytes();
+  seq_slots_[seq] = {0, 0};
+  for (int l = 0; l < config_.n_layers; ++l) {
+    for (int h = 0; h < config_.n_kv_heads; ++h) {
+      head_capacity_[head_index(seq, l, h)] = 0;
+      n_used_[head_index(seq, l, h)] = 0;
+    }
+  }
+  // Back into the free ranges, merged with its neighbours.
+  auto at = std::lower_bound(free_slots_.begin(), free_slots_.end(), std::pair<int64_t, int64_t>{start, 0});
+  at = free_slots_.insert(at, {start, n});
+  if (auto after = std::next(at); after != free_slots_.end() && at->first + at->second == after->first) {
+    at->second += after->second;
+    free_slots_.erase(after);
+  }
+  if (at != free_slots_.begin()) {
+    if (auto before = std::prev(at); before->first + before->second == at->first) {
+      before->second += at->second;
+      free_slots_.erase(at);
+    }
+  }
 }
 
 void GpuBackend::fill_for_benchmark(int n_positions) {

@@ -56,8 +56,17 @@ class GpuBackend final : public Backend {
 
   void reset_sequences(const std::vector<KvBudgets>& budgets,
                        std::shared_ptr<const Policy> policy = nullptr) override;
+  // Serving: one arena of the pool's bytes, reserved up front; each sequence opened takes a range of
+  // its slots (first fit) and gives it back when closed. Every sequence runs the pool's policy.
+  bool opens_sequences() const override { return true; }
+  void reset_pool(int n_sequences, int64_t pool_bytes, KvDtype dtype, std::shared_ptr<const Policy> policy) override;
+  void open_sequence(int seq, const KvBudgets& budgets, std::shared_ptr<const Policy> policy) override;
+  void close_sequence(int seq) override;
   void set_eviction_log(std::vector<EvictionRecord>* log) override { eviction_log_ = log; }
-  int64_t kv_bytes_allocated() const override { return static_cast<int64_t>(kv_arena_.bytes()); }
+  // The caches' bytes: the arena, or in a pool the open sequences' share of it.
+  int64_t kv_bytes_allocated() const override {
+    return pool_ ? in_use_bytes_ : static_cast<int64_t>(kv_arena_.bytes());
+  }
   // A prompt in one step runs through the prefill kernels from the step's activations; a prompt in
   // chunks keeps its keys and values, every layer, in a device scratch until its last chunk, whose
   // cut takes what the policy keeps (the same kernels, over the scratch). No --prefill-evict.
@@ -105,6 +114,10 @@ class GpuBackend final : public Backend {
   void cut_prompt(int seq, int layer_idx, const PrefillRows& prompt, const float* column_sum);
   void decode(const std::vector<Work>& runs, int layer_idx);
   void matmul_rows(Weight w, int layer_idx, Act in, Act out, bool accumulate);
+  void set_policy(std::shared_ptr<const Policy> policy);
+  // kv_arena_ for `slots` slots of kv_half_ elements and the policy's metadata, and the region
+  // pointers into it; returns its bytes.
+  int64_t allocate_arena(int64_t slots);
 
   const ModelWeights& weights_;
   ModelConfig config_;
@@ -167,6 +180,14 @@ class GpuBackend final : public Backend {
   std::vector<PromptScratch> prompts_;  // [seq]
   int64_t peak_kv_bytes_ = 0;
   void note_kv_bytes();
+  // A pool (reset_pool): its slots, the free ranges (start, count) in increasing order, each
+  // sequence's range, and the open sequences' bytes.
+  bool pool_ = false;
+  int64_t pool_slots_ = 0;
+  std::vector<std::pair<int64_t, int64_t>> free_slots_;
+  std::vector<std::pair<int64_t, int64_t>> seq_slots_;
+  int64_t in_use_bytes_ = 0;
+
   // Prefill scratch, grown to the longest prompt.
   int prefill_capacity_ = 0;
   DeviceBuffer row_max_, row_sum_, column_sum_, prompt_score_, prompt_l1_, prompt_key_, shared_key_, keep_;

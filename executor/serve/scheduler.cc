@@ -42,10 +42,8 @@ Scheduler::Scheduler(Decoder& decoder, const Tokenizer& tokenizer, const Schedul
             backend_.name());
   KVP_CHECK(options_.kv_memory > 0 && options_.max_running >= 1 && options_.prefill_chunk >= 1 &&
             options_.max_queue >= 0);
-  const ModelConfig& c = backend_.config();
   backend_.set_prefill_mode(PrefillMode{.evict_chunk = options_.prefill_evict ? options_.prefill_chunk : 0});
-  backend_.reset_sequences(
-      std::vector<KvBudgets>(options_.max_running, KvBudgets::uniform(c.n_layers, c.n_kv_heads, c.head_dim(), 0)));
+  backend_.reset_pool(options_.max_running, options_.kv_memory, options_.kv_dtype, options_.pool_policy);
   active_.resize(options_.max_running);
   for (int32_t t = 0; t < tokenizer_.vocab_size(); ++t) {
     if (tokenizer_.is_end_token(t) || t == tokenizer_.bos()) stop_tokens_.push_back(t);  // as kvplan run stops
@@ -256,6 +254,9 @@ void Scheduler::step() {
   for (size_t i = 0; i < running.size() && budget > 0; ++i) {
     Active* a = running[i];
     if (!a->prefilling()) continue;
+    // A prompt that fits one step runs in one step (a device backend then cuts it without a
+    // scratch, as holds_prompt_scratch says and admission counted); it waits for the budget.
+    if (a->prefilled == 0 && a->prompt_len() <= options_.prefill_chunk && a->prompt_len() > budget) continue;
     const int n = std::min(budget, a->prompt_len() - a->prefilled);
     for (int p = a->prefilled; p < a->prefilled + n; ++p) rows.add(a->job->prompt[p], p, a->seq, a->prompt_len());
     prompt_rows[i] = n;

@@ -73,6 +73,10 @@ struct SchedulerOptions {
   int prefill_chunk = 512;  // prompt rows per step, all prefilling requests together
   bool prefill_evict = false;
   bool start_paused = false;  // step nothing until resume() (tests submit a batch first)
+  // The pool's element type and policy: a device backend runs one policy for every sequence
+  // (Backend::reset_pool); the CPU backend runs each job's own.
+  KvDtype kv_dtype = KvDtype::kF32;
+  std::shared_ptr<const Policy> pool_policy;
 };
 
 // A running request, for /slots.

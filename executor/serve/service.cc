@@ -91,13 +91,15 @@ std::variant<std::shared_ptr<Job>, ApiError> Service::prepare(const CompletionPa
   }
   if (p.keep) {
     // A uniform budget of this share of the request's own positions, under the default plan's
-    // policy (or --keep-policy): the plan `kvplan run --policy P --budget B` builds.
-    const std::string name = plan ? std::string(plan->policy->name()) : options_.keep_policy;
-    // Rounded as kvplan capacity --keep rounds (keep_ratio_budgets).
+    // policy (or --keep-policy): the plan `kvplan run --policy P --budget B` builds. Rounded as
+    // kvplan capacity --keep rounds (keep_ratio_budgets).
     const int budget = static_cast<int>(
         std::min<int64_t>(positions, std::max<int64_t>(1, std::lround(*p.keep * static_cast<double>(positions)))));
-    PolicyParams params = published_defaults(name, budget);
-    if (plan) params.vatp_base = plan->policy->params().vatp_base;
+    const std::string name = options_.pool_policy ? std::string(options_.pool_policy->name())
+                             : plan               ? std::string(plan->policy->name())
+                                                  : options_.keep_policy;
+    PolicyParams params = options_.pool_policy ? options_.pool_policy->params() : published_defaults(name, budget);
+    if (plan && !options_.pool_policy) params.vatp_base = plan->policy->params().vatp_base;
     auto policy = make_policy(name, params);
     if (!policy.ok()) return ApiError{.status = 500, .message = policy.error().message(), .type = "server_error"};
     if ((*policy)->evicts() && budget < params.sinks + params.recent) {
@@ -107,7 +109,8 @@ std::variant<std::shared_ptr<Job>, ApiError> Service::prepare(const CompletionPa
                                              *p.keep, positions, budget, params.sinks, params.recent, name),
                       .param = "kvplan.keep"};
     }
-    job->budgets = KvBudgets::uniform(options_.n_layers, options_.n_kv_heads, options_.head_dim, budget);
+    job->budgets =
+        KvBudgets::uniform(options_.n_layers, options_.n_kv_heads, options_.head_dim, budget, options_.kv_dtype);
     job->budgets.aux_floats_per_slot = (*policy)->aux_floats_per_slot();
     job->policy = std::shared_ptr<const Policy>(std::move(policy).value());
     job->plan_name = fmt::format("keep {}", *p.keep);
@@ -127,7 +130,16 @@ std::variant<std::shared_ptr<Job>, ApiError> Service::prepare(const CompletionPa
     job->plan_name = plan->name;
   } else {
     job->budgets = KvBudgets::uniform(options_.n_layers, options_.n_kv_heads, options_.head_dim,
-                                      static_cast<int32_t>(positions));  // as kvplan run --steps
+                                      static_cast<int32_t>(positions), options_.kv_dtype);  // as kvplan run --steps
+    if (options_.pool_policy) {
+      // Every position kept under the pool's policy: the full cache's tokens, the policy's bytes.
+      job->policy = options_.pool_policy;
+      job->budgets.aux_floats_per_slot = job->policy->aux_floats_per_slot();
+      if (job->policy->evicts() && positions < job->policy->params().sinks + job->policy->params().recent) {
+        job->budgets.budget_tokens.assign(job->budgets.budget_tokens.size(),
+                                          job->policy->params().sinks + job->policy->params().recent);
+      }
+    }
     job->plan_name = "full";
   }
   return job;

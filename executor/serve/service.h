@@ -33,6 +33,11 @@ struct ServiceOptions {
   std::optional<ChatTemplate> chat_template;       // none: /v1/chat/completions answers 400
   int context = 0;                                 // the model's seq_len: prompt + max_tokens - 1 positions at most
   int n_layers = 0, n_kv_heads = 0, head_dim = 0;  // the cache's shape
+  // A device backend's pool runs one policy (with its parameters) and one element type for every
+  // request: full-cache and keep-ratio requests then get that policy (a budget of every position
+  // never evicts). Null: the CPU backend, each request its own policy.
+  std::shared_ptr<const Policy> pool_policy;
+  KvDtype kv_dtype = KvDtype::kF32;
 };
 
 class Service {

@@ -20,6 +20,7 @@
 
 #include "executor/cpu/cpu_backend.h"
 #include "executor/generator.h"
+#include "executor/gpu/gpu_backend.h"
 #include "executor/serve/http_server.h"
 #include "planner/capacity.h"
 #include "tests/support/test_support.h"
@@ -160,8 +161,12 @@ ServedPlan vatp_plan(const std::string& name, int budget) {
 class Server {
  public:
   Server(SchedulerOptions so, std::vector<ServedPlan> plans = {}, HttpOptions http = {},
-         std::optional<ChatTemplate> chat = std::nullopt, bool load = true)
-      : backend_(default_model().weights, 1), decoder_(backend_) {
+         std::optional<ChatTemplate> chat = std::nullopt, bool load = true, bool gpu = false)
+      : backend_(gpu ? std::unique_ptr<Backend>(
+                           std::make_unique<GpuBackend>(default_model().weights, make_emulated_device()))
+                     : std::unique_ptr<Backend>(std::make_unique<CpuBackend>(default_model().weights, 1))),
+        decoder_(*backend_) {
+    if (gpu) so.pool_policy = plans.empty() ? nullptr : plans[0].policy;
     http.port = 0;
     http.handle_signals = false;
     auto s = HttpServer::bind(http);
@@ -176,7 +181,8 @@ class Server {
                                                         .context = config().seq_len,
                                                         .n_layers = config().n_layers,
                                                         .n_kv_heads = config().n_kv_heads,
-                                                        .head_dim = config().head_dim()});
+                                                        .head_dim = config().head_dim(),
+                                                        .pool_policy = so.pool_policy});
     if (load) this->load();
   }
   ~Server() { stop(); }
@@ -189,7 +195,7 @@ class Server {
   int port() const { return http_->port(); }
   Service& service() { return *service_; }
   Scheduler& scheduler() { return *scheduler_; }
-  CpuBackend& backend() { return backend_; }
+  Backend& backend() { return *backend_; }
 
   // The job a request body becomes (prompt, budgets, sampler), without running it.
   std::shared_ptr<Job> job_of(const std::string& body) {
@@ -201,7 +207,7 @@ class Server {
   }
 
  private:
-  CpuBackend backend_;
+  std::unique_ptr<Backend> backend_;
   Decoder decoder_;
   std::unique_ptr<HttpServer> http_;  // destroyed after the scheduler, whose last events it owns
   std::thread net_;
@@ -303,6 +309,40 @@ TEST(ServeHttp, CompletionsEqualTheKvplanBinarysRun) {
   }
 }
 
+TEST(ServeHttpOnTheEmulatedGpu, CompletionsEqualTheBinarysRunOnTheSameBackend) {
+  // The GPU pool runs the plan's policy for every request; a full-cache request keeps every
+  // position under it, which gives the full cache's tokens.
+  Server server(SchedulerOptions{.kv_memory = 4 << 20}, {vatp_plan("vatp40", 40)}, {}, std::nullopt, true, true);
+  struct Case {
+    std::string body, run_args;
+  };
+  const std::vector<Case> cases = {
+      {R"({"prompt":"Once upon a time","max_tokens":80,"temperature":0})", "--steps 84 --policy vatp --budget 40"},
+      {R"({"prompt":"Once upon a time","max_tokens":30,"temperature":0.8,"seed":9})",
+       "--steps 34 --policy vatp --budget 40 --temperature 0.8 --top-p 1 --seed 9"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.body);
+    const Reply r = post(server.port(), "/v1/completions", c.body);
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json out = json::parse(r.body);
+    const test::CliResult run =
+        test::run_kvplan("run --backend gpu-emulated --prompt 'Once upon a time' --json " + c.run_args);
+    ASSERT_EQ(run.exit_code, 0) << run.err;
+    const std::vector<int32_t> all = json::parse(run.out)["sequences"][0]["tokens"];
+    EXPECT_EQ(out["kvplan"]["tokens"].get<std::vector<int32_t>>(), std::vector<int32_t>(all.begin() + 5, all.end()));
+  }
+  // The full cache of the CPU backend tells the same story as the pool's "full" request.
+  const Reply full = post(server.port(), "/v1/completions",
+                          R"({"prompt":"Once upon a time","max_tokens":30,"temperature":0,"kvplan":{"keep":1}})");
+  ASSERT_EQ(full.status, 200) << full.body;
+  const test::CliResult cpu = test::run_kvplan("run --prompt 'Once upon a time' --steps 34 --json");
+  const std::vector<int32_t> all = json::parse(cpu.out)["sequences"][0]["tokens"];
+  EXPECT_EQ(json::parse(full.body)["kvplan"]["tokens"].get<std::vector<int32_t>>(),
+            std::vector<int32_t>(all.begin() + 5, all.end()));
+  EXPECT_EQ(server.backend().kv_bytes_allocated(), 0);
+}
+
 TEST(ServeHttp, AdmissionFillsThePoolAsKvplanCapacityPredicts) {
   // Full-cache requests of a 6-token prompt and 200 tokens: 205 positions each.
   const std::string body = R"({"prompt":"Once upon a time there","max_tokens":200,"temperature":0,"stream":true})";
@@ -397,7 +437,9 @@ TEST(ServeHttp, EveryBadInputGetsItsStatusAndTheServerGoesOn) {
     EXPECT_EQ(r.status, k.status) << r.body;
     const json e = json::parse(r.body)["error"];
     EXPECT_EQ(e["type"], "invalid_request_error");
-    if (!k.param.empty()) EXPECT_EQ(e["param"], k.param);
+    if (!k.param.empty()) {
+      EXPECT_EQ(e["param"], k.param);
+    }
     EXPECT_FALSE(r.closed);
     EXPECT_EQ(c.post("/v1/completions", good).status, 200);  // the same connection goes on
   }

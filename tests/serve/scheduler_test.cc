@@ -14,6 +14,7 @@
 
 #include "executor/cpu/cpu_backend.h"
 #include "executor/generator.h"
+#include "executor/gpu/gpu_backend.h"
 #include "planner/capacity.h"
 #include "tests/support/test_support.h"
 
@@ -70,9 +71,15 @@ std::shared_ptr<Job> make_job(const Spec& s) {
 }
 
 // What kvplan run gives for the spec alone: its generated tokens, and its text piece by piece.
-// `evict_chunk` > 0: run --prefill-chunk C --prefill-evict.
-std::pair<std::vector<int32_t>, std::string> alone(const Spec& s, int evict_chunk = 0) {
-  CpuBackend backend(default_model().weights);
+// `evict_chunk` > 0: run --prefill-chunk C --prefill-evict. `gpu`: on the emulated GPU backend.
+std::pair<std::vector<int32_t>, std::string> alone(const Spec& s, int evict_chunk = 0, bool gpu = false) {
+  std::unique_ptr<Backend> backend_ptr;
+  if (gpu) {
+    backend_ptr = std::make_unique<GpuBackend>(default_model().weights, make_emulated_device());
+  } else {
+    backend_ptr = std::make_unique<CpuBackend>(default_model().weights);
+  }
+  Backend& backend = *backend_ptr;
   Decoder decoder(backend);
   const Tokenizer& tok = default_model().tokenizer;
   GenerateOptions options{.steps = static_cast<int>(s.prompt.size()) + s.max_tokens - 1, .sampler = s.sampler};
@@ -297,6 +304,70 @@ TEST(Scheduler, CancellationFreesTheCacheAtOnce) {
   EXPECT_EQ(s.backend_kv_bytes, 0);
   EXPECT_EQ(backend.kv_bytes_allocated(), 0);
   EXPECT_EQ(s.waiting, 0);
+}
+
+// The GPU backend's pool (reset_pool): every request under one policy, caches carved from one
+// arena and given back. Batched, they get the tokens each gets alone on the same backend.
+TEST(SchedulerOnTheEmulatedGpu, BatchedRequestsGetTheTokensOfALoneRun) {
+  const Tokenizer& tok = default_model().tokenizer;
+  const std::vector<int32_t> long_prompt = natural_prompt(40);
+  // One policy for the pool: vatp with the published parameters of budget 32.
+  const std::vector<Spec> specs = {
+      {tok.encode("Once upon a time"), 24, {}, "vatp", 32, {}},
+      {long_prompt, 20, {.temperature = 0.8f, .top_p = 0.9f, .seed = 7}, "vatp", 32, {}},
+      {tok.encode("The dog"), 30, {}, "vatp", 32, {}},
+  };
+  GpuBackend backend(default_model().weights, make_emulated_device());
+  Decoder decoder(backend);
+  Scheduler scheduler(
+      decoder, tok,
+      SchedulerOptions{
+          .kv_memory = 4 << 20, .prefill_chunk = 16, .start_paused = true, .pool_policy = policy("vatp", 32)});
+  Batch batch;
+  batch.results.resize(specs.size());
+  batch.streamed.resize(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto job = make_job(specs[i]);
+    batch.attach(*job, static_cast<int>(i));
+    ASSERT_EQ(scheduler.submit(job), Scheduler::Submit::kQueued);
+  }
+  scheduler.resume();
+  batch.wait(static_cast<int>(specs.size()));
+  for (size_t i = 0; i < specs.size(); ++i) {
+    SCOPED_TRACE(testing::Message() << "request " << i);
+    const auto [tokens, text] = alone(specs[i], 0, true);
+    EXPECT_EQ(batch.results[i].tokens, tokens);
+    EXPECT_EQ(batch.results[i].text, text);
+  }
+  EXPECT_EQ(backend.kv_bytes_allocated(), 0);
+}
+
+TEST(GpuPoolEmulated, ClosedRangesAreReusedAndMerged) {
+  GpuBackend gpu(default_model().weights, make_emulated_device());
+  const std::shared_ptr<const Policy> p = policy("h2o", 32);
+  const int64_t slot = uniform(1, p.get()).kv_bytes() / (config().n_layers * config().n_kv_heads);
+  const int heads = config().n_layers * config().n_kv_heads;
+  // Room for 100 slots per head.
+  gpu.reset_pool(4, slot * heads * 100, KvDtype::kF32, p);
+  gpu.open_sequence(0, uniform(40, p.get()), p);
+  gpu.open_sequence(1, uniform(30, p.get()), p);
+  gpu.open_sequence(2, uniform(30, p.get()), p);
+  EXPECT_EQ(gpu.kv_bytes_allocated(), uniform(100, p.get()).kv_bytes());
+  gpu.close_sequence(1);
+  EXPECT_EQ(gpu.kv_bytes_allocated(), uniform(70, p.get()).kv_bytes());
+  gpu.open_sequence(3, uniform(30, p.get()), p);  // the hole sequence 1 left
+  gpu.close_sequence(3);
+  gpu.close_sequence(0);  // merged with the hole: 70 slots free in a row
+  gpu.open_sequence(1, uniform(70, p.get()), p);
+  EXPECT_EQ(gpu.kv_bytes_allocated(), uniform(100, p.get()).kv_bytes());
+  EXPECT_DEATH_IF_SUPPORTED(gpu.open_sequence(0, uniform(32, p.get()), p), "no free range");
+  gpu.close_sequence(1);
+  gpu.close_sequence(2);
+  EXPECT_EQ(gpu.kv_bytes_allocated(), 0);
+  gpu.open_sequence(0, uniform(100, p.get()), p);  // everything merged back into one range
+  // Another policy than the pool's is refused by name (the Service gives every request the pool's).
+  const std::shared_ptr<const Policy> vatp = policy("vatp", 32);
+  EXPECT_DEATH_IF_SUPPORTED(gpu.open_sequence(1, uniform(10, vatp.get()), vatp), "pool runs h2o");
 }
 
 }  // namespace

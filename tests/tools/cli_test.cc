@@ -267,6 +267,13 @@ TEST(Cli, ServeRefusesAPlanForAnotherModelAndCapacitySizesItsPool) {
   const std::string last = r.err.substr(r.err.rfind('\n', r.err.size() - 2) + 1);
   EXPECT_NE(last.find("other.yaml: model"), std::string::npos) << r.err;
   EXPECT_EQ(test::line_count(r.err), 2) << r.err;
+  // A GPU backend's pool runs one policy: a second plan with another is refused by name.
+  ASSERT_EQ(run_kvplan("plan --policy vatp --budget 32 --out " + dir + "/vatp.yaml").exit_code, 0);
+  ASSERT_EQ(run_kvplan("plan --policy h2o --budget 32 --out " + dir + "/h2o.yaml").exit_code, 0);
+  const test::CliResult g =
+      run_kvplan("serve --port 0 --backend gpu-emulated --plan " + dir + "/vatp.yaml --plan " + dir + "/h2o.yaml");
+  EXPECT_EQ(g.exit_code, 1);
+  EXPECT_NE(g.err.find("h2o.yaml: policy: the gpu-emulated backend serves one policy"), std::string::npos) << g.err;
   // capacity --kv-memory: (pool - scratch) / steady requests at once. stories260K at 100 positions,
   // full f32 cache: 20 heads x 100 slots x 72 bytes = 144000 per sequence; a 10-token prompt's
   // scratch 20 x 10 x 72 = 14400; a 1 MiB pool holds (1048576 - 14400) / 144000 = 7. At keep 0.5
@@ -698,7 +705,9 @@ std::vector<BadInvocation> bad_invocations() {
       {"capacity_unknown_keep_policy", [](const std::string&) { return "capacity --keep 0.5 --policy lru"; },
        "--policy"},
       {"serve_bad_kv_memory", [](const std::string&) { return "serve --port 0 --kv-memory lots"; }, "--kv-memory"},
-      {"serve_on_cuda", [](const std::string&) { return "serve --port 0 --backend cuda"; }, "--backend cuda"},
+      {"serve_on_a_tpu", [](const std::string&) { return "serve --port 0 --backend tpu"; }, "--backend: expected cpu"},
+      {"serve_prefill_evict_on_gpu", [](const std::string&) { return "serve --port 0 --backend gpu-emulated --prefill-evict"; },
+       "--prefill-evict"},
       {"serve_unknown_chat_template", [](const std::string&) { return "serve --port 0 --chat-template vicuna"; },
        "--chat-template: expected llama2, llama3 or chatml"},
       {"serve_bad_host", [](const std::string&) { return "serve --host 300.1.1.1"; }, "--host: '300.1.1.1'"},

@@ -7,6 +7,7 @@
 
 #include "common/file_util.h"
 #include "executor/generator.h"
+#include "executor/gpu/gpu_backend.h"
 #include "executor/recorder.h"
 #include "executor/serve/http_server.h"
 #include "tools/kvplan/command.h"
@@ -27,6 +28,7 @@ struct ServeFlags {
   int prefill_chunk = 512;
   bool prefill_evict = false;
   std::string backend = "cpu";
+  std::string weights_dtype = "f32";
   std::string chat_template;
   std::string keep_policy = "vatp";
   double read_timeout_s = 30;
@@ -63,10 +65,13 @@ Result<int64_t> parse_byte_count(const std::string& flag, const std::string& tex
 namespace {
 
 Status serve(const ServeFlags& flags) {
-  if (flags.backend != "cpu") {
+  if (flags.backend != "cpu" && flags.backend != "cuda" && flags.backend != "gpu-emulated") {
+    return make_error("--backend: expected cpu, cuda or gpu-emulated, found '{}'", flags.backend);
+  }
+  const bool device = flags.backend != "cpu";
+  if (device && flags.prefill_evict) {
     return make_error(
-        "--backend {}: kvplan serve runs on --backend cpu for now (the GPU backend allocates one arena "
-        "for a fixed batch and cannot yet open and free single sequences)",
+        "--prefill-evict: the {} backend holds a prompt whole until its last chunk; serve it on --backend cpu",
         flags.backend);
   }
   if (flags.max_queue < 0) return make_error("--max-queue: expected 0 or more, found {}", flags.max_queue);
@@ -131,11 +136,29 @@ Status serve(const ServeFlags& flags) {
       }
       KVP_ASSIGN_OR_RETURN(Plan plan, Plan::load(path));
       KVP_RETURN_IF_ERROR(plan.check_model(plan_model(config, fingerprint), path, model.files.model_path));
-      if (plan.kv_dtype != KvDtype::kF32) {
+      if (!device && plan.kv_dtype != KvDtype::kF32) {
         return make_error("{}: kv_dtype: the cpu backend stores f32, the plan asks for {}", path,
                           kv_dtype_name(plan.kv_dtype));
       }
       KVP_ASSIGN_OR_RETURN(auto policy, make_policy(plan.policy, plan.params));
+      if (device) {
+        // One policy and element type for the device's whole pool: the first plan's.
+        if (const Status runs = GpuBackend::supports(*policy); !runs.ok()) {
+          return make_error("{}: policy: {}", path, runs.error().message());
+        }
+        if (!plans.empty()) {
+          const Policy& first = *plans[0].policy;
+          if (first.name() != policy->name() || first.params().sinks != plan.params.sinks ||
+              first.params().recent != plan.params.recent || plans[0].budgets.dtype != plan.kv_dtype) {
+            return make_error(
+                "{}: policy: the {} backend serves one policy and KV dtype for all requests; {} has {} "
+                "(sinks {}, recent {}, {}), the first plan {} (sinks {}, recent {}, {})",
+                path, flags.backend, name, plan.policy, plan.params.sinks, plan.params.recent,
+                kv_dtype_name(plan.kv_dtype), first.name(), first.params().sinks, first.params().recent,
+                kv_dtype_name(plans[0].budgets.dtype));
+          }
+        }
+      }
       plans.push_back(serve::ServedPlan{.name = name,
                                         .path = path,
                                         .budgets = plan.kv_budgets(),
@@ -143,8 +166,23 @@ Status serve(const ServeFlags& flags) {
     }
   }
   KVP_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
-                       make_backend(flags.backend, "f32", model.weights, flags.model.threads));
+                       make_backend(flags.backend, flags.weights_dtype, model.weights, flags.model.threads));
   Decoder decoder(*backend);
+  // A device backend's pool runs the first plan's policy and KV dtype (or --keep-policy's, f32).
+  std::shared_ptr<const Policy> pool_policy;
+  KvDtype kv_dtype = KvDtype::kF32;
+  if (device) {
+    if (!plans.empty()) {
+      pool_policy = plans[0].policy;
+      kv_dtype = plans[0].budgets.dtype;
+    } else {
+      KVP_ASSIGN_OR_RETURN(auto p, make_policy(flags.keep_policy, published_defaults(flags.keep_policy, 64)));
+      pool_policy = std::shared_ptr<const Policy>(std::move(p));
+    }
+    if (const Status runs = GpuBackend::supports(*pool_policy); !runs.ok()) {
+      return make_error("--keep-policy: {}", runs.error().message());
+    }
+  }
   // Default pool: 16 full caches of the whole context, and one prompt's scratch.
   const KvBudgets full = full_cache_budgets(config, config.seq_len);
   const int64_t pool = kv_memory.value_or(16 * full.kv_bytes() + full.prefill_scratch(config.seq_len, 0).kv_bytes());
@@ -153,7 +191,9 @@ Status serve(const ServeFlags& flags) {
                                                      .max_queue = flags.max_queue,
                                                      .max_running = flags.max_running,
                                                      .prefill_chunk = flags.prefill_chunk,
-                                                     .prefill_evict = flags.prefill_evict});
+                                                     .prefill_evict = flags.prefill_evict,
+                                                     .kv_dtype = kv_dtype,
+                                                     .pool_policy = pool_policy});
   serve::ServiceOptions options{
       .model_id = std::filesystem::path(model.files.model_path).stem().string(),
       .plans = std::move(plans),
@@ -163,7 +203,9 @@ Status serve(const ServeFlags& flags) {
       .context = config.seq_len,
       .n_layers = config.n_layers,
       .n_kv_heads = config.n_kv_heads,
-      .head_dim = config.head_dim()};
+      .head_dim = config.head_dim(),
+      .pool_policy = pool_policy,
+      .kv_dtype = kv_dtype};
   serve::Service service(model.tokenizer, scheduler, options);
   server->set_service(&service, &scheduler);
   std::string plan_names;
@@ -204,7 +246,11 @@ Command add_serve_command(CLI::App& app) {
       "Prompt rows per step, all prefilling requests together, between the others' decode rows (default 512)");
   sub->add_flag("--prefill-evict", flags->prefill_evict,
                 "Cut each prompt to budget after every chunk of --prefill-chunk positions (smaller prefill peak)");
-  sub->add_option("--backend", flags->backend, "cpu (default; the only one that serves so far)");
+  sub->add_option("--backend", flags->backend,
+                  "cpu (default: each request its own policy), cuda or gpu-emulated (one KV pool reserved up front, "
+                  "every request under the first plan's policy and KV dtype)");
+  sub->add_option("--weights-dtype", flags->weights_dtype,
+                  "Matrix weights on a GPU backend: f32 (default), f16 or q8_0");
   sub->add_option("--chat-template", flags->chat_template,
                   "llama2, llama3 or chatml for /v1/chat/completions (default: recognised from the model's template)");
   sub->add_option("--keep-policy", flags->keep_policy,
