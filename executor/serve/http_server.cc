@@ -218,7 +218,8 @@ class Session : public std::enable_shared_from_this<Session> {
             503, json_error(ApiError{.status = 503, .message = "the server is shutting down", .type = "server_error"}),
             "application/json");
     }
-    ++server_.in_flight;
+    ++server_.in_flight;  // until its answer is written in full, or the connection closes
+    in_flight_ = true;
     keep_until_done_ = shared_from_this();  // alive until on_done, whatever the connection does
     if (stream_mode_) {
       queue(
@@ -265,7 +266,6 @@ class Session : public std::enable_shared_from_this<Session> {
     if (!job_) return;
     std::shared_ptr<Job> job = std::move(job_);
     std::shared_ptr<Session> keep = std::move(keep_until_done_);
-    --server_.in_flight;
     if (gone_) return close();
     Service& service = *server_.service.load();
     if (stream_mode_) {
@@ -330,6 +330,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // The whole response is written: next request, or close.
   void response_done() {
+    release_in_flight();
     response_queued_ = false;
     first_chunk_ = true;
     if (!keep_alive_ || gone_) return close();
@@ -340,7 +341,15 @@ class Session : public std::enable_shared_from_this<Session> {
     }
   }
 
+  // A completion's answer is out (or can no longer go out): shutdown may now stop the network.
+  void release_in_flight() {
+    if (!in_flight_) return;
+    in_flight_ = false;
+    --server_.in_flight;
+  }
+
   void close() {
+    release_in_flight();
     if (closed_) return;
     closed_ = true;
     beast::error_code ec;
@@ -358,6 +367,7 @@ class Session : public std::enable_shared_from_this<Session> {
   size_t pending_bytes_ = 0;
   bool writing_ = false, watching_ = false, after_response_ = false, response_queued_ = false;
   bool closed_ = false, gone_ = false;
+  bool in_flight_ = false;  // counted in server_.in_flight
   // The completion in flight.
   std::shared_ptr<Job> job_;
   std::shared_ptr<Session> keep_until_done_;
