@@ -94,7 +94,7 @@ for f, v, p in zip(full, vatp, pred["levels"]):
                  f"{v['tokens_per_s'] / f['tokens_per_s']:.2f}x | {gp:.2f}x (batch {p['full']['batch']} vs "
                  f"{p['vatp25']['batch']}) | {ms(f['ttft_p50_s'])} / {ms(v['ttft_p50_s'])} | "
                  f"{ms(f['ttft_p99_s'])} / {ms(v['ttft_p99_s'])} | {ms(f['itl_p50_s'])} / {ms(v['itl_p50_s'])} | "
-                 f"{ms(f['itl_p99_s'])} / {ms(v['itl_p99_s'])} | {f['requests_per_s']:.0f} / {v['requests_per_s']:.0f} |")
+                 f"{ms(f['itl_p99_s'])} / {ms(v['itl_p99_s'])} | {f['requests_per_s']:.3g} / {v['requests_per_s']:.3g} |")
 open(out + "/summary.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
