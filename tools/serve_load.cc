@@ -168,7 +168,8 @@ int main(int argc, char** argv) {
   app.add_option("--host", host, "Server address (default 127.0.0.1)");
   app.add_option("--port", port, "Server port (default 8080)");
   app.add_option("--concurrency", concurrency, "Comma-separated client counts (default 1,8,32,128)");
-  app.add_option("--requests", requests, "Requests per level (default 64)")->check(CLI::PositiveNumber);
+  app.add_option("--requests", requests, "Requests per level, at least one per client (default 64)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-tokens", max_tokens, "max_tokens of each request (default 128)")->check(CLI::PositiveNumber);
   app.add_option("--kvplan", kvplan_text, "The requests' \"kvplan\" field as JSON, e.g. '{\"keep\": 0.25}'");
   std::vector<std::string> prompts;
@@ -196,7 +197,8 @@ int main(int argc, char** argv) {
                    concurrency.c_str());
       return 2;
     }
-    const json r = run_level(host, port, c, requests, max_tokens, kvplan, prompts);
+    // At least one request per client, so that every client of a level is busy.
+    const json r = run_level(host, port, c, std::max(requests, c), max_tokens, kvplan, prompts);
     auto ms = [&](const char* k) {
       return r[k].get<double>() < 0 ? std::string("-") : fmt::format("{:.2f}", 1e3 * r[k].get<double>());
     };
