@@ -82,9 +82,10 @@ std::variant<std::shared_ptr<Job>, ApiError> Service::prepare(const CompletionPa
       if (s.name == *p.plan) plan = &s;
       names += (names.empty() ? "" : ", ") + s.name;
     }
-    if (!plan) {
+    // "full" names the full cache unless a loaded plan has that name.
+    if (!plan && *p.plan != "full") {
       return ApiError{.status = 400,
-                      .message = fmt::format("kvplan.plan: no plan '{}' is loaded (loaded: {})", *p.plan,
+                      .message = fmt::format("kvplan.plan: no plan '{}' is loaded (loaded: {}; or \"full\")", *p.plan,
                                              names.empty() ? "none" : names),
                       .param = "kvplan.plan"};
     }

@@ -286,6 +286,9 @@ TEST(ServeHttp, CompletionsEqualTheKvplanBinarysRun) {
        "--steps 64 --temperature 0.8 --top-p 0.9 --seed 42"},
       {R"({"prompt":"Once upon a time","max_tokens":120,"temperature":0,"kvplan":{"plan":"vatp40"}})",
        "--steps 124 --policy vatp --budget 40"},
+      // "full" names the full cache while a plan is loaded.
+      {R"({"prompt":"Once upon a time","max_tokens":60,"temperature":0,"kvplan":{"plan":"full"}})",
+       "--steps 64 --policy full --budget 64"},
       // keep 0.25 of 5 + 100 - 1 = 104 positions: 26 slots.
       {R"({"prompt":"Once upon a time","max_tokens":100,"temperature":0,"kvplan":{"keep":0.25}})",
        "--steps 104 --policy vatp --budget 26"},
