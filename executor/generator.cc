@@ -44,6 +44,14 @@ int64_t prefill_prompts(Decoder& decoder, const std::vector<std::span<const int3
   return n_rows;
 }
 
+std::vector<int32_t> generation_stop_tokens(const Tokenizer& tokenizer) {
+  std::vector<int32_t> stops;
+  for (int32_t t = 0; t < tokenizer.vocab_size(); ++t) {
+    if (tokenizer.is_end_token(t) || t == tokenizer.bos()) stops.push_back(t);
+  }
+  return stops;
+}
+
 KvBudgets full_cache_budgets(const ModelConfig& config, int n_positions) {
   return KvBudgets::uniform(config.n_layers, config.n_kv_heads, config.head_dim(), n_positions);
 }

@@ -51,6 +51,10 @@ GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>
 int64_t prefill_prompts(Decoder& decoder, const std::vector<std::span<const int32_t>>& prompts, int chunk,
                         const std::function<void(const std::vector<int32_t>& seqs)>& on_last);
 
+// The tokens that end a generated sequence: every end token of the tokenizer (EOS, end of turn,
+// generation_config's extra ones) and BOS, as kvplan run and kvplan serve stop.
+std::vector<int32_t> generation_stop_tokens(const Tokenizer& tokenizer);
+
 // Budgets that hold every position of a sequence up to `n_positions` (the full cache).
 KvBudgets full_cache_budgets(const ModelConfig& config, int n_positions);
 

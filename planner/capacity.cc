@@ -143,10 +143,14 @@ int64_t sequences_in_pool(int64_t pool, int64_t steady, int64_t scratch) {
   return pool < steady + scratch ? 0 : (pool - scratch) / steady;
 }
 
+int32_t keep_ratio_budget(int context_len, double keep_ratio) {
+  const int32_t budget = std::max<int32_t>(1, static_cast<int32_t>(std::lround(keep_ratio * context_len)));
+  return std::min(budget, context_len);
+}
+
 KvBudgets keep_ratio_budgets(const ModelSpec& m, int context_len, double keep_ratio, KvDtype dtype,
                              int aux_floats_per_slot) {
-  const int32_t budget = std::max<int32_t>(1, static_cast<int32_t>(std::lround(keep_ratio * context_len)));
-  KvBudgets b = KvBudgets::uniform(m.n_layers, m.n_kv_heads, m.head_dim(), std::min(budget, context_len), dtype);
+  KvBudgets b = KvBudgets::uniform(m.n_layers, m.n_kv_heads, m.head_dim(), keep_ratio_budget(context_len, keep_ratio), dtype);
   b.aux_floats_per_slot = aux_floats_per_slot;
   return b;
 }

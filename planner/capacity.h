@@ -107,6 +107,10 @@ CapacityReport capacity(const ModelSpec& model, const HardwareSpec& hw, const Ca
 // not fit).
 int64_t sequences_in_pool(int64_t pool, int64_t steady, int64_t scratch);
 
+// The slots of keeping `keep_ratio` of `context_len` tokens: rounded to the nearest, at least one,
+// at most the context (kvplan capacity --keep, and kvplan serve's {"keep": r}).
+int32_t keep_ratio_budget(int context_len, double keep_ratio);
+
 // The KV budgets of keeping `keep_ratio` of `context_len` tokens in every head (at least one).
 KvBudgets keep_ratio_budgets(const ModelSpec& model, int context_len, double keep_ratio, KvDtype dtype,
                              int aux_floats_per_slot);

@@ -157,6 +157,15 @@ void CpuBackend::begin_step(const StepRows& rows) {
     runs_.push_back(Run{.first = first, .n = n, .seq = seq, .prompt_len = prompt_len});
     first += n;
   }
+  // Attention's work units, the same at every layer: a run's rows through one KV head, or through
+  // all of them for a policy that keeps one set per layer (and with an eviction log, which must
+  // come in row order). Units touch disjoint heads and rows, so they run on any thread.
+  const int n_kv_heads = config_.n_kv_heads;
+  units_.clear();
+  for (size_t i = 0; i < runs_.size(); ++i) {
+    const int per_unit = policies_[runs_[i].seq]->shared_per_layer() || eviction_log_ ? n_kv_heads : 1;
+    for (int h0 = 0; h0 < n_kv_heads; h0 += per_unit) units_.push_back(Unit{static_cast<int>(i), h0, h0 + per_unit});
+  }
 }
 
 void CpuBackend::embed() {
@@ -286,16 +295,8 @@ void CpuBackend::prefill_rows(Worker& w, const Run& run, int layer_idx, int h0, 
 
 void CpuBackend::attention(int layer_idx) {
   const PhaseTimer timer(time_phases_, &phases_.attention_s);
-  // Work units: a run's rows through one KV head, or through all of them for a policy that keeps
-  // one set per layer. Units touch disjoint heads and rows, so they run on any thread. With an
-  // eviction log, a unit is a run through all heads and units run in order on one thread, so the
-  // log comes in row order.
-  const int n_kv_heads = config_.n_kv_heads;
-  units_.clear();
-  for (size_t i = 0; i < runs_.size(); ++i) {
-    const int per_unit = policies_[runs_[i].seq]->shared_per_layer() || eviction_log_ ? n_kv_heads : 1;
-    for (int h0 = 0; h0 < n_kv_heads; h0 += per_unit) units_.push_back(Unit{static_cast<int>(i), h0, h0 + per_unit});
-  }
+  // The step's work units (begin_step): with an eviction log they run in order on one thread, so
+  // the log comes in row order.
   const size_t n_units = units_.size();
   auto do_unit = [&](Worker& w, size_t u) {
     const Unit& unit = units_[u];

@@ -47,8 +47,6 @@ struct HttpServer::Impl {
 
 namespace {
 
-std::string json_error(const ApiError& e) { return error_body(e); }
-
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket socket, HttpServer::Impl& server) : stream_(std::move(socket)), server_(server) {}
@@ -94,7 +92,7 @@ class Session : public std::enable_shared_from_this<Session> {
         return;
       }
       respond(500,
-              json_error(ApiError{
+              error_body(ApiError{
                   .status = 500, .message = fmt::format("internal error: {}", e.what()), .type = "server_error"}),
               "application/json");
     }
@@ -103,7 +101,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // Answers and closes: the request could not be read, so the connection cannot go on.
   void fail(int status, const std::string& message, const std::string& param) {
     keep_alive_ = false;
-    respond(status, json_error(ApiError{.status = status, .message = message, .param = param}), "application/json");
+    respond(status, error_body(ApiError{.status = status, .message = message, .param = param}), "application/json");
   }
 
   void route() {
@@ -114,7 +112,7 @@ class Session : public std::enable_shared_from_this<Session> {
     auto only = [&](http::verb allowed) {
       if (method == allowed) return true;
       respond(405,
-              json_error(ApiError{
+              error_body(ApiError{
                   .status = 405, .message = fmt::format("{} takes {}", target, std::string(http::to_string(allowed)))}),
               "application/json", {{"Allow", std::string(http::to_string(allowed))}});
       return false;
@@ -122,7 +120,7 @@ class Session : public std::enable_shared_from_this<Session> {
     const bool known = target == "/health" || target == "/metrics" || target == "/slots" || target == "/v1/models" ||
                        target == "/v1/completions" || target == "/v1/chat/completions";
     if (!known) {
-      return respond(404, json_error(ApiError{.status = 404, .message = fmt::format("no endpoint {}", target)}),
+      return respond(404, error_body(ApiError{.status = 404, .message = fmt::format("no endpoint {}", target)}),
                      "application/json");
     }
     if (target == "/health") {
@@ -133,7 +131,7 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (!service) {
       return respond(503,
-                     json_error(ApiError{.status = 503, .message = "the model is loading", .type = "server_error"}),
+                     error_body(ApiError{.status = 503, .message = "the model is loading", .type = "server_error"}),
                      "application/json", {{"Retry-After", "1"}});
     }
     if (target == "/metrics") {
@@ -155,19 +153,19 @@ class Session : public std::enable_shared_from_this<Session> {
   void complete(Service& service, bool chat) {
     if (server_.stopping) {
       return respond(
-          503, json_error(ApiError{.status = 503, .message = "the server is shutting down", .type = "server_error"}),
+          503, error_body(ApiError{.status = 503, .message = "the server is shutting down", .type = "server_error"}),
           "application/json");
     }
     auto parsed = parse_completion(request_.body(), chat);
     if (auto* e = std::get_if<ApiError>(&parsed)) {
       if (Scheduler* s = server_.scheduler.load()) s->metrics().request_rejected("invalid");
-      return respond(e->status, json_error(*e), "application/json");
+      return respond(e->status, error_body(*e), "application/json");
     }
     const CompletionParams& params = std::get<CompletionParams>(parsed);
     auto prepared = service.prepare(params, chat, server_.seeds() >> 11);
     if (auto* e = std::get_if<ApiError>(&prepared)) {
       if (Scheduler* s = server_.scheduler.load()) s->metrics().request_rejected("invalid");
-      return respond(e->status, json_error(*e), "application/json");
+      return respond(e->status, error_body(*e), "application/json");
     }
     job_ = std::get<std::shared_ptr<Job>>(std::move(prepared));
     chat_ = chat;
@@ -195,7 +193,7 @@ class Session : public std::enable_shared_from_this<Session> {
         job_.reset();
         return respond(
             503,
-            json_error(ApiError{.status = 503,
+            error_body(ApiError{.status = 503,
                                 .message = fmt::format("the queue is full ({} requests waiting); retry later",
                                                        scheduler.options().max_queue),
                                 .type = "server_error"}),
@@ -205,7 +203,7 @@ class Session : public std::enable_shared_from_this<Session> {
         job_.reset();
         return respond(
             400,
-            json_error(ApiError{.status = 400,
+            error_body(ApiError{.status = 400,
                                 .message = fmt::format("the request's KV cache and prefill need {} bytes, more "
                                                        "than the server's pool of {} (--kv-memory)",
                                                        need, scheduler.options().kv_memory),
@@ -215,7 +213,7 @@ class Session : public std::enable_shared_from_this<Session> {
       case Scheduler::Submit::kStopping:
         job_.reset();
         return respond(
-            503, json_error(ApiError{.status = 503, .message = "the server is shutting down", .type = "server_error"}),
+            503, error_body(ApiError{.status = 503, .message = "the server is shutting down", .type = "server_error"}),
             "application/json");
     }
     ++server_.in_flight;  // until its answer is written in full, or the connection closes

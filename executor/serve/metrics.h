@@ -17,8 +17,6 @@ class Histogram {
   void observe(double value);
   // "name_bucket{le=...} n" lines, then name_sum and name_count.
   void render(const std::string& name, std::string* out) const;
-  uint64_t count() const { return count_; }
-  double sum() const { return sum_; }
 
  private:
   std::vector<double> bounds_;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "executor/generator.h"
+
 namespace kvp::serve {
 namespace {
 
@@ -45,9 +47,7 @@ Scheduler::Scheduler(Decoder& decoder, const Tokenizer& tokenizer, const Schedul
   backend_.set_prefill_mode(PrefillMode{.evict_chunk = options_.prefill_evict ? options_.prefill_chunk : 0});
   backend_.reset_pool(options_.max_running, options_.kv_memory, options_.kv_dtype, options_.pool_policy);
   active_.resize(options_.max_running);
-  for (int32_t t = 0; t < tokenizer_.vocab_size(); ++t) {
-    if (tokenizer_.is_end_token(t) || t == tokenizer_.bos()) stop_tokens_.push_back(t);  // as kvplan run stops
-  }
+  stop_tokens_ = generation_stop_tokens(tokenizer_);  // as kvplan run stops
   paused_ = options_.start_paused;
   thread_ = std::thread([this] { loop(); });
 }
@@ -104,11 +104,15 @@ void Scheduler::stop_admitting() {
 
 void Scheduler::cancel_all() {
   std::lock_guard lock(mu_);
+  cancel_all_locked();
+  wake_.notify_all();
+}
+
+void Scheduler::cancel_all_locked() {
   for (const auto& j : waiting_) j->cancelled = true;
   for (const auto& a : active_) {
     if (a) a->job->cancelled = true;
   }
-  wake_.notify_all();
 }
 
 bool Scheduler::idle() const {
@@ -147,12 +151,7 @@ void Scheduler::loop() {
     {
       std::unique_lock lock(mu_);
       wake_.wait(lock, [&] { return quit_ || (!paused_ && (running_ > 0 || !waiting_.empty())); });
-      if (quit_) {
-        for (const auto& j : waiting_) j->cancelled = true;
-        for (const auto& a : active_) {
-          if (a) a->job->cancelled = true;
-        }
-      }
+      if (quit_) cancel_all_locked();
     }
     step();
     std::lock_guard lock(mu_);

@@ -131,6 +131,7 @@ class Scheduler {
   struct Active;
   void loop();
   void admit_locked();
+  void cancel_all_locked();
   void step();
   void finish(Active& a, const std::string& reason);
 

@@ -1,9 +1,9 @@
 #include "executor/serve/service.h"
 
 #include <fmt/format.h>
-
-#include <cmath>
 #include <nlohmann/json.hpp>
+
+#include "planner/capacity.h"
 
 namespace kvp::serve {
 
@@ -91,11 +91,10 @@ std::variant<std::shared_ptr<Job>, ApiError> Service::prepare(const CompletionPa
     }
   }
   if (p.keep) {
-    // A uniform budget of this share of the request's own positions, under the default plan's
-    // policy (or --keep-policy): the plan `kvplan run --policy P --budget B` builds. Rounded as
-    // kvplan capacity --keep rounds (keep_ratio_budgets).
-    const int budget = static_cast<int>(
-        std::min<int64_t>(positions, std::max<int64_t>(1, std::lround(*p.keep * static_cast<double>(positions)))));
+    // A uniform budget of this share of the request's own positions (at most the context, checked
+    // above), under the default plan's policy (or --keep-policy): the plan `kvplan run --policy P
+    // --budget B` builds, rounded as kvplan capacity --keep rounds.
+    const int budget = keep_ratio_budget(static_cast<int>(positions), *p.keep);
     const std::string name = options_.pool_policy ? std::string(options_.pool_policy->name())
                              : plan               ? std::string(plan->policy->name())
                                                   : options_.keep_policy;

@@ -132,10 +132,7 @@ std::vector<int32_t> alone(const Job& job) {
   const Tokenizer& tok = default_model().tokenizer;
   GenerateOptions options{
       .steps = static_cast<int>(job.prompt.size()) + job.max_tokens - 1, .sampler = job.sampler, .policy = job.policy};
-  options.stop_tokens.clear();
-  for (int32_t t = 0; t < tok.vocab_size(); ++t) {
-    if (tok.is_end_token(t) || t == tok.bos()) options.stop_tokens.push_back(t);
-  }
+  options.stop_tokens = generation_stop_tokens(tok);
   const GenerateResult r = generate(decoder, {job.prompt}, {job.budgets}, options);
   return std::vector<int32_t>(r.tokens[0].begin() + static_cast<long>(job.prompt.size()), r.tokens[0].end());
 }

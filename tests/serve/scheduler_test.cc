@@ -84,10 +84,7 @@ std::pair<std::vector<int32_t>, std::string> alone(const Spec& s, int evict_chun
   const Tokenizer& tok = default_model().tokenizer;
   GenerateOptions options{.steps = static_cast<int>(s.prompt.size()) + s.max_tokens - 1, .sampler = s.sampler};
   if (evict_chunk > 0) options.prefill_chunk = evict_chunk, options.prefill_evict = true;
-  options.stop_tokens.clear();
-  for (int32_t t = 0; t < tok.vocab_size(); ++t) {
-    if (tok.is_end_token(t) || t == tok.bos()) options.stop_tokens.push_back(t);
-  }
+  options.stop_tokens = generation_stop_tokens(tok);
   const std::shared_ptr<Job> job = make_job(s);
   options.policy = job->policy;
   const GenerateResult r = generate(decoder, {s.prompt}, {job->budgets}, options);
@@ -98,8 +95,10 @@ std::pair<std::vector<int32_t>, std::string> alone(const Spec& s, int evict_chun
   return {generated, text};
 }
 
-// Runs `jobs` (submitted while paused, so that the first step sees them all) to completion.
+// Collects the results of requests submitted while the scheduler is paused (so that its first
+// step sees them all).
 struct Batch {
+  explicit Batch(size_t n) : results(n), streamed(n) {}
   std::mutex mu;
   std::condition_variable cv;
   std::vector<JobResult> results;
@@ -117,6 +116,13 @@ struct Batch {
       ++done;
       cv.notify_all();
     };
+  }
+  // The job of `spec` as request i, submitted (it must be queued).
+  std::shared_ptr<Job> submit(Scheduler& scheduler, const Spec& spec, int i) {
+    auto job = make_job(spec);
+    attach(*job, i);
+    EXPECT_EQ(scheduler.submit(job), Scheduler::Submit::kQueued);
+    return job;
   }
   void wait(int n) {
     std::unique_lock lock(mu);
@@ -145,15 +151,8 @@ TEST(Scheduler, BatchedRequestsGetTheTokensOfALoneRun) {
   // over many steps while the short ones already decode.
   Scheduler scheduler(decoder, tok,
                       SchedulerOptions{.kv_memory = int64_t{1} << 30, .prefill_chunk = 16, .start_paused = true});
-  Batch batch;
-  batch.results.resize(specs.size());
-  batch.streamed.resize(specs.size());
-  std::vector<std::shared_ptr<Job>> jobs;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    jobs.push_back(make_job(specs[i]));
-    batch.attach(*jobs.back(), static_cast<int>(i));
-    ASSERT_EQ(scheduler.submit(jobs.back()), Scheduler::Submit::kQueued);
-  }
+  Batch batch(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) batch.submit(scheduler, specs[i], static_cast<int>(i));
   scheduler.resume();
   batch.wait(static_cast<int>(specs.size()));
   bool ended_by_eos = false;
@@ -201,13 +200,9 @@ TEST(Scheduler, PrefillEvictCutsWhereKvplanRunCutsAndHoldsItsSmallerScratch) {
       decoder, default_model().tokenizer,
       SchedulerOptions{
           .kv_memory = int64_t{1} << 30, .prefill_chunk = 16, .prefill_evict = true, .start_paused = true});
-  Batch batch;
-  batch.results.resize(specs.size());
-  batch.streamed.resize(specs.size());
+  Batch batch(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) {
-    auto job = make_job(specs[i]);
-    batch.attach(*job, static_cast<int>(i));
-    ASSERT_EQ(scheduler.submit(job), Scheduler::Submit::kQueued);
+    const std::shared_ptr<Job> job = batch.submit(scheduler, specs[i], static_cast<int>(i));
     // The scratch the admission charges: budget + one chunk per head, not the whole prompt.
     EXPECT_EQ(job->scratch_bytes, job->budgets.prefill_scratch(120, 16).kv_bytes());
     EXPECT_LT(job->scratch_bytes, job->budgets.prefill_scratch(120, 0).kv_bytes());
@@ -239,15 +234,9 @@ TEST(Scheduler, AdmissionFillsThePoolAsCapacityPredicts) {
     const int64_t expected = sequences_in_pool(pool, steady, scratch);
     EXPECT_EQ(expected, slack == 0 ? 5 : 4);
     Scheduler scheduler(decoder, tok, SchedulerOptions{.kv_memory = pool, .start_paused = true});
-    Batch batch;
     const int n = 12;
-    batch.results.resize(n);
-    batch.streamed.resize(n);
-    for (int i = 0; i < n; ++i) {
-      auto job = make_job(spec);
-      batch.attach(*job, i);
-      ASSERT_EQ(scheduler.submit(job), Scheduler::Submit::kQueued);
-    }
+    Batch batch(n);
+    for (int i = 0; i < n; ++i) batch.submit(scheduler, spec, i);
     scheduler.resume();
     batch.wait(n);
     const Scheduler::Snapshot s = scheduler.snapshot();
@@ -272,9 +261,7 @@ TEST(Scheduler, CancellationFreesTheCacheAtOnce) {
   const int64_t one = steady + probe->budgets.prefill_scratch(static_cast<int>(spec.prompt.size()), 0).kv_bytes();
   // Room for one: the second waits, and is cancelled before it runs; the queue holds one.
   Scheduler scheduler(decoder, tok, SchedulerOptions{.kv_memory = one, .max_queue = 1});
-  Batch batch;
-  batch.results.resize(2);
-  batch.streamed.resize(2);
+  Batch batch(2);
   auto running = make_job(spec), waiting = make_job(spec);
   batch.attach(*running, 0);
   batch.attach(*waiting, 1);
@@ -323,14 +310,8 @@ TEST(SchedulerOnTheEmulatedGpu, BatchedRequestsGetTheTokensOfALoneRun) {
       decoder, tok,
       SchedulerOptions{
           .kv_memory = 4 << 20, .prefill_chunk = 16, .start_paused = true, .pool_policy = policy("vatp", 32)});
-  Batch batch;
-  batch.results.resize(specs.size());
-  batch.streamed.resize(specs.size());
-  for (size_t i = 0; i < specs.size(); ++i) {
-    auto job = make_job(specs[i]);
-    batch.attach(*job, static_cast<int>(i));
-    ASSERT_EQ(scheduler.submit(job), Scheduler::Submit::kQueued);
-  }
+  Batch batch(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) batch.submit(scheduler, specs[i], static_cast<int>(i));
   scheduler.resume();
   batch.wait(static_cast<int>(specs.size()));
   for (size_t i = 0; i < specs.size(); ++i) {

@@ -69,10 +69,7 @@ Status run(const RunFlags& flags) {
   }
   GenerateOptions options{.steps = flags.steps, .sampler = flags.sampler, .prefill_chunk = flags.prefill_chunk,
                           .prefill_evict = flags.prefill_evict};
-  options.stop_tokens.clear();
-  for (int32_t t = 0; t < model.tokenizer.vocab_size(); ++t) {
-    if (model.tokenizer.is_end_token(t) || t == model.tokenizer.bos()) options.stop_tokens.push_back(t);
-  }
+  options.stop_tokens = generation_stop_tokens(model.tokenizer);
   std::vector<KvBudgets> budgets(prompts.size(), full_cache_budgets(config, flags.steps));
   int64_t predicted_kv_bytes = -1;
   if (flags.plan.given()) {
