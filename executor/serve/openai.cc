@@ -127,6 +127,7 @@ std::variant<CompletionParams, ApiError> parse_completion(std::string_view body,
   if (r.has("seed")) p.seed = static_cast<uint64_t>(r.number("seed", 0, 9007199254740991.0, true));
   if (r.has("n") && r.number("n", 1, 1, true) != 1) r.fail("n", "'n' must be 1");
   if (r.has("stream")) p.stream = r.boolean("stream");
+  if (r.has("ignore_eos")) p.ignore_eos = r.boolean("ignore_eos");
   if (r.has("stream_options")) {
     const json& so = j.at("stream_options");
     if (!so.is_object()) {

@@ -38,6 +38,7 @@ struct CompletionParams {
   float top_p = 1.0f;
   std::optional<uint64_t> seed;
   std::vector<std::string> stop;
+  bool ignore_eos = false;  // vLLM's extension: generate max_tokens whatever the end tokens
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   // "kvplan": {"plan": name} or {"keep": ratio}: the request's own budgets.

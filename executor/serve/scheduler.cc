@@ -301,7 +301,7 @@ void Scheduler::step() {
       evicted += total - a.evicted;
       a.evicted = total;
     }
-    if (std::find(stop_tokens_.begin(), stop_tokens_.end(), token) != stop_tokens_.end()) {
+    if (!a.job->ignore_eos && std::find(stop_tokens_.begin(), stop_tokens_.end(), token) != stop_tokens_.end()) {
       finish(a, "stop");
       continue;
     }

@@ -48,6 +48,7 @@ struct Job {
   int max_tokens = 16;          // >= 1
   SamplerOptions sampler;
   std::vector<std::string> stop;  // stop strings
+  bool ignore_eos = false;        // the model's end tokens do not stop it (stop strings still do)
   KvBudgets budgets;
   std::shared_ptr<const Policy> policy;  // null: keep everything
   std::string plan_name;                 // reported by /slots

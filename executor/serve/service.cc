@@ -73,6 +73,7 @@ std::variant<std::shared_ptr<Job>, ApiError> Service::prepare(const CompletionPa
   job->max_tokens = p.max_tokens;
   job->sampler = SamplerOptions{.temperature = p.temperature, .top_p = p.top_p, .seed = p.seed.value_or(seed_if_none)};
   job->stop = p.stop;
+  job->ignore_eos = p.ignore_eos;
 
   const ServedPlan* plan = options_.plans.empty() ? nullptr : &options_.plans[0];
   if (p.plan) {

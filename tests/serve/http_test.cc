@@ -481,7 +481,8 @@ TEST(ServeHttp, EveryBadInputGetsItsStatusAndTheServerGoesOn) {
 }
 
 TEST(ServeHttp, AFullQueueAnswers503WithRetryAfter) {
-  const std::string body = R"({"prompt":"Once","max_tokens":500,"stream":true})";
+  // ignore_eos: the first request runs all 500 tokens, so the second still waits when the third comes.
+  const std::string body = R"({"prompt":"Once","max_tokens":500,"stream":true,"ignore_eos":true})";
   Server probe(SchedulerOptions{.kv_memory = int64_t{1} << 30}, {}, {}, std::nullopt, false);
   const std::shared_ptr<Job> job = probe.job_of(body);
   const int64_t one = job->budgets.kv_bytes() + job->budgets.prefill_scratch(2, 0).kv_bytes();
@@ -498,8 +499,8 @@ TEST(ServeHttp, AFullQueueAnswers503WithRetryAfter) {
   EXPECT_EQ(json::parse(full.body)["error"]["type"], "server_error");
   first.join();
   second.join();
-  EXPECT_NE(streamed(replies[0]).second, "cancelled");  // length, or an end token at temperature 1
-  EXPECT_NE(streamed(replies[1]).second, "cancelled");
+  EXPECT_EQ(streamed(replies[0]).second, "length");
+  EXPECT_EQ(streamed(replies[1]).second, "length");
   EXPECT_NE(get(server.port(), "/metrics").body.find("kvplan_requests_rejected_total{reason=\"queue_full\"} 1"),
             std::string::npos);
 }

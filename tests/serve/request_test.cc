@@ -93,7 +93,7 @@ ApiError refused(const std::string& body, bool chat = false) {
 
 TEST(ParseCompletion, AcceptsTheOpenAiFields) {
   const CompletionParams p = ok(R"({"model":"stories260K","prompt":"Once","max_tokens":40,"temperature":0.7,
-      "top_p":0.9,"seed":7,"stop":["\n","The end"],"stream":true,"stream_options":{"include_usage":true},
+      "top_p":0.9,"seed":7,"stop":["\n","The end"],"stream":true,"stream_options":{"include_usage":true},"ignore_eos":true,
       "n":1,"logprobs":null,"user":"x","kvplan":{"plan":"vatp25"}})");
   EXPECT_EQ(p.model, "stories260K");
   EXPECT_EQ(p.prompt_text, "Once");
@@ -104,6 +104,7 @@ TEST(ParseCompletion, AcceptsTheOpenAiFields) {
   EXPECT_EQ(p.stop, (std::vector<std::string>{"\n", "The end"}));
   EXPECT_TRUE(p.stream);
   EXPECT_TRUE(p.include_usage);
+  EXPECT_TRUE(p.ignore_eos);
   EXPECT_EQ(p.plan, "vatp25");
   EXPECT_FALSE(p.keep);
 }
@@ -115,6 +116,7 @@ TEST(ParseCompletion, DefaultsAndPromptForms) {
   EXPECT_FLOAT_EQ(d.top_p, 1.0f);
   EXPECT_FALSE(d.seed);
   EXPECT_FALSE(d.stream);
+  EXPECT_FALSE(d.ignore_eos);
   EXPECT_EQ(ok(R"({"prompt":["one"]})").prompt_text, "one");
   EXPECT_EQ(ok(R"({"prompt":[1, 403, 407]})").prompt_tokens, (std::vector<int32_t>{1, 403, 407}));
   EXPECT_EQ(ok(R"({"prompt":"x","stop":"\n"})").stop, std::vector<std::string>{"\n"});
@@ -147,6 +149,7 @@ TEST(ParseCompletion, RefusesEachBadFieldByName) {
       {R"({"prompt":"x","seed":-1})", "seed"},
       {R"({"prompt":"x","n":2})", "n"},
       {R"({"prompt":"x","stream":"yes"})", "stream"},
+      {R"({"prompt":"x","ignore_eos":1})", "ignore_eos"},
       {R"({"prompt":"x","stream_options":{"include_usage":1}})", "stream_options.include_usage"},
       {R"({"prompt":"x","stop":[1]})", "stop"},
       {R"({"prompt":"x","stop":["a","b","c","d","e"]})", "stop"},
