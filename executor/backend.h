@@ -124,8 +124,6 @@ class Backend {
   // Frees sequence `seq`'s cache and any prompt scratch it holds: kv_bytes_allocated() drops by
   // its bytes at once. The sequence holds nothing until it is opened again.
   virtual void close_sequence(int seq);
-  // Whether PrefillMode::evict_chunk (--prefill-evict) runs here.
-  virtual bool evicts_during_prefill() const { return true; }
   // Whether a prompt of `prompt_len` positions prefilled `chunk` rows at a time is held in a scratch
   // (KvBudgets::prefill_scratch bytes, counted in peak_kv_bytes) until it is cut.
   virtual bool holds_prompt_scratch(int prompt_len, int chunk) const {

@@ -73,8 +73,6 @@ GenerateResult generate(Decoder& decoder, const std::vector<std::vector<int32_t>
   }
   Backend& backend = decoder.backend();
   KVP_CHECK(options.prefill_chunk >= 1);
-  KVP_CHECK(backend.evicts_during_prefill() || !options.prefill_evict, "the {} backend does not run --prefill-evict",
-            backend.name());
   backend.set_prefill_mode(PrefillMode{.evict_chunk = options.prefill_evict ? options.prefill_chunk : 0});
   backend.reset_sequences(budgets, options.policy);
 

@@ -372,16 +372,18 @@ KVP_GLOBAL void place_kernel(const float* score, const int32_t* positions, const
 }
 
 // Prefill, step 1 of 2: causal softmax statistics of each prompt query. One block per (query row i,
-// KV head h); q [P, n_kv_heads, group, head_dim], k [P, n_kv_heads, head_dim] (row-major by
-// position). Writes, per (i, h, g), the largest logit and Σ exp(logit − max) over keys 0..i.
+// launched KV head); q [P, n_kv_heads, group, head_dim], key row j of launched head hl at
+// k + j * k_row + hl * head_dim (launch.h PrefillRows). Writes, per (i, h, g), the largest logit and
+// Σ exp(logit − max) over key rows 0..i.
 KVP_GLOBAL void prefill_stats_kernel(const float* q, const float* k, float* row_max, float* row_sum, int n_kv_heads,
-                                     int group, int head_dim, int first_query) {
-  const int r = static_cast<int>(blockIdx.x), i = first_query + r, h = static_cast<int>(blockIdx.y);
+                                     int group, int head_dim, int first_query, int first_head, int64_t k_row) {
+  const int r = static_cast<int>(blockIdx.x), i = first_query + r, hl = static_cast<int>(blockIdx.y);
+  const int h = first_head + hl;
   const float scale = math::attention_scale(head_dim);
   for (int g = 0; g < group; ++g) {
     const float* qg = q + ((static_cast<int64_t>(r) * n_kv_heads + h) * group + g) * head_dim;
     auto logit = [&](int j) {
-      const float* kj = k + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
+      const float* kj = k + j * k_row + static_cast<int64_t>(hl) * head_dim;
       float dot = 0;
       for (int d = 0; d < head_dim; ++d) dot += qg[d] * kj[d];
       return dot * scale;
@@ -404,13 +406,14 @@ KVP_GLOBAL void prefill_stats_kernel(const float* q, const float* k, float* row_
 // the H2O/VATP prefill score (every row), TOVA's (the last row), SnapKV's (its observation window)
 // — without writing the P × P matrix. One block per (key column j, KV head h); the queries are
 // summed in a fixed order (per thread, then the block's tree), so the result does not depend on
-// timing.
+// timing. Keys before first_query add the sum to theirs, or with `replace` take it alone.
 KVP_GLOBAL void prefill_column_sums_kernel(const float* q, const float* k, const float* row_max, const float* row_sum,
                                            float* column_sum, int prompt_len, int n_kv_heads, int group, int head_dim,
-                                           int first_row, int own_row, int first_query, int column_stride) {
-  const int j = static_cast<int>(blockIdx.x), h = static_cast<int>(blockIdx.y);
+                                           int first_row, int own_row, int first_query, int column_stride,
+                                           int first_head, int64_t k_row, int replace) {
+  const int j = static_cast<int>(blockIdx.x), hl = static_cast<int>(blockIdx.y), h = first_head + hl;
   const float scale = math::attention_scale(head_dim);
-  const float* kj = k + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
+  const float* kj = k + j * k_row + static_cast<int64_t>(hl) * head_dim;
   float part = 0;
   int from = own_row ? j : j + 1;
   from = from > first_row ? from : first_row;
@@ -426,8 +429,8 @@ KVP_GLOBAL void prefill_column_sums_kernel(const float* q, const float* k, const
   }
   const float total = block_sum(part);
   if (threadIdx.x == 0) {
-    float& sum = column_sum[static_cast<int64_t>(h) * column_stride + j];
-    sum = j < first_query ? sum + total : total;
+    float& sum = column_sum[static_cast<int64_t>(hl) * column_stride + j];
+    sum = j < first_query && !replace ? sum + total : total;
   }
 }
 
@@ -479,12 +482,13 @@ KVP_GLOBAL void prefill_keep_kernel(const float* keys, int prompt_len, int sinks
 }
 
 // Prefill attention outputs (with the statistics of prefill_stats_kernel): out[i, h, g] = Σ_{j ≤ i}
-// softmax weight · v_j. One block per (query row i, KV head h); threads stride over keys, each keeps
-// a partial output that the block sums per element. v [P, n_kv_heads, head_dim].
+// softmax weight · v_j. One block per (query row i, launched KV head); threads stride over keys, each
+// keeps a partial output that the block sums per element. v laid out as k.
 KVP_GLOBAL void prefill_attention_kernel(const float* q, const float* k, const float* v, const float* row_max,
                                          const float* row_sum, float* out, int n_kv_heads, int group, int head_dim,
-                                         int first_query) {
-  const int r = static_cast<int>(blockIdx.x), i = first_query + r, h = static_cast<int>(blockIdx.y);
+                                         int first_query, int first_head, int64_t k_row) {
+  const int r = static_cast<int>(blockIdx.x), i = first_query + r, hl = static_cast<int>(blockIdx.y);
+  const int h = first_head + hl;
   const float scale = math::attention_scale(head_dim);
   for (int g = 0; g < group; ++g) {
     const int64_t at = (static_cast<int64_t>(r) * n_kv_heads + h) * group + g;
@@ -492,8 +496,8 @@ KVP_GLOBAL void prefill_attention_kernel(const float* q, const float* k, const f
     float part[kMaxHeadDim];
     for (int d = 0; d < head_dim; ++d) part[d] = 0;
     for (int j = static_cast<int>(threadIdx.x); j <= i; j += static_cast<int>(blockDim.x)) {
-      const float* kj = k + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
-      const float* vj = v + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
+      const float* kj = k + j * k_row + static_cast<int64_t>(hl) * head_dim;
+      const float* vj = v + j * k_row + static_cast<int64_t>(hl) * head_dim;
       float dot = 0;
       for (int d = 0; d < head_dim; ++d) dot += qg[d] * kj[d];
       const float w = expf(dot * scale - row_max[at]) / row_sum[at];
@@ -507,39 +511,43 @@ KVP_GLOBAL void prefill_attention_kernel(const float* q, const float* k, const f
 }
 
 // Each prompt token's value L1 norm, score under `rule` (from its accumulated attention
-// column_sum[h, j], null when the rule needs none) and eviction key at the last prompt position.
-// One block per (position j, KV head h); outputs [n_kv_heads, P].
+// column_sum[hl, j], null when the rule needs none) and eviction key at the prompt's newest row.
+// One block per (key row j, launched KV head hl); outputs [heads, P]; column sums and positions
+// [heads, column_stride]. snap_kernel 0 pools nothing (--prefill-evict's cuts before the last).
 KVP_GLOBAL void prefill_scores_kernel(const float* k, const float* v, const float* column_sum, float* score,
-                                      float* value_l1, float* key, int prompt_len, int n_kv_heads, int head_dim,
-                                      math::ScoreArgs score_args) {
-  const int j = static_cast<int>(blockIdx.x), h = static_cast<int>(blockIdx.y);
-  const float* vj = v + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
-  const float* kj = k + (static_cast<int64_t>(j) * n_kv_heads + h) * head_dim;
+                                      float* value_l1, float* key, int prompt_len, int head_dim,
+                                      math::ScoreArgs score_args, int first_head, int64_t k_row,
+                                      const int32_t* positions, int column_stride) {
+  const int j = static_cast<int>(blockIdx.x), hl = static_cast<int>(blockIdx.y), h = first_head + hl;
+  const float* vj = v + j * k_row + static_cast<int64_t>(hl) * head_dim;
+  const float* kj = k + j * k_row + static_cast<int64_t>(hl) * head_dim;
   float l1 = 0;
   for (int d = static_cast<int>(threadIdx.x); d < head_dim; d += static_cast<int>(blockDim.x)) l1 += fabsf(vj[d]);
   l1 = block_sum(l1);
   if (threadIdx.x == 0) {
-    const int64_t at = static_cast<int64_t>(h) * prompt_len + j;
-    float s = math::initial_score(score_args, h, j, column_sum ? column_sum[at] : 0.0f, l1, kj, head_dim, true);
+    const int64_t at = static_cast<int64_t>(hl) * prompt_len + j;
+    const float* sums = column_sum ? column_sum + static_cast<int64_t>(hl) * column_stride : nullptr;
+    const int32_t* pos = positions ? positions + static_cast<int64_t>(hl) * column_stride : nullptr;
+    const int32_t pj = pos ? pos[j] : j, newest = pos ? pos[prompt_len - 1] : prompt_len - 1;
+    float s = math::initial_score(score_args, h, pj, sums ? sums[j] : 0.0f, l1, kj, head_dim, true);
     if (score_args.rule == math::kScoreWindowAttention) {  // max-pooled over its neighbours' sums
       const int half = score_args.snap_kernel / 2 > 0 ? score_args.snap_kernel / 2 : 0;
-      for (int c = j - half > 0 ? j - half : 0; c <= j + half && c < prompt_len; ++c) {
-        s = fmaxf(s, column_sum[static_cast<int64_t>(h) * prompt_len + c]);
-      }
+      for (int c = j - half > 0 ? j - half : 0; c <= j + half && c < prompt_len; ++c) s = fmaxf(s, sums[c]);
     }
     score[at] = s;
     value_l1[at] = l1;
-    key[at] = math::eviction_key(s, j, prompt_len - 1, score_args.per_query_key);
+    key[at] = math::eviction_key(s, pj, newest, score_args.per_query_key);
   }
 }
 
 // Writes the kept prompt positions of each KV head (keep[h * keep_stride + slot], -1 for none) into
-// its cache slots: key and value transposed, position, score and value norm. One block per head
-// (cache.offset and capacity per head), threads over the slot's elements. k, v [P, n_kv_heads, hd].
+// its cache slots: key and value transposed, position, score and value norm. One block per launched
+// head (cache.offset and capacity per launched head), threads over the slot's elements; key rows as
+// in prefill_stats_kernel, positions [heads, column_stride] (null: the row).
 template <typename T>
 KVP_GLOBAL void prefill_gather_kernel(SlotCache<T> cache, const float* k, const float* v, const float* score,
                                       const float* value_l1, const int32_t* keep, int keep_stride, int prompt_len,
-                                      int n_kv_heads, int head_dim) {
+                                      int head_dim, int64_t k_row, const int32_t* positions, int column_stride) {
   const int h = static_cast<int>(blockIdx.x);
   const int64_t off = cache.offset[h];
   const int cap = cache.capacity[h];
@@ -549,15 +557,44 @@ KVP_GLOBAL void prefill_gather_kernel(SlotCache<T> cache, const float* k, const 
     const int s = e / head_dim, d = e % head_dim;
     const int32_t p = keep[static_cast<int64_t>(h) * keep_stride + s];
     if (p < 0) continue;
-    const int64_t src = (static_cast<int64_t>(p) * n_kv_heads + h) * head_dim + d;
+    const int64_t src = p * k_row + static_cast<int64_t>(h) * head_dim + d;
     cache.k[koff + static_cast<int64_t>(d) * cap + s] = gpu::from_float<T>(k[src]);
     cache.v[koff + static_cast<int64_t>(d) * cap + s] = gpu::from_float<T>(v[src]);
     if (d == 0) {
       const int64_t at = static_cast<int64_t>(h) * prompt_len + p;
-      cache.pos[off + s] = p;
+      cache.pos[off + s] = positions ? positions[static_cast<int64_t>(h) * column_stride + p] : p;
       cache.score[off + s] = score[at];
       if (cache.value_l1) cache.value_l1[off + s] = value_l1[at];
     }
+  }
+}
+
+// dst[r * dst_stride + e] = src[r * src_stride + e]: one block per row, threads over its elements.
+KVP_GLOBAL void copy_rows_kernel(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int width) {
+  const int64_t r = blockIdx.x;
+  for (int e = static_cast<int>(threadIdx.x); e < width; e += static_cast<int>(blockDim.x)) {
+    dst[r * dst_stride + e] = src[r * src_stride + e];
+  }
+}
+
+// A cut in place of one head's prompt scratch (rows of head_dim keys and values, positions, column
+// sums): row keep[s] moves to row s for s < n_keep, in increasing s. keep is increasing, so
+// keep[s] >= s and the source row is not yet overwritten; one block, a barrier per row.
+KVP_GLOBAL void prefill_compact_kernel(float* k, float* v, int32_t* positions, float* column_sum, const int32_t* keep,
+                                       int n_keep, int head_dim) {
+  for (int s = 0; s < n_keep; ++s) {
+    const int64_t p = keep[s];
+    if (p != s) {
+      for (int d = static_cast<int>(threadIdx.x); d < head_dim; d += static_cast<int>(blockDim.x)) {
+        k[s * head_dim + d] = k[p * head_dim + d];
+        v[s * head_dim + d] = v[p * head_dim + d];
+      }
+      if (threadIdx.x == 0) {
+        positions[s] = positions[p];
+        column_sum[s] = column_sum[p];
+      }
+    }
+    gpu::sync_threads();
   }
 }
 

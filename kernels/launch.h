@@ -54,11 +54,18 @@ struct Placement {
 };
 
 // One sequence's prompt, as the prefill kernels see it: keys and values of rows [0, prompt_len), and
-// the queries of rows [first_query, prompt_len) (a chunk of a longer prompt; 0: all of them).
+// the queries of rows [first_query, prompt_len) (a chunk of a longer prompt; 0: all of them). Query
+// row i attends key rows 0..i: the rows are in position order.
+//
+// The launch covers KV heads [first_head, first_head + heads). Queries, outputs and the softmax
+// workspace are laid out over all n_kv_heads; keys, values, positions, column sums and the scores'
+// outputs are the launched heads' own, from head 0 of the launch: key row j of head h at
+// k + j * k_row + (h - first_head) * head_dim. --prefill-evict launches one head at a time over that
+// head's scratch (k_row = head_dim), where the rows are the kept tokens then the chunk's.
 struct PrefillRows {
   const float* q;  // [prompt_len - first_query, n_kv_heads, group, head_dim], post-RoPE
-  const float* k;  // [prompt_len, n_kv_heads, head_dim], post-RoPE
-  const float* v;  // [prompt_len, n_kv_heads, head_dim]
+  const float* k;  // key rows, post-RoPE: [prompt_len, n_kv_heads, head_dim] by default
+  const float* v;  // value rows, laid out as k
   float* row_max;  // [prompt_len - first_query, n_kv_heads, group] workspace: each query's largest logit
   float* row_sum;  // [prompt_len - first_query, n_kv_heads, group] workspace: its softmax normaliser
   int prompt_len;
@@ -66,10 +73,18 @@ struct PrefillRows {
   int group;
   int head_dim;
   int first_query = 0;
-  // Row stride of the column sums, [n_kv_heads, column_stride] (0: prompt_len): a chunked prompt
+  // Row stride of the column sums, [heads, column_stride] (0: prompt_len): a chunked prompt
   // keeps one array for the whole prompt. Keys before first_query add this chunk's queries to the
-  // sums they hold; keys from first_query on are written.
+  // sums they hold (or take them alone, ColumnSpan::replace); keys from first_query on are written.
   int column_stride = 0;
+  int first_head = 0;
+  int heads = 0;                      // 0: n_kv_heads - first_head
+  int64_t k_row = 0;                  // elements from one key row to the next; 0: n_kv_heads * head_dim
+  const int32_t* positions = nullptr; // each key row's position, [heads, column_stride]; null: its row
+
+  int launched_heads() const { return heads > 0 ? heads : n_kv_heads - first_head; }
+  int64_t key_row_stride() const { return k_row > 0 ? k_row : static_cast<int64_t>(n_kv_heads) * head_dim; }
+  int column_row_stride() const { return column_stride > 0 ? column_stride : prompt_len; }
 };
 
 // Which queries a key's column sum counts: rows >= first_row that come at or after the key
@@ -77,6 +92,7 @@ struct PrefillRows {
 struct ColumnSpan {
   int first_row = 0;
   bool own_row = true;
+  bool replace = false;  // keys before first_query take this chunk's sum in place of theirs (tova)
 };
 
 // `rule` is a math::ScoreRule (kernels/score_rule.h).
@@ -118,6 +134,13 @@ struct ColumnSpan {
   /* The kept positions (keep[h * keep_stride + slot], -1 for none) into each KV head's slots. */              \
   void prefill_gather(const PrefillRows& p, const SlotCacheView& cache, const float* score, const float* value_l1, \
                       const int32_t* keep, int keep_stride, int threads);                                        \
+  /* dst[r * dst_stride + e] = src[r * src_stride + e] for r < rows, e < width (floats). */                  \
+  void copy_rows(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int rows, int width,       \
+                 int threads);                                                                                    \
+  /* --prefill-evict's cut in place of one head's scratch: rows keep[s] to s for s < n_keep (keep */          \
+  /* increasing): key and value rows of head_dim, positions and column sums. */                              \
+  void prefill_compact(float* k, float* v, int32_t* positions, float* column_sum, const int32_t* keep, int n_keep, \
+                       int head_dim, int threads);                                                               \
   /* REQUIRES: threads a multiple of 32 (whole warps) for every kernel but swiglu, rope, to_half and */      \
   /* embedding; decode_attention: head_dim <= 128, group <= 8, and `weights` a workspace of */                \
   /* [heads, group, weights_stride] floats with weights_stride > every entry's n_used. */                      \
@@ -139,7 +162,8 @@ struct Launchers {
   KVP_LAUNCHER_FIELD(argmax) KVP_LAUNCHER_FIELD(sample) KVP_LAUNCHER_FIELD(to_half) KVP_LAUNCHER_FIELD(q8_0_gemv) KVP_LAUNCHER_FIELD(insert) KVP_LAUNCHER_FIELD(place)
   KVP_LAUNCHER_FIELD(prefill_attention) KVP_LAUNCHER_FIELD(prefill_scores) KVP_LAUNCHER_FIELD(sum_rows)
   KVP_LAUNCHER_FIELD(prefill_keep)
-  KVP_LAUNCHER_FIELD(prefill_gather) KVP_LAUNCHER_FIELD(decode_attention)
+  KVP_LAUNCHER_FIELD(prefill_gather) KVP_LAUNCHER_FIELD(decode_attention) KVP_LAUNCHER_FIELD(copy_rows)
+  KVP_LAUNCHER_FIELD(prefill_compact)
 #undef KVP_LAUNCHER_FIELD
 };
 

@@ -4,8 +4,9 @@
 // of exactly the plan's bytes for all sequences (keys, values, positions, scores and the policy's
 // value norms), and eviction replaces a victim's slot in place.
 //
-// Policies: full, window, h2o and vatp (both bases) run on the device with the CPU executor's
-// rules (kernels/kernel_math.h); the others are refused by reset_sequences. Decisions are the
+// Policies: every one of the registry (full, window, h2o, vatp with both bases, tova, snapkv,
+// knorm, random) runs on the device with the CPU executor's rules (kernels/score_rule.h,
+// kernel_math.h). Decisions are the
 // CPU executor's — lowest key, older position on ties; protected sinks and recent window — so on
 // the same attention both evict the same tokens (floating-point sums run in another order, so keys
 // agree to rounding, and only a near-tie can break differently).
@@ -14,6 +15,8 @@
 // prompt key's accumulated attention by column sums, the kept positions by rank, a gather into
 // its slots); otherwise its row attends its slots plus itself, adds its attention to the scores,
 // and takes a free slot or the victim's. Decode rows of different sequences run as one batch.
+// A prompt in chunks is held in a scratch until its last chunk, or under --prefill-evict cut to
+// budget per KV head after every chunk (prefill_evicting).
 #pragma once
 
 #include <algorithm>
@@ -69,8 +72,10 @@ class GpuBackend final : public Backend {
   }
   // A prompt in one step runs through the prefill kernels from the step's activations; a prompt in
   // chunks keeps its keys and values, every layer, in a device scratch until its last chunk, whose
-  // cut takes what the policy keeps (the same kernels, over the scratch). No --prefill-evict.
-  bool evicts_during_prefill() const override { return false; }
+  // cut takes what the policy keeps (the same kernels, over the scratch). With --prefill-evict the
+  // scratch is per KV head, budget + chunk rows: after each chunk that ends on a multiple of the
+  // evict chunk the head keeps, from the scores so far, what the CPU executor's prefill_row keeps,
+  // compacted in place (prefill_evicting, cut_scratch).
   // A prompt in one step is cut from the step's activations.
   bool holds_prompt_scratch(int prompt_len, int chunk) const override { return prompt_len > chunk; }
   void set_prefill_mode(const PrefillMode& mode) override;
@@ -110,6 +115,11 @@ class GpuBackend final : public Backend {
   void ensure_rows(int rows);
   void upload_rows();
   void prefill(const Work& w, int layer_idx);
+  // --prefill-evict: a chunk of a prompt through each KV head's scratch, then the cut its end calls for.
+  void prefill_evicting(const Work& w, int layer_idx);
+  // The cut of each KV head's scratch after the row at `newest`: in place to the budget, or with
+  // `finish` (the prompt's last row) into the cache.
+  void cut_scratch(int seq, int layer_idx, int32_t newest, bool finish);
   // The prompt's cut into the cache: scores, the kept positions, the gather, the eviction log.
   void cut_prompt(int seq, int layer_idx, const PrefillRows& prompt, const float* column_sum);
   void decode(const std::vector<Work>& runs, int layer_idx);
@@ -175,11 +185,25 @@ class GpuBackend final : public Backend {
     int next_pos = 0;
     DeviceBuffer arena;
     std::vector<float*> k, v, column_sum;  // [layer]
+    // --prefill-evict: per (layer, KV head), min(prompt, budget + evict chunk) rows of keys and
+    // values [cap, head_dim], positions and column sums [cap]; the first `rows` hold the kept tokens
+    // in position order, then the chunk's.
+    struct Head {
+      float* k;
+      float* v;
+      int32_t* pos;
+      float* column_sum;
+      int cap;
+      int rows;
+    };
+    std::vector<Head> heads;  // [layer * n_kv_heads + h]
     int64_t bytes() const { return static_cast<int64_t>(arena.bytes()); }
   };
   std::vector<PromptScratch> prompts_;  // [seq]
   int64_t peak_kv_bytes_ = 0;
+  int evict_chunk_ = 0;  // --prefill-evict's chunk; 0: prompts held whole until their last row
   void note_kv_bytes();
+  void open_prompt(int seq, int prompt_len);
   // A pool (reset_pool): its slots, the free ranges (start, count) in increasing order, each
   // sequence's range, and the open sequences' bytes.
   bool pool_ = false;

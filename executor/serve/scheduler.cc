@@ -256,7 +256,10 @@ void Scheduler::step() {
     // A prompt that fits one step runs in one step (a device backend then cuts it without a
     // scratch, as holds_prompt_scratch says and admission counted); it waits for the budget.
     if (a->prefilled == 0 && a->prompt_len() <= options_.prefill_chunk && a->prompt_len() > budget) continue;
-    const int n = std::min(budget, a->prompt_len() - a->prefilled);
+    int n = std::min(budget, a->prompt_len() - a->prefilled);
+    // Under --prefill-evict a step's rows end at the next cut at the latest (a device backend cuts at
+    // the end of a step's rows; the CPU's cuts, after every such row, are the same either way).
+    if (options_.prefill_evict) n = std::min(n, (a->prefilled / options_.prefill_chunk + 1) * options_.prefill_chunk - a->prefilled);
     for (int p = a->prefilled; p < a->prefilled + n; ++p) rows.add(a->job->prompt[p], p, a->seq, a->prompt_len());
     prompt_rows[i] = n;
     budget -= n;

@@ -49,6 +49,11 @@ TEST(GpuBackendCuda, TovaAndSnapkvEvictWhatTheCpuExecutorEvicts) {
                                     PolicyParams{.sinks = 2, .recent = 8, .snap_window = 8, .snap_kernel = 5});
 }
 
+TEST(GpuBackendCuda, PrefillEvictCutsWhatTheCpuExecutorCuts) {
+  KVP_REQUIRE_GPU();
+  test::check_prefill_evict_matches_cpu(cuda_device);
+}
+
 TEST(GpuBackendCuda, HalfPrecisionWeightsAndCacheStayCloseToF32) {
   KVP_REQUIRE_GPU();
   test::check_half_precision(cuda_device);

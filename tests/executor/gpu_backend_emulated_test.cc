@@ -56,6 +56,10 @@ TEST(GpuBackendEmulated, ChunkedPromptsEvictWhatTheCpuExecutorEvicts) {
   test::check_same_evictions_as_cpu(emulated, "window", PolicyParams{.sinks = 4, .recent = 8}, 24);
 }
 
+// --prefill-evict: each KV head's scratch cut in place to budget 40 after positions 47 and 59
+// (chunks of 12), then into the cache after 63, the CPU executor's cuts record for record.
+TEST(GpuBackendEmulated, PrefillEvictCutsWhatTheCpuExecutorCuts) { test::check_prefill_evict_matches_cpu(emulated); }
+
 TEST(GpuBackendEmulated, HalfPrecisionWeightsAndCacheStayCloseToF32) { test::check_half_precision(emulated); }
 
 // The benchmarks' long-context shortcut: a filled cache decodes and evicts only unprotected

@@ -145,6 +145,76 @@ TEST(EmulatedKernels, PrefillColumnSumsAndKeptPositionsMatchTheCpu) {
 
 // The emulation itself: a barrier orders shared-memory writes before reads, and warp shuffles
 // exchange between lanes, including in a partial last warp (shuffling within its lanes).
+// --prefill-evict's cut in place: kept rows 0, 2, 5 and 6 of 7 move down to rows 0..3 (keys and
+// values of 3 floats, positions, column sums), by hand; the rows past them are untouched.
+TEST(EmulatedKernels, PrefillCompactMovesTheKeptRowsDownInOrder) {
+  const int hd = 3, rows = 7;
+  std::vector<float> k(rows * hd), v(rows * hd), sums(rows);
+  std::vector<int32_t> pos(rows);
+  for (int r = 0; r < rows; ++r) {
+    for (int d = 0; d < hd; ++d) k[r * hd + d] = 10.0f * r + d, v[r * hd + d] = -10.0f * r - d;
+    pos[r] = 100 + r;
+    sums[r] = 0.5f * r;
+  }
+  const std::vector<int32_t> keep = {0, 2, 5, 6};
+  emulated::prefill_compact(k.data(), v.data(), pos.data(), sums.data(), keep.data(), 4, hd, 32);
+  for (int s = 0; s < 4; ++s) {
+    for (int d = 0; d < hd; ++d) {
+      EXPECT_EQ(k[s * hd + d], 10.0f * keep[s] + d);
+      EXPECT_EQ(v[s * hd + d], -10.0f * keep[s] - d);
+    }
+    EXPECT_EQ(pos[s], 100 + keep[s]);
+    EXPECT_EQ(sums[s], 0.5f * keep[s]);
+  }
+  EXPECT_EQ(pos[4], 104);
+  EXPECT_EQ(k[4 * hd], 40.0f);
+}
+
+// A launch of one KV head over that head's own rows (first_head, heads = 1, k_row = head_dim, as
+// --prefill-evict runs it) gives that head's outputs, column sums and scores of the launch of all
+// heads over the interleaved rows, bit for bit; copy_rows makes the head's rows.
+TEST(EmulatedKernels, OneHeadsLaunchOverItsOwnRowsEqualsTheAllHeadsLaunch) {
+  const int P = 37, H = 3, group = 2, hd = 8;
+  std::vector<float> q(size_t(P) * H * group * hd), k(size_t(P) * H * hd), v(k.size());
+  uint64_t state = 5;
+  auto next = [&] { return static_cast<float>((state = math::splitmix64(state)) >> 40) * 0x1.0p-23f - 1.0f; };
+  for (float& x : q) x = next();
+  for (float& x : k) x = next();
+  for (float& x : v) x = next();
+  std::vector<float> row_max(size_t(P) * H * group), row_sum(row_max.size()), out(q.size()), sums(size_t(H) * P);
+  const PrefillRows all{.q = q.data(), .k = k.data(), .v = v.data(), .row_max = row_max.data(),
+                        .row_sum = row_sum.data(), .prompt_len = P, .n_kv_heads = H, .group = group, .head_dim = hd};
+  emulated::prefill_attention(all, out.data(), sums.data(), ColumnSpan{}, 64);
+  const math::ScoreArgs args{.rule = math::kScoreValueAttention, .per_query_key = 1};
+  std::vector<float> score(size_t(H) * P), l1(score.size()), key(score.size());
+  emulated::prefill_scores(all, sums.data(), score.data(), l1.data(), key.data(), args, 64);
+  for (int h = 0; h < H; ++h) {
+    SCOPED_TRACE(h);
+    std::vector<float> hk(size_t(P) * hd), hv(hk.size()), hout(q.size(), 0.0f), hsums(P);
+    emulated::copy_rows(k.data() + h * hd, H * hd, hk.data(), hd, P, hd, 32);
+    emulated::copy_rows(v.data() + h * hd, H * hd, hv.data(), hd, P, hd, 32);
+    std::vector<int32_t> positions(P);
+    for (int j = 0; j < P; ++j) positions[j] = j;
+    const PrefillRows one{.q = q.data(), .k = hk.data(), .v = hv.data(), .row_max = row_max.data(),
+                          .row_sum = row_sum.data(), .prompt_len = P, .n_kv_heads = H, .group = group,
+                          .head_dim = hd, .first_head = h, .heads = 1, .k_row = hd, .positions = positions.data()};
+    emulated::prefill_attention(one, hout.data(), hsums.data(), ColumnSpan{}, 64);
+    std::vector<float> hscore(P), hl1(P), hkey(P);
+    emulated::prefill_scores(one, hsums.data(), hscore.data(), hl1.data(), hkey.data(), args, 64);
+    for (int j = 0; j < P; ++j) {
+      ASSERT_EQ(hsums[j], sums[size_t(h) * P + j]) << j;
+      ASSERT_EQ(hscore[j], score[size_t(h) * P + j]) << j;
+      ASSERT_EQ(hkey[j], key[size_t(h) * P + j]) << j;
+      for (int g = 0; g < group; ++g) {
+        for (int d = 0; d < hd; ++d) {
+          const size_t at = ((size_t(j) * H + h) * group + g) * hd + d;
+          ASSERT_EQ(hout[at], out[at]) << j << " " << g << " " << d;
+        }
+      }
+    }
+  }
+}
+
 TEST(Emulation, BarriersAndShufflesBehaveAsOnTheGpu) {
   std::vector<int> out(40, -1);
   emu::launch(dim3(1), dim3(40), [](int* o) {

@@ -293,34 +293,57 @@ TEST(Scheduler, CancellationFreesTheCacheAtOnce) {
   EXPECT_EQ(s.waiting, 0);
 }
 
-// The GPU backend's pool (reset_pool): every request under one policy, caches carved from one
-// arena and given back. Batched, they get the tokens each gets alone on the same backend.
-TEST(SchedulerOnTheEmulatedGpu, BatchedRequestsGetTheTokensOfALoneRun) {
-  const Tokenizer& tok = default_model().tokenizer;
-  const std::vector<int32_t> long_prompt = natural_prompt(40);
-  // One policy for the pool: vatp with the published parameters of budget 32.
-  const std::vector<Spec> specs = {
-      {tok.encode("Once upon a time"), 24, {}, "vatp", 32, {}},
-      {long_prompt, 20, {.temperature = 0.8f, .top_p = 0.9f, .seed = 7}, "vatp", 32, {}},
-      {tok.encode("The dog"), 30, {}, "vatp", 32, {}},
-  };
+// The specs batched on the emulated GPU backend's pool under vatp at budget 32 (prompt rows 16 a
+// step; `evict`: --prefill-evict with chunks of 16): each request gets the tokens and
+// text of a lone run on the same backend, and the pool is empty at the end.
+void batch_on_the_emulated_gpu(const std::vector<Spec>& specs, bool evict) {
   GpuBackend backend(default_model().weights, make_emulated_device());
   Decoder decoder(backend);
-  Scheduler scheduler(
-      decoder, tok,
-      SchedulerOptions{
-          .kv_memory = 4 << 20, .prefill_chunk = 16, .start_paused = true, .pool_policy = policy("vatp", 32)});
+  Scheduler scheduler(decoder, default_model().tokenizer,
+                      SchedulerOptions{.kv_memory = 4 << 20, .prefill_chunk = 16, .prefill_evict = evict,
+                                       .start_paused = true, .pool_policy = policy("vatp", 32)});
   Batch batch(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) batch.submit(scheduler, specs[i], static_cast<int>(i));
   scheduler.resume();
   batch.wait(static_cast<int>(specs.size()));
   for (size_t i = 0; i < specs.size(); ++i) {
     SCOPED_TRACE(testing::Message() << "request " << i);
-    const auto [tokens, text] = alone(specs[i], 0, true);
+    const auto [tokens, text] = alone(specs[i], evict ? 16 : 0, true);
     EXPECT_EQ(batch.results[i].tokens, tokens);
     EXPECT_EQ(batch.results[i].text, text);
   }
   EXPECT_EQ(backend.kv_bytes_allocated(), 0);
+}
+
+// The GPU backend's pool (reset_pool): every request under one policy, caches carved from one
+// arena and given back. Batched, they get the tokens each gets alone on the same backend.
+TEST(SchedulerOnTheEmulatedGpu, BatchedRequestsGetTheTokensOfALoneRun) {
+  const Tokenizer& tok = default_model().tokenizer;
+  // One policy for the pool: vatp with the published parameters of budget 32.
+  batch_on_the_emulated_gpu({{tok.encode("Once upon a time"), 24, {}, "vatp", 32, {}},
+                             {natural_prompt(40), 20, {.temperature = 0.8f, .top_p = 0.9f, .seed = 7}, "vatp", 32, {}},
+                             {tok.encode("The dog"), 30, {}, "vatp", 32, {}}},
+                            false);
+}
+
+// --prefill-evict on the GPU pool: the scheduler ends a step's prompt rows at the next cut (the
+// device cuts at the end of a step's rows), so each request gets the tokens of kvplan run
+// --prefill-chunk 16 --prefill-evict on the same backend, and greedily the CPU's.
+TEST(SchedulerOnTheEmulatedGpu, PrefillEvictCutsWhereKvplanRunCuts) {
+  const std::vector<int32_t> long_prompt = natural_prompt(100);
+  const std::vector<Spec> specs = {{long_prompt, 30, {}, "vatp", 32, {}},
+                                   {natural_prompt(70), 30, {.temperature = 0.8f, .seed = 4}, "vatp", 32, {}},
+                                   {long_prompt, 25, {}, "vatp", 32, {}}};
+  batch_on_the_emulated_gpu(specs, true);
+  int differ = 0;
+  for (const Spec& s : specs) {
+    const std::vector<int32_t> evicting = alone(s, 16, true).first;
+    if (s.sampler.temperature == 0.0f) {
+      EXPECT_EQ(evicting, alone(s, 16).first) << "the CPU's greedy tokens";
+    }
+    differ += evicting != alone(s, 0, true).first;
+  }
+  EXPECT_GT(differ, 0) << "the cuts matter: without --prefill-evict some request generates other tokens";
 }
 
 TEST(GpuPoolEmulated, ClosedRangesAreReusedAndMerged) {

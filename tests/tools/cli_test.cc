@@ -76,7 +76,8 @@ TEST(Cli, RunPrefillsAPromptFileInChunksAndReportsItsPeak) {
 }
 
 // The emulated GPU backend takes a 300-token prompt in chunks of 128 (held whole until the last):
-// the CPU's tokens and the same peak, predicted; --prefill-evict it refuses in one line.
+// the CPU's tokens and the same peak, predicted; and under --prefill-evict (cut to budget after
+// each chunk) the CPU's --prefill-evict tokens and its smaller peak, predicted.
 TEST(Cli, RunOnTheEmulatedGpuBackendInChunksMatchesTheCpu) {
   const std::string dir = test::make_temp_dir("gpuchunks");
   const int P = write_long_prompt(dir + "/p.txt");
@@ -87,9 +88,14 @@ TEST(Cli, RunOnTheEmulatedGpuBackendInChunksMatchesTheCpu) {
   EXPECT_EQ(g["sequences"][0]["tokens"], c["sequences"][0]["tokens"]);
   EXPECT_EQ(g["peak_kv_bytes"].get<int64_t>(), 5 * 4 * (64 + P) * 76);
   EXPECT_EQ(g["predicted_peak_kv_bytes"], g["peak_kv_bytes"]);
-  const test::CliResult evict = run_kvplan(chunked + " --backend gpu-emulated --prefill-evict");
-  EXPECT_NE(evict.exit_code, 0);
-  EXPECT_NE(evict.err.find("--prefill-evict"), std::string::npos) << evict.err;
+  const test::CliResult cpu_evict = run_kvplan(chunked + " --prefill-evict"),
+                        gpu_evict = run_kvplan(chunked + " --backend gpu-emulated --prefill-evict");
+  ASSERT_EQ(gpu_evict.exit_code, 0) << gpu_evict.err;
+  const auto ce = nlohmann::json::parse(cpu_evict.out), ge = nlohmann::json::parse(gpu_evict.out);
+  EXPECT_EQ(ge["sequences"][0]["tokens"], ce["sequences"][0]["tokens"]);
+  // Budget 64 + a chunk of 128 per head while prefilling.
+  EXPECT_EQ(ge["peak_kv_bytes"].get<int64_t>(), 5 * 4 * (64 + 64 + 128) * 76);
+  EXPECT_EQ(ge["predicted_peak_kv_bytes"], ge["peak_kv_bytes"]);
 }
 
 // plan prints the prefill's peak next to the steady-state bytes, as run measures them.
@@ -697,8 +703,6 @@ std::vector<BadInvocation> bad_invocations() {
       {"check_missing_plan", [](const std::string& d) { return "check --plan " + d + "/p.yaml --measured " + d + "/m.yaml"; },
        "p.yaml"},
       {"run_prefill_chunk_zero", [](const std::string&) { return "run --prefill-chunk 0"; }, "--prefill-chunk"},
-      {"run_prefill_evict_on_gpu", [](const std::string&) { return "run --backend gpu-emulated --prefill-evict"; },
-       "--prefill-evict"},
       {"capacity_unknown_hardware", [](const std::string&) { return "capacity --hardware tpu-v9 --keep 0.5"; }, "tpu-v9"},
       {"capacity_bad_kv_memory", [](const std::string&) { return "capacity --keep 0.5 --kv-memory 12parsecs"; },
        "--kv-memory: unknown unit 'parsecs'"},
@@ -706,8 +710,6 @@ std::vector<BadInvocation> bad_invocations() {
        "--policy"},
       {"serve_bad_kv_memory", [](const std::string&) { return "serve --port 0 --kv-memory lots"; }, "--kv-memory"},
       {"serve_on_a_tpu", [](const std::string&) { return "serve --port 0 --backend tpu"; }, "--backend: expected cpu"},
-      {"serve_prefill_evict_on_gpu", [](const std::string&) { return "serve --port 0 --backend gpu-emulated --prefill-evict"; },
-       "--prefill-evict"},
       {"serve_unknown_chat_template", [](const std::string&) { return "serve --port 0 --chat-template vicuna"; },
        "--chat-template: expected llama2, llama3 or chatml"},
       {"serve_bad_host", [](const std::string&) { return "serve --host 300.1.1.1"; }, "--host: '300.1.1.1'"},

@@ -63,10 +63,6 @@ Status run(const RunFlags& flags) {
                        make_backend(flags.backend, flags.weights_dtype, model.weights, flags.model.threads));
   Backend& backend = *backend_ptr;
   Decoder decoder(backend);
-  if (flags.prefill_evict && !backend.evicts_during_prefill()) {
-    return make_error("--prefill-evict: the {} backend holds a prompt whole until its last chunk; run it on --backend cpu",
-                      backend.name());
-  }
   GenerateOptions options{.steps = flags.steps, .sampler = flags.sampler, .prefill_chunk = flags.prefill_chunk,
                           .prefill_evict = flags.prefill_evict};
   options.stop_tokens = generation_stop_tokens(model.tokenizer);

@@ -69,11 +69,6 @@ Status serve(const ServeFlags& flags) {
     return make_error("--backend: expected cpu, cuda or gpu-emulated, found '{}'", flags.backend);
   }
   const bool device = flags.backend != "cpu";
-  if (device && flags.prefill_evict) {
-    return make_error(
-        "--prefill-evict: the {} backend holds a prompt whole until its last chunk; serve it on --backend cpu",
-        flags.backend);
-  }
   if (flags.max_queue < 0) return make_error("--max-queue: expected 0 or more, found {}", flags.max_queue);
   if (flags.max_running < 1) return make_error("--max-running: expected at least 1, found {}", flags.max_running);
   if (flags.prefill_chunk < 1) return make_error("--prefill-chunk: expected at least 1, found {}", flags.prefill_chunk);
