@@ -203,7 +203,10 @@ CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuer
     const double t1 = streamed1 > 0 ? per_row / streamed1 + n_matrices * hw.matmul_stream1_call_s_for(q.weight_type)
                                     : t4 / 4.0;
     const double first = B >= 4.0 ? t4 : t1 + (B - 1.0) * (t4 - t1) / 3.0;
-    s.weights_s = std::max(t_w_mem, first) + std::max(0.0, B - 4.0) * per_row / cached;
+    // The streamed rates are the weight products measured streaming from memory with the same
+    // kernels, so they already include the memory's speed; the bandwidth figure (a plain read,
+    // noisier: 39-80 GB/s in one hour on one VM) does not bound them again.
+    s.weights_s = first + std::max(0.0, B - 4.0) * per_row / cached;
     s.memory_bound = t_w_mem >= first && B <= 4.0;
   } else {
     const double t_w_flop = B * per_row / cached;

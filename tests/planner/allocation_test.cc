@@ -162,6 +162,26 @@ TEST(Capacity, CallCostsAndBatchAttentionRateByHand) {
   EXPECT_DOUBLE_EQ(hw.attention_flops_at(1), 1e5);
 }
 
+// With streamed rates measured, a slow bandwidth figure does not bound the weight products again:
+// those rates were measured streaming the weights from memory.
+TEST(Capacity, StreamedRatesStandWithoutTheBandwidthBound) {
+  ModelSpec m{.name = "toy", .dim = 64, .hidden_dim = 128, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
+              .vocab_size = 100, .seq_len = 4096, .tied_embeddings = false};
+  HardwareSpec hw{.name = "toy", .memory_bytes = int64_t{1} << 40, .bandwidth_bytes_per_s = 1e12, .peak_flops = 1e15,
+                  .matmul_flops = {{"q8_0", 2e6}}, .matmul_stream_flops = {{"q8_0", 1e6}},
+                  .matmul_stream1_flops = {{"q8_0", 5e5}}, .matmul_stream_call_s = {{"q8_0", 1e-3}},
+                  .matmul_stream1_call_s = {{"q8_0", 2e-3}}, .attention_flops = 1e5};
+  CapacityQuery q{.context_len = 1000, .weight_bytes = 50000, .kv_dtype = KvDtype::kF32, .runtime_reserve_bytes = 0,
+                  .batch = 1, .weight_type = "q8_0"};
+  const double weights = capacity(m, hw, q).full.weights_s;
+  const double per_row = 2.0 * (2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128) + 100 * 64);
+  EXPECT_DOUBLE_EQ(weights, per_row / 5e5 + 15 * 2e-3);  // 1 row: the 1-row streamed rate and call cost
+  hw.bandwidth_bytes_per_s = 1.0;  // a read of 50 kB would take half a day
+  const CapacityReport slow = capacity(m, hw, q);
+  EXPECT_DOUBLE_EQ(slow.full.weights_s, weights);
+  EXPECT_TRUE(slow.full.memory_bound);  // still reported: the plain read says memory is the limit
+}
+
 // The prefill transient: the budgets plus the whole prompt per head, or budget + one chunk.
 TEST(Capacity, PeakBytesAddThePrefillScratch) {
   ModelSpec m{.name = "toy", .dim = 64, .hidden_dim = 128, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
@@ -206,6 +226,9 @@ TEST(Capacity, HardwareFilesReadTheirMeasuredRatesAndRejectUnknownTypes) {
   auto negative = HardwareSpec::load(dir + "/negative.yaml");
   ASSERT_FALSE(negative.ok());
   EXPECT_NE(negative.error().message().find("matmul_stream1_call_s.f16"), std::string::npos) << negative.error().message();
+  auto epyc = HardwareSpec::load(std::string(KVP_SOURCE_DIR) + "/configs/hardware/cpu-2core-epyc.yaml");
+  ASSERT_TRUE(epyc.ok()) << epyc.error().message();
+  EXPECT_GT(epyc->attention_batch_flops, 0);
 }
 
 TEST(Capacity, UnknownConfigsAreErrorsListingWhatExists) {

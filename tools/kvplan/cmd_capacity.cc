@@ -70,12 +70,15 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
     };
     std::vector<Row> rows;
     for (const auto& c : cells) {
-      CapacityQuery q{.context_len = c.at("context"), .weight_bytes = weight_bytes, .kv_dtype = kv_dtype,
+      // A full cell's cache is the bench's (context + its timed steps + 1 slots): predicted as such.
+      const int context = c.at("context");
+      const int full_slots = c.at("keep").get<double>() >= 1.0 ? c.value("budget", context) : context;
+      CapacityQuery q{.context_len = full_slots, .weight_bytes = weight_bytes, .kv_dtype = kv_dtype,
                       .aux_floats_per_slot = c.at("aux_floats_per_slot"), .keep_ratio = c.at("keep"),
                       .runtime_reserve_bytes = 0, .batch = c.at("batch"), .weight_type = weight_type};
       const CapacityReport r = capacity(model, hw, q);
       const CapacitySide& side = q.keep_ratio >= 1.0 ? r.full : r.plan;
-      rows.push_back(Row{q.context_len, q.batch, q.keep_ratio, c.at("tokens_per_s"), side.tokens_per_s, side,
+      rows.push_back(Row{context, q.batch, q.keep_ratio, c.at("tokens_per_s"), side.tokens_per_s, side,
                          c.value("weights_s", 0.0), c.value("attention_s", 0.0)});
     }
     auto full_of = [&](const Row& row) -> const Row* {
@@ -276,7 +279,7 @@ Command add_capacity_command(CLI::App& app) {
   sub->add_option("--model-config", flags->model,
                   "Model shape: a name in configs/models (llama-2-7b, llama-3-8b, mistral-7b, qwen2.5-7b, stories260K) or a YAML file");
   sub->add_option("--hardware", flags->hardware,
-                  "Device: a name in configs/hardware (h100-80gb, h200, a100-80gb, a100-40gb, l4, cpu-2core) or a YAML file");
+                  "Device: a name in configs/hardware (h100-80gb, h200, a100-80gb, a100-40gb, l4, cpu-2core, cpu-2core-epyc) or a YAML file");
   sub->add_option("--context", flags->context, "Tokens per sequence (default: the model's seq_len)");
   sub->add_option("--keep", flags->keep, "Share of the cache kept in every layer and head, e.g. 0.4");
   sub->add_option("--plan", flags->plan, "A plan.yaml whose budgets to size instead of --keep (same model shape)");

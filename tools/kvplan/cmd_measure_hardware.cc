@@ -10,8 +10,12 @@
 //                          (256 x 2048 and 5632 x 2048, each streamed over 1 GiB of copies)
 //   matmul_stream1_flops   ... and at 1 row, with matmul_stream1_call_s
 //   attention_flops        one layer's decode attention (layer_step, full cache) over 4 KV heads of
-//                          4096 slots per fork/join, head_dim 64, 8 query heads per KV head
+//                          4129 slots per fork/join (a 4096-token context's full cache as kvplan bench
+//                          holds it), head_dim 64, 8 query heads per KV head
 //   attention_batch_flops  the same with 128 KV heads per fork/join (a batch of 32 such sequences)
+// (At exactly 4096 slots a head's rows lie 16 KiB apart, on the same cache sets, and attention ran
+// 1.8x slower on an EPYC VM: docs/PERFORMANCE.md. 4129 is the shape the full caches of kvplan bench
+// have.)
 //   evict_slot_s           what VATP adds per KV-head slot and step (score update, victim scan)
 //   sync_s                 one fork/join of the thread pool
 #include <Eigen/Core>
@@ -21,6 +25,7 @@
 
 #include "common/thread_pool.h"
 #include "executor/cpu/dot_kernels.h"
+#include "executor/kv_cache.h"
 #include "executor/model/weight_tensor.h"
 #include "planner/policy/layer_step.h"
 #include "planner/policy/policy.h"
@@ -55,6 +60,9 @@ double best_time(double min_s, F&& once) {
   return best;
 }
 
+// Each thread sums its share with Eigen's vectorised reduction (several packet accumulators): a
+// single 16-lane accumulator, as this once was, is bound by the add's latency below what a core
+// streams (45-56 against 70+ GB/s on an EPYC VM whose decode read the weights faster than that).
 double read_bandwidth(ThreadPool& pool, double min_s) {
   const size_t n = size_t{1} << 28;  // 1 GiB of floats
   std::vector<float> buf(n, 1.0f);
@@ -62,13 +70,7 @@ double read_bandwidth(ThreadPool& pool, double min_s) {
   const double t = best_time(min_s, [&] {
     pool.run([&](int part, int parts) {
       const RowRange r = split_rows(static_cast<int64_t>(n), part, parts, 1024);
-      float acc[16] = {};
-      for (int64_t i = r.begin; i < r.end; i += 16) {
-        for (int l = 0; l < 16; ++l) acc[l] += buf[i + l];
-      }
-      double s = 0;
-      for (float a : acc) s += a;
-      sums[part] = s;
+      sums[part] = Eigen::Map<const Eigen::ArrayXf>(buf.data() + r.begin, r.end - r.begin).sum();
     });
   });
   return double(n * sizeof(float)) / t;
@@ -123,34 +125,31 @@ StreamRate stream_rate(ThreadPool& pool, WeightType type, int batch, double min_
   return {f_large / t_large, 0.0};  // the machine's noise hid the fixed cost
 }
 
-// Decode attention as the CPU backend runs it: layer_step over 128 KV heads of 4096 slots (head_dim
-// 64, 8 query heads each; 268 MB of cache, past the L3, streamed from memory as a long context's is),
+// Decode attention as the CPU backend runs it: layer_step over 128 KV heads of `slots` slots (head_dim
+// 64, 8 query heads each; 268 MB of cache at 4096, past the L3, streamed from memory as a long context's is),
 // `per_call` of them per fork/join shared over the threads (4: one sequence's layer; 128: 32
 // sequences'), with policy full (attention alone) and vatp (its bookkeeping too), alternately so both
 // see the same machine. Seconds per call of each: the means over a run of at least `min_s`, best of
 // 3 runs.
-std::pair<double, double> layer_attention_seconds(ThreadPool& pool, int per_call, double min_s) {
-  const int slots = 4096, hd = 64, group = 8, heads = 128, layers = heads / per_call;
+std::pair<double, double> layer_attention_seconds(ThreadPool& pool, int per_call, int slots, double min_s) {
+  const int hd = 64, group = 8, heads = 128, layers = heads / per_call;
   auto full = make_policy("full", published_defaults("full", slots));
   auto vatp = make_policy("vatp", published_defaults("vatp", slots));
   KVP_CHECK(full.ok() && vatp.ok());
   std::mt19937 rng(2);
   std::normal_distribution<float> dist(0.0f, 1.0f);
-  struct Head {
-    std::vector<float> k, v, score, aux;
-    std::vector<int32_t> pos;
-    int32_t n_used = 0;
-  };
-  std::vector<Head> cache(heads);
-  for (Head& h : cache) {
-    h.k.resize(size_t(hd) * slots);
-    h.v.resize(h.k.size());
-    for (float& e : h.k) e = dist(rng);
-    for (float& e : h.v) e = dist(rng);
-    h.score.assign(slots, 0.0f);
-    h.aux.assign(slots, 1.0f);
-    h.pos.resize(slots);
-    for (int j = 0; j < slots; ++j) h.pos[j] = j;
+  // The executor's own cache (allocation, alignment, huge pages, layout): one layer of `heads` KV
+  // heads, with VATP's value norm per slot (the full policy ignores it). A cache of malloc'ed
+  // vectors measured 2.4x slower than kvplan bench's caches on the same shape.
+  KvBudgets budgets = KvBudgets::uniform(1, heads, hd, slots, KvDtype::kF32);
+  budgets.aux_floats_per_slot = 1;
+  KvCache kv(budgets);
+  std::vector<HeadSlots> cache;
+  for (int h = 0; h < heads; ++h) {
+    const HeadSlots c = kv.head(0, h);
+    for (size_t e = 0; e < size_t(hd) * slots; ++e) c.k[e] = dist(rng), c.v[e] = dist(rng);
+    for (int j = 0; j < slots; ++j) c.score[j] = 0.0f, c.aux[j] = 1.0f, c.pos[j] = j;
+    cache.push_back(c);
   }
   std::vector<float> q(size_t(heads) * group * hd), k(size_t(heads) * hd), v(k.size());  // per head
   for (auto* a : {&q, &k, &v}) {
@@ -168,16 +167,9 @@ std::pair<double, double> layer_attention_seconds(ThreadPool& pool, int per_call
       ++pos;
       pool.run([&](int part, int parts) {
         for (int h = per_call * l + part; h < per_call * (l + 1); h += parts) {
-          Head& c = cache[h];
-          c.n_used = policy.evicts() ? slots : slots - 1;  // full: a free slot; vatp: evict one
-          const HeadSlots view{.k = c.k.data(),
-                               .v = c.v.data(),
-                               .pos = c.pos.data(),
-                               .score = c.score.data(),
-                               .aux = aux ? c.aux.data() : nullptr,
-                               .budget = slots,
-                               .n_used = &c.n_used,
-                               .head_dim = hd};
+          HeadSlots view = cache[h];
+          *view.n_used = policy.evicts() ? slots : slots - 1;  // full: a free slot; vatp: evict one
+          if (!aux) view.aux = nullptr;
           layer_step(policy, std::span(&view, 1),
                      TokenRow{.q = q.data() + size_t(h) * group * hd,
                               .k = k.data() + size_t(h) * hd,
@@ -245,14 +237,16 @@ Status run_measure(const MeasureFlags& flags) {
     for (const auto& [type, r] : rates) std::printf("  %s: %.4g\n", type.c_str(), r.call_s);
     std::fflush(stdout);
   }
-  const double flops_per_head = 4.0 * 64 * 8 * 4096;
-  std::fprintf(stderr, "measure-hardware: decode attention (4 KV heads x 4096 slots per fork/join, head_dim 64, group 8)\n");
-  const auto [full, vatp] = layer_attention_seconds(pool, 4, flags.seconds);
-  std::printf("attention_flops: %.4g\n", 4 * flops_per_head / full);
-  std::printf("evict_slot_s: %.4g\n", std::max(0.0, vatp - full) / (4.0 * 4096));
-  std::fprintf(stderr, "measure-hardware: decode attention (128 KV heads x 4096 slots per fork/join)\n");
-  const double batch_full = layer_attention_seconds(pool, 128, flags.seconds).first;
-  std::printf("attention_batch_flops: %.4g\n", 128 * flops_per_head / batch_full);
+  const int slots = 4129;
+  auto flops_per_head = [](int n) { return 4.0 * 64 * 8 * n; };
+  std::fprintf(stderr, "measure-hardware: decode attention (4 KV heads x %d slots per fork/join, head_dim 64, group 8)\n",
+               slots);
+  const auto [full, vatp] = layer_attention_seconds(pool, 4, slots, flags.seconds);
+  std::printf("attention_flops: %.4g\n", 4 * flops_per_head(slots) / full);
+  std::printf("evict_slot_s: %.4g\n", std::max(0.0, vatp - full) / (4.0 * slots));
+  std::fprintf(stderr, "measure-hardware: decode attention (128 KV heads x %d slots per fork/join)\n", slots);
+  const double batch_full = layer_attention_seconds(pool, 128, slots, flags.seconds).first;
+  std::printf("attention_batch_flops: %.4g\n", 128 * flops_per_head(slots) / batch_full);
 
   std::printf("sync_s: %.4g\n", sync_seconds(pool, flags.seconds));
   return ok_status();
