@@ -401,7 +401,8 @@ void GpuBackend::set_prefill_mode(const PrefillMode& mode) {
 
 void GpuBackend::open_prompt(int seq, int prompt_len) {
   PromptScratch& p = prompts_[seq];
-  KVP_CHECK(n_used_[head_index(seq, 0, 0)] == 0 && p.prompt_len == 0, "sequence {}: a new prompt while one is being prefilled", seq);
+  KVP_CHECK(n_used_[head_index(seq, 0, 0)] == 0 && p.prompt_len == 0,
+            "sequence {}: a new prompt while one is being prefilled", seq);
   KVP_CHECK(prompt_len <= 8192, "prefill of {} positions: the GPU backend prefills at most 8192", prompt_len);
   p.prompt_len = prompt_len;
   const int L = config_.n_layers, H = config_.n_kv_heads, hd = config_.head_dim();
@@ -742,9 +743,10 @@ void GpuBackend::cut_scratch(int seq, int layer_idx, int32_t newest, bool finish
     const size_t i = head_index(seq, layer_idx, h);
     const int budget = head_capacity_[i];
     if (finish) {
-      K.prefill_gather(rows_of(h), cache_view(head_offset_dev_.as<int64_t>() + i, head_capacity_dev_.as<int32_t>() + i, nullptr),
-                       at(prompt_score_, h), at(prompt_l1_, h), keep + static_cast<size_t>(h) * keep_stride,
-                       keep_stride, threads_);
+      const SlotCacheView head = cache_view(head_offset_dev_.as<int64_t>() + i, head_capacity_dev_.as<int32_t>() + i,
+                                            nullptr);
+      K.prefill_gather(rows_of(h), head, at(prompt_score_, h), at(prompt_l1_, h),
+                       keep + static_cast<size_t>(h) * keep_stride, keep_stride, threads_);
       n_used_[i] = std::min(s.rows, budget);
     } else if (s.rows > budget) {
       K.prefill_compact(s.k, s.v, s.pos, s.column_sum, keep + static_cast<size_t>(h) * keep_stride, budget, hd,

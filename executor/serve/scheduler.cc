@@ -259,7 +259,10 @@ void Scheduler::step() {
     int n = std::min(budget, a->prompt_len() - a->prefilled);
     // Under --prefill-evict a step's rows end at the next cut at the latest (a device backend cuts at
     // the end of a step's rows; the CPU's cuts, after every such row, are the same either way).
-    if (options_.prefill_evict) n = std::min(n, (a->prefilled / options_.prefill_chunk + 1) * options_.prefill_chunk - a->prefilled);
+    if (options_.prefill_evict) {
+      const int next_cut = (a->prefilled / options_.prefill_chunk + 1) * options_.prefill_chunk;
+      n = std::min(n, next_cut - a->prefilled);
+    }
     for (int p = a->prefilled; p < a->prefilled + n; ++p) rows.add(a->job->prompt[p], p, a->seq, a->prompt_len());
     prompt_rows[i] = n;
     budget -= n;

@@ -279,7 +279,8 @@ Command add_capacity_command(CLI::App& app) {
   sub->add_option("--model-config", flags->model,
                   "Model shape: a name in configs/models (llama-2-7b, llama-3-8b, mistral-7b, qwen2.5-7b, stories260K) or a YAML file");
   sub->add_option("--hardware", flags->hardware,
-                  "Device: a name in configs/hardware (h100-80gb, h200, a100-80gb, a100-40gb, l4, cpu-2core, cpu-2core-epyc) or a YAML file");
+                  "Device: a name in configs/hardware (h100-80gb, h200, a100-80gb, a100-40gb, l4, cpu-2core, "
+                  "cpu-2core-epyc) or a YAML file");
   sub->add_option("--context", flags->context, "Tokens per sequence (default: the model's seq_len)");
   sub->add_option("--keep", flags->keep, "Share of the cache kept in every layer and head, e.g. 0.4");
   sub->add_option("--plan", flags->plan, "A plan.yaml whose budgets to size instead of --keep (same model shape)");
