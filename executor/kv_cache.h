@@ -14,8 +14,8 @@
 
 namespace kvp {
 
-// A head's view of the cache (planner/policy/layer_step.h): keys and values transposed, element d
-// of slot j at [d * budget + j], so the attention products vectorise across tokens.
+// A head's view of the cache (planner/policy/layer_step.h): keys and values transposed in blocks of
+// 16 slots (slot_attention.h SlotKv), so the attention products vectorise across tokens.
 using HeadCache = HeadSlots;
 
 class KvCache {

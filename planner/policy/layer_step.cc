@@ -79,9 +79,12 @@ void cut_slots(const Policy& policy, std::span<const HeadSlots> from, std::span<
       if (next < kept.size() && kept[next] == j) {
         const int slot = static_cast<int>(next++);
         if (src.k == dst.k && slot == j) continue;
+        // In place, slot <= j: the elements written belong to slots already read (an earlier
+        // block, or this block's row d at an earlier slot).
         for (int d = 0; d < hd; ++d) {
-          dst.k[size_t(d) * dst.budget + slot] = src.k[size_t(d) * src.budget + j];
-          dst.v[size_t(d) * dst.budget + slot] = src.v[size_t(d) * src.budget + j];
+          const size_t to = slot_element(dst.budget, hd, d, slot), from = slot_element(src.budget, hd, d, j);
+          dst.k[to] = src.k[from];
+          dst.v[to] = src.v[from];
         }
         dst.pos[slot] = src.pos[j];
         dst.score[slot] = src.score[j];

@@ -13,11 +13,12 @@
 
 namespace kvp {
 
-// One KV head's cache: `budget` slots of key and value (transposed: element d of slot j at
-// [d * budget + j]), original position, score and the policy's aux float.
+// One KV head's cache: `budget` slots of key and value (transposed in blocks of 16 slots: element d
+// of slot j at slot_element(budget, head_dim, d, j), slot_attention.h), original position, score and
+// the policy's aux float.
 struct HeadSlots {
-  float* k;         // [head_dim, budget]
-  float* v;         // [head_dim, budget]
+  float* k;         // [budget x head_dim], blocked
+  float* v;         // [budget x head_dim], blocked
   int32_t* pos;     // [budget]
   float* score;     // [budget]
   float* aux;       // [budget], or null
@@ -31,8 +32,9 @@ struct HeadSlots {
   SlotKv kv() const { return SlotKv{.k = k, .v = v, .capacity = budget, .n_used = *n_used, .head_dim = head_dim}; }
   void store(int slot, const float* key, const float* value, int32_t position) const {
     for (int d = 0; d < head_dim; ++d) {
-      k[static_cast<size_t>(d) * budget + slot] = key[d];
-      v[static_cast<size_t>(d) * budget + slot] = value[d];
+      const size_t at = slot_element(budget, head_dim, d, slot);
+      k[at] = key[d];
+      v[at] = value[d];
     }
     pos[slot] = position;
   }

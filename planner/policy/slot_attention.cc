@@ -33,14 +33,15 @@ void slot_attention_impl(const float* q, int group, const SlotKv& kv, const floa
   const int padded = (n + 1 + W - 1) / W * W;
   for (int g = 0; g < group; ++g) {
     const float* qg = q + size_t(g) * hd;
-    // Each token's score accumulates over head_dim in order (d = 0, 1, ...). Keys are stored
-    // [head_dim, capacity], so 16 tokens at a time stay in one register.
+    // Each token's score accumulates over head_dim in order (d = 0, 1, ...). Keys are stored in
+    // blocks of 16 slots (SlotKv), so 16 tokens at a time stay in one register.
     // Scaled logits, 16 tokens at a time, and their lane-wise maxima (max is exact in any order).
     F16 lane_max = lanes::splat(-INFINITY);
     int j0 = 0;
     for (; j0 + W <= n; j0 += W) {
       F16 acc{};
-      for (int d = 0; d < hd; ++d) acc += lanes::load(kv.k + size_t(d) * kv.capacity + j0) * qg[d];
+      const float* block = kv.k + size_t(j0) * hd;  // a whole block: rows of 16
+      for (int d = 0; d < hd; ++d) acc += lanes::load(block + size_t(d) * W) * qg[d];
       acc *= scale;
       lanes::store(s + j0, acc);
       lane_max = lanes::max(lane_max, acc);
@@ -50,7 +51,9 @@ void slot_attention_impl(const float* q, int group, const SlotKv& kv, const floa
     const int rest = n - j0;
     F16 tail{};
     if (rest > 0) {
-      for (int d = 0; d < hd; ++d) tail += lanes::load_partial(kv.k + size_t(d) * kv.capacity + j0, rest) * qg[d];
+      for (int d = 0; d < hd; ++d) {
+        tail += lanes::load_partial(kv.k + slot_block_row(kv.capacity, hd, d, j0), rest) * qg[d];
+      }
       tail *= scale;
     }
     float dot = 0.0f;
@@ -85,10 +88,13 @@ void slot_attention_impl(const float* q, int group, const SlotKv& kv, const floa
           lanes::store(wj, g == 0 ? e * inv_sum : lanes::load(wj) + e * inv_sum);
         }
         if (j + W <= n) {
-          for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load(kv.v + size_t(d) * kv.capacity + j) * e;
+          const float* block = kv.v + size_t(j) * kHeadDim;  // a whole block: rows of 16
+          for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load(block + size_t(d) * W) * e;
         } else if (const int rest = n - j; rest > 0) {
           const F16 et = lanes::keep_first(e, rest);
-          for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load_partial(kv.v + size_t(d) * kv.capacity + j, rest) * et;
+          for (int d = 0; d < kHeadDim; ++d) {
+            acc[d] += lanes::load_partial(kv.v + slot_block_row(kv.capacity, kHeadDim, d, j), rest) * et;
+          }
         }
       }
       const float w_new = s[n] * inv_sum;
@@ -102,7 +108,22 @@ void slot_attention_impl(const float* q, int group, const SlotKv& kv, const floa
       continue;  // the weights are written
     } else {
       for (int j = 0; j < padded; j += W) lanes::store(s + j, lanes::load(s + j) * inv_sum);
-      for (int d = 0; d < hd; ++d) out[d] = fixed_order_dot(kv.v + size_t(d) * kv.capacity, s, n) + s[n] * v_new[d];
+      // fixed_order_dot of each value row with the weights (the same lanes, order and tree), block
+      // by block, so that a block's rows are read where they lie, one after another.
+      KVP_CHECK(hd <= kMaxSlotHeadDim, "slot_attention: head_dim {} above {}", hd, kMaxSlotHeadDim);
+      F16 acc[kMaxSlotHeadDim];
+      for (int d = 0; d < hd; ++d) acc[d] = F16{};
+      int j = 0;
+      for (; j + W <= n; j += W) {
+        const F16 e = lanes::load(s + j);
+        const float* block = kv.v + size_t(j) * hd;
+        for (int d = 0; d < hd; ++d) acc[d] += lanes::load(block + size_t(d) * W) * e;
+      }
+      for (int d = 0; j < n && d < hd; ++d) {
+        const float* a = kv.v + slot_block_row(kv.capacity, hd, d, j);
+        for (int l = 0; j + l < n; ++l) acc[d][l] += a[l] * s[j + l];
+      }
+      for (int d = 0; d < hd; ++d) out[d] = lanes::reduce_add(acc[d]) + s[n] * v_new[d];
     }
     if (r.weights && g == 0) {
       std::copy(s, s + n + 1, r.weights);

@@ -10,10 +10,30 @@
 
 namespace kvp {
 
-// Slot storage of one KV head: keys and values transposed, element d of slot j at [d * capacity + j].
+// Slot storage of one KV head's keys or values, `capacity` slots of head_dim floats, transposed in
+// blocks of 16 slots: block b (slots 16b .. 16b + 15) holds its head_dim rows of 16 floats one after
+// another, and the last block of a capacity that is not a multiple of 16 holds rows of
+// capacity % 16. The same bytes as a plain [head_dim, capacity] array, and 16 slots' elements d
+// still sit in one packet; but a block is head_dim x 64 contiguous bytes whatever the capacity. Plain
+// rows lie capacity x 4 B apart and fall on the same cache sets when that is a multiple of 4 KiB:
+// attention over 1024-4096 slots ran 1.3-1.8x slower so (docs/PERFORMANCE.md).
+inline constexpr int kSlotBlock = 16;
+inline constexpr int kMaxSlotHeadDim = 1024;  // slot_attention's largest head_dim (ModelConfig's limit)
+// Elements d of slots j0 .. j0 + 15 (j0 a multiple of 16; fewer in the last block).
+inline size_t slot_block_row(int capacity, int head_dim, int d, int j0) {
+  const int width = capacity - j0 < kSlotBlock ? capacity - j0 : kSlotBlock;
+  return static_cast<size_t>(j0) * head_dim + static_cast<size_t>(d) * width;
+}
+// Element d of slot j.
+inline size_t slot_element(int capacity, int head_dim, int d, int j) {
+  const int j0 = j / kSlotBlock * kSlotBlock;
+  return slot_block_row(capacity, head_dim, d, j0) + (j - j0);
+}
+
+// Slot storage of one KV head: keys and values in the blocked layout above.
 struct SlotKv {
-  const float* k;  // [head_dim, capacity]
-  const float* v;  // [head_dim, capacity]
+  const float* k;  // [capacity x head_dim], blocked
+  const float* v;  // [capacity x head_dim], blocked
   int capacity;
   int n_used;
   int head_dim;

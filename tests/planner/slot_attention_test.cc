@@ -67,7 +67,7 @@ TEST_P(SlotAttention, MatchesADoublePrecisionSoftmaxAttention) {
     for (int j = 0; j <= c.n; ++j) {
       double dot = 0;
       for (int d = 0; d < c.head_dim; ++d) {
-        dot += double(q[d]) * (j < c.n ? h.k[size_t(d) * c.capacity + j] : h.k_new[d]);
+        dot += double(q[d]) * (j < c.n ? h.k[slot_element(c.capacity, c.head_dim, d, j)] : h.k_new[d]);
       }
       s[j] = dot / std::sqrt(double(c.head_dim));
     }
@@ -78,12 +78,29 @@ TEST_P(SlotAttention, MatchesADoublePrecisionSoftmaxAttention) {
     EXPECT_NEAR(r.softmax[2 * g], m, 1e-5);
     for (int d = 0; d < c.head_dim; ++d) {
       double o = 0;
-      for (int j = 0; j <= c.n; ++j) o += s[j] / z * (j < c.n ? h.v[size_t(d) * c.capacity + j] : h.v_new[d]);
+      for (int j = 0; j <= c.n; ++j) {
+        o += s[j] / z * (j < c.n ? h.v[slot_element(c.capacity, c.head_dim, d, j)] : h.v_new[d]);
+      }
       EXPECT_NEAR(r.out[size_t(g) * c.head_dim + d], o, 2e-5) << "query " << g << " element " << d;
     }
     for (int j = 0; j <= c.n; ++j) weight_sum[j] += s[j] / z;
   }
   for (int j = 0; j <= c.n; ++j) EXPECT_NEAR(r.weights[j], weight_sum[j], 1e-6) << "slot " << j;
+}
+
+// The blocked layout by hand: 20 slots of head_dim 3 are a block of 16 (rows of 16) and one of 4
+// (rows of 4), every element once.
+TEST(SlotLayout, BlocksOf16SlotsThenTheRest) {
+  EXPECT_EQ(slot_element(20, 3, 0, 0), 0u);
+  EXPECT_EQ(slot_element(20, 3, 1, 0), 16u);
+  EXPECT_EQ(slot_element(20, 3, 2, 15), 47u);
+  EXPECT_EQ(slot_element(20, 3, 0, 16), 48u);
+  EXPECT_EQ(slot_element(20, 3, 2, 17), 48u + 2 * 4 + 1);
+  std::vector<int> seen(60, 0);
+  for (int d = 0; d < 3; ++d) {
+    for (int j = 0; j < 20; ++j) ++seen.at(slot_element(20, 3, d, j));
+  }
+  EXPECT_EQ(seen, std::vector<int>(60, 1));
 }
 
 TEST_P(SlotAttention, GivesTheSameBitsWhereverTheSlotsSit) {
@@ -97,8 +114,8 @@ TEST_P(SlotAttention, GivesTheSameBitsWhereverTheSlotsSit) {
   moved.v = moved.k;
   for (int d = 0; d < c.head_dim; ++d) {
     for (int j = 0; j < c.n; ++j) {
-      moved.k[size_t(d) * wide.capacity + j] = h.k[size_t(d) * c.capacity + j];
-      moved.v[size_t(d) * wide.capacity + j] = h.v[size_t(d) * c.capacity + j];
+      moved.k[slot_element(wide.capacity, c.head_dim, d, j)] = h.k[slot_element(c.capacity, c.head_dim, d, j)];
+      moved.v[slot_element(wide.capacity, c.head_dim, d, j)] = h.v[slot_element(c.capacity, c.head_dim, d, j)];
     }
   }
   const Result a = run(c, h), b = run(wide, moved);
