@@ -671,19 +671,9 @@ void GpuBackend::cut_scratch(int seq, int layer_idx, int32_t newest, bool finish
     stride = std::max(stride, heads[h].rows);
     keep_stride = std::max(keep_stride, budget);
     cuts = cuts || heads[h].rows > budget;
-    if (!evicts_) {
-      KVP_CHECK(heads[h].rows <= budget, "sequence {}: a prompt of {} positions does not fit a full cache of {} slots",
-                seq, newest + 1, budget);
-    } else if (heads[h].rows > budget) {
-      const int protected_positions = protected_count(policy_->params(), newest + 1);
-      KVP_CHECK(protected_positions <= budget, "budget {} below the {} protected positions", budget,
-                protected_positions);
-    }
+    check_cut(seq, heads[h].rows, newest, budget);
   }
   if (!cuts) return;  // every head's rows fit its budget: the CPU keeps them all too
-  if (keep_.bytes() < static_cast<size_t>(keep_stride) * H * sizeof(int32_t)) {
-    keep_ = DeviceBuffer(d, static_cast<size_t>(keep_stride) * H * sizeof(int32_t));
-  }
   math::ScoreArgs score_args = score_args_;
   score_args.layer_idx = layer_idx;
   if (!finish) score_args.snap_kernel = 0;  // snapkv pools its scores only at the prompt's last cut
@@ -695,7 +685,7 @@ void GpuBackend::cut_scratch(int seq, int layer_idx, int32_t newest, bool finish
                        .first_head = h, .heads = 1, .k_row = hd, .positions = s.pos};
   };
   auto at = [&](const DeviceBuffer& b, int h) { return b.as<float>() + static_cast<size_t>(h) * stride; };
-  int32_t* keep = keep_.as<int32_t>();
+  int32_t* keep = keep_rows(keep_stride);
   for (int h = 0; h < H; ++h) {
     K.prefill_scores(rows_of(h), scored ? heads[h].column_sum : nullptr, at(prompt_score_, h), at(prompt_l1_, h),
                      at(prompt_key_, h), score_args, threads_);
@@ -762,6 +752,23 @@ void GpuBackend::cut_scratch(int seq, int layer_idx, int32_t newest, bool finish
   }
 }
 
+void GpuBackend::check_cut(int seq, int rows, int32_t newest, int budget) const {
+  if (!evicts_) {
+    KVP_CHECK(rows <= budget, "sequence {}: a prompt of {} positions does not fit a full cache of {} slots", seq,
+              newest + 1, budget);
+  } else if (rows > budget) {
+    const int protected_positions = protected_count(policy_->params(), newest + 1);
+    KVP_CHECK(protected_positions <= budget, "budget {} below the {} protected positions", budget,
+              protected_positions);
+  }
+}
+
+int32_t* GpuBackend::keep_rows(int keep_stride) {
+  const size_t bytes = static_cast<size_t>(keep_stride) * config_.n_kv_heads * sizeof(int32_t);
+  if (keep_.bytes() < bytes) keep_ = DeviceBuffer(*device_, bytes);
+  return keep_.as<int32_t>();
+}
+
 void GpuBackend::cut_prompt(int seq, int layer_idx, const PrefillRows& rows, const float* column_sum) {
   const int P = rows.prompt_len, H = config_.n_kv_heads;
   Device& d = *device_;
@@ -769,18 +776,9 @@ void GpuBackend::cut_prompt(int seq, int layer_idx, const PrefillRows& rows, con
   for (int h = 0; h < H; ++h) {
     const int budget = head_capacity_[head_index(seq, layer_idx, h)];
     keep_stride = std::max(keep_stride, budget);
-    if (!evicts_) {
-      KVP_CHECK(P <= budget, "sequence {}: a prompt of {} positions does not fit a full cache of {} slots", seq, P,
-                budget);
-    } else if (P > budget) {
-      const int protected_positions = protected_count(policy_->params(), P);
-      KVP_CHECK(protected_positions <= budget, "budget {} below the {} protected positions", budget,
-                protected_positions);
-    }
+    check_cut(seq, P, P - 1, budget);
   }
-  if (keep_.bytes() < static_cast<size_t>(keep_stride) * H * sizeof(int32_t)) {
-    keep_ = DeviceBuffer(d, static_cast<size_t>(keep_stride) * H * sizeof(int32_t));
-  }
+  keep_rows(keep_stride);
   const Launchers& K = d.kernels();
   math::ScoreArgs score_args = score_args_;
   score_args.layer_idx = layer_idx;

@@ -120,6 +120,11 @@ class GpuBackend final : public Backend {
   // The cut of each KV head's scratch after the row at `newest`: in place to the budget, or with
   // `finish` (the prompt's last row) into the cache.
   void cut_scratch(int seq, int layer_idx, int32_t newest, bool finish);
+  // A cut of a head's `rows` prompt rows (positions up to `newest`) into `budget` slots: all of them
+  // fit a full cache, or the protected positions fit the budget; else a check failure.
+  void check_cut(int seq, int rows, int32_t newest, int budget) const;
+  // keep_, grown to keep_stride slots per KV head.
+  int32_t* keep_rows(int keep_stride);
   // The prompt's cut into the cache: scores, the kept positions, the gather, the eviction log.
   void cut_prompt(int seq, int layer_idx, const PrefillRows& prompt, const float* column_sum);
   void decode(const std::vector<Work>& runs, int layer_idx);
