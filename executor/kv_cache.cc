@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <numeric>
 
 namespace kvp {
 namespace {
@@ -39,25 +40,25 @@ KvCache::KvCache(KvBudgets budgets, Arena arena) : budgets_(std::move(budgets)),
   for (size_t i = 0; i < n_heads; ++i) {
     KVP_CHECK(budgets_.budget_tokens[i] >= 0);
     head_offset_[i] = at;
-    at += static_cast<size_t>(budgets_.budget_tokens[i]) * budgets_.slot_bytes();
+    at += static_cast<size_t>(budgets_.head_bytes(static_cast<int>(i) / budgets_.n_kv_heads,
+                                                  static_cast<int>(i) % budgets_.n_kv_heads));
   }
   KVP_CHECK(at == static_cast<size_t>(budgets_.kv_bytes()));
+  // ThinK's channels until a prompt's cut chooses them: all kept, in order. Query sums from zero.
+  for (int l = 0; l < budgets_.n_layers; ++l) {
+    for (int h = 0; h < budgets_.n_kv_heads; ++h) {
+      const HeadSlots head = this->head(l, h);
+      if (head.channels) std::iota(head.channels, head.channels + head.head_dim, 0);
+      if (head.query_sums) std::fill_n(head.query_sums, head.head_dim, 0.0f);
+    }
+  }
 }
 
 void KvCache::Arena::Free::operator()(std::byte* p) const { std::free(p); }
 
 HeadCache KvCache::head(int layer_idx, int kv_head_idx) {
   const size_t i = static_cast<size_t>(layer_idx) * budgets_.n_kv_heads + kv_head_idx;
-  const int32_t budget = budgets_.budget_tokens[i];
-  const size_t hd = budgets_.head_dim;
-  std::byte* base = arena_.data.get() + head_offset_[i];
-  float* k = reinterpret_cast<float*>(base);
-  float* v = k + budget * hd;
-  int32_t* pos = reinterpret_cast<int32_t*>(v + budget * hd);
-  float* score = reinterpret_cast<float*>(pos + budget);
-  float* aux = budgets_.aux_floats_per_slot > 0 ? score + budget : nullptr;
-  return HeadSlots{.k = k, .v = v, .pos = pos, .score = score, .aux = aux, .budget = budget,
-                   .n_used = &n_used_[i], .head_dim = budgets_.head_dim};
+  return carve_head(arena_.data.get() + head_offset_[i], budgets_.head_shape(layer_idx, kv_head_idx), &n_used_[i]);
 }
 
 }  // namespace kvp

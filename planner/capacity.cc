@@ -243,8 +243,9 @@ CapacityReport capacity(const ModelSpec& m, const HardwareSpec& hw, const Capaci
     KVP_CHECK(q.plan_budgets.size() == size_t(m.n_layers) * m.n_kv_heads);
     plan.budget_tokens = q.plan_budgets;
   }
+  plan.compression = q.compression;
   r.full = side(m, hw, q, r.weight_bytes, full, false);
-  r.plan = side(m, hw, q, r.weight_bytes, plan, q.keep_ratio < 1.0 || !q.plan_budgets.empty());
+  r.plan = side(m, hw, q, r.weight_bytes, plan, q.keep_ratio < 1.0 || !q.plan_budgets.empty() || plan.compressed());
   return r;
 }
 

@@ -76,6 +76,9 @@ struct CapacityQuery {
   std::string weight_type = "f16";   // stored type of the matrices (HardwareSpec::matmul_flops)
   int prompt_len = 0;                // prompt prefilled per sequence (peak bytes); 0: context_len
   int prefill_evict_chunk = 0;       // --prefill-evict chunk; 0: the prompt held whole until cut
+  // ThinK and Mustafar on the plan's kept tokens, per layer (empty: dense): its bytes are the
+  // compressed layout's, and its attention reads them.
+  std::vector<SlotCompression> compression;
 };
 
 struct CapacitySide {

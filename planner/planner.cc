@@ -25,13 +25,15 @@ namespace {
 
 // Uniform replays at every candidate budget, in one batch.
 std::vector<ReplayResult> uniform_replays(const ReplayEngine& engine, const std::shared_ptr<const Policy>& policy,
-                                          const std::vector<int32_t>& budgets, bool head_energy) {
+                                          const std::vector<int32_t>& budgets, bool head_energy,
+                                          const std::vector<SlotCompression>& compression) {
   const TraceModelShape& m = engine.model();
   std::vector<ReplayConfig> configs;
   for (int32_t b : budgets) {
     configs.push_back({.policy = policy,
                        .budgets = std::vector<std::vector<int32_t>>(m.n_layers, std::vector<int32_t>(m.n_kv_heads, b)),
-                       .head_energy = head_energy});
+                       .head_energy = head_energy,
+                       .compression = compression});
   }
   return engine.run_batch(configs);
 }
@@ -40,8 +42,9 @@ std::vector<ReplayResult> uniform_replays(const ReplayEngine& engine, const std:
 
 std::vector<ErrorCurve> layer_error_curves(const ReplayEngine& engine, const std::shared_ptr<const Policy>& policy,
                                            const std::vector<int32_t>& budgets,
-                                           const std::function<void(int)>& progress) {
-  const std::vector<ReplayResult> results = uniform_replays(engine, policy, budgets, false);
+                                           const std::function<void(int)>& progress,
+                                           const std::vector<SlotCompression>& compression) {
+  const std::vector<ReplayResult> results = uniform_replays(engine, policy, budgets, false, compression);
   std::vector<ErrorCurve> curves(engine.model().n_layers);
   for (size_t i = 0; i < budgets.size(); ++i) {
     for (size_t l = 0; l < curves.size(); ++l) {
@@ -55,8 +58,9 @@ std::vector<ErrorCurve> layer_error_curves(const ReplayEngine& engine, const std
 
 std::vector<ErrorCurve> head_error_curves(const ReplayEngine& engine, const std::shared_ptr<const Policy>& policy,
                                           const std::vector<int32_t>& budgets,
-                                          const std::function<void(int)>& progress) {
-  const std::vector<ReplayResult> results = uniform_replays(engine, policy, budgets, true);
+                                          const std::function<void(int)>& progress,
+                                          const std::vector<SlotCompression>& compression) {
+  const std::vector<ReplayResult> results = uniform_replays(engine, policy, budgets, true, compression);
   const int L = engine.model().n_layers, KVH = engine.model().n_kv_heads;
   std::vector<ErrorCurve> curves(size_t(L) * KVH);
   for (size_t i = 0; i < budgets.size(); ++i) {
@@ -78,7 +82,7 @@ void record_replay_predictions(const ReplayResult& r, Plan* plan) {
 }
 
 Plan allocated_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
-                    const std::vector<int32_t>& budgets) {
+                    const std::vector<int32_t>& budgets, const PlanCompression& compression) {
   const bool per_head = budgets.size() == size_t(model.n_layers) * model.n_kv_heads;
   KVP_CHECK(per_head || budgets.size() == size_t(model.n_layers), "{} budgets for {} layers x {} KV heads",
             budgets.size(), model.n_layers, model.n_kv_heads);
@@ -87,6 +91,7 @@ Plan allocated_plan(const PlanModel& model, const std::string& policy, const Pol
   plan.policy = policy;
   plan.params = params;
   plan.kv_dtype = KvDtype::kF32;
+  plan.compression = compression;
   for (int l = 0; l < model.n_layers; ++l) {
     plan.budgets.push_back(per_head ? std::vector<int32_t>(budgets.begin() + size_t(l) * model.n_kv_heads,
                                                            budgets.begin() + size_t(l + 1) * model.n_kv_heads)
@@ -119,20 +124,21 @@ Result<PlanOutcome> make_plan(const ReplayEngine& engine, const std::string& tra
     return make_error("--allocation greedy-head: policy {} keeps one set of positions per layer, so the heads of a "
                       "layer need equal budgets; use greedy", req.policy);
   }
+  KVP_ASSIGN_OR_RETURN(const std::vector<SlotCompression> compression, req.compression.layers(m.n_layers, m.head_dim));
   PlanOutcome out;
   if (req.allocation == Allocation::kGreedy) {
-    out.curves = layer_error_curves(engine, policy, candidate_budgets(min_budget, longest), progress);
+    out.curves = layer_error_curves(engine, policy, candidate_budgets(min_budget, longest), progress, compression);
   } else if (per_head) {
-    out.curves = head_error_curves(engine, policy, candidate_budgets(min_budget, longest), progress);
+    out.curves = head_error_curves(engine, policy, candidate_budgets(min_budget, longest), progress, compression);
   }
   KVP_ASSIGN_OR_RETURN(std::vector<int32_t> budgets,
                        allocate(req.allocation,
                                 {.n_layers = m.n_layers, .n_kv_heads = m.n_kv_heads, .total_slots = req.total_slots,
                                  .min_budget = min_budget, .max_budget = longest},
                                 weighted_curves(out.curves, req.layer_weights)));
-  out.plan = allocated_plan(plan_model_of(m), req.policy, req.params, budgets);
+  out.plan = allocated_plan(plan_model_of(m), req.policy, req.params, budgets, req.compression);
   Plan& plan = out.plan;
-  out.replay = engine.run({.policy = policy, .budgets = plan.budgets});
+  out.replay = engine.run({.policy = policy, .budgets = plan.budgets, .compression = compression});
   record_replay_predictions(out.replay, &plan);
   plan.provenance["trace"] = trace_dir;
   plan.provenance["allocation"] = allocation_name(req.allocation);

@@ -17,7 +17,7 @@ PlanModel plan_model_of(const TraceModelShape& m);
 // A plan of allocate()'s budgets — one per layer (every KV head of a layer alike), or one per layer
 // and KV head ([layer * n_kv_heads + head]) — with f32 KV and its bytes filled in.
 Plan allocated_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
-                    const std::vector<int32_t>& budgets);
+                    const std::vector<int32_t>& budgets, const PlanCompression& compression = {});
 
 // Candidate budgets for error curves: a geometric ladder from min_budget to max_budget.
 std::vector<int32_t> candidate_budgets(int32_t min_budget, int32_t max_budget);
@@ -31,6 +31,7 @@ struct PlanRequest {
   // Greedy minimises Σ_l layer_weights[l] · E_l(b_l): a calibration's layer weights make it
   // minimise predicted ΔNLL rather than raw residual energy. Empty: every layer weighs 1.
   std::vector<double> layer_weights;
+  PlanCompression compression;  // ThinK and Mustafar on the kept tokens, replayed with every budget
 };
 
 // Scales each layer's curves by its weight (for greedy on calibrated error); empty weights: as is.
@@ -46,13 +47,15 @@ struct PlanOutcome {
 // Per-layer error curves (residual-stream energy) from uniform replays at `budgets`.
 std::vector<ErrorCurve> layer_error_curves(const ReplayEngine& engine, const std::shared_ptr<const Policy>& policy,
                                            const std::vector<int32_t>& budgets,
-                                           const std::function<void(int)>& progress = {});
+                                           const std::function<void(int)>& progress = {},
+                                           const std::vector<SlotCompression>& compression = {});
 
 // Per layer and KV head ([layer * n_kv_heads + head]): each head's own residual energy from the
 // same uniform replays (ReplayResult::head_resid_energy).
 std::vector<ErrorCurve> head_error_curves(const ReplayEngine& engine, const std::shared_ptr<const Policy>& policy,
                                           const std::vector<int32_t>& budgets,
-                                          const std::function<void(int)>& progress = {});
+                                          const std::function<void(int)>& progress = {},
+                                          const std::vector<SlotCompression>& compression = {});
 
 Result<PlanOutcome> make_plan(const ReplayEngine& engine, const std::string& trace_dir, const PlanRequest& request,
                               const std::function<void(int)>& progress = {});

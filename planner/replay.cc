@@ -13,44 +13,55 @@
 namespace kvp {
 namespace {
 
-// Slot storage for one layer's heads, shaped by budgets; reshaping keeps the allocations.
+// Slot storage for one layer's heads, shaped by budgets (carved as the executor's KvCache carves
+// them: dense, or compressed by `compression`); reshaping keeps the allocation.
 class LayerCache {
  public:
   LayerCache() = default;
-  LayerCache(const std::vector<int32_t>& budgets, int head_dim, bool aux) { reshape(budgets, head_dim, aux); }
 
-  void reshape(const std::vector<int32_t>& budgets, int head_dim, bool aux) {
-    const size_t slots = std::accumulate(budgets.begin(), budgets.end(), size_t{0});
-    k_.resize(slots * head_dim);
-    v_.resize(slots * head_dim);
-    pos_.resize(slots);
-    score_.resize(slots);
-    aux_.resize(aux ? slots : 0);
+  void reshape(const std::vector<int32_t>& budgets, int head_dim, bool aux, const SlotCompression& compression = {},
+               bool query_sums = false) {
+    budgets_ = budgets;
+    head_dim_ = head_dim, aux_ = aux, compression_ = compression, query_sums_ = query_sums;
+    std::vector<size_t> offsets;
+    size_t bytes = 0;
+    for (int32_t b : budgets) {
+      offsets.push_back(bytes);
+      bytes += head_layout(shape(b)).bytes;
+    }
+    if (bytes_.size() * 4 < bytes) bytes_.resize((bytes + 3) / 4);
     n_used_.assign(budgets.size(), 0);
     views_.clear();
-    size_t at = 0;
     for (size_t h = 0; h < budgets.size(); ++h) {
-      views_.push_back(HeadSlots{.k = k_.data() + at * head_dim, .v = v_.data() + at * head_dim,
-                                 .pos = pos_.data() + at, .score = score_.data() + at,
-                                 .aux = aux ? aux_.data() + at : nullptr, .budget = budgets[h],
-                                 .n_used = &n_used_[h], .head_dim = head_dim});
-      at += budgets[h];
+      views_.push_back(carve_head(reinterpret_cast<std::byte*>(bytes_.data()) + offsets[h], shape(budgets[h]),
+                                  &n_used_[h]));
+      if (views_.back().channels) std::iota(views_.back().channels, views_.back().channels + head_dim, 0);
+      if (views_.back().query_sums) std::fill_n(views_.back().query_sums, head_dim, 0.0f);
     }
   }
   std::span<const HeadSlots> views() const { return views_; }
 
   // Becomes a copy of `other` (same shape and contents), in this cache's own storage.
   void assign(const LayerCache& other) {
-    std::vector<int32_t> budgets;
-    for (const HeadSlots& h : other.views_) budgets.push_back(h.budget);
-    reshape(budgets, other.views_.empty() ? 0 : other.views_[0].head_dim, !other.aux_.empty());
-    k_ = other.k_, v_ = other.v_, score_ = other.score_, aux_ = other.aux_, pos_ = other.pos_;
+    reshape(other.budgets_, other.head_dim_, other.aux_, other.compression_, other.query_sums_);
+    size_t bytes = 0;
+    for (int32_t b : budgets_) bytes += head_layout(shape(b)).bytes;
+    std::copy_n(other.bytes_.data(), (bytes + 3) / 4, bytes_.data());
     n_used_ = other.n_used_;
   }
 
  private:
-  std::vector<float> k_, v_, score_, aux_;
-  std::vector<int32_t> pos_, n_used_;
+  HeadShape shape(int32_t budget) const {
+    return HeadShape{.budget = budget, .head_dim = head_dim_, .aux_floats = aux_ ? 1 : 0, .compression = compression_,
+                     .query_sums = query_sums_};
+  }
+
+  std::vector<uint32_t> bytes_;  // 4-byte words: every part of a head is 4-byte aligned
+  std::vector<int32_t> budgets_, n_used_;
+  int head_dim_ = 0;
+  bool aux_ = false;
+  SlotCompression compression_;
+  bool query_sums_ = false;
   std::vector<HeadSlots> views_;
 };
 
@@ -59,6 +70,7 @@ struct Workspace {
   StepScratch scratch{1};  // grows as layer_step needs
   LayerCache prompt, cut_from, cache;  // the prefilled prompt; its copy that a cut may change
   std::vector<float> out, softmax, mass, rel, delta, injected;  // [steps, ...] for the decode
+  std::vector<float> compressed_mass;  // [steps, n_heads] retained mass of a compressed cache
   // The (sequence, layer) being replayed: its trace data, and its full-cache outputs at the
   // recorded queries.
   TraceLayer data;
@@ -157,6 +169,12 @@ bool same_prefill(const Policy& a, const Policy& b) {
          x.snap_kernel == y.snap_kernel;
 }
 
+// ThinK's prefill sums the last prompt queries' q² (0: none needed).
+int think_queries(const ReplayConfig& c, int layer, int head_dim) {
+  if (c.compression.empty() || !c.compression[layer].thin(head_dim)) return 0;
+  return c.compression[layer].think_queries;
+}
+
 }  // namespace
 
 void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs, std::vector<Totals>& totals,
@@ -218,6 +236,7 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
   // The first measured decode step's row in the full-cache arrays (the measured rows are consecutive).
   const size_t first = steps > 0 ? size_t(ws.q_row[ws.measured[0]]) : 0;
   const Policy* prefilled = nullptr;
+  int prefilled_queries = 0;
   for (size_t c = 0; c < configs.size(); ++c) {
     const auto start = std::chrono::steady_clock::now();
     const ReplayConfig& config = configs[c];
@@ -225,13 +244,17 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
     const bool aux = policy.aux_floats_per_slot() > 0;
     Totals& tot = totals[c];
     LayerCache& cache = ws.cache;
+    const SlotCompression compression = config.compression.empty() ? SlotCompression{} : config.compression[l];
+    const int queries = think_queries(config, l, hd);
+    SlotCompression scratch_shape;  // dense, with ThinK's query window when it sums queries
+    scratch_shape.think_queries = queries;
     if (config.prefill_evict_chunk > 0) {
       // Cut after every chunk: the prefill depends on the budgets, so it runs per configuration.
       const int chunk = config.prefill_evict_chunk;
       std::vector<int32_t> room;
       for (int32_t b : config.budgets[l]) room.push_back(std::min(P, b + chunk));
-      ws.cut_from.reshape(room, hd, aux);
-      cache.reshape(config.budgets[l], hd, aux);
+      ws.cut_from.reshape(room, hd, aux, scratch_shape, queries > 0);
+      cache.reshape(config.budgets[l], hd, aux, compression);
       for (int t = 0; t < P; ++t) {
         TokenRow r = row(t);
         r.prompt_len = P;
@@ -239,23 +262,42 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
       }
       prefilled = nullptr;
     } else {
-      if (prefilled == nullptr || !same_prefill(*prefilled, policy)) {
-        ws.prompt.reshape(std::vector<int32_t>(KVH, P), hd, aux);
+      if (prefilled == nullptr || !same_prefill(*prefilled, policy) || prefilled_queries != queries) {
+        ws.prompt.reshape(std::vector<int32_t>(KVH, P), hd, aux, scratch_shape, queries > 0);
         for (int t = 0; t < P; ++t) {
           TokenRow r = row(t);
           r.prompt_len = P;
           layer_step(policy, ws.prompt.views(), r, group, out, nullptr, scratch, {});
         }
         prefilled = &policy;
+        prefilled_queries = queries;
       }
       ws.cut_from.assign(ws.prompt);
-      cache.reshape(config.budgets[l], hd, aux);
+      cache.reshape(config.budgets[l], hd, aux, compression);
       cut_prefill(policy, ws.cut_from.views(), cache.views(), {});
     }
     // The decode: each step's outputs and softmax statistics into their rows; the measures after.
+    const bool compressed = compression.compressed();
+    if (compressed) ws.compressed_mass.resize(size_t(steps) * H);
     for (int t = P, m = 0, last_query = P - 1; t < T; ++t) {
       const bool measure = ws.q_row[t] >= 0;
       TokenRow r = row(t);
+      if (measure && compressed) {
+        // The compressed attention's softmax is not the full cache's over a subset, so the mass of
+        // the kept tokens (and the new one) is summed from the full-width keys of the trace.
+        const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+        for (int qh = 0; qh < H; ++qh) {
+          const HeadSlots& head = cache.views()[qh / group];
+          const float* q = r.q + size_t(qh) * hd;
+          const double log_z = ws.log_z_full[size_t(ws.q_row[t]) * H + qh];
+          auto weight = [&](int32_t p) {
+            return std::exp(double(fixed_order_dot(q, data.k.data() + (size_t(p) * KVH + qh / group) * hd, hd)) * scale - log_z);
+          };
+          double mass = weight(t);
+          for (int j = 0; j < *head.n_used; ++j) mass += weight(head.pos[j]);
+          ws.compressed_mass[size_t(m) * H + qh] = static_cast<float>(mass);
+        }
+      }
       if (measure) {
         last_query = t;
       } else if (policy.uses_attention()) {  // scores from keys or values alone are whole
@@ -278,6 +320,7 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
     const Eigen::Map<const Eigen::Array2Xf> z(ws.softmax.data(), 2, n_heads);
     Array(ws.mass.data(), n_heads) =
         z.row(1).transpose() * (z.row(0).transpose() - ConstArray(ws.log_z_full.data() + first * H, n_heads)).exp();
+    if (compressed) std::copy_n(ws.compressed_mass.data(), n_heads, ws.mass.data());
     // ‖o − ô‖ / ‖o‖ per step and query head.
     Array(ws.rel.data(), n_heads) =
         Eigen::Map<const Eigen::MatrixXf>(ws.delta.data(), hd, n_heads).colwise().norm().transpose().array() /

@@ -15,6 +15,7 @@
 #include <memory>
 #include <vector>
 
+#include "planner/policy/kv_compression.h"
 #include "planner/policy/policy.h"
 #include "traces/trace.h"
 
@@ -27,6 +28,8 @@ struct ReplayConfig {
   // --prefill-evict with chunks of this many prompt rows (0: the prompt held whole, then cut), as
   // the executor's prefill_row does it.
   int prefill_evict_chunk = 0;
+  // ThinK and Mustafar per layer (empty: dense), applied to the kept tokens as the executor does.
+  std::vector<SlotCompression> compression;
 };
 
 struct ReplayResult {

@@ -160,6 +160,7 @@ void GpuBackend::set_policy(std::shared_ptr<const Policy> policy) {
 }
 
 void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::shared_ptr<const Policy> policy) {
+  for (const KvBudgets& b : budgets) KVP_CHECK(!b.compressed(), "the {} backend has no ThinK or Mustafar layout", name_);
   set_policy(std::move(policy));
   const std::string_view name = policy_->name();
   pool_ = false;
@@ -266,6 +267,7 @@ void GpuBackend::reset_pool(int n_sequences, int64_t pool_bytes, KvDtype dtype, 
 
 void GpuBackend::open_sequence(int seq, const KvBudgets& b, std::shared_ptr<const Policy> policy) {
   KVP_CHECK(pool_, "the {} backend opens single sequences only in a pool (reset_pool)", name_);
+  KVP_CHECK(!b.compressed(), "the {} backend has no ThinK or Mustafar layout", name_);
   KVP_CHECK(seq >= 0 && seq < static_cast<int>(budgets_.size()), "open_sequence: no sequence {}", seq);
   // One policy runs on the device for every sequence: the kernels take its rule once per launch.
   const Policy& p = policy ? *policy : *keep_all_policy();

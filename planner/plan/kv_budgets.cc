@@ -42,8 +42,42 @@ int64_t KvBudgets::slot_bytes() const {
   return 2 * int64_t{head_dim} * kv_dtype_bytes(dtype) + kSlotMetadataBytes + 4 * aux_floats_per_slot;
 }
 
+bool KvBudgets::compressed() const {
+  return std::any_of(compression.begin(), compression.end(), [](const SlotCompression& c) { return c.compressed(); });
+}
+
+const SlotCompression& KvBudgets::layer_compression(int layer_idx) const {
+  static const SlotCompression kDense{};
+  return compression.empty() ? kDense : compression.at(layer_idx);
+}
+
+HeadShape KvBudgets::head_shape(int layer_idx, int kv_head_idx) const {
+  return HeadShape{.budget = budget(layer_idx, kv_head_idx), .head_dim = head_dim,
+                   .elem_bytes = kv_dtype_bytes(dtype), .aux_floats = aux_floats_per_slot,
+                   .compression = layer_compression(layer_idx),
+                   .query_sums = query_sums && layer_compression(layer_idx).think_queries > 0};
+}
+
+int64_t KvBudgets::head_bytes(int layer_idx, int kv_head_idx) const {
+  return static_cast<int64_t>(head_layout(head_shape(layer_idx, kv_head_idx)).bytes);
+}
+
+int64_t KvBudgets::kv_bytes() const {
+  if (!compressed() && !query_sums) return total_slots() * slot_bytes();
+  int64_t total = 0;
+  for (int l = 0; l < n_layers; ++l) {
+    for (int h = 0; h < n_kv_heads; ++h) total += head_bytes(l, h);
+  }
+  return total;
+}
+
 KvBudgets KvBudgets::prefill_scratch(int prompt_len, int evict_chunk) const {
   KvBudgets b = *this;
+  // Dense, with ThinK's query window where a layer sums the queries (think_queries 0: none).
+  b.query_sums = std::any_of(compression.begin(), compression.end(),
+                             [&](const SlotCompression& c) { return c.thin(head_dim); });
+  for (SlotCompression& c : b.compression) c = SlotCompression{.think_queries = c.thin(head_dim) ? c.think_queries : 0};
+  if (!b.query_sums) b.compression.clear();
   for (int32_t& t : b.budget_tokens) t = evict_chunk > 0 ? std::min(prompt_len, t + evict_chunk) : prompt_len;
   return b;
 }

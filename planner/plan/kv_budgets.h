@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "planner/policy/kv_compression.h"
 
 namespace kvp {
 
@@ -30,6 +31,10 @@ struct KvBudgets {
   KvDtype dtype = KvDtype::kF32;
   int aux_floats_per_slot = 0;
   std::vector<int32_t> budget_tokens;  // [n_layers, n_kv_heads]
+  // ThinK and Mustafar per layer (kv_compression.h), or empty: every layer dense.
+  std::vector<SlotCompression> compression;
+  // A ThinK prefill scratch: each head also holds head_dim floats of Σ q² (HeadShape::query_sums).
+  bool query_sums = false;
 
   // Every layer and head gets `budget_tokens` slots.
   static KvBudgets uniform(int n_layers, int n_kv_heads, int head_dim, int32_t budget_tokens,
@@ -39,16 +44,22 @@ struct KvBudgets {
     return budget_tokens[static_cast<size_t>(layer_idx) * n_kv_heads + kv_head_idx];
   }
   int64_t total_slots() const;
-  // Bytes of one slot: key and value of head_dim elements each, kSlotMetadataBytes, and the
-  // policy's aux floats.
+  // Bytes of one slot of a dense layer: key and value of head_dim elements each,
+  // kSlotMetadataBytes, and the policy's aux floats.
   int64_t slot_bytes() const;
-  // Bytes of one sequence's cache: total_slots() * slot_bytes().
-  int64_t kv_bytes() const { return total_slots() * slot_bytes(); }
+  bool compressed() const;
+  const SlotCompression& layer_compression(int layer_idx) const;
+  // What head (layer_idx, kv_head_idx) holds; its bytes are head_layout(...).bytes.
+  HeadShape head_shape(int layer_idx, int kv_head_idx) const;
+  int64_t head_bytes(int layer_idx, int kv_head_idx) const;
+  // Bytes of one sequence's cache: Σ head_bytes(), total_slots() * slot_bytes() when dense.
+  int64_t kv_bytes() const;
 
   // The prefill's scratch for a prompt of `prompt_len` tokens (DESIGN §6, the prefill transient):
   // every head holds the whole prompt until it is cut to budget, or with --prefill-evict chunks
   // of `evict_chunk` rows (> 0) at most its budget plus one chunk. The peak KV of a sequence is
-  // kv_bytes() + prefill_scratch(...).kv_bytes().
+  // kv_bytes() + prefill_scratch(...).kv_bytes(). The scratch is dense; under ThinK it also holds
+  // the query sums that choose the channels at the cut.
   KvBudgets prefill_scratch(int prompt_len, int evict_chunk) const;
 };
 

@@ -37,6 +37,40 @@ Result<PlanModel> parse_plan_model(const YAML::Node& node, const std::string& pa
   return m;
 }
 
+Result<std::vector<SlotCompression>> PlanCompression::layers(int n_layers, int head_dim) const {
+  std::vector<SlotCompression> out;
+  if (!any()) return out;
+  auto at = [&](const std::vector<double>& v, int l) { return v.empty() ? 0.0 : v.size() == 1 ? v[0] : v.at(l); };
+  for (int l = 0; l < n_layers; ++l) {
+    // A field's name, with the layer's index where it lists one ratio per layer.
+    auto name = [&](const char* field, const std::vector<double>& v) {
+      return v.size() > 1 ? fmt::format("{}[{}]", field, l) : std::string(field);
+    };
+    KVP_ASSIGN_OR_RETURN(SlotCompression c,
+                         slot_compression(head_dim, at(think_ratio, l), at(key_sparsity, l), at(value_sparsity, l),
+                                          name("key_channels.ratio", think_ratio), name("sparsity.keys", key_sparsity),
+                                          name("sparsity.values", value_sparsity)));
+    if (c.compressed()) {
+      c.think_queries = think_window;
+      c.think_recent = think_recent;
+      c.dense_recent = dense_recent;
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
+std::string PlanCompression::label() const {
+  auto one = [](const std::vector<double>& v) {
+    return v.size() == 1 ? fmt::format("{:g}", v[0]) : std::string("per-layer");
+  };
+  std::string out;
+  if (think()) out += "+think" + one(think_ratio);
+  if (mustafar() && key_sparsity == value_sparsity) out += "+mustafar" + one(key_sparsity);
+  if (mustafar() && key_sparsity != value_sparsity) out += "+mustafar_k" + one(key_sparsity) + "_v" + one(value_sparsity);
+  return out;
+}
+
 KvBudgets Plan::kv_budgets() const {
   KvBudgets b{.n_layers = model.n_layers, .n_kv_heads = model.n_kv_heads, .head_dim = model.head_dim,
               .dtype = kv_dtype};
@@ -44,6 +78,9 @@ KvBudgets Plan::kv_budgets() const {
   KVP_CHECK(policy_impl.ok(), "plan holds an unknown policy");
   b.aux_floats_per_slot = (*policy_impl)->aux_floats_per_slot();
   for (const auto& layer : budgets) b.budget_tokens.insert(b.budget_tokens.end(), layer.begin(), layer.end());
+  auto layers = compression.layers(model.n_layers, model.head_dim);
+  KVP_CHECK(layers.ok(), "plan holds invalid compression: {}", layers.ok() ? "" : layers.error().message());
+  b.compression = std::move(*layers);
   return b;
 }
 
@@ -64,7 +101,7 @@ std::string Plan::to_yaml() const {
   out.SetDoublePrecision(6);
   out << YAML::BeginMap;
   out << YAML::Key << "format" << YAML::Value << kPlanFormatName;
-  out << YAML::Key << "version" << YAML::Value << kPlanFormatVersion;
+  out << YAML::Key << "version" << YAML::Value << (compression.any() ? kPlanFormatVersion : 1);
   out << YAML::Key << "model" << YAML::Value;
   emit_plan_model(out, model);
   out << YAML::Key << "policy" << YAML::Value << YAML::BeginMap;
@@ -90,6 +127,32 @@ std::string Plan::to_yaml() const {
     }
   }
   out << YAML::EndSeq;
+  auto ratios = [&](const std::vector<double>& v) {
+    if (v.size() == 1) {
+      out << v[0];
+    } else {
+      out << YAML::Flow << YAML::BeginSeq;
+      for (double r : v) out << r;
+      out << YAML::EndSeq;
+    }
+  };
+  if (compression.think()) {
+    out << YAML::Key << "key_channels" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "ratio" << YAML::Value;
+    ratios(compression.think_ratio);
+    out << YAML::Key << "window" << YAML::Value << compression.think_window;
+    out << YAML::Key << "recent" << YAML::Value << compression.think_recent;
+    out << YAML::EndMap;
+  }
+  if (compression.mustafar()) {
+    out << YAML::Key << "sparsity" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "keys" << YAML::Value;
+    ratios(compression.key_sparsity);
+    out << YAML::Key << "values" << YAML::Value;
+    ratios(compression.value_sparsity);
+    out << YAML::Key << "recent" << YAML::Value << compression.dense_recent;
+    out << YAML::EndMap;
+  }
   out << YAML::Key << "predictions" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "kv_bytes_per_sequence" << YAML::Value << kv_bytes_per_sequence;
   for (const auto& [k, v] : predicted) out << YAML::Key << k << YAML::Value << v;
@@ -104,14 +167,16 @@ std::string Plan::to_yaml() const {
 Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
   KVP_ASSIGN_OR_RETURN(YAML::Node root, parse_yaml_map(text, path));
   const YamlFields top(root, path, "");
-  KVP_RETURN_IF_ERROR(top.only({"format", "version", "model", "policy", "kv_dtype", "budgets",
-                                "predictions", "provenance"}));
   KVP_ASSIGN_OR_RETURN(std::string format, top.str("format"));
   if (format != kPlanFormatName) return top.error("format", fmt::format("expected {}, found '{}'", kPlanFormatName, format));
   KVP_ASSIGN_OR_RETURN(int version, top.integer("version", 0, 1 << 20));
-  if (version != kPlanFormatVersion) {
-    return top.error("version", fmt::format("this kvplan reads version {}, found {}", kPlanFormatVersion, version));
+  if (version < 1 || version > kPlanFormatVersion) {
+    return top.error("version", fmt::format("this kvplan reads versions 1 to {}, found {}", kPlanFormatVersion, version));
   }
+  std::set<std::string> top_known = {"format", "version", "model", "policy", "kv_dtype", "budgets", "predictions",
+                                     "provenance"};
+  if (version >= 2) top_known.insert({"key_channels", "sparsity"});
+  KVP_RETURN_IF_ERROR(top.only(top_known));
   Plan plan;
   KVP_ASSIGN_OR_RETURN(YAML::Node model, top.child("model"));
   KVP_ASSIGN_OR_RETURN(plan.model, parse_plan_model(model, path));
@@ -196,6 +261,46 @@ Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
     plan.budgets.push_back(std::move(heads));
   }
 
+  // A ratio, or a list of one per layer; each checked by PlanCompression::layers below.
+  auto read_ratios = [&](const YamlFields& f, const std::string& key, std::vector<double>* out) -> Status {
+    KVP_ASSIGN_OR_RETURN(YAML::Node node, f.child(key));
+    if (node.IsSequence()) {
+      if (static_cast<int>(node.size()) != plan.model.n_layers) {
+        return f.error(key, fmt::format("{} ratios listed, the model has {} layers", node.size(), plan.model.n_layers));
+      }
+      for (size_t l = 0; l < node.size(); ++l) {
+        double r = 0;
+        if (!node[l].IsScalar() || !YAML::convert<double>::decode(node[l], r)) {
+          return f.error(fmt::format("{}[{}]", key, l), "expected a ratio in [0, 1)");
+        }
+        out->push_back(r);
+      }
+      return ok_status();
+    }
+    KVP_ASSIGN_OR_RETURN(double r, f.number(key));
+    out->push_back(r);
+    return ok_status();
+  };
+  if (top.has("key_channels")) {
+    KVP_ASSIGN_OR_RETURN(YAML::Node node, top.child("key_channels"));
+    const YamlFields kf(node, path, "key_channels.");
+    KVP_RETURN_IF_ERROR(kf.only({"ratio", "window", "recent"}));
+    KVP_RETURN_IF_ERROR(read_ratios(kf, "ratio", &plan.compression.think_ratio));
+    KVP_ASSIGN_OR_RETURN(plan.compression.think_window, kf.integer("window", 1, plan.model.seq_len));
+    KVP_ASSIGN_OR_RETURN(plan.compression.think_recent, kf.integer("recent", 1, plan.model.seq_len));
+  }
+  if (top.has("sparsity")) {
+    KVP_ASSIGN_OR_RETURN(YAML::Node node, top.child("sparsity"));
+    const YamlFields sf(node, path, "sparsity.");
+    KVP_RETURN_IF_ERROR(sf.only({"keys", "values", "recent"}));
+    KVP_RETURN_IF_ERROR(read_ratios(sf, "keys", &plan.compression.key_sparsity));
+    KVP_RETURN_IF_ERROR(read_ratios(sf, "values", &plan.compression.value_sparsity));
+    KVP_ASSIGN_OR_RETURN(plan.compression.dense_recent, sf.integer("recent", 1, plan.model.seq_len));
+  }
+  if (auto layers = plan.compression.layers(plan.model.n_layers, plan.model.head_dim); !layers.ok()) {
+    return layers.error().with_context(path);
+  }
+
   KVP_ASSIGN_OR_RETURN(YAML::Node predictions, top.child("predictions"));
   if (!predictions.IsMap()) return top.error("predictions", "expected a map");
   const YamlFields prf(predictions, path, "predictions.");
@@ -248,12 +353,14 @@ Status Plan::check_model(const PlanModel& m, const std::string& plan_path, const
 }
 
 Result<Plan> uniform_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
-                          int32_t budget_tokens, KvDtype kv_dtype) {
+                          int32_t budget_tokens, KvDtype kv_dtype, const PlanCompression& compression) {
   Plan plan;
   plan.model = model;
   plan.policy = policy;
   plan.params = params;
   plan.kv_dtype = kv_dtype;
+  plan.compression = compression;
+  KVP_RETURN_IF_ERROR(compression.layers(model.n_layers, model.head_dim).status());
   plan.budgets.assign(model.n_layers, std::vector<int32_t>(model.n_kv_heads, budget_tokens));
   KVP_ASSIGN_OR_RETURN(auto impl, make_policy(policy, params));
   if (impl->evicts() && budget_tokens < params.sinks + params.recent) {

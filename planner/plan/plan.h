@@ -16,7 +16,9 @@
 namespace kvp {
 
 inline constexpr const char* kPlanFormatName = "kvplan-plan";
-inline constexpr int kPlanFormatVersion = 1;
+// Version 2 adds key_channels and sparsity (ThinK, Mustafar); a plan without them is written as
+// version 1, and both versions are read.
+inline constexpr int kPlanFormatVersion = 2;
 
 // The model a plan was made for.
 struct PlanModel {
@@ -34,12 +36,32 @@ struct PlanModel {
 void emit_plan_model(YAML::Emitter& out, const PlanModel& model);
 Result<PlanModel> parse_plan_model(const YAML::Node& node, const std::string& path);
 
+// ThinK and Mustafar on the kept tokens (kv_compression.h): ratios per layer, or empty for none.
+struct PlanCompression {
+  std::vector<double> think_ratio;     // key_channels.ratio: share of key channels dropped
+  int think_window = 32;               // key_channels.window: last prompt queries scoring channels
+  int think_recent = 32;               // key_channels.recent: newest keys at full width
+  std::vector<double> key_sparsity;    // sparsity.keys: share of each key's elements dropped
+  std::vector<double> value_sparsity;  // sparsity.values
+  int dense_recent = 32;               // sparsity.recent: newest keys and values kept dense
+
+  bool think() const { return !think_ratio.empty(); }
+  bool mustafar() const { return !key_sparsity.empty(); }
+  bool any() const { return think() || mustafar(); }
+  // Per layer, the counts of the ratios (empty when !any()); errors name the plan fields.
+  Result<std::vector<SlotCompression>> layers(int n_layers, int head_dim) const;
+  // The suffix of a configuration's name: "+think0.4", "+mustafar0.5", "+mustafar_k0.5_v0.3"
+  // ("" when none).
+  std::string label() const;
+};
+
 struct Plan {
   PlanModel model;
   std::string policy;  // a name from policy_names()
   PolicyParams params;
   KvDtype kv_dtype = KvDtype::kF32;
   std::vector<std::vector<int32_t>> budgets;  // [n_layers][n_kv_heads] slots
+  PlanCompression compression;
   // Predictions: kv_bytes_per_sequence is exact; others (accuracy) come with calibration.
   int64_t kv_bytes_per_sequence = 0;
   std::map<std::string, double> predicted;  // e.g. delta_nll, top1_agreement
@@ -65,6 +87,6 @@ struct Plan {
 
 // A plan with the same budget for every layer and head (kv_bytes filled in).
 Result<Plan> uniform_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,
-                          int32_t budget_tokens, KvDtype kv_dtype);
+                          int32_t budget_tokens, KvDtype kv_dtype, const PlanCompression& compression = {});
 
 }  // namespace kvp

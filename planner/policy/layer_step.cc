@@ -19,11 +19,22 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
       sc.scores.resize(n + 16);
       sc.weights.resize(n + 16);
     }
-    slot_attention(row.q + size_t(h) * group * hd, group, head.kv(), row.k + size_t(h) * hd, row.v + size_t(h) * hd,
-                   SlotAttentionOut{.out = attn_out + size_t(h) * group * hd,
-                                    .weights = want_weights ? sc.weights.data() : nullptr,
-                                    .softmax = softmax ? softmax + size_t(h) * group * 2 : nullptr,
-                                    .scratch = sc.scores.data()});
+    const float* q = row.q + size_t(h) * group * hd;
+    const SlotAttentionOut result{.out = attn_out + size_t(h) * group * hd,
+                                  .weights = want_weights ? sc.weights.data() : nullptr,
+                                  .softmax = softmax ? softmax + size_t(h) * group * 2 : nullptr,
+                                  .scratch = sc.scores.data()};
+    if (head.compressed()) {
+      compressed_slot_attention(q, group, head, row.pos, row.k + size_t(h) * hd, row.v + size_t(h) * hd, result);
+    } else {
+      slot_attention(q, group, head.kv(), row.k + size_t(h) * hd, row.v + size_t(h) * hd, result);
+    }
+    // ThinK's channel scores: Σ q² over the group's queries of the prompt's last think_queries rows.
+    if (head.query_sums && row.prompt_len > 0 && row.pos >= row.prompt_len - head.think_queries) {
+      for (int g = 0; g < group; ++g) {
+        for (int d = 0; d < hd; ++d) head.query_sums[d] += q[size_t(g) * hd + d] * q[size_t(g) * hd + d];
+      }
+    }
     if (want_weights) {
       SlotArrays s = head.slots();
       policy.observe(s, sc.weights.data(), row.pos, row.prompt_len);
@@ -73,6 +84,31 @@ void cut_slots(const Policy& policy, std::span<const HeadSlots> from, std::span<
     const std::vector<int> kept =
         policy.shared_per_layer() ? shared : select_kept(policy, std::span(&views[h], 1), newest_pos, budgets[h]);
     KVP_CHECK(static_cast<int>(kept.size()) <= budgets[h]);
+    if (dst.compressed()) {
+      // Into a compressed cache (the prompt's last cut): ThinK's channels from the kept keys, then
+      // each kept token stored in its short forms, in position order (so a ring entry ends with the
+      // newest position that maps to it).
+      KVP_CHECK(finish && !src.compressed() && src.k != dst.k, "only a dense prompt is cut into a compressed cache");
+      if (dst.compression.thin(hd)) think_channels(src, kept, dst.compression.key_channels, dst.channels);
+      float key[kMaxSlotHeadDim], value[kMaxSlotHeadDim];
+      size_t next = 0;
+      for (int j = 0; j < n; ++j) {
+        if (next < kept.size() && kept[next] == j) {
+          const int slot = static_cast<int>(next++);
+          for (int d = 0; d < hd; ++d) {
+            key[d] = src.k[slot_element(src.budget, hd, d, j)];
+            value[d] = src.v[slot_element(src.budget, hd, d, j)];
+          }
+          dst.store(slot, key, value, src.pos[j]);
+          dst.score[slot] = src.score[j];
+          if (dst.aux) dst.aux[slot] = src.aux[j];
+        } else if (on_evict) {
+          on_evict(h, src.pos[j], policy.eviction_key(views[h], j, newest_pos));
+        }
+      }
+      *dst.n_used = static_cast<int32_t>(kept.size());
+      continue;
+    }
     // Kept slots in increasing order: slot `next` <= j, so `to` may be `from` itself.
     size_t next = 0;
     for (int j = 0; j < n; ++j) {

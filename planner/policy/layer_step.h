@@ -9,6 +9,8 @@
 
 #include <Eigen/Core>
 
+#include "common/aligned_vector.h"
+#include "planner/policy/kv_compression.h"
 #include "planner/policy/slot_attention.h"
 
 namespace kvp {
@@ -16,21 +18,38 @@ namespace kvp {
 // One KV head's cache: `budget` slots of key and value (transposed in blocks of 16 slots: element d
 // of slot j at slot_element(budget, head_dim, d, j), slot_attention.h), original position, score and
 // the policy's aux float.
+//
+// A compressed head (ThinK, Mustafar: kv_compression.h) holds its keys and values in the short
+// forms of `compression`, with the rings and masks of that layout; store() and layer_step handle
+// both kinds.
 struct HeadSlots {
-  float* k;         // [budget x head_dim], blocked
-  float* v;         // [budget x head_dim], blocked
+  float* k;         // [budget x head_dim], blocked (compressed: HeadLayout::k)
+  float* v;         // [budget x head_dim], blocked (compressed: HeadLayout::v)
   int32_t* pos;     // [budget]
   float* score;     // [budget]
   float* aux;       // [budget], or null
   int32_t budget;
   int32_t* n_used;  // the first *n_used slots are valid
   int head_dim;
+  SlotCompression compression{};  // dense unless compression.compressed()
+  float* k_drop = nullptr;        // the parts of HeadLayout a compressed head has, else null
+  float* k_resid = nullptr;
+  float* v_resid = nullptr;
+  int32_t* channels = nullptr;
+  uint8_t* k_mask = nullptr;
+  uint8_t* v_mask = nullptr;
+  float* query_sums = nullptr;    // a ThinK prefill scratch: [head_dim] Σ q² of the last prompt queries
+  int think_queries = 0;          // ... of the last this many
+
+  bool compressed() const { return compression.compressed(); }
 
   SlotArrays slots() const {
     return SlotArrays{.n_used = *n_used, .budget = budget, .pos = pos, .score = score, .aux = aux};
   }
   SlotKv kv() const { return SlotKv{.k = k, .v = v, .capacity = budget, .n_used = *n_used, .head_dim = head_dim}; }
+  // Writes a token into `slot` (a compressed head: its short forms, and its ring entries).
   void store(int slot, const float* key, const float* value, int32_t position) const {
+    if (compressed()) return store_compressed(slot, key, value, position);
     for (int d = 0; d < head_dim; ++d) {
       const size_t at = slot_element(budget, head_dim, d, slot);
       k[at] = key[d];
@@ -38,7 +57,29 @@ struct HeadSlots {
     }
     pos[slot] = position;
   }
+  void store_compressed(int slot, const float* key, const float* value, int32_t position) const;
+  // Key and value of `slot` at full width as stored (a compressed head: the dropped parts zero
+  // unless the ring still holds them for a position newer than newest_pos − window).
+  void load(int slot, int32_t newest_pos, float* key, float* value) const;
 };
+
+// Carves a head of `shape` from `base` (head_layout(shape).bytes bytes, 4-byte aligned).
+HeadSlots carve_head(std::byte* base, const HeadShape& shape, int32_t* n_used);
+
+// attention of slot_attention over a compressed head: the newest tokens (positions above
+// newest_pos − window, newest_pos the query's) at full width from the rings, the others in their
+// short forms. The same outputs as slot_attention where nothing is dropped (up to rounding).
+void compressed_slot_attention(const float* q, int group, const HeadSlots& head, int32_t newest_pos,
+                               const float* k_new, const float* v_new, const SlotAttentionOut& result);
+
+// ThinK's channels of a head at the prompt's cut: score_c = query_sums[c] · Σ over `kept` slots of
+// `from` of k_c², the key_channels highest kept (ties: the lower channel), written to `channels`
+// (kept ascending, then the dropped ascending).
+void think_channels(const HeadSlots& from, std::span<const int> kept, int key_channels, int32_t* channels);
+
+// Mustafar's elements of a vector: bit i of `mask` set for the `keep` largest |x[i]| of x[0, n)
+// (ties: the lower index).
+void magnitude_mask(const float* x, int n, int keep, uint8_t* mask);
 
 // Called for every evicted token: KV head, its position and its eviction key.
 using EvictFn = std::function<void(int kv_head_idx, int32_t evicted_pos, float key)>;
@@ -61,7 +102,7 @@ struct TokenRow {
 // Reusable buffers of layer_step, sized for `max_slots` + 1 keys.
 struct StepScratch {
   explicit StepScratch(int max_slots);
-  std::vector<float, Eigen::aligned_allocator<float>> scores;  // 64-byte aligned, padded (slot_attention)
+  Aligned64Vector<float> scores;  // 64-byte aligned, padded (slot_attention)
   std::vector<float> weights;
   std::vector<float> self_weight;
   std::vector<SlotArrays> views;

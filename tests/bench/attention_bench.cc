@@ -5,6 +5,8 @@
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
+
+#include "common/aligned_vector.h"
 #include <random>
 #include <vector>
 
@@ -17,7 +19,7 @@ void BM_SlotAttention(benchmark::State& state) {
   const int used = 4096, capacity = static_cast<int>(state.range(0)), hd = 64, group = 8, heads = 4;
   std::mt19937 rng(1);
   std::normal_distribution<float> dist(0.0f, 1.0f);
-  using Aligned = std::vector<float, Eigen::aligned_allocator<float>>;
+  using Aligned = Aligned64Vector<float>;
   std::vector<Aligned> k(heads, Aligned(size_t(hd) * capacity)), v = k;
   for (int h = 0; h < heads; ++h) {
     for (float& x : k[h]) x = dist(rng);

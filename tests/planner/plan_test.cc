@@ -40,6 +40,65 @@ TEST(Plan, KvBytesCountVatpsValueNormPerSlot) {
   EXPECT_EQ(h2o->kv_bytes_per_sequence, 20 * 64 * 72);
 }
 
+void replace(std::string& s, const std::string& from, const std::string& to);
+
+// Version 2: VATP with ThinK per layer and Mustafar, round-tripped; the bytes are the layout's.
+Plan compressed_vatp() {
+  PlanCompression c{.think_ratio = {0.4, 0.4, 0.5, 0.25, 0.4}, .think_window = 16, .think_recent = 24,
+                    .key_sparsity = {0.5}, .value_sparsity = {0.5}, .dense_recent = 32};
+  auto plan = uniform_plan(stories(), "vatp", {.sinks = 4, .recent = 16}, 64, KvDtype::kF32, c);
+  EXPECT_TRUE(plan.ok()) << plan.error().message();
+  plan->provenance["tool"] = "test";
+  return *plan;
+}
+
+TEST(Plan, CompressionRoundTripsAsVersionTwo) {
+  const Plan plan = compressed_vatp();
+  const std::string yaml = plan.to_yaml();
+  EXPECT_NE(yaml.find("version: 2"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("key_channels:\n  ratio: [0.4, 0.4, 0.5, 0.25, 0.4]\n  window: 16\n  recent: 24"),
+            std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("sparsity:\n  keys: 0.5\n  values: 0.5\n  recent: 32"), std::string::npos) << yaml;
+  auto back = Plan::parse(yaml, "plan.yaml");
+  ASSERT_TRUE(back.ok()) << back.error().message();
+  EXPECT_EQ(back->to_yaml(), yaml);
+  const KvBudgets b = back->kv_budgets();
+  ASSERT_EQ(b.compression.size(), 5u);
+  EXPECT_EQ(b.compression[2].key_channels, 4);  // 8 − ⌊4⌋
+  EXPECT_EQ(b.compression[3].key_channels, 6);  // 8 − ⌊2⌋
+  EXPECT_EQ(b.compression[0].think_queries, 16);
+  EXPECT_EQ(b.compression[0].think_recent, 24);
+  // Layer 0 (5 channels, 3 key and 4 value elements): each head as head_layout counts it.
+  const HeadLayout l = head_layout(b.head_shape(0, 0));
+  EXPECT_EQ(l.bytes, 64 * 3 * 4 + 64 * 4 * 4 + 24 * 3 * 4 + 32 * 2 * 4 + 32 * 4 * 4 + 64 * 12 + 8 * 4 + 64 + 64);
+  EXPECT_EQ(back->kv_bytes_per_sequence, b.kv_bytes());
+  EXPECT_LT(b.kv_bytes(), ragged_vatp().kv_budgets().kv_bytes());
+  // Without compression a plan stays version 1, and version 1 files are read as before.
+  EXPECT_NE(ragged_vatp().to_yaml().find("version: 1"), std::string::npos);
+}
+
+TEST(Plan, CompressionFieldsAreCheckedByName) {
+  const std::string good = compressed_vatp().to_yaml();
+  const std::pair<std::string, std::string> cases[] = {
+      {"  keys: 0.5", "  keys: 1.5"}, {"[0.4, 0.4, 0.5, 0.25, 0.4]", "[0.4, 0.4, 0.5]"},
+      {"[0.4, 0.4, 0.5, 0.25, 0.4]", "[0.4, 0.4, 0.5, -0.25, 0.4]"}, {"version: 2", "version: 1"},
+      {"  recent: 24", "  recent: 0"}, {"  values: 0.5\n", "  values: 0.5\n  dense: 3\n"}};
+  const std::string expect[] = {
+      "plan.yaml: sparsity.keys: expected a ratio in [0, 1), found 1.5",
+      "plan.yaml: key_channels.ratio: 3 ratios listed, the model has 5 layers",
+      "plan.yaml: key_channels.ratio[3]: expected a ratio in [0, 1), found -0.25",
+      "plan.yaml: key_channels: unknown field",
+      "plan.yaml: key_channels.recent",
+      "plan.yaml: sparsity.dense: unknown field"};
+  for (size_t i = 0; i < std::size(cases); ++i) {
+    std::string yaml = good;
+    replace(yaml, cases[i].first, cases[i].second);
+    auto plan = Plan::parse(yaml, "plan.yaml");
+    ASSERT_FALSE(plan.ok()) << yaml;
+    EXPECT_EQ(plan.error().message().rfind(expect[i], 0), 0u) << plan.error().message();
+  }
+}
+
 struct BadPlan {
   std::string name;
   std::function<void(std::string&)> edit;
@@ -64,7 +123,7 @@ std::vector<BadPlan> bad_plans() {
        "budgets: 4 layers listed, the model has 5"},
       {"wrong_head_count", [](std::string& s) { replace(s, "[32, 48, 64, 96]", "[32, 48, 64]"); },
        "budgets[2]: 3 heads listed, the model has 4 KV heads"},
-      {"future_version", [](std::string& s) { replace(s, "version: 1", "version: 9"); }, "version: this kvplan reads version 1"},
+      {"future_version", [](std::string& s) { replace(s, "version: 1", "version: 9"); }, "version: this kvplan reads versions 1 to 2, found 9"},
       {"unknown_policy", [](std::string& s) { replace(s, "name: vatp", "name: lru"); }, "'lru'"},
       {"bad_base", [](std::string& s) { replace(s, "base: mean", "base: median"); }, "policy.base"},
       {"bytes_disagree", [](std::string& s) { replace(s, "kv_bytes_per_sequence: ", "kv_bytes_per_sequence: 1"); },

@@ -11,6 +11,7 @@
 #include "executor/generator.h"
 #include "executor/recorder.h"
 #include "planner/plan/plan.h"
+#include "planner/policy/kv_compression.h"
 #include "tests/support/test_support.h"
 #include "traces/trace_writer.h"
 
@@ -67,11 +68,12 @@ struct ClosedLoop {
 
 // Runs the executor teacher-forced under `policy`/`budget` and writes what it computed as a trace.
 ClosedLoop run_executor(const std::string& name, const PolicyParams& params, int budget, int T, int P,
-                        int evict_chunk = 0) {
+                        int evict_chunk = 0, const std::vector<SlotCompression>& compression = {}) {
   const ModelConfig& c = default_model().weights.config();
   auto policy = std::shared_ptr<const Policy>(make_policy(name, params).value());
   KvBudgets budgets = KvBudgets::uniform(c.n_layers, c.n_kv_heads, c.head_dim(), budget);
   budgets.aux_floats_per_slot = policy->aux_floats_per_slot();
+  budgets.compression = compression;
   std::vector<int32_t> tokens = default_model().tokenizer.encode(
       "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with "
       "her friends. One day, she saw a big red ball in the tall green grass. She wanted to play with it.");
@@ -145,7 +147,8 @@ class ReplayAgreement : public ::testing::TestWithParam<std::string> {};
 // Replays `executor`'s trace under `name` at `budget` (cutting the prompt after every `chunk` rows
 // when > 0) and expects the executor's kept tokens at every decode step; returns the steps compared.
 int expect_replay_keeps_executor_tokens(const ClosedLoop& executor, const std::string& name,
-                                        const PolicyParams& params, int budget, int chunk) {
+                                        const PolicyParams& params, int budget, int chunk,
+                                        const std::vector<SlotCompression>& compression = {}) {
   auto trace = Trace::open(executor.trace_dir);
   EXPECT_TRUE(trace.ok()) << trace.error().message();
   if (!trace.ok()) return 0;
@@ -157,7 +160,8 @@ int expect_replay_keeps_executor_tokens(const ClosedLoop& executor, const std::s
   const ReplayConfig config{
       .policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
       .budgets = std::vector<std::vector<int32_t>>(c.n_layers, std::vector<int32_t>(c.n_kv_heads, budget)),
-      .prefill_evict_chunk = chunk};
+      .prefill_evict_chunk = chunk,
+      .compression = compression};
   (*engine)->run(config, [&](int, int l, int h, int32_t step, std::span<const int32_t> kept) {
     replayed[{l, h, step}] = std::vector<int32_t>(kept.begin(), kept.end());
   });
@@ -195,6 +199,25 @@ TEST_P(ReplayAgreement, CutsThePromptAsTheExecutorDoesUnderPrefillEvict) {
             c.n_layers * c.n_kv_heads * (T - P));
   // Attention-scored policies cut the prompt differently when they see it in chunks.
   if (name == "h2o" || name == "vatp" || name == "tova") EXPECT_NE(executor.kept, whole.kept) << name;
+}
+
+// ThinK and Mustafar on every layer, with windows short enough that tokens age out of them: the
+// executor's attention over the compressed slots drives its scores, and the replay, computing the
+// same, keeps the same tokens; the compression changes what the scored policies keep.
+TEST_P(ReplayAgreement, KeepsTheExecutorsTokensUnderThinkAndMustafar) {
+  const std::string name = GetParam();
+  const PolicyParams params{.sinks = 2, .recent = 5, .snap_window = 6};
+  const int budget = 24, T = 120, P = 40;
+  const ModelConfig& c = default_model().weights.config();
+  SlotCompression layer = slot_compression(c.head_dim(), 0.4, 0.5, 0.5, "t", "k", "v").value();
+  layer.think_recent = 8, layer.think_queries = 8, layer.dense_recent = 6;
+  const std::vector<SlotCompression> compression(c.n_layers, layer);
+  const ClosedLoop executor = run_executor(name, params, budget, T, P, 0, compression);
+  EXPECT_EQ(expect_replay_keeps_executor_tokens(executor, name, params, budget, 0, compression),
+            c.n_layers * c.n_kv_heads * (T - P));
+  if (name == "h2o" || name == "vatp" || name == "tova") {
+    EXPECT_NE(executor.kept, run_executor(name, params, budget, T, P).kept) << name;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Policies, ReplayAgreement, ::testing::Values("window", "h2o", "vatp", "tova", "snapkv", "knorm", "random"),

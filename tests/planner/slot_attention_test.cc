@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "common/aligned_vector.h"
+
 #include <climits>
 #include <cmath>
 #include <random>
@@ -45,7 +47,7 @@ struct Result {
 
 Result run(const Case& c, const Head& h) {
   Result r{std::vector<float>(size_t(c.group) * c.head_dim), std::vector<float>(c.n + 17), std::vector<float>(2 * c.group)};
-  std::vector<float, Eigen::aligned_allocator<float>> scratch(c.n + 17);
+  Aligned64Vector<float> scratch(c.n + 17);
   slot_attention(h.q.data(), c.group, SlotKv{.k = h.k.data(), .v = h.v.data(), .capacity = c.capacity, .n_used = c.n,
                                              .head_dim = c.head_dim},
                  h.k_new.data(), h.v_new.data(),

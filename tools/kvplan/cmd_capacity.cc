@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <optional>
 
 #include "common/file_util.h"
 #include "planner/capacity.h"
@@ -30,6 +31,8 @@ struct CapacityFlags {
   std::string policy;     // --keep's policy: its per-slot state (VATP's value norm) counts in the bytes
   std::string kv_memory;  // kvplan serve's pool: how many requests it runs at once
   bool json = false;
+  std::optional<double> think, mustafar, mustafar_k, mustafar_v;  // --keep's ThinK and Mustafar
+  int think_recent = 32, mustafar_recent = 32;
 };
 
 // The matrices' type for HardwareSpec::matmul_flops when only --weight-bytes is known.
@@ -191,7 +194,11 @@ Status run_capacity(const CapacityFlags& flags) {
     q.plan_budgets = plan.kv_budgets().budget_tokens;
     for (int32_t& b : q.plan_budgets) b = std::min(b, context);
     q.aux_floats_per_slot = plan.kv_budgets().aux_floats_per_slot;
-    what = fmt::format("plan {} ({})", flags.plan, plan.policy);
+    q.compression = plan.kv_budgets().compression;
+    if (flags.think || flags.mustafar || flags.mustafar_k || flags.mustafar_v) {
+      return make_error("--plan and --think/--mustafar: the plan carries its own key_channels and sparsity");
+    }
+    what = fmt::format("plan {} ({}{})", flags.plan, plan.policy, plan.compression.label());
   } else {
     if (!(flags.keep > 0 && flags.keep <= 1)) return make_error("--keep: expected a ratio in (0, 1] (or --plan), found {}", flags.keep);
     q.keep_ratio = flags.keep;
@@ -202,8 +209,39 @@ Status run_capacity(const CapacityFlags& flags) {
       q.aux_floats_per_slot = (*policy)->aux_floats_per_slot();
       what = fmt::format("{} keep {:g}", flags.policy, flags.keep);
     }
+    if (flags.think || flags.mustafar || flags.mustafar_k || flags.mustafar_v) {
+      const double sk = flags.mustafar_k.value_or(flags.mustafar.value_or(0.0));
+      const double sv = flags.mustafar_v.value_or(flags.mustafar.value_or(0.0));
+      auto c = slot_compression(model.head_dim(), flags.think.value_or(0.0), sk, sv, "--think",
+                                flags.mustafar_k ? "--mustafar-k" : "--mustafar", flags.mustafar_v ? "--mustafar-v" : "--mustafar");
+      if (!c.ok()) return c.error();
+      if (flags.think_recent < 1 || flags.mustafar_recent < 1) {
+        return make_error("--think-recent and --mustafar-recent: expected at least 1 token, found {} and {}",
+                          flags.think_recent, flags.mustafar_recent);
+      }
+      c->think_recent = flags.think_recent, c->dense_recent = flags.mustafar_recent;
+      q.compression.assign(model.n_layers, *c);
+      PlanCompression label{.think_ratio = flags.think ? std::vector<double>{*flags.think} : std::vector<double>{}};
+      if (sk > 0 || sv > 0) label.key_sparsity = {sk}, label.value_sparsity = {sv};
+      what += label.label();
+    }
   }
   const CapacityReport r = capacity(model, hw, q);
+  // What one kept token of one KV head costs, and what a compressed head holds besides (rings,
+  // ThinK's channel order), at layer 0.
+  struct TokenBytes {
+    int64_t dense = 0, compressed = 0, head_extra = 0;
+  } token;
+  {
+    KvBudgets one = KvBudgets::uniform(1, 1, model.head_dim(), 64, dtype);
+    one.aux_floats_per_slot = q.aux_floats_per_slot;
+    token.dense = one.slot_bytes();
+    if (!q.compression.empty()) one.compression = {q.compression[0]};
+    const int64_t at64 = one.kv_bytes();
+    one.budget_tokens = {128};
+    token.compressed = (one.kv_bytes() - at64) / 64;
+    token.head_extra = at64 - 64 * token.compressed;
+  }
   int64_t pool = 0;
   if (!flags.kv_memory.empty()) {
     KVP_ASSIGN_OR_RETURN(pool, parse_byte_count("--kv-memory", flags.kv_memory));
@@ -230,6 +268,8 @@ Status run_capacity(const CapacityFlags& flags) {
                                        {"parameters", model.parameter_count()}, {"weight_bytes", r.weight_bytes},
                                        {"workspace_bytes", r.workspace_bytes}, {"full", side_json(r.full)},
                                        {"plan", side_json(r.plan)}, {"plan_source", what},
+                                       {"token_bytes_per_kv_head", {{"dense", token.dense}, {"plan", token.compressed},
+                                                                    {"plan_head_extra", token.head_extra}}},
                                        {"kv_memory", pool > 0 ? nlohmann::json(pool) : nlohmann::json(nullptr)}}
                             .dump(2)
                             .c_str());
@@ -244,6 +284,10 @@ Status run_capacity(const CapacityFlags& flags) {
   auto row = [](const char* name, const std::string& a, const std::string& b) {
     std::printf("%-34s %18s %18s\n", name, a.c_str(), b.c_str());
   };
+  if (!q.compression.empty()) {
+    row("bytes per kept token and KV head", fmt::format("{} B", token.dense),
+        fmt::format("{} B + {} B/head", token.compressed, token.head_extra));
+  }
   row("KV bytes per sequence", fmt::format("{:.1f} MiB", r.full.kv_bytes_per_sequence / double(1 << 20)),
       fmt::format("{:.1f} MiB", r.plan.kv_bytes_per_sequence / double(1 << 20)));
   row("peak KV per sequence (prefill)", fmt::format("{:.1f} MiB", r.full.peak_kv_bytes_per_sequence / double(1 << 20)),
@@ -301,6 +345,12 @@ Command add_capacity_command(CLI::App& app) {
                   "kvplan serve's KV pool (bytes, or 256MiB, 1GiB): how many requests it runs at once, each admitted "
                   "with its prompt's prefill scratch (--prompt-len)");
   sub->add_flag("--json", flags->json, "Machine-readable output");
+  sub->add_option("--think", flags->think, "With --keep: ThinK drops this share of key channels (e.g. 0.4)");
+  sub->add_option("--think-recent", flags->think_recent, "ThinK: newest keys kept at full width (default 32)");
+  sub->add_option("--mustafar", flags->mustafar, "With --keep: Mustafar drops this share of each key and value (e.g. 0.5)");
+  sub->add_option("--mustafar-k", flags->mustafar_k, "Mustafar: the share dropped of each key alone");
+  sub->add_option("--mustafar-v", flags->mustafar_v, "Mustafar: the share dropped of each value alone");
+  sub->add_option("--mustafar-recent", flags->mustafar_recent, "Mustafar: newest keys and values kept dense (default 32)");
   return {sub, [flags] { return run_capacity(*flags); }};
 }
 

@@ -43,6 +43,9 @@ Measured describe(const Plan& plan, const std::string& source, const std::string
   if (plan.policy == "random") m.policy_detail = fmt::format("seed={}", plan.params.seed);
   if (plan.policy == "snapkv") m.policy_detail = fmt::format("window={} kernel={}", plan.params.snap_window, plan.params.snap_kernel);
   m.budgets = plan.budgets;
+  if (plan.compression.any()) {
+    m.policy_detail += fmt::format("{}{}", m.policy_detail.empty() ? "" : " ", plan.compression.label().substr(1));
+  }
   m.kv_dtype = std::string(kv_dtype_name(plan.kv_dtype));
   m.plan_source = source;
   m.corpus = corpus;

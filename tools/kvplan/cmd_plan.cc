@@ -62,13 +62,24 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
                                                        : 64;
   KVP_ASSIGN_OR_RETURN(PolicyParams params, flags.plan.params_for(flags.plan.policy, nominal_budget));
   KVP_ASSIGN_OR_RETURN(auto policy, make_policy(flags.plan.policy, params));
-  KvBudgets one = KvBudgets::uniform(1, 1, m.head_dim, 1);
-  one.aux_floats_per_slot = policy->aux_floats_per_slot();
+  KVP_ASSIGN_OR_RETURN(PlanCompression compression, flags.plan.compression(m.head_dim));
+  KVP_ASSIGN_OR_RETURN(std::vector<SlotCompression> layers, compression.layers(1, m.head_dim));
+  // One head's bytes at 64 and 128 slots: per slot, and what a head costs besides (ThinK's and
+  // Mustafar's rings; each part's padding to 4 bytes is at most 3 more).
+  auto head_bytes = [&](int32_t slots) {
+    KvBudgets b = KvBudgets::uniform(1, 1, m.head_dim, slots);
+    b.aux_floats_per_slot = policy->aux_floats_per_slot();
+    b.compression = layers;
+    return b.kv_bytes();
+  };
+  const int64_t per_slot = (head_bytes(128) - head_bytes(64)) / 64;
+  const int64_t per_head = std::max<int64_t>(0, head_bytes(64) - 64 * per_slot) + (layers.empty() ? 0 : 3 * 12);
   const int64_t heads = int64_t{m.n_layers} * m.n_kv_heads;
-  PlanRequest request{.policy = flags.plan.policy, .params = params, .allocation = allocation};
+  PlanRequest request{.policy = flags.plan.policy, .params = params, .allocation = allocation, .compression = compression};
   if (flags.memory > 0) {
-    request.total_slots = flags.memory / one.slot_bytes();
+    request.total_slots = std::max<int64_t>(0, flags.memory - heads * per_head) / per_slot;
     request.memory_description = fmt::format("{} bytes per sequence", flags.memory);
+    if (compression.any()) request.memory_description += " (" + compression.label().substr(1) + ")";
   } else if (flags.keep > 0) {
     request.total_slots = static_cast<int64_t>(std::floor(flags.keep * heads * longest));
     request.memory_description = fmt::format("keep {} of {} positions", flags.keep, longest);

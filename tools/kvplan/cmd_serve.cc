@@ -136,6 +136,10 @@ Status serve(const ServeFlags& flags) {
                           kv_dtype_name(plan.kv_dtype));
       }
       KVP_ASSIGN_OR_RETURN(auto policy, make_policy(plan.policy, plan.params));
+      if (device && plan.compression.any()) {
+        return make_error("{}: {}: the GPU backend has no ThinK or Mustafar layout yet (serve it with --backend cpu)",
+                          path, plan.compression.think() ? "key_channels" : "sparsity");
+      }
       if (device) {
         // One policy and element type for the device's whole pool: the first plan's.
         if (const Status runs = GpuBackend::supports(*policy); !runs.ok()) {

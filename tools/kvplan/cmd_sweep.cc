@@ -23,6 +23,8 @@ struct SweepFlags {
   std::string trace;
   std::string policies = "window,h2o,vatp,tova,snapkv,knorm,random";
   std::string budgets = "16,24,32,48,64,96,128,256";
+  std::string think_ratios;     // ThinK ratios to cross with every policy and budget ("0,0.4")
+  std::string mustafar_ratios;  // Mustafar sparsities (keys and values alike)
   bool greedy = true;
   bool per_head = false;
   bool pyramid = false;
@@ -61,11 +63,63 @@ std::string python_for_plots() {
   return "python3";
 }
 
+// "0,0.4" -> {0, 0.4}: ratios in [0, 1); errors name the flag.
+Result<std::vector<double>> parse_ratio_list(const std::string& flag, const std::string& text) {
+  std::vector<double> out;
+  for (const std::string& item : split_list(text)) {
+    char* end = nullptr;
+    const double r = std::strtod(item.c_str(), &end);
+    if (end == item.c_str() || *end != '\0' || !(r >= 0 && r < 1)) {
+      return make_error("{}: expected ratios in [0, 1) separated by commas, found '{}'", flag, item);
+    }
+    out.push_back(r);
+  }
+  if (out.empty()) return make_error("{}: expected a comma-separated list, found '{}'", flag, text);
+  return out;
+}
+
+// A policy with ThinK and Mustafar settings: a row label such as vatp+think0.4+mustafar0.5/0.5.
+struct Variant {
+  std::string name, label;
+  PlanCompression compression;
+  std::vector<SlotCompression> layers;
+};
+
 Status sweep(const SweepFlags& flags) {
-  const std::vector<std::string> policies = split_list(flags.policies);
+  const std::vector<std::string> names = split_list(flags.policies);
   KVP_ASSIGN_OR_RETURN(std::vector<int> budgets, parse_int_list("--budgets", flags.budgets));
-  for (const std::string& p : policies) KVP_RETURN_IF_ERROR(make_policy(p, PolicyParams{}).status());
+  for (const std::string& p : names) KVP_RETURN_IF_ERROR(make_policy(p, PolicyParams{}).status());
   KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
+  // Every policy crossed with every ThinK ratio and Mustafar sparsity asked for (the flags'
+  // single --think/--mustafar when no list is given).
+  KVP_ASSIGN_OR_RETURN(PlanCompression base, flags.plan.compression(trace.model().head_dim));
+  std::vector<double> thinks = base.think() ? base.think_ratio : std::vector<double>{0.0};
+  std::vector<std::pair<double, double>> sparsities = {
+      base.mustafar() ? std::pair{base.key_sparsity[0], base.value_sparsity[0]} : std::pair{0.0, 0.0}};
+  if (!flags.think_ratios.empty()) {
+    KVP_ASSIGN_OR_RETURN(thinks, parse_ratio_list("--think-ratios", flags.think_ratios));
+  }
+  if (!flags.mustafar_ratios.empty()) {
+    KVP_ASSIGN_OR_RETURN(std::vector<double> list, parse_ratio_list("--mustafar-ratios", flags.mustafar_ratios));
+    sparsities.clear();
+    for (double r : list) sparsities.emplace_back(r, r);
+  }
+  std::vector<Variant> variants;
+  std::vector<std::string> policies;  // the row labels, in order
+  for (const std::string& name : names) {
+    for (double t : thinks) {
+      for (const auto& [sk, sv] : sparsities) {
+        Variant v{.name = name, .compression = base};
+        v.compression.think_ratio = t > 0 ? std::vector<double>{t} : std::vector<double>{};
+        v.compression.key_sparsity = sk > 0 || sv > 0 ? std::vector<double>{sk} : std::vector<double>{};
+        v.compression.value_sparsity = sk > 0 || sv > 0 ? std::vector<double>{sv} : std::vector<double>{};
+        KVP_ASSIGN_OR_RETURN(v.layers, v.compression.layers(trace.model().n_layers, trace.model().head_dim));
+        v.label = name + v.compression.label();
+        policies.push_back(v.label);
+        variants.push_back(std::move(v));
+      }
+    }
+  }
   note_trace_bounds(trace, flags.trace);
   KVP_ASSIGN_OR_RETURN(std::optional<Calibration> calibration,
                        load_calibration_for(flags.calibration, trace, flags.trace));
@@ -79,13 +133,14 @@ Status sweep(const SweepFlags& flags) {
   std::vector<Row> rows;
   const bool per_head = flags.per_head && flags.greedy;
   const int per_level = 1 + flags.greedy + flags.pyramid + per_head;
-  Progress progress("sweep: configurations", static_cast<int64_t>(policies.size() * budgets.size() * per_level));
+  Progress progress("sweep: configurations", static_cast<int64_t>(variants.size() * budgets.size() * per_level));
   int done = 0;
   engine->set_progress([&](int64_t tasks_done, int64_t tasks) {
     progress.update(done, fmt::format("trace pass {}/{} sequence-layers", tasks_done, tasks));
   });
   const auto start = std::chrono::steady_clock::now();
-  for (const std::string& name : policies) {
+  for (const Variant& variant : variants) {
+    const std::string& name = variant.name;
     std::vector<ErrorCurve> curves(m.n_layers), head_curves(size_t(m.n_layers) * m.n_kv_heads);
     // Per-head budgets need per-head kept sets (not TOVA's one set per layer).
     const bool heads_here = per_head && !make_policy(name, PolicyParams{}).value()->shared_per_layer();
@@ -95,11 +150,13 @@ Status sweep(const SweepFlags& flags) {
     for (int b : budgets) {
       const int budget = std::min<int>(b, longest);
       KVP_ASSIGN_OR_RETURN(PolicyParams params, flags.plan.params_for(name, budget));
-      KVP_ASSIGN_OR_RETURN(Plan plan, uniform_plan(plan_model_of(m), name, params, budget, KvDtype::kF32));
+      KVP_ASSIGN_OR_RETURN(Plan plan, uniform_plan(plan_model_of(m), name, params, budget, KvDtype::kF32,
+                                                   variant.compression));
       configs.push_back({.policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
                          .budgets = plan.budgets,
-                         .head_energy = heads_here});
-      rows.push_back(Row{.policy = name, .allocation = "uniform", .budget = budget,
+                         .head_energy = heads_here,
+                         .compression = variant.layers});
+      rows.push_back(Row{.policy = variant.label, .allocation = "uniform", .budget = budget,
                          .layer_budgets = std::vector<int32_t>(m.n_layers, budget),
                          .kv_bytes = plan.kv_bytes_per_sequence, .plan = plan});
       levels.emplace_back(budget, params);
@@ -119,7 +176,7 @@ Status sweep(const SweepFlags& flags) {
       }
     }
     done += static_cast<int>(results.size());
-    progress.update(done, fmt::format("{}: uniform budgets", name));
+    progress.update(done, fmt::format("{}: uniform budgets", variant.label));
     if (per_head && !heads_here) done += static_cast<int>(levels.size());  // no greedy-head rows for it
     if ((!flags.greedy && !flags.pyramid) || name == "full") continue;
     // Greedy plans at the same memory levels, from the curves just measured; PyramidKV schedules.
@@ -131,15 +188,16 @@ Status sweep(const SweepFlags& flags) {
         progress.update(++done);
         return;
       }
-      Plan plan = allocated_plan(plan_model_of(m), name, params, *alloc);
+      Plan plan = allocated_plan(plan_model_of(m), name, params, *alloc, variant.compression);
       std::vector<int32_t> layer_budgets;  // each layer's mean over its KV heads
       for (const std::vector<int32_t>& heads : plan.budgets) {
         layer_budgets.push_back(
             static_cast<int32_t>(std::lround(std::accumulate(heads.begin(), heads.end(), 0.0) / heads.size())));
       }
       configs.push_back({.policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
-                         .budgets = plan.budgets});
-      rows.push_back(Row{.policy = name, .allocation = allocation, .budget = budget, .layer_budgets = layer_budgets,
+                         .budgets = plan.budgets,
+                         .compression = variant.layers});
+      rows.push_back(Row{.policy = variant.label, .allocation = allocation, .budget = budget, .layer_budgets = layer_budgets,
                          .kv_bytes = plan.kv_bytes_per_sequence, .plan = std::move(plan)});
     };
     auto request_for = [&](int budget, const PolicyParams& params) {
@@ -180,7 +238,7 @@ Status sweep(const SweepFlags& flags) {
     results = engine->run_batch(configs);
     for (size_t i = 0; i < results.size(); ++i) rows[first_greedy + i].replay = std::move(results[i]);
     done += static_cast<int>(results.size());
-    progress.update(done, fmt::format("{}: allocated plans", name));
+    progress.update(done, fmt::format("{}: allocated plans", variant.label));
   }
   progress.finish(done);
   for (Row& r : rows) {
@@ -267,6 +325,25 @@ Status sweep(const SweepFlags& flags) {
                         fmt::join(g.layer_budgets, ", "));
     }
   }
+  {
+    // The front: each configuration no cheaper one beats (predicted ΔNLL with a calibration, else
+    // residual energy), in order of memory: at each memory, the predicted best combination.
+    std::vector<const Row*> order;
+    for (const Row& r : rows) order.push_back(&r);
+    auto error_of = [&](const Row* r) { return r->prediction ? r->prediction->delta_nll : r->replay.total_resid_energy(); };
+    std::stable_sort(order.begin(), order.end(), [&](const Row* a, const Row* b) {
+      return a->kv_bytes != b->kv_bytes ? a->kv_bytes < b->kv_bytes : error_of(a) < error_of(b);
+    });
+    md += fmt::format("\n### Predicted best at each memory (the Pareto front of KV bytes against {})\n\n"
+                      "| KV bytes per sequence | configuration | allocation | budget | {} |\n|---|---|---|---|---|\n",
+                      calibration ? "predicted ΔNLL" : "residual energy", calibration ? "predicted ΔNLL" : "energy");
+    double best = INFINITY;
+    for (const Row* r : order) {
+      if (error_of(r) >= best) continue;
+      best = error_of(r);
+      md += fmt::format("| {} | {} | {} | {} | {:.4f} |\n", r->kv_bytes, r->policy, r->allocation, r->budget, best);
+    }
+  }
   const std::filesystem::path dir(flags.out);
   KVP_RETURN_IF_ERROR(write_file_atomic((dir / "sweep.csv").string(), csv));
   std::string plot_note;
@@ -297,6 +374,10 @@ Command add_sweep_command(CLI::App& app) {
   sub->add_option("--trace", flags->trace, "Trace directory (kvplan record)")->required();
   sub->add_option("--policies", flags->policies, "Policies (default: every evicting policy)");
   sub->add_option("--budgets", flags->budgets, "Average slots per layer and KV head (default 16,24,32,48,64,96,128,256)");
+  sub->add_option("--think-ratios", flags->think_ratios,
+                  "ThinK ratios crossed with every policy and budget, e.g. 0,0.4 (0: none; default: --think or none)");
+  sub->add_option("--mustafar-ratios", flags->mustafar_ratios,
+                  "Mustafar sparsities (keys and values) crossed likewise, e.g. 0,0.5 (default: --mustafar or none)");
   sub->add_flag("!--no-greedy", flags->greedy, "Skip the greedy per-layer plans");
   sub->add_flag("--per-head", flags->per_head,
                 "Also plan greedy-head (budgets per layer and KV head, from each head's own error curve) at each "

@@ -23,6 +23,38 @@ void PlanFlags::add_to(CLI::App* app, bool with_policy) {
   app->add_option("--vatp-base", vatp_base, "VATP's attention base: h2o (accumulated) or mean (default h2o)");
   app->add_option("--policy-seed", seed, "Seed of the random policy (default 0)");
   app->add_option("--kv-dtype", kv_dtype, "KV element type: f32 (the CPU backend stores f32)");
+  app->add_option("--think", think,
+                  "ThinK: drop this share of each head's key channels (query-driven, chosen at the prompt's cut) "
+                  "from keys older than --think-recent; the paper's default is 0.4");
+  app->add_option("--think-window", think_window, "ThinK: the last prompt queries that score the channels (default 32)");
+  app->add_option("--think-recent", think_recent, "ThinK: the newest keys kept at full width (default 32)");
+  app->add_option("--mustafar", mustafar,
+                  "Mustafar: keep only the largest-magnitude elements of each key and value, dropping this share "
+                  "(the paper's default 0.5), outside a dense window of --mustafar-recent tokens");
+  app->add_option("--mustafar-k", mustafar_k, "Mustafar: the share dropped of each key alone (overrides --mustafar)");
+  app->add_option("--mustafar-v", mustafar_v, "Mustafar: the share dropped of each value alone (overrides --mustafar)");
+  app->add_option("--mustafar-recent", mustafar_recent,
+                  "Mustafar: the newest keys and values kept dense (default 32; the paper's 128 is for 4K+ contexts)");
+}
+
+Result<PlanCompression> PlanFlags::compression(int head_dim) const {
+  PlanCompression c;
+  if (think) c.think_ratio = {*think};
+  if (mustafar || mustafar_k || mustafar_v) {
+    c.key_sparsity = {mustafar_k.value_or(mustafar.value_or(0.0))};
+    c.value_sparsity = {mustafar_v.value_or(mustafar.value_or(0.0))};
+  }
+  if (think_window < 1) return make_error("--think-window: expected at least 1 query, found {}", think_window);
+  if (think_recent < 1) return make_error("--think-recent: expected at least 1 token (the new one), found {}", think_recent);
+  if (mustafar_recent < 1) {
+    return make_error("--mustafar-recent: expected at least 1 token (the new one), found {}", mustafar_recent);
+  }
+  c.think_window = think_window, c.think_recent = think_recent, c.dense_recent = mustafar_recent;
+  auto layers = slot_compression(head_dim, think.value_or(0.0), c.mustafar() ? c.key_sparsity[0] : 0.0,
+                                 c.mustafar() ? c.value_sparsity[0] : 0.0, "--think",
+                                 mustafar_k ? "--mustafar-k" : "--mustafar", mustafar_v ? "--mustafar-v" : "--mustafar");
+  if (!layers.ok()) return layers.error();
+  return c;
 }
 
 Result<PolicyParams> PlanFlags::params_for(const std::string& name, int budget) const {
@@ -46,7 +78,8 @@ Result<Plan> PlanFlags::uniform(const PlanModel& model, const std::string& name,
   KVP_ASSIGN_OR_RETURN(PolicyParams params, params_for(name, budget));
   KVP_ASSIGN_OR_RETURN(KvDtype dtype, parse_kv_dtype(kv_dtype));
   if (dtype != KvDtype::kF32) return make_error("--kv-dtype: the CPU backend stores f32, found '{}'", kv_dtype);
-  KVP_ASSIGN_OR_RETURN(Plan plan, uniform_plan(model, name, params, budget, dtype));
+  KVP_ASSIGN_OR_RETURN(PlanCompression compression, this->compression(model.head_dim));
+  KVP_ASSIGN_OR_RETURN(Plan plan, uniform_plan(model, name, params, budget, dtype, compression));
   plan.provenance["source"] = "uniform plan from flags";
   return plan;
 }
@@ -56,6 +89,9 @@ Result<Plan> PlanFlags::resolve(const PlanModel& model, const std::string& model
     return make_error("--plan and --policy: give one (a plan file, or a uniform plan from flags)");
   }
   if (!plan_path.empty()) {
+    if (compression_given()) {
+      return make_error("--plan and --think/--mustafar: a plan file carries its own key_channels and sparsity");
+    }
     KVP_ASSIGN_OR_RETURN(Plan plan, Plan::load(plan_path));
     KVP_RETURN_IF_ERROR(plan.check_model(model, plan_path, model_path));
     if (plan.kv_dtype != KvDtype::kF32) {
