@@ -1,6 +1,9 @@
 #include "planner/policy/kv_compression.h"
 
 #include <Eigen/Core>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -163,8 +166,100 @@ void think_channels(const HeadSlots& from, std::span<const int> kept, int key_ch
   std::sort(channels + key_channels, channels + hd);
 }
 
-void compressed_slot_attention(const float* q, int group, const HeadSlots& head, int32_t newest_pos,
-                               const float* k_new, const float* v_new, const SlotAttentionOut& r) {
+namespace {
+
+// The sparse parts' two operations, over the elements of a vector of n that a mask selects (or,
+// inverted, leaves out: a ring entry holds those, in order): Σ x[i] · packed[e] over the selected
+// i, and acc[i] += w · packed[e]. `packed` holds the selected elements in order.
+//
+// ScalarSparse tests each bit: the reference. VectorSparse (AVX2) expands each mask byte's packed
+// elements into an 8-lane register through a permutation table — the x86 form of AVX-512's
+// expand-load and of the Mustafar kernel's bitmap decode — so a key or value of 128 elements is 16
+// loads, permutations and multiply-adds, with no branch on its data.
+struct ScalarSparse {
+  static float dot(const uint8_t* mask, int n, bool invert, const float* packed, const float* x) {
+    float a = 0.0f;
+    for (int i = 0, e = 0; i < n; ++i) {
+      if (bit(mask, i) != invert) a += x[i] * packed[e++];
+    }
+    return a;
+  }
+  static void axpy(const uint8_t* mask, int n, bool invert, const float* packed, float w, float* acc) {
+    for (int i = 0, e = 0; i < n; ++i) {
+      if (bit(mask, i) != invert) acc[i] += w * packed[e++];
+    }
+  }
+};
+
+#ifdef __AVX2__
+struct ExpandTable {
+  alignas(32) int32_t perm[256][8];  // lane l takes packed element perm[m][l]
+  alignas(32) int32_t lanes[256][8]; // all ones in the lanes that bit l of m selects
+  alignas(32) int32_t first[9][8];   // all ones in the first c lanes: a load of c packed elements
+  ExpandTable() {
+    for (int m = 0; m < 256; ++m) {
+      for (int l = 0, e = 0; l < 8; ++l) {
+        const bool set = (m >> l) & 1;
+        perm[m][l] = set ? e : 0;
+        lanes[m][l] = set ? -1 : 0;
+        e += set;
+      }
+    }
+    for (int c = 0; c <= 8; ++c) {
+      for (int l = 0; l < 8; ++l) first[c][l] = l < c ? -1 : 0;
+    }
+  }
+};
+const ExpandTable kExpand;
+
+// Mask byte b of a vector of n elements, inverted when asked, and only its first n − 8b bits.
+inline unsigned mask_byte(const uint8_t* mask, int b, int n, bool invert) {
+  unsigned m = invert ? ~mask[b] & 0xffu : mask[b];
+  const int valid = n - 8 * b;
+  return valid >= 8 ? m : m & ((1u << valid) - 1);
+}
+
+// The packed elements of byte m, expanded to their lanes (zeros in the others); reads only those.
+inline __m256 expand(unsigned m, const float* packed) {
+  const int c = __builtin_popcount(m);
+  const __m256 loaded =
+      _mm256_maskload_ps(packed, _mm256_load_si256(reinterpret_cast<const __m256i*>(kExpand.first[c])));
+  const __m256 spread =
+      _mm256_permutevar8x32_ps(loaded, _mm256_load_si256(reinterpret_cast<const __m256i*>(kExpand.perm[m])));
+  return _mm256_and_ps(spread, _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(kExpand.lanes[m]))));
+}
+
+struct VectorSparse {
+  // REQUIRES: x readable (and finite) up to n rounded up to 8.
+  static float dot(const uint8_t* mask, int n, bool invert, const float* packed, const float* x) {
+    __m256 a = _mm256_setzero_ps();
+    for (int b = 0; 8 * b < n; ++b) {
+      const unsigned m = mask_byte(mask, b, n, invert);
+      a = _mm256_add_ps(a, _mm256_mul_ps(expand(m, packed), _mm256_loadu_ps(x + 8 * b)));
+      packed += __builtin_popcount(m);
+    }
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+  }
+  // REQUIRES: acc writable up to n rounded up to 8 (the lanes past n get zeros added).
+  static void axpy(const uint8_t* mask, int n, bool invert, const float* packed, float w, float* acc) {
+    const __m256 wv = _mm256_set1_ps(w);
+    for (int b = 0; 8 * b < n; ++b) {
+      const unsigned m = mask_byte(mask, b, n, invert);
+      float* at = acc + 8 * b;
+      _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), _mm256_mul_ps(wv, expand(m, packed))));
+      packed += __builtin_popcount(m);
+    }
+  }
+};
+#else
+using VectorSparse = ScalarSparse;
+#endif
+
+template <typename Sparse>
+void attend_compressed(const float* q, int group, const HeadSlots& head, int32_t newest_pos, const float* k_new,
+                       const float* v_new, const SlotAttentionOut& r) {
   using lanes::F16;
   constexpr int W = lanes::kWidth;
   const SlotCompression& c = head.compression;
@@ -175,11 +270,14 @@ void compressed_slot_attention(const float* q, int group, const HeadSlots& head,
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   float* s = r.scratch;  // [n + 1] logits, then exps, padded to whole packets
   const int padded = (n + 1 + W - 1) / W * W;
-  float qt[kMaxSlotHeadDim];  // the query in the key's channel order: kept channels, then dropped
-  float acc[kMaxSlotHeadDim];
+  // The query in the key's channel order (kept channels, then dropped) and the output's sums, with
+  // zeros to a whole 8 for the sparse routines.
+  float qt[kMaxSlotHeadDim + 8];
+  float acc[kMaxSlotHeadDim + 8];
   for (int g = 0; g < group; ++g) {
     const float* qg = q + size_t(g) * hd;
     for (int i = 0; i < hd; ++i) qt[i] = thin ? qg[head.channels[i]] : qg[i];
+    std::fill_n(qt + hd, 8, 0.0f);
     // The short forms: dense keys of kc channels 16 slots at a time, or each sparse key's elements.
     if (!sk) {
       int j0 = 0;
@@ -197,13 +295,7 @@ void compressed_slot_attention(const float* q, int group, const HeadSlots& head,
     } else {
       const int mask_bytes = (kc + 7) / 8;
       for (int j = 0; j < n; ++j) {
-        const uint8_t* mask = head.k_mask + size_t(j) * mask_bytes;
-        const float* packed = head.k + size_t(j) * ke;
-        float a = 0.0f;
-        for (int i = 0, e = 0; i < kc; ++i) {
-          if (bit(mask, i)) a += qt[i] * packed[e++];
-        }
-        s[j] = a;
+        s[j] = Sparse::dot(head.k_mask + size_t(j) * mask_bytes, kc, false, head.k + size_t(j) * ke, qt);
       }
     }
     // What the newest tokens' short forms lack, from the rings.
@@ -216,13 +308,8 @@ void compressed_slot_attention(const float* q, int group, const HeadSlots& head,
         s[j] += a;
       }
       if (sk && p > newest_pos - c.dense_recent) {
-        const uint8_t* mask = head.k_mask + size_t(j) * ((kc + 7) / 8);
-        const float* resid = head.k_resid + size_t(p % c.dense_recent) * (kc - ke);
-        float a = 0.0f;
-        for (int i = 0, e = 0; i < kc; ++i) {
-          if (!bit(mask, i)) a += qt[i] * resid[e++];
-        }
-        s[j] += a;
+        s[j] += Sparse::dot(head.k_mask + size_t(j) * ((kc + 7) / 8), kc, true,
+                            head.k_resid + size_t(p % c.dense_recent) * (kc - ke), qt);
       }
     }
     float self = 0.0f;
@@ -240,7 +327,7 @@ void compressed_slot_attention(const float* q, int group, const HeadSlots& head,
     const float sum = lanes::reduce_add(lane_sum);
     if (r.softmax) r.softmax[2 * g] = max_score, r.softmax[2 * g + 1] = sum;
     // Σ exp · value over the slots: dense values 16 slots at a time, or each sparse value's elements.
-    std::fill_n(acc, hd, 0.0f);
+    std::fill_n(acc, hd + 8, 0.0f);
     if (!sv) {
       int j0 = 0;
       for (; j0 + W <= n; j0 += W) {
@@ -255,21 +342,13 @@ void compressed_slot_attention(const float* q, int group, const HeadSlots& head,
     } else {
       const int mask_bytes = (hd + 7) / 8;
       for (int j = 0; j < n; ++j) {
-        const uint8_t* mask = head.v_mask + size_t(j) * mask_bytes;
-        const float* packed = head.v + size_t(j) * ve;
-        const float e = s[j];
-        for (int d = 0, i = 0; d < hd; ++d) {
-          if (bit(mask, d)) acc[d] += e * packed[i++];
-        }
+        Sparse::axpy(head.v_mask + size_t(j) * mask_bytes, hd, false, head.v + size_t(j) * ve, s[j], acc);
       }
       for (int j = 0; j < n; ++j) {
         const int32_t p = head.pos[j];
         if (p <= newest_pos - c.dense_recent) continue;
-        const uint8_t* mask = head.v_mask + size_t(j) * mask_bytes;
-        const float* resid = head.v_resid + size_t(p % c.dense_recent) * (hd - ve);
-        for (int d = 0, i = 0; d < hd; ++d) {
-          if (!bit(mask, d)) acc[d] += s[j] * resid[i++];
-        }
+        Sparse::axpy(head.v_mask + size_t(j) * mask_bytes, hd, true,
+                     head.v_resid + size_t(p % c.dense_recent) * (hd - ve), s[j], acc);
       }
     }
     const float inv_sum = 1.0f / sum;
@@ -279,6 +358,19 @@ void compressed_slot_attention(const float* q, int group, const HeadSlots& head,
       for (int j = 0; j <= n; ++j) r.weights[j] = (g == 0 ? 0.0f : r.weights[j]) + s[j] * inv_sum;
     }
   }
+}
+
+
+}  // namespace
+
+void compressed_slot_attention(const float* q, int group, const HeadSlots& head, int32_t newest_pos,
+                               const float* k_new, const float* v_new, const SlotAttentionOut& r) {
+  attend_compressed<VectorSparse>(q, group, head, newest_pos, k_new, v_new, r);
+}
+
+void compressed_slot_attention_reference(const float* q, int group, const HeadSlots& head, int32_t newest_pos,
+                                         const float* k_new, const float* v_new, const SlotAttentionOut& r) {
+  attend_compressed<ScalarSparse>(q, group, head, newest_pos, k_new, v_new, r);
 }
 
 }  // namespace kvp

@@ -69,8 +69,13 @@ HeadSlots carve_head(std::byte* base, const HeadShape& shape, int32_t* n_used);
 // attention of slot_attention over a compressed head: the newest tokens (positions above
 // newest_pos − window, newest_pos the query's) at full width from the rings, the others in their
 // short forms. The same outputs as slot_attention where nothing is dropped (up to rounding).
+// Sparse keys and values are expanded 8 elements at a time (AVX2; the reference where the build
+// lacks it).
 void compressed_slot_attention(const float* q, int group, const HeadSlots& head, int32_t newest_pos,
                                const float* k_new, const float* v_new, const SlotAttentionOut& result);
+// The same with a bit test per sparse element: the reference the vector form is tested against.
+void compressed_slot_attention_reference(const float* q, int group, const HeadSlots& head, int32_t newest_pos,
+                                         const float* k_new, const float* v_new, const SlotAttentionOut& result);
 
 // ThinK's channels of a head at the prompt's cut: score_c = query_sums[c] · Σ over `kept` slots of
 // `from` of k_c², the key_channels highest kept (ties: the lower channel), written to `channels`

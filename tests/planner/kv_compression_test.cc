@@ -228,6 +228,14 @@ TEST_P(CompressedAttention, MatchesTheRebuiltDenseReference) {
   for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], ref.out[i], 2e-5) << i;
   for (int j = 0; j <= n; ++j) EXPECT_NEAR(weights[j], ref.weights[j], 2e-6) << j;
 
+  // The bit-by-bit reference form agrees with the expanded one to rounding.
+  std::vector<float> out_ref(out.size()), weights_ref(n + 32), softmax_ref(2 * group);
+  compressed_slot_attention_reference(q.data(), group, head, newest, k_new.data(), v_new.data(),
+                                      SlotAttentionOut{.out = out_ref.data(), .weights = weights_ref.data(),
+                                                       .softmax = softmax_ref.data(), .scratch = scratch.data()});
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], out_ref[i], 1e-6) << i;
+  for (int j = 0; j <= n; ++j) EXPECT_NEAR(weights[j], weights_ref[j], 1e-7) << j;
+
   // Nothing dropped: the compressed path computes what slot_attention does on the dense slots.
   if (c.key_elements == hd && c.value_elements == hd && c.key_channels == hd) {
     std::vector<float> k_dense(size_t(B) * hd), v_dense(size_t(B) * hd), out_dense(out.size()), w_dense(n + 32);
