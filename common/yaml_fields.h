@@ -31,6 +31,10 @@ class YamlFields {
   // Every key of the node must be one of `known`. Every accessor first requires the node to be a
   // map, so a scalar or a list where fields belong is an error naming it, not an exception.
   Status only(const std::set<std::string>& known) const;
+  // The fields of `node`, the child `key` of this node (which must outlive them): "<prefix><key>.".
+  YamlFields nested(const YAML::Node& node, const std::string& key) const {
+    return YamlFields(node, path_, prefix_ + key + ".");
+  }
   // "<path>: <prefix><key>: <message>"
   Error error(const std::string& key, const std::string& message) const;
 

@@ -1,5 +1,7 @@
 #include "planner/plan/measured.h"
 
+#include <set>
+
 #include "common/file_util.h"
 #include "common/yaml_fields.h"
 
@@ -13,7 +15,7 @@ std::string Measured::to_yaml() const {
   out.SetDoublePrecision(8);
   out << YAML::BeginMap;
   out << YAML::Key << "format" << YAML::Value << kMeasuredFormat;
-  out << YAML::Key << "version" << YAML::Value << 1;
+  out << YAML::Key << "version" << YAML::Value << (compression.any() ? 2 : 1);
   out << YAML::Key << "model_fingerprint" << YAML::Value << model_fingerprint;
   out << YAML::Key << "config" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "policy" << YAML::Value << policy;
@@ -28,7 +30,9 @@ std::string Measured::to_yaml() const {
     for (int32_t b : layer) out << b;
     out << YAML::EndSeq;
   }
-  out << YAML::EndSeq << YAML::EndMap;
+  out << YAML::EndSeq;
+  emit_compression(out, compression);
+  out << YAML::EndMap;
   out << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "corpus" << YAML::Value << corpus;
   out << YAML::Key << "n_sequences" << YAML::Value << n_sequences;
@@ -62,13 +66,17 @@ Result<Measured> Measured::parse(const std::string& text, const std::string& pat
   KVP_ASSIGN_OR_RETURN(std::string format, top.str("format"));
   if (format != kMeasuredFormat) return top.error("format", fmt::format("expected {}, found '{}'", kMeasuredFormat, format));
   KVP_ASSIGN_OR_RETURN(int version, top.integer("version", 0, 1 << 20));
-  if (version != 1) return top.error("version", fmt::format("this kvplan reads version 1, found {}", version));
+  if (version < 1 || version > 2) {
+    return top.error("version", fmt::format("this kvplan reads versions 1 to 2, found {}", version));
+  }
   Measured m;
   KVP_ASSIGN_OR_RETURN(m.model_fingerprint, top.sha256("model_fingerprint"));
   KVP_ASSIGN_OR_RETURN(m.backend, top.str("backend"));
   KVP_ASSIGN_OR_RETURN(YAML::Node config, top.child("config"));
   const YamlFields cf(config, path, "config.");
-  KVP_RETURN_IF_ERROR(cf.only({"policy", "sinks", "recent", "detail", "kv_dtype", "plan", "budgets"}));
+  std::set<std::string> config_known = {"policy", "sinks", "recent", "detail", "kv_dtype", "plan", "budgets"};
+  if (version >= 2) config_known.insert({"key_channels", "sparsity"});
+  KVP_RETURN_IF_ERROR(cf.only(config_known));
   KVP_ASSIGN_OR_RETURN(m.policy, cf.str("policy"));
   KVP_ASSIGN_OR_RETURN(m.sinks, cf.integer("sinks", 0, 1 << 22));
   KVP_ASSIGN_OR_RETURN(m.recent, cf.integer("recent", 0, 1 << 22));
@@ -83,6 +91,7 @@ Result<Measured> Measured::parse(const std::string& text, const std::string& pat
     for (const auto& b : budgets[l]) heads.push_back(b.as<int32_t>());
     m.budgets.push_back(std::move(heads));
   }
+  KVP_RETURN_IF_ERROR(read_compression(cf, static_cast<int>(m.budgets.size()), 1 << 22, &m.compression));
   KVP_ASSIGN_OR_RETURN(YAML::Node data, top.child("data"));
   const YamlFields df(data, path, "data.");
   KVP_RETURN_IF_ERROR(df.only({"corpus", "n_sequences", "prompt_len", "n_predicted_tokens"}));

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "planner/plan/plan.h"
 
 namespace kvp {
 
@@ -18,6 +19,7 @@ struct Measured {
   int recent = 0;
   std::string policy_detail;                  // e.g. "base=h2o"
   std::vector<std::vector<int32_t>> budgets;  // [n_layers][n_kv_heads]
+  PlanCompression compression;                // ThinK and Mustafar on the kept tokens (version 2)
   std::string kv_dtype;
   std::string plan_source;                    // plan file, or "flags"
   // The data.

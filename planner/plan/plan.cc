@@ -9,6 +9,75 @@
 
 namespace kvp {
 
+void emit_compression(YAML::Emitter& out, const PlanCompression& compression) {
+  auto ratios = [&](const std::vector<double>& v) {
+    if (v.size() == 1) {
+      out << v[0];
+    } else {
+      out << YAML::Flow << YAML::BeginSeq;
+      for (double r : v) out << r;
+      out << YAML::EndSeq;
+    }
+  };
+  if (compression.think()) {
+    out << YAML::Key << "key_channels" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "ratio" << YAML::Value;
+    ratios(compression.think_ratio);
+    out << YAML::Key << "window" << YAML::Value << compression.think_window;
+    out << YAML::Key << "recent" << YAML::Value << compression.think_recent;
+    out << YAML::EndMap;
+  }
+  if (compression.mustafar()) {
+    out << YAML::Key << "sparsity" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "keys" << YAML::Value;
+    ratios(compression.key_sparsity);
+    out << YAML::Key << "values" << YAML::Value;
+    ratios(compression.value_sparsity);
+    out << YAML::Key << "recent" << YAML::Value << compression.dense_recent;
+    out << YAML::EndMap;
+  }
+}
+
+Status read_compression(const YamlFields& top, int n_layers, int max_window, PlanCompression* c) {
+  // A ratio, or a list of one per layer; each checked by PlanCompression::layers.
+  auto read_ratios = [&](const YamlFields& f, const std::string& key, std::vector<double>* out) -> Status {
+    KVP_ASSIGN_OR_RETURN(YAML::Node node, f.child(key));
+    if (node.IsSequence()) {
+      if (static_cast<int>(node.size()) != n_layers) {
+        return f.error(key, fmt::format("{} ratios listed, the model has {} layers", node.size(), n_layers));
+      }
+      for (size_t l = 0; l < node.size(); ++l) {
+        double r = 0;
+        if (!node[l].IsScalar() || !YAML::convert<double>::decode(node[l], r)) {
+          return f.error(fmt::format("{}[{}]", key, l), "expected a ratio in [0, 1)");
+        }
+        out->push_back(r);
+      }
+      return ok_status();
+    }
+    KVP_ASSIGN_OR_RETURN(double r, f.number(key));
+    out->push_back(r);
+    return ok_status();
+  };
+  if (top.has("key_channels")) {
+    KVP_ASSIGN_OR_RETURN(YAML::Node node, top.child("key_channels"));
+    const YamlFields kf = top.nested(node, "key_channels");
+    KVP_RETURN_IF_ERROR(kf.only({"ratio", "window", "recent"}));
+    KVP_RETURN_IF_ERROR(read_ratios(kf, "ratio", &c->think_ratio));
+    KVP_ASSIGN_OR_RETURN(c->think_window, kf.integer("window", 1, max_window));
+    KVP_ASSIGN_OR_RETURN(c->think_recent, kf.integer("recent", 1, max_window));
+  }
+  if (top.has("sparsity")) {
+    KVP_ASSIGN_OR_RETURN(YAML::Node node, top.child("sparsity"));
+    const YamlFields sf = top.nested(node, "sparsity");
+    KVP_RETURN_IF_ERROR(sf.only({"keys", "values", "recent"}));
+    KVP_RETURN_IF_ERROR(read_ratios(sf, "keys", &c->key_sparsity));
+    KVP_RETURN_IF_ERROR(read_ratios(sf, "values", &c->value_sparsity));
+    KVP_ASSIGN_OR_RETURN(c->dense_recent, sf.integer("recent", 1, max_window));
+  }
+  return ok_status();
+}
+
 void emit_plan_model(YAML::Emitter& out, const PlanModel& model) {
   out << YAML::BeginMap;
   out << YAML::Key << "fingerprint" << YAML::Value << model.fingerprint;
@@ -127,32 +196,7 @@ std::string Plan::to_yaml() const {
     }
   }
   out << YAML::EndSeq;
-  auto ratios = [&](const std::vector<double>& v) {
-    if (v.size() == 1) {
-      out << v[0];
-    } else {
-      out << YAML::Flow << YAML::BeginSeq;
-      for (double r : v) out << r;
-      out << YAML::EndSeq;
-    }
-  };
-  if (compression.think()) {
-    out << YAML::Key << "key_channels" << YAML::Value << YAML::BeginMap;
-    out << YAML::Key << "ratio" << YAML::Value;
-    ratios(compression.think_ratio);
-    out << YAML::Key << "window" << YAML::Value << compression.think_window;
-    out << YAML::Key << "recent" << YAML::Value << compression.think_recent;
-    out << YAML::EndMap;
-  }
-  if (compression.mustafar()) {
-    out << YAML::Key << "sparsity" << YAML::Value << YAML::BeginMap;
-    out << YAML::Key << "keys" << YAML::Value;
-    ratios(compression.key_sparsity);
-    out << YAML::Key << "values" << YAML::Value;
-    ratios(compression.value_sparsity);
-    out << YAML::Key << "recent" << YAML::Value << compression.dense_recent;
-    out << YAML::EndMap;
-  }
+  emit_compression(out, compression);
   out << YAML::Key << "predictions" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "kv_bytes_per_sequence" << YAML::Value << kv_bytes_per_sequence;
   for (const auto& [k, v] : predicted) out << YAML::Key << k << YAML::Value << v;
@@ -261,42 +305,7 @@ Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
     plan.budgets.push_back(std::move(heads));
   }
 
-  // A ratio, or a list of one per layer; each checked by PlanCompression::layers below.
-  auto read_ratios = [&](const YamlFields& f, const std::string& key, std::vector<double>* out) -> Status {
-    KVP_ASSIGN_OR_RETURN(YAML::Node node, f.child(key));
-    if (node.IsSequence()) {
-      if (static_cast<int>(node.size()) != plan.model.n_layers) {
-        return f.error(key, fmt::format("{} ratios listed, the model has {} layers", node.size(), plan.model.n_layers));
-      }
-      for (size_t l = 0; l < node.size(); ++l) {
-        double r = 0;
-        if (!node[l].IsScalar() || !YAML::convert<double>::decode(node[l], r)) {
-          return f.error(fmt::format("{}[{}]", key, l), "expected a ratio in [0, 1)");
-        }
-        out->push_back(r);
-      }
-      return ok_status();
-    }
-    KVP_ASSIGN_OR_RETURN(double r, f.number(key));
-    out->push_back(r);
-    return ok_status();
-  };
-  if (top.has("key_channels")) {
-    KVP_ASSIGN_OR_RETURN(YAML::Node node, top.child("key_channels"));
-    const YamlFields kf(node, path, "key_channels.");
-    KVP_RETURN_IF_ERROR(kf.only({"ratio", "window", "recent"}));
-    KVP_RETURN_IF_ERROR(read_ratios(kf, "ratio", &plan.compression.think_ratio));
-    KVP_ASSIGN_OR_RETURN(plan.compression.think_window, kf.integer("window", 1, plan.model.seq_len));
-    KVP_ASSIGN_OR_RETURN(plan.compression.think_recent, kf.integer("recent", 1, plan.model.seq_len));
-  }
-  if (top.has("sparsity")) {
-    KVP_ASSIGN_OR_RETURN(YAML::Node node, top.child("sparsity"));
-    const YamlFields sf(node, path, "sparsity.");
-    KVP_RETURN_IF_ERROR(sf.only({"keys", "values", "recent"}));
-    KVP_RETURN_IF_ERROR(read_ratios(sf, "keys", &plan.compression.key_sparsity));
-    KVP_RETURN_IF_ERROR(read_ratios(sf, "values", &plan.compression.value_sparsity));
-    KVP_ASSIGN_OR_RETURN(plan.compression.dense_recent, sf.integer("recent", 1, plan.model.seq_len));
-  }
+  KVP_RETURN_IF_ERROR(read_compression(top, plan.model.n_layers, plan.model.seq_len, &plan.compression));
   if (auto layers = plan.compression.layers(plan.model.n_layers, plan.model.head_dim); !layers.ok()) {
     return layers.error().with_context(path);
   }

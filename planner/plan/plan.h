@@ -53,7 +53,15 @@ struct PlanCompression {
   // The suffix of a configuration's name: "+think0.4", "+mustafar0.5", "+mustafar_k0.5_v0.3"
   // ("" when none).
   std::string label() const;
+  bool operator==(const PlanCompression&) const = default;
 };
+
+class YamlFields;
+// The key_channels and sparsity maps (PLAN_FORMAT.md) of a plan or a measured.yaml: written when
+// the compression has them; read when present, lists of ratios checked against n_layers and
+// windows against [1, max_window]. The ratios themselves are checked by PlanCompression::layers.
+void emit_compression(YAML::Emitter& out, const PlanCompression& compression);
+Status read_compression(const YamlFields& fields, int n_layers, int max_window, PlanCompression* compression);
 
 struct Plan {
   PlanModel model;

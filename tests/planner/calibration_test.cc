@@ -121,5 +121,51 @@ TEST(Calibration, MeasuredParamsReadTheDetail) {
   EXPECT_NE(bad.error().message().find("m.yaml: config.detail"), std::string::npos);
 }
 
+// measured.yaml carries the configuration's compression (version 2) so calibrate replays what
+// eval ran; without compression it stays version 1, and a version 1 file may not hold it.
+TEST(Measured, CompressionRoundTripsAsVersionTwo) {
+  Measured m;
+  m.model_fingerprint = std::string(64, 'a');
+  m.policy = "vatp";
+  m.policy_detail = "base=h2o";
+  m.budgets = {{8, 8}, {6, 6}};
+  m.kv_dtype = "f32";
+  m.plan_source = "p.yaml";
+  m.corpus = "c.jsonl";
+  m.n_sequences = 2;
+  m.prompt_len = 4;
+  m.n_predicted_tokens = 10;
+  m.backend = "cpu";
+  const std::string plain = m.to_yaml();
+  EXPECT_NE(plain.find("version: 1"), std::string::npos);
+  ASSERT_TRUE(Measured::parse(plain, "m.yaml").ok());
+  EXPECT_FALSE(Measured::parse(plain, "m.yaml")->compression.any());
+
+  m.compression.think_ratio = {0.4};
+  m.compression.think_recent = 16;
+  m.compression.key_sparsity = {0.5, 0.25};
+  m.compression.value_sparsity = {0.5, 0.5};
+  const std::string text = m.to_yaml();
+  EXPECT_NE(text.find("version: 2"), std::string::npos);
+  auto back = Measured::parse(text, "m.yaml");
+  ASSERT_TRUE(back.ok()) << back.error().message();
+  EXPECT_EQ(back->compression, m.compression);
+  EXPECT_EQ(back->compression.label(), "+think0.4+mustafar_kper-layer_vper-layer");
+
+  std::string v1 = text;
+  v1.replace(v1.find("version: 2"), 10, "version: 1");
+  auto old = Measured::parse(v1, "m.yaml");
+  ASSERT_FALSE(old.ok());
+  EXPECT_NE(old.error().message().find("m.yaml: config.key_channels: unknown field"), std::string::npos)
+      << old.error().message();
+  std::string three = text;
+  three.replace(three.find("[0.5, 0.25]"), 11, "[0.5, 0.25, 0.1]");
+  auto wrong = Measured::parse(three, "m.yaml");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.error().message().find("m.yaml: config.sparsity.keys: 3 ratios listed, the model has 2 layers"),
+            std::string::npos)
+      << wrong.error().message();
+}
+
 }  // namespace
 }  // namespace kvp

@@ -57,7 +57,11 @@ Status calibrate(const CalibrateFlags& flags) {
     KVP_ASSIGN_OR_RETURN(PolicyParams params, measured_params(m, path));
     KVP_ASSIGN_OR_RETURN(auto policy, make_policy(m.policy, params));
     if (!policy->evicts()) continue;  // the full cache has no error to calibrate
-    items.push_back({m, ReplayConfig{.policy = std::shared_ptr<const Policy>(std::move(policy)), .budgets = m.budgets}});
+    Result<std::vector<SlotCompression>> compression = m.compression.layers(shape.n_layers, shape.head_dim);
+    if (!compression.ok()) return compression.error().with_context(path);
+    items.push_back({m, ReplayConfig{.policy = std::shared_ptr<const Policy>(std::move(policy)),
+                                     .budgets = m.budgets,
+                                     .compression = std::move(*compression)}});
   }
   // Consecutive configurations of one policy share the prompt prefill.
   std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.m.policy < b.m.policy; });
@@ -76,8 +80,8 @@ Status calibrate(const CalibrateFlags& flags) {
   std::vector<CalibrationPoint> points;
   for (size_t i = 0; i < items.size(); ++i) {
     const Measured& m = items[i].m;
-    points.push_back(CalibrationPoint{.label = fmt::format("{} {}", m.policy, budget_summary(m.budgets)),
-                                      .policy = m.policy,
+    points.push_back(CalibrationPoint{.label = fmt::format("{}{} {}", m.policy, m.compression.label(), budget_summary(m.budgets)),
+                                      .policy = m.policy + m.compression.label(),
                                       .kv_bytes_per_sequence = m.kv_bytes_per_sequence,
                                       .layer_energy = replays[i].resid_energy,
                                       .delta_nll = m.delta_nll,

@@ -38,6 +38,11 @@ Status check(const CheckFlags& flags) {
                       flags.measured, m.policy, m.sinks, m.recent, flags.plan, plan.policy, plan.params.sinks,
                       plan.params.recent, flags.plan);
   }
+  if (m.compression != plan.compression) {
+    return make_error("{}: config: measured with compression '{}', the plan {} has '{}': evaluate the plan with "
+                      "kvplan eval --plan {}", flags.measured, m.compression.label(), flags.plan,
+                      plan.compression.label(), flags.plan);
+  }
   std::vector<Row> rows;
   rows.push_back(Row{.metric = "kv_bytes_per_sequence",
                      .predicted = static_cast<double>(plan.kv_bytes_per_sequence),

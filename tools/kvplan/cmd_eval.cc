@@ -43,9 +43,7 @@ Measured describe(const Plan& plan, const std::string& source, const std::string
   if (plan.policy == "random") m.policy_detail = fmt::format("seed={}", plan.params.seed);
   if (plan.policy == "snapkv") m.policy_detail = fmt::format("window={} kernel={}", plan.params.snap_window, plan.params.snap_kernel);
   m.budgets = plan.budgets;
-  if (plan.compression.any()) {
-    m.policy_detail += fmt::format("{}{}", m.policy_detail.empty() ? "" : " ", plan.compression.label().substr(1));
-  }
+  m.compression = plan.compression;
   m.kv_dtype = std::string(kv_dtype_name(plan.kv_dtype));
   m.plan_source = source;
   m.corpus = corpus;
@@ -81,7 +79,7 @@ Result<Measured> measure(Decoder& decoder, const Corpus& corpus, const EvalRefer
 
 nlohmann::json metrics_json(const Measured& m) {
   return {{"policy", m.policy}, {"sinks", m.sinks}, {"recent", m.recent}, {"detail", m.policy_detail},
-          {"budgets", m.budgets}, {"delta_nll", m.delta_nll}, {"nll_full", m.nll_full},
+          {"compression", m.compression.label().empty() ? "" : m.compression.label().substr(1)}, {"budgets", m.budgets}, {"delta_nll", m.delta_nll}, {"nll_full", m.nll_full},
           {"nll_pruned", m.nll_pruned}, {"top1_agreement", m.top1_agreement}, {"kl", m.kl},
           {"greedy_agreement_tokens", m.greedy_agreement_tokens},
           {"greedy_agreement_fraction", m.greedy_agreement_fraction},
@@ -144,9 +142,9 @@ Status eval_one(const EvalFlags& flags) {
     return ok_status();
   }
   const int64_t full_bytes = full_cache_budgets(ctx.model.weights.config(), ctx.model.weights.config().seq_len).kv_bytes();
-  std::printf("plan:    %s, policy %s (sinks %d, recent %d%s%s), budgets %d..%d slots\n", m.plan_source.c_str(),
-              m.policy.c_str(), m.sinks, m.recent, m.policy_detail.empty() ? "" : ", ", m.policy_detail.c_str(),
-              plan.min_budget(), plan.max_budget());
+  std::printf("plan:    %s, policy %s%s (sinks %d, recent %d%s%s), budgets %d..%d slots\n", m.plan_source.c_str(),
+              m.policy.c_str(), m.compression.label().c_str(), m.sinks, m.recent, m.policy_detail.empty() ? "" : ", ",
+              m.policy_detail.c_str(), plan.min_budget(), plan.max_budget());
   std::printf("corpus:  %s, %d sequences, prompt %d, %lld predicted tokens\n\n", m.corpus.c_str(), m.n_sequences,
               m.prompt_len, static_cast<long long>(m.n_predicted_tokens));
   std::printf("%-34s %s\n", "metric", "value");
