@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <numeric>
 
 namespace kvp {
 namespace {
@@ -44,13 +43,8 @@ KvCache::KvCache(KvBudgets budgets, Arena arena) : budgets_(std::move(budgets)),
                                                   static_cast<int>(i) % budgets_.n_kv_heads));
   }
   KVP_CHECK(at == static_cast<size_t>(budgets_.kv_bytes()));
-  // ThinK's channels until a prompt's cut chooses them: all kept, in order. Query sums from zero.
   for (int l = 0; l < budgets_.n_layers; ++l) {
-    for (int h = 0; h < budgets_.n_kv_heads; ++h) {
-      const HeadSlots head = this->head(l, h);
-      if (head.channels) std::iota(head.channels, head.channels + head.head_dim, 0);
-      if (head.query_sums) std::fill_n(head.query_sums, head.head_dim, 0.0f);
-    }
+    for (int h = 0; h < budgets_.n_kv_heads; ++h) reset_compression_state(this->head(l, h));
   }
 }
 

@@ -29,14 +29,14 @@ class LayerCache {
       offsets.push_back(bytes);
       bytes += head_layout(shape(b)).bytes;
     }
-    if (bytes_.size() * 4 < bytes) bytes_.resize((bytes + 3) / 4);
+    words_used_ = (bytes + 3) / 4;
+    if (bytes_.size() < words_used_) bytes_.resize(words_used_);
     n_used_.assign(budgets.size(), 0);
     views_.clear();
     for (size_t h = 0; h < budgets.size(); ++h) {
       views_.push_back(carve_head(reinterpret_cast<std::byte*>(bytes_.data()) + offsets[h], shape(budgets[h]),
                                   &n_used_[h]));
-      if (views_.back().channels) std::iota(views_.back().channels, views_.back().channels + head_dim, 0);
-      if (views_.back().query_sums) std::fill_n(views_.back().query_sums, head_dim, 0.0f);
+      reset_compression_state(views_.back());
     }
   }
   std::span<const HeadSlots> views() const { return views_; }
@@ -44,9 +44,7 @@ class LayerCache {
   // Becomes a copy of `other` (same shape and contents), in this cache's own storage.
   void assign(const LayerCache& other) {
     reshape(other.budgets_, other.head_dim_, other.aux_, other.compression_, other.query_sums_);
-    size_t bytes = 0;
-    for (int32_t b : budgets_) bytes += head_layout(shape(b)).bytes;
-    std::copy_n(other.bytes_.data(), (bytes + 3) / 4, bytes_.data());
+    std::copy_n(other.bytes_.data(), words_used_, bytes_.data());
     n_used_ = other.n_used_;
   }
 
@@ -57,6 +55,7 @@ class LayerCache {
   }
 
   std::vector<uint32_t> bytes_;  // 4-byte words: every part of a head is 4-byte aligned
+  size_t words_used_ = 0;        // by the heads of the current shape
   std::vector<int32_t> budgets_, n_used_;
   int head_dim_ = 0;
   bool aux_ = false;

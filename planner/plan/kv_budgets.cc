@@ -62,6 +62,16 @@ int64_t KvBudgets::head_bytes(int layer_idx, int kv_head_idx) const {
   return static_cast<int64_t>(head_layout(head_shape(layer_idx, kv_head_idx)).bytes);
 }
 
+KvBudgets::SlotCost KvBudgets::slot_cost(int layer_idx) const {
+  HeadShape shape = head_shape(layer_idx, 0);
+  auto bytes_at = [&](int32_t slots) {
+    shape.budget = slots;
+    return static_cast<int64_t>(head_layout(shape).bytes);
+  };
+  const int64_t at64 = bytes_at(64), per_slot = (bytes_at(128) - at64) / 64;
+  return SlotCost{.per_slot = per_slot, .per_head = at64 - 64 * per_slot};
+}
+
 int64_t KvBudgets::kv_bytes() const {
   if (!compressed() && !query_sums) return total_slots() * slot_bytes();
   int64_t total = 0;

@@ -52,6 +52,14 @@ struct KvBudgets {
   // What head (layer_idx, kv_head_idx) holds; its bytes are head_layout(...).bytes.
   HeadShape head_shape(int layer_idx, int kv_head_idx) const;
   int64_t head_bytes(int layer_idx, int kv_head_idx) const;
+  // What a head of layer_idx costs: bytes per kept slot, and bytes besides (ThinK's and Mustafar's
+  // rings, ThinK's channel order). Exact for budgets that are multiples of 4; at others each part
+  // of the layout pads to 4 bytes, at most 3 bytes more per part.
+  struct SlotCost {
+    int64_t per_slot = 0;
+    int64_t per_head = 0;
+  };
+  SlotCost slot_cost(int layer_idx) const;
   // Bytes of one sequence's cache: Σ head_bytes(), total_slots() * slot_bytes() when dense.
   int64_t kv_bytes() const;
 

@@ -86,6 +86,11 @@ HeadSlots carve_head(std::byte* base, const HeadShape& shape, int32_t* n_used) {
   return h;
 }
 
+void reset_compression_state(const HeadSlots& head) {
+  if (head.channels) std::iota(head.channels, head.channels + head.head_dim, 0);
+  if (head.query_sums) std::fill_n(head.query_sums, head.head_dim, 0.0f);
+}
+
 void magnitude_mask(const float* x, int n, int keep, uint8_t* mask) {
   KVP_CHECK(n <= kMaxSlotHeadDim && keep >= 0 && keep <= n);
   int order[kMaxSlotHeadDim];
@@ -113,6 +118,20 @@ void split_by_mask(const float* x, int n, const uint8_t* mask, float* kept, floa
   }
 }
 
+// One key or value of n elements into `slot`: with `kept` < n (Mustafar) its magnitude mask into
+// `masks`, the kept elements packed into `store` and the others into `ring_entry`; else whole, in
+// slot_attention's blocked layout.
+void store_vector(const float* x, int n, int kept, int budget, int slot, float* store, uint8_t* masks,
+                  float* ring_entry) {
+  if (kept < n) {
+    uint8_t* mask = masks + size_t(slot) * ((n + 7) / 8);
+    magnitude_mask(x, n, kept, mask);
+    split_by_mask(x, n, mask, store + size_t(slot) * kept, ring_entry);
+  } else {
+    for (int d = 0; d < n; ++d) store[slot_element(budget, n, d, slot)] = x[d];
+  }
+}
+
 }  // namespace
 
 void HeadSlots::store_compressed(int slot, const float* key, const float* value, int32_t position) const {
@@ -128,22 +147,9 @@ void HeadSlots::store_compressed(int slot, const float* key, const float* value,
   } else {
     std::copy_n(key, hd, thin_key);
   }
-  if (c.sparse_keys()) {
-    uint8_t* mask = k_mask + size_t(slot) * ((kc + 7) / 8);
-    magnitude_mask(thin_key, kc, c.key_elements, mask);
-    split_by_mask(thin_key, kc, mask, k + size_t(slot) * c.key_elements,
-                  k_resid + size_t(position % c.dense_recent) * (kc - c.key_elements));
-  } else {
-    for (int d = 0; d < kc; ++d) k[slot_element(budget, kc, d, slot)] = thin_key[d];
-  }
-  if (c.sparse_values(hd)) {
-    uint8_t* mask = v_mask + size_t(slot) * ((hd + 7) / 8);
-    magnitude_mask(value, hd, c.value_elements, mask);
-    split_by_mask(value, hd, mask, v + size_t(slot) * c.value_elements,
-                  v_resid + size_t(position % c.dense_recent) * (hd - c.value_elements));
-  } else {
-    for (int d = 0; d < hd; ++d) v[slot_element(budget, hd, d, slot)] = value[d];
-  }
+  const int ring = position % c.dense_recent;
+  store_vector(thin_key, kc, c.key_elements, budget, slot, k, k_mask, k_resid + size_t(ring) * (kc - c.key_elements));
+  store_vector(value, hd, c.value_elements, budget, slot, v, v_mask, v_resid + size_t(ring) * (hd - c.value_elements));
   pos[slot] = position;
 }
 

@@ -90,39 +90,30 @@ void cut_slots(const Policy& policy, std::span<const HeadSlots> from, std::span<
       // newest position that maps to it).
       KVP_CHECK(finish && !src.compressed() && src.k != dst.k, "only a dense prompt is cut into a compressed cache");
       if (dst.compression.thin(hd)) think_channels(src, kept, dst.compression.key_channels, dst.channels);
-      float key[kMaxSlotHeadDim], value[kMaxSlotHeadDim];
-      size_t next = 0;
-      for (int j = 0; j < n; ++j) {
-        if (next < kept.size() && kept[next] == j) {
-          const int slot = static_cast<int>(next++);
+    }
+    // Kept slots in increasing order: slot `next` <= j, so a dense `to` may be `from` itself.
+    float key[kMaxSlotHeadDim], value[kMaxSlotHeadDim];
+    size_t next = 0;
+    for (int j = 0; j < n; ++j) {
+      if (next < kept.size() && kept[next] == j) {
+        const int slot = static_cast<int>(next++);
+        if (dst.compressed()) {
           for (int d = 0; d < hd; ++d) {
             key[d] = src.k[slot_element(src.budget, hd, d, j)];
             value[d] = src.v[slot_element(src.budget, hd, d, j)];
           }
           dst.store(slot, key, value, src.pos[j]);
-          dst.score[slot] = src.score[j];
-          if (dst.aux) dst.aux[slot] = src.aux[j];
-        } else if (on_evict) {
-          on_evict(h, src.pos[j], policy.eviction_key(views[h], j, newest_pos));
+        } else {
+          if (src.k == dst.k && slot == j) continue;
+          // In place, slot <= j: the elements written belong to slots already read (an earlier
+          // block, or this block's row d at an earlier slot).
+          for (int d = 0; d < hd; ++d) {
+            const size_t to = slot_element(dst.budget, hd, d, slot), from = slot_element(src.budget, hd, d, j);
+            dst.k[to] = src.k[from];
+            dst.v[to] = src.v[from];
+          }
+          dst.pos[slot] = src.pos[j];
         }
-      }
-      *dst.n_used = static_cast<int32_t>(kept.size());
-      continue;
-    }
-    // Kept slots in increasing order: slot `next` <= j, so `to` may be `from` itself.
-    size_t next = 0;
-    for (int j = 0; j < n; ++j) {
-      if (next < kept.size() && kept[next] == j) {
-        const int slot = static_cast<int>(next++);
-        if (src.k == dst.k && slot == j) continue;
-        // In place, slot <= j: the elements written belong to slots already read (an earlier
-        // block, or this block's row d at an earlier slot).
-        for (int d = 0; d < hd; ++d) {
-          const size_t to = slot_element(dst.budget, hd, d, slot), from = slot_element(src.budget, hd, d, j);
-          dst.k[to] = src.k[from];
-          dst.v[to] = src.v[from];
-        }
-        dst.pos[slot] = src.pos[j];
         dst.score[slot] = src.score[j];
         if (dst.aux) dst.aux[slot] = src.aux[j];
       } else if (on_evict) {

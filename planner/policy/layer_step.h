@@ -58,13 +58,13 @@ struct HeadSlots {
     pos[slot] = position;
   }
   void store_compressed(int slot, const float* key, const float* value, int32_t position) const;
-  // Key and value of `slot` at full width as stored (a compressed head: the dropped parts zero
-  // unless the ring still holds them for a position newer than newest_pos − window).
-  void load(int slot, int32_t newest_pos, float* key, float* value) const;
 };
 
 // Carves a head of `shape` from `base` (head_layout(shape).bytes bytes, 4-byte aligned).
 HeadSlots carve_head(std::byte* base, const HeadShape& shape, int32_t* n_used);
+// A freshly carved head's compression state: ThinK's channels all kept, in order, until a prompt's
+// cut chooses them, and the query sums zero.
+void reset_compression_state(const HeadSlots& head);
 
 // attention of slot_attention over a compressed head: the newest tokens (positions above
 // newest_pos − window, newest_pos the query's) at full width from the rings, the others in their

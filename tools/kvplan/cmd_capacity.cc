@@ -3,12 +3,12 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
-#include <optional>
 
 #include "common/file_util.h"
 #include "planner/capacity.h"
 #include "planner/plan/plan.h"
 #include "tools/kvplan/command.h"
+#include "tools/kvplan/plan_flags.h"
 
 namespace kvp::cli {
 namespace {
@@ -31,8 +31,7 @@ struct CapacityFlags {
   std::string policy;     // --keep's policy: its per-slot state (VATP's value norm) counts in the bytes
   std::string kv_memory;  // kvplan serve's pool: how many requests it runs at once
   bool json = false;
-  std::optional<double> think, mustafar, mustafar_k, mustafar_v;  // --keep's ThinK and Mustafar
-  int think_recent = 32, mustafar_recent = 32;
+  CompressionFlags compress;  // --keep's ThinK and Mustafar
 };
 
 // The matrices' type for HardwareSpec::matmul_flops when only --weight-bytes is known.
@@ -195,7 +194,7 @@ Status run_capacity(const CapacityFlags& flags) {
     for (int32_t& b : q.plan_budgets) b = std::min(b, context);
     q.aux_floats_per_slot = plan.kv_budgets().aux_floats_per_slot;
     q.compression = plan.kv_budgets().compression;
-    if (flags.think || flags.mustafar || flags.mustafar_k || flags.mustafar_v) {
+    if (flags.compress.given()) {
       return make_error("--plan and --think/--mustafar: the plan carries its own key_channels and sparsity");
     }
     what = fmt::format("plan {} ({}{})", flags.plan, plan.policy, plan.compression.label());
@@ -209,22 +208,9 @@ Status run_capacity(const CapacityFlags& flags) {
       q.aux_floats_per_slot = (*policy)->aux_floats_per_slot();
       what = fmt::format("{} keep {:g}", flags.policy, flags.keep);
     }
-    if (flags.think || flags.mustafar || flags.mustafar_k || flags.mustafar_v) {
-      const double sk = flags.mustafar_k.value_or(flags.mustafar.value_or(0.0));
-      const double sv = flags.mustafar_v.value_or(flags.mustafar.value_or(0.0));
-      auto c = slot_compression(model.head_dim(), flags.think.value_or(0.0), sk, sv, "--think",
-                                flags.mustafar_k ? "--mustafar-k" : "--mustafar", flags.mustafar_v ? "--mustafar-v" : "--mustafar");
-      if (!c.ok()) return c.error();
-      if (flags.think_recent < 1 || flags.mustafar_recent < 1) {
-        return make_error("--think-recent and --mustafar-recent: expected at least 1 token, found {} and {}",
-                          flags.think_recent, flags.mustafar_recent);
-      }
-      c->think_recent = flags.think_recent, c->dense_recent = flags.mustafar_recent;
-      q.compression.assign(model.n_layers, *c);
-      PlanCompression label{.think_ratio = flags.think ? std::vector<double>{*flags.think} : std::vector<double>{}};
-      if (sk > 0 || sv > 0) label.key_sparsity = {sk}, label.value_sparsity = {sv};
-      what += label.label();
-    }
+    KVP_ASSIGN_OR_RETURN(const PlanCompression compression, flags.compress.compression(model.head_dim()));
+    KVP_ASSIGN_OR_RETURN(q.compression, compression.layers(model.n_layers, model.head_dim()));
+    what += compression.label();
   }
   const CapacityReport r = capacity(model, hw, q);
   // What one kept token of one KV head costs, and what a compressed head holds besides (rings,
@@ -237,10 +223,8 @@ Status run_capacity(const CapacityFlags& flags) {
     one.aux_floats_per_slot = q.aux_floats_per_slot;
     token.dense = one.slot_bytes();
     if (!q.compression.empty()) one.compression = {q.compression[0]};
-    const int64_t at64 = one.kv_bytes();
-    one.budget_tokens = {128};
-    token.compressed = (one.kv_bytes() - at64) / 64;
-    token.head_extra = at64 - 64 * token.compressed;
+    const KvBudgets::SlotCost cost = one.slot_cost(0);
+    token.compressed = cost.per_slot, token.head_extra = cost.per_head;
   }
   int64_t pool = 0;
   if (!flags.kv_memory.empty()) {
@@ -345,12 +329,7 @@ Command add_capacity_command(CLI::App& app) {
                   "kvplan serve's KV pool (bytes, or 256MiB, 1GiB): how many requests it runs at once, each admitted "
                   "with its prompt's prefill scratch (--prompt-len)");
   sub->add_flag("--json", flags->json, "Machine-readable output");
-  sub->add_option("--think", flags->think, "With --keep: ThinK drops this share of key channels (e.g. 0.4)");
-  sub->add_option("--think-recent", flags->think_recent, "ThinK: newest keys kept at full width (default 32)");
-  sub->add_option("--mustafar", flags->mustafar, "With --keep: Mustafar drops this share of each key and value (e.g. 0.5)");
-  sub->add_option("--mustafar-k", flags->mustafar_k, "Mustafar: the share dropped of each key alone");
-  sub->add_option("--mustafar-v", flags->mustafar_v, "Mustafar: the share dropped of each value alone");
-  sub->add_option("--mustafar-recent", flags->mustafar_recent, "Mustafar: newest keys and values kept dense (default 32)");
+  flags->compress.add_to(sub);  // with --keep; a --plan carries its own
   return {sub, [flags] { return run_capacity(*flags); }};
 }
 

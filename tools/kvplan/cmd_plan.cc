@@ -64,16 +64,14 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
   KVP_ASSIGN_OR_RETURN(auto policy, make_policy(flags.plan.policy, params));
   KVP_ASSIGN_OR_RETURN(PlanCompression compression, flags.plan.compression(m.head_dim));
   KVP_ASSIGN_OR_RETURN(std::vector<SlotCompression> layers, compression.layers(1, m.head_dim));
-  // One head's bytes at 64 and 128 slots: per slot, and what a head costs besides (ThinK's and
-  // Mustafar's rings; each part's padding to 4 bytes is at most 3 more).
-  auto head_bytes = [&](int32_t slots) {
-    KvBudgets b = KvBudgets::uniform(1, 1, m.head_dim, slots);
-    b.aux_floats_per_slot = policy->aux_floats_per_slot();
-    b.compression = layers;
-    return b.kv_bytes();
-  };
-  const int64_t per_slot = (head_bytes(128) - head_bytes(64)) / 64;
-  const int64_t per_head = std::max<int64_t>(0, head_bytes(64) - 64 * per_slot) + (layers.empty() ? 0 : 3 * 12);
+  // A head's bytes per slot and besides (the rings), with each part's padding to 4 bytes at most 3
+  // more for any budget.
+  KvBudgets one = KvBudgets::uniform(1, 1, m.head_dim, 1);
+  one.aux_floats_per_slot = policy->aux_floats_per_slot();
+  one.compression = layers;
+  const KvBudgets::SlotCost cost = one.slot_cost(0);
+  const int64_t per_slot = cost.per_slot;
+  const int64_t per_head = std::max<int64_t>(0, cost.per_head) + (layers.empty() ? 0 : 3 * 12);
   const int64_t heads = int64_t{m.n_layers} * m.n_kv_heads;
   PlanRequest request{.policy = flags.plan.policy, .params = params, .allocation = allocation, .compression = compression};
   if (flags.memory > 0) {

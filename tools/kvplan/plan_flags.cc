@@ -23,6 +23,10 @@ void PlanFlags::add_to(CLI::App* app, bool with_policy) {
   app->add_option("--vatp-base", vatp_base, "VATP's attention base: h2o (accumulated) or mean (default h2o)");
   app->add_option("--policy-seed", seed, "Seed of the random policy (default 0)");
   app->add_option("--kv-dtype", kv_dtype, "KV element type: f32 (the CPU backend stores f32)");
+  compress.add_to(app);
+}
+
+void CompressionFlags::add_to(CLI::App* app) {
   app->add_option("--think", think,
                   "ThinK: drop this share of each head's key channels (query-driven, chosen at the prompt's cut) "
                   "from keys older than --think-recent; the paper's default is 0.4");
@@ -37,7 +41,7 @@ void PlanFlags::add_to(CLI::App* app, bool with_policy) {
                   "Mustafar: the newest keys and values kept dense (default 32; the paper's 128 is for 4K+ contexts)");
 }
 
-Result<PlanCompression> PlanFlags::compression(int head_dim) const {
+Result<PlanCompression> CompressionFlags::compression(int head_dim) const {
   PlanCompression c;
   if (think) c.think_ratio = {*think};
   if (mustafar || mustafar_k || mustafar_v) {
@@ -89,7 +93,7 @@ Result<Plan> PlanFlags::resolve(const PlanModel& model, const std::string& model
     return make_error("--plan and --policy: give one (a plan file, or a uniform plan from flags)");
   }
   if (!plan_path.empty()) {
-    if (compression_given()) {
+    if (compress.given()) {
       return make_error("--plan and --think/--mustafar: a plan file carries its own key_channels and sparsity");
     }
     KVP_ASSIGN_OR_RETURN(Plan plan, Plan::load(plan_path));

@@ -14,6 +14,21 @@
 
 namespace kvp::cli {
 
+// --think and --mustafar with their windows (none unless given): on every command that builds a
+// plan from flags, and on capacity.
+struct CompressionFlags {
+  std::optional<double> think;
+  int think_window = 32;
+  int think_recent = 32;
+  std::optional<double> mustafar, mustafar_k, mustafar_v;
+  int mustafar_recent = 32;
+
+  void add_to(CLI::App* app);
+  bool given() const { return think || mustafar || mustafar_k || mustafar_v; }
+  // The flags as a plan's compression (checked against head_dim).
+  Result<PlanCompression> compression(int head_dim) const;
+};
+
 struct PlanFlags {
   std::string plan_path;
   std::string policy;
@@ -23,19 +38,12 @@ struct PlanFlags {
   std::string vatp_base = "h2o";
   uint64_t seed = 0;
   std::string kv_dtype = "f32";
-  // ThinK and Mustafar on the kept tokens (none unless given).
-  std::optional<double> think;
-  int think_window = 32;
-  int think_recent = 32;
-  std::optional<double> mustafar, mustafar_k, mustafar_v;
-  int mustafar_recent = 32;
+  CompressionFlags compress;  // ThinK and Mustafar on the kept tokens
 
   // `with_policy_list`: --policy is not added (eval --grid adds --policies itself).
   void add_to(CLI::App* app, bool with_policy = true);
   bool given() const { return !plan_path.empty() || !policy.empty(); }
-  bool compression_given() const { return think || mustafar || mustafar_k || mustafar_v; }
-  // The --think / --mustafar* flags as a plan's compression (checked against head_dim).
-  Result<PlanCompression> compression(int head_dim) const;
+  Result<PlanCompression> compression(int head_dim) const { return compress.compression(head_dim); }
 
   // Sinks, recent and the rest for `policy` at `budget`: flags over the policy's published defaults.
   Result<PolicyParams> params_for(const std::string& policy, int budget) const;
