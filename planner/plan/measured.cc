@@ -88,7 +88,13 @@ Result<Measured> Measured::parse(const std::string& text, const std::string& pat
   for (size_t l = 0; l < budgets.size(); ++l) {
     if (!budgets[l].IsSequence()) return cf.error("budgets", fmt::format("layer {}: expected a list per head", l));
     std::vector<int32_t> heads;
-    for (const auto& b : budgets[l]) heads.push_back(b.as<int32_t>());
+    for (size_t h = 0; h < budgets[l].size(); ++h) {
+      int32_t b = 0;
+      if (!budgets[l][h].IsScalar() || !YAML::convert<int32_t>::decode(budgets[l][h], b) || b < 0) {
+        return cf.error(fmt::format("budgets[{}][{}]", l, h), "expected a slot count (an integer >= 0)");
+      }
+      heads.push_back(b);
+    }
     m.budgets.push_back(std::move(heads));
   }
   KVP_RETURN_IF_ERROR(read_compression(cf, static_cast<int>(m.budgets.size()), 1 << 22, &m.compression));

@@ -158,6 +158,13 @@ TEST(Measured, CompressionRoundTripsAsVersionTwo) {
   ASSERT_FALSE(old.ok());
   EXPECT_NE(old.error().message().find("m.yaml: config.key_channels: unknown field"), std::string::npos)
       << old.error().message();
+  std::string garbled = text;
+  garbled.replace(garbled.find("[6, 6]"), 6, "[6, x]");
+  auto bad_budget = Measured::parse(garbled, "m.yaml");
+  ASSERT_FALSE(bad_budget.ok());
+  EXPECT_NE(bad_budget.error().message().find("m.yaml: config.budgets[1][1]: expected a slot count"),
+            std::string::npos)
+      << bad_budget.error().message();
   std::string three = text;
   three.replace(three.find("[0.5, 0.25]"), 11, "[0.5, 0.25, 0.1]");
   auto wrong = Measured::parse(three, "m.yaml");
