@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "kernels/compressed_layout.h"
 #include "kernels/gpu_compat.h"
 #include "kernels/kernel_math.h"
 
@@ -279,27 +280,25 @@ struct SlotCache {
   const int64_t* offset;    // [rows * n_kv_heads] first slot of each head (its keys at offset * head_dim)
   const int32_t* capacity;  // [rows * n_kv_heads]
   const int32_t* n_used;    // [rows * n_kv_heads]
+  // A compressed cache (kernels/compressed_layout.h): each head's keys and values in its block at
+  // blocks + block[head]; k and v unused. Null: dense.
+  uint8_t* blocks;
+  const int64_t* block;
+  CompressedShape shape;
+  const int32_t* newest;  // decode: [rows * n_kv_heads] the entry's newest position
 };
 
-// Writes the new token of each (row, KV head) into slot[row * n_kv_heads + h] (skipped when -1) with
-// its position, its value's L1 norm (computed once, here) and its initial score under `rule`
-// (math::initial_score of its self weight). One block per (row, KV head), threads over head_dim.
+// The new token's metadata in slot j of entry rh: position, value L1 norm (from the dense value,
+// computed once, here) and initial score under `score_args` (math::initial_score of its self
+// weight). Block-wide: every thread of the block calls it.
 template <typename T>
-KVP_GLOBAL void insert_kernel(SlotCache<T> cache, const float* k_new, const float* v_new, const int32_t* slot,
-                              const int32_t* position, const float* self_weight, math::ScoreArgs score_args,
-                              int n_kv_heads, int head_dim) {
-  const int rh = static_cast<int>(blockIdx.x);
-  const int j = slot[rh];
-  if (j < 0) return;  // the whole block
+KVP_DEVICE inline void insert_metadata(const SlotCache<T>& cache, int rh, int j, const float* k_new, const float* v_new,
+                                       const int32_t* position, const float* self_weight,
+                                       const math::ScoreArgs& score_args, int n_kv_heads, int head_dim) {
   const int64_t off = cache.offset[rh];
-  const int cap = cache.capacity[rh];
-  const int64_t koff = off * head_dim;  // keys and values: head_dim elements per slot
   float l1 = 0;
   for (int d = static_cast<int>(threadIdx.x); d < head_dim; d += static_cast<int>(blockDim.x)) {
-    const float kv = k_new[static_cast<int64_t>(rh) * head_dim + d], vv = v_new[static_cast<int64_t>(rh) * head_dim + d];
-    cache.k[koff + static_cast<int64_t>(d) * cap + j] = gpu::from_float<T>(kv);
-    cache.v[koff + static_cast<int64_t>(d) * cap + j] = gpu::from_float<T>(vv);
-    l1 += fabsf(vv);
+    l1 += fabsf(v_new[static_cast<int64_t>(rh) * head_dim + d]);
   }
   l1 = block_sum(l1);
   if (threadIdx.x == 0) {
@@ -309,6 +308,24 @@ KVP_GLOBAL void insert_kernel(SlotCache<T> cache, const float* k_new, const floa
                                                self_weight ? self_weight[rh] : 0.0f, l1,
                                                k_new + static_cast<int64_t>(rh) * head_dim, head_dim, false);
   }
+}
+
+// Writes the new token of each (row, KV head) into slot[row * n_kv_heads + h] (skipped when -1) with
+// its metadata (insert_metadata). One block per (row, KV head), threads over head_dim.
+template <typename T>
+KVP_GLOBAL void insert_kernel(SlotCache<T> cache, const float* k_new, const float* v_new, const int32_t* slot,
+                              const int32_t* position, const float* self_weight, math::ScoreArgs score_args,
+                              int n_kv_heads, int head_dim) {
+  const int rh = static_cast<int>(blockIdx.x);
+  const int j = slot[rh];
+  if (j < 0) return;  // the whole block
+  const int cap = cache.capacity[rh];
+  const int64_t koff = cache.offset[rh] * head_dim;  // keys and values: head_dim elements per slot
+  for (int d = static_cast<int>(threadIdx.x); d < head_dim; d += static_cast<int>(blockDim.x)) {
+    cache.k[koff + static_cast<int64_t>(d) * cap + j] = gpu::from_float<T>(k_new[static_cast<int64_t>(rh) * head_dim + d]);
+    cache.v[koff + static_cast<int64_t>(d) * cap + j] = gpu::from_float<T>(v_new[static_cast<int64_t>(rh) * head_dim + d]);
+  }
+  insert_metadata(cache, rh, j, k_new, v_new, position, self_weight, score_args, n_kv_heads, head_dim);
 }
 
 // Where the new token of each head goes (one block per head): slot n_used while there is room,
@@ -632,50 +649,75 @@ KVP_GLOBAL void to_half_kernel(const float* x, gpu::half* out, int64_t count) {
   if (i < count) out[i] = gpu::from_float<gpu::half>(x[i]);
 }
 
-// Decode attention over the ragged cache plus the new token, for each (row, KV head) block and its
-// `group` query heads: out = softmax(q·k / sqrt(hd)) · v. The softmax weights, summed over the
-// group, update each slot's score in place under `rule` (added for H2O, times the slot's value norm
-// for VATP, replacing it for TOVA: no N×N write), and the new token's summed weight goes to
-// self_weight[row * n_kv_heads + h].
+inline constexpr int kMaxGroup = 8;
+
+// The dense cache's slots as decode_attention_body reads them: keys and values [head_dim, capacity].
+template <typename T>
+struct DenseSlots {
+  const T* k;
+  const T* v;
+  int cap;
+  int head_dim;
+
+  KVP_DEVICE int query_channel(int i) const { return i; }
+  // dot[g] = Σ_d qs[g, d] · k_d of slot j.
+  KVP_DEVICE void logits(int j, const float* qs, int group, float* dot) const {
+    for (int g = 0; g < group; ++g) dot[g] = 0;
+    for (int d = 0; d < head_dim; ++d) {
+      const float k_d = gpu::to_float(k[static_cast<int64_t>(d) * cap + j]);
+      for (int g = 0; g < group; ++g) dot[g] += qs[g * head_dim + d] * k_d;
+    }
+  }
+  KVP_DEVICE float value(int j, int d) const { return gpu::to_float(v[static_cast<int64_t>(d) * cap + j]); }
+};
+
+// Decode attention of one (row, KV head) block over `slots` (DenseSlots, or CompressedSlots of
+// kernels/compressed_kernels.cuh) plus the new token, for its `group` query heads: out =
+// softmax(q·k / sqrt(hd)) · v. The softmax weights, summed over the group, update each slot's score
+// in place under `rule` (added for H2O, times the slot's value norm for VATP, replacing it for
+// TOVA: no N×N write), and the new token's summed weight goes to self_weight[row * n_kv_heads + h].
 //
 // Keys and values are each read once per block, for all the group's queries together:
-//   A. threads stride over slots (keys are [head_dim, capacity], so neighbouring threads read
+//   A. threads stride over slots (dense keys are [head_dim, capacity], so neighbouring threads read
 //      neighbouring floats) and write every query's logit to `weights` ([group, weights_stride] per
-//      block, global memory), with per-query maxima;
+//      block, global memory), with per-query maxima; the query is held in the slots' channel order;
 //   B. the same threads turn their logits into exp(logit − max) and sum them per query;
 //   C. threads take one output element d each (and, with more threads than elements, a share of the
 //      slots) and walk value row d — its floats contiguous — accumulating every query's output;
 //   D. each slot's weights, normalised and summed over the group in query order, go to its score.
 // The extra traffic is the weights: 3 × group floats per slot against 2 × head_dim key and value
 // elements.
-inline constexpr int kMaxGroup = 8;
-
-template <typename T>
-KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache<T> cache, const float* k_new, const float* v_new,
-                                        float* out, float* self_weight, float* weights, int weights_stride, int rule,
-                                        int group, int head_dim) {
+template <typename T, typename Slots>
+KVP_DEVICE void decode_attention_body(const float* q, const SlotCache<T>& cache, const Slots& slots, const float* k_new,
+                                      const float* v_new, float* out, float* self_weight, float* weights,
+                                      int weights_stride, int rule, int group, int head_dim) {
   const int rh = static_cast<int>(blockIdx.x);
   const int64_t off = cache.offset[rh];
-  const int cap = cache.capacity[rh], n = cache.n_used[rh];
-  const int64_t koff = off * head_dim;
+  const int n = cache.n_used[rh];
   const float scale = math::attention_scale(head_dim);
+  const float* qh = q + static_cast<int64_t>(rh) * group * head_dim;
   const float* kn = k_new + static_cast<int64_t>(rh) * head_dim;
   const float* vn = v_new + static_cast<int64_t>(rh) * head_dim;
   const int tid = static_cast<int>(threadIdx.x), nt = static_cast<int>(blockDim.x);
   float* w = weights + static_cast<int64_t>(rh) * group * weights_stride;  // [group, weights_stride]
   KVP_SHARED float qs[kMaxGroup * kMaxHeadDim];
-  for (int e = tid; e < group * head_dim; e += nt) qs[e] = q[static_cast<int64_t>(rh) * group * head_dim + e];
+  for (int e = tid; e < group * head_dim; e += nt) {
+    qs[e] = qh[(e / head_dim) * head_dim + slots.query_channel(e % head_dim)];
+  }
   gpu::sync_threads();
 
-  // A. Logits, keys read once.
+  // A. Logits, keys read once; the new token's at full width in the query's own order.
   float m[kMaxGroup], z[kMaxGroup], inv_z[kMaxGroup];
   for (int g = 0; g < group; ++g) m[g] = -INFINITY;
   for (int j = tid; j <= n; j += nt) {
     float dot[kMaxGroup];
-    for (int g = 0; g < group; ++g) dot[g] = 0;
-    for (int d = 0; d < head_dim; ++d) {
-      const float k = j < n ? gpu::to_float(cache.k[koff + static_cast<int64_t>(d) * cap + j]) : kn[d];
-      for (int g = 0; g < group; ++g) dot[g] += qs[g * head_dim + d] * k;
+    if (j < n) {
+      slots.logits(j, qs, group, dot);
+    } else {
+      for (int g = 0; g < group; ++g) dot[g] = 0;
+      for (int d = 0; d < head_dim; ++d) {
+        for (int g = 0; g < group; ++g) dot[g] += qh[g * head_dim + d] * kn[d];
+      }
     }
     for (int g = 0; g < group; ++g) {
       const float logit = dot[g] * scale;
@@ -706,7 +748,7 @@ KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache<T> cache, cons
     for (int g = 0; g < group; ++g) o[g] = 0;
     const int end = (part + 1) * per_part < n + 1 ? (part + 1) * per_part : n + 1;
     for (int j = part * per_part; j < end; ++j) {
-      const float v = j < n ? gpu::to_float(cache.v[koff + static_cast<int64_t>(d) * cap + j]) : vn[d];
+      const float v = j < n ? slots.value(j, d) : vn[d];
       for (int g = 0; g < group; ++g) o[g] += w[static_cast<int64_t>(g) * weights_stride + j] * v;
     }
     for (int g = 0; g < group; ++g) partial[(part * group + g) * head_dim + d] = o[g];
@@ -737,4 +779,17 @@ KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache<T> cache, cons
   gpu::sync_threads();  // the shared arrays may be reused by the next block
 }
 
+template <typename T>
+KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache<T> cache, const float* k_new, const float* v_new,
+                                        float* out, float* self_weight, float* weights, int weights_stride, int rule,
+                                        int group, int head_dim) {
+  const int rh = static_cast<int>(blockIdx.x);
+  const int64_t koff = cache.offset[rh] * head_dim;
+  const DenseSlots<T> slots{cache.k + koff, cache.v + koff, cache.capacity[rh], head_dim};
+  decode_attention_body(q, cache, slots, k_new, v_new, out, self_weight, weights, weights_stride, rule, group,
+                        head_dim);
+}
+
 }  // namespace kvp::KVP_KERNEL_NS
+
+#include "kernels/compressed_kernels.cuh"

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "kernels/compressed_layout.h"
 #include "kernels/score_rule.h"
 
 namespace kvp {
@@ -22,6 +23,16 @@ struct SlotCacheView {
   const int64_t* offset;
   const int32_t* capacity;
   const int32_t* n_used;
+  // A compressed cache (ThinK, Mustafar): each entry's keys and values in its head block, at byte
+  // blocks + block[entry], of the layer's `shape` (kernels/compressed_layout.h); k and v unused.
+  // Null: a dense cache.
+  uint8_t* blocks = nullptr;
+  const int64_t* block = nullptr;
+  CompressedShape shape{};
+  // Decode over a compressed cache: each entry's newest position, which sets the full-width windows.
+  const int32_t* newest = nullptr;
+
+  bool compressed() const { return blocks != nullptr; }
 };
 
 // One decode step's rows, per (row, KV head) entry of the step — `heads` of them, each with its
@@ -112,6 +123,9 @@ struct ColumnSpan {
   /* REQUIRES: in a multiple of 32. */                                                                          \
   void q8_0_gemv(const void* w, int out, int in, const float* x, float* y, int rows, bool accumulate,          \
                  int threads);                                                                                    \
+  /* insert, prefill_gather and decode_attention also take a compressed cache (SlotCacheView::blocks): */  \
+  /* tokens are stored in their short forms (ThinK's channels, Mustafar's largest magnitudes, the rest */     \
+  /* to the rings) and attended as the CPU's compressed_slot_attention does. */                            \
   /* Each entry's new token into slot[entry] (skipped when -1) at position[entry], with its value norm */      \
   /* and its score under score_args; entry e is KV head e % n_kv_heads. */                                     \
   void insert(const DecodeRows& rows, const SlotCacheView& cache, const int32_t* slot, const int32_t* position,  \
@@ -141,6 +155,15 @@ struct ColumnSpan {
   /* increasing): key and value rows of head_dim, positions and column sums. */                              \
   void prefill_compact(float* k, float* v, int32_t* positions, float* column_sum, const int32_t* keep, int n_keep, \
                        int head_dim, int threads);                                                               \
+  /* ThinK's query scores of the launched heads, out[hl * head_dim + d] = Σ q_d² over the group's */         \
+  /* queries of the rows whose position (first_pos + row) is at least from_pos, added to out (set */          \
+  /* when `replace`). */                                                                                     \
+  void query_sums(const PrefillRows& p, int first_pos, int from_pos, bool replace, float* out, int threads);     \
+  /* ThinK's channels of each launched head of a compressed cache, into its block: channel c scores */       \
+  /* query_sums[hl * head_dim + c] · Σ k_c² over the kept rows (keep as for prefill_gather), the */         \
+  /* shape's key_channels highest kept (the lower channel on ties). */                                        \
+  void think_channels(const PrefillRows& p, const float* query_sums, const SlotCacheView& cache,                \
+                      const int32_t* keep, int keep_stride, int threads);                                        \
   /* REQUIRES: threads a multiple of 32 (whole warps) for every kernel but swiglu, rope, to_half and */      \
   /* embedding; decode_attention: head_dim <= 128, group <= 8, and `weights` a workspace of */                \
   /* [heads, group, weights_stride] floats with weights_stride > every entry's n_used. */                      \
@@ -163,7 +186,7 @@ struct Launchers {
   KVP_LAUNCHER_FIELD(prefill_attention) KVP_LAUNCHER_FIELD(prefill_scores) KVP_LAUNCHER_FIELD(sum_rows)
   KVP_LAUNCHER_FIELD(prefill_keep)
   KVP_LAUNCHER_FIELD(prefill_gather) KVP_LAUNCHER_FIELD(decode_attention) KVP_LAUNCHER_FIELD(copy_rows)
-  KVP_LAUNCHER_FIELD(prefill_compact)
+  KVP_LAUNCHER_FIELD(prefill_compact) KVP_LAUNCHER_FIELD(query_sums) KVP_LAUNCHER_FIELD(think_channels)
 #undef KVP_LAUNCHER_FIELD
 };
 
