@@ -160,7 +160,6 @@ void GpuBackend::set_policy(std::shared_ptr<const Policy> policy) {
 }
 
 void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::shared_ptr<const Policy> policy) {
-  for (const KvBudgets& b : budgets) KVP_CHECK(!b.compressed(), "the {} backend has no ThinK or Mustafar layout", name_);
   set_policy(std::move(policy));
   const std::string_view name = policy_->name();
   pool_ = false;
@@ -191,20 +190,35 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
                   s, name, l);
       }
     }
+    KVP_CHECK(b.compressed() == budgets[0].compressed() && (!b.compressed() || b.compression == budgets[0].compression),
+              "sequence {}: every sequence's cache must have the same ThinK/Mustafar compression", s);
     total_slots += b.total_slots();
     bytes += b.kv_bytes();
   }
   kv_half_ = !budgets.empty() && budgets[0].dtype == KvDtype::kF16;
-  KVP_CHECK(allocate_arena(total_slots) == bytes, "KV arena layout does not add up to the plan's bytes");
+  layer_shape_.clear();
+  int64_t block_bytes = 0;
+  if (!budgets.empty() && budgets[0].compressed()) {
+    for (int l = 0; l < L; ++l) {
+      layer_shape_.push_back(compressed_shape(budgets[0].layer_compression(l), hd, kv_half_ ? 2 : 4));
+    }
+    for (const KvBudgets& b : budgets) {
+      for (int l = 0; l < L; ++l) {
+        for (int h = 0; h < H; ++h) block_bytes += compressed_parts(layer_shape_[l], b.budget(l, h)).bytes;
+      }
+    }
+  }
+  KVP_CHECK(allocate_arena(total_slots, block_bytes) == bytes, "KV arena layout does not add up to the plan's bytes");
 
   const size_t heads = budgets.size() * L * H;
   head_offset_.assign(heads, 0);
   head_capacity_.assign(heads, 0);
+  head_block_.assign(layer_shape_.empty() ? 0 : heads, 0);
   n_used_.assign(heads, 0);
   prompts_.clear();
   prompts_.resize(budgets.size());
   peak_kv_bytes_ = 0;
-  int64_t next = 0;
+  int64_t next = 0, next_block = 0;
   for (size_t s = 0; s < budgets.size(); ++s) {
     for (int l = 0; l < L; ++l) {
       for (int h = 0; h < H; ++h) {
@@ -212,8 +226,16 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
         head_offset_[i] = next;
         head_capacity_[i] = budgets[s].budget(l, h);
         next += head_capacity_[i];
+        if (!layer_shape_.empty()) {
+          head_block_[i] = next_block;
+          next_block += compressed_parts(layer_shape_[l], head_capacity_[i]).bytes;
+        }
       }
     }
+  }
+  if (!layer_shape_.empty()) {
+    head_block_dev_ = DeviceBuffer(*device_, std::max<size_t>(1, heads) * sizeof(int64_t));
+    device_->upload(head_block_dev_.get(), head_block_.data(), heads * sizeof(int64_t));
   }
   head_offset_dev_ = DeviceBuffer(*device_, std::max<size_t>(1, heads) * sizeof(int64_t));
   head_capacity_dev_ = DeviceBuffer(*device_, std::max<size_t>(1, heads) * sizeof(int32_t));
@@ -221,14 +243,16 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
   device_->upload(head_capacity_dev_.get(), head_capacity_.data(), heads * sizeof(int32_t));
 }
 
-int64_t GpuBackend::allocate_arena(int64_t slots) {
-  // Regions of the arena, in this order (keys, values, positions, scores, VATP's value norms);
-  // their sizes add up to the budgets' bytes exactly.
+int64_t GpuBackend::allocate_arena(int64_t slots, int64_t block_bytes) {
+  // Regions of the arena, in this order (keys, values, positions, scores, VATP's value norms, and a
+  // compressed cache's head blocks in place of the keys and values); their sizes add up to the
+  // budgets' bytes exactly.
   const size_t elem = kv_half_ ? 2 : 4;
-  const size_t kv_region = static_cast<size_t>(slots) * config_.head_dim() * elem;
+  const size_t kv_region = layer_shape_.empty() ? static_cast<size_t>(slots) * config_.head_dim() * elem : 0;
   const size_t meta_region = static_cast<size_t>(slots) * sizeof(float);
   const bool l1 = score_args_.rule == math::kScoreValueAttention;
-  const size_t bytes = 2 * kv_region + 2 * meta_region + (l1 ? meta_region : 0);
+  const size_t blocks_at = 2 * kv_region + 2 * meta_region + (l1 ? meta_region : 0);
+  const size_t bytes = blocks_at + static_cast<size_t>(block_bytes);
   kv_arena_ = DeviceBuffer(*device_, bytes);
   auto* base = kv_arena_.as<std::byte>();
   k_ = base;
@@ -236,6 +260,7 @@ int64_t GpuBackend::allocate_arena(int64_t slots) {
   pos_ = reinterpret_cast<int32_t*>(base + 2 * kv_region);
   score_ = reinterpret_cast<float*>(base + 2 * kv_region + meta_region);
   value_l1_ = l1 ? reinterpret_cast<float*>(base + 2 * kv_region + 2 * meta_region) : nullptr;
+  blocks_ = layer_shape_.empty() ? nullptr : reinterpret_cast<uint8_t*>(base + blocks_at);
   return static_cast<int64_t>(bytes);
 }
 
@@ -253,6 +278,8 @@ void GpuBackend::reset_pool(int n_sequences, int64_t pool_bytes, KvDtype dtype, 
   in_use_bytes_ = 0;
   max_capacity_ = 0;
   kv_half_ = dtype == KvDtype::kF16;
+  layer_shape_.clear();
+  head_block_.clear();
   allocate_arena(pool_slots_);
   const size_t heads = static_cast<size_t>(n_sequences) * L * H;
   head_offset_.assign(heads, 0);
@@ -267,7 +294,7 @@ void GpuBackend::reset_pool(int n_sequences, int64_t pool_bytes, KvDtype dtype, 
 
 void GpuBackend::open_sequence(int seq, const KvBudgets& b, std::shared_ptr<const Policy> policy) {
   KVP_CHECK(pool_, "the {} backend opens single sequences only in a pool (reset_pool)", name_);
-  KVP_CHECK(!b.compressed(), "the {} backend has no ThinK or Mustafar layout", name_);
+  KVP_CHECK(!b.compressed(), "the {} backend's serving pool holds dense caches only (no ThinK or Mustafar)", name_);
   KVP_CHECK(seq >= 0 && seq < static_cast<int>(budgets_.size()), "open_sequence: no sequence {}", seq);
   // One policy runs on the device for every sequence: the kernels take its rule once per launch.
   const Policy& p = policy ? *policy : *keep_all_policy();
@@ -383,7 +410,7 @@ void GpuBackend::ensure_rows(int rows) {
   uniform_ = DeviceBuffer(d, static_cast<size_t>(row_capacity_) * sizeof(float));
   picked_ = DeviceBuffer(d, static_cast<size_t>(row_capacity_) * sizeof(int32_t));
   const size_t rh = static_cast<size_t>(row_capacity_) * config_.n_kv_heads;
-  meta_ = DeviceBuffer(d, rh * (sizeof(int64_t) + 3 * sizeof(int32_t)));
+  meta_ = DeviceBuffer(d, rh * (2 * sizeof(int64_t) + 3 * sizeof(int32_t)));
   slot_ = DeviceBuffer(d, rh * sizeof(int32_t));
   evicted_pos_ = DeviceBuffer(d, rh * sizeof(int32_t));
   evicted_key_ = DeviceBuffer(d, rh * sizeof(float));
@@ -411,15 +438,21 @@ void GpuBackend::open_prompt(int seq, int prompt_len) {
   // The predicted bytes hold it for an f32 cache; an f16 cache's prediction counts 2-byte keys
   // and values, while the scratch keeps the activations' f32.
   const size_t predicted = static_cast<size_t>(budgets_[seq].prefill_scratch(prompt_len, evict_chunk_).kv_bytes());
+  // ThinK's layers also sum their queries, head_dim floats per KV head.
   if (evict_chunk_ == 0) {
     const size_t kv = static_cast<size_t>(prompt_len) * config_.kv_dim();
     const size_t per_layer = 2 * kv + static_cast<size_t>(prompt_len) * H;  // floats
-    p.arena = DeviceBuffer(*device_, std::max(predicted, per_layer * L * sizeof(float)));
+    size_t floats = 0;
+    for (int l = 0; l < L; ++l) floats += per_layer + (thin(l) ? static_cast<size_t>(H) * hd : 0);
+    p.arena = DeviceBuffer(*device_, std::max(predicted, floats * sizeof(float)));
+    float* base = p.arena.as<float>();
     for (int l = 0; l < L; ++l) {
-      float* base = p.arena.as<float>() + l * per_layer;
       p.k.push_back(base);
       p.v.push_back(base + kv);
       p.column_sum.push_back(base + 2 * kv);
+      base += per_layer;
+      p.query_sums.push_back(thin(l) ? base : nullptr);
+      if (thin(l)) base += static_cast<size_t>(H) * hd;
     }
   } else {
     // Each head's rows: keys and values of head_dim floats, a position and a column sum.
@@ -428,17 +461,21 @@ void GpuBackend::open_prompt(int seq, int prompt_len) {
     for (int l = 0; l < L; ++l) {
       for (int h = 0; h < H; ++h) {
         caps.push_back(std::min(prompt_len, budgets_[seq].budget(l, h) + evict_chunk_));
-        floats += static_cast<size_t>(caps.back()) * (2 * hd + 2);
+        floats += static_cast<size_t>(caps.back()) * (2 * hd + 2) + (thin(l) ? hd : 0);
       }
     }
     p.arena = DeviceBuffer(*device_, std::max(predicted, floats * sizeof(float)));
     float* next = p.arena.as<float>();
-    for (int cap : caps) {
+    for (size_t e = 0; e < caps.size(); ++e) {
+      const int cap = caps[e];
+      const bool sums = thin(static_cast<int>(e) / H);
       PromptScratch::Head head{.k = next, .v = next + static_cast<size_t>(cap) * hd, .pos = nullptr,
-                               .column_sum = next + static_cast<size_t>(cap) * (2 * hd), .cap = cap, .rows = 0};
+                               .column_sum = next + static_cast<size_t>(cap) * (2 * hd),
+                               .query_sums = sums ? next + static_cast<size_t>(cap) * (2 * hd + 2) : nullptr,
+                               .cap = cap, .rows = 0};
       head.pos = reinterpret_cast<int32_t*>(head.column_sum + cap);
       p.heads.push_back(head);
-      next += static_cast<size_t>(cap) * (2 * hd + 2);
+      next += static_cast<size_t>(cap) * (2 * hd + 2) + (sums ? hd : 0);
     }
   }
   note_kv_bytes();
@@ -531,9 +568,26 @@ void GpuBackend::swiglu(Act gate, Act up) {
   device_->kernels().swiglu(act(gate), act(up), static_cast<int64_t>(n_rows_) * act_width(config_, gate), threads_);
 }
 
-SlotCacheView GpuBackend::cache_view(const int64_t* offset, const int32_t* capacity, const int32_t* n_used) const {
-  return SlotCacheView{.k = k_, .v = v_, .half = kv_half_, .pos = pos_, .score = score_, .value_l1 = value_l1_,
-                       .offset = offset, .capacity = capacity, .n_used = n_used};
+SlotCacheView GpuBackend::cache_view(int layer_idx, const int64_t* offset, const int32_t* capacity,
+                                     const int32_t* n_used, const int64_t* block, const int32_t* newest) const {
+  SlotCacheView view{.k = k_, .v = v_, .half = kv_half_, .pos = pos_, .score = score_, .value_l1 = value_l1_,
+                     .offset = offset, .capacity = capacity, .n_used = n_used};
+  if (!layer_shape_.empty()) {
+    view.blocks = blocks_, view.block = block, view.shape = layer_shape_[layer_idx], view.newest = newest;
+  }
+  return view;
+}
+
+SlotCacheView GpuBackend::prompt_view(int seq, int layer_idx, int first_head) const {
+  const size_t i = head_index(seq, layer_idx, first_head);
+  return cache_view(layer_idx, head_offset_dev_.as<int64_t>() + i, head_capacity_dev_.as<int32_t>() + i, nullptr,
+                    layer_shape_.empty() ? nullptr : head_block_dev_.as<int64_t>() + i);
+}
+
+void GpuBackend::add_query_sums(int seq, const PrefillRows& chunk, int layer_idx, int first_pos, int prompt_len,
+                                float* sums) {
+  const int window = budgets_[seq].layer_compression(layer_idx).think_queries;
+  device_->kernels().query_sums(chunk, first_pos, prompt_len - window, first_pos == 0, sums, threads_);
 }
 
 void GpuBackend::attention(int layer_idx) {
@@ -605,11 +659,22 @@ void GpuBackend::prefill(const Work& w, int layer_idx) {
                                        ColumnSpan{.first_row = math::prefill_first_row(score_args_, P),
                                                   .own_row = math::prefill_counts_own_row(score_args_.rule)},
                                        threads_);
+  float* query_sums = nullptr;
+  if (thin(layer_idx)) {
+    const size_t floats = static_cast<size_t>(H) * hd;
+    if (chunked) {
+      query_sums = prompts_[seq].query_sums[layer_idx];
+    } else {
+      if (query_sums_.bytes() < floats * sizeof(float)) query_sums_ = DeviceBuffer(d, floats * sizeof(float));
+      query_sums = query_sums_.as<float>();
+    }
+    add_query_sums(seq, rows, layer_idx, c0, P, query_sums);
+  }
   if (c1 < P) return;  // more chunks to come
   PrefillRows prompt = rows;
   prompt.first_query = 0;
   prompt.column_stride = 0;
-  cut_prompt(seq, layer_idx, prompt, column_sum);
+  cut_prompt(seq, layer_idx, prompt, column_sum, query_sums);
   if (chunked && layer_idx == config_.n_layers - 1) prompts_[seq] = PromptScratch{};  // the scratch is freed
 }
 
@@ -650,6 +715,7 @@ void GpuBackend::prefill_evicting(const Work& w, int layer_idx) {
                  : ColumnSpan{.first_row = std::max(0, s.rows + window_from - c0),
                               .own_row = math::prefill_counts_own_row(score_args_.rule)};
     K.prefill_attention(rows, out, scored ? s.column_sum : nullptr, span, threads_);
+    if (s.query_sums) add_query_sums(seq, rows, layer_idx, c0, P, s.query_sums);
     s.rows += w.n;
   }
   if (c1 == P) {
@@ -735,8 +801,11 @@ void GpuBackend::cut_scratch(int seq, int layer_idx, int32_t newest, bool finish
     const size_t i = head_index(seq, layer_idx, h);
     const int budget = head_capacity_[i];
     if (finish) {
-      const SlotCacheView head = cache_view(head_offset_dev_.as<int64_t>() + i, head_capacity_dev_.as<int32_t>() + i,
-                                            nullptr);
+      const SlotCacheView head = prompt_view(seq, layer_idx, h);
+      if (thin(layer_idx)) {
+        K.think_channels(rows_of(h), s.query_sums, head, keep + static_cast<size_t>(h) * keep_stride, keep_stride,
+                         threads_);
+      }
       K.prefill_gather(rows_of(h), head, at(prompt_score_, h), at(prompt_l1_, h),
                        keep + static_cast<size_t>(h) * keep_stride, keep_stride, threads_);
       n_used_[i] = std::min(s.rows, budget);
@@ -771,7 +840,8 @@ int32_t* GpuBackend::keep_rows(int keep_stride) {
   return keep_.as<int32_t>();
 }
 
-void GpuBackend::cut_prompt(int seq, int layer_idx, const PrefillRows& rows, const float* column_sum) {
+void GpuBackend::cut_prompt(int seq, int layer_idx, const PrefillRows& rows, const float* column_sum,
+                            const float* query_sums) {
   const int P = rows.prompt_len, H = config_.n_kv_heads;
   Device& d = *device_;
   int keep_stride = 1;
@@ -802,11 +872,10 @@ void GpuBackend::cut_prompt(int seq, int layer_idx, const PrefillRows& rows, con
                      keep_.as<int32_t>() + static_cast<size_t>(h) * keep_stride, threads_);
     }
   }
-  const size_t first_head = head_index(seq, layer_idx, 0);
-  K.prefill_gather(rows,
-                   cache_view(head_offset_dev_.as<int64_t>() + first_head, head_capacity_dev_.as<int32_t>() + first_head,
-                              nullptr),
-                   prompt_score_.as<float>(), prompt_l1_.as<float>(), keep_.as<int32_t>(), keep_stride, threads_);
+  const SlotCacheView heads = prompt_view(seq, layer_idx, 0);
+  if (thin(layer_idx)) K.think_channels(rows, query_sums, heads, keep_.as<int32_t>(), keep_stride, threads_);
+  K.prefill_gather(rows, heads, prompt_score_.as<float>(), prompt_l1_.as<float>(), keep_.as<int32_t>(), keep_stride,
+                   threads_);
   for (int h = 0; h < H; ++h) {
     int32_t& used = n_used_[head_index(seq, layer_idx, h)];
     used = std::min(P, head_capacity_[head_index(seq, layer_idx, h)]);
@@ -842,9 +911,10 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
   size_t total = 0;
   for (const Work& w : runs) total += static_cast<size_t>(w.n) * H;
   std::vector<std::byte>& meta = meta_host_;
-  meta.resize(total * (sizeof(int64_t) + 3 * sizeof(int32_t)));
+  meta.resize(total * (2 * sizeof(int64_t) + 3 * sizeof(int32_t)));
   auto* offset = reinterpret_cast<int64_t*>(meta.data());
-  auto* capacity = reinterpret_cast<int32_t*>(offset + total);
+  int64_t* block = offset + total;  // a compressed cache's head blocks
+  auto* capacity = reinterpret_cast<int32_t*>(block + total);
   int32_t* used = capacity + total;
   int32_t* newest = used + total;
   size_t e = 0;
@@ -854,6 +924,7 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
       for (int h = 0; h < H; ++h, ++e) {
         const size_t i = head_index(seq, layer_idx, h);
         offset[e] = head_offset_[i];
+        block[e] = head_block_.empty() ? 0 : head_block_[i];
         capacity[e] = head_capacity_[i];
         used[e] = n_used_[i];
         newest[e] = rows_.positions[r];
@@ -867,7 +938,8 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
   Device& d = *device_;
   d.upload(meta_.get(), meta.data(), meta.size());
   const auto* offset_dev = meta_.as<int64_t>();
-  const auto* capacity_dev = reinterpret_cast<const int32_t*>(offset_dev + total);
+  const int64_t* block_dev = offset_dev + total;
+  const auto* capacity_dev = reinterpret_cast<const int32_t*>(block_dev + total);
   const int32_t* used_dev = capacity_dev + total;
   const int32_t* newest_dev = used_dev + total;
   const Launchers& K = d.kernels();
@@ -876,7 +948,8 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
   e = 0;
   for (const Work& w : runs) {
     const int heads = w.n * H;
-    const SlotCacheView view = cache_view(offset_dev + e, capacity_dev + e, used_dev + e);
+    const SlotCacheView view =
+        cache_view(layer_idx, offset_dev + e, capacity_dev + e, used_dev + e, block_dev + e, newest_dev + e);
     const DecodeRows rows{.q = act(Act::kQ) + static_cast<size_t>(w.first) * config_.q_dim(),
                           .k_new = act(Act::kK) + static_cast<size_t>(w.first) * config_.kv_dim(),
                           .v_new = act(Act::kV) + static_cast<size_t>(w.first) * config_.kv_dim(),

@@ -11,6 +11,11 @@
 // the same attention both evict the same tokens (floating-point sums run in another order, so keys
 // agree to rounding, and only a near-tie can break differently).
 //
+// ThinK and Mustafar: a compressed plan's heads hold their keys and values in the device form of
+// kv_compression.h's layout (kernels/compressed_layout.h), the same bytes; the prompt's cut chooses
+// ThinK's channels and Mustafar's elements by the CPU's rules and decode attends the short forms,
+// so both keep the same tokens. Serving pools stay dense.
+//
 // Steps: a sequence whose cache is empty is prefilled on the device (attention outputs, each
 // prompt key's accumulated attention by column sums, the kept positions by rank, a gather into
 // its slots); otherwise its row attends its slots plus itself, adds its attention to the scores,
@@ -111,7 +116,16 @@ class GpuBackend final : public Backend {
   size_t head_index(int seq, int layer_idx, int kv_head_idx) const {
     return (static_cast<size_t>(seq) * config_.n_layers + layer_idx) * config_.n_kv_heads + kv_head_idx;
   }
-  SlotCacheView cache_view(const int64_t* offset, const int32_t* capacity, const int32_t* n_used) const;
+  // The cache as the kernels see it for `layer_idx`: per-entry slot offsets, capacities and fill
+  // (device arrays), and for a compressed cache each entry's block offset and, in decode, its newest
+  // position.
+  SlotCacheView cache_view(int layer_idx, const int64_t* offset, const int32_t* capacity, const int32_t* n_used,
+                           const int64_t* block = nullptr, const int32_t* newest = nullptr) const;
+  // The device views at head_index(seq, layer_idx, first_head) onwards of the per-head arrays.
+  SlotCacheView prompt_view(int seq, int layer_idx, int first_head) const;
+  bool thin(int layer_idx) const { return !layer_shape_.empty() && layer_shape_[layer_idx].thin(); }
+  // ThinK: the launched heads' Σ q² of the prompt's last queries, from this chunk's rows.
+  void add_query_sums(int seq, const PrefillRows& chunk, int layer_idx, int first_pos, int prompt_len, float* sums);
   void ensure_rows(int rows);
   void upload_rows();
   void prefill(const Work& w, int layer_idx);
@@ -125,14 +139,17 @@ class GpuBackend final : public Backend {
   void check_cut(int seq, int rows, int32_t newest, int budget) const;
   // keep_, grown to keep_stride slots per KV head.
   int32_t* keep_rows(int keep_stride);
-  // The prompt's cut into the cache: scores, the kept positions, the gather, the eviction log.
-  void cut_prompt(int seq, int layer_idx, const PrefillRows& prompt, const float* column_sum);
+  // The prompt's cut into the cache: scores, the kept positions, ThinK's channels (from
+  // `query_sums`, null unless the layer is thin), the gather, the eviction log.
+  void cut_prompt(int seq, int layer_idx, const PrefillRows& prompt, const float* column_sum, const float* query_sums);
   void decode(const std::vector<Work>& runs, int layer_idx);
   void matmul_rows(Weight w, int layer_idx, Act in, Act out, bool accumulate);
   void set_policy(std::shared_ptr<const Policy> policy);
   // kv_arena_ for `slots` slots of kv_half_ elements and the policy's metadata, and the region
   // pointers into it; returns its bytes.
-  int64_t allocate_arena(int64_t slots);
+  // With `block_bytes` (a compressed cache) the keys and values live in the head blocks after the
+  // per-slot regions, and the key and value regions are empty.
+  int64_t allocate_arena(int64_t slots, int64_t block_bytes = 0);
 
   const ModelWeights& weights_;
   ModelConfig config_;
@@ -155,6 +172,12 @@ class GpuBackend final : public Backend {
   float* score_ = nullptr;
   float* value_l1_ = nullptr;  // null when the policy keeps no value norms
   bool kv_half_ = false;
+  // A compressed cache (ThinK, Mustafar; kernels/compressed_layout.h): every sequence's layers in the
+  // same shapes, each head's keys and values in its block at blocks_ + head_block_[i]. Empty: dense.
+  std::vector<CompressedShape> layer_shape_;  // [layer]
+  uint8_t* blocks_ = nullptr;
+  std::vector<int64_t> head_block_;  // [seq, layer, head]
+  DeviceBuffer head_block_dev_;
   std::vector<KvBudgets> budgets_;
   std::vector<int64_t> head_offset_;    // [seq, layer, head] first slot
   std::vector<int32_t> head_capacity_;  // [seq, layer, head]
@@ -190,6 +213,7 @@ class GpuBackend final : public Backend {
     int next_pos = 0;
     DeviceBuffer arena;
     std::vector<float*> k, v, column_sum;  // [layer]
+    std::vector<float*> query_sums;        // [layer] ThinK's [n_kv_heads, head_dim] (null: not thin)
     // --prefill-evict: per (layer, KV head), min(prompt, budget + evict chunk) rows of keys and
     // values [cap, head_dim], positions and column sums [cap]; the first `rows` hold the kept tokens
     // in position order, then the chunk's.
@@ -198,6 +222,7 @@ class GpuBackend final : public Backend {
       float* v;
       int32_t* pos;
       float* column_sum;
+      float* query_sums;  // ThinK's [head_dim] (null: not thin)
       int cap;
       int rows;
     };
@@ -220,6 +245,7 @@ class GpuBackend final : public Backend {
   // Prefill scratch, grown to the longest prompt.
   int prefill_capacity_ = 0;
   DeviceBuffer row_max_, row_sum_, column_sum_, prompt_score_, prompt_l1_, prompt_key_, shared_key_, keep_;
+  DeviceBuffer query_sums_;  // ThinK's sums of a prompt in one step, [n_kv_heads, head_dim]
 };
 
 }  // namespace kvp

@@ -67,6 +67,12 @@ HeadLayout head_layout(const HeadShape& shape) {
   return l;
 }
 
+CompressedShape compressed_shape(const SlotCompression& c, int head_dim, int elem_bytes) {
+  if (!c.compressed()) return CompressedShape{head_dim, head_dim, head_dim, head_dim, 1, 1, elem_bytes};
+  return CompressedShape{head_dim, c.key_channels, c.key_elements, c.value_elements, c.think_recent, c.dense_recent,
+                         elem_bytes};
+}
+
 HeadSlots carve_head(std::byte* base, const HeadShape& shape, int32_t* n_used) {
   KVP_CHECK(shape.elem_bytes == 4, "a host cache stores f32");
   const HeadLayout l = head_layout(shape);

@@ -18,6 +18,7 @@
 #include <string>
 
 #include "common/status.h"
+#include "kernels/compressed_layout.h"
 
 namespace kvp {
 
@@ -73,5 +74,9 @@ struct HeadLayout {
          query_sums = 0, k_mask = 0, v_mask = 0, bytes = 0;
 };
 HeadLayout head_layout(const HeadShape& shape);
+
+// A layer's compression as the device kernels take it (kernels/compressed_layout.h): a dense layer
+// is the shape that keeps every channel and element.
+CompressedShape compressed_shape(const SlotCompression& c, int head_dim, int elem_bytes);
 
 }  // namespace kvp

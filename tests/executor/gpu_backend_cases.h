@@ -232,11 +232,13 @@ inline void check_same_evictions_up_to_near_ties(const std::vector<EvictionRecor
 // `gpu_chunk` > 0: the GPU backend takes the prompts in chunks of that many rows (the CPU's in one
 // step: its chunked prefill keeps the same tokens exactly, ChunkedPrefill.*).
 // `evict_chunk` > 0: --prefill-evict with that chunk on both, each fed the prompt in chunks of it.
+// `compression`: ThinK and Mustafar on the kept tokens, the same on both.
 inline void check_same_evictions_as_cpu(const DeviceFactory& make_device, const std::string& policy_name,
-                                        PolicyParams params, int gpu_chunk = 0, int evict_chunk = 0) {
+                                        PolicyParams params, int gpu_chunk = 0, int evict_chunk = 0,
+                                        const PlanCompression& compression = {}) {
   const ModelWeights& w = default_model().weights;
   const int budget = 40, n_seqs = 3;
-  auto plan = uniform_plan(stories_model(), policy_name, params, budget, KvDtype::kF32);
+  auto plan = uniform_plan(stories_model(), policy_name, params, budget, KvDtype::kF32, compression);
   ASSERT_TRUE(plan.ok()) << plan.error().message();
   const std::shared_ptr<const Policy> policy(std::move(make_policy(policy_name, params)).value());
   const std::vector<KvBudgets> budgets(n_seqs, plan->kv_budgets());
@@ -295,6 +297,34 @@ inline void check_prefill_evict_matches_cpu(const DeviceFactory& make_device) {
   check_same_evictions_as_cpu(make_device, "vatp", mean, 0, 12);
   check_same_evictions_as_cpu(make_device, "snapkv",
                               PolicyParams{.sinks = 2, .recent = 8, .snap_window = 8, .snap_kernel = 5}, 0, 12);
+}
+
+// ThinK and Mustafar on the kept tokens (windows of 8 so that tokens age out of them within the
+// run): the CPU executor's evictions record for record and its logits to rounding, with the plan's
+// bytes — in one step, in chunks, and under --prefill-evict.
+inline PlanCompression think_and_mustafar(double think, double keys, double values) {
+  PlanCompression c{.think_window = 16, .think_recent = 8, .dense_recent = 8};
+  if (think > 0) c.think_ratio = {think};
+  if (keys > 0 || values > 0) c.key_sparsity = {keys}, c.value_sparsity = {values};
+  return c;
+}
+
+inline void check_compressed_evictions_match_cpu(const DeviceFactory& make_device) {
+  const PolicyParams params{.sinks = 4, .recent = 8};
+  check_same_evictions_as_cpu(make_device, "vatp", params, 0, 0, think_and_mustafar(0.4, 0.5, 0.5));
+  check_same_evictions_as_cpu(make_device, "vatp", params, 0, 0, think_and_mustafar(0.4, 0.0, 0.0));
+  check_same_evictions_as_cpu(make_device, "vatp", params, 0, 0, think_and_mustafar(0.0, 0.5, 0.25));
+  check_same_evictions_as_cpu(make_device, "h2o", params, 0, 0, think_and_mustafar(0.5, 0.4, 0.5));
+  check_same_evictions_as_cpu(make_device, "tova", params, 0, 0, think_and_mustafar(0.4, 0.5, 0.5));
+}
+
+inline void check_compressed_chunked_prompts_match_cpu(const DeviceFactory& make_device) {
+  const PolicyParams params{.sinks = 4, .recent = 8};
+  check_same_evictions_as_cpu(make_device, "vatp", params, 24, 0, think_and_mustafar(0.4, 0.5, 0.5));
+  check_same_evictions_as_cpu(make_device, "vatp", params, 0, 12, think_and_mustafar(0.4, 0.5, 0.5));
+  check_same_evictions_as_cpu(make_device, "snapkv",
+                              PolicyParams{.sinks = 2, .recent = 8, .snap_window = 8, .snap_kernel = 5}, 0, 12,
+                              think_and_mustafar(0.4, 0.5, 0.0));
 }
 
 // binary16 weights and KV cache: logits within the half-precision tolerance of the f32 CPU

@@ -54,6 +54,12 @@ TEST(GpuBackendCuda, PrefillEvictCutsWhatTheCpuExecutorCuts) {
   test::check_prefill_evict_matches_cpu(cuda_device);
 }
 
+TEST(GpuBackendCuda, ThinkAndMustafarEvictWhatTheCpuExecutorEvicts) {
+  KVP_REQUIRE_GPU();
+  test::check_compressed_evictions_match_cpu(cuda_device);
+  test::check_compressed_chunked_prompts_match_cpu(cuda_device);
+}
+
 TEST(GpuBackendCuda, HalfPrecisionWeightsAndCacheStayCloseToF32) {
   KVP_REQUIRE_GPU();
   test::check_half_precision(cuda_device);

@@ -60,6 +60,14 @@ TEST(GpuBackendEmulated, ChunkedPromptsEvictWhatTheCpuExecutorEvicts) {
 // (chunks of 12), then into the cache after 63, the CPU executor's cuts record for record.
 TEST(GpuBackendEmulated, PrefillEvictCutsWhatTheCpuExecutorCuts) { test::check_prefill_evict_matches_cpu(emulated); }
 
+TEST(GpuBackendEmulated, ThinkAndMustafarEvictWhatTheCpuExecutorEvicts) {
+  test::check_compressed_evictions_match_cpu(emulated);
+}
+
+TEST(GpuBackendEmulated, ThinkAndMustafarChunkedPromptsCutWhatTheCpuExecutorCuts) {
+  test::check_compressed_chunked_prompts_match_cpu(emulated);
+}
+
 TEST(GpuBackendEmulated, HalfPrecisionWeightsAndCacheStayCloseToF32) { test::check_half_precision(emulated); }
 
 // The benchmarks' long-context shortcut: a filled cache decodes and evicts only unprotected

@@ -21,12 +21,6 @@
 namespace kvp {
 namespace {
 
-CompressedShape device_shape(const SlotCompression& c, int head_dim, int elem_bytes) {
-  if (!c.compressed()) return CompressedShape{head_dim, head_dim, head_dim, head_dim, 1, 1, elem_bytes};
-  return CompressedShape{head_dim, c.key_channels, c.key_elements, c.value_elements, c.think_recent, c.dense_recent,
-                         elem_bytes};
-}
-
 TEST(CompressedLayout, DeviceBlockPlusSlotRegionsAreTheMemoryModelsBytes) {
   for (int hd : {8, 12, 64, 128}) {
     for (double think : {0.0, 0.4}) {
@@ -40,7 +34,7 @@ TEST(CompressedLayout, DeviceBlockPlusSlotRegionsAreTheMemoryModelsBytes) {
                 const HeadShape host{.budget = budget, .head_dim = hd, .elem_bytes = eb, .aux_floats = aux,
                                      .compression = c};
                 const int64_t device =
-                    compressed_parts(device_shape(c, hd, eb), budget).bytes + int64_t{budget} * (8 + 4 * aux);
+                    compressed_parts(compressed_shape(c, hd, eb), budget).bytes + int64_t{budget} * (8 + 4 * aux);
                 ASSERT_EQ(device, static_cast<int64_t>(head_layout(host).bytes))
                     << "hd " << hd << " think " << think << " keys " << keys << " values " << values << " eb " << eb
                     << " budget " << budget;
@@ -96,7 +90,7 @@ TEST_P(CompressedKernels, InsertAndDecodeAttentionAreTheCpusCompressedHead) {
   std::vector<uint32_t> storage(head_layout(shape).bytes / 4);
   int32_t cpu_used = 0;
   const HeadSlots cpu = carve_head(reinterpret_cast<std::byte*>(storage.data()), shape, &cpu_used);
-  const CompressedShape ds = device_shape(c, hd, 4);
+  const CompressedShape ds = compressed_shape(c, hd, 4);
   DeviceHead gpu(ds, B);
   std::mt19937 rng(hd * 7919 + sc.n);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -190,7 +184,7 @@ TEST(CompressedKernels, HalfPrecisionBlocksKeepTheSameElements) {
   std::vector<uint32_t> storage(head_layout(shape).bytes / 4);
   int32_t cpu_used = 0;
   const HeadSlots cpu = carve_head(reinterpret_cast<std::byte*>(storage.data()), shape, &cpu_used);
-  DeviceHead gpu(device_shape(c, hd, 2), B);
+  DeviceHead gpu(compressed_shape(c, hd, 2), B);
   std::mt19937 rng(3);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> key(hd), value(hd);
@@ -262,7 +256,7 @@ TEST(CompressedKernels, PromptCutChoosesTheCpusChannelsAndStoresTheSameTokens) {
       if (j % 2 == h || j >= P - 5) keep[size_t(h) * B + s++] = j;
     }
   }
-  const CompressedShape ds = device_shape(c, hd, 4);
+  const CompressedShape ds = compressed_shape(c, hd, 4);
   const int64_t block_bytes = compressed_parts(ds, B).bytes;
   std::vector<uint32_t> blocks(size_t(H) * block_bytes / 4);
   std::vector<int32_t> pos(size_t(H) * B), cap(H, B), used(H, 0);

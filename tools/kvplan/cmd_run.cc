@@ -72,10 +72,6 @@ Status run(const RunFlags& flags) {
     KVP_ASSIGN_OR_RETURN(std::string fingerprint, model_fingerprint(model));
     KVP_ASSIGN_OR_RETURN(Plan plan, flags.plan.resolve(plan_model(config, fingerprint), model.files.model_path));
     KVP_ASSIGN_OR_RETURN(auto policy, make_policy(plan.policy, plan.params));
-    if (flags.backend != "cpu" && plan.compression.any()) {
-      return make_error("--backend {}: {}: the GPU backend has no ThinK or Mustafar layout yet (use --backend cpu)",
-                        flags.backend, plan.compression.think() ? "key_channels" : "sparsity");
-    }
     if (flags.backend != "cpu") {
       const Status runs = GpuBackend::supports(*policy);
       if (!runs.ok()) return make_error("--backend {}: {}", flags.backend, runs.error().message());

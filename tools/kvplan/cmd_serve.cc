@@ -137,7 +137,7 @@ Status serve(const ServeFlags& flags) {
       }
       KVP_ASSIGN_OR_RETURN(auto policy, make_policy(plan.policy, plan.params));
       if (device && plan.compression.any()) {
-        return make_error("{}: {}: the GPU backend has no ThinK or Mustafar layout yet (serve it with --backend cpu)",
+        return make_error("{}: {}: the GPU backend's serving pool holds dense caches only (serve it with --backend cpu)",
                           path, plan.compression.think() ? "key_channels" : "sparsity");
       }
       if (device) {
