@@ -4,8 +4,11 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <sstream>
 
 #include "common/file_util.h"
 #include "planner/plan/plan.h"
@@ -471,6 +474,63 @@ TEST(Cli, TracePlansAreByteIdenticalAndSweepsWriteTheirReports) {
   EXPECT_GT(c["plan"]["max_batch"].get<int64_t>(), c["full"]["max_batch"].get<int64_t>());
 }
 
+// plan --memory choosing among ThinK and Mustafar settings: every combination planned at the same
+// bytes, the lowest residual energy written (no calibration given); the written plan runs on the
+// emulated GPU backend in exactly its bytes.
+TEST(Cli, PlanMemoryChoosesTheCompressionWithTheLowestResidualEnergy) {
+  const std::string dir = test::make_temp_dir("clichoose");
+  ASSERT_EQ(run_kvplan("corpus --sample 3 --length 96 --out " + dir + "/c.jsonl").exit_code, 0);
+  ASSERT_EQ(run_kvplan("record --corpus " + dir + "/c.jsonl --prompt-len 16 --out " + dir + "/t").exit_code, 0);
+  const test::CliResult plan =
+      run_kvplan("plan --trace " + dir + "/t --policy vatp --memory 60000 --sinks 2 --recent 4 --think-ratios 0,0.4 "
+                 "--mustafar-ratios 0,0.5 --think-recent 8 --mustafar-recent 8 --out " + dir + "/p.yaml");
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  std::map<std::string, double> energy;
+  std::istringstream lines(plan.out);
+  for (std::string line; std::getline(lines, line);) {
+    char label[64];
+    long long bytes = 0;
+    double e = 0;
+    if (std::sscanf(line.c_str(), "candidate %63[^:]: %lld KV bytes per sequence, residual energy %lf", label, &bytes,
+                    &e) == 3) {
+      EXPECT_LE(bytes, 60000) << line;
+      energy[label] = e;
+    }
+  }
+  ASSERT_EQ(energy.size(), 4u) << plan.out;
+  const auto best = std::min_element(energy.begin(), energy.end(),
+                                     [](const auto& a, const auto& b) { return a.second < b.second; });
+  auto written = Plan::load(dir + "/p.yaml");
+  ASSERT_TRUE(written.ok()) << written.error().message();
+  EXPECT_EQ("vatp" + written->compression.label(), best->first);
+  EXPECT_NE(written->provenance["chosen"].find("4 combinations"), std::string::npos);
+  const test::CliResult run = run_kvplan("run --backend gpu-emulated --plan " + dir + "/p.yaml --steps 64 --json");
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(nlohmann::json::parse(run.out)["kv_bytes"], written->kv_bytes_per_sequence);
+  // A compressed plan (forced: the ThinK list alone) on the emulated GPU: its bytes exactly too.
+  const test::CliResult think =
+      run_kvplan("plan --trace " + dir + "/t --policy vatp --memory 60000 --sinks 2 --recent 4 --think-ratios 0.4 "
+                 "--mustafar-ratios 0.5 --think-recent 8 --mustafar-recent 8 --out " + dir + "/q.yaml");
+  ASSERT_EQ(think.exit_code, 0) << think.err;
+  auto compressed = Plan::load(dir + "/q.yaml");
+  ASSERT_TRUE(compressed.ok() && compressed->compression.think() && compressed->compression.mustafar());
+  for (const char* backend : {"cpu", "gpu-emulated"}) {
+    const test::CliResult r = run_kvplan(std::string("run --backend ") + backend + " --plan " + dir + "/q.yaml --steps 64 --json");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["kv_bytes"], compressed->kv_bytes_per_sequence) << backend;
+  }
+}
+
+// serve listens before it loads, so its refusal is the last line rather than the only one.
+TEST(Cli, ServeRefusesACompressedPlanOnTheGpuPoolAndNamesTheField) {
+  const std::string dir = test::make_temp_dir("cliservethink");
+  ASSERT_EQ(run_kvplan("plan --policy vatp --budget 32 --think 0.4 --out " + dir + "/p.yaml").exit_code, 0);
+  const test::CliResult r = run_kvplan("serve --port 0 --backend gpu-emulated --plan " + dir + "/p.yaml");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("p.yaml: key_channels: the GPU backend's serving pool holds dense caches only"), std::string::npos)
+      << r.err;
+}
+
 TEST(Cli, CalibratePlanEvalAndCheckCloseTheLoop) {
   const std::string dir = test::make_temp_dir("cliloop");
   ASSERT_EQ(run_kvplan("corpus --sample 4 --length 96 --seed 3 --out " + dir + "/c.jsonl").exit_code, 0);
@@ -715,6 +775,34 @@ std::vector<BadInvocation> bad_invocations() {
       {"serve_bad_host", [](const std::string&) { return "serve --host 300.1.1.1"; }, "--host: '300.1.1.1'"},
       {"serve_unknown_keep_policy", [](const std::string&) { return "serve --port 0 --keep-policy lru"; },
        "--keep-policy"},
+      {"think_ratio_of_one", [](const std::string&) { return "run --policy vatp --budget 32 --think 1.5"; },
+       "--think: expected a ratio in [0, 1), found 1.5"},
+      {"mustafar_negative", [](const std::string&) { return "run --policy vatp --budget 32 --mustafar-v -0.2"; },
+       "--mustafar-v: expected a ratio in [0, 1), found -0.2"},
+      {"plan_file_and_think",
+       [](const std::string& d) {
+         run_kvplan("plan --policy vatp --budget 32 --out " + d + "/p.yaml");
+         return "run --plan " + d + "/p.yaml --think 0.4";
+       },
+       "--think"},
+      {"plan_file_sparsity_above_one",
+       [](const std::string& d) {
+         run_kvplan("plan --policy vatp --budget 32 --mustafar 0.5 --out " + d + "/p.yaml");
+         std::string yaml = test::read_bytes(d + "/p.yaml");
+         const size_t at = yaml.find("keys: 0.5");
+         if (at != std::string::npos) yaml.replace(at, 9, "keys: 1.5");
+         test::write_bytes(d + "/p.yaml", yaml);
+         return "run --plan " + d + "/p.yaml";
+       },
+       "sparsity.keys: expected a ratio in [0, 1), found 1.5"},
+      {"plan_choice_without_memory",
+       [](const std::string& d) { return "plan --trace " + d + " --policy vatp --keep 0.5 --think-ratios 0,0.4 --out " + d + "/p.yaml"; },
+       "give --memory"},
+      {"plan_choice_bad_ratio",
+       [](const std::string& d) {
+         return "plan --trace " + d + " --policy vatp --memory 9000 --mustafar-ratios 0,half --out " + d + "/p.yaml";
+       },
+       "--mustafar-ratios: expected ratios in [0, 1)"},
       {"sweep_missing_trace", [](const std::string& d) { return "sweep --trace " + d + "/none --out " + d + "/s"; },
        "no such trace"},
       {"inspect_damaged_trace",

@@ -24,6 +24,7 @@ struct PlanCommandFlags {
   std::string allocation = "greedy";
   std::string calibration;
   std::string layer_budgets;
+  std::string think_ratios, mustafar_ratios;  // candidates for --memory to choose among
   std::string out;
   int threads = 0;
   int prompt_len = 0;      // the prompt the peak is reported for; 0: the trace's, else the model's seq_len
@@ -43,36 +44,35 @@ void print_peak(const Plan& plan, int prompt_len, int chunk) {
               static_cast<long long>(b.kv_bytes()));
 }
 
-Status plan_from_trace(const PlanCommandFlags& flags) {
-  KVP_ASSIGN_OR_RETURN(Allocation allocation, parse_allocation(flags.allocation));
-  const int limits = (flags.memory > 0) + (flags.keep > 0) + (flags.plan.budget > 0);
-  if (limits != 1) {
-    return make_error("--memory BYTES, --keep RATIO or --budget TOKENS: give exactly one memory limit, found {}", limits);
-  }
-  if (flags.keep < 0 || flags.keep > 1) return make_error("--keep: expected a ratio in (0, 1], found {}", flags.keep);
-  KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
-  note_trace_bounds(trace, flags.trace);
-  KVP_ASSIGN_OR_RETURN(std::optional<Calibration> calibration,
-                       load_calibration_for(flags.calibration, trace, flags.trace));
-  KVP_ASSIGN_OR_RETURN(std::unique_ptr<ReplayEngine> engine, ReplayEngine::create(trace, flags.threads > 0 ? flags.threads : default_threads()));
+// One plan at the flags' memory limit with `compression`, its replay and (with a calibration) its
+// predictions.
+struct Candidate {
+  PlanCompression compression;
+  PlanOutcome outcome;
+  std::optional<Prediction> prediction;
+  std::string memory_description;
+
+  // What the choice among combinations minimises: the calibrated ΔNLL, else the replay's residual
+  // energy (which ranks them as the measured ΔNLL does, docs/RESULTS.md).
+  double rank_key() const { return prediction ? prediction->delta_nll : outcome.replay.total_resid_energy(); }
+};
+
+Result<Candidate> plan_candidate(const PlanCommandFlags& flags, ReplayEngine& engine, const Trace& trace,
+                                 const std::optional<Calibration>& calibration, const PolicyParams& params,
+                                 const Policy& policy, Allocation allocation, const PlanCompression& compression) {
   const TraceModelShape& m = trace.model();
-  const int32_t longest = engine->max_length();
-  const int32_t nominal_budget = flags.plan.budget > 0 ? flags.plan.budget
-                                 : flags.keep > 0      ? static_cast<int32_t>(std::lround(flags.keep * longest))
-                                                       : 64;
-  KVP_ASSIGN_OR_RETURN(PolicyParams params, flags.plan.params_for(flags.plan.policy, nominal_budget));
-  KVP_ASSIGN_OR_RETURN(auto policy, make_policy(flags.plan.policy, params));
-  KVP_ASSIGN_OR_RETURN(PlanCompression compression, flags.plan.compression(m.head_dim));
+  const int32_t longest = engine.max_length();
   KVP_ASSIGN_OR_RETURN(std::vector<SlotCompression> layers, compression.layers(1, m.head_dim));
   // A head's bytes per slot and besides (the rings), with each part's padding to 4 bytes at most 3
   // more for any budget.
   KvBudgets one = KvBudgets::uniform(1, 1, m.head_dim, 1);
-  one.aux_floats_per_slot = policy->aux_floats_per_slot();
+  one.aux_floats_per_slot = policy.aux_floats_per_slot();
   one.compression = layers;
   const KvBudgets::SlotCost cost = one.slot_cost(0);
   const int64_t per_slot = cost.per_slot;
   const int64_t per_head = std::max<int64_t>(0, cost.per_head) + (layers.empty() ? 0 : 3 * 12);
   const int64_t heads = int64_t{m.n_layers} * m.n_kv_heads;
+  Candidate out{.compression = compression};
   PlanRequest request{.policy = flags.plan.policy, .params = params, .allocation = allocation, .compression = compression};
   if (flags.memory > 0) {
     request.total_slots = std::max<int64_t>(0, flags.memory - heads * per_head) / per_slot;
@@ -85,30 +85,84 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
     request.total_slots = heads * flags.plan.budget;
     request.memory_description = fmt::format("{} tokens per layer and head on average", flags.plan.budget);
   }
+  out.memory_description = request.memory_description;
   const bool greedy = allocation == Allocation::kGreedy || allocation == Allocation::kGreedyHead;
   if (calibration && greedy) request.layer_weights = calibration->layer_weights;
-  PlanOutcome outcome;
   {
     const int n_curves = greedy
                              ? static_cast<int>(candidate_budgets(params.sinks + params.recent, longest).size())
                              : 0;
-    Progress progress("plan: replaying budgets", n_curves);
+    Progress progress(fmt::format("plan: replaying budgets ({}{})", flags.plan.policy, compression.label()), n_curves);
     int curves_done = 0;
-    engine->set_progress([&](int64_t tasks_done, int64_t tasks) {
+    engine.set_progress([&](int64_t tasks_done, int64_t tasks) {
       progress.update(curves_done, fmt::format("trace pass {}/{} sequence-layers", tasks_done, tasks));
     });
-    KVP_ASSIGN_OR_RETURN(outcome, make_plan(*engine, flags.trace, request, [&](int done) {
+    KVP_ASSIGN_OR_RETURN(out.outcome, make_plan(engine, flags.trace, request, [&](int done) {
                            progress.update(curves_done = done);
                          }));
     progress.finish(n_curves);
   }
-  Plan& plan = outcome.plan;
-  plan.provenance["tool"] = std::string("kvplan ") + KVP_VERSION;
-  std::optional<Prediction> prediction;
-  if (calibration) {
-    prediction = calibration->predict(outcome.replay.resid_energy);
-    add_predictions(*prediction, flags.calibration, &plan);
+  if (calibration) out.prediction = calibration->predict(out.outcome.replay.resid_energy);
+  return out;
+}
+
+Status plan_from_trace(const PlanCommandFlags& flags) {
+  KVP_ASSIGN_OR_RETURN(Allocation allocation, parse_allocation(flags.allocation));
+  const int limits = (flags.memory > 0) + (flags.keep > 0) + (flags.plan.budget > 0);
+  if (limits != 1) {
+    return make_error("--memory BYTES, --keep RATIO or --budget TOKENS: give exactly one memory limit, found {}", limits);
   }
+  if (flags.keep < 0 || flags.keep > 1) return make_error("--keep: expected a ratio in (0, 1], found {}", flags.keep);
+  const bool choose = !flags.think_ratios.empty() || !flags.mustafar_ratios.empty();
+  if (choose && flags.memory <= 0) {
+    return make_error("--think-ratios/--mustafar-ratios: the combinations are compared at equal bytes, so give --memory");
+  }
+  if (choose) {  // the lists checked before the trace is read
+    KVP_RETURN_IF_ERROR(crossed_compressions(PlanCompression{}, flags.think_ratios, flags.mustafar_ratios).status());
+  }
+  KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
+  note_trace_bounds(trace, flags.trace);
+  KVP_ASSIGN_OR_RETURN(std::optional<Calibration> calibration,
+                       load_calibration_for(flags.calibration, trace, flags.trace));
+  KVP_ASSIGN_OR_RETURN(std::unique_ptr<ReplayEngine> engine, ReplayEngine::create(trace, flags.threads > 0 ? flags.threads : default_threads()));
+  const TraceModelShape& m = trace.model();
+  const int32_t longest = engine->max_length();
+  const int32_t nominal_budget = flags.plan.budget > 0 ? flags.plan.budget
+                                 : flags.keep > 0      ? static_cast<int32_t>(std::lround(flags.keep * longest))
+                                                       : 64;
+  KVP_ASSIGN_OR_RETURN(PolicyParams params, flags.plan.params_for(flags.plan.policy, nominal_budget));
+  KVP_ASSIGN_OR_RETURN(auto policy, make_policy(flags.plan.policy, params));
+  KVP_ASSIGN_OR_RETURN(PlanCompression base, flags.plan.compression(m.head_dim));
+  KVP_ASSIGN_OR_RETURN(const std::vector<PlanCompression> compressions,
+                       crossed_compressions(base, flags.think_ratios, flags.mustafar_ratios));
+  // With candidate lists: every combination planned at the same bytes, the lowest rank_key kept.
+  std::optional<Candidate> best;
+  for (const PlanCompression& c : compressions) {
+    KVP_ASSIGN_OR_RETURN(Candidate cand,
+                         plan_candidate(flags, *engine, trace, calibration, params, *policy, allocation, c));
+    if (choose) {
+      std::printf("candidate %s%s: %lld KV bytes per sequence, residual energy %.5f", flags.plan.policy.c_str(),
+                  c.label().c_str(), static_cast<long long>(cand.outcome.plan.kv_bytes_per_sequence),
+                  cand.outcome.replay.total_resid_energy());
+      if (cand.prediction) std::printf(", predicted ΔNLL %.4f", cand.prediction->delta_nll);
+      std::printf("\n");
+    }
+    if (!best || cand.rank_key() < best->rank_key()) best = std::move(cand);
+  }
+  const Candidate& chosen = *best;
+  Plan plan = chosen.outcome.plan;
+  const PlanOutcome& outcome = chosen.outcome;
+  plan.provenance["tool"] = std::string("kvplan ") + KVP_VERSION;
+  if (choose) {
+    plan.provenance["chosen"] =
+        fmt::format("lowest {} of {} combinations of --think-ratios '{}' and --mustafar-ratios '{}' at {} bytes",
+                    chosen.prediction ? "predicted delta_nll" : "replay residual energy", compressions.size(),
+                    flags.think_ratios, flags.mustafar_ratios, flags.memory);
+    std::printf("chose %s%s (%s)\n", flags.plan.policy.c_str(),
+                chosen.compression.any() ? chosen.compression.label().c_str() : " without compression",
+                plan.provenance["chosen"].c_str());
+  }
+  if (chosen.prediction) add_predictions(*chosen.prediction, flags.calibration, &plan);
   KVP_RETURN_IF_ERROR(plan.save(flags.out));
   std::string per_layer;
   for (const auto& l : plan.budgets) {
@@ -123,11 +177,11 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
   }
   std::printf("wrote %s: %s, %s allocation, budgets per layer [%s], %lld KV bytes per sequence (limit: %s)\n",
               flags.out.c_str(), plan.policy.c_str(), flags.allocation.c_str(), per_layer.c_str(),
-              static_cast<long long>(plan.kv_bytes_per_sequence), request.memory_description.c_str());
+              static_cast<long long>(plan.kv_bytes_per_sequence), chosen.memory_description.c_str());
   print_peak(plan, flags.prompt_len > 0 ? flags.prompt_len : trace.prompt_len(0), flags.prefill_chunk);
   std::printf("replay: residual energy %.5f, relative output error %.4f, retained attention mass %.4f\n",
               outcome.replay.total_resid_energy(), outcome.replay.mean_rel_error(), outcome.replay.mean_retained_mass());
-  if (prediction) {
+  if (const auto& prediction = chosen.prediction) {
     std::printf("predicted (%s, %.0f%% intervals): ΔNLL %.4f [%.4f, %.4f] nats/token, top-1 agreement %.4f [%.4f, %.4f]%s\n",
                 flags.calibration.c_str(), 100 * calibration->coverage, prediction->delta_nll, prediction->delta_nll_low,
                 prediction->delta_nll_high, prediction->top1_agreement, prediction->top1_low, prediction->top1_high,
@@ -211,6 +265,12 @@ Command add_plan_command(CLI::App& app) {
                   "Without --trace: slots per layer, comma-separated (every head of a layer alike)");
   sub->add_option("--calibration", flags->calibration,
                   "calib.yaml (kvplan calibrate): predict ΔNLL and top-1 agreement with intervals");
+  sub->add_option("--think-ratios", flags->think_ratios,
+                  "With --memory: ThinK ratios to choose among, e.g. 0,0.4 (0: none), crossed with --mustafar-ratios; "
+                  "each combination is planned at the same bytes and the one with the lowest predicted ΔNLL "
+                  "(--calibration), else the lowest replay residual energy, is written");
+  sub->add_option("--mustafar-ratios", flags->mustafar_ratios,
+                  "With --memory: Mustafar sparsities (keys and values) to choose among, e.g. 0,0.5");
   sub->add_option("--threads", flags->threads, "Replay threads (default: all cores)");
   sub->add_option("--out", flags->out, "plan.yaml to write")->required();
   return {sub, [flags] { return plan(*flags); }};

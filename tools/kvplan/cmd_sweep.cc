@@ -63,21 +63,6 @@ std::string python_for_plots() {
   return "python3";
 }
 
-// "0,0.4" -> {0, 0.4}: ratios in [0, 1); errors name the flag.
-Result<std::vector<double>> parse_ratio_list(const std::string& flag, const std::string& text) {
-  std::vector<double> out;
-  for (const std::string& item : split_list(text)) {
-    char* end = nullptr;
-    const double r = std::strtod(item.c_str(), &end);
-    if (end == item.c_str() || *end != '\0' || !(r >= 0 && r < 1)) {
-      return make_error("{}: expected ratios in [0, 1) separated by commas, found '{}'", flag, item);
-    }
-    out.push_back(r);
-  }
-  if (out.empty()) return make_error("{}: expected a comma-separated list, found '{}'", flag, text);
-  return out;
-}
-
 // A policy with ThinK and Mustafar settings: a row label such as vatp+think0.4+mustafar0.5/0.5.
 struct Variant {
   std::string name, label;
@@ -93,31 +78,17 @@ Status sweep(const SweepFlags& flags) {
   // Every policy crossed with every ThinK ratio and Mustafar sparsity asked for (the flags'
   // single --think/--mustafar when no list is given).
   KVP_ASSIGN_OR_RETURN(PlanCompression base, flags.plan.compression(trace.model().head_dim));
-  std::vector<double> thinks = base.think() ? base.think_ratio : std::vector<double>{0.0};
-  std::vector<std::pair<double, double>> sparsities = {
-      base.mustafar() ? std::pair{base.key_sparsity[0], base.value_sparsity[0]} : std::pair{0.0, 0.0}};
-  if (!flags.think_ratios.empty()) {
-    KVP_ASSIGN_OR_RETURN(thinks, parse_ratio_list("--think-ratios", flags.think_ratios));
-  }
-  if (!flags.mustafar_ratios.empty()) {
-    KVP_ASSIGN_OR_RETURN(std::vector<double> list, parse_ratio_list("--mustafar-ratios", flags.mustafar_ratios));
-    sparsities.clear();
-    for (double r : list) sparsities.emplace_back(r, r);
-  }
+  KVP_ASSIGN_OR_RETURN(const std::vector<PlanCompression> compressions,
+                       crossed_compressions(base, flags.think_ratios, flags.mustafar_ratios));
   std::vector<Variant> variants;
   std::vector<std::string> policies;  // the row labels, in order
   for (const std::string& name : names) {
-    for (double t : thinks) {
-      for (const auto& [sk, sv] : sparsities) {
-        Variant v{.name = name, .compression = base};
-        v.compression.think_ratio = t > 0 ? std::vector<double>{t} : std::vector<double>{};
-        v.compression.key_sparsity = sk > 0 || sv > 0 ? std::vector<double>{sk} : std::vector<double>{};
-        v.compression.value_sparsity = sk > 0 || sv > 0 ? std::vector<double>{sv} : std::vector<double>{};
-        KVP_ASSIGN_OR_RETURN(v.layers, v.compression.layers(trace.model().n_layers, trace.model().head_dim));
-        v.label = name + v.compression.label();
-        policies.push_back(v.label);
-        variants.push_back(std::move(v));
-      }
+    for (const PlanCompression& c : compressions) {
+      Variant v{.name = name, .compression = c};
+      KVP_ASSIGN_OR_RETURN(v.layers, v.compression.layers(trace.model().n_layers, trace.model().head_dim));
+      v.label = name + v.compression.label();
+      policies.push_back(v.label);
+      variants.push_back(std::move(v));
     }
   }
   note_trace_bounds(trace, flags.trace);

@@ -1,6 +1,7 @@
 #include "tools/kvplan/plan_flags.h"
 
 #include <charconv>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -210,6 +211,47 @@ Result<std::optional<Calibration>> load_calibration_for(const std::string& path,
                       calibration.model.fingerprint, trace_path, trace.model().fingerprint);
   }
   return std::optional<Calibration>(std::move(calibration));
+}
+
+// "0,0.4" -> {0, 0.4}: ratios in [0, 1); errors name the flag.
+Result<std::vector<double>> parse_ratio_list(const std::string& flag, const std::string& text) {
+  std::vector<double> out;
+  for (const std::string& item : split_list(text)) {
+    char* end = nullptr;
+    const double r = std::strtod(item.c_str(), &end);
+    if (end == item.c_str() || *end != '\0' || !(r >= 0 && r < 1)) {
+      return make_error("{}: expected ratios in [0, 1) separated by commas, found '{}'", flag, item);
+    }
+    out.push_back(r);
+  }
+  if (out.empty()) return make_error("{}: expected a comma-separated list, found '{}'", flag, text);
+  return out;
+}
+
+Result<std::vector<PlanCompression>> crossed_compressions(const PlanCompression& base, const std::string& think_ratios,
+                                                          const std::string& mustafar_ratios) {
+  std::vector<double> thinks = base.think() ? base.think_ratio : std::vector<double>{0.0};
+  std::vector<std::pair<double, double>> sparsities = {
+      base.mustafar() ? std::pair{base.key_sparsity[0], base.value_sparsity[0]} : std::pair{0.0, 0.0}};
+  if (!think_ratios.empty()) {
+    KVP_ASSIGN_OR_RETURN(thinks, parse_ratio_list("--think-ratios", think_ratios));
+  }
+  if (!mustafar_ratios.empty()) {
+    KVP_ASSIGN_OR_RETURN(std::vector<double> list, parse_ratio_list("--mustafar-ratios", mustafar_ratios));
+    sparsities.clear();
+    for (double r : list) sparsities.emplace_back(r, r);
+  }
+  std::vector<PlanCompression> out;
+  for (double t : thinks) {
+    for (const auto& [sk, sv] : sparsities) {
+      PlanCompression c = base;
+      c.think_ratio = t > 0 ? std::vector<double>{t} : std::vector<double>{};
+      c.key_sparsity = sk > 0 || sv > 0 ? std::vector<double>{sk} : std::vector<double>{};
+      c.value_sparsity = sk > 0 || sv > 0 ? std::vector<double>{sv} : std::vector<double>{};
+      out.push_back(std::move(c));
+    }
+  }
+  return out;
 }
 
 }  // namespace kvp::cli

@@ -54,6 +54,15 @@ struct PlanFlags {
 
 PlanModel plan_model(const ModelConfig& config, const std::string& fingerprint);
 
+// "0,0.4" -> {0, 0.4}: ratios in [0, 1); errors name the flag.
+Result<std::vector<double>> parse_ratio_list(const std::string& flag, const std::string& text);
+
+// The compressions crossed from --think-ratios and --mustafar-ratios ("0,0.4"; 0: none; Mustafar's
+// sparsity for keys and values alike), ThinK's ratios outermost; a list not given is the base's
+// single setting. Windows are the base's.
+Result<std::vector<PlanCompression>> crossed_compressions(const PlanCompression& base, const std::string& think_ratios,
+                                                          const std::string& mustafar_ratios);
+
 // "1,2,3" -> {1, 2, 3}; errors name the flag.
 Result<std::vector<int>> parse_int_list(const std::string& flag, const std::string& text);
 std::vector<std::string> split_list(const std::string& text);
