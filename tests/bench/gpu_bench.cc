@@ -1,7 +1,7 @@
 // GPU benchmarks (CUDA builds only; each skips with the runtime's reason where there is no device):
 // device-to-device copy bandwidth, and the decode-attention kernel over a LLaMA-2-7B-shaped layer's
 // plan-shaped cache (32 KV heads × head_dim 128, f32 and f16) in GB/s of keys and values read, at
-// batch 1, 8, 32 and contexts 2K and 8K.
+// batch 1, 8, 32 and contexts 2K and 8K; the same over ThinK/Mustafar head blocks.
 //
 //   build/kvplan_bench --benchmark_filter=Gpu
 #include <benchmark/benchmark.h>
@@ -122,6 +122,104 @@ void BM_GpuDecodeAttention(benchmark::State& state) {
 BENCHMARK(BM_GpuDecodeAttention)
     ->ArgsProduct({{1, 8, 32}, {2048, 8192}, {0, 1}})
     ->ArgNames({"batch", "context", "f16"})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+// The same layer's decode attention over ThinK/Mustafar head blocks (kernels/compressed_kernels.cuh),
+// f16, at the dense benchmark's shape: layout 1 ThinK 0.4, 2 Mustafar 0.5, 3 both; windows of 32.
+// Masks keep every other element (the count Mustafar 0.5 keeps), so the sparse paths do their real
+// work. GB/s counts the blocks' bytes read once; ms against BM_GpuDecodeAttention's f16 row at the
+// same batch and context is the layouts' speed-up or cost.
+void BM_GpuCompressedDecodeAttention(benchmark::State& state) {
+  if (!have_device(state)) return;
+  const int batch = static_cast<int>(state.range(0)), context = static_cast<int>(state.range(1));
+  const int layout = static_cast<int>(state.range(2));
+  const int kv_heads = 32, head_dim = 128, group = 1, threads = 256;
+  const int heads = batch * kv_heads;
+  const bool think = layout & 1, mustafar = layout & 2;
+  const int kc = think ? head_dim - 51 : head_dim;  // ⌊0.4 · 128⌋ = 51 channels dropped
+  const CompressedShape shape{head_dim, kc, mustafar ? kc - kc / 2 : kc, mustafar ? head_dim / 2 : head_dim, 32, 32, 2};
+  const CompressedParts parts = compressed_parts(shape, context);
+  std::vector<int64_t> offset(heads), block(heads);
+  std::vector<int32_t> capacity(heads, context), n_used(heads, context - 1), newest(heads, context + 100);
+  for (int h = 0; h < heads; ++h) offset[h] = int64_t{h} * context, block[h] = int64_t{h} * parts.bytes;
+  const int64_t slots = int64_t{heads} * context;
+  uint8_t* blocks;
+  float *score, *l1, *q, *kn, *vn, *out, *self, *weights;
+  int64_t *d_off, *d_block;
+  int32_t *d_cap, *d_n, *d_newest, *pos;
+  cudaMalloc(&blocks, heads * parts.bytes);
+  cudaMalloc(&pos, slots * sizeof(int32_t));
+  cudaMalloc(&score, slots * sizeof(float));
+  cudaMalloc(&l1, slots * sizeof(float));
+  cudaMalloc(&q, size_t(heads) * group * head_dim * sizeof(float));
+  cudaMalloc(&kn, size_t(heads) * head_dim * sizeof(float));
+  cudaMalloc(&vn, size_t(heads) * head_dim * sizeof(float));
+  cudaMalloc(&out, size_t(heads) * group * head_dim * sizeof(float));
+  cudaMalloc(&self, size_t(heads) * sizeof(float));
+  cudaMalloc(&weights, size_t(heads) * group * (context + 1) * sizeof(float));
+  cudaMalloc(&d_off, heads * sizeof(int64_t));
+  cudaMalloc(&d_block, heads * sizeof(int64_t));
+  cudaMalloc(&d_cap, heads * sizeof(int32_t));
+  cudaMalloc(&d_n, heads * sizeof(int32_t));
+  cudaMalloc(&d_newest, heads * sizeof(int32_t));
+  cudaMemset(blocks, 0, heads * parts.bytes);
+  cudaMemset(pos, 0, slots * sizeof(int32_t));  // every slot old: outside the windows
+  cudaMemset(l1, 0, slots * sizeof(float));
+  cudaMemset(score, 0, slots * sizeof(float));
+  cudaMemset(q, 0, size_t(heads) * group * head_dim * sizeof(float));
+  std::vector<int32_t> channels(head_dim);
+  for (int c = 0; c < head_dim; ++c) channels[c] = c;
+  std::vector<uint8_t> key_masks(size_t(context) * shape.key_mask_bytes(), 0x55),
+      value_masks(size_t(context) * shape.value_mask_bytes(), 0x55);
+  if (kc % 8 != 0) {  // the key masks' last byte has kc % 8 valid bits, half of them set (kc − ke kept)
+    for (int j = 0; j < context; ++j) key_masks[size_t(j + 1) * shape.key_mask_bytes() - 1] &= (1u << (kc % 8)) - 1;
+  }
+  for (int h = 0; h < heads; ++h) {
+    uint8_t* b = blocks + block[h];
+    if (shape.thin()) cudaMemcpy(b + parts.channels, channels.data(), channels.size() * 4, cudaMemcpyHostToDevice);
+    if (shape.sparse_keys()) cudaMemcpy(b + parts.k_mask, key_masks.data(), key_masks.size(), cudaMemcpyHostToDevice);
+    if (shape.sparse_values()) {
+      cudaMemcpy(b + parts.v_mask, value_masks.data(), value_masks.size(), cudaMemcpyHostToDevice);
+    }
+  }
+  cudaMemcpy(d_off, offset.data(), heads * sizeof(int64_t), cudaMemcpyHostToDevice);
+  cudaMemcpy(d_block, block.data(), heads * sizeof(int64_t), cudaMemcpyHostToDevice);
+  cudaMemcpy(d_cap, capacity.data(), heads * sizeof(int32_t), cudaMemcpyHostToDevice);
+  cudaMemcpy(d_n, n_used.data(), heads * sizeof(int32_t), cudaMemcpyHostToDevice);
+  cudaMemcpy(d_newest, newest.data(), heads * sizeof(int32_t), cudaMemcpyHostToDevice);
+  const SlotCacheView cache{.k = nullptr, .v = nullptr, .half = true, .pos = pos, .score = score, .value_l1 = l1,
+                            .offset = d_off, .capacity = d_cap, .n_used = d_n, .blocks = blocks, .block = d_block,
+                            .shape = shape, .newest = d_newest};
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (auto _ : state) {
+    cudaEventRecord(start);
+    cuda::decode_attention(DecodeRows{.q = q, .k_new = kn, .v_new = vn, .out = out, .self_weight = self,
+                                      .heads = heads, .group = group, .head_dim = head_dim},
+                           cache, weights, context + 1, math::kScoreValueAttention, threads);
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    state.SetIterationTime(ms / 1e3);
+  }
+  if (cudaGetLastError() != cudaSuccess) state.SkipWithError("decode_attention over compressed blocks failed");
+  state.counters["GB_per_s"] =
+      benchmark::Counter(double(heads) * parts.bytes * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+  state.counters["bytes_per_slot"] = double(parts.bytes) / context;
+  for (void* p : {static_cast<void*>(blocks), static_cast<void*>(score), static_cast<void*>(l1), static_cast<void*>(q),
+                  static_cast<void*>(kn), static_cast<void*>(vn), static_cast<void*>(out), static_cast<void*>(self),
+                  static_cast<void*>(d_off), static_cast<void*>(d_block), static_cast<void*>(d_cap),
+                  static_cast<void*>(d_n), static_cast<void*>(d_newest), static_cast<void*>(pos),
+                  static_cast<void*>(weights)}) {
+    cudaFree(p);
+  }
+}
+BENCHMARK(BM_GpuCompressedDecodeAttention)
+    ->ArgsProduct({{8}, {2048, 8192}, {1, 2, 3}})
+    ->ArgNames({"batch", "context", "layout"})
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 
