@@ -40,7 +40,10 @@ grid cal-both vatp,h2o 32,64,128,256 --think 0.4 --mustafar 0.5 "${windows[@]}"
 probes=()
 for layer in 0 1 2 3 4; do
   budgets=""
-  for l in 0 1 2 3 4; do budgets+=$([[ $l -eq $layer ]] && echo 32 || echo 512)$([[ $l -lt 4 ]] && echo ,); done
+  for l in 0 1 2 3 4; do
+    if ((l == layer)); then budgets+=32; else budgets+=512; fi
+    if ((l < 4)); then budgets+=,; fi
+  done
   "$k" plan --policy vatp --layer-budgets "$budgets" --out "$work/probe-$layer.yaml" >/dev/null
   probes+=("$work/probe-$layer.yaml")
 done
