@@ -52,6 +52,11 @@ for budget in 16 24 32 48 64 96 128 256; do
   "$kvplan" plan --trace "$work/traceA" --policy vatp --budget "$budget" --calibration "$work/calib.yaml" \
     --out "$work/plans/vatp-plan-$budget.yaml" >/dev/null
 done
+step "VATP with the mean base at the same uniform budgets (the sixth competitive policy)"
+for budget in 16 24 32 48 64 96 128 256; do
+  "$kvplan" plan --trace "$work/traceA" --policy vatp --vatp-base mean --budget "$budget" --allocation uniform \
+    --calibration "$work/calib.yaml" --out "$work/plans/vatp_mean-uniform-$budget.yaml" >/dev/null
+done
 step "measure every plan on held-out B"
 "$kvplan" eval --plans "$work"/plans/*.yaml --corpus "$work/B.jsonl" --out "$work/measB"
 step "score"
