@@ -123,7 +123,9 @@ class ChunkedPrefill : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ChunkedPrefill, KeepsTheSameTokensWithTheSameScoresAsTheWholePrompt) {
   const Outcome whole = run_whole(GetParam());
-  if (GetParam() != "full") ASSERT_FALSE(whole.evictions.empty()) << "the budget must cut the prompt";
+  if (GetParam() != "full") {
+    ASSERT_FALSE(whole.evictions.empty()) << "the budget must cut the prompt";
+  }
   for (const int chunk : {1, 7, 64, 299, 300, 512}) {
     expect_same_prefill(whole, run_chunked(GetParam(), chunk, 1, false), fmt::format("chunk {}", chunk));
   }
@@ -166,7 +168,9 @@ TEST_P(ChunkedPrefill, EvictionDuringPrefillHoldsAtMostBudgetPlusChunk) {
   EXPECT_GT(intermediate, 0);
   for (const auto& kept : evicted.kept_pos) EXPECT_EQ(kept.size(), size_t(kBudget));
   // Recency-only eviction keeps the same set however the prompt is cut.
-  if (GetParam() == "window") EXPECT_EQ(evicted.kept_pos, held.kept_pos);
+  if (GetParam() == "window") {
+    EXPECT_EQ(evicted.kept_pos, held.kept_pos);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Policies, ChunkedPrefill, ::testing::ValuesIn(policy_names()),

@@ -198,7 +198,9 @@ TEST_P(ReplayAgreement, CutsThePromptAsTheExecutorDoesUnderPrefillEvict) {
   EXPECT_EQ(expect_replay_keeps_executor_tokens(executor, name, params, budget, chunk),
             c.n_layers * c.n_kv_heads * (T - P));
   // Attention-scored policies cut the prompt differently when they see it in chunks.
-  if (name == "h2o" || name == "vatp" || name == "tova") EXPECT_NE(executor.kept, whole.kept) << name;
+  if (name == "h2o" || name == "vatp" || name == "tova") {
+    EXPECT_NE(executor.kept, whole.kept) << name;
+  }
 }
 
 // ThinK and Mustafar on every layer, with windows short enough that tokens age out of them: the
