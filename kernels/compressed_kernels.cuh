@@ -205,7 +205,7 @@ KVP_GLOBAL void compressed_insert_kernel(SlotCache<T> cache, const float* k_new,
 
 // decode_attention_kernel for a compressed cache.
 template <typename T>
-KVP_GLOBAL void compressed_decode_attention_kernel(const float* q, SlotCache<T> cache, const float* k_new,
+KVP_GLOBAL void compressed_decode_attention_kernel(SlotCache<T> cache, const float* q, const float* k_new,
                                                    const float* v_new, float* out, float* self_weight, float* weights,
                                                    int weights_stride, int rule, int group, int head_dim) {
   const int rh = static_cast<int>(blockIdx.x);

@@ -780,7 +780,7 @@ KVP_DEVICE void decode_attention_body(const float* q, const SlotCache<T>& cache,
 }
 
 template <typename T>
-KVP_GLOBAL void decode_attention_kernel(const float* q, SlotCache<T> cache, const float* k_new, const float* v_new,
+KVP_GLOBAL void decode_attention_kernel(SlotCache<T> cache, const float* q, const float* k_new, const float* v_new,
                                         float* out, float* self_weight, float* weights, int weights_stride, int rule,
                                         int group, int head_dim) {
   const int rh = static_cast<int>(blockIdx.x);

@@ -190,18 +190,11 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
   }
   kv_half_ = !budgets.empty() && budgets[0].dtype == KvDtype::kF16;
   layer_shape_.clear();
-  int64_t block_bytes = 0;
   if (!budgets.empty() && budgets[0].compressed()) {
     for (int l = 0; l < L; ++l) {
       layer_shape_.push_back(compressed_shape(budgets[0].layer_compression(l), hd, kv_half_ ? 2 : 4));
     }
-    for (const KvBudgets& b : budgets) {
-      for (int l = 0; l < L; ++l) {
-        for (int h = 0; h < H; ++h) block_bytes += compressed_parts(layer_shape_[l], b.budget(l, h)).bytes;
-      }
-    }
   }
-  KVP_CHECK(allocate_arena(total_slots, block_bytes) == bytes, "KV arena layout does not add up to the plan's bytes");
 
   const size_t heads = budgets.size() * L * H;
   head_offset_.assign(heads, 0);
@@ -226,6 +219,7 @@ void GpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets, std::sha
       }
     }
   }
+  KVP_CHECK(allocate_arena(total_slots, next_block) == bytes, "KV arena layout does not add up to the plan's bytes");
   if (!layer_shape_.empty()) {
     head_block_dev_ = DeviceBuffer(*device_, std::max<size_t>(1, heads) * sizeof(int64_t));
     device_->upload(head_block_dev_.get(), head_block_.data(), heads * sizeof(int64_t));

@@ -47,8 +47,7 @@ void print_peak(const Plan& plan, int prompt_len, int chunk) {
 // One plan at the flags' memory limit with `compression`, its replay and (with a calibration) its
 // predictions.
 struct Candidate {
-  PlanCompression compression;
-  PlanOutcome outcome;
+  PlanOutcome outcome;  // its plan carries the compression
   std::optional<Prediction> prediction;
   std::string memory_description;
 
@@ -72,7 +71,7 @@ Result<Candidate> plan_candidate(const PlanCommandFlags& flags, ReplayEngine& en
   const int64_t per_slot = cost.per_slot;
   const int64_t per_head = std::max<int64_t>(0, cost.per_head) + (layers.empty() ? 0 : 3 * 12);
   const int64_t heads = int64_t{m.n_layers} * m.n_kv_heads;
-  Candidate out{.compression = compression};
+  Candidate out;
   PlanRequest request{.policy = flags.plan.policy, .params = params, .allocation = allocation, .compression = compression};
   if (flags.memory > 0) {
     request.total_slots = std::max<int64_t>(0, flags.memory - heads * per_head) / per_slot;
@@ -159,7 +158,7 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
                     chosen.prediction ? "predicted delta_nll" : "replay residual energy", compressions.size(),
                     flags.think_ratios, flags.mustafar_ratios, flags.memory);
     std::printf("chose %s%s (%s)\n", flags.plan.policy.c_str(),
-                chosen.compression.any() ? chosen.compression.label().c_str() : " without compression",
+                plan.compression.any() ? plan.compression.label().c_str() : " without compression",
                 plan.provenance["chosen"].c_str());
   }
   if (chosen.prediction) add_predictions(*chosen.prediction, flags.calibration, &plan);
