@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on the default model (stories260K): the whole kvplan loop, in well under a minute.
+# The main job on the default model (stories260K): the whole kvplan loop (its time on this VM is in
+# docs/PERFORMANCE.md, "The main job and calibration").
 #   1. sample a workload corpus (and a held-out one) from the model;
 #   2. record a full-cache trace of the workload;
 #   3. measure a few configurations closed loop and calibrate replay error against them;
