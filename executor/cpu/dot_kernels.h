@@ -4,9 +4,9 @@
 // row r. Every stored type is widened exactly to f32 in registers (a q8_0 weight d·q has at most 19
 // significant bits), then multiplied and added with fused multiply-adds into 4 × 16 lanes in a
 // fixed order, so a row's result does not depend on how many rows are computed together, which
-// rows a thread takes, or buffer addresses. Vectorised with AVX-512 where the build has it; the
-// portable path performs the same products and lane sums one lane at a time (slower; its final
-// sum across lanes may round differently from the vector build's).
+// rows a thread takes, or buffer addresses. Vectorised with AVX-512 where the build has it, else
+// with AVX2 (16 lanes as two registers); the portable path performs the same products and lane
+// sums one lane at a time. All three give the same bits.
 #pragma once
 
 #include <cstddef>
@@ -32,7 +32,7 @@ void matmul_range(const MatmulArgs& args, int64_t row_begin, int64_t row_end);
 // The plain reference: dequantize_row, then a sum in double. For tests.
 void matmul_reference(const MatmulArgs& args);
 
-// Whether the vectorised (AVX-512) kernels are compiled in.
+// Whether the vectorised (AVX-512 or AVX2) kernels are compiled in.
 bool dot_kernels_vectorised();
 
 }  // namespace kvp

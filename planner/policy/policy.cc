@@ -25,33 +25,36 @@ bool evict_before(float key_a, int32_t pos_a, float key_b, int32_t pos_b) {
 // is +inf, the oldest unprotected slot. One pass of lane-wise lexicographic minima of (key,
 // position), exact in any order, so it vectorises: protected slots enter as (+inf, INT32_MAX).
 int lowest_unprotected(const PolicyParams& p, const int32_t* pos, const float* keys, int n, int32_t newest_pos) {
-  using lanes::F16;
-  using lanes::I16;
-  constexpr int W = lanes::kWidth;
+  using F = lanes::NF;
+  using I = lanes::NI;
+  constexpr int W = lanes::kNativeWidth;
   const int32_t first = p.sinks, last = newest_pos - p.recent;
-  const I16 first_v = lanes::splat(first), last_v = lanes::splat(last), none_v = lanes::splat(INT32_MAX);
-  const F16 inf_v = lanes::splat(INFINITY);
-  F16 best_key = inf_v;
-  I16 best_pos = none_v, best_slot = lanes::splat(-1);
-  I16 slot = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  auto take = [&](I16 q, F16 k) {
-    const I16 open = (q >= first_v) & (q <= last_v);
+  const I first_v = I{} + first, last_v = I{} + last, none_v = I{} + INT32_MAX;
+  const F inf_v = F{} + INFINITY;
+  F best_key = inf_v;
+  I best_pos = none_v, best_slot = I{} - 1;
+  I slot;
+  for (int l = 0; l < W; ++l) slot[l] = l;
+  auto take = [&](I q, F k) {
+    const I open = (q >= first_v) & (q <= last_v);
     k = open ? k : inf_v;
     q = open ? q : none_v;
-    const I16 better = (k < best_key) | ((k == best_key) & (q < best_pos));
+    const I better = (k < best_key) | ((k == best_key) & (q < best_pos));
     best_key = better ? k : best_key;
     best_pos = better ? q : best_pos;
     best_slot = better ? slot : best_slot;
   };
   int j = 0;
-  for (; j + W <= n; j += W, slot += W) take(lanes::load(pos + j), lanes::load(keys + j));
-  if (j < n) take(lanes::load_partial(pos + j, n - j, INT32_MAX), lanes::load_partial(keys + j, n - j, INFINITY));
+  for (; j + W <= n; j += W, slot += W) take(lanes::load_as<I>(pos + j), lanes::load_as<F>(keys + j));
+  if (j < n) {
+    take(lanes::load_partial_as<I>(pos + j, n - j, INT32_MAX), lanes::load_partial_as<F>(keys + j, n - j, INFINITY));
+  }
   // Across the lanes: the lowest key, then the oldest position among the lanes holding it (a
   // position sits in one lane only), then that lane's slot.
   const float key = lanes::reduce_min(best_key);
-  const int32_t oldest = lanes::reduce_min(best_key == lanes::splat(key) ? best_pos : none_v);
+  const int32_t oldest = lanes::reduce_min(best_key == key ? best_pos : none_v);
   if (oldest == INT32_MAX) return -1;
-  return lanes::reduce_min(best_pos == lanes::splat(oldest) ? best_slot : lanes::splat(INT32_MAX));
+  return lanes::reduce_min(best_pos == oldest ? best_slot : I{} + INT32_MAX);
 }
 
 std::vector<float>& key_buffer(size_t n) {

@@ -58,8 +58,7 @@ void slot_attention_impl(const float* q, int group, const SlotKv& kv, const floa
     }
     float dot = 0.0f;
     for (int d = 0; d < hd; ++d) dot += qg[d] * k_new[d];
-    const lanes::I16 lane = lanes::lane_index();
-    tail = lane < rest ? tail : (lane == rest ? lanes::splat(dot * scale) : lanes::splat(-INFINITY));
+    tail = lanes::blend_first(tail, rest, lanes::blend_first(lanes::splat(dot * scale), rest + 1, lanes::splat(-INFINITY)));
     lanes::store(s + j0, tail);
     lane_max = lanes::max(lane_max, tail);
     const float max_score = lanes::reduce_max(lane_max);
