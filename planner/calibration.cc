@@ -436,6 +436,14 @@ Result<PolicyParams> measured_params(const Measured& m, const std::string& path)
         p.snap_window = std::stoi(value);
       } else if (key == "kernel") {
         p.snap_kernel = std::stoi(value);
+      } else if (key == "crush_base") {
+        p.crush_base = value;
+      } else if (key == "ratio") {
+        p.crush_ratio = std::stod(value);
+      } else if (key == "anchor") {
+        KVP_ASSIGN_OR_RETURN(p.crush_anchor, parse_crush_anchor(value));
+      } else if (key == "period") {
+        p.crush_period = std::stoi(value);
       } else {
         return make_error("{}: config.detail: unknown setting '{}'", path, item);
       }
@@ -444,6 +452,21 @@ Result<PolicyParams> measured_params(const Measured& m, const std::string& path)
     }
   }
   return p;
+}
+
+std::string policy_detail(const std::string& policy, const PolicyParams& p) {
+  std::string out;
+  const bool crush = policy == "kvcrush";
+  const std::string& scored = crush ? p.crush_base : policy;
+  if (crush) {
+    out = fmt::format("crush_base={} ratio={} anchor={} period={}", p.crush_base, p.crush_ratio,
+                      crush_anchor_name(p.crush_anchor), p.crush_period);
+  }
+  auto add = [&](const std::string& item) { out += (out.empty() ? "" : " ") + item; };
+  if (scored == "vatp") add(fmt::format("base={}", vatp_base_name(p.vatp_base)));
+  if (scored == "random" || (crush && p.crush_anchor == CrushAnchor::kRandom)) add(fmt::format("seed={}", p.seed));
+  if (scored == "snapkv") add(fmt::format("window={} kernel={}", p.snap_window, p.snap_kernel));
+  return out;
 }
 
 }  // namespace kvp

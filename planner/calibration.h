@@ -79,6 +79,9 @@ void add_predictions(const Prediction& p, const std::string& calibration_path, P
 
 // The policy parameters a measured configuration ran with (sinks, recent and its detail string).
 Result<PolicyParams> measured_params(const Measured& m, const std::string& path);
+// The detail string measured_params reads back: every setting of `policy` besides sinks and recent
+// ("base=h2o", "seed=3", kvcrush's "crush_base=vatp ratio=0.25 anchor=mean period=8 base=h2o").
+std::string policy_detail(const std::string& policy, const PolicyParams& params);
 
 // Spearman rank correlation (average ranks for ties); 0 when either side is constant.
 double spearman(const std::vector<double>& a, const std::vector<double>& b);

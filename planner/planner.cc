@@ -118,7 +118,7 @@ Result<PlanOutcome> make_plan(const ReplayEngine& engine, const std::string& tra
   KVP_ASSIGN_OR_RETURN(auto policy_impl, make_policy(req.policy, req.params));
   std::shared_ptr<const Policy> policy(std::move(policy_impl));
   const int32_t longest = engine.max_length();  // budgets beyond it are never needed
-  const int32_t min_budget = policy->evicts() ? std::max(1, req.params.sinks + req.params.recent) : longest;
+  const int32_t min_budget = policy->evicts() ? std::max(1, policy->min_budget()) : longest;
   const bool per_head = req.allocation == Allocation::kGreedyHead;
   if (per_head && policy->shared_per_layer()) {
     return make_error("--allocation greedy-head: policy {} keeps one set of positions per layer, so the heads of a "

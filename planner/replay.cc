@@ -164,8 +164,8 @@ namespace {
 
 bool same_prefill(const Policy& a, const Policy& b) {
   const PolicyParams &x = a.params(), &y = b.params();
-  return a.name() == b.name() && x.vatp_base == y.vatp_base && x.seed == y.seed && x.snap_window == y.snap_window &&
-         x.snap_kernel == y.snap_kernel;
+  return a.name() == b.name() && x.crush_base == y.crush_base && x.vatp_base == y.vatp_base && x.seed == y.seed &&
+         x.snap_window == y.snap_window && x.snap_kernel == y.snap_kernel;
 }
 
 // ThinK's prefill sums the last prompt queries' q² (0: none needed).

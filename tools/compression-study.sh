@@ -17,37 +17,19 @@ build_dir=${KVPLAN_BUILD_DIR:-$root/build}
 work=${KVPLAN_WORK_DIR:-$(mktemp -d /tmp/kvplan-compression.XXXXXX)}
 mkdir -p "$work/plans"
 k="$build_dir/kvplan"
-step() { printf '\n== %s\n' "$*"; }
+# shellcheck source=tools/study_lib.sh
+source "$root/tools/study_lib.sh"
 "$root/tools/build.sh" >/dev/null
 
-step "1. workload and held-out samples (32 × 512 tokens), the workload's trace"
-[[ -f "$work/workload.jsonl" ]] || "$k" corpus --sample 32 --length 512 --seed 1 --out "$work/workload.jsonl"
-[[ -f "$work/heldout.jsonl" ]] || "$k" corpus --sample 32 --length 512 --seed 2 --out "$work/heldout.jsonl"
-[[ -d "$work/trace" ]] || "$k" record --corpus "$work/workload.jsonl" --out "$work/trace"
+study_samples
 
 step "2. calibration runs on the workload, dense and compressed; calibrate"
 windows=(--think-recent 32 --mustafar-recent 32)
-grid() {  # grid NAME POLICIES BUDGETS [compression flags]
-  local name=$1 policies=$2 budgets=$3
-  shift 3
-  [[ -d "$work/$name/measured" ]] || "$k" eval --grid --policies "$policies" --budgets "$budgets" "$@" \
-    --corpus "$work/workload.jsonl" --out "$work/$name" --json >/dev/null
-}
 grid cal-dense window,h2o,vatp,tova,snapkv 16,32,64,128,256
 grid cal-think vatp,h2o 32,64,128,256 --think 0.4 "${windows[@]}"
 grid cal-mustafar vatp,h2o 32,64,128,256 --mustafar 0.5 "${windows[@]}"
 grid cal-both vatp,h2o 32,64,128,256 --think 0.4 --mustafar 0.5 "${windows[@]}"
-probes=()
-for layer in 0 1 2 3 4; do
-  budgets=""
-  for l in 0 1 2 3 4; do
-    if ((l == layer)); then budgets+=32; else budgets+=512; fi
-    if ((l < 4)); then budgets+=,; fi
-  done
-  "$k" plan --policy vatp --layer-budgets "$budgets" --out "$work/probe-$layer.yaml" >/dev/null
-  probes+=("$work/probe-$layer.yaml")
-done
-[[ -d "$work/probe-runs" ]] || "$k" eval --plans "${probes[@]}" --corpus "$work/workload.jsonl" --out "$work/probe-runs" --json >/dev/null
+probes
 "$k" calibrate --trace "$work/trace" --measured "$work"/cal-*/measured/*.yaml "$work"/probe-runs/measured/*.yaml \
   --out "$work/calib.yaml" | tail -2
 

@@ -9,6 +9,27 @@
 
 namespace kvp {
 
+namespace {
+
+// What a budget must hold at least, in words: "sinks 4 + recent 8 (+ kvcrush's period 8)".
+std::string min_budget_reason(const Policy& policy) {
+  const PolicyParams& p = policy.params();
+  std::string why = fmt::format("sinks {} + recent {}", p.sinks, p.recent);
+  if (policy.cut_period() > 0) why += fmt::format(" + {}'s period {}", policy.name(), policy.cut_period());
+  return why;
+}
+
+// KVCrush re-selects its kept set in place, which a compressed layout (ThinK, Mustafar) cannot.
+Status check_policy_compression(const Policy& policy, const PlanCompression& compression, const std::string& where) {
+  if (policy.cut_period() > 0 && compression.any()) {
+    return make_error("{}: policy {} re-selects its kept tokens every {} steps; it runs on dense caches only "
+                      "(no key_channels or sparsity)", where, policy.name(), policy.cut_period());
+  }
+  return ok_status();
+}
+
+}  // namespace
+
 void emit_compression(YAML::Emitter& out, const PlanCompression& compression) {
   auto ratios = [&](const std::vector<double>& v) {
     if (v.size() == 1) {
@@ -177,9 +198,22 @@ std::string Plan::to_yaml() const {
   out << YAML::Key << "name" << YAML::Value << policy;
   out << YAML::Key << "sinks" << YAML::Value << params.sinks;
   out << YAML::Key << "recent" << YAML::Value << params.recent;
-  if (policy == "vatp") out << YAML::Key << "base" << YAML::Value << std::string(vatp_base_name(params.vatp_base));
-  if (policy == "random") out << YAML::Key << "seed" << YAML::Value << params.seed;
-  if (policy == "snapkv") {
+  // kvcrush: its base policy, whose own fields follow under their names (VATP's base as vatp_base).
+  const bool crush = policy == "kvcrush";
+  const std::string& scored = crush ? params.crush_base : policy;
+  if (crush) {
+    out << YAML::Key << "base" << YAML::Value << params.crush_base;
+    out << YAML::Key << "ratio" << YAML::Value << params.crush_ratio;
+    out << YAML::Key << "anchor" << YAML::Value << std::string(crush_anchor_name(params.crush_anchor));
+    out << YAML::Key << "period" << YAML::Value << params.crush_period;
+  }
+  if (scored == "vatp") {
+    out << YAML::Key << (crush ? "vatp_base" : "base") << YAML::Value << std::string(vatp_base_name(params.vatp_base));
+  }
+  if (scored == "random" || (crush && params.crush_anchor == CrushAnchor::kRandom)) {
+    out << YAML::Key << "seed" << YAML::Value << params.seed;
+  }
+  if (scored == "snapkv") {
     out << YAML::Key << "window" << YAML::Value << params.snap_window;
     out << YAML::Key << "kernel" << YAML::Value << params.snap_kernel;
   }
@@ -232,16 +266,44 @@ Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
     return pf.error("name", fmt::format("expected one of {}, found '{}'", fmt::join(names, ", "), plan.policy));
   }
   std::set<std::string> known = {"name", "sinks", "recent"};
-  if (plan.policy == "vatp") known.insert("base");
-  if (plan.policy == "random") known.insert("seed");
-  if (plan.policy == "snapkv") known.insert({"window", "kernel"});
+  const bool crush = plan.policy == "kvcrush";
+  std::string scored = plan.policy;  // the policy whose scores are kept: kvcrush's base
+  if (crush) {
+    known.insert({"base", "ratio", "anchor", "period", "seed"});
+    KVP_ASSIGN_OR_RETURN(plan.params.crush_base, pf.str("base"));
+    scored = plan.params.crush_base;
+    const std::vector<std::string> names = policy_names();
+    if (scored == "full" || scored == "kvcrush" || std::find(names.begin(), names.end(), scored) == names.end()) {
+      return pf.error("base", fmt::format("expected an evicting policy (window, h2o, vatp, tova, snapkv, knorm, random), "
+                                          "found '{}'", scored));
+    }
+    if (pf.has("ratio")) {
+      KVP_ASSIGN_OR_RETURN(plan.params.crush_ratio, pf.number("ratio"));
+      if (!(plan.params.crush_ratio >= 0 && plan.params.crush_ratio < 1)) {
+        return pf.error("ratio", fmt::format("expected a share in [0, 1), found {}", plan.params.crush_ratio));
+      }
+    }
+    if (pf.has("anchor")) {
+      KVP_ASSIGN_OR_RETURN(std::string anchor, pf.str("anchor"));
+      auto parsed = parse_crush_anchor(anchor);
+      if (!parsed.ok()) return pf.error("anchor", fmt::format("expected mean, random or alternating, found '{}'", anchor));
+      plan.params.crush_anchor = *parsed;
+    }
+    if (pf.has("period")) {
+      KVP_ASSIGN_OR_RETURN(plan.params.crush_period, pf.integer("period", 0, plan.model.seq_len));
+      if (plan.params.crush_period < 1) return pf.error("period", "expected at least 1 decode step, found 0");
+    }
+  }
+  if (scored == "vatp") known.insert(crush ? "vatp_base" : "base");
+  if (scored == "random") known.insert("seed");
+  if (scored == "snapkv") known.insert({"window", "kernel"});
   KVP_RETURN_IF_ERROR(pf.only(known));
   KVP_ASSIGN_OR_RETURN(plan.params.sinks, pf.integer("sinks", 0, plan.model.seq_len));
   KVP_ASSIGN_OR_RETURN(plan.params.recent, pf.integer("recent", 0, plan.model.seq_len));
-  if (pf.has("base")) {
-    KVP_ASSIGN_OR_RETURN(std::string base, pf.str("base"));
+  if (const char* key = crush ? "vatp_base" : "base"; scored == "vatp" && pf.has(key)) {
+    KVP_ASSIGN_OR_RETURN(std::string base, pf.str(key));
     auto parsed = parse_vatp_base(base);
-    if (!parsed.ok()) return pf.error("base", fmt::format("expected h2o or mean, found '{}'", base));
+    if (!parsed.ok()) return pf.error(key, fmt::format("expected h2o or mean, found '{}'", base));
     plan.params.vatp_base = *parsed;
   }
   if (pf.has("seed")) {
@@ -266,7 +328,7 @@ Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
   if (static_cast<int>(budgets.size()) != plan.model.n_layers) {
     return top.error("budgets", fmt::format("{} layers listed, the model has {}", budgets.size(), plan.model.n_layers));
   }
-  const int floor = (*policy_impl)->evicts() ? plan.params.sinks + plan.params.recent : 1;
+  const int floor = (*policy_impl)->min_budget();
   for (size_t l = 0; l < budgets.size(); ++l) {
     const YAML::Node layer = budgets[l];
     std::vector<int32_t> heads;
@@ -277,8 +339,7 @@ Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
       }
       if (b < floor || b > plan.model.seq_len) {
         return make_error("{}: {}: expected {}..{} tokens ({}), found {}", path, where, floor, plan.model.seq_len,
-                          (*policy_impl)->evicts() ? fmt::format("at least sinks {} + recent {}", plan.params.sinks,
-                                                                 plan.params.recent)
+                          (*policy_impl)->evicts() ? "at least " + min_budget_reason(**policy_impl)
                                                    : std::string("at most the model's seq_len"),
                           b);
       }
@@ -306,6 +367,7 @@ Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
   }
 
   KVP_RETURN_IF_ERROR(read_compression(top, plan.model.n_layers, plan.model.seq_len, &plan.compression));
+  KVP_RETURN_IF_ERROR(check_policy_compression(**policy_impl, plan.compression, path));
   if (auto layers = plan.compression.layers(plan.model.n_layers, plan.model.head_dim); !layers.ok()) {
     return layers.error().with_context(path);
   }
@@ -372,10 +434,11 @@ Result<Plan> uniform_plan(const PlanModel& model, const std::string& policy, con
   KVP_RETURN_IF_ERROR(compression.layers(model.n_layers, model.head_dim).status());
   plan.budgets.assign(model.n_layers, std::vector<int32_t>(model.n_kv_heads, budget_tokens));
   KVP_ASSIGN_OR_RETURN(auto impl, make_policy(policy, params));
-  if (impl->evicts() && budget_tokens < params.sinks + params.recent) {
-    return make_error("--budget: expected at least sinks {} + recent {} = {} tokens, found {}", params.sinks,
-                      params.recent, params.sinks + params.recent, budget_tokens);
+  if (impl->evicts() && budget_tokens < impl->min_budget()) {
+    return make_error("--budget: expected at least {} = {} tokens, found {}", min_budget_reason(*impl), impl->min_budget(),
+                      budget_tokens);
   }
+  KVP_RETURN_IF_ERROR(check_policy_compression(*impl, compression, "--think/--mustafar"));
   if (budget_tokens < 1 || budget_tokens > model.seq_len) {
     return make_error("--budget: expected 1..{} tokens (the model's seq_len), found {}", model.seq_len, budget_tokens);
   }

@@ -104,22 +104,26 @@ int choose_shared_victim(const Policy& policy, std::span<const SlotArrays> heads
 std::vector<int> select_kept(const Policy& policy, std::span<const SlotArrays> heads, int32_t newest_pos, int budget) {
   const SlotArrays& first = heads.front();
   const int n = first.n_used;
-  std::vector<int> kept, candidates;
-  for (int j = 0; j < n; ++j) {
-    KVP_CHECK(j == 0 || first.pos[j] > first.pos[j - 1], "slots to cut must hold increasing positions");
-    (is_protected(policy.params(), first.pos[j], newest_pos) ? kept : candidates).push_back(j);
-  }
+  for (int j = 1; j < n; ++j) KVP_CHECK(first.pos[j] > first.pos[j - 1], "slots to cut must hold increasing positions");
   if (n <= budget) {
     std::vector<int> all(n);
     std::iota(all.begin(), all.end(), 0);
     return all;
   }
+  return policy.choose_kept(heads, newest_pos, budget);
+}
+
+std::vector<int> Policy::choose_kept(std::span<const SlotArrays> heads, int32_t newest_pos, int budget) const {
+  const SlotArrays& first = heads.front();
+  const int n = first.n_used;
+  std::vector<int> kept, candidates;
+  for (int j = 0; j < n; ++j) (is_protected(params_, first.pos[j], newest_pos) ? kept : candidates).push_back(j);
   KVP_CHECK(static_cast<int>(kept.size()) <= budget, "budget {} below the {} protected positions",
             budget, kept.size());
   // Keys summed over the heads in order, as choose_shared_victim sums them.
   std::vector<float> key(n, 0.0f), head_keys(n);
   for (const SlotArrays& h : heads) {
-    const float* keys = policy.eviction_keys(h, newest_pos, head_keys.data());
+    const float* keys = eviction_keys(h, newest_pos, head_keys.data());
     for (int j = 0; j < n; ++j) key[j] += keys[j];
   }
   // Highest key first; the newer position first on ties (ties evict the older; slots are in
@@ -127,7 +131,7 @@ std::vector<int> select_kept(const Policy& policy, std::span<const SlotArrays> h
   std::stable_sort(candidates.begin(), candidates.end(), [&](int a, int b) {
     return evict_before(key[b], b, key[a], a);
   });
-  candidates.resize(budget - kept.size());
+  candidates.resize(std::min<size_t>(candidates.size(), budget - kept.size()));
   kept.insert(kept.end(), candidates.begin(), candidates.end());
   std::sort(kept.begin(), kept.end());
   return kept;
@@ -148,5 +152,21 @@ Result<VatpBase> parse_vatp_base(std::string_view name) {
 }
 
 std::string_view vatp_base_name(VatpBase base) { return base == VatpBase::kH2o ? "h2o" : "mean"; }
+
+Result<CrushAnchor> parse_crush_anchor(std::string_view name) {
+  if (name == "mean") return CrushAnchor::kMean;
+  if (name == "random") return CrushAnchor::kRandom;
+  if (name == "alternating") return CrushAnchor::kAlternating;
+  return make_error("kvcrush anchor: expected mean, random or alternating, found '{}'", name);
+}
+
+std::string_view crush_anchor_name(CrushAnchor anchor) {
+  switch (anchor) {
+    case CrushAnchor::kMean: return "mean";
+    case CrushAnchor::kRandom: return "random";
+    case CrushAnchor::kAlternating: return "alternating";
+  }
+  return "?";
+}
 
 }  // namespace kvp

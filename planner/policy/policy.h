@@ -23,6 +23,9 @@ namespace kvp {
 // VATP's base attention score.
 enum class VatpBase { kH2o, kMean };  // on-disk names "h2o", "mean": frozen
 
+// KVCrush's anchor: the head-behaviour vector candidates are ordered by their Hamming distance to.
+enum class CrushAnchor { kMean, kRandom, kAlternating };  // on-disk names "mean", "random", "alternating"
+
 struct PolicyParams {
   int sinks = 4;           // first positions never evicted
   int recent = 16;         // newest positions never evicted (the new token counts)
@@ -30,6 +33,12 @@ struct PolicyParams {
   uint64_t seed = 0;       // random
   int snap_window = 32;    // snapkv: observation window (last prompt queries)
   int snap_kernel = 7;     // snapkv: max-pooling width over positions (odd)
+  // kvcrush (kvcrush.cc): the importance policy under it, the share of the selectable slots that hold
+  // representatives, the anchor, and how many decode steps pass between selections.
+  std::string crush_base = "vatp";
+  double crush_ratio = 0.25;
+  CrushAnchor crush_anchor = CrushAnchor::kMean;
+  int crush_period = 8;
 };
 
 // One KV head's slots. The first n_used are valid; slot order is arbitrary.
@@ -70,6 +79,18 @@ class Policy {
   virtual bool shared_per_layer() const { return false; }
   // Floats of per-slot state beyond position and score (counted by the memory model).
   virtual int aux_floats_per_slot() const { return 0; }
+  // > 0 for a policy that selects its kept set in one go every this many decode steps (KVCrush):
+  // when a decode token finds the cache full, layer_step first cuts it to budget − period slots
+  // (choose_kept), so the period's new tokens enter free slots. 0: one victim per step.
+  virtual int cut_period() const { return 0; }
+  // The smallest budget the policy runs with: sinks + recent (+ the cut period), 1 for `full`.
+  virtual int min_budget() const { return evicts() ? params_.sinks + params_.recent + cut_period() : 1; }
+
+  // The slots to keep of `heads` (all heads of a layer for shared_per_layer(), else one), which
+  // hold increasing positions, the newest at `newest_pos`, within `budget` (select_kept calls it
+  // when the slots do not all fit). The default: the protected positions, then the highest
+  // eviction keys summed over the heads (the newer position on ties); in slot order.
+  virtual std::vector<int> choose_kept(std::span<const SlotArrays> heads, int32_t newest_pos, int budget) const;
 
   // init_slot, observe and finish_prefill must not depend on sinks and recent (only the choice of
   // victims does): the planner's replay prefills a prompt once for every budget of a policy.
@@ -96,7 +117,7 @@ class Policy {
   PolicyParams params_;
 };
 
-// Registered names: full, window, h2o, vatp, tova, snapkv, knorm, random.
+// Registered names: full, window, h2o, vatp, tova, snapkv, knorm, random, kvcrush.
 Result<std::unique_ptr<Policy>> make_policy(std::string_view name, const PolicyParams& params);
 // `full` with no sinks and no recent window: the cache of every position (one shared instance).
 const std::shared_ptr<const Policy>& keep_all_policy();
@@ -107,6 +128,8 @@ PolicyParams published_defaults(std::string_view name, int budget_tokens);
 
 Result<VatpBase> parse_vatp_base(std::string_view name);
 std::string_view vatp_base_name(VatpBase base);
+Result<CrushAnchor> parse_crush_anchor(std::string_view name);
+std::string_view crush_anchor_name(CrushAnchor anchor);
 
 // ---- Decisions shared by replay and executor ----
 

@@ -6,7 +6,7 @@
 namespace kvp {
 
 std::vector<std::string> policy_names() {
-  return {"full", "window", "h2o", "vatp", "tova", "snapkv", "knorm", "random"};
+  return {"full", "window", "h2o", "vatp", "tova", "snapkv", "knorm", "random", "kvcrush"};
 }
 
 Result<std::unique_ptr<Policy>> make_policy(std::string_view name, const PolicyParams& params) {
@@ -28,6 +28,21 @@ Result<std::unique_ptr<Policy>> make_policy(std::string_view name, const PolicyP
   }
   if (name == "knorm") return std::unique_ptr<Policy>(new KnormPolicy(params));
   if (name == "random") return std::unique_ptr<Policy>(new RandomPolicy(params));
+  if (name == "kvcrush") {
+    if (!(params.crush_ratio >= 0.0 && params.crush_ratio < 1.0)) {
+      return make_error("policy kvcrush: ratio: expected a share in [0, 1), found {}", params.crush_ratio);
+    }
+    if (params.crush_period < 1) {
+      return make_error("policy kvcrush: period: expected at least 1 decode step, found {}", params.crush_period);
+    }
+    if (params.crush_base == "full" || params.crush_base == "kvcrush") {
+      return make_error("policy kvcrush: base: expected an evicting policy (window, h2o, vatp, tova, snapkv, knorm, "
+                        "random), found '{}'", params.crush_base);
+    }
+    auto base = make_policy(params.crush_base, params);
+    if (!base.ok()) return make_error("policy kvcrush: base: {}", base.error().message());
+    return std::unique_ptr<Policy>(new KvCrushPolicy(params, std::move(*base)));
+  }
   std::string known;
   for (const std::string& n : policy_names()) known += (known.empty() ? "" : ", ") + n;
   return make_error("policy: expected one of {}, found '{}'", known, name);
@@ -48,6 +63,10 @@ PolicyParams published_defaults(std::string_view name, int budget) {
     p.sinks = 0, p.recent = 1;                           // TOVA: attention alone decides
   } else if (name == "snapkv") {
     p.sinks = 0, p.recent = std::min(p.snap_window, half);  // observation window kept
+  } else if (name == "kvcrush") {
+    // 4 sinks and a quarter of the budget recent: the cut to budget − period must leave room to
+    // select from (the budget at least 16 with the default period 8).
+    p.sinks = 4, p.recent = std::max(1, budget / 4);
   } else {                                               // knorm, random
     p.sinks = 0, p.recent = 1;
   }

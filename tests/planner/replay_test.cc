@@ -225,6 +225,32 @@ TEST_P(ReplayAgreement, KeepsTheExecutorsTokensUnderThinkAndMustafar) {
 INSTANTIATE_TEST_SUITE_P(Policies, ReplayAgreement, ::testing::Values("window", "h2o", "vatp", "tova", "snapkv", "knorm", "random"),
                          [](const auto& info) { return info.param; });
 
+// KVCrush on VATP and on H2O, re-selecting every 4 decode steps: the replay keeps the executor's
+// tokens at every step (a whole prompt, and cut in chunks under --prefill-evict); after each step
+// the layer's heads hold one set of budget − period + 1 .. budget tokens; and the representatives
+// change what the base alone keeps.
+TEST(ReplayAgreementKvCrush, KeepsTheExecutorsTokensAtEveryStep) {
+  const ModelConfig& c = default_model().weights.config();
+  const int budget = 24, period = 4;
+  for (const std::string base : {"vatp", "h2o"}) {
+    const PolicyParams params{.sinks = 2, .recent = 5, .crush_base = base, .crush_ratio = 0.25, .crush_period = period};
+    const int T = 140, P = 40;
+    const ClosedLoop executor = run_executor("kvcrush", params, budget, T, P);
+    EXPECT_EQ(expect_replay_keeps_executor_tokens(executor, "kvcrush", params, budget, 0),
+              c.n_layers * c.n_kv_heads * (T - P));
+    for (const auto& [key, kept] : executor.kept) {
+      const auto [l, h, t] = key;
+      EXPECT_GE(static_cast<int>(kept.size()), budget - period + 1) << base << " layer " << l << " step " << t;
+      EXPECT_LE(static_cast<int>(kept.size()), budget);
+      EXPECT_EQ(kept, executor.kept.at({l, 0, t})) << base << " head " << h;
+    }
+    EXPECT_NE(executor.kept, run_executor(base, params, budget, T, P).kept) << base;
+    const ClosedLoop chunked = run_executor("kvcrush", params, budget, 120, 60, 16);
+    EXPECT_EQ(expect_replay_keeps_executor_tokens(chunked, "kvcrush", params, budget, 16),
+              c.n_layers * c.n_kv_heads * (120 - 60));
+  }
+}
+
 // A replay engine over the executor's full-cache recording of 140 positions, 24 of them prompt.
 std::unique_ptr<ReplayEngine> full_cache_engine() {
   static const Trace trace = [] {

@@ -39,9 +39,7 @@ Measured describe(const Plan& plan, const std::string& source, const std::string
   m.policy = plan.policy;
   m.sinks = plan.params.sinks;
   m.recent = plan.params.recent;
-  if (plan.policy == "vatp") m.policy_detail = fmt::format("base={}", vatp_base_name(plan.params.vatp_base));
-  if (plan.policy == "random") m.policy_detail = fmt::format("seed={}", plan.params.seed);
-  if (plan.policy == "snapkv") m.policy_detail = fmt::format("window={} kernel={}", plan.params.snap_window, plan.params.snap_kernel);
+  m.policy_detail = policy_detail(plan.policy, plan.params);
   m.budgets = plan.budgets;
   m.compression = plan.compression;
   m.kv_dtype = std::string(kv_dtype_name(plan.kv_dtype));

@@ -89,7 +89,7 @@ Result<Candidate> plan_candidate(const PlanCommandFlags& flags, ReplayEngine& en
   if (calibration && greedy) request.layer_weights = calibration->layer_weights;
   {
     const int n_curves = greedy
-                             ? static_cast<int>(candidate_budgets(params.sinks + params.recent, longest).size())
+                             ? static_cast<int>(candidate_budgets(policy.min_budget(), longest).size())
                              : 0;
     Progress progress(fmt::format("plan: replaying budgets ({}{})", flags.plan.policy, compression.label()), n_curves);
     int curves_done = 0;

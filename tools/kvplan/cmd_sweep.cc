@@ -171,10 +171,12 @@ Status sweep(const SweepFlags& flags) {
       rows.push_back(Row{.policy = variant.label, .allocation = allocation, .budget = budget, .layer_budgets = layer_budgets,
                          .kv_bytes = plan.kv_bytes_per_sequence, .plan = std::move(plan)});
     };
+    // The smallest budget a level's policy runs with (sinks + recent, + kvcrush's period).
+    auto floor_of = [&](const PolicyParams& params) { return make_policy(name, params).value()->min_budget(); };
     auto request_for = [&](int budget, const PolicyParams& params) {
       return AllocationRequest{.n_layers = m.n_layers, .n_kv_heads = m.n_kv_heads,
                                .total_slots = int64_t{budget} * m.n_layers * m.n_kv_heads,
-                               .min_budget = params.sinks + params.recent, .max_budget = longest};
+                               .min_budget = floor_of(params), .max_budget = longest};
     };
     if (flags.pyramid) {
       for (const auto& [budget, params] : levels) {
@@ -186,7 +188,7 @@ Status sweep(const SweepFlags& flags) {
       std::vector<ErrorCurve> out(all.size());
       for (size_t u = 0; u < all.size(); ++u) {
         for (size_t i = 0; i < all[u].budgets.size(); ++i) {
-          if (all[u].budgets[i] >= params.sinks + params.recent) {
+          if (all[u].budgets[i] >= floor_of(params)) {
             out[u].budgets.push_back(all[u].budgets[i]);
             out[u].error.push_back(all[u].error[i]);
           }

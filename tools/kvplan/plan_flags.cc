@@ -14,7 +14,7 @@ void PlanFlags::add_to(CLI::App* app, bool with_policy) {
   if (with_policy) {
     app->add_option("--policy", policy,
                     "Instead of --plan: a uniform plan with this policy (full, window, h2o, vatp, "
-                    "tova, snapkv, knorm, random)");
+                    "tova, snapkv, knorm, random, kvcrush)");
     app->add_option("--budget", budget, "Slots per layer and KV head for --policy");
   }
   app->add_option("--sinks", sinks, "First positions never evicted (default: the policy's published default)");
@@ -22,7 +22,16 @@ void PlanFlags::add_to(CLI::App* app, bool with_policy) {
                   "Newest positions never evicted, in tokens or as a share of the budget like 25% "
                   "(default: the policy's published default)");
   app->add_option("--vatp-base", vatp_base, "VATP's attention base: h2o (accumulated) or mean (default h2o)");
-  app->add_option("--policy-seed", seed, "Seed of the random policy (default 0)");
+  app->add_option("--kvcrush-base", crush_base,
+                  "kvcrush: the importance policy whose scores it keeps and groups (default vatp)");
+  app->add_option("--kvcrush-ratio", crush_ratio,
+                  "kvcrush: the share of the selectable slots that hold representatives of the evicted, in [0, 1) "
+                  "(default 0.25)");
+  app->add_option("--kvcrush-anchor", crush_anchor,
+                  "kvcrush: the head-behaviour anchor: mean (majority bit per head), random or alternating (default mean)");
+  app->add_option("--kvcrush-period", crush_period,
+                  "kvcrush: decode steps between selections; each cuts the cache to budget minus this (default 8)");
+  app->add_option("--policy-seed", seed, "Seed of the random policy and of kvcrush's random anchor (default 0)");
   app->add_option("--kv-dtype", kv_dtype, "KV element type: f32 (the CPU backend stores f32)");
   compress.add_to(app);
 }
@@ -76,6 +85,19 @@ Result<PolicyParams> PlanFlags::params_for(const std::string& name, int budget) 
   }
   KVP_ASSIGN_OR_RETURN(p.vatp_base, parse_vatp_base(vatp_base));
   p.seed = seed;
+  if (name == "kvcrush") {
+    if (crush_base == "full" || crush_base == "kvcrush") {
+      return make_error("--kvcrush-base: expected an evicting policy (window, h2o, vatp, tova, snapkv, knorm, random), "
+                        "found '{}'", crush_base);
+    }
+    if (!(crush_ratio >= 0 && crush_ratio < 1)) {
+      return make_error("--kvcrush-ratio: expected a share in [0, 1), found {}", crush_ratio);
+    }
+    if (crush_period < 1) return make_error("--kvcrush-period: expected at least 1 decode step, found {}", crush_period);
+    auto anchor = parse_crush_anchor(crush_anchor);
+    if (!anchor.ok()) return make_error("--kvcrush-anchor: expected mean, random or alternating, found '{}'", crush_anchor);
+    p.crush_base = crush_base, p.crush_ratio = crush_ratio, p.crush_anchor = *anchor, p.crush_period = crush_period;
+  }
   return p;
 }
 
@@ -134,7 +156,7 @@ std::string policy_budget_table(const std::vector<std::string>& policies, const 
   md += "\n";
   for (const std::string& p : policies) {
     md += "| " + p + " |";
-    for (int b : budgets) md += " " + cell(p, b) + " |";
+    for (int b : budgets) md += fmt::format(" {} |", cell(p, b));
     md += "\n";
   }
   return md;

@@ -36,6 +36,9 @@ struct PlanFlags {
   std::optional<int> sinks;
   std::string recent;  // tokens ("16") or a share of the budget ("25%"); empty: the policy's default
   std::string vatp_base = "h2o";
+  std::string crush_base = "vatp", crush_anchor = "mean";  // kvcrush
+  double crush_ratio = 0.25;
+  int crush_period = 8;
   uint64_t seed = 0;
   std::string kv_dtype = "f32";
   CompressionFlags compress;  // ThinK and Mustafar on the kept tokens

@@ -1,0 +1,36 @@
+# Shared by the study scripts (compression-study.sh, kvcrush-study.sh): sourced after they set
+# $k (the kvplan binary) and $work (the work directory). Files already in $work are reused.
+
+step() { printf '\n== %s\n' "$*"; }
+
+# Workload and held-out samples (32 × 512 tokens each) and the workload's full-cache trace.
+study_samples() {
+  step "1. workload and held-out samples (32 × 512 tokens), the workload's trace"
+  [[ -f "$work/workload.jsonl" ]] || "$k" corpus --sample 32 --length 512 --seed 1 --out "$work/workload.jsonl"
+  [[ -f "$work/heldout.jsonl" ]] || "$k" corpus --sample 32 --length 512 --seed 2 --out "$work/heldout.jsonl"
+  [[ -d "$work/trace" ]] || "$k" record --corpus "$work/workload.jsonl" --out "$work/trace"
+}
+
+# grid NAME POLICIES BUDGETS [flags]: the workload measured closed loop into $work/NAME.
+grid() {
+  local name=$1 policies=$2 budgets=$3
+  shift 3
+  [[ -d "$work/$name/measured" ]] || "$k" eval --grid --policies "$policies" --budgets "$budgets" "$@" \
+    --corpus "$work/workload.jsonl" --out "$work/$name" --json >/dev/null
+}
+
+# VATP with one layer at 32 slots and the others whole, each layer in turn, measured into
+# $work/probe-runs: they tell the layers' weights apart for calibrate.
+probes() {
+  local files=() layer l budgets
+  for layer in 0 1 2 3 4; do
+    budgets=""
+    for l in 0 1 2 3 4; do
+      if ((l == layer)); then budgets+=32; else budgets+=512; fi
+      if ((l < 4)); then budgets+=,; fi
+    done
+    "$k" plan --policy vatp --layer-budgets "$budgets" --out "$work/probe-$layer.yaml" >/dev/null
+    files+=("$work/probe-$layer.yaml")
+  done
+  [[ -d "$work/probe-runs" ]] || "$k" eval --plans "${files[@]}" --corpus "$work/workload.jsonl" --out "$work/probe-runs" --json >/dev/null
+}
