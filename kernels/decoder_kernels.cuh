@@ -793,3 +793,4 @@ KVP_GLOBAL void decode_attention_kernel(SlotCache<T> cache, const float* q, cons
 }  // namespace kvp::KVP_KERNEL_NS
 
 #include "kernels/compressed_kernels.cuh"
+#include "kernels/kvcrush_kernels.cuh"

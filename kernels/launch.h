@@ -64,6 +64,16 @@ struct Placement {
   float* evicted_key;
 };
 
+// KVCrush's parameters as kvcrush_keep takes them (planner/policy/kvcrush.cc).
+struct CrushRule {
+  int newest = 0;   // the newest position (protection: sinks, and positions above newest − recent)
+  int sinks = 0;
+  int recent = 0;
+  double ratio = 0; // the share of the selectable rows given to representatives
+  int anchor = 0;   // 0 mean, 1 random, 2 alternating (CrushAnchor)
+  uint64_t seed = 0;
+};
+
 // One sequence's prompt, as the prefill kernels see it: keys and values of rows [0, prompt_len), and
 // the queries of rows [first_query, prompt_len) (a chunk of a longer prompt; 0: all of them). Query
 // row i attends key rows 0..i: the rows are in position order.
@@ -168,7 +178,17 @@ struct ColumnSpan {
   /* embedding; decode_attention: head_dim <= 128, group <= 8, and `weights` a workspace of */                \
   /* [heads, group, weights_stride] floats with weights_stride > every entry's n_used. */                      \
   void decode_attention(const DecodeRows& rows, const SlotCacheView& cache, float* weights, int weights_stride,  \
-                        int rule, int threads);
+                        int rule, int threads);                                                                  \
+  /* KVCrush's kept rows of one layer's shared set (kernels/kvcrush_kernels.cuh): keys [heads, key_stride] */ \
+  /* over rows [0, n), positions [n] (null: the row), keep [budget] out, work [2 n] int32 workspace. */       \
+  /* REQUIRES: heads <= 32. */                                                                              \
+  void kvcrush_keep(const float* keys, int heads, int key_stride, int n, const int32_t* positions, const CrushRule& rule, \
+                    int budget, int32_t* work, int32_t* keep, int threads);                                     \
+  /* Each of `heads` dense heads' eviction keys of slots [0, n) (keys [heads, key_stride]). */                \
+  void slot_keys(const SlotCacheView& cache, int heads, int n, int newest, int per_query_key, float* keys,       \
+                 int key_stride, int threads);                                                                   \
+  /* Each of `heads` dense heads cut in place: slot keep[s] to s for s < n_keep (keep increasing). */          \
+  void slot_compact(const SlotCacheView& cache, int heads, const int32_t* keep, int n_keep, int head_dim, int threads);
 
 namespace emulated {
 KVP_DECLARE_LAUNCHERS
@@ -187,6 +207,7 @@ struct Launchers {
   KVP_LAUNCHER_FIELD(prefill_keep)
   KVP_LAUNCHER_FIELD(prefill_gather) KVP_LAUNCHER_FIELD(decode_attention) KVP_LAUNCHER_FIELD(copy_rows)
   KVP_LAUNCHER_FIELD(prefill_compact) KVP_LAUNCHER_FIELD(query_sums) KVP_LAUNCHER_FIELD(think_channels)
+  KVP_LAUNCHER_FIELD(kvcrush_keep) KVP_LAUNCHER_FIELD(slot_keys) KVP_LAUNCHER_FIELD(slot_compact)
 #undef KVP_LAUNCHER_FIELD
 };
 

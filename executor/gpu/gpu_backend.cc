@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "kernels/score_rule.h"
+#include "planner/policy/policies.h"
 
 namespace kvp {
 namespace {
@@ -44,7 +45,21 @@ const PolicyRule* rule_of(std::string_view name) {
 
 }  // namespace
 
+namespace {
+
+// The policy whose scores a policy keeps: kvcrush's base, else itself.
+const Policy& scored_policy(const Policy& policy) {
+  if (policy.name() == "kvcrush") return static_cast<const KvCrushPolicy&>(policy).base();
+  return policy;
+}
+
+}  // namespace
+
 Status GpuBackend::supports(const Policy& policy) {
+  if (policy.name() == "kvcrush") {
+    if (rule_of(scored_policy(policy).name())) return {};
+    return make_error("policy kvcrush: its base '{}' does not run on the GPU backend", scored_policy(policy).name());
+  }
   if (rule_of(policy.name())) return {};
   std::string names;
   for (const PolicyRule& r : kPolicyRules) names += (names.empty() ? "" : ", ") + std::string(r.name);
@@ -139,7 +154,7 @@ void GpuBackend::set_policy(std::shared_ptr<const Policy> policy) {
   policy_ = policy ? std::move(policy) : keep_all_policy();
   const Status ok = supports(*policy_);
   KVP_CHECK(ok.ok(), "{}", ok.error().message());
-  const std::string_view name = policy_->name();
+  const std::string_view name = scored_policy(*policy_).name();
   score_args_ = math::ScoreArgs{
       .rule = rule_of(name)->rule,
       .per_query_key = name == "vatp" && policy_->params().vatp_base == VatpBase::kMean ? 1 : 0,
@@ -147,6 +162,7 @@ void GpuBackend::set_policy(std::shared_ptr<const Policy> policy) {
       .snap_window = policy_->params().snap_window,
       .snap_kernel = policy_->params().snap_kernel};
   shared_ = policy_->shared_per_layer();
+  crush_period_ = policy_->cut_period();
   sinks_ = policy_->params().sinks;
   recent_ = policy_->params().recent;
   evicts_ = policy_->evicts();
@@ -592,6 +608,19 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
     const size_t weights = static_cast<size_t>(heads) * group * (max_capacity_ + 1);
     if (attn_weights_.bytes() < weights * sizeof(float)) attn_weights_ = DeviceBuffer(d, weights * sizeof(float));
     K.decode_attention(rows, view, attn_weights_.as<float>(), max_capacity_ + 1, score_args_.rule, threads_);
+    for (int r = w.first; crush_period_ > 0 && r < w.first + w.n; ++r) {
+      // KVCrush: a full cache is cut to budget − period slots before the token is placed.
+      const size_t row_e = e + static_cast<size_t>(r - w.first) * H;
+      if (used[row_e] < capacity[row_e]) continue;
+      const SlotCacheView heads_of_row = cache_view(layer_idx, offset_dev + row_e, capacity_dev + row_e, used_dev + row_e,
+                                                    block_dev + row_e, newest_dev + row_e);
+      const int left = crush_cut(heads_of_row, r, layer_idx, capacity[row_e]);
+      for (int h = 0; h < H; ++h) {
+        used[row_e + h] = left;
+        n_used_[head_index(rows_.seq_idx[r], layer_idx, h)] = left + 1;
+      }
+      d.upload(const_cast<int32_t*>(used_dev) + row_e, used + row_e, H * sizeof(int32_t));
+    }
     K.place(view, newest_dev + e,
             VictimRule{.sinks = sinks_, .recent = recent_, .per_query_key = score_args.per_query_key,
                        .shared = shared_ ? H : 1},
@@ -614,6 +643,42 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
     }
     e += heads;
   }
+}
+
+int GpuBackend::crush_cut(const SlotCacheView& view, int row, int layer_idx, int capacity) {
+  const int H = config_.n_kv_heads;
+  const int seq = rows_.seq_idx[row];
+  const int32_t newest = rows_.positions[row];
+  const int left = capacity - crush_period_;
+  Device& d = *device_;
+  const Launchers& K = d.kernels();
+  const size_t key_floats = static_cast<size_t>(H) * capacity;
+  if (crush_keys_.bytes() < key_floats * sizeof(float)) crush_keys_ = DeviceBuffer(d, key_floats * sizeof(float));
+  K.slot_keys(view, H, capacity, newest, score_args_.per_query_key, crush_keys_.as<float>(), capacity, threads_);
+  int32_t* keep = keep_rows(capacity);
+  const int32_t* positions = pos_ + head_offset_[head_index(seq, layer_idx, 0)];
+  crush_keep(crush_keys_.as<float>(), capacity, capacity, positions, newest, left, keep, capacity);
+  if (eviction_log_) {
+    // What each head drops, with its own key, read before the cut moves the slots.
+    std::vector<float> keys(key_floats);
+    std::vector<int32_t> kept_slots(left), pos(capacity);
+    d.download(keys.data(), crush_keys_.get(), keys.size() * sizeof(float));
+    d.download(kept_slots.data(), keep, kept_slots.size() * sizeof(int32_t));
+    d.download(pos.data(), positions, pos.size() * sizeof(int32_t));
+    std::vector<bool> kept(capacity, false);
+    for (int32_t j : kept_slots) {
+      if (j >= 0) kept[j] = true;
+    }
+    for (int h = 0; h < H; ++h) {
+      for (int j = 0; j < capacity; ++j) {
+        if (kept[j]) continue;
+        eviction_log_->push_back(EvictionRecord{.seq_idx = seq, .step = newest, .layer_idx = layer_idx, .kv_head_idx = h,
+                                                .evicted_pos = pos[j], .score = keys[static_cast<size_t>(h) * capacity + j]});
+      }
+    }
+  }
+  K.slot_compact(view, H, keep, left, config_.head_dim(), threads_);
+  return left;
 }
 
 void GpuBackend::select_rows(std::span<const int32_t> row_idx) {

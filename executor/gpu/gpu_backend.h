@@ -139,6 +139,15 @@ class GpuBackend final : public Backend {
   void check_cut(int seq, int rows, int32_t newest, int budget) const;
   // keep_, grown to keep_stride slots per KV head.
   int32_t* keep_rows(int keep_stride);
+  // KVCrush's kept rows of a layer's shared set (keys [H, key_stride] over rows [0, n), positions
+  // [n] or null for the row index) into keep[0, budget) and copied to the other heads' rows of keep
+  // (keep_stride apart).
+  void crush_keep(const float* keys, int key_stride, int n, const int32_t* positions, int32_t newest, int budget,
+                  int32_t* keep, int keep_stride);
+  // KVCrush at decode: the full cache of the entry heads [e, e + H) of row `row` (view over them) cut
+  // in place to budget − period slots before the row's token is placed; the eviction log as the CPU
+  // executor's cut_slots writes it. Returns the slots left.
+  int crush_cut(const SlotCacheView& view, int row, int layer_idx, int capacity);
   // The prompt's cut into the cache: scores, the kept positions, ThinK's channels (from
   // `query_sums`, null unless the layer is thin), the gather, the eviction log.
   void cut_prompt(int seq, int layer_idx, const PrefillRows& prompt, const float* column_sum, const float* query_sums);
@@ -185,7 +194,8 @@ class GpuBackend final : public Backend {
   DeviceBuffer head_offset_dev_, head_capacity_dev_;
   std::shared_ptr<const Policy> policy_;
   math::ScoreArgs score_args_;  // the policy's rule; layer_idx set per call
-  bool shared_ = false;         // one kept set per layer (tova)
+  bool shared_ = false;         // one kept set per layer (tova, kvcrush)
+  int crush_period_ = 0;        // kvcrush: decode steps between its cuts (0: not kvcrush)
   int sinks_ = 0, recent_ = 0;
   bool evicts_ = false;
   std::vector<EvictionRecord>* eviction_log_ = nullptr;
@@ -245,6 +255,7 @@ class GpuBackend final : public Backend {
   // Prefill scratch, grown to the longest prompt.
   int prefill_capacity_ = 0;
   DeviceBuffer row_max_, row_sum_, column_sum_, prompt_score_, prompt_l1_, prompt_key_, shared_key_, keep_;
+  DeviceBuffer crush_work_, crush_keys_;  // kvcrush_keep's workspace; a decode cut's slot keys
   DeviceBuffer query_sums_;  // ThinK's sums of a prompt in one step, [n_kv_heads, head_dim]
 };
 

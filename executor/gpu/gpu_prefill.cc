@@ -228,7 +228,10 @@ void GpuBackend::cut_scratch(int seq, int layer_idx, int32_t newest, bool finish
     K.prefill_scores(rows_of(h), scored ? heads[h].column_sum : nullptr, at(prompt_score_, h), at(prompt_l1_, h),
                      at(prompt_key_, h), score_args, threads_);
   }
-  if (shared_) {
+  if (crush_period_ > 0) {
+    crush_keep(prompt_key_.as<float>(), stride, heads[0].rows, heads[0].pos, newest,
+               head_capacity_[head_index(seq, layer_idx, 0)], keep, keep_stride);
+  } else if (shared_) {
     // One kept set for the layer (equal budgets, so equal rows), from the heads' keys summed per row.
     K.sum_rows(prompt_key_.as<float>(), H, stride, shared_key_.as<float>(), threads_);
     K.prefill_keep(shared_key_.as<float>(), 1, stride, sinks_, recent_, head_capacity_[head_index(seq, layer_idx, 0)],
@@ -304,6 +307,21 @@ void GpuBackend::check_cut(int seq, int rows, int32_t newest, int budget) const 
   }
 }
 
+void GpuBackend::crush_keep(const float* keys, int key_stride, int n, const int32_t* positions, int32_t newest,
+                            int budget, int32_t* keep, int keep_stride) {
+  Device& d = *device_;
+  const PolicyParams& p = policy_->params();
+  const size_t work = 2 * static_cast<size_t>(n) * sizeof(int32_t);
+  if (crush_work_.bytes() < work) crush_work_ = DeviceBuffer(d, work);
+  d.kernels().kvcrush_keep(keys, config_.n_kv_heads, key_stride, n, positions,
+                           CrushRule{.newest = newest, .sinks = sinks_, .recent = recent_, .ratio = p.crush_ratio,
+                                     .anchor = static_cast<int>(p.crush_anchor), .seed = p.seed},
+                           budget, crush_work_.as<int32_t>(), keep, threads_);
+  for (int h = 1; h < config_.n_kv_heads; ++h) {
+    d.copy(keep + static_cast<size_t>(h) * keep_stride, keep, static_cast<size_t>(budget) * sizeof(int32_t));
+  }
+}
+
 int32_t* GpuBackend::keep_rows(int keep_stride) {
   const size_t bytes = static_cast<size_t>(keep_stride) * config_.n_kv_heads * sizeof(int32_t);
   if (keep_.bytes() < bytes) keep_ = DeviceBuffer(*device_, bytes);
@@ -326,7 +344,10 @@ void GpuBackend::cut_prompt(int seq, int layer_idx, const PrefillRows& rows, con
   score_args.layer_idx = layer_idx;
   K.prefill_scores(rows, column_sum, prompt_score_.as<float>(), prompt_l1_.as<float>(), prompt_key_.as<float>(),
                    score_args, threads_);
-  if (shared_) {
+  if (crush_period_ > 0) {
+    crush_keep(prompt_key_.as<float>(), P, P, nullptr, P - 1, head_capacity_[head_index(seq, layer_idx, 0)],
+               keep_.as<int32_t>(), keep_stride);
+  } else if (shared_) {
     // One kept set for the layer, from the heads' keys summed per position (equal budgets).
     K.sum_rows(prompt_key_.as<float>(), H, P, shared_key_.as<float>(), threads_);
     K.prefill_keep(shared_key_.as<float>(), 1, P, sinks_, recent_, head_capacity_[head_index(seq, layer_idx, 0)],

@@ -299,6 +299,28 @@ inline void check_prefill_evict_matches_cpu(const DeviceFactory& make_device) {
                               PolicyParams{.sinks = 2, .recent = 8, .snap_window = 8, .snap_kernel = 5}, 0, 12);
 }
 
+// KVCrush over VATP, H2O, TOVA and SnapKV with each anchor, re-selecting every 6 decode steps: the
+// CPU executor's evictions record for record (the cuts at decode included), in one step, in chunks
+// and under --prefill-evict.
+inline void check_kvcrush_evictions_match_cpu(const DeviceFactory& make_device) {
+  const PolicyParams base{.sinks = 4, .recent = 8, .crush_ratio = 0.25, .crush_period = 6};
+  for (const char* name : {"vatp", "h2o", "tova", "snapkv"}) {
+    SCOPED_TRACE(name);
+    PolicyParams p = base;
+    p.crush_base = name;
+    check_same_evictions_as_cpu(make_device, "kvcrush", p);
+  }
+  PolicyParams alternating = base, random = base, mean_base = base;
+  alternating.crush_anchor = CrushAnchor::kAlternating;
+  random.crush_anchor = CrushAnchor::kRandom, random.seed = 3, random.crush_ratio = 0.5;
+  mean_base.vatp_base = VatpBase::kMean;
+  check_same_evictions_as_cpu(make_device, "kvcrush", alternating);
+  check_same_evictions_as_cpu(make_device, "kvcrush", random);
+  check_same_evictions_as_cpu(make_device, "kvcrush", mean_base);
+  check_same_evictions_as_cpu(make_device, "kvcrush", base, 24);
+  check_same_evictions_as_cpu(make_device, "kvcrush", base, 0, 12);
+}
+
 // ThinK and Mustafar on the kept tokens (windows of 8 so that tokens age out of them within the
 // run): the CPU executor's evictions record for record and its logits to rounding, with the plan's
 // bytes — in one step, in chunks, and under --prefill-evict.

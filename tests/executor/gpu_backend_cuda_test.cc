@@ -60,6 +60,11 @@ TEST(GpuBackendCuda, ThinkAndMustafarEvictWhatTheCpuExecutorEvicts) {
   test::check_compressed_chunked_prompts_match_cpu(cuda_device);
 }
 
+TEST(GpuBackendCuda, KvcrushEvictsWhatTheCpuExecutorEvicts) {
+  KVP_REQUIRE_GPU();
+  test::check_kvcrush_evictions_match_cpu(cuda_device);
+}
+
 TEST(GpuBackendCuda, HalfPrecisionWeightsAndCacheStayCloseToF32) {
   KVP_REQUIRE_GPU();
   test::check_half_precision(cuda_device);

@@ -68,6 +68,8 @@ TEST(GpuBackendEmulated, ThinkAndMustafarChunkedPromptsCutWhatTheCpuExecutorCuts
   test::check_compressed_chunked_prompts_match_cpu(emulated);
 }
 
+TEST(GpuBackendEmulated, KvcrushEvictsWhatTheCpuExecutorEvicts) { test::check_kvcrush_evictions_match_cpu(emulated); }
+
 TEST(GpuBackendEmulated, HalfPrecisionWeightsAndCacheStayCloseToF32) { test::check_half_precision(emulated); }
 
 // The benchmarks' long-context shortcut: a filled cache decodes and evicts only unprotected
@@ -100,16 +102,9 @@ TEST(GpuBackendEmulated, Q8_0WeightsThroughTheKernelTellTheCpusQ8_0Story) {
   test::check_q8_0_weights_match_cpu(emulated);
 }
 
-TEST(GpuBackendEmulated, RunsEveryPolicyButKvcrush) {
+TEST(GpuBackendEmulated, RunsEveryPolicy) {
   for (const std::string& name : policy_names()) {
     const auto policy = std::move(make_policy(name, PolicyParams{})).value();
-    if (name == "kvcrush") {
-      // Its selection has no GPU kernel yet: refused by name rather than run differently.
-      const Status refused = GpuBackend::supports(*policy);
-      ASSERT_FALSE(refused.ok());
-      EXPECT_NE(refused.error().message().find("policy 'kvcrush' does not run on the GPU backend"), std::string::npos);
-      continue;
-    }
     EXPECT_TRUE(GpuBackend::supports(*policy).ok()) << name;
   }
 }

@@ -49,7 +49,6 @@ TEST(Cli, KvcrushFlagsAreOneLineErrors) {
       {" --kvcrush-anchor median", "--kvcrush-anchor: expected mean, random or alternating, found 'median'"},
       {" --think 0.4", "--think/--mustafar: policy kvcrush re-selects its kept tokens every 8 steps"},
       {"", "--budget: expected at least sinks 4 + recent 3 + kvcrush's period 8 = 15 tokens, found 12"},
-      {" --backend gpu-emulated", "policy 'kvcrush' does not run on the GPU backend"},
   };
   for (const auto& [flag, expect] : cases) {
     const test::CliResult r = run_kvplan(flag.empty() ? base + " --budget 12" : ok + flag);
@@ -57,6 +56,20 @@ TEST(Cli, KvcrushFlagsAreOneLineErrors) {
     EXPECT_NE(r.err.find(expect), std::string::npos) << flag << ": " << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << flag << ": " << r.err;
   }
+}
+
+// The emulated GPU's kernels (kvcrush_keep, slot_keys, slot_compact) make the CPU's choices: the
+// same 96 tokens of a run whose 32-slot budget is cut every 8 steps, in the same bytes.
+TEST(Cli, KvcrushOnTheEmulatedGpuGivesTheCpusTokens) {
+  const std::string args = "run --policy kvcrush --budget 32 --kvcrush-anchor alternating --steps 96 --json";
+  const test::CliResult cpu = run_kvplan(args);
+  const test::CliResult gpu = run_kvplan(args + " --backend gpu-emulated");
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  ASSERT_EQ(gpu.exit_code, 0) << gpu.err;
+  const nlohmann::json c = nlohmann::json::parse(cpu.out), g = nlohmann::json::parse(gpu.out);
+  EXPECT_EQ(g["sequences"][0]["tokens"], c["sequences"][0]["tokens"]);
+  EXPECT_EQ(g["kv_bytes"], c["kv_bytes"]);
+  EXPECT_EQ(c["sequences"][0]["tokens"].size(), 97u);
 }
 
 }  // namespace

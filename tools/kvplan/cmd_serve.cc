@@ -140,6 +140,10 @@ Status serve(const ServeFlags& flags) {
         return make_error("{}: {}: the GPU backend's serving pool holds dense caches only (serve it with --backend cpu)",
                           path, plan.compression.think() ? "key_channels" : "sparsity");
       }
+      if (device && policy->cut_period() > 0) {
+        return make_error("{}: policy: {} runs on the GPU backend in run and eval, not in its serving pool (serve it "
+                          "with --backend cpu)", path, plan.policy);
+      }
       if (device) {
         // One policy and element type for the device's whole pool: the first plan's.
         if (const Status runs = GpuBackend::supports(*policy); !runs.ok()) {
