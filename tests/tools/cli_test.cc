@@ -112,6 +112,22 @@ TEST(Cli, PlanReportsThePrefillPeakBesideTheSteadyBytes) {
       << r.out;
 }
 
+// plan --memory takes the policy's default sinks and recent at the budget the memory buys: 60,800
+// bytes over 5 layers × 4 KV heads of 76-byte VATP slots is 40 slots, so VATP's recent is 20.
+TEST(Cli, PlanMemoryTakesThePolicysDefaultsAtTheBudgetItBuys) {
+  const std::string dir = test::make_temp_dir("planmemory");
+  ASSERT_EQ(run_kvplan("corpus --sample 2 --length 96 --out " + dir + "/c.jsonl").exit_code, 0);
+  ASSERT_EQ(run_kvplan("record --corpus " + dir + "/c.jsonl --prompt-len 16 --out " + dir + "/t").exit_code, 0);
+  const test::CliResult r = run_kvplan("plan --trace " + dir + "/t --policy vatp --memory 60800 --allocation uniform "
+                                       "--out " + dir + "/p.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto plan = Plan::load(dir + "/p.yaml");
+  ASSERT_TRUE(plan.ok()) << plan.error().message();
+  EXPECT_EQ(plan->budgets[0][0], 40);
+  EXPECT_EQ(plan->params.sinks, 4);
+  EXPECT_EQ(plan->params.recent, 20);
+}
+
 // The libraries the dynamic loader maps for `args`, from glibc's LD_DEBUG=libs trace.
 std::string loaded_libraries(const std::string& env, const std::string& args) {
   const std::string dir = test::make_temp_dir("ldd");

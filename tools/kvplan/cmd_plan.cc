@@ -126,9 +126,19 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
   KVP_ASSIGN_OR_RETURN(std::unique_ptr<ReplayEngine> engine, ReplayEngine::create(trace, flags.threads > 0 ? flags.threads : default_threads()));
   const TraceModelShape& m = trace.model();
   const int32_t longest = engine->max_length();
-  const int32_t nominal_budget = flags.plan.budget > 0 ? flags.plan.budget
-                                 : flags.keep > 0      ? static_cast<int32_t>(std::lround(flags.keep * longest))
-                                                       : 64;
+  // The budget the policy's default sinks and recent are taken at: the one given, or on average the
+  // one the limit buys (--memory: dense slots with the policy's per-slot floats).
+  int32_t nominal_budget = flags.plan.budget > 0 ? flags.plan.budget
+                           : flags.keep > 0      ? static_cast<int32_t>(std::lround(flags.keep * longest))
+                                                 : 64;
+  if (flags.memory > 0) {
+    KVP_ASSIGN_OR_RETURN(PolicyParams at_64, flags.plan.params_for(flags.plan.policy, 64));
+    KVP_ASSIGN_OR_RETURN(auto provisional, make_policy(flags.plan.policy, at_64));
+    KvBudgets one = KvBudgets::uniform(1, 1, m.head_dim, 1);
+    one.aux_floats_per_slot = provisional->aux_floats_per_slot();
+    const int64_t slots = flags.memory / (one.slot_cost(0).per_slot * m.n_layers * m.n_kv_heads);
+    nominal_budget = static_cast<int32_t>(std::clamp<int64_t>(slots, 1, longest));
+  }
   KVP_ASSIGN_OR_RETURN(PolicyParams params, flags.plan.params_for(flags.plan.policy, nominal_budget));
   KVP_ASSIGN_OR_RETURN(auto policy, make_policy(flags.plan.policy, params));
   KVP_ASSIGN_OR_RETURN(PlanCompression base, flags.plan.compression(m.head_dim));
