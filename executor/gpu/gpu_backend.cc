@@ -619,7 +619,7 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
         used[row_e + h] = left;
         n_used_[head_index(rows_.seq_idx[r], layer_idx, h)] = left + 1;
       }
-      d.upload(const_cast<int32_t*>(used_dev) + row_e, used + row_e, H * sizeof(int32_t));
+      d.upload(const_cast<int32_t*>(used_dev) + row_e, used + row_e, H * sizeof(int32_t));  // meta_ is ours to write
     }
     K.place(view, newest_dev + e,
             VictimRule{.sinks = sinks_, .recent = recent_, .per_query_key = score_args.per_query_key,

@@ -44,8 +44,8 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
   if (const int period = policy.cut_period(); period > 0 && row.prompt_len == 0 && *heads[0].n_used == heads[0].budget) {
     // A policy that selects in one go (KVCrush): the full cache cut to budget − period slots, so
     // this token and the next period − 1 enter free slots.
-    sc.victim.assign(n_kv_heads, heads[0].budget - period);
-    cut_slots(policy, heads, heads, sc.victim, row.pos, false, on_evict);
+    const std::vector<int32_t> budgets(n_kv_heads, heads[0].budget - period);
+    cut_slots(policy, heads, heads, budgets, row.pos, false, on_evict);
   }
   sc.views.clear();
   for (const HeadSlots& head : heads) sc.views.push_back(head.slots());
