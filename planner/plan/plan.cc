@@ -279,9 +279,6 @@ Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
     }
     if (pf.has("ratio")) {
       KVP_ASSIGN_OR_RETURN(plan.params.crush_ratio, pf.number("ratio"));
-      if (!(plan.params.crush_ratio >= 0 && plan.params.crush_ratio < 1)) {
-        return pf.error("ratio", fmt::format("expected a share in [0, 1), found {}", plan.params.crush_ratio));
-      }
     }
     if (pf.has("anchor")) {
       KVP_ASSIGN_OR_RETURN(std::string anchor, pf.str("anchor"));
@@ -291,8 +288,8 @@ Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
     }
     if (pf.has("period")) {
       KVP_ASSIGN_OR_RETURN(plan.params.crush_period, pf.integer("period", 0, plan.model.seq_len));
-      if (plan.params.crush_period < 1) return pf.error("period", "expected at least 1 decode step, found 0");
     }
+    if (const auto e = kvcrush_param_error(plan.params)) return pf.error(e->field, e->message);
   }
   if (scored == "vatp") known.insert(crush ? "vatp_base" : "base");
   if (scored == "random") known.insert("seed");

@@ -153,6 +153,20 @@ Result<VatpBase> parse_vatp_base(std::string_view name) {
 
 std::string_view vatp_base_name(VatpBase base) { return base == VatpBase::kH2o ? "h2o" : "mean"; }
 
+std::optional<ParamError> kvcrush_param_error(const PolicyParams& p) {
+  if (!(p.crush_ratio >= 0.0 && p.crush_ratio < 1.0)) {
+    return ParamError{"ratio", fmt::format("expected a share in [0, 1), found {}", p.crush_ratio)};
+  }
+  if (p.crush_period < 1) {
+    return ParamError{"period", fmt::format("expected at least 1 decode step, found {}", p.crush_period)};
+  }
+  if (p.crush_base == "full" || p.crush_base == "kvcrush") {
+    return ParamError{"base", fmt::format("expected an evicting policy (window, h2o, vatp, tova, snapkv, knorm, "
+                                          "random), found '{}'", p.crush_base)};
+  }
+  return std::nullopt;
+}
+
 Result<CrushAnchor> parse_crush_anchor(std::string_view name) {
   if (name == "mean") return CrushAnchor::kMean;
   if (name == "random") return CrushAnchor::kRandom;

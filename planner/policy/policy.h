@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -129,6 +130,13 @@ PolicyParams published_defaults(std::string_view name, int budget_tokens);
 Result<VatpBase> parse_vatp_base(std::string_view name);
 std::string_view vatp_base_name(VatpBase base);
 Result<CrushAnchor> parse_crush_anchor(std::string_view name);
+// kvcrush's own settings checked, in the order ratio, period, base: the field at fault and what is
+// wrong with it, or nothing. The base must not be full or kvcrush; a name no policy has is
+// make_policy's to report. make_policy, plan.yaml and the flags each name the field their way.
+struct ParamError {
+  std::string field, message;
+};
+std::optional<ParamError> kvcrush_param_error(const PolicyParams& p);
 std::string_view crush_anchor_name(CrushAnchor anchor);
 
 // ---- Decisions shared by replay and executor ----

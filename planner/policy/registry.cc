@@ -29,16 +29,7 @@ Result<std::unique_ptr<Policy>> make_policy(std::string_view name, const PolicyP
   if (name == "knorm") return std::unique_ptr<Policy>(new KnormPolicy(params));
   if (name == "random") return std::unique_ptr<Policy>(new RandomPolicy(params));
   if (name == "kvcrush") {
-    if (!(params.crush_ratio >= 0.0 && params.crush_ratio < 1.0)) {
-      return make_error("policy kvcrush: ratio: expected a share in [0, 1), found {}", params.crush_ratio);
-    }
-    if (params.crush_period < 1) {
-      return make_error("policy kvcrush: period: expected at least 1 decode step, found {}", params.crush_period);
-    }
-    if (params.crush_base == "full" || params.crush_base == "kvcrush") {
-      return make_error("policy kvcrush: base: expected an evicting policy (window, h2o, vatp, tova, snapkv, knorm, "
-                        "random), found '{}'", params.crush_base);
-    }
+    if (const auto e = kvcrush_param_error(params)) return make_error("policy kvcrush: {}: {}", e->field, e->message);
     auto base = make_policy(params.crush_base, params);
     if (!base.ok()) return make_error("policy kvcrush: base: {}", base.error().message());
     return std::unique_ptr<Policy>(new KvCrushPolicy(params, std::move(*base)));

@@ -186,9 +186,10 @@ Status sweep(const SweepFlags& flags) {
     // The curves' points at or above a level's protected positions, weighted by the calibration.
     auto usable = [&](const std::vector<ErrorCurve>& all, const PolicyParams& params) {
       std::vector<ErrorCurve> out(all.size());
+      const int floor = floor_of(params);
       for (size_t u = 0; u < all.size(); ++u) {
         for (size_t i = 0; i < all[u].budgets.size(); ++i) {
-          if (all[u].budgets[i] >= floor_of(params)) {
+          if (all[u].budgets[i] >= floor) {
             out[u].budgets.push_back(all[u].budgets[i]);
             out[u].error.push_back(all[u].error[i]);
           }

@@ -86,17 +86,11 @@ Result<PolicyParams> PlanFlags::params_for(const std::string& name, int budget) 
   KVP_ASSIGN_OR_RETURN(p.vatp_base, parse_vatp_base(vatp_base));
   p.seed = seed;
   if (name == "kvcrush") {
-    if (crush_base == "full" || crush_base == "kvcrush") {
-      return make_error("--kvcrush-base: expected an evicting policy (window, h2o, vatp, tova, snapkv, knorm, random), "
-                        "found '{}'", crush_base);
-    }
-    if (!(crush_ratio >= 0 && crush_ratio < 1)) {
-      return make_error("--kvcrush-ratio: expected a share in [0, 1), found {}", crush_ratio);
-    }
-    if (crush_period < 1) return make_error("--kvcrush-period: expected at least 1 decode step, found {}", crush_period);
+    p.crush_base = crush_base, p.crush_ratio = crush_ratio, p.crush_period = crush_period;
+    if (const auto e = kvcrush_param_error(p)) return make_error("--kvcrush-{}: {}", e->field, e->message);
     auto anchor = parse_crush_anchor(crush_anchor);
     if (!anchor.ok()) return make_error("--kvcrush-anchor: expected mean, random or alternating, found '{}'", crush_anchor);
-    p.crush_base = crush_base, p.crush_ratio = crush_ratio, p.crush_anchor = *anchor, p.crush_period = crush_period;
+    p.crush_anchor = *anchor;
   }
   return p;
 }
