@@ -153,6 +153,15 @@ class Backend {
   virtual void time_phases(bool on) { (void)on; }
   virtual PhaseTimes phase_times() const { return {}; }
 
+  // Keys attended by decode rows since reset_sequences, summed over layers and KV heads (the new
+  // token counted), and the KV-head decode steps they were attended in: keys / head_steps is the
+  // mean attended per head and step (the budget for token policies; less under DELTA's sparse
+  // layers). Backends that do not count report zeros.
+  struct AttendStats {
+    int64_t keys = 0, head_steps = 0;
+  };
+  virtual AttendStats attend_stats() const { return {}; }
+
   // Starts a forward pass over `rows`; later operations act on these rows.
   virtual void begin_step(const StepRows& rows) = 0;
   // kX = token_embedding[tokens].

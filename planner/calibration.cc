@@ -444,6 +444,14 @@ Result<PolicyParams> measured_params(const Measured& m, const std::string& path)
         KVP_ASSIGN_OR_RETURN(p.crush_anchor, parse_crush_anchor(value));
       } else if (key == "period") {
         p.crush_period = std::stoi(value);
+      } else if (key == "delta_layers") {
+        p.delta.layers = value;
+      } else if (key == "delta_pages") {
+        p.delta.pages = std::stoi(value);
+      } else if (key == "delta_page_size") {
+        p.delta.page_size = std::stoi(value);
+      } else if (key == "delta_last") {
+        p.delta.last = std::stoi(value);
       } else {
         return make_error("{}: config.detail: unknown setting '{}'", path, item);
       }
@@ -466,6 +474,7 @@ std::string policy_detail(const std::string& policy, const PolicyParams& p) {
   if (scored == "vatp") add(fmt::format("base={}", vatp_base_name(p.vatp_base)));
   if (scored == "random" || (crush && p.crush_anchor == CrushAnchor::kRandom)) add(fmt::format("seed={}", p.seed));
   if (scored == "snapkv") add(fmt::format("window={} kernel={}", p.snap_window, p.snap_kernel));
+  if (p.delta.on()) add(delta_detail(p.delta));
   return out;
 }
 

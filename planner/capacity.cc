@@ -167,7 +167,7 @@ int64_t matmul_parameters(const ModelSpec& m) {
 }
 
 CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuery& q, int64_t weights,
-                  const KvBudgets& kv, bool evicts) {
+                  const KvBudgets& kv, bool evicts, const DeltaParams& delta) {
   CapacitySide s;
   s.kv_bytes_per_sequence = kv.kv_bytes();
   const int prompt_len = q.prompt_len > 0 ? q.prompt_len : q.context_len;
@@ -215,12 +215,27 @@ CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuer
   }
   // attention: each sequence's cached bytes read once, 4·head_dim FLOPs per query head and slot,
   // and an evicting policy's bookkeeping per KV-head slot.
+  // DELTA's sparse layers attend only the chosen pages' share of their slots: fewer bytes read and
+  // FLOPs (the bookkeeping still runs over every slot).
   const double slots = double(kv.total_slots());
+  double attended = slots;
+  if (delta.on()) {
+    attended = 0;
+    for (int l = 0; l < kv.n_layers; ++l) {
+      for (int h = 0; h < kv.n_kv_heads; ++h) {
+        const int64_t b = kv.budget(l, h);
+        attended += delta.role(l) == kDeltaSparse ? double(delta_sparse_keys(delta, q.sinks, b, q.context_len) - 1)
+                                                  : double(b);
+      }
+    }
+  }
+  s.attended_slots_per_step = attended;
+  s.kv_bytes_read_per_step = slots > 0 ? double(s.kv_bytes_per_sequence) * attended / slots : 0.0;
   const double group = double(m.n_heads / m.n_kv_heads);
   // Each layer shares batch x n_kv_heads heads out to the threads in one fork/join.
   const double attention_flops = hw.attention_flops_at(B * m.n_kv_heads);
-  s.attention_s = std::max(B * double(s.kv_bytes_per_sequence) / hw.bandwidth_bytes_per_s,
-                           B * 4.0 * slots * m.head_dim() * group / attention_flops) +
+  s.attention_s = std::max(B * s.kv_bytes_read_per_step / hw.bandwidth_bytes_per_s,
+                           B * 4.0 * attended * m.head_dim() * group / attention_flops) +
                   (evicts ? B * slots * hw.evict_slot_s : 0.0);
   // fork/joins: attention per layer, and the 7 matrix products per layer and the classifier where
   // their call costs were not measured.
@@ -244,8 +259,9 @@ CapacityReport capacity(const ModelSpec& m, const HardwareSpec& hw, const Capaci
     plan.budget_tokens = q.plan_budgets;
   }
   plan.compression = q.compression;
-  r.full = side(m, hw, q, r.weight_bytes, full, false);
-  r.plan = side(m, hw, q, r.weight_bytes, plan, q.keep_ratio < 1.0 || !q.plan_budgets.empty() || plan.compressed());
+  r.full = side(m, hw, q, r.weight_bytes, full, false, {});
+  r.plan = side(m, hw, q, r.weight_bytes, plan, q.keep_ratio < 1.0 || !q.plan_budgets.empty() || plan.compressed(),
+                q.delta);
   return r;
 }
 

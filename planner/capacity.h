@@ -8,6 +8,7 @@
 
 #include "common/status.h"
 #include "planner/plan/kv_budgets.h"
+#include "planner/policy/delta.h"
 
 namespace kvp {
 
@@ -79,6 +80,11 @@ struct CapacityQuery {
   // ThinK and Mustafar on the plan's kept tokens, per layer (empty: dense): its bytes are the
   // compressed layout's, and its attention reads them.
   std::vector<SlotCompression> compression;
+  // DELTA's layer roles on the plan side (off when empty): its sparse layers attend, per step, the
+  // chosen pages' share of their slots (delta_sparse_keys), so a step reads and multiplies less;
+  // `sinks`: the token policy's, whose pages are attended too.
+  DeltaParams delta;
+  int sinks = 4;
 };
 
 struct CapacitySide {
@@ -93,6 +99,10 @@ struct CapacitySide {
   bool memory_bound = true;         // the weight products are bandwidth-bound (not compute-bound)
   // The step's parts: weight products, attention (with the policy's bookkeeping), fork/joins.
   double weights_s = 0, attention_s = 0, overhead_s = 0;
+  // Per sequence and decode step, over every layer and KV head: the cached tokens attended (all of
+  // them but under DELTA's sparse layers) and the KV bytes attention reads.
+  double attended_slots_per_step = 0;
+  double kv_bytes_read_per_step = 0;
 };
 
 struct CapacityReport {

@@ -1,6 +1,7 @@
 #include "planner/replay.h"
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -157,6 +158,7 @@ struct ReplayEngine::Totals {
   std::vector<double> rel, mass;  // [n_kv_heads]
   double energy = 0;
   std::vector<double> head_energy;  // [n_kv_heads] when asked
+  double attended = 0;  // keys attended, over KV heads and measured decode steps
   double seconds = 0;
 };
 
@@ -176,8 +178,18 @@ int think_queries(const ReplayConfig& c, int layer, int head_dim) {
 
 }  // namespace
 
+Status check_delta_layers(const DeltaParams& delta, const std::vector<int>& recorded, const std::string& trace_path) {
+  if (!delta.on()) return ok_status();
+  for (size_t l = 0; l < delta.layers.size(); ++l) {
+    if (delta.layers[l] == kDeltaSelect && std::find(recorded.begin(), recorded.end(), int(l)) == recorded.end()) {
+      return make_error("{}: layers: DELTA's selection layer {} is not recorded (record it with --layers)", trace_path, l);
+    }
+  }
+  return ok_status();
+}
+
 void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs, std::vector<Totals>& totals,
-                          const KeptFn& on_step) const {
+                          const KeptFn& on_step, std::vector<std::vector<DeltaRow>>& delta_rows) const {
   const int H = model_.n_heads, KVH = model_.n_kv_heads, hd = model_.head_dim, group = H / KVH;
   const int q_dim = H * hd, dim = model_.dim, T = trace_->length(s), P = trace_->prompt_len(s);
   thread_local Workspace ws;
@@ -278,9 +290,15 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
     // The decode: each step's outputs and softmax statistics into their rows; the measures after.
     const bool compressed = compression.compressed();
     if (compressed) ws.compressed_mass.resize(size_t(steps) * H);
+    // DELTA's pages pass between this sequence's layers; a plain row only counts the keys attended.
+    std::vector<DeltaRow>* pages = policy.params().delta.on() ? &delta_rows[c] : nullptr;
+    if (pages && pages->size() < size_t(T - P)) pages->resize(size_t(T - P));
+    DeltaRow plain;
     for (int t = P, m = 0, last_query = P - 1; t < T; ++t) {
       const bool measure = ws.q_row[t] >= 0;
       TokenRow r = row(t);
+      r.delta = pages ? &(*pages)[t - P] : &plain;
+      const int64_t attended_before = r.delta->attended;
       if (measure && compressed) {
         // The compressed attention's softmax is not the full cache's over a subset, so the mass of
         // the kept tokens (and the new one) is summed from the full-width keys of the trace.
@@ -304,6 +322,7 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
       }
       layer_step(policy, cache.views(), r, group, measure ? ws.delta.data() + size_t(m) * q_dim : out,
                  measure ? ws.softmax.data() + size_t(m) * 2 * H : nullptr, scratch, {});
+      tot.attended += double(r.delta->attended - attended_before);
       m += measure;
       if (on_step) {
         for (int h = 0; h < KVH; ++h) {
@@ -375,11 +394,25 @@ std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConf
       tasks, std::vector<Totals>(C, Totals{.rel = std::vector<double>(KVH, 0.0), .mass = std::vector<double>(KVH, 0.0)}));
   std::mutex mu;
   int64_t done = 0;
-  parallel_for(tasks, on_step ? 1 : threads_, [&](int i) {
-    replay(i / Lm, layers[i % Lm], configs, totals[i], on_step);
+  // With DELTA roles in any configuration a task is a sequence, its layers in order (the sparse
+  // layers need the pages their selection layer chose at the same steps); else a (sequence, layer).
+  const bool delta = std::any_of(configs.begin(), configs.end(), [](const ReplayConfig& c) {
+    return c.policy->params().delta.on();
+  });
+  for (const ReplayConfig& c : configs) {
+    const Status replayable = check_delta_layers(c.policy->params().delta, layers, "trace");
+    KVP_CHECK(replayable.ok(), "{}", replayable.error().message());
+  }
+  const int per_task = delta ? Lm : 1;
+  parallel_for(tasks / per_task, on_step ? 1 : threads_, [&](int task) {
+    std::vector<std::vector<DeltaRow>> delta_rows(delta ? C : 0);
+    for (int i = task * per_task; i < (task + 1) * per_task; ++i) {
+      replay(i / Lm, layers[i % Lm], configs, totals[i], on_step, delta_rows);
+    }
     if (progress_) {
       std::lock_guard<std::mutex> lock(mu);
-      progress_(++done, tasks);
+      done += per_task;
+      progress_(done, tasks);
     }
   });
   // Sum per (sequence, layer) in a fixed order, so any number of threads gives the same bits.
@@ -392,6 +425,7 @@ std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConf
     r.rel_error.assign(L, std::vector<double>(KVH, 0.0));
     r.retained_mass = r.rel_error;
     r.resid_energy.assign(L, 0.0);
+    r.attended.assign(L, 0.0);
     if (configs[c].head_energy) r.head_resid_energy.assign(L, std::vector<double>(KVH, 0.0));
     for (int i = 0; i < tasks; ++i) {
       const int l = layers[i % Lm];
@@ -401,6 +435,7 @@ std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConf
         r.retained_mass[l][h] += t.mass[h] / (steps * group);
       }
       r.resid_energy[l] += t.energy / steps;
+      r.attended[l] += t.attended / (steps * KVH);
       for (size_t h = 0; h < t.head_energy.size(); ++h) r.head_resid_energy[l][h] += t.head_energy[h] / steps;
       r.cpu_seconds += t.seconds;
     }
@@ -412,6 +447,7 @@ std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConf
         return out;
       };
       interpolate_layers(r.resid_energy, layers, lerp);
+      interpolate_layers(r.attended, layers, lerp);
       interpolate_layers(r.rel_error, layers, lerp_heads);
       interpolate_layers(r.retained_mass, layers, lerp_heads);
       if (!r.head_resid_energy.empty()) interpolate_layers(r.head_resid_energy, layers, lerp_heads);

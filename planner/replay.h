@@ -12,6 +12,7 @@
 #pragma once
 
 #include <functional>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -43,6 +44,9 @@ struct ReplayResult {
   // alone, ‖W_o,h (o_h − ô_h)‖² / ‖x‖² with W_o,h the columns of its query heads (the cross terms
   // between heads, which average out, left out). Empty otherwise.
   std::vector<std::vector<double>> head_resid_energy;
+  // Per layer: mean keys attended per KV head and decode step, the new token included (the budget
+  // for a token policy; DELTA's sparse layers attend fewer): the bytes a step reads.
+  std::vector<double> attended;
   std::vector<int> measured_layers;  // the layers replayed; the others are interpolated
   int64_t head_steps = 0;  // query-head decode steps replayed (at recorded queries, recorded layers)
   double seconds = 0;      // wall time of the run (of the whole batch for run_batch)
@@ -58,6 +62,10 @@ using KeptFn = std::function<void(int seq, int layer, int kv_head, int32_t step,
 
 // Called as (sequence, layer) tasks complete: done of total.
 using ReplayProgress = std::function<void(int64_t done, int64_t total)>;
+
+// A trace recorded with a subset of layers replays DELTA only when every selection layer is among
+// them (a sparse layer attends the pages its selection layer chose at the same step).
+Status check_delta_layers(const DeltaParams& delta, const std::vector<int>& recorded, const std::string& trace_path);
 
 class ReplayEngine {
  public:
@@ -82,8 +90,11 @@ class ReplayEngine {
  private:
   ReplayEngine() = default;
   struct Totals;  // one configuration's sums over a (sequence, layer)
+  // `delta_rows` [config][decode step]: the DELTA pages chosen at each step of sequence `s`, written
+  // by its selection layers and read by the sparse layers after them (the layers of a sequence
+  // replay in order when a configuration has DELTA roles).
   void replay(int s, int l, const std::vector<ReplayConfig>& configs, std::vector<Totals>& totals,
-              const KeptFn& on_step) const;
+              const KeptFn& on_step, std::vector<std::vector<DeltaRow>>& delta_rows) const;
   std::vector<ReplayResult> run_configs(const std::vector<ReplayConfig>& configs, const KeptFn& on_step) const;
 
   const Trace* trace_ = nullptr;

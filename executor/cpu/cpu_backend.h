@@ -62,6 +62,7 @@ class CpuBackend final : public Backend {
     phases_ = {};
   }
   PhaseTimes phase_times() const override { return phases_; }
+  AttendStats attend_stats() const override { return attend_stats_; }
 
   KvCache& cache(int seq_idx) { return caches_[seq_idx]; }
 
@@ -96,6 +97,8 @@ class CpuBackend final : public Backend {
     explicit Worker(int max_slots) : scratch(max_slots) {}
     StepScratch scratch;
     std::vector<HeadSlots> heads, dest;
+    DeltaRow plain;         // the attended-key count of rows without DELTA (their units may split heads)
+    int64_t attended = 0;   // ... summed since the step's last layer
   };
   // Runs decode row `r` of sequence `seq` through heads [h0, h1) of one layer's cache: attend,
   // score, insert or evict.
@@ -137,6 +140,8 @@ class CpuBackend final : public Backend {
   using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
   AlignedFloats acts_[kNumActs];  // each [rows capacity, row_stride(act_width)]
   std::vector<Worker> workers_;   // one per thread
+  std::vector<DeltaRow> delta_rows_;  // [n_rows] each decode row's DELTA pages and attended keys
+  AttendStats attend_stats_;
 };
 
 }  // namespace kvp

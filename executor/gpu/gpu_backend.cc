@@ -56,6 +56,10 @@ const Policy& scored_policy(const Policy& policy) {
 }  // namespace
 
 Status GpuBackend::supports(const Policy& policy) {
+  if (policy.params().delta.on()) {
+    return make_error("DELTA's layer roles (--delta-layers, plan.yaml delta) run on --backend cpu only: the GPU "
+                      "backend has no page-selection kernels yet");
+  }
   if (policy.name() == "kvcrush") {
     if (rule_of(scored_policy(policy).name())) return {};
     return make_error("policy kvcrush: its base '{}' does not run on the GPU backend", scored_policy(policy).name());

@@ -48,6 +48,7 @@ std::string Measured::to_yaml() const {
     out << YAML::Key << k << YAML::Value << v;
   }
   out << YAML::Key << "kv_bytes_per_sequence" << YAML::Value << kv_bytes_per_sequence;
+  if (attended_per_head_step > 0) out << YAML::Key << "attended_per_head_step" << YAML::Value << attended_per_head_step;
   out << YAML::EndMap;
   out << YAML::Key << "predicted" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "kv_bytes_per_sequence" << YAML::Value << predicted_kv_bytes_per_sequence;
@@ -109,7 +110,7 @@ Result<Measured> Measured::parse(const std::string& text, const std::string& pat
   const YamlFields mf(metrics, path, "metrics.");
   KVP_RETURN_IF_ERROR(mf.only({"delta_nll", "nll_full", "nll_pruned", "top1_agreement", "kl",
                                "greedy_agreement_tokens", "greedy_agreement_fraction", "tokens_per_s",
-                               "kv_bytes_per_sequence"}));
+                               "kv_bytes_per_sequence", "attended_per_head_step"}));
   KVP_ASSIGN_OR_RETURN(m.delta_nll, mf.number("delta_nll"));
   KVP_ASSIGN_OR_RETURN(m.nll_full, mf.number("nll_full"));
   KVP_ASSIGN_OR_RETURN(m.nll_pruned, mf.number("nll_pruned"));
@@ -119,6 +120,9 @@ Result<Measured> Measured::parse(const std::string& text, const std::string& pat
   KVP_ASSIGN_OR_RETURN(m.greedy_agreement_fraction, mf.number("greedy_agreement_fraction"));
   KVP_ASSIGN_OR_RETURN(m.tokens_per_s, mf.number("tokens_per_s"));
   KVP_ASSIGN_OR_RETURN(m.kv_bytes_per_sequence, mf.integer64("kv_bytes_per_sequence", 0, INT64_MAX));
+  if (mf.has("attended_per_head_step")) {
+    KVP_ASSIGN_OR_RETURN(m.attended_per_head_step, mf.number("attended_per_head_step"));
+  }
   KVP_ASSIGN_OR_RETURN(YAML::Node predicted, top.child("predicted"));
   const YamlFields pf(predicted, path, "predicted.");
   KVP_ASSIGN_OR_RETURN(m.predicted_kv_bytes_per_sequence, pf.integer64("kv_bytes_per_sequence", 0, INT64_MAX));

@@ -39,6 +39,9 @@ struct Measured {
   int64_t predicted_kv_bytes_per_sequence = 0;  // from the plan
   std::map<std::string, double> predicted;      // the plan's accuracy predictions, if any
   double tokens_per_s = 0;      // pruned teacher-forced decode
+  // Keys attended per layer, KV head and teacher-forced decode step, the new token included (the
+  // budget for token policies; DELTA's sparse layers attend fewer). 0: not counted (older files).
+  double attended_per_head_step = 0;
   std::string backend;
 
   std::string to_yaml() const;

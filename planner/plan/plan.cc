@@ -191,7 +191,7 @@ std::string Plan::to_yaml() const {
   out.SetDoublePrecision(6);
   out << YAML::BeginMap;
   out << YAML::Key << "format" << YAML::Value << kPlanFormatName;
-  out << YAML::Key << "version" << YAML::Value << (compression.any() ? kPlanFormatVersion : 1);
+  out << YAML::Key << "version" << YAML::Value << (params.delta.on() ? 3 : compression.any() ? 2 : 1);
   out << YAML::Key << "model" << YAML::Value;
   emit_plan_model(out, model);
   out << YAML::Key << "policy" << YAML::Value << YAML::BeginMap;
@@ -231,6 +231,14 @@ std::string Plan::to_yaml() const {
   }
   out << YAML::EndSeq;
   emit_compression(out, compression);
+  if (params.delta.on()) {
+    out << YAML::Key << "delta" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "layers" << YAML::Value << params.delta.layers;
+    out << YAML::Key << "pages" << YAML::Value << params.delta.pages;
+    out << YAML::Key << "page_size" << YAML::Value << params.delta.page_size;
+    out << YAML::Key << "last" << YAML::Value << params.delta.last;
+    out << YAML::EndMap;
+  }
   out << YAML::Key << "predictions" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "kv_bytes_per_sequence" << YAML::Value << kv_bytes_per_sequence;
   for (const auto& [k, v] : predicted) out << YAML::Key << k << YAML::Value << v;
@@ -254,6 +262,7 @@ Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
   std::set<std::string> top_known = {"format", "version", "model", "policy", "kv_dtype", "budgets", "predictions",
                                      "provenance"};
   if (version >= 2) top_known.insert({"key_channels", "sparsity"});
+  if (version >= 3) top_known.insert("delta");
   KVP_RETURN_IF_ERROR(top.only(top_known));
   Plan plan;
   KVP_ASSIGN_OR_RETURN(YAML::Node model, top.child("model"));
@@ -368,6 +377,28 @@ Result<Plan> Plan::parse(const std::string& text, const std::string& path) {
   if (auto layers = plan.compression.layers(plan.model.n_layers, plan.model.head_dim); !layers.ok()) {
     return layers.error().with_context(path);
   }
+  if (top.has("delta")) {
+    KVP_ASSIGN_OR_RETURN(YAML::Node delta, top.child("delta"));
+    if (!delta.IsMap()) return top.error("delta", "expected a map of layers, pages, page_size and last");
+    const YamlFields df(delta, path, "delta.");
+    KVP_RETURN_IF_ERROR(df.only({"layers", "pages", "page_size", "last"}));
+    DeltaParams& d = plan.params.delta;
+    KVP_ASSIGN_OR_RETURN(d.layers, df.str("layers"));
+    if (d.layers.empty()) return df.error("layers", "expected one role per layer (f, s, p), found none");
+    if (df.has("pages")) {
+      KVP_ASSIGN_OR_RETURN(d.pages, df.integer("pages", 1, 1 << 22));
+    }
+    if (df.has("page_size")) {
+      KVP_ASSIGN_OR_RETURN(d.page_size, df.integer("page_size", 1, 4096));
+    }
+    if (df.has("last")) {
+      KVP_ASSIGN_OR_RETURN(d.last, df.integer("last", 0, 1 << 22));
+    }
+    if (const auto e = delta_param_error(d, plan.model.n_layers)) return df.error(e->field, e->message);
+    if (plan.compression.any()) {
+      return top.error("delta", "DELTA's sparse layers attend dense caches; drop key_channels and sparsity or delta");
+    }
+  }
 
   KVP_ASSIGN_OR_RETURN(YAML::Node predictions, top.child("predictions"));
   if (!predictions.IsMap()) return top.error("predictions", "expected a map");
@@ -436,6 +467,12 @@ Result<Plan> uniform_plan(const PlanModel& model, const std::string& policy, con
                       budget_tokens);
   }
   KVP_RETURN_IF_ERROR(check_policy_compression(*impl, compression, "--think/--mustafar"));
+  if (const auto e = delta_param_error(params.delta, model.n_layers)) {  // the flags' names (plan_flags)
+    return make_error("--delta-{}: {}", e->field == "page_size" ? "page-size" : e->field, e->message);
+  }
+  if (params.delta.on() && compression.any()) {
+    return make_error("--delta-layers and --think/--mustafar: DELTA's sparse layers attend dense caches; give one");
+  }
   if (budget_tokens < 1 || budget_tokens > model.seq_len) {
     return make_error("--budget: expected 1..{} tokens (the model's seq_len), found {}", model.seq_len, budget_tokens);
   }

@@ -16,9 +16,9 @@
 namespace kvp {
 
 inline constexpr const char* kPlanFormatName = "kvplan-plan";
-// Version 2 adds key_channels and sparsity (ThinK, Mustafar); a plan without them is written as
-// version 1, and both versions are read.
-inline constexpr int kPlanFormatVersion = 2;
+// Version 2 adds key_channels and sparsity (ThinK, Mustafar), version 3 delta (DELTA's layer roles);
+// a plan is written as the lowest version that holds what it has, and every version is read.
+inline constexpr int kPlanFormatVersion = 3;
 
 // The model a plan was made for.
 struct PlanModel {
@@ -66,7 +66,7 @@ Status read_compression(const YamlFields& fields, int n_layers, int max_window, 
 struct Plan {
   PlanModel model;
   std::string policy;  // a name from policy_names()
-  PolicyParams params;
+  PolicyParams params;  // DELTA's roles (params.delta) are the plan's `delta` map
   KvDtype kv_dtype = KvDtype::kF32;
   std::vector<std::vector<int32_t>> budgets;  // [n_layers][n_kv_heads] slots
   PlanCompression compression;

@@ -6,29 +6,80 @@ namespace kvp {
 
 StepScratch::StepScratch(int max_slots) : scores(max_slots + 17), weights(max_slots + 17) {}
 
+int sparse_slot_attention(const float* q, int group, const HeadSlots& head, const float* k_new, const float* v_new,
+                          const SlotAttentionOut& result, const DeltaParams& d, const DeltaRow& delta,
+                          StepScratch& sc) {
+  KVP_CHECK(!head.compressed(), "DELTA's sparse layers attend dense caches only");
+  const int n = *head.n_used, hd = head.head_dim;
+  sc.gathered.clear();
+  for (int j = 0; j < n; ++j) {
+    if (page_chosen(d, delta, head.pos[j])) sc.gathered.push_back(j);
+  }
+  const int m = static_cast<int>(sc.gathered.size());
+  if (m == n) {
+    slot_attention(q, group, head.kv(), k_new, v_new, result);
+    return n + 1;
+  }
+  const size_t elements = size_t(std::max(m, 1)) * hd;
+  if (sc.gather_k.size() < elements) sc.gather_k.resize(elements), sc.gather_v.resize(elements);
+  for (int d_i = 0; d_i < hd; ++d_i) {
+    for (int i = 0; i < m; ++i) {
+      const size_t from = slot_element(head.budget, hd, d_i, sc.gathered[i]), to = slot_element(m, hd, d_i, i);
+      sc.gather_k[to] = head.k[from];
+      sc.gather_v[to] = head.v[from];
+    }
+  }
+  if (result.weights && sc.gather_weights.size() < size_t(m) + 17) sc.gather_weights.resize(size_t(m) + 17);
+  SlotAttentionOut sub = result;
+  sub.weights = result.weights ? sc.gather_weights.data() : nullptr;
+  slot_attention(q, group, SlotKv{.k = sc.gather_k.data(), .v = sc.gather_v.data(), .capacity = m, .n_used = m, .head_dim = hd},
+                 k_new, v_new, sub);
+  if (result.weights) {
+    std::fill_n(result.weights, n, 0.0f);
+    for (int i = 0; i < m; ++i) result.weights[sc.gathered[i]] = sc.gather_weights[i];
+    result.weights[n] = sc.gather_weights[m];
+  }
+  return m + 1;
+}
+
 void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const TokenRow& row, int group,
                 float* attn_out, float* softmax, StepScratch& sc, const EvictFn& on_evict) {
   const int n_kv_heads = static_cast<int>(heads.size());
   const int hd = heads[0].head_dim;
   const bool want_weights = policy.uses_attention();
   sc.self_weight.assign(n_kv_heads, 0.0f);
+  // DELTA at a decode row with a query: a selection layer scores the pages, a sparse one attends them.
+  const DeltaParams& delta = policy.params().delta;
+  const char role = row.delta && row.q && row.prompt_len == 0 ? delta.role(row.layer_idx) : kDeltaFull;
+  if (role == kDeltaSelect) row.delta->pos_weight.assign(size_t(row.pos), 0.0f);
   for (int h = 0; row.q != nullptr && h < n_kv_heads; ++h) {
     const HeadSlots& head = heads[h];
     const size_t n = static_cast<size_t>(*head.n_used) + 1;
-    if (sc.weights.size() < n + 16) {  // both written in whole 16-float packets
+    if (sc.weights.size() < n + 16) {  // all written in whole 16-float packets
       sc.scores.resize(n + 16);
       sc.weights.resize(n + 16);
     }
+    if (role == kDeltaSelect && sc.head_max.size() < n + 16) sc.head_max.resize(n + 16);
     const float* q = row.q + size_t(h) * group * hd;
     const SlotAttentionOut result{.out = attn_out + size_t(h) * group * hd,
                                   .weights = want_weights ? sc.weights.data() : nullptr,
                                   .softmax = softmax ? softmax + size_t(h) * group * 2 : nullptr,
-                                  .scratch = sc.scores.data()};
-    if (head.compressed()) {
+                                  .scratch = sc.scores.data(),
+                                  .head_max = role == kDeltaSelect ? sc.head_max.data() : nullptr};
+    if (role == kDeltaSparse) {
+      row.delta->attended += sparse_slot_attention(q, group, head, row.k + size_t(h) * hd, row.v + size_t(h) * hd,
+                                                   result, delta, *row.delta, sc);
+    } else if (head.compressed()) {
       compressed_slot_attention(q, group, head, row.pos, row.k + size_t(h) * hd, row.v + size_t(h) * hd, result);
     } else {
       slot_attention(q, group, head.kv(), row.k + size_t(h) * hd, row.v + size_t(h) * hd, result);
     }
+    if (role == kDeltaSelect) {
+      KVP_CHECK(!head.compressed(), "DELTA's selection layers attend dense caches only");
+      float* pos_weight = row.delta->pos_weight.data();
+      for (int j = 0; j < *head.n_used; ++j) pos_weight[head.pos[j]] = std::max(pos_weight[head.pos[j]], sc.head_max[j]);
+    }
+    if (row.delta && role != kDeltaSparse) row.delta->attended += *head.n_used + 1;
     // ThinK's channel scores: Σ q² over the group's queries of the prompt's last think_queries rows.
     if (head.query_sums && row.prompt_len > 0 && row.pos >= row.prompt_len - head.think_queries) {
       for (int g = 0; g < group; ++g) {
@@ -41,6 +92,7 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
       sc.self_weight[h] = sc.weights[*head.n_used];
     }
   }
+  if (role == kDeltaSelect) choose_pages(delta, policy.params().sinks, row.pos, *row.delta);
   if (const int period = policy.cut_period(); period > 0 && row.prompt_len == 0 && *heads[0].n_used == heads[0].budget) {
     // A policy that selects in one go (KVCrush): the full cache cut to budget − period slots, so
     // this token and the next period − 1 enter free slots.

@@ -102,6 +102,11 @@ struct TokenRow {
   // Replay of a strided trace: positions at or after this one are not yet scored by a recorded
   // query and are evicted last (choose_victim).
   int32_t unscored_from = kNoUnscored;
+  // DELTA (delta.h), under a policy whose params carry layer roles: this decode row's state across
+  // the layers of its step; a selection layer writes the chosen pages, a sparse layer attends only
+  // them. Null: every layer attends in full. A selection layer's step must hold all the layer's KV
+  // heads (its page scores take the maximum over all query heads).
+  DeltaRow* delta = nullptr;
 };
 
 // Reusable buffers of layer_step, sized for `max_slots` + 1 keys.
@@ -113,7 +118,21 @@ struct StepScratch {
   std::vector<SlotArrays> views;
   std::vector<int> slot;
   std::vector<int32_t> victim;
+  // DELTA: the largest weight per slot over a group's queries (selection), and a sparse layer's
+  // chosen slots gathered into the blocked layout with their weights.
+  std::vector<float> head_max, gather_weights;
+  Aligned64Vector<float> gather_k, gather_v;
+  std::vector<int> gathered;
 };
+
+// Attention of one KV head of a DELTA sparse layer over its slots on the pages `delta` chose plus the
+// new token: those slots gathered into `sc` (the blocked layout, slot order kept), slot_attention
+// over them, and, when `result.weights` is given, the weights scattered back to [n_used + 1] with 0
+// for the slots not attended. Every slot chosen: slot_attention over the head itself (the same
+// bits as a full layer). Returns the keys attended (the new token included).
+int sparse_slot_attention(const float* q, int group, const HeadSlots& head, const float* k_new, const float* v_new,
+                          const SlotAttentionOut& result, const DeltaParams& d, const DeltaRow& delta,
+                          StepScratch& sc);
 
 // Attends each query head over its KV head's slots plus the token itself (writing `attn_out`,
 // [n_heads, head_dim], and when given `softmax`, [n_heads, 2] as SlotAttentionOut), updates the scores, and inserts the token

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "planner/policy/delta.h"
 
 namespace kvp {
 
@@ -40,6 +41,8 @@ struct PolicyParams {
   double crush_ratio = 0.25;
   CrushAnchor crush_anchor = CrushAnchor::kMean;
   int crush_period = 8;
+  // DELTA's layer roles and pages (delta.h): any policy may carry them; off unless layers are given.
+  DeltaParams delta;
 };
 
 // One KV head's slots. The first n_used are valid; slot order is arbitrary.
@@ -133,9 +136,6 @@ Result<CrushAnchor> parse_crush_anchor(std::string_view name);
 // kvcrush's own settings checked, in the order ratio, period, base: the field at fault and what is
 // wrong with it, or nothing. The base must not be full or kvcrush; a name no policy has is
 // make_policy's to report. make_policy, plan.yaml and the flags each name the field their way.
-struct ParamError {
-  std::string field, message;
-};
 std::optional<ParamError> kvcrush_param_error(const PolicyParams& p);
 std::string_view crush_anchor_name(CrushAnchor anchor);
 

@@ -1,5 +1,7 @@
 #include "planner/policy/slot_attention.h"
 
+#include <algorithm>
+
 #include <Eigen/Core>
 #include <cmath>
 
@@ -86,6 +88,10 @@ void slot_attention_impl(const float* q, int group, const SlotKv& kv, const floa
           float* wj = r.weights + j;
           lanes::store(wj, g == 0 ? e * inv_sum : lanes::load(wj) + e * inv_sum);
         }
+        if (r.head_max) {
+          float* mj = r.head_max + j;
+          lanes::store(mj, g == 0 ? e * inv_sum : lanes::max(lanes::load(mj), e * inv_sum));
+        }
         if (j + W <= n) {
           const float* block = kv.v + size_t(j) * kHeadDim;  // a whole block: rows of 16
           for (int d = 0; d < kHeadDim; ++d) acc[d] += lanes::load(block + size_t(d) * W) * e;
@@ -123,6 +129,11 @@ void slot_attention_impl(const float* q, int group, const SlotKv& kv, const floa
         for (int l = 0; j + l < n; ++l) acc[d][l] += a[l] * s[j + l];
       }
       for (int d = 0; d < hd; ++d) out[d] = lanes::reduce_add(acc[d]) + s[n] * v_new[d];
+    }
+    if (r.head_max && g == 0) {
+      std::copy(s, s + n + 1, r.head_max);
+    } else if (r.head_max) {
+      for (int j = 0; j <= n; ++j) r.head_max[j] = std::max(r.head_max[j], s[j]);
     }
     if (r.weights && g == 0) {
       std::copy(s, s + n + 1, r.weights);

@@ -46,6 +46,8 @@ struct SlotAttentionOut {
   float* softmax;       // [group, 2] each query's largest scaled logit m and Σ exp(logit − m), or null:
                         // the log normaliser is m + log(Σ)
   float* scratch;       // [n_used + 1 rounded up to a multiple of 16], 64-byte aligned
+  float* head_max = nullptr;  // [n_used + 1] the largest weight any of the group's queries gives each slot
+                              // (new token last), or null; padded as `weights` (DELTA's selection)
 };
 
 // For each of the `group` queries q[g] ([group, head_dim]): softmax(q·k / sqrt(head_dim)) over the

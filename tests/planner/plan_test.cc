@@ -123,7 +123,7 @@ std::vector<BadPlan> bad_plans() {
        "budgets: 4 layers listed, the model has 5"},
       {"wrong_head_count", [](std::string& s) { replace(s, "[32, 48, 64, 96]", "[32, 48, 64]"); },
        "budgets[2]: 3 heads listed, the model has 4 KV heads"},
-      {"future_version", [](std::string& s) { replace(s, "version: 1", "version: 9"); }, "version: this kvplan reads versions 1 to 2, found 9"},
+      {"future_version", [](std::string& s) { replace(s, "version: 1", "version: 9"); }, "version: this kvplan reads versions 1 to 3, found 9"},
       {"unknown_policy", [](std::string& s) { replace(s, "name: vatp", "name: lru"); }, "'lru'"},
       {"bad_base", [](std::string& s) { replace(s, "base: mean", "base: median"); }, "policy.base"},
       {"bytes_disagree", [](std::string& s) { replace(s, "kv_bytes_per_sequence: ", "kv_bytes_per_sequence: 1"); },
@@ -170,6 +170,43 @@ TEST(Plan, SharedSetPoliciesNeedEqualHeadBudgets) {
   auto parsed = Plan::parse(yaml, "p.yaml");
   ASSERT_FALSE(parsed.ok());
   EXPECT_NE(parsed.error().message().find("equal budgets"), std::string::npos) << parsed.error().message();
+}
+
+// DELTA's roles in the plan: written as version 3 and read back equal; a plan without them stays
+// version 1. Bad role lists and pages are errors naming the field, beside the accepted plan.
+TEST(Plan, DeltaRolesRoundTripAndBadOnesNameTheField) {
+  PolicyParams params{.sinks = 4, .recent = 16, .delta = {.layers = "fsppp", .pages = 8, .page_size = 16, .last = 2}};
+  auto plan = uniform_plan(stories(), "vatp", params, 64, KvDtype::kF32);
+  ASSERT_TRUE(plan.ok()) << plan.error().message();
+  const std::string yaml = plan->to_yaml();
+  EXPECT_NE(yaml.find("version: 3"), std::string::npos);
+  EXPECT_NE(yaml.find("delta:\n  layers: fsppp\n  pages: 8\n  page_size: 16\n  last: 2\n"), std::string::npos) << yaml;
+  auto back = Plan::parse(yaml, "p.yaml");
+  ASSERT_TRUE(back.ok()) << back.error().message();
+  EXPECT_EQ(back->params.delta, params.delta);
+  EXPECT_EQ(back->to_yaml(), yaml);
+  EXPECT_EQ(back->kv_bytes_per_sequence, uniform_plan(stories(), "vatp", {.sinks = 4, .recent = 16}, 64, KvDtype::kF32)
+                                             ->kv_bytes_per_sequence);  // DELTA keeps the cache whole
+  EXPECT_NE(uniform_plan(stories(), "vatp", {.sinks = 4, .recent = 16}, 64, KvDtype::kF32)->to_yaml().find("version: 1"),
+            std::string::npos);
+  auto error = [&](const std::string& from, const std::string& to) {
+    std::string edited = yaml;
+    replace(edited, from, to);
+    auto p = Plan::parse(edited, "p.yaml");
+    return p.ok() ? std::string("accepted") : p.error().message();
+  };
+  EXPECT_EQ(error("layers: fsppp", "layers: fspp"),
+            "p.yaml: delta.layers: expected one role per layer (5 letters of f, s, p), found 4 in 'fspp'");
+  EXPECT_EQ(error("layers: fsppp", "layers: fpspp"),
+            "p.yaml: delta.layers: layer 1 is sparse (p) before any selection layer (s) in 'fpspp'");
+  EXPECT_EQ(error("pages: 8", "pages: 0"), "p.yaml: delta.pages: expected 1..4194304, found 0");
+  EXPECT_EQ(error("last: 2", "lasts: 2"),
+            "p.yaml: delta.lasts: unknown field (expected one of: last, layers, page_size, pages)");
+  EXPECT_EQ(error("version: 3", "version: 2").rfind("p.yaml: delta: unknown field", 0), 0u);
+  EXPECT_EQ(error("layers: fsppp", "layers: ffspp"), "accepted");
+  auto flags = uniform_plan(stories(), "vatp", {.sinks = 4, .recent = 16, .delta = {.layers = "fs"}}, 64, KvDtype::kF32);
+  ASSERT_FALSE(flags.ok());
+  EXPECT_EQ(flags.error().message(), "--delta-layers: expected one role per layer (5 letters of f, s, p), found 2 in 'fs'");
 }
 
 TEST(Plan, UniformFromFlagsRefusesBudgetsBelowTheProtectedPositions) {

@@ -251,6 +251,24 @@ TEST(ReplayAgreementKvCrush, KeepsTheExecutorsTokensAtEveryStep) {
   }
 }
 
+// DELTA over h2o and over VATP (roles f s p s p; 2 pages of 8 and the last one): the replay, which
+// steps a sequence's layers together, keeps the executor's tokens at every step, the sparse layers'
+// scores coming from the pages their selection layer chose; and DELTA changes what h2o keeps.
+TEST(ReplayAgreementDelta, KeepsTheExecutorsTokensAtEveryStep) {
+  const ModelConfig& c = default_model().weights.config();
+  ASSERT_EQ(c.n_layers, 5);
+  const int budget = 48, T = 140, P = 40;
+  for (const std::string name : {"h2o", "vatp"}) {
+    const PolicyParams params{.sinks = 2, .recent = 5,
+                              .delta = {.layers = "fspsp", .pages = 2, .page_size = 8, .last = 1}};
+    const ClosedLoop executor = run_executor(name, params, budget, T, P);
+    EXPECT_EQ(expect_replay_keeps_executor_tokens(executor, name, params, budget, 0), c.n_layers * c.n_kv_heads * (T - P));
+    PolicyParams plain = params;
+    plain.delta = {};
+    EXPECT_NE(executor.kept, run_executor(name, plain, budget, T, P).kept) << name;
+  }
+}
+
 // A replay engine over the executor's full-cache recording of 140 positions, 24 of them prompt.
 std::unique_ptr<ReplayEngine> full_cache_engine() {
   static const Trace trace = [] {
@@ -287,6 +305,34 @@ TEST(Replay, ErrorsVanishWithAFullBudgetAndGrowAsItShrinks) {
   EXPECT_EQ(full.head_steps, int64_t{140 - 24} * c.n_heads * c.n_layers);
   // The same configuration twice, and with one thread, gives the same bits.
   EXPECT_EQ(run(48).rel_error, mid.rel_error);
+}
+
+// DELTA over the full cache: the full and selection layers attend every token (no error, every key),
+// the sparse layers only the chosen pages (error, fewer keys); with more pages than the sequence
+// has, no layer has error.
+TEST(Replay, DeltaErrsOnlyInTheSparseLayersAndCountsTheirKeys) {
+  const std::unique_ptr<ReplayEngine> engine = full_cache_engine();
+  const ModelConfig& c = default_model().weights.config();
+  auto run = [&](int pages) {
+    const PolicyParams p{.sinks = 0, .recent = 0, .delta = {.layers = "fsppp", .pages = pages, .page_size = 8, .last = 1}};
+    return engine->run({.policy = std::shared_ptr<const Policy>(make_policy("full", p).value()),
+                        .budgets = std::vector<std::vector<int32_t>>(c.n_layers, std::vector<int32_t>(c.n_kv_heads, 140))});
+  };
+  const ReplayResult sparse = run(3), all = run(64);
+  // Decode steps 24..139 attend 24..139 cached keys and the new one: 82.5 on average.
+  for (int l = 0; l < c.n_layers; ++l) {
+    EXPECT_DOUBLE_EQ(all.attended[l], 82.5) << l;
+    EXPECT_EQ(all.resid_energy[l], 0.0) << l;
+    if (l < 2) {
+      EXPECT_EQ(sparse.resid_energy[l], 0.0) << l;
+      EXPECT_DOUBLE_EQ(sparse.attended[l], 82.5) << l;
+    } else {
+      EXPECT_GT(sparse.resid_energy[l], 0.0) << l;
+      // Pages 0, the last and 3 chosen of 8 positions each: at most 40 keys and the new one.
+      EXPECT_LE(sparse.attended[l], 41.0) << l;
+      EXPECT_GT(sparse.attended[l], 30.0) << l;
+    }
+  }
 }
 
 // Each KV head's own residual energy: zero for a head holding every token, and when one head

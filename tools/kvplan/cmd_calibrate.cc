@@ -55,8 +55,12 @@ Status calibrate(const CalibrateFlags& flags) {
       return make_error("{}: config.budgets: {} layers, the model has {}", path, m.budgets.size(), shape.n_layers);
     }
     KVP_ASSIGN_OR_RETURN(PolicyParams params, measured_params(m, path));
+    if (const auto e = delta_param_error(params.delta, shape.n_layers)) {
+      return make_error("{}: config.detail: delta_{}: {}", path, e->field, e->message);
+    }
+    KVP_RETURN_IF_ERROR(check_delta_layers(params.delta, trace.layers(), flags.trace));
     KVP_ASSIGN_OR_RETURN(auto policy, make_policy(m.policy, params));
-    if (!policy->evicts()) continue;  // the full cache has no error to calibrate
+    if (!policy->evicts() && !params.delta.on()) continue;  // the full cache has no error to calibrate
     Result<std::vector<SlotCompression>> compression = m.compression.layers(shape.n_layers, shape.head_dim);
     if (!compression.ok()) return compression.error().with_context(path);
     items.push_back({m, ReplayConfig{.policy = std::shared_ptr<const Policy>(std::move(policy)),
@@ -80,8 +84,9 @@ Status calibrate(const CalibrateFlags& flags) {
   std::vector<CalibrationPoint> points;
   for (size_t i = 0; i < items.size(); ++i) {
     const Measured& m = items[i].m;
-    points.push_back(CalibrationPoint{.label = fmt::format("{}{} {}", m.policy, m.compression.label(), budget_summary(m.budgets)),
-                                      .policy = m.policy + m.compression.label(),
+    const std::string variant = m.policy + m.compression.label() + (configs[i].policy->params().delta.on() ? "+delta" : "");
+    points.push_back(CalibrationPoint{.label = fmt::format("{} {}", variant, budget_summary(m.budgets)),
+                                      .policy = variant,
                                       .kv_bytes_per_sequence = m.kv_bytes_per_sequence,
                                       .layer_energy = replays[i].resid_energy,
                                       .delta_nll = m.delta_nll,

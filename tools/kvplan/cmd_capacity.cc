@@ -32,6 +32,7 @@ struct CapacityFlags {
   std::string kv_memory;  // kvplan serve's pool: how many requests it runs at once
   bool json = false;
   CompressionFlags compress;  // --keep's ThinK and Mustafar
+  DeltaParams delta;          // --keep's DELTA roles (a plan carries its own)
 };
 
 // The matrices' type for HardwareSpec::matmul_flops when only --weight-bytes is known.
@@ -197,7 +198,11 @@ Status run_capacity(const CapacityFlags& flags) {
     if (flags.compress.given()) {
       return make_error("--plan and --think/--mustafar: the plan carries its own key_channels and sparsity");
     }
-    what = fmt::format("plan {} ({}{})", flags.plan, plan.policy, plan.compression.label());
+    if (flags.delta.on()) return make_error("--plan and --delta-layers: the plan carries its own delta roles");
+    q.delta = plan.params.delta;
+    q.sinks = plan.params.sinks;
+    what = fmt::format("plan {} ({}{}{})", flags.plan, plan.policy, plan.compression.label(),
+                       plan.params.delta.on() ? "+delta" : "");
   } else {
     if (!(flags.keep > 0 && flags.keep <= 1)) return make_error("--keep: expected a ratio in (0, 1] (or --plan), found {}", flags.keep);
     q.keep_ratio = flags.keep;
@@ -211,6 +216,13 @@ Status run_capacity(const CapacityFlags& flags) {
     KVP_ASSIGN_OR_RETURN(const PlanCompression compression, flags.compress.compression(model.head_dim()));
     KVP_ASSIGN_OR_RETURN(q.compression, compression.layers(model.n_layers, model.head_dim()));
     what += compression.label();
+    KVP_RETURN_IF_ERROR(check_delta_flags(flags.delta, model.n_layers));
+    if (flags.delta.on() && compression.any()) {
+      return make_error("--delta-layers and --think/--mustafar: DELTA's sparse layers attend dense caches; give one");
+    }
+    q.delta = flags.delta;
+    if (!flags.policy.empty()) q.sinks = published_defaults(flags.policy, 64).sinks;
+    if (flags.delta.on()) what += "+delta";
   }
   const CapacityReport r = capacity(model, hw, q);
   // What one kept token of one KV head costs, and what a compressed head holds besides (rings,
@@ -240,7 +252,9 @@ Status run_capacity(const CapacityFlags& flags) {
                           {"max_batch", s.max_batch}, {"max_batch_at_peak", s.max_batch_at_peak}, {"batch", s.batch},
                           {"decode_step_s", s.decode_step_s}, {"weights_s", s.weights_s},
                           {"attention_s", s.attention_s}, {"overhead_s", s.overhead_s},
-                          {"tokens_per_s", s.tokens_per_s}, {"memory_bound", s.memory_bound}};
+                          {"tokens_per_s", s.tokens_per_s}, {"memory_bound", s.memory_bound},
+                          {"attended_slots_per_step", s.attended_slots_per_step},
+                          {"kv_bytes_read_per_step", s.kv_bytes_read_per_step}};
     if (pool > 0) {
       j["pool_sequences"] = in_pool(s);
       j["pool_sequences_at_peak"] = pool / s.peak_kv_bytes_per_sequence;
@@ -286,6 +300,10 @@ Status run_capacity(const CapacityFlags& flags) {
   }
   const std::string at = flags.batch > 0 ? fmt::format("decode step at batch {}", flags.batch) : "decode step at that batch";
   row(at.c_str(), fmt::format("{:.2f} ms", r.full.decode_step_s * 1e3), fmt::format("{:.2f} ms", r.plan.decode_step_s * 1e3));
+  row("keys attended per step", fmt::format("{:.0f}", r.full.attended_slots_per_step),
+      fmt::format("{:.0f}", r.plan.attended_slots_per_step));
+  row("KV bytes read per step", fmt::format("{:.1f} MiB", r.full.kv_bytes_read_per_step / double(1 << 20)),
+      fmt::format("{:.1f} MiB", r.plan.kv_bytes_read_per_step / double(1 << 20)));
   row("decode tokens/s", fmt::format("{:.0f}", r.full.tokens_per_s), fmt::format("{:.0f}", r.plan.tokens_per_s));
   row("bound by", r.full.memory_bound ? "memory" : "compute", r.plan.memory_bound ? "memory" : "compute");
   if (r.full.tokens_per_s > 0) {
@@ -330,6 +348,7 @@ Command add_capacity_command(CLI::App& app) {
                   "with its prompt's prefill scratch (--prompt-len)");
   sub->add_flag("--json", flags->json, "Machine-readable output");
   flags->compress.add_to(sub);  // with --keep; a --plan carries its own
+  add_delta_flags(sub, &flags->delta);
   return {sub, [flags] { return run_capacity(*flags); }};
 }
 

@@ -83,7 +83,8 @@ nlohmann::json metrics_json(const Measured& m) {
           {"greedy_agreement_fraction", m.greedy_agreement_fraction},
           {"kv_bytes_per_sequence", m.kv_bytes_per_sequence},
           {"predicted_kv_bytes_per_sequence", m.predicted_kv_bytes_per_sequence},
-          {"n_predicted_tokens", m.n_predicted_tokens}, {"tokens_per_s", m.tokens_per_s}};
+          {"n_predicted_tokens", m.n_predicted_tokens}, {"tokens_per_s", m.tokens_per_s},
+          {"attended_per_head_step", m.attended_per_head_step}};
 }
 
 Status write_eviction_log(const std::string& path, const std::vector<EvictionRecord>& log) {
@@ -156,6 +157,7 @@ Status eval_one(const EvalFlags& flags) {
               static_cast<long long>(m.kv_bytes_per_sequence), static_cast<long long>(m.predicted_kv_bytes_per_sequence),
               static_cast<long long>(full_bytes));
   std::printf("%-34s %.0f\n", "decode tokens/s (teacher-forced)", m.tokens_per_s);
+  std::printf("%-34s %.1f keys (the new token counted)\n", "attended per layer, head and step", m.attended_per_head_step);
   std::printf("\nwrote %s%s%s\n", out.c_str(), flags.eviction_log.empty() ? "" : " and ", flags.eviction_log.c_str());
   return ok_status();
 }

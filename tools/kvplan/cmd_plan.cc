@@ -140,6 +140,8 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
     nominal_budget = static_cast<int32_t>(std::clamp<int64_t>(slots, 1, longest));
   }
   KVP_ASSIGN_OR_RETURN(PolicyParams params, flags.plan.params_for(flags.plan.policy, nominal_budget));
+  KVP_RETURN_IF_ERROR(check_delta_flags(params.delta, m.n_layers));
+  KVP_RETURN_IF_ERROR(check_delta_layers(params.delta, trace.layers(), flags.trace));
   KVP_ASSIGN_OR_RETURN(auto policy, make_policy(flags.plan.policy, params));
   KVP_ASSIGN_OR_RETURN(PlanCompression base, flags.plan.compression(m.head_dim));
   KVP_ASSIGN_OR_RETURN(const std::vector<PlanCompression> compressions,

@@ -31,9 +31,20 @@ void PlanFlags::add_to(CLI::App* app, bool with_policy) {
                   "kvcrush: the head-behaviour anchor: mean (majority bit per head), random or alternating (default mean)");
   app->add_option("--kvcrush-period", crush_period,
                   "kvcrush: decode steps between selections; each cuts the cache to budget minus this (default 8)");
+  add_delta_flags(app, &delta);
   app->add_option("--policy-seed", seed, "Seed of the random policy and of kvcrush's random anchor (default 0)");
   app->add_option("--kv-dtype", kv_dtype, "KV element type: f32 (the CPU backend stores f32)");
   compress.add_to(app);
+}
+
+void add_delta_flags(CLI::App* app, DeltaParams* delta) {
+  app->add_option("--delta-layers", delta->layers,
+                  "DELTA: one role per layer, f (full), s (select: attends in full and chooses the pages) or p "
+                  "(sparse: attends only the pages the selection layer before it chose), e.g. fsppp; with any "
+                  "--policy (default: off)");
+  app->add_option("--delta-pages", delta->pages, "DELTA: top-scored pages chosen per decode step (default 64)");
+  app->add_option("--delta-page-size", delta->page_size, "DELTA: positions per page (default 16)");
+  app->add_option("--delta-last", delta->last, "DELTA: the newest pages always attended (default 8)");
 }
 
 void CompressionFlags::add_to(CLI::App* app) {
@@ -85,6 +96,7 @@ Result<PolicyParams> PlanFlags::params_for(const std::string& name, int budget) 
   }
   KVP_ASSIGN_OR_RETURN(p.vatp_base, parse_vatp_base(vatp_base));
   p.seed = seed;
+  p.delta = delta;
   if (name == "kvcrush") {
     p.crush_base = crush_base, p.crush_ratio = crush_ratio, p.crush_period = crush_period;
     if (const auto e = kvcrush_param_error(p)) return make_error("--kvcrush-{}: {}", e->field, e->message);
@@ -124,6 +136,13 @@ Result<Plan> PlanFlags::resolve(const PlanModel& model, const std::string& model
   if (policy.empty()) return make_error("--plan or --policy: one is needed");
   if (budget <= 0) return make_error("--budget: expected the slots per layer and head for --policy, found {}", budget);
   return uniform(model, policy, budget);
+}
+
+Status check_delta_flags(const DeltaParams& delta, int n_layers) {
+  if (const auto e = delta_param_error(delta, n_layers)) {
+    return make_error("--delta-{}: {}", e->field == "page_size" ? "page-size" : e->field, e->message);
+  }
+  return ok_status();
 }
 
 PlanModel plan_model(const ModelConfig& c, const std::string& fingerprint) {

@@ -40,6 +40,7 @@ struct PlanFlags {
   double crush_ratio = 0.25;
   int crush_period = 8;
   uint64_t seed = 0;
+  DeltaParams delta;  // --delta-layers (off when empty), --delta-pages, --delta-page-size, --delta-last
   std::string kv_dtype = "f32";
   CompressionFlags compress;  // ThinK and Mustafar on the kept tokens
 
@@ -56,6 +57,11 @@ struct PlanFlags {
 };
 
 PlanModel plan_model(const ModelConfig& config, const std::string& fingerprint);
+
+// --delta-layers, --delta-pages, --delta-page-size, --delta-last into `delta`.
+void add_delta_flags(CLI::App* app, DeltaParams* delta);
+// DELTA's flags checked against a model of `n_layers` layers: the error names the flag.
+Status check_delta_flags(const DeltaParams& delta, int n_layers);
 
 // "0,0.4" -> {0, 0.4}: ratios in [0, 1); errors name the flag.
 Result<std::vector<double>> parse_ratio_list(const std::string& flag, const std::string& text);
