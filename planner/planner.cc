@@ -79,6 +79,10 @@ void record_replay_predictions(const ReplayResult& r, Plan* plan) {
   plan->predicted["replay_resid_energy"] = r.total_resid_energy();
   plan->predicted["replay_rel_error"] = r.mean_rel_error();
   plan->predicted["replay_retained_mass"] = r.mean_retained_mass();
+  // Keys attended per layer, KV head and decode step: what a step reads (DELTA's sparse layers fewer).
+  double attended = 0;
+  for (double a : r.attended) attended += a;
+  if (!r.attended.empty()) plan->predicted["replay_attended_per_head_step"] = attended / double(r.attended.size());
 }
 
 Plan allocated_plan(const PlanModel& model, const std::string& policy, const PolicyParams& params,

@@ -290,15 +290,14 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
     // The decode: each step's outputs and softmax statistics into their rows; the measures after.
     const bool compressed = compression.compressed();
     if (compressed) ws.compressed_mass.resize(size_t(steps) * H);
-    // DELTA's pages pass between this sequence's layers; a plain row only counts the keys attended.
+    // DELTA's pages pass between this sequence's layers.
     std::vector<DeltaRow>* pages = policy.params().delta.on() ? &delta_rows[c] : nullptr;
     if (pages && pages->size() < size_t(T - P)) pages->resize(size_t(T - P));
-    DeltaRow plain;
     for (int t = P, m = 0, last_query = P - 1; t < T; ++t) {
       const bool measure = ws.q_row[t] >= 0;
       TokenRow r = row(t);
-      r.delta = pages ? &(*pages)[t - P] : &plain;
-      const int64_t attended_before = r.delta->attended;
+      if (pages) r.delta = &(*pages)[t - P];
+      const int64_t attended_before = scratch.attended;
       if (measure && compressed) {
         // The compressed attention's softmax is not the full cache's over a subset, so the mass of
         // the kept tokens (and the new one) is summed from the full-width keys of the trace.
@@ -322,7 +321,7 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
       }
       layer_step(policy, cache.views(), r, group, measure ? ws.delta.data() + size_t(m) * q_dim : out,
                  measure ? ws.softmax.data() + size_t(m) * 2 * H : nullptr, scratch, {});
-      tot.attended += double(r.delta->attended - attended_before);
+      tot.attended += double(scratch.attended - attended_before);
       m += measure;
       if (on_step) {
         for (int h = 0; h < KVH; ++h) {

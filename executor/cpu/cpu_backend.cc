@@ -160,16 +160,21 @@ void CpuBackend::begin_step(const StepRows& rows) {
     first += n;
   }
   delta_rows_.resize(n_rows_);
-  for (DeltaRow& d : delta_rows_) d.attended = 0, d.chosen.clear();
-  // Attention's work units, the same at every layer: a run's rows through one KV head, or through
-  // all of them for a policy that keeps one set per layer, for DELTA (a selection layer scores
-  // pages over all heads) and with an eviction log, which must come in row order. Units touch
-  // disjoint heads and rows, so they run on any thread.
+  for (DeltaRow& d : delta_rows_) d.chosen.clear(), d.pos_chosen.clear();
+}
+
+void CpuBackend::layer_units(int layer_idx) {
+  // A run's rows through one KV head, or through all of them for a policy that keeps one set per
+  // layer, at a DELTA selection layer (its page scores take the maximum over all heads) and with an
+  // eviction log, which must come in row order. Units touch disjoint heads and rows (a sparse
+  // layer's units only read their row's chosen pages), so they run on any thread.
   const int n_kv_heads = config_.n_kv_heads;
   units_.clear();
   for (size_t i = 0; i < runs_.size(); ++i) {
     const Policy& policy = *policies_[runs_[i].seq];
-    const int per_unit = policy.shared_per_layer() || policy.params().delta.on() || eviction_log_ ? n_kv_heads : 1;
+    const bool whole = policy.shared_per_layer() || eviction_log_ ||
+                       (runs_[i].prompt_len == 0 && policy.params().delta.role(layer_idx) == kDeltaSelect);
+    const int per_unit = whole ? n_kv_heads : 1;
     for (int h0 = 0; h0 < n_kv_heads; h0 += per_unit) units_.push_back(Unit{static_cast<int>(i), h0, h0 + per_unit});
   }
 }
@@ -273,15 +278,14 @@ void CpuBackend::decode_row(Worker& w, int r, int seq, int layer_idx, int h0, in
   heads_of(caches_[seq], layer_idx, h0, h1, &w.heads);
   const int group = config_.group_size(), hd = config_.head_dim();
   const size_t q_at = static_cast<size_t>(h0) * group * hd, kv_at = static_cast<size_t>(h0) * hd;
-  // A DELTA row's pages pass from layer to layer in delta_rows_ (its units hold all heads).
+  // A DELTA row's pages pass from its selection layer to the sparse layers in delta_rows_.
   const bool delta = policies_[seq]->params().delta.on();
   layer_step(*policies_[seq], w.heads,
              TokenRow{.q = row(Act::kQ, r) + q_at, .k = row(Act::kK, r) + kv_at, .v = row(Act::kV, r) + kv_at,
                       .pos = rows_.positions[r], .layer_idx = layer_idx, .prompt_len = 0, .kv_head_first = h0,
-                      .delta = delta ? &delta_rows_[r] : &w.plain},
+                      .delta = delta ? &delta_rows_[r] : nullptr},
              group, row(Act::kAttn, r) + q_at, nullptr, w.scratch,
              eviction_logger(seq, rows_.positions[r], layer_idx, h0));
-  if (!delta) w.attended += std::exchange(w.plain.attended, 0);
 }
 
 void CpuBackend::prefill_rows(Worker& w, const Run& run, int layer_idx, int h0, int h1) {
@@ -305,8 +309,9 @@ void CpuBackend::prefill_rows(Worker& w, const Run& run, int layer_idx, int h0, 
 
 void CpuBackend::attention(int layer_idx) {
   const PhaseTimer timer(time_phases_, &phases_.attention_s);
-  // The step's work units (begin_step): with an eviction log they run in order on one thread, so
-  // the log comes in row order.
+  layer_units(layer_idx);
+  // The layer's work units: with an eviction log they run in order on one thread, so the log comes
+  // in row order.
   const size_t n_units = units_.size();
   auto do_unit = [&](Worker& w, size_t u) {
     const Unit& unit = units_[u];
@@ -326,11 +331,9 @@ void CpuBackend::attention(int layer_idx) {
   }
   if (layer_idx == config_.n_layers - 1) {
     for (const Run& run : runs_) {
-      if (run.prompt_len > 0) continue;
-      for (int r = run.first; r < run.first + run.n; ++r) attend_stats_.keys += delta_rows_[r].attended;
-      attend_stats_.head_steps += int64_t{run.n} * config_.n_layers * config_.n_kv_heads;
+      if (run.prompt_len == 0) attend_stats_.head_steps += int64_t{run.n} * config_.n_layers * config_.n_kv_heads;
     }
-    for (Worker& w : workers_) attend_stats_.keys += std::exchange(w.attended, 0);
+    for (Worker& w : workers_) attend_stats_.keys += std::exchange(w.scratch.attended, 0);
     for (Prompt& p : prompts_) {
       if (p.scratch && p.next_pos == p.prompt_len) p.scratch.reset();  // cut into the cache at every layer
     }

@@ -97,12 +97,12 @@ class CpuBackend final : public Backend {
     explicit Worker(int max_slots) : scratch(max_slots) {}
     StepScratch scratch;
     std::vector<HeadSlots> heads, dest;
-    DeltaRow plain;         // the attended-key count of rows without DELTA (their units may split heads)
-    int64_t attended = 0;   // ... summed since the step's last layer
   };
   // Runs decode row `r` of sequence `seq` through heads [h0, h1) of one layer's cache: attend,
   // score, insert or evict.
   void decode_row(Worker& w, int r, int seq, int layer_idx, int h0, int h1);
+  // The work units of layer `layer_idx` for the step's runs, into units_.
+  void layer_units(int layer_idx);
   void heads_of(KvCache& cache, int layer_idx, int h0, int h1, std::vector<HeadSlots>* heads) const;
   // A prompt's rows of a run through heads [h0, h1) of its scratch; cuts to budget after each
   // --prefill-evict chunk and, after the prompt's last position, into the sequence's cache.
@@ -140,7 +140,7 @@ class CpuBackend final : public Backend {
   using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
   AlignedFloats acts_[kNumActs];  // each [rows capacity, row_stride(act_width)]
   std::vector<Worker> workers_;   // one per thread
-  std::vector<DeltaRow> delta_rows_;  // [n_rows] each decode row's DELTA pages and attended keys
+  std::vector<DeltaRow> delta_rows_;  // [n_rows] each decode row's DELTA pages
   AttendStats attend_stats_;
 };
 

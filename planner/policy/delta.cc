@@ -61,6 +61,8 @@ void choose_pages(const DeltaParams& d, int sinks, int32_t newest_pos, DeltaRow&
     return row.page_score[a] > row.page_score[b] || (row.page_score[a] == row.page_score[b] && a > b);
   });
   for (size_t i = 0; i < k; ++i) row.chosen[row.order[i]] = 1;
+  row.pos_chosen.resize(size_t(newest_pos));
+  for (int32_t p = 0; p < newest_pos; ++p) row.pos_chosen[size_t(p)] = row.chosen[p / d.page_size];
 }
 
 int64_t delta_sparse_keys(const DeltaParams& d, int sinks, int64_t slots, int64_t context) {

@@ -49,11 +49,10 @@ std::optional<ParamError> delta_param_error(const DeltaParams& d, int n_layers);
 std::string delta_detail(const DeltaParams& d);
 
 // One decode row's DELTA state across the layers of a step: the pages the latest selection layer
-// chose (by page index), read by the sparse layers after it; and the keys attended, summed over
-// the KV heads and layers it went through (the new token counted).
+// chose, read by the sparse layers after it.
 struct DeltaRow {
-  std::vector<uint8_t> chosen;  // [pages of the positions so far] 1: attended by the sparse layers
-  int64_t attended = 0;
+  std::vector<uint8_t> chosen;      // [pages of the positions so far] 1: attended by the sparse layers
+  std::vector<uint8_t> pos_chosen;  // [positions so far] the same per position (on a chosen page)
   // The selection's working arrays (kept to avoid reallocation).
   std::vector<float> pos_weight, page_score;
   std::vector<int> order;
@@ -61,13 +60,13 @@ struct DeltaRow {
 
 // The selection at a step whose newest position is `newest_pos`: row.pos_weight[p] holds the
 // largest weight a query head gave cached position p (0 where none, newest_pos excluded); writes
-// row.chosen for pages 0 .. newest_pos / page_size. Page scores are summed in position order.
+// row.chosen for pages 0 .. newest_pos / page_size (and row.pos_chosen for positions 0 ..
+// newest_pos − 1). Page scores are summed in position order.
 void choose_pages(const DeltaParams& d, int sinks, int32_t newest_pos, DeltaRow& row);
 
 // Whether position `pos` lies on a chosen page of `row`.
-inline bool page_chosen(const DeltaParams& d, const DeltaRow& row, int32_t pos) {
-  const size_t page = size_t(pos / d.page_size);
-  return page < row.chosen.size() && row.chosen[page] != 0;
+inline bool page_chosen(const DeltaRow& row, int32_t pos) {
+  return size_t(pos) < row.pos_chosen.size() && row.pos_chosen[size_t(pos)] != 0;
 }
 
 // Keys a sparse layer attends per KV head and step (the new token included) when the head holds

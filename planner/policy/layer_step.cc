@@ -7,13 +7,12 @@ namespace kvp {
 StepScratch::StepScratch(int max_slots) : scores(max_slots + 17), weights(max_slots + 17) {}
 
 int sparse_slot_attention(const float* q, int group, const HeadSlots& head, const float* k_new, const float* v_new,
-                          const SlotAttentionOut& result, const DeltaParams& d, const DeltaRow& delta,
-                          StepScratch& sc) {
+                          const SlotAttentionOut& result, const DeltaRow& delta, StepScratch& sc) {
   KVP_CHECK(!head.compressed(), "DELTA's sparse layers attend dense caches only");
   const int n = *head.n_used, hd = head.head_dim;
   sc.gathered.clear();
   for (int j = 0; j < n; ++j) {
-    if (page_chosen(d, delta, head.pos[j])) sc.gathered.push_back(j);
+    if (page_chosen(delta, head.pos[j])) sc.gathered.push_back(j);
   }
   const int m = static_cast<int>(sc.gathered.size());
   if (m == n) {
@@ -22,12 +21,22 @@ int sparse_slot_attention(const float* q, int group, const HeadSlots& head, cons
   }
   const size_t elements = size_t(std::max(m, 1)) * hd;
   if (sc.gather_k.size() < elements) sc.gather_k.resize(elements), sc.gather_v.resize(elements);
-  for (int d_i = 0; d_i < hd; ++d_i) {
-    for (int i = 0; i < m; ++i) {
-      const size_t from = slot_element(head.budget, hd, d_i, sc.gathered[i]), to = slot_element(m, hd, d_i, i);
-      sc.gather_k[to] = head.k[from];
-      sc.gather_v[to] = head.v[from];
+  // Runs of consecutive slots that stay within one block of the source and one of the gathered
+  // layout: each row d of a run is one copy of up to 16 floats (a page of 16 in a cache holding
+  // positions in slot order is a whole block; eviction's reordered slots make shorter runs).
+  for (int i = 0; i < m;) {
+    const int j = sc.gathered[i];
+    const int j0 = j / kSlotBlock * kSlotBlock, i0 = i / kSlotBlock * kSlotBlock;
+    int run = 1;
+    while (i + run < m && sc.gathered[i + run] == j + run && (j + run) % kSlotBlock != 0 && (i + run) % kSlotBlock != 0) {
+      ++run;
     }
+    for (int d_i = 0; d_i < hd; ++d_i) {
+      const size_t from = slot_block_row(head.budget, hd, d_i, j0) + (j - j0), to = slot_block_row(m, hd, d_i, i0) + (i - i0);
+      std::copy_n(head.k + from, run, sc.gather_k.data() + to);
+      std::copy_n(head.v + from, run, sc.gather_v.data() + to);
+    }
+    i += run;
   }
   if (result.weights && sc.gather_weights.size() < size_t(m) + 17) sc.gather_weights.resize(size_t(m) + 17);
   SlotAttentionOut sub = result;
@@ -67,8 +76,8 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
                                   .scratch = sc.scores.data(),
                                   .head_max = role == kDeltaSelect ? sc.head_max.data() : nullptr};
     if (role == kDeltaSparse) {
-      row.delta->attended += sparse_slot_attention(q, group, head, row.k + size_t(h) * hd, row.v + size_t(h) * hd,
-                                                   result, delta, *row.delta, sc);
+      sc.attended += sparse_slot_attention(q, group, head, row.k + size_t(h) * hd, row.v + size_t(h) * hd, result,
+                                           *row.delta, sc);
     } else if (head.compressed()) {
       compressed_slot_attention(q, group, head, row.pos, row.k + size_t(h) * hd, row.v + size_t(h) * hd, result);
     } else {
@@ -79,7 +88,7 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
       float* pos_weight = row.delta->pos_weight.data();
       for (int j = 0; j < *head.n_used; ++j) pos_weight[head.pos[j]] = std::max(pos_weight[head.pos[j]], sc.head_max[j]);
     }
-    if (row.delta && role != kDeltaSparse) row.delta->attended += *head.n_used + 1;
+    if (role != kDeltaSparse && row.prompt_len == 0) sc.attended += *head.n_used + 1;
     // ThinK's channel scores: Σ q² over the group's queries of the prompt's last think_queries rows.
     if (head.query_sums && row.prompt_len > 0 && row.pos >= row.prompt_len - head.think_queries) {
       for (int g = 0; g < group; ++g) {

@@ -123,6 +123,7 @@ struct StepScratch {
   std::vector<float> head_max, gather_weights;
   Aligned64Vector<float> gather_k, gather_v;
   std::vector<int> gathered;
+  int64_t attended = 0;  // keys attended by the decode rows through this scratch (new tokens counted)
 };
 
 // Attention of one KV head of a DELTA sparse layer over its slots on the pages `delta` chose plus the
@@ -131,8 +132,7 @@ struct StepScratch {
 // for the slots not attended. Every slot chosen: slot_attention over the head itself (the same
 // bits as a full layer). Returns the keys attended (the new token included).
 int sparse_slot_attention(const float* q, int group, const HeadSlots& head, const float* k_new, const float* v_new,
-                          const SlotAttentionOut& result, const DeltaParams& d, const DeltaRow& delta,
-                          StepScratch& sc);
+                          const SlotAttentionOut& result, const DeltaRow& delta, StepScratch& sc);
 
 // Attends each query head over its KV head's slots plus the token itself (writing `attn_out`,
 // [n_heads, head_dim], and when given `softmax`, [n_heads, 2] as SlotAttentionOut), updates the scores, and inserts the token

@@ -83,7 +83,7 @@ struct Layer {
   std::vector<std::vector<float>> score;
   std::vector<int32_t> n_used;
   std::vector<float> q, k_new, v_new;
-  Layer(int kv_heads_, int group_, int hd_, int n_, uint32_t seed)
+  Layer(int kv_heads_, int group_, int hd_, int n_, uint32_t seed, bool shuffle = true)
       : kv_heads(kv_heads_), group(group_), hd(hd_), n(n_), k(kv_heads_), v(kv_heads_), pos(kv_heads_),
         score(kv_heads_), n_used(kv_heads_, n_) {
     std::mt19937 rng(seed);
@@ -94,7 +94,7 @@ struct Layer {
       for (float& x : v[h]) x = normal(rng);
       pos[h].resize(n + 1);
       for (int j = 0; j < n; ++j) pos[h][j] = j;
-      std::shuffle(pos[h].begin(), pos[h].begin() + n, rng);
+      if (shuffle) std::shuffle(pos[h].begin(), pos[h].begin() + n, rng);
       score[h].assign(n + 1, 0.0f);
     }
     q.resize(size_t(kv_heads) * group * hd), k_new.resize(size_t(kv_heads) * hd), v_new.resize(size_t(kv_heads) * hd);
@@ -157,11 +157,13 @@ TEST(Delta, HeadMaxIsTheLargestPerQueryWeight) {
 // against the reference: the pages from the selection layer's per-query weights (largest over all
 // query heads of the layer, summed per page), then the sparse layer's attention in double over the
 // tokens on those pages and the new token; its unattended tokens score nothing.
-TEST(Delta, SparseLayerAttendsThePagesTheSelectionLayerChose) {
+// Slots in a shuffled order with pages of 8 (gathered slot by slot), and in position order with
+// pages of 16 (whole blocks copied).
+void expect_sparse_layer_attends_the_chosen_pages(int page_size, bool shuffle) {
   const int kv_heads = 2, group = 2, hd = 8, n = 90;
-  const DeltaParams d{.layers = "sp", .pages = 2, .page_size = 8, .last = 1};
+  const DeltaParams d{.layers = "sp", .pages = 2, .page_size = page_size, .last = 1};
   auto policy = make_policy("h2o", {.sinks = 2, .recent = 4, .delta = d}).value();
-  Layer select(kv_heads, group, hd, n, 11), sparse(kv_heads, group, hd, n, 12);
+  Layer select(kv_heads, group, hd, n, 11, shuffle), sparse(kv_heads, group, hd, n, 12, shuffle);
   // The selection, by the reference.
   std::vector<double> pos_max(n, 0.0);
   for (int h = 0; h < kv_heads; ++h) {
@@ -170,7 +172,7 @@ TEST(Delta, SparseLayerAttendsThePagesTheSelectionLayerChose) {
       for (int j = 0; j < n; ++j) pos_max[select.pos[h][j]] = std::max(pos_max[select.pos[h][j]], w[j]);
     }
   }
-  const int n_pages = n / d.page_size + 1;  // the new token (position 90) on page 11
+  const int n_pages = n / d.page_size + 1;  // the new token (position 90) on the last
   std::vector<double> page(n_pages, 0.0);
   for (int p = 0; p < n; ++p) page[p / d.page_size] += pos_max[p];
   std::vector<int> candidates;
@@ -193,7 +195,7 @@ TEST(Delta, SparseLayerAttendsThePagesTheSelectionLayerChose) {
   EXPECT_EQ(chosen, expect_pages);
   ASSERT_EQ(row.page_score.size(), size_t(n_pages));
   for (int p = 0; p < n_pages; ++p) EXPECT_NEAR(row.page_score[p], page[p], 1e-6) << "page " << p;
-  EXPECT_EQ(row.attended, int64_t{kv_heads} * (n + 1));
+  EXPECT_EQ(sc.attended, int64_t{kv_heads} * (n + 1));
 
   const std::vector<std::vector<int32_t>> sparse_pos = sparse.pos;  // before the new token's insertion
   layer_step(*policy, sparse_heads,
@@ -224,8 +226,13 @@ TEST(Delta, SparseLayerAttendsThePagesTheSelectionLayerChose) {
     }
     ++attended;  // the new token
   }
-  EXPECT_EQ(row.attended - int64_t{kv_heads} * (n + 1), attended);
+  EXPECT_EQ(sc.attended - int64_t{kv_heads} * (n + 1), attended);
   EXPECT_LT(attended, int64_t{kv_heads} * (n + 1));
+}
+
+TEST(Delta, SparseLayerAttendsThePagesTheSelectionLayerChose) {
+  expect_sparse_layer_attends_the_chosen_pages(8, true);
+  expect_sparse_layer_attends_the_chosen_pages(16, false);
 }
 
 // With every page chosen the sparse layer is a full one, bit for bit.

@@ -6,7 +6,8 @@
 // (Backend::fill_for_benchmark: the state after a prefill of that many tokens,
 // without running one), then times `steps` decode steps of every sequence after
 // one untimed step. The caches hold the full context (keep 1: no eviction) or
-// the policy's budget of keep × context (full, so every step evicts).
+// the policy's budget of keep × context (full, so every step evicts). With
+// --delta-layers each keep ratio runs again under DELTA's roles (same cache).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -17,6 +18,7 @@
 #include "executor/decoder.h"
 #include "executor/generator.h"
 #include "tools/kvplan/command.h"
+#include "tools/kvplan/plan_flags.h"
 
 namespace kvp::cli {
 namespace {
@@ -33,6 +35,7 @@ struct BenchFlags {
   std::string backend = "cpu";
   std::string weights_dtype = "f32";
   std::string out;
+  DeltaParams delta;  // on: each keep ratio also with DELTA's roles (the same cache, fewer keys read)
 };
 
 // Room a full-cache cell leaves for its timed steps (when --steps is smaller).
@@ -64,6 +67,7 @@ Status run_bench(const BenchFlags &flags) {
   if (auto p = make_policy(flags.policy, published_defaults(flags.policy, 64)); !p.ok()) {
     return p.error().with_context("--policy");
   }
+  KVP_RETURN_IF_ERROR(check_delta_flags(flags.delta, c.n_layers));
   KVP_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
                        make_backend(flags.backend, flags.weights_dtype, model.weights, flags.model.threads));
   Decoder decoder(*backend);
@@ -72,6 +76,7 @@ Status run_bench(const BenchFlags &flags) {
   struct Cell {
     int ctx, batch;
     double keep;
+    bool delta;
     std::vector<double> runs;  // tokens/s of each repeat
     std::vector<std::pair<double, double>> phases;  // each repeat's weights and attention seconds per step
     nlohmann::json json;
@@ -79,7 +84,10 @@ Status run_bench(const BenchFlags &flags) {
   std::vector<Cell> grid;
   for (int ctx : flags.contexts) {
     for (int batch : flags.batches) {
-      for (double keep : flags.keeps) grid.push_back(Cell{ctx, batch, keep, {}, {}, {}});
+      for (bool delta : {false, true}) {
+        if (delta && !flags.delta.on()) continue;
+        for (double keep : flags.keeps) grid.push_back(Cell{ctx, batch, keep, delta, {}, {}, {}});
+      }
     }
   }
   // The keep ratios of one (context, batch) are run --repeats times
@@ -87,7 +95,7 @@ Status run_bench(const BenchFlags &flags) {
   // of one cell, and their caches reuse the memory of the first (the full
   // cache, the largest); a cell's figure is its best run (as measure-hardware
   // takes its best).
-  const size_t per_group = flags.keeps.size();
+  const size_t per_group = flags.keeps.size() * (flags.delta.on() ? 2 : 1);
   for (size_t group = 0; group < grid.size(); group += per_group) {
     for (int rep = 0; rep < flags.repeats; ++rep) {
       for (size_t i = group; i < group + per_group; ++i) {
@@ -98,8 +106,11 @@ Status run_bench(const BenchFlags &flags) {
         const int budget =
             full ? ctx + 1 + std::max(flags.steps, kFullSteps) : std::max(1, static_cast<int>(std::lround(keep * ctx)));
         std::shared_ptr<const Policy> policy;
-        if (!full) {
-          auto p = make_policy(flags.policy, published_defaults(flags.policy, budget));
+        const std::string name = full ? "full" : flags.policy;
+        PolicyParams params = published_defaults(name, budget);
+        if (cell.delta) params.delta = flags.delta;
+        if (!full || cell.delta) {
+          auto p = make_policy(name, params);
           if (!p.ok()) return p.error().with_context(fmt::format("--policy at budget {}", budget));
           policy = std::shared_ptr<const Policy>(std::move(*p));
         }
@@ -134,17 +145,24 @@ Status run_bench(const BenchFlags &flags) {
         cell.phases.push_back({phases.weights_s / timed, phases.attention_s / timed});
         std::fprintf(stderr,
                      "kvplan bench: [%zu/%zu, run %d/%d] context %d, batch %d, "
-                     "keep %g (%s, %d slots): %.2f tokens/s\n",
-                     i + 1, grid.size(), rep + 1, flags.repeats, ctx, batch, keep, full ? "full" : flags.policy.c_str(),
-                     budget, tps);
+                     "keep %g (%s%s, %d slots): %.2f tokens/s\n",
+                     i + 1, grid.size(), rep + 1, flags.repeats, ctx, batch, keep, name.c_str(),
+                     cell.delta ? "+delta" : "", budget, tps);
         cell.json = {{"context", ctx},
                      {"batch", batch},
                      {"keep", keep},
-                     {"policy", full ? "full" : flags.policy},
+                     {"policy", name},
+                     {"sinks", params.sinks},
                      {"budget", budget},
                      {"aux_floats_per_slot", b.aux_floats_per_slot},
                      {"kv_bytes_per_sequence", b.kv_bytes()},
                      {"steps", timed}};
+        if (cell.delta) {
+          cell.json["delta"] = {{"layers", flags.delta.layers}, {"pages", flags.delta.pages},
+                                {"page_size", flags.delta.page_size}, {"last", flags.delta.last}};
+          const Backend::AttendStats a = backend->attend_stats();
+          if (a.head_steps > 0) cell.json["attended_per_head_step"] = double(a.keys) / double(a.head_steps);
+        }
       }
     }
   }
@@ -207,6 +225,7 @@ Command add_bench_command(CLI::App &app) {
   sub->add_option("--backend", flags->backend, "cpu (default), cuda or gpu-emulated");
   sub->add_option("--weights-dtype", flags->weights_dtype, "Matrix weights on a GPU backend: f32, f16 or q8_0");
   sub->add_option("--out", flags->out, "The bench.json to write (required)");
+  add_delta_flags(sub, &flags->delta);  // with --delta-layers every keep ratio runs with and without DELTA
   return {sub, [flags] { return run_bench(*flags); }};
 }
 

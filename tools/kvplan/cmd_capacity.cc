@@ -67,6 +67,7 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
     KVP_ASSIGN_OR_RETURN(nlohmann::json cells, field(bench, "cells", ""));
     struct Row {
       int context, batch;
+      bool delta;
       double keep, measured, predicted;
       CapacitySide side;
       double weights_s, attention_s;  // measured per step (bench files since the step parts were timed; else 0)
@@ -79,14 +80,24 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
       CapacityQuery q{.context_len = full_slots, .weight_bytes = weight_bytes, .kv_dtype = kv_dtype,
                       .aux_floats_per_slot = c.at("aux_floats_per_slot"), .keep_ratio = c.at("keep"),
                       .runtime_reserve_bytes = 0, .batch = c.at("batch"), .weight_type = weight_type};
+      // A DELTA cell (bench --delta-layers): its roles and the token policy's sinks.
+      if (c.contains("delta")) {
+        const nlohmann::json& d = c.at("delta");
+        q.delta = DeltaParams{.layers = d.at("layers"), .pages = d.at("pages"), .page_size = d.at("page_size"),
+                              .last = d.at("last")};
+        if (const auto e = delta_param_error(q.delta, model.n_layers)) {
+          return make_error("{}: cells: delta.{}: {}", flags.measured, e->field, e->message);
+        }
+        q.sinks = c.value("sinks", 0);
+      }
       const CapacityReport r = capacity(model, hw, q);
-      const CapacitySide& side = q.keep_ratio >= 1.0 ? r.full : r.plan;
-      rows.push_back(Row{context, q.batch, q.keep_ratio, c.at("tokens_per_s"), side.tokens_per_s, side,
+      const CapacitySide& side = q.keep_ratio >= 1.0 && !q.delta.on() ? r.full : r.plan;
+      rows.push_back(Row{context, q.batch, q.delta.on(), q.keep_ratio, c.at("tokens_per_s"), side.tokens_per_s, side,
                          c.value("weights_s", 0.0), c.value("attention_s", 0.0)});
     }
     auto full_of = [&](const Row& row) -> const Row* {
       for (const Row& f : rows) {
-        if (f.context == row.context && f.batch == row.batch && f.keep >= 1.0) return &f;
+        if (f.context == row.context && f.batch == row.batch && f.keep >= 1.0 && !f.delta) return &f;
       }
       return nullptr;
     };
@@ -96,13 +107,14 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
       std::printf("%s (%s weights, %.3f GB) on %s, %s backend, %d threads: decode tokens/s\n\n", model.name.c_str(),
                   weight_type.c_str(), weight_bytes / 1e9, hw.name.c_str(), bench.value("backend", "?").c_str(),
                   bench.value("threads", 0));
-      std::printf("%7s %5s %5s %10s %10s %7s   %9s %9s %7s   %s\n", "context", "batch", "keep", "measured", "predicted",
+      std::printf("%7s %5s %11s %10s %10s %7s   %9s %9s %7s   %s\n", "context", "batch", "keep", "measured", "predicted",
                   "error", "speed-up", "predicted", "error", "step ms, predicted: weights + attention + sync  (measured)");
     }
     for (const Row& row : rows) {
       const double err = row.predicted / row.measured - 1.0;
       worst = std::max(worst, std::abs(err));
-      nlohmann::json j = {{"context", row.context}, {"batch", row.batch}, {"keep", row.keep},
+      nlohmann::json j = {{"context", row.context}, {"batch", row.batch}, {"keep", row.keep}, {"delta", row.delta},
+                          {"attended_slots_per_step", row.side.attended_slots_per_step},
                           {"measured_tokens_per_s", row.measured}, {"predicted_tokens_per_s", row.predicted},
                           {"error", err}, {"weights_s", row.side.weights_s}, {"attention_s", row.side.attention_s},
                           {"overhead_s", row.side.overhead_s}};
@@ -111,7 +123,7 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
         j["measured_attention_s"] = row.attention_s;
       }
       std::string speed = fmt::format("{:>9} {:>9} {:>7}", "", "", "");
-      if (const Row* f = full_of(row); f && row.keep < 1.0) {
+      if (const Row* f = full_of(row); f && (row.keep < 1.0 || row.delta)) {
         const double measured = row.measured / f->measured, predicted = row.predicted / f->predicted;
         const double serr = predicted / measured - 1.0;
         worst_speedup = std::max(worst_speedup, std::abs(serr));
@@ -125,8 +137,8 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
         const std::string parts = row.weights_s > 0 ? fmt::format("  ({:.1f} + {:.1f})", 1e3 * row.weights_s,
                                                                   1e3 * row.attention_s)
                                                     : std::string();
-        std::printf("%7d %5d %5.2f %10.2f %10.2f %+6.1f%%   %s   %.1f + %.1f + %.1f%s\n", row.context, row.batch, row.keep,
-                    row.measured, row.predicted, 100 * err, speed.c_str(), 1e3 * row.side.weights_s,
+        std::printf("%7d %5d %5.2f%-6s %10.2f %10.2f %+6.1f%%   %s   %.1f + %.1f + %.1f%s\n", row.context, row.batch,
+                    row.keep, row.delta ? "+delta" : "", row.measured, row.predicted, 100 * err, speed.c_str(), 1e3 * row.side.weights_s,
                     1e3 * row.side.attention_s, 1e3 * row.side.overhead_s, parts.c_str());
       }
     }
