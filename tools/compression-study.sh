@@ -11,15 +11,10 @@
 #
 #   tools/compression-study.sh
 set -euo pipefail
-[[ $# -eq 0 ]] || { echo "compression-study.sh: takes no arguments (set KVPLAN_WORK_DIR for the work files)" >&2; exit 2; }
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build_dir=${KVPLAN_BUILD_DIR:-$root/build}
-work=${KVPLAN_WORK_DIR:-$(mktemp -d /tmp/kvplan-compression.XXXXXX)}
-mkdir -p "$work/plans"
-k="$build_dir/kvplan"
 # shellcheck source=tools/study_lib.sh
 source "$root/tools/study_lib.sh"
-"$root/tools/build.sh" >/dev/null
+study_setup compression plans "$@"
 
 study_samples
 

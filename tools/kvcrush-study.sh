@@ -13,15 +13,10 @@
 #
 #   tools/kvcrush-study.sh
 set -euo pipefail
-[[ $# -eq 0 ]] || { echo "kvcrush-study.sh: takes no arguments (set KVPLAN_WORK_DIR for the work files)" >&2; exit 2; }
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build_dir=${KVPLAN_BUILD_DIR:-$root/build}
-work=${KVPLAN_WORK_DIR:-$(mktemp -d /tmp/kvplan-kvcrush.XXXXXX)}
-mkdir -p "$work/crush-plans"
-k="$build_dir/kvplan"
 # shellcheck source=tools/study_lib.sh
 source "$root/tools/study_lib.sh"
-"$root/tools/build.sh" >/dev/null
+study_setup kvcrush crush-plans "$@"
 
 study_samples
 

@@ -1,5 +1,18 @@
-# Shared by the study scripts (compression-study.sh, kvcrush-study.sh): sourced after they set
-# $k (the kvplan binary) and $work (the work directory). Files already in $work are reused.
+# Shared by the study scripts (compression-study.sh, kvcrush-study.sh, delta-study.sh): sourced
+# after they set $root, then study_setup sets $k (the kvplan binary) and $work (the work directory).
+# Files already in $work are reused.
+
+# study_setup NAME SUBDIR ARGS...: refuses arguments, sets $k and $work ($KVPLAN_WORK_DIR or a new
+# /tmp/kvplan-NAME.XXXXXX), makes $work/SUBDIR and builds kvplan.
+study_setup() {
+  local name=$1 subdir=$2
+  shift 2
+  [[ $# -eq 0 ]] || { echo "$name-study.sh: takes no arguments (set KVPLAN_WORK_DIR for the work files)" >&2; exit 2; }
+  k="${KVPLAN_BUILD_DIR:-$root/build}/kvplan"
+  work=${KVPLAN_WORK_DIR:-$(mktemp -d "/tmp/kvplan-$name.XXXXXX")}
+  mkdir -p "$work/$subdir"
+  "$root/tools/build.sh" >/dev/null
+}
 
 step() { printf '\n== %s\n' "$*"; }
 
