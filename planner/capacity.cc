@@ -214,28 +214,34 @@ CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuer
     s.memory_bound = t_w_mem >= t_w_flop;
   }
   // attention: each sequence's cached bytes read once, 4·head_dim FLOPs per query head and slot,
-  // and an evicting policy's bookkeeping per KV-head slot.
+  // DELTA's copy of its sparse layers' chosen tokens (written at the read bandwidth, after the
+  // attention of the other layers), and an evicting policy's bookkeeping per KV-head slot.
   // DELTA's sparse layers attend only the chosen pages' share of their slots: fewer bytes read and
   // FLOPs (the bookkeeping still runs over every slot).
   const double slots = double(kv.total_slots());
-  double attended = slots;
+  double attended = slots, gathered = 0;
   if (delta.on()) {
     attended = 0;
     for (int l = 0; l < kv.n_layers; ++l) {
       for (int h = 0; h < kv.n_kv_heads; ++h) {
         const int64_t b = kv.budget(l, h);
-        attended += delta.role(l) == kDeltaSparse ? double(delta_sparse_keys(delta, q.sinks, b, q.context_len) - 1)
-                                                  : double(b);
+        const bool sparse = delta.role(l) == kDeltaSparse;
+        const double keys = sparse ? double(delta_sparse_keys(delta, q.sinks, b, q.context_len) - 1) : double(b);
+        attended += keys;
+        gathered += sparse && keys < double(b) ? keys : 0.0;  // every slot chosen: no copy
       }
     }
   }
+  const double bytes_per_slot = slots > 0 ? double(s.kv_bytes_per_sequence) / slots : 0.0;
   s.attended_slots_per_step = attended;
-  s.kv_bytes_read_per_step = slots > 0 ? double(s.kv_bytes_per_sequence) * attended / slots : 0.0;
+  s.kv_bytes_read_per_step = bytes_per_slot * attended;
+  s.kv_bytes_copied_per_step = bytes_per_slot * gathered;
   const double group = double(m.n_heads / m.n_kv_heads);
   // Each layer shares batch x n_kv_heads heads out to the threads in one fork/join.
   const double attention_flops = hw.attention_flops_at(B * m.n_kv_heads);
   s.attention_s = std::max(B * s.kv_bytes_read_per_step / hw.bandwidth_bytes_per_s,
                            B * 4.0 * attended * m.head_dim() * group / attention_flops) +
+                  B * s.kv_bytes_copied_per_step / hw.bandwidth_bytes_per_s +
                   (evicts ? B * slots * hw.evict_slot_s : 0.0);
   // fork/joins: attention per layer, and the 7 matrix products per layer and the classifier where
   // their call costs were not measured.

@@ -100,9 +100,12 @@ struct CapacitySide {
   // The step's parts: weight products, attention (with the policy's bookkeeping), fork/joins.
   double weights_s = 0, attention_s = 0, overhead_s = 0;
   // Per sequence and decode step, over every layer and KV head: the cached tokens attended (all of
-  // them but under DELTA's sparse layers) and the KV bytes attention reads.
+  // them but under DELTA's sparse layers), the KV bytes attention reads, and the bytes DELTA's
+  // sparse layers copy (the CPU backend gathers the chosen tokens into a scratch before attending
+  // them: a write as large as their read, the re-read finding them in cache).
   double attended_slots_per_step = 0;
   double kv_bytes_read_per_step = 0;
+  double kv_bytes_copied_per_step = 0;
 };
 
 struct CapacityReport {

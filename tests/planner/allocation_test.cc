@@ -131,6 +131,38 @@ TEST(Capacity, StepPartsFromMeasuredRatesByHand) {
   EXPECT_EQ(hw.matmul_flops_for("bf16"), 1e15);
 }
 
+// DELTA's roles: a sparse layer attends the chosen pages' share of its slots, and the CPU backend's
+// copy of them is a write at the bandwidth; full and selection layers attend everything. By hand on a
+// 3-layer toy at 1,000 tokens with roles f s p, 4 pages of 16 + the last 2 + page 0 = 112 positions.
+TEST(Capacity, DeltaAttendsTheChosenPagesShareByHand) {
+  ModelSpec m{.name = "toy", .dim = 64, .hidden_dim = 128, .n_layers = 3, .n_heads = 4, .n_kv_heads = 2,
+              .vocab_size = 100, .seq_len = 1024, .tied_embeddings = true};
+  HardwareSpec hw{.name = "toy", .memory_bytes = int64_t{1} << 30, .bandwidth_bytes_per_s = 1e9, .peak_flops = 1e15,
+                  .attention_flops = 1e6};
+  CapacityQuery q{.context_len = 1000, .kv_dtype = KvDtype::kF32, .runtime_reserve_bytes = 0, .batch = 2,
+                  .delta = {.layers = "fsp", .pages = 4, .page_size = 16, .last = 2}, .sinks = 4};
+  const CapacityReport r = capacity(m, hw, q);
+  // 2 KV heads per layer: 1000 + 1000 + 112 slots each (the new token is not a cached slot).
+  const double full_slots = 3 * 2 * 1000.0, attended = 2 * (1000 + 1000 + 112.0);
+  EXPECT_DOUBLE_EQ(r.full.attended_slots_per_step, full_slots);
+  EXPECT_DOUBLE_EQ(r.plan.attended_slots_per_step, attended);
+  EXPECT_EQ(r.plan.kv_bytes_per_sequence, r.full.kv_bytes_per_sequence);  // DELTA keeps the whole cache
+  const double slot_bytes = 2 * 16 * 4 + 8;
+  EXPECT_DOUBLE_EQ(r.plan.kv_bytes_read_per_step, attended * slot_bytes);
+  EXPECT_DOUBLE_EQ(r.plan.kv_bytes_copied_per_step, 2 * 112 * slot_bytes);
+  EXPECT_DOUBLE_EQ(r.full.kv_bytes_copied_per_step, 0.0);
+  // Attention: the FLOPs (4 x head_dim 16 x group 2 per slot) against the bytes read, then the copy.
+  EXPECT_DOUBLE_EQ(r.plan.attention_s, std::max(2 * attended * slot_bytes / 1e9, 2 * 4.0 * attended * 16 * 2 / 1e6) +
+                                           2 * 2 * 112 * slot_bytes / 1e9);
+  EXPECT_GT(r.plan.tokens_per_s, r.full.tokens_per_s);
+  // A context inside the pages: every slot attended, nothing copied, the full cache's speed.
+  q.context_len = 100;
+  const CapacityReport short_context = capacity(m, hw, q);
+  EXPECT_DOUBLE_EQ(short_context.plan.attended_slots_per_step, 3 * 2 * 100.0);
+  EXPECT_DOUBLE_EQ(short_context.plan.kv_bytes_copied_per_step, 0.0);
+  EXPECT_DOUBLE_EQ(short_context.plan.tokens_per_s, short_context.full.tokens_per_s);
+}
+
 // Measured call costs: each of a step's matrices (7 per layer and the classifier) pays its call
 // cost on top of its FLOPs at the streamed rate, and no separate fork/join; attention's rate goes
 // log-linearly from 4 to 128 KV heads per fork/join.

@@ -74,5 +74,22 @@ TEST(Cli, DeltaFlagsAreOneLineErrors) {
   }
 }
 
+// capacity --delta-layers: Llama 2 7B's 32 layers, 2 full, selections at 2 and 16, at 32K tokens: the
+// keys and bytes a step reads fall, the speed rises; a role list of another length is refused.
+TEST(Cli, CapacityPredictsDeltasBytesReadAndSpeed) {
+  const std::string roles = "ffs" + std::string(13, 'p') + "s" + std::string(15, 'p');
+  const test::CliResult r = run_kvplan("capacity --model-config llama-2-7b --hardware h100-80gb --context 32768 "
+                                       "--keep 1 --batch 8 --json --delta-layers " + roles);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["plan"]["kv_bytes_per_sequence"], j["full"]["kv_bytes_per_sequence"]);
+  EXPECT_LT(j["plan"]["kv_bytes_read_per_step"].get<double>(), 0.2 * j["full"]["kv_bytes_read_per_step"].get<double>());
+  EXPECT_GT(j["plan"]["tokens_per_s"].get<double>(), j["full"]["tokens_per_s"].get<double>());
+  const test::CliResult bad = run_kvplan("capacity --model-config llama-2-7b --keep 1 --delta-layers fsppp");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--delta-layers: expected one role per layer (32 letters of f, s, p), found 5"), std::string::npos)
+      << bad.err;
+}
+
 }  // namespace
 }  // namespace kvp

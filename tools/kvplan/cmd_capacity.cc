@@ -266,7 +266,8 @@ Status run_capacity(const CapacityFlags& flags) {
                           {"attention_s", s.attention_s}, {"overhead_s", s.overhead_s},
                           {"tokens_per_s", s.tokens_per_s}, {"memory_bound", s.memory_bound},
                           {"attended_slots_per_step", s.attended_slots_per_step},
-                          {"kv_bytes_read_per_step", s.kv_bytes_read_per_step}};
+                          {"kv_bytes_read_per_step", s.kv_bytes_read_per_step},
+                          {"kv_bytes_copied_per_step", s.kv_bytes_copied_per_step}};
     if (pool > 0) {
       j["pool_sequences"] = in_pool(s);
       j["pool_sequences_at_peak"] = pool / s.peak_kv_bytes_per_sequence;
