@@ -687,13 +687,21 @@ struct DenseSlots {
 //   D. each slot's weights, normalised and summed over the group in query order, go to its score.
 // The extra traffic is the weights: 3 × group floats per slot against 2 × head_dim key and value
 // elements.
+//
+// DELTA (DeltaPages): a sparse layer's slots off its row's chosen pages take logit −inf (neither key
+// nor value read, weight and score update 0); a selection layer's block writes each slot's largest
+// normalised weight over the group to head_max.
 template <typename T, typename Slots>
 KVP_DEVICE void decode_attention_body(const float* q, const SlotCache<T>& cache, const Slots& slots, const float* k_new,
                                       const float* v_new, float* out, float* self_weight, float* weights,
-                                      int weights_stride, int rule, int group, int head_dim) {
+                                      int weights_stride, int rule, int group, int head_dim,
+                                      const DeltaPages& delta = DeltaPages{}) {
   const int rh = static_cast<int>(blockIdx.x);
   const int64_t off = cache.offset[rh];
   const int n = cache.n_used[rh];
+  const uint8_t* chosen =
+      delta.chosen ? delta.chosen + static_cast<int64_t>(rh / delta.n_kv_heads) * delta.chosen_stride : nullptr;
+  auto masked = [&](int j) { return chosen && !chosen[cache.pos[off + j] / delta.page_size]; };
   const float scale = math::attention_scale(head_dim);
   const float* qh = q + static_cast<int64_t>(rh) * group * head_dim;
   const float* kn = k_new + static_cast<int64_t>(rh) * head_dim;
@@ -711,6 +719,10 @@ KVP_DEVICE void decode_attention_body(const float* q, const SlotCache<T>& cache,
   for (int g = 0; g < group; ++g) m[g] = -INFINITY;
   for (int j = tid; j <= n; j += nt) {
     float dot[kMaxGroup];
+    if (j < n && masked(j)) {
+      for (int g = 0; g < group; ++g) w[static_cast<int64_t>(g) * weights_stride + j] = -INFINITY;
+      continue;
+    }
     if (j < n) {
       slots.logits(j, qs, group, dot);
     } else {
@@ -748,6 +760,7 @@ KVP_DEVICE void decode_attention_body(const float* q, const SlotCache<T>& cache,
     for (int g = 0; g < group; ++g) o[g] = 0;
     const int end = (part + 1) * per_part < n + 1 ? (part + 1) * per_part : n + 1;
     for (int j = part * per_part; j < end; ++j) {
+      if (j < n && masked(j)) continue;  // weight 0
       const float v = j < n ? slots.value(j, d) : vn[d];
       for (int g = 0; g < group; ++g) o[g] += w[static_cast<int64_t>(g) * weights_stride + j] * v;
     }
@@ -776,18 +789,76 @@ KVP_DEVICE void decode_attention_body(const float* q, const SlotCache<T>& cache,
     for (int j = tid; j < n; j += nt) cache.score[off + j] = summed_weight(j);
   }
   if (tid == 0) self_weight[rh] = summed_weight(n);
+  if (delta.head_max) {
+    float* hm = delta.head_max + static_cast<int64_t>(rh) * delta.head_max_stride;
+    for (int j = tid; j < n; j += nt) {
+      float top = 0;
+      for (int g = 0; g < group; ++g) top = fmaxf(top, w[static_cast<int64_t>(g) * weights_stride + j] * inv_z[g]);
+      hm[j] = top;
+    }
+  }
   gpu::sync_threads();  // the shared arrays may be reused by the next block
 }
 
 template <typename T>
 KVP_GLOBAL void decode_attention_kernel(SlotCache<T> cache, const float* q, const float* k_new, const float* v_new,
                                         float* out, float* self_weight, float* weights, int weights_stride, int rule,
-                                        int group, int head_dim) {
+                                        int group, int head_dim, DeltaPages delta) {
   const int rh = static_cast<int>(blockIdx.x);
   const int64_t koff = cache.offset[rh] * head_dim;
   const DenseSlots<T> slots{cache.k + koff, cache.v + koff, cache.capacity[rh], head_dim};
   decode_attention_body(q, cache, slots, k_new, v_new, out, self_weight, weights, weights_stride, rule, group,
-                        head_dim);
+                        head_dim, delta);
+}
+
+// DELTA's selection for one row (block): each position's largest head_max over the row's entries
+// (KV heads in order, each slot's position once per head), page scores summed in position order
+// (the CPU's choose_pages order), then each page chosen when forced (the sinks' pages, the last
+// `last`) or ranked below `pages` among the others (higher score first, the newer page on ties).
+KVP_GLOBAL void delta_select_kernel(const int32_t* pos, const int64_t* offset, const int32_t* n_used,
+                                    const float* head_max, int head_max_stride, const int32_t* newest, int n_kv_heads,
+                                    int pages, int page_size, int last, int sinks, float* pos_weight, int pos_stride,
+                                    float* page_score, uint8_t* chosen, int chosen_stride) {
+  const int row = static_cast<int>(blockIdx.x), tid = static_cast<int>(threadIdx.x), nt = static_cast<int>(blockDim.x);
+  const int e0 = row * n_kv_heads;
+  const int newest_pos = newest[e0];
+  float* pw = pos_weight + static_cast<int64_t>(row) * pos_stride;
+  float* ps = page_score + static_cast<int64_t>(row) * chosen_stride;
+  uint8_t* ch = chosen + static_cast<int64_t>(row) * chosen_stride;
+  for (int p = tid; p < newest_pos; p += nt) pw[p] = 0;
+  gpu::sync_threads();
+  for (int h = 0; h < n_kv_heads; ++h) {  // a head's slots hold distinct positions: no two threads meet
+    const int e = e0 + h;
+    const float* hm = head_max + static_cast<int64_t>(e) * head_max_stride;
+    for (int j = tid; j < n_used[e]; j += nt) {
+      const int p = pos[offset[e] + j];
+      if (p < newest_pos) pw[p] = fmaxf(pw[p], hm[j]);
+    }
+    gpu::sync_threads();
+  }
+  const int n_pages = newest_pos / page_size + 1;
+  for (int page = tid; page < n_pages; page += nt) {
+    float s = 0;
+    const int end = (page + 1) * page_size < newest_pos ? (page + 1) * page_size : newest_pos;
+    for (int p = page * page_size; p < end; ++p) s += pw[p];
+    ps[page] = s;
+  }
+  gpu::sync_threads();
+  const int sink_pages = sinks > page_size ? (sinks + page_size - 1) / page_size : 1;
+  auto forced = [&](int page) { return page < sink_pages || page >= n_pages - last; };
+  for (int page = tid; page < n_pages; page += nt) {
+    int take = 1;
+    if (!forced(page)) {
+      int rank = 0;
+      for (int o = 0; o < n_pages; ++o) {
+        if (o == page || forced(o)) continue;
+        if (ps[o] > ps[page] || (ps[o] == ps[page] && o > page)) ++rank;
+      }
+      take = rank < pages ? 1 : 0;
+    }
+    ch[page] = static_cast<uint8_t>(take);
+  }
+  gpu::sync_threads();
 }
 
 }  // namespace kvp::KVP_KERNEL_NS

@@ -74,6 +74,27 @@ struct CrushRule {
   uint64_t seed = 0;
 };
 
+// DELTA at a decode step (planner/policy/delta.h). A selection layer's decode_attention writes each
+// slot's largest weight over its group's queries to head_max; delta_select turns each row's entries
+// into the pages it chooses; a sparse layer's decode_attention attends only the slots on its row's
+// chosen pages (and the new token): the others get logit −inf, no key or value read and weight 0.
+struct DeltaPages {
+  const uint8_t* chosen = nullptr;  // sparse: [launch rows, chosen_stride], 1 per chosen page; null: every slot
+  int chosen_stride = 0;
+  int page_size = 16;
+  int n_kv_heads = 1;               // entries per row: entry e belongs to row e / n_kv_heads
+  float* head_max = nullptr;        // select: [entries, head_max_stride] written for slots [0, n_used); null: none
+  int head_max_stride = 0;
+};
+
+// DELTA's choice (choose_pages): the top `pages` pages by score, the last `last`, the sinks' pages.
+struct DeltaRule {
+  int pages = 64;
+  int page_size = 16;
+  int last = 8;
+  int sinks = 0;
+};
+
 // One sequence's prompt, as the prefill kernels see it: keys and values of rows [0, prompt_len), and
 // the queries of rows [first_query, prompt_len) (a chunk of a longer prompt; 0: all of them). Query
 // row i attends key rows 0..i: the rows are in position order.
@@ -176,9 +197,17 @@ struct ColumnSpan {
                       const int32_t* keep, int keep_stride, int threads);                                        \
   /* REQUIRES: threads a multiple of 32 (whole warps) for every kernel but swiglu, rope, to_half and */      \
   /* embedding; decode_attention: head_dim <= 128, group <= 8, and `weights` a workspace of */                \
-  /* [heads, group, weights_stride] floats with weights_stride > every entry's n_used. */                      \
+  /* [heads, group, weights_stride] floats with weights_stride > every entry's n_used. `delta`: DELTA's */    \
+  /* masks and maxima (DeltaPages; {} for none; a dense cache only). */                                        \
   void decode_attention(const DecodeRows& rows, const SlotCacheView& cache, float* weights, int weights_stride,  \
-                        int rule, int threads);                                                                  \
+                        int rule, const DeltaPages& delta, int threads);                                         \
+  /* DELTA's chosen pages of `rows` rows, each of n_kv_heads entries of `cache` (n_used, positions) with */      \
+  /* their head_max ([entries, head_max_stride], a selection layer's decode_attention) and newest[entry]: */   \
+  /* chosen [rows, chosen_stride] (> every newest / page_size). Workspace: pos_weight [rows, pos_stride] */    \
+  /* (pos_stride >= every newest), page_score [rows, chosen_stride]. One block per row. */                     \
+  void delta_select(const SlotCacheView& cache, const float* head_max, int head_max_stride, const int32_t* newest,  \
+                    int rows, int n_kv_heads, const DeltaRule& rule, float* pos_weight, int pos_stride,          \
+                    float* page_score, uint8_t* chosen, int chosen_stride, int threads);                         \
   /* KVCrush's kept rows of one layer's shared set (kernels/kvcrush_kernels.cuh): keys [heads, key_stride] */ \
   /* over rows [0, n), positions [n] (null: the row), keep [budget] out, work [2 n] int32 workspace. */       \
   /* REQUIRES: heads <= 32. */                                                                              \
@@ -208,6 +237,7 @@ struct Launchers {
   KVP_LAUNCHER_FIELD(prefill_gather) KVP_LAUNCHER_FIELD(decode_attention) KVP_LAUNCHER_FIELD(copy_rows)
   KVP_LAUNCHER_FIELD(prefill_compact) KVP_LAUNCHER_FIELD(query_sums) KVP_LAUNCHER_FIELD(think_channels)
   KVP_LAUNCHER_FIELD(kvcrush_keep) KVP_LAUNCHER_FIELD(slot_keys) KVP_LAUNCHER_FIELD(slot_compact)
+  KVP_LAUNCHER_FIELD(delta_select)
 #undef KVP_LAUNCHER_FIELD
 };
 

@@ -47,7 +47,7 @@ Result<HardwareSpec> HardwareSpec::load(const std::string& path) {
   KVP_RETURN_IF_ERROR(f.only({"name", "memory_bytes", "bandwidth_bytes_per_s", "peak_flops", "source", "matmul_flops",
                               "matmul_stream_flops", "matmul_stream1_flops", "matmul_stream_call_s",
                               "matmul_stream1_call_s", "attention_flops", "attention_batch_flops", "evict_slot_s",
-                              "sync_s", "measured_by"}));
+                              "sync_s", "delta_copy", "measured_by"}));
   HardwareSpec h;
   KVP_ASSIGN_OR_RETURN(h.name, f.str("name"));
   KVP_ASSIGN_OR_RETURN(h.memory_bytes, f.integer64("memory_bytes", 1, INT64_MAX));
@@ -86,6 +86,12 @@ Result<HardwareSpec> HardwareSpec::load(const std::string& path) {
         return f.error(name + "." + type, seconds ? "expected a number >= 0" : "expected a positive number");
       }
       rates->emplace_back(type, v);
+    }
+  }
+  if (f.has("delta_copy")) {
+    const YAML::Node node = root["delta_copy"];
+    if (!node.IsScalar() || !YAML::convert<bool>::decode(node, h.delta_copy)) {
+      return f.error("delta_copy", "expected true or false");
     }
   }
   for (auto [key, field] : {std::pair{"attention_flops", &h.attention_flops},
@@ -214,8 +220,8 @@ CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuer
     s.memory_bound = t_w_mem >= t_w_flop;
   }
   // attention: each sequence's cached bytes read once, 4·head_dim FLOPs per query head and slot,
-  // DELTA's copy of its sparse layers' chosen tokens (written at the read bandwidth, after the
-  // attention of the other layers), and an evicting policy's bookkeeping per KV-head slot.
+  // DELTA's copy of its sparse layers' chosen tokens where the backend makes one (written at the read
+  // bandwidth), and an evicting policy's bookkeeping per KV-head slot.
   // DELTA's sparse layers attend only the chosen pages' share of their slots: fewer bytes read and
   // FLOPs (the bookkeeping still runs over every slot).
   const double slots = double(kv.total_slots());
@@ -228,7 +234,7 @@ CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuer
         const bool sparse = delta.role(l) == kDeltaSparse;
         const double keys = sparse ? double(delta_sparse_keys(delta, q.sinks, b, q.context_len) - 1) : double(b);
         attended += keys;
-        gathered += sparse && keys < double(b) ? keys : 0.0;  // every slot chosen: no copy
+        gathered += hw.delta_copy && sparse && keys < double(b) ? keys : 0.0;  // every slot chosen: no copy
       }
     }
   }

@@ -53,6 +53,9 @@ struct HardwareSpec {
                                      // rate goes log-linearly with the heads a step's layer shares out
   double evict_slot_s = 0;     // an evicting policy's bookkeeping per KV-head slot and step (scores, victim)
   double sync_s = 0;           // one fork/join of the threads that share a step's work (0: one thread)
+  // The backend copies DELTA's chosen tokens into a scratch before attending them (the CPU backend;
+  // the GPU kernels mask the others in place): the copy is charged as a write of their bytes.
+  bool delta_copy = false;
   double matmul_flops_for(const std::string& weight_type) const;
   double matmul_stream_flops_for(const std::string& weight_type) const;  // 0 when not measured
   double matmul_stream1_flops_for(const std::string& weight_type) const;  // 0 when not measured
@@ -101,8 +104,8 @@ struct CapacitySide {
   double weights_s = 0, attention_s = 0, overhead_s = 0;
   // Per sequence and decode step, over every layer and KV head: the cached tokens attended (all of
   // them but under DELTA's sparse layers), the KV bytes attention reads, and the bytes DELTA's
-  // sparse layers copy (the CPU backend gathers the chosen tokens into a scratch before attending
-  // them: a write as large as their read, the re-read finding them in cache).
+  // sparse layers copy where the backend gathers the chosen tokens (HardwareSpec::delta_copy: a
+  // write as large as their read, the re-read finding them in cache).
   double attended_slots_per_step = 0;
   double kv_bytes_read_per_step = 0;
   double kv_bytes_copied_per_step = 0;

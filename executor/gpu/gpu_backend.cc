@@ -56,10 +56,6 @@ const Policy& scored_policy(const Policy& policy) {
 }  // namespace
 
 Status GpuBackend::supports(const Policy& policy) {
-  if (policy.params().delta.on()) {
-    return make_error("DELTA's layer roles (--delta-layers, plan.yaml delta) run on --backend cpu only: the GPU "
-                      "backend has no page-selection kernels yet");
-  }
   if (policy.name() == "kvcrush") {
     if (rule_of(scored_policy(policy).name())) return {};
     return make_error("policy kvcrush: its base '{}' does not run on the GPU backend", scored_policy(policy).name());
@@ -167,6 +163,7 @@ void GpuBackend::set_policy(std::shared_ptr<const Policy> policy) {
       .snap_kernel = policy_->params().snap_kernel};
   shared_ = policy_->shared_per_layer();
   crush_period_ = policy_->cut_period();
+  delta_ = policy_->params().delta;
   sinks_ = policy_->params().sinks;
   recent_ = policy_->params().recent;
   evicts_ = policy_->evicts();
@@ -611,7 +608,36 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
                           .head_dim = hd};
     const size_t weights = static_cast<size_t>(heads) * group * (max_capacity_ + 1);
     if (attn_weights_.bytes() < weights * sizeof(float)) attn_weights_ = DeviceBuffer(d, weights * sizeof(float));
-    K.decode_attention(rows, view, attn_weights_.as<float>(), max_capacity_ + 1, score_args_.rule, threads_);
+    // DELTA: a selection layer's maxima, then its rows' pages; a sparse layer attends those pages.
+    const char role = delta_.role(layer_idx);
+    const int pages_stride = delta_pages_stride();
+    DeltaPages delta{.chosen_stride = pages_stride, .page_size = delta_.page_size, .n_kv_heads = H,
+                     .head_max_stride = max_capacity_ + 1};
+    if (role != kDeltaFull) {
+      const size_t chosen = static_cast<size_t>(n_rows_) * pages_stride;
+      if (delta_chosen_.bytes() < chosen) delta_chosen_ = DeviceBuffer(d, chosen);
+    }
+    if (role == kDeltaSelect) {
+      const size_t maxima = static_cast<size_t>(heads) * (max_capacity_ + 1);
+      if (delta_head_max_.bytes() < maxima * sizeof(float)) delta_head_max_ = DeviceBuffer(d, maxima * sizeof(float));
+      delta.head_max = delta_head_max_.as<float>();
+    } else if (role == kDeltaSparse) {
+      delta.chosen = delta_chosen_.as<uint8_t>() + static_cast<size_t>(w.first) * pages_stride;
+    }
+    K.decode_attention(rows, view, attn_weights_.as<float>(), max_capacity_ + 1, score_args_.rule, delta, threads_);
+    if (role == kDeltaSelect) {
+      const size_t pos_weight = static_cast<size_t>(w.n) * config_.seq_len, page_score = size_t(w.n) * pages_stride;
+      if (delta_pos_weight_.bytes() < pos_weight * sizeof(float)) {
+        delta_pos_weight_ = DeviceBuffer(d, pos_weight * sizeof(float));
+      }
+      if (delta_page_score_.bytes() < page_score * sizeof(float)) {
+        delta_page_score_ = DeviceBuffer(d, page_score * sizeof(float));
+      }
+      K.delta_select(view, delta.head_max, delta.head_max_stride, newest_dev + e, w.n, H,
+                     DeltaRule{.pages = delta_.pages, .page_size = delta_.page_size, .last = delta_.last, .sinks = sinks_},
+                     delta_pos_weight_.as<float>(), config_.seq_len, delta_page_score_.as<float>(),
+                     delta_chosen_.as<uint8_t>() + static_cast<size_t>(w.first) * pages_stride, pages_stride, threads_);
+    }
     for (int r = w.first; crush_period_ > 0 && r < w.first + w.n; ++r) {
       // KVCrush: a full cache is cut to budget − period slots before the token is placed.
       const size_t row_e = e + static_cast<size_t>(r - w.first) * H;

@@ -11,6 +11,11 @@
 // the same attention both evict the same tokens (floating-point sums run in another order, so keys
 // agree to rounding, and only a near-tie can break differently).
 //
+// DELTA: a selection layer's decode attention also writes each slot's largest weight over its
+// group, and delta_select chooses each row's pages from them by the CPU's rule; a sparse layer's
+// attention masks the slots off those pages (no key or value read), so both attend the same tokens
+// and evict the same ones. Dense caches only.
+//
 // ThinK and Mustafar: a compressed plan's heads hold their keys and values in the device form of
 // kv_compression.h's layout (kernels/compressed_layout.h), the same bytes; the prompt's cut chooses
 // ThinK's channels and Mustafar's elements by the CPU's rules and decode attends the short forms,
@@ -196,6 +201,7 @@ class GpuBackend final : public Backend {
   math::ScoreArgs score_args_;  // the policy's rule; layer_idx set per call
   bool shared_ = false;         // one kept set per layer (tova, kvcrush)
   int crush_period_ = 0;        // kvcrush: decode steps between its cuts (0: not kvcrush)
+  DeltaParams delta_;           // DELTA's layer roles (off when empty)
   int sinks_ = 0, recent_ = 0;
   bool evicts_ = false;
   std::vector<EvictionRecord>* eviction_log_ = nullptr;
@@ -256,6 +262,10 @@ class GpuBackend final : public Backend {
   int prefill_capacity_ = 0;
   DeviceBuffer row_max_, row_sum_, column_sum_, prompt_score_, prompt_l1_, prompt_key_, shared_key_, keep_;
   DeviceBuffer crush_work_, crush_keys_;  // kvcrush_keep's workspace; a decode cut's slot keys
+  // DELTA: a selection layer's per-slot maxima [entries, max_capacity_ + 1], the step's rows' chosen
+  // pages [rows, delta_pages_stride()], and delta_select's workspace.
+  DeviceBuffer delta_head_max_, delta_chosen_, delta_pos_weight_, delta_page_score_;
+  int delta_pages_stride() const { return config_.seq_len / std::max(1, delta_.page_size) + 1; }
   DeviceBuffer query_sums_;  // ThinK's sums of a prompt in one step, [n_kv_heads, head_dim]
 };
 

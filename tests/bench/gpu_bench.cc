@@ -102,7 +102,7 @@ void BM_GpuDecodeAttention(benchmark::State& state) {
     // VATP's accumulation: every slot's score gains its weight times its value norm.
     cuda::decode_attention(DecodeRows{.q = q, .k_new = kn, .v_new = vn, .out = out, .self_weight = self,
                                       .heads = heads, .group = group, .head_dim = head_dim},
-                           cache, weights, context + 1, math::kScoreValueAttention, threads);
+                           cache, weights, context + 1, math::kScoreValueAttention, {}, threads);
     cudaEventRecord(stop);
     cudaEventSynchronize(stop);
     float ms = 0;
@@ -198,7 +198,7 @@ void BM_GpuCompressedDecodeAttention(benchmark::State& state) {
     cudaEventRecord(start);
     cuda::decode_attention(DecodeRows{.q = q, .k_new = kn, .v_new = vn, .out = out, .self_weight = self,
                                       .heads = heads, .group = group, .head_dim = head_dim},
-                           cache, weights, context + 1, math::kScoreValueAttention, threads);
+                           cache, weights, context + 1, math::kScoreValueAttention, {}, threads);
     cudaEventRecord(stop);
     cudaEventSynchronize(stop);
     float ms = 0;

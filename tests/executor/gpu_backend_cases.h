@@ -321,6 +321,38 @@ inline void check_kvcrush_evictions_match_cpu(const DeviceFactory& make_device) 
   check_same_evictions_as_cpu(make_device, "kvcrush", base, 0, 12);
 }
 
+// DELTA's roles (f s p s p; 2 pages of 8 and the last one, of 20 at 160 positions) over VATP, H2O,
+// TOVA, SnapKV and KVCrush: the selection layers' pages (delta_select) and the sparse layers' masked
+// attention give the CPU executor's evictions record for record — in one step, in chunks and under
+// --prefill-evict — and DELTA changes what the policy alone evicts.
+inline void check_delta_evictions_match_cpu(const DeviceFactory& make_device) {
+  const DeltaParams delta{.layers = "fspsp", .pages = 2, .page_size = 8, .last = 1};
+  const PolicyParams base{.sinks = 4, .recent = 8, .delta = delta};
+  for (const char* name : {"vatp", "h2o", "tova", "snapkv"}) {
+    SCOPED_TRACE(name);
+    check_same_evictions_as_cpu(make_device, name, base);
+  }
+  PolicyParams crush = base;
+  crush.crush_period = 6;
+  check_same_evictions_as_cpu(make_device, "kvcrush", crush);
+  check_same_evictions_as_cpu(make_device, "vatp", base, 24);
+  check_same_evictions_as_cpu(make_device, "h2o", base, 0, 12);
+  // The pages matter: the CPU's evictions with and without DELTA differ.
+  auto evictions = [&](const PolicyParams& p) {
+    CpuBackend cpu(default_model().weights);
+    const std::shared_ptr<const Policy> policy(std::move(make_policy("h2o", p)).value());
+    const std::vector<KvBudgets> budgets(1, uniform_plan(stories_model(), "h2o", p, 40, KvDtype::kF32)->kv_budgets());
+    return teacher_forced(cpu, {sampled_story(160, 4)}, 64, budgets, policy, 0).evictions;
+  };
+  PolicyParams plain = base;
+  plain.delta = {};
+  const std::vector<EvictionRecord> with = evictions(base), without = evictions(plain);
+  ASSERT_EQ(with.size(), without.size());
+  size_t differ = 0;
+  for (size_t i = 0; i < with.size(); ++i) differ += with[i].evicted_pos != without[i].evicted_pos;
+  EXPECT_GT(differ, with.size() / 20);
+}
+
 // ThinK and Mustafar on the kept tokens (windows of 8 so that tokens age out of them within the
 // run): the CPU executor's evictions record for record and its logits to rounding, with the plan's
 // bytes — in one step, in chunks, and under --prefill-evict.

@@ -65,6 +65,11 @@ TEST(GpuBackendCuda, KvcrushEvictsWhatTheCpuExecutorEvicts) {
   test::check_kvcrush_evictions_match_cpu(cuda_device);
 }
 
+TEST(GpuBackendCuda, DeltaEvictsWhatTheCpuExecutorEvicts) {
+  KVP_REQUIRE_GPU();
+  test::check_delta_evictions_match_cpu(cuda_device);
+}
+
 TEST(GpuBackendCuda, HalfPrecisionWeightsAndCacheStayCloseToF32) {
   KVP_REQUIRE_GPU();
   test::check_half_precision(cuda_device);

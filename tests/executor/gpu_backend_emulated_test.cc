@@ -70,6 +70,8 @@ TEST(GpuBackendEmulated, ThinkAndMustafarChunkedPromptsCutWhatTheCpuExecutorCuts
 
 TEST(GpuBackendEmulated, KvcrushEvictsWhatTheCpuExecutorEvicts) { test::check_kvcrush_evictions_match_cpu(emulated); }
 
+TEST(GpuBackendEmulated, DeltaEvictsWhatTheCpuExecutorEvicts) { test::check_delta_evictions_match_cpu(emulated); }
+
 TEST(GpuBackendEmulated, HalfPrecisionWeightsAndCacheStayCloseToF32) { test::check_half_precision(emulated); }
 
 // The benchmarks' long-context shortcut: a filled cache decodes and evicts only unprotected

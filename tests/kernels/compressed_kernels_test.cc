@@ -160,7 +160,7 @@ TEST_P(CompressedKernels, InsertAndDecodeAttentionAreTheCpusCompressedHead) {
     float self = 0;
     const DecodeRows rows{.q = q.data(), .k_new = k_new.data(), .v_new = v_new.data(), .out = got.data(),
                           .self_weight = &self, .heads = 1, .group = group, .head_dim = hd};
-    emulated::decode_attention(rows, gpu.view(), weights.data(), B + 1, math::kScoreAttention, threads);
+    emulated::decode_attention(rows, gpu.view(), weights.data(), B + 1, math::kScoreAttention, {}, threads);
     for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 2e-5) << i;
     for (int j = 0; j < n; ++j) ASSERT_NEAR(gpu.score[j], want_weights[j], 2e-6) << j;
     ASSERT_NEAR(self, want_weights[n], 2e-6);
@@ -212,7 +212,7 @@ TEST(CompressedKernels, HalfPrecisionBlocksKeepTheSameElements) {
   gpu.newest = 45;
   const DecodeRows rows{.q = q.data(), .k_new = k_new.data(), .v_new = v_new.data(), .out = got.data(),
                         .self_weight = &self, .heads = 1, .group = group, .head_dim = hd};
-  emulated::decode_attention(rows, gpu.view(), weights.data(), B + 1, math::kScoreAttention, 64);
+  emulated::decode_attention(rows, gpu.view(), weights.data(), B + 1, math::kScoreAttention, {}, 64);
   for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 5e-3) << i;
 }
 

@@ -59,7 +59,7 @@ struct Emulated {
                           .self_weight = self.data(), .heads = static_cast<int>(offset.size()), .group = group,
                           .head_dim = head_dim};
     emulated::decode_attention(rows, view(k, v, score, l1, offset, capacity, n_used), weights.data(), stride,
-                               math::kScoreAttention, threads);
+                               math::kScoreAttention, {}, threads);
   }
   std::vector<int32_t> victim(const std::vector<float>& keys, const std::vector<int32_t>& positions,
                               const std::vector<int64_t>& offset, const std::vector<int32_t>& n_used,

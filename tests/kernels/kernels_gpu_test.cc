@@ -119,7 +119,7 @@ struct Device {
     Dev dweights(std::vector<float>(offset.size() * group * stride));
     const DecodeRows rows{.q = dq.p, .k_new = dkn.p, .v_new = dvn.p, .out = dout.p, .self_weight = dself.p,
                           .heads = static_cast<int>(offset.size()), .group = group, .head_dim = head_dim};
-    cuda::decode_attention(rows, c.view(), dweights.p, stride, math::kScoreAttention, threads);
+    cuda::decode_attention(rows, c.view(), dweights.p, stride, math::kScoreAttention, {}, threads);
     dout.back(out);
     dself.back(self);
     c.score.back(score);

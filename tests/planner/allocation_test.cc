@@ -138,7 +138,7 @@ TEST(Capacity, DeltaAttendsTheChosenPagesShareByHand) {
   ModelSpec m{.name = "toy", .dim = 64, .hidden_dim = 128, .n_layers = 3, .n_heads = 4, .n_kv_heads = 2,
               .vocab_size = 100, .seq_len = 1024, .tied_embeddings = true};
   HardwareSpec hw{.name = "toy", .memory_bytes = int64_t{1} << 30, .bandwidth_bytes_per_s = 1e9, .peak_flops = 1e15,
-                  .attention_flops = 1e6};
+                  .attention_flops = 1e6, .delta_copy = true};
   CapacityQuery q{.context_len = 1000, .kv_dtype = KvDtype::kF32, .runtime_reserve_bytes = 0, .batch = 2,
                   .delta = {.layers = "fsp", .pages = 4, .page_size = 16, .last = 2}, .sinks = 4};
   const CapacityReport r = capacity(m, hw, q);
@@ -155,6 +155,11 @@ TEST(Capacity, DeltaAttendsTheChosenPagesShareByHand) {
   EXPECT_DOUBLE_EQ(r.plan.attention_s, std::max(2 * attended * slot_bytes / 1e9, 2 * 4.0 * attended * 16 * 2 / 1e6) +
                                            2 * 2 * 112 * slot_bytes / 1e9);
   EXPECT_GT(r.plan.tokens_per_s, r.full.tokens_per_s);
+  // A backend that masks in place (the GPU kernels) copies nothing.
+  hw.delta_copy = false;
+  EXPECT_DOUBLE_EQ(capacity(m, hw, q).plan.kv_bytes_copied_per_step, 0.0);
+  EXPECT_LT(capacity(m, hw, q).plan.attention_s, r.plan.attention_s);
+  hw.delta_copy = true;
   // A context inside the pages: every slot attended, nothing copied, the full cache's speed.
   q.context_len = 100;
   const CapacityReport short_context = capacity(m, hw, q);

@@ -64,7 +64,6 @@ TEST(Cli, DeltaFlagsAreOneLineErrors) {
       {" --delta-page-size 0", "--delta-page-size: expected 1..4096 positions, found 0"},
       {" --delta-last -1", "--delta-last: expected 0 or more pages, found -1"},
       {" --think 0.4", "--delta-layers and --think/--mustafar: DELTA's sparse layers attend dense caches; give one"},
-      {" --backend gpu-emulated", "DELTA's layer roles (--delta-layers, plan.yaml delta) run on --backend cpu only"},
   };
   for (const auto& [flag, expect] : cases) {
     const test::CliResult r = run_kvplan((flag.rfind(" --delta-layers", 0) == 0 ? base : ok) + flag);
@@ -72,6 +71,23 @@ TEST(Cli, DeltaFlagsAreOneLineErrors) {
     EXPECT_NE(r.err.find(expect), std::string::npos) << flag << ": " << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << flag << ": " << r.err;
   }
+}
+
+// The emulated GPU's kernels (delta_select, the masked decode attention) make the CPU's choices: the
+// same 200 tokens of an H2O run whose sparse layers attend 2 pages of 16 and the last one.
+TEST(Cli, DeltaOnTheEmulatedGpuGivesTheCpusTokens) {
+  const std::string args = "run --policy h2o --budget 96 --delta-layers fsppp --delta-pages 2 --delta-last 1 --steps 200 --json";
+  const test::CliResult cpu = run_kvplan(args);
+  const test::CliResult gpu = run_kvplan(args + " --backend gpu-emulated");
+  const test::CliResult plain = run_kvplan("run --policy h2o --budget 96 --steps 200 --json");
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  ASSERT_EQ(gpu.exit_code, 0) << gpu.err;
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  const nlohmann::json c = nlohmann::json::parse(cpu.out), g = nlohmann::json::parse(gpu.out);
+  EXPECT_EQ(g["sequences"][0]["tokens"], c["sequences"][0]["tokens"]);
+  EXPECT_EQ(g["kv_bytes"], c["kv_bytes"]);
+  EXPECT_EQ(c["sequences"][0]["tokens"].size(), 201u);
+  EXPECT_NE(c["sequences"][0]["tokens"], nlohmann::json::parse(plain.out)["sequences"][0]["tokens"]);
 }
 
 // capacity --delta-layers: Llama 2 7B's 32 layers, 2 full, selections at 2 and 16, at 32K tokens: the

@@ -249,6 +249,7 @@ Status run_measure(const MeasureFlags& flags) {
   std::printf("attention_batch_flops: %.4g\n", 128 * flops_per_head(slots) / batch_full);
 
   std::printf("sync_s: %.4g\n", sync_seconds(pool, flags.seconds));
+  std::printf("delta_copy: true  # the CPU backend gathers DELTA's chosen tokens before attending them\n");
   return ok_status();
 }
 
