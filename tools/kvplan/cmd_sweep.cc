@@ -75,6 +75,8 @@ Status sweep(const SweepFlags& flags) {
   KVP_ASSIGN_OR_RETURN(std::vector<int> budgets, parse_int_list("--budgets", flags.budgets));
   for (const std::string& p : names) KVP_RETURN_IF_ERROR(make_policy(p, PolicyParams{}).status());
   KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
+  KVP_RETURN_IF_ERROR(check_delta_flags(flags.plan.delta, trace.model().n_layers));
+  KVP_RETURN_IF_ERROR(check_delta_layers(flags.plan.delta, trace.layers(), flags.trace));
   // Every policy crossed with every ThinK ratio and Mustafar sparsity asked for (the flags'
   // single --think/--mustafar when no list is given).
   KVP_ASSIGN_OR_RETURN(PlanCompression base, flags.plan.compression(trace.model().head_dim));
@@ -86,7 +88,7 @@ Status sweep(const SweepFlags& flags) {
     for (const PlanCompression& c : compressions) {
       Variant v{.name = name, .compression = c};
       KVP_ASSIGN_OR_RETURN(v.layers, v.compression.layers(trace.model().n_layers, trace.model().head_dim));
-      v.label = name + v.compression.label();
+      v.label = name + v.compression.label() + (flags.plan.delta.on() ? "+delta" : "");
       policies.push_back(v.label);
       variants.push_back(std::move(v));
     }
