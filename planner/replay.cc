@@ -182,7 +182,8 @@ Status check_delta_layers(const DeltaParams& delta, const std::vector<int>& reco
   if (!delta.on()) return ok_status();
   for (size_t l = 0; l < delta.layers.size(); ++l) {
     if (delta.layers[l] == kDeltaSelect && std::find(recorded.begin(), recorded.end(), int(l)) == recorded.end()) {
-      return make_error("{}: layers: DELTA's selection layer {} is not recorded (record it with --layers)", trace_path, l);
+      return make_error("{}: layers: DELTA's selection layer {} is not recorded (record it with --layers)", trace_path,
+                        l);
     }
   }
   return ok_status();

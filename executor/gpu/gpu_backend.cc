@@ -633,8 +633,8 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
       if (delta_page_score_.bytes() < page_score * sizeof(float)) {
         delta_page_score_ = DeviceBuffer(d, page_score * sizeof(float));
       }
-      K.delta_select(view, delta.head_max, delta.head_max_stride, newest_dev + e, w.n, H,
-                     DeltaRule{.pages = delta_.pages, .page_size = delta_.page_size, .last = delta_.last, .sinks = sinks_},
+      const DeltaRule rule{.pages = delta_.pages, .page_size = delta_.page_size, .last = delta_.last, .sinks = sinks_};
+      K.delta_select(view, delta.head_max, delta.head_max_stride, newest_dev + e, w.n, H, rule,
                      delta_pos_weight_.as<float>(), config_.seq_len, delta_page_score_.as<float>(),
                      delta_chosen_.as<uint8_t>() + static_cast<size_t>(w.first) * pages_stride, pages_stride, threads_);
     }

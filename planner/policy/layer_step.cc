@@ -28,11 +28,13 @@ int sparse_slot_attention(const float* q, int group, const HeadSlots& head, cons
     const int j = sc.gathered[i];
     const int j0 = j / kSlotBlock * kSlotBlock, i0 = i / kSlotBlock * kSlotBlock;
     int run = 1;
-    while (i + run < m && sc.gathered[i + run] == j + run && (j + run) % kSlotBlock != 0 && (i + run) % kSlotBlock != 0) {
+    while (i + run < m && sc.gathered[i + run] == j + run && (j + run) % kSlotBlock != 0 &&
+           (i + run) % kSlotBlock != 0) {
       ++run;
     }
     for (int d_i = 0; d_i < hd; ++d_i) {
-      const size_t from = slot_block_row(head.budget, hd, d_i, j0) + (j - j0), to = slot_block_row(m, hd, d_i, i0) + (i - i0);
+      const size_t from = slot_block_row(head.budget, hd, d_i, j0) + (j - j0);
+      const size_t to = slot_block_row(m, hd, d_i, i0) + (i - i0);
       std::copy_n(head.k + from, run, sc.gather_k.data() + to);
       std::copy_n(head.v + from, run, sc.gather_v.data() + to);
     }
@@ -41,8 +43,8 @@ int sparse_slot_attention(const float* q, int group, const HeadSlots& head, cons
   if (result.weights && sc.gather_weights.size() < size_t(m) + 17) sc.gather_weights.resize(size_t(m) + 17);
   SlotAttentionOut sub = result;
   sub.weights = result.weights ? sc.gather_weights.data() : nullptr;
-  slot_attention(q, group, SlotKv{.k = sc.gather_k.data(), .v = sc.gather_v.data(), .capacity = m, .n_used = m, .head_dim = hd},
-                 k_new, v_new, sub);
+  const SlotKv gathered{.k = sc.gather_k.data(), .v = sc.gather_v.data(), .capacity = m, .n_used = m, .head_dim = hd};
+  slot_attention(q, group, gathered, k_new, v_new, sub);
   if (result.weights) {
     std::fill_n(result.weights, n, 0.0f);
     for (int i = 0; i < m; ++i) result.weights[sc.gathered[i]] = sc.gather_weights[i];
@@ -86,7 +88,9 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
     if (role == kDeltaSelect) {
       KVP_CHECK(!head.compressed(), "DELTA's selection layers attend dense caches only");
       float* pos_weight = row.delta->pos_weight.data();
-      for (int j = 0; j < *head.n_used; ++j) pos_weight[head.pos[j]] = std::max(pos_weight[head.pos[j]], sc.head_max[j]);
+      for (int j = 0; j < *head.n_used; ++j) {
+        pos_weight[head.pos[j]] = std::max(pos_weight[head.pos[j]], sc.head_max[j]);
+      }
     }
     if (role != kDeltaSparse && row.prompt_len == 0) sc.attended += *head.n_used + 1;
     // ThinK's channel scores: Σ q² over the group's queries of the prompt's last think_queries rows.

@@ -84,7 +84,8 @@ Status calibrate(const CalibrateFlags& flags) {
   std::vector<CalibrationPoint> points;
   for (size_t i = 0; i < items.size(); ++i) {
     const Measured& m = items[i].m;
-    const std::string variant = m.policy + m.compression.label() + (configs[i].policy->params().delta.on() ? "+delta" : "");
+    const bool delta = configs[i].policy->params().delta.on();
+    const std::string variant = m.policy + m.compression.label() + (delta ? "+delta" : "");
     points.push_back(CalibrationPoint{.label = fmt::format("{} {}", variant, budget_summary(m.budgets)),
                                       .policy = variant,
                                       .kv_bytes_per_sequence = m.kv_bytes_per_sequence,

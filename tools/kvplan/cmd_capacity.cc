@@ -107,8 +107,9 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
       std::printf("%s (%s weights, %.3f GB) on %s, %s backend, %d threads: decode tokens/s\n\n", model.name.c_str(),
                   weight_type.c_str(), weight_bytes / 1e9, hw.name.c_str(), bench.value("backend", "?").c_str(),
                   bench.value("threads", 0));
-      std::printf("%7s %5s %11s %10s %10s %7s   %9s %9s %7s   %s\n", "context", "batch", "keep", "measured", "predicted",
-                  "error", "speed-up", "predicted", "error", "step ms, predicted: weights + attention + sync  (measured)");
+      std::printf("%7s %5s %11s %10s %10s %7s   %9s %9s %7s   %s\n", "context", "batch", "keep", "measured",
+                  "predicted", "error", "speed-up", "predicted", "error",
+                  "step ms, predicted: weights + attention + sync  (measured)");
     }
     for (const Row& row : rows) {
       const double err = row.predicted / row.measured - 1.0;
@@ -138,8 +139,8 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
                                                                   1e3 * row.attention_s)
                                                     : std::string();
         std::printf("%7d %5d %5.2f%-6s %10.2f %10.2f %+6.1f%%   %s   %.1f + %.1f + %.1f%s\n", row.context, row.batch,
-                    row.keep, row.delta ? "+delta" : "", row.measured, row.predicted, 100 * err, speed.c_str(), 1e3 * row.side.weights_s,
-                    1e3 * row.side.attention_s, 1e3 * row.side.overhead_s, parts.c_str());
+                    row.keep, row.delta ? "+delta" : "", row.measured, row.predicted, 100 * err, speed.c_str(),
+                    1e3 * row.side.weights_s, 1e3 * row.side.attention_s, 1e3 * row.side.overhead_s, parts.c_str());
       }
     }
     if (flags.json) {

@@ -157,7 +157,8 @@ Status eval_one(const EvalFlags& flags) {
               static_cast<long long>(m.kv_bytes_per_sequence), static_cast<long long>(m.predicted_kv_bytes_per_sequence),
               static_cast<long long>(full_bytes));
   std::printf("%-34s %.0f\n", "decode tokens/s (teacher-forced)", m.tokens_per_s);
-  std::printf("%-34s %.1f keys (the new token counted)\n", "attended per layer, head and step", m.attended_per_head_step);
+  std::printf("%-34s %.1f keys (the new token counted)\n", "attended per layer, head and step",
+              m.attended_per_head_step);
   std::printf("\nwrote %s%s%s\n", out.c_str(), flags.eviction_log.empty() ? "" : " and ", flags.eviction_log.c_str());
   return ok_status();
 }
