@@ -28,6 +28,7 @@ struct Model {
   std::vector<double> log_w;  // θ_l = log w_l
   double beta = 1;
   double top1_log_scale = 0, top1_power = 1;
+  std::map<std::string, double> policy_log_offset;  // log of each policy's factor (absent: 1)
 };
 
 double score(const Model& m, const std::vector<double>& e) {
@@ -36,9 +37,34 @@ double score(const Model& m, const std::vector<double>& e) {
   return s;
 }
 
-double predict_nll(const Model& m, const std::vector<double>& e) {
+double log_offset(const Model& m, const std::string& policy) {
+  const auto it = m.policy_log_offset.find(policy);
+  return it == m.policy_log_offset.end() ? 0.0 : it->second;
+}
+
+double predict_nll(const Model& m, const std::vector<double>& e, const std::string& policy = "") {
   const double s = score(m, e);
-  return s > 0 ? std::pow(s, m.beta) : 0.0;
+  return s > 0 ? std::pow(s, m.beta) * std::exp(log_offset(m, policy)) : 0.0;
+}
+
+// Each policy's bias, where it has at least two configurations that prune every layer: the mean of
+// their log residuals under the layer map. (One-layer probes are what the layer weights are fitted
+// to; a policy's configurations measured at whole-model budgets say how far its replay error over-
+// or under-states what it loses closed loop.)
+void fit_policy_offsets(Model& m, const std::vector<const CalibrationPoint*>& pts) {
+  std::map<std::string, std::pair<double, int>> sums;
+  for (const auto* p : pts) {
+    const double s = score(m, p->layer_energy);
+    const bool every_layer = std::all_of(p->layer_energy.begin(), p->layer_energy.end(), [](double e) { return e > 0; });
+    if (!every_layer || !(s > 0)) continue;
+    auto& [sum, count] = sums[p->policy];
+    sum += log_floor(p->delta_nll) - m.beta * std::log(s);
+    ++count;
+  }
+  m.policy_log_offset.clear();
+  for (const auto& [policy, sc] : sums) {
+    if (sc.second >= 2) m.policy_log_offset[policy] = sc.first / sc.second;
+  }
 }
 
 double predict_disagreement(const Model& m, double nll) {
@@ -102,10 +128,11 @@ Model fit_model(const std::vector<const CalibrationPoint*>& pts) {
     }
     if (!improved) break;
   }
+  fit_policy_offsets(m, pts);
   // log(1 − top1) = log c + γ log ΔNLL_pred, least squares.
   double sx = 0, sy = 0, sxx = 0, sxy = 0;
   for (const auto* p : pts) {
-    const double x = log_floor(predict_nll(m, p->layer_energy)), y = log_floor(1 - p->top1_agreement);
+    const double x = log_floor(predict_nll(m, p->layer_energy, p->policy)), y = log_floor(1 - p->top1_agreement);
     sx += x, sy += y, sxx += x * x, sxy += x * y;
   }
   const double var = sxx - sx * sx / n;
@@ -168,6 +195,7 @@ Result<Calibration> fit_calibration(const PlanModel& model, std::vector<Calibrat
   c.nll_power = m.beta;
   c.top1_scale = std::exp(m.top1_log_scale);
   c.top1_power = m.top1_power;
+  c.policy_offsets = m.policy_log_offset;
   c.score_min = INFINITY, c.score_max = 0;
   for (const auto& p : points) {
     const double s = score(m, p.layer_energy);
@@ -183,11 +211,11 @@ Result<Calibration> fit_calibration(const PlanModel& model, std::vector<Calibrat
     for (size_t j = 0; j < points.size(); ++j) {
       if (j != i) rest.push_back(&points[j]);
     }
-    const Model mi = fit_model(rest);
-    const double y = predict_nll(mi, points[i].layer_energy);
+    const Model mi = fit_model(rest);  // the point's policy offset from the others of its policy
+    const double y = predict_nll(mi, points[i].layer_energy, points[i].policy);
     const double d = predict_disagreement(mi, y);
     measured.push_back(points[i].delta_nll);
-    in_sample.push_back(predict_nll(m, points[i].layer_energy));
+    in_sample.push_back(predict_nll(m, points[i].layer_energy, points[i].policy));
     loo.push_back(y);
     nll_resid.push_back(log_floor(points[i].delta_nll) - log_floor(y));
     top1_resid.push_back(log_floor(1 - points[i].top1_agreement) - log_floor(d));
@@ -223,7 +251,7 @@ Result<Calibration> fit_calibration(const PlanModel& model, std::vector<Calibrat
     if (rest.size() < L + 2) continue;
     const Model mp = fit_model(rest);
     for (size_t i = 0; i < points.size(); ++i) {
-      if (points[i].policy == held) lopo[i] = predict_nll(mp, points[i].layer_energy);
+      if (points[i].policy == held) lopo[i] = predict_nll(mp, points[i].layer_energy);  // no offset: unseen
     }
   }
   const auto [lo, hi] = std::minmax_element(measured.begin(), measured.end());
@@ -239,12 +267,14 @@ Result<Calibration> fit_calibration(const PlanModel& model, std::vector<Calibrat
   return c;
 }
 
-Prediction Calibration::predict(const std::vector<double>& layer_energy) const {
+Prediction Calibration::predict(const std::vector<double>& layer_energy, const std::string& policy) const {
   KVP_CHECK(layer_energy.size() == layer_weights.size(), "calibration for {} layers, replay of {}",
             layer_weights.size(), layer_energy.size());
   Prediction p;
   for (size_t l = 0; l < layer_energy.size(); ++l) p.score += layer_weights[l] * layer_energy[l];
+  const auto offset = policy_offsets.find(policy);
   p.delta_nll = p.score > 0 ? std::pow(p.score, nll_power) : 0.0;
+  if (offset != policy_offsets.end()) p.delta_nll *= std::exp(offset->second);
   p.delta_nll_low = p.delta_nll * std::exp(nll_resid_low) - nll_noise;
   p.delta_nll_high = p.delta_nll * std::exp(nll_resid_high) + nll_noise;
   const double d = top1_scale * std::pow(std::max(p.delta_nll, kFloor), top1_power);
@@ -276,7 +306,7 @@ std::string Calibration::to_yaml() const {
   out.SetDoublePrecision(8);
   out << YAML::BeginMap;
   out << YAML::Key << "format" << YAML::Value << kCalibrationFormat;
-  out << YAML::Key << "version" << YAML::Value << 1;
+  out << YAML::Key << "version" << YAML::Value << (policy_offsets.empty() ? 1 : 2);
   out << YAML::Key << "model" << YAML::Value;
   emit_plan_model(out, model);
   out << YAML::Key << "trace" << YAML::Value << trace;
@@ -287,6 +317,12 @@ std::string Calibration::to_yaml() const {
   out << YAML::Key << "nll_power" << YAML::Value << nll_power;
   out << YAML::Key << "top1_scale" << YAML::Value << top1_scale;
   out << YAML::Key << "top1_power" << YAML::Value << top1_power;
+  if (!policy_offsets.empty()) {
+    out << YAML::Key << "policy_offsets" << YAML::Comment("delta_nll times exp(offset) for the policy's configurations");
+    out << YAML::Value << YAML::BeginMap;
+    for (const auto& [policy, offset] : policy_offsets) out << YAML::Key << policy << YAML::Value << offset;
+    out << YAML::EndMap;
+  }
   out << YAML::EndMap;
   out << YAML::Key << "intervals" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "coverage" << YAML::Value << coverage;
@@ -352,14 +388,18 @@ Result<Calibration> Calibration::parse(const std::string& text, const std::strin
     return top.error("format", fmt::format("expected {}, found '{}'", kCalibrationFormat, format));
   }
   KVP_ASSIGN_OR_RETURN(int version, top.integer("version", 0, 1 << 20));
-  if (version != 1) return top.error("version", fmt::format("this kvplan reads version 1, found {}", version));
+  if (version < 1 || version > 2) {
+    return top.error("version", fmt::format("this kvplan reads versions 1 and 2, found {}", version));
+  }
   Calibration c;
   KVP_ASSIGN_OR_RETURN(YAML::Node model, top.child("model"));
   KVP_ASSIGN_OR_RETURN(c.model, parse_plan_model(model, path));
   KVP_ASSIGN_OR_RETURN(c.trace, top.str("trace"));
   KVP_ASSIGN_OR_RETURN(YAML::Node map, top.child("map"));
   const YamlFields mf(map, path, "map.");
-  KVP_RETURN_IF_ERROR(mf.only({"layer_weights", "nll_power", "top1_scale", "top1_power"}));
+  std::set<std::string> map_known = {"layer_weights", "nll_power", "top1_scale", "top1_power"};
+  if (version >= 2) map_known.insert("policy_offsets");
+  KVP_RETURN_IF_ERROR(mf.only(map_known));
   KVP_ASSIGN_OR_RETURN(c.layer_weights, number_list(mf, "layer_weights", c.model.n_layers));
   for (double w : c.layer_weights) {
     if (w < 0) return mf.error("layer_weights", "expected weights >= 0");
@@ -369,6 +409,17 @@ Result<Calibration> Calibration::parse(const std::string& text, const std::strin
   KVP_ASSIGN_OR_RETURN(c.top1_power, mf.number("top1_power"));
   if (!(c.nll_power > 0)) return mf.error("nll_power", "expected a number > 0");
   if (!(c.top1_scale >= 0)) return mf.error("top1_scale", "expected a number >= 0");
+  if (mf.has("policy_offsets")) {
+    const YAML::Node offsets = map["policy_offsets"];
+    if (!offsets.IsMap()) return mf.error("policy_offsets", "expected a map of policy to log factor");
+    for (const auto& kv : offsets) {
+      double v = 0;
+      if (!kv.second.IsScalar() || !YAML::convert<double>::decode(kv.second, v) || !std::isfinite(v)) {
+        return mf.error("policy_offsets." + kv.first.as<std::string>(), "expected a finite number");
+      }
+      c.policy_offsets[kv.first.as<std::string>()] = v;
+    }
+  }
   KVP_ASSIGN_OR_RETURN(YAML::Node intervals, top.child("intervals"));
   const YamlFields inf(intervals, path, "intervals.");
   KVP_RETURN_IF_ERROR(inf.only({"coverage", "delta_nll_log_residual", "top1_log_residual", "delta_nll_noise",
@@ -460,6 +511,13 @@ Result<PolicyParams> measured_params(const Measured& m, const std::string& path)
     }
   }
   return p;
+}
+
+std::string calibration_policy_key(const std::string& policy, const PolicyParams& params,
+                                   const PlanCompression& compression) {
+  const bool vatp = policy == "vatp" || (policy == "kvcrush" && params.crush_base == "vatp");
+  return policy + (vatp && params.vatp_base == VatpBase::kMean ? "_mean" : "") + compression.label() +
+         (params.delta.on() ? "+delta" : "");
 }
 
 std::string policy_detail(const std::string& policy, const PolicyParams& p) {

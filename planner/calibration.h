@@ -7,6 +7,7 @@
 // and the calibrated range of s. Stored as calib.yaml (format kvplan-calibration, version 1).
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,10 @@ struct Calibration {
   std::vector<double> layer_weights;  // w_l
   double nll_power = 1;               // β
   double top1_scale = 1, top1_power = 1;  // c, γ
+  // Each policy's bias (calibration_policy_key → log factor): its configurations that prune every
+  // layer measure exp(offset) times what the layer map predicts from their replay, on average. A
+  // policy without two such configurations has none (factor 1).
+  std::map<std::string, double> policy_offsets;
   double coverage = 0.9;              // of the intervals
   double nll_resid_low = 0, nll_resid_high = 0;    // quantiles of log(measured / predicted), leave-one-out
   double top1_resid_low = 0, top1_resid_high = 0;  // the same for 1 − top-1
@@ -60,7 +65,9 @@ struct Calibration {
   std::vector<CalibrationPoint> points;
   std::vector<double> points_predicted_loo;  // ΔNLL of each point from the fit without it
 
-  Prediction predict(const std::vector<double>& layer_energy) const;
+  // The prediction for a configuration of `policy` (calibration_policy_key; "" or one the
+  // calibration has no offset for: the layer map alone).
+  Prediction predict(const std::vector<double>& layer_energy, const std::string& policy = "") const;
 
   std::string to_yaml() const;
   static Result<Calibration> parse(const std::string& text, const std::string& path);
@@ -82,6 +89,12 @@ Result<PolicyParams> measured_params(const Measured& m, const std::string& path)
 // The detail string measured_params reads back: every setting of `policy` besides sinks and recent
 // ("base=h2o", "seed=3", kvcrush's "crush_base=vatp ratio=0.25 anchor=mean period=8 base=h2o").
 std::string policy_detail(const std::string& policy, const PolicyParams& params);
+
+// The name a configuration's policy goes by in a calibration (points, policy_offsets): the policy,
+// "_mean" for VATP (or KVCrush over VATP) with the mean base, ThinK/Mustafar's label and "+delta"
+// under DELTA's roles: "vatp", "vatp_mean", "h2o+think0.4", "full+delta".
+std::string calibration_policy_key(const std::string& policy, const PolicyParams& params,
+                                   const PlanCompression& compression);
 
 // Spearman rank correlation (average ranks for ties); 0 when either side is constant.
 double spearman(const std::vector<double>& a, const std::vector<double>& b);

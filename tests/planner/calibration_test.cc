@@ -62,6 +62,53 @@ TEST(Calibration, RecoversAKnownMapAndRanksPerfectly) {
   EXPECT_TRUE(c.predict({0.1, 0.1, 0.1}).in_range);
 }
 
+// A policy whose configurations measure twice what the layer map predicts from their replay (h2o
+// here, the same energies as vatp's): its offset is log 2 and its predictions double; vatp's stays
+// near 0; a policy the calibration never saw, and one-layer probes (which fit the layer weights and
+// not the offsets), get none. The offsets survive calib.yaml (version 2).
+TEST(Calibration, PolicyOffsetsCarryEachPolicysBias) {
+  std::vector<CalibrationPoint> pts = synthetic(40, 4);
+  for (CalibrationPoint& p : pts) {
+    if (p.policy == "h2o") p.delta_nll *= 2;
+  }
+  for (int l = 0; l < 3; ++l) {  // probes of a third policy, one layer each, measured at 3x the map
+    CalibrationPoint probe{.label = "probe", .policy = "tova", .layer_energy = {0, 0, 0}};
+    probe.layer_energy[l] = 0.2;
+    probe.delta_nll = 3 * std::pow(0.5 * probe.layer_energy[0] + 2 * probe.layer_energy[1], 1.2);
+    probe.top1_agreement = 0.9;
+    if (l < 2) pts.push_back(probe);
+  }
+  auto fit = fit_calibration(model3(), pts);
+  ASSERT_TRUE(fit.ok()) << fit.error().message();
+  const Calibration& c = *fit;
+  ASSERT_EQ(c.policy_offsets.size(), 2u);
+  EXPECT_GT(c.policy_offsets.at("h2o") - c.policy_offsets.at("vatp"), std::log(2.0) - 0.05);
+  EXPECT_LT(c.policy_offsets.at("h2o") - c.policy_offsets.at("vatp"), std::log(2.0) + 0.05);
+  EXPECT_EQ(c.policy_offsets.count("tova"), 0u);
+  const std::vector<double> e = {0.1, 0.05, 0.2};
+  EXPECT_NEAR(c.predict(e, "h2o").delta_nll / c.predict(e, "vatp").delta_nll, 2.0, 0.1);
+  EXPECT_EQ(c.predict(e, "tova").delta_nll, c.predict(e).delta_nll);
+  EXPECT_LT(c.predict(e, "vatp").delta_nll_low, c.predict(e, "vatp").delta_nll);
+  const std::string yaml = c.to_yaml();
+  EXPECT_NE(yaml.find("version: 2"), std::string::npos);
+  auto back = Calibration::parse(yaml, "calib.yaml");
+  ASSERT_TRUE(back.ok()) << back.error().message();
+  EXPECT_NEAR(back->predict(e, "h2o").delta_nll, c.predict(e, "h2o").delta_nll, 1e-6 * c.predict(e, "h2o").delta_nll);
+  EXPECT_EQ(back->to_yaml(), yaml);
+  // A version-1 file cannot carry them.
+  std::string v1 = yaml;
+  v1.replace(v1.find("version: 2"), 10, "version: 1");
+  auto refused = Calibration::parse(v1, "c.yaml");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message().find("c.yaml: map.policy_offsets: unknown field"), std::string::npos)
+      << refused.error().message();
+  // The key: VATP's mean base, compression and DELTA set apart.
+  EXPECT_EQ(calibration_policy_key("vatp", {.vatp_base = VatpBase::kMean}, {}), "vatp_mean");
+  EXPECT_EQ(calibration_policy_key("vatp", {}, {}), "vatp");
+  EXPECT_EQ(calibration_policy_key("full", {.delta = {.layers = "fsppp"}}, {}), "full+delta");
+  EXPECT_EQ(calibration_policy_key("h2o", {}, PlanCompression{.think_ratio = {0.4}}), "h2o+think0.4");
+}
+
 TEST(Calibration, RefusesTooFewPoints) {
   auto fit = fit_calibration(model3(), synthetic(5, 1));
   ASSERT_FALSE(fit.ok());

@@ -84,8 +84,7 @@ Status calibrate(const CalibrateFlags& flags) {
   std::vector<CalibrationPoint> points;
   for (size_t i = 0; i < items.size(); ++i) {
     const Measured& m = items[i].m;
-    const bool delta = configs[i].policy->params().delta.on();
-    const std::string variant = m.policy + m.compression.label() + (delta ? "+delta" : "");
+    const std::string variant = calibration_policy_key(m.policy, configs[i].policy->params(), m.compression);
     points.push_back(CalibrationPoint{.label = fmt::format("{} {}", variant, budget_summary(m.budgets)),
                                       .policy = variant,
                                       .kv_bytes_per_sequence = m.kv_bytes_per_sequence,

@@ -101,7 +101,10 @@ Result<Candidate> plan_candidate(const PlanCommandFlags& flags, ReplayEngine& en
                          }));
     progress.finish(n_curves);
   }
-  if (calibration) out.prediction = calibration->predict(out.outcome.replay.resid_energy);
+  if (calibration) {
+    out.prediction = calibration->predict(out.outcome.replay.resid_energy,
+                                          calibration_policy_key(flags.plan.policy, params, compression));
+  }
   return out;
 }
 

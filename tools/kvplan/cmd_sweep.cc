@@ -223,7 +223,8 @@ Status sweep(const SweepFlags& flags) {
     r.plan.provenance["allocation"] = r.allocation;
     record_replay_predictions(r.replay, &r.plan);
     if (calibration) {
-      r.prediction = calibration->predict(r.replay.resid_energy);
+      r.prediction = calibration->predict(r.replay.resid_energy,
+                                          calibration_policy_key(r.plan.policy, r.plan.params, r.plan.compression));
       add_predictions(*r.prediction, flags.calibration, &r.plan);
     }
   }
