@@ -47,16 +47,16 @@ double predict_nll(const Model& m, const std::vector<double>& e, const std::stri
   return s > 0 ? std::pow(s, m.beta) * std::exp(log_offset(m, policy)) : 0.0;
 }
 
-// Each policy's bias, where it has at least two configurations that prune every layer: the mean of
-// their log residuals under the layer map. (One-layer probes are what the layer weights are fitted
-// to; a policy's configurations measured at whole-model budgets say how far its replay error over-
-// or under-states what it loses closed loop.)
+// Each policy's bias, where it has at least two configurations whose replay errs in more than one
+// layer: the mean of their log residuals under the layer map. (One-layer probes are what the layer
+// weights are fitted to; a policy's configurations over the whole model say how far its replay
+// error over- or under-states what it loses closed loop.)
 void fit_policy_offsets(Model& m, const std::vector<const CalibrationPoint*>& pts) {
   std::map<std::string, std::pair<double, int>> sums;
   for (const auto* p : pts) {
     const double s = score(m, p->layer_energy);
-    const bool every_layer = std::all_of(p->layer_energy.begin(), p->layer_energy.end(), [](double e) { return e > 0; });
-    if (!every_layer || !(s > 0)) continue;
+    const auto erring = std::count_if(p->layer_energy.begin(), p->layer_energy.end(), [](double e) { return e > 0; });
+    if (erring < 2 || !(s > 0)) continue;
     auto& [sum, count] = sums[p->policy];
     sum += log_floor(p->delta_nll) - m.beta * std::log(s);
     ++count;

@@ -50,9 +50,9 @@ struct Calibration {
   std::vector<double> layer_weights;  // w_l
   double nll_power = 1;               // β
   double top1_scale = 1, top1_power = 1;  // c, γ
-  // Each policy's bias (calibration_policy_key → log factor): its configurations that prune every
-  // layer measure exp(offset) times what the layer map predicts from their replay, on average. A
-  // policy without two such configurations has none (factor 1).
+  // Each policy's bias (calibration_policy_key → log factor): its configurations whose replay errs
+  // in more than one layer measure exp(offset) times what the layer map predicts, on average. A
+  // policy without two such configurations has none (factor 1); one-layer probes do not count.
   std::map<std::string, double> policy_offsets;
   double coverage = 0.9;              // of the intervals
   double nll_resid_low = 0, nll_resid_high = 0;    // quantiles of log(measured / predicted), leave-one-out

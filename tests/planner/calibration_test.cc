@@ -65,7 +65,7 @@ TEST(Calibration, RecoversAKnownMapAndRanksPerfectly) {
 // A policy whose configurations measure twice what the layer map predicts from their replay (h2o
 // here, the same energies as vatp's): its offset is log 2 and its predictions double; vatp's stays
 // near 0; a policy the calibration never saw, and one-layer probes (which fit the layer weights and
-// not the offsets), get none. The offsets survive calib.yaml (version 2).
+// not the offsets), get none; configurations erring in two layers count. The offsets survive calib.yaml (version 2).
 TEST(Calibration, PolicyOffsetsCarryEachPolicysBias) {
   std::vector<CalibrationPoint> pts = synthetic(40, 4);
   for (CalibrationPoint& p : pts) {
