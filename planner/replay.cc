@@ -151,6 +151,13 @@ Result<std::unique_ptr<ReplayEngine>> ReplayEngine::create(const Trace& trace, i
   e->trace_ = &trace;
   e->model_ = trace.model();
   e->threads_ = std::max(1, threads);
+  // Full-cache outputs: o, log Z and ‖o‖ per recorded query row and query head, per measured layer.
+  int64_t bytes = 0;
+  const int64_t per_row = int64_t{sizeof(float)} * (int64_t{e->model_.n_heads} * e->model_.head_dim + 2 * e->model_.n_heads);
+  for (int s = 0; s < trace.n_sequences(); ++s) {
+    bytes += int64_t{trace.length(s)} * per_row * static_cast<int64_t>(trace.layers().size());
+  }
+  e->keep_full_outputs_ = bytes <= kFullCacheBytes;
   return e;
 }
 
@@ -210,7 +217,10 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
   StepScratch& scratch = ws.scratch;
   ws.out.resize(q_dim);
   float* out = ws.out.data();
-  {
+  FullOutputs* kept = keep_full_outputs_ ? &full_outputs_[size_t(s) * model_.n_layers + l] : nullptr;
+  if (kept && kept->ready) {
+    ws.o_full = kept->o, ws.log_z_full = kept->log_z, ws.norm_full = kept->norm;
+  } else {
     // The full cache: every position, in order, through the same step as any policy.
     const size_t Tq = data.q.size() / q_dim;
     ws.o_full.resize(Tq * q_dim);
@@ -231,6 +241,7 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
       for (int d = 0; d < hd; ++d) norm += double(ws.o_full[i * hd + d]) * ws.o_full[i * hd + d];
       ws.norm_full[i] = static_cast<float>(std::sqrt(norm));
     }
+    if (kept) *kept = FullOutputs{.o = ws.o_full, .log_z = ws.log_z_full, .norm = ws.norm_full, .ready = true};
   }
   const int steps = static_cast<int>(ws.measured.size());
   ws.softmax.resize(size_t(steps) * 2 * H);
@@ -390,6 +401,7 @@ std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConf
   const size_t C = configs.size();
   for (const ReplayConfig& c : configs) KVP_CHECK(static_cast<int>(c.budgets.size()) == L);
   const int tasks = n_sequences() * Lm;
+  if (keep_full_outputs_ && full_outputs_.empty()) full_outputs_.resize(size_t(n_sequences()) * L);
   std::vector<std::vector<Totals>> totals(
       tasks, std::vector<Totals>(C, Totals{.rel = std::vector<double>(KVH, 0.0), .mass = std::vector<double>(KVH, 0.0)}));
   std::mutex mu;

@@ -4,7 +4,8 @@
 //
 // The trace is streamed: each (sequence, layer) is read from the mapped files, its full-cache
 // outputs computed, and every configuration of a batch replayed over it before the next is read, so
-// memory is a few layers' worth per thread whatever the number of sequences. A trace recorded
+// memory is a few layers' worth per thread whatever the number of sequences (a small trace's
+// full-cache outputs, 256 MiB at most, are kept across runs). A trace recorded
 // with a query stride is replayed at every position (each token enters the cache and evicts), but
 // attention is computed, scored and measured only at the positions whose query was recorded. Of a
 // trace recorded with a subset of layers, only those layers are replayed; the per-layer results of
@@ -96,6 +97,18 @@ class ReplayEngine {
   void replay(int s, int l, const std::vector<ReplayConfig>& configs, std::vector<Totals>& totals,
               const KeptFn& on_step, std::vector<std::vector<DeltaRow>>& delta_rows) const;
   std::vector<ReplayResult> run_configs(const std::vector<ReplayConfig>& configs, const KeptFn& on_step) const;
+
+  // The full-cache outputs of each (sequence, layer) — what every configuration is measured
+  // against — kept across runs when all of them fit kFullCacheBytes (a sweep replays one trace in
+  // many batches), else recomputed per run. [sequence * n_layers + layer]; filled by the one task
+  // that replays the pair.
+  struct FullOutputs {
+    std::vector<float> o, log_z, norm;
+    bool ready = false;
+  };
+  static constexpr int64_t kFullCacheBytes = int64_t{256} << 20;
+  mutable std::vector<FullOutputs> full_outputs_;
+  bool keep_full_outputs_ = false;
 
   const Trace* trace_ = nullptr;
   ReplayProgress progress_;
