@@ -5,7 +5,7 @@
 // The trace is streamed: each (sequence, layer) is read from the mapped files, its full-cache
 // outputs computed, and every configuration of a batch replayed over it before the next is read, so
 // memory is a few layers' worth per thread whatever the number of sequences (a small trace's
-// full-cache outputs, 256 MiB at most, are kept across runs). A trace recorded
+// full-cache outputs, 64 MiB at most, are kept across runs). A trace recorded
 // with a query stride is replayed at every position (each token enters the cache and evicts), but
 // attention is computed, scored and measured only at the positions whose query was recorded. Of a
 // trace recorded with a subset of layers, only those layers are replayed; the per-layer results of
@@ -106,7 +106,7 @@ class ReplayEngine {
     std::vector<float> o, log_z, norm;
     bool ready = false;
   };
-  static constexpr int64_t kFullCacheBytes = int64_t{256} << 20;
+  static constexpr int64_t kFullCacheBytes = int64_t{64} << 20;
   mutable std::vector<FullOutputs> full_outputs_;
   bool keep_full_outputs_ = false;
 
