@@ -5,9 +5,13 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <mutex>
 #include <numeric>
 #include <thread>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "planner/policy/layer_step.h"
 
@@ -169,6 +173,26 @@ struct ReplayEngine::Totals {
   double seconds = 0;
 };
 
+struct ReplayEngine::LayerMemo {
+  std::vector<std::map<std::string, Totals>> sums;  // [sequence * n_layers + layer]
+};
+
+namespace {
+
+// What a layer's replay depends on: the policy and every setting, the layer's budgets and
+// compression, the prefill mode and whether head energies are asked for.
+std::string layer_signature(const ReplayConfig& c, int layer) {
+  const PolicyParams& p = c.policy->params();
+  const SlotCompression s = c.compression.empty() ? SlotCompression{} : c.compression[layer];
+  return fmt::format("{}|{} {} {} {} {} {}|{} {} {} {}|{}|{} {} {} {} {} {}|{} {}", c.policy->name(), p.sinks, p.recent,
+                     int(p.vatp_base), p.seed, p.snap_window, p.snap_kernel, p.crush_base, p.crush_ratio,
+                     int(p.crush_anchor), p.crush_period, fmt::join(c.budgets[layer], ","), s.key_channels,
+                     s.key_elements, s.value_elements, s.think_recent, s.think_queries, s.dense_recent,
+                     c.prefill_evict_chunk, c.head_energy ? 1 : 0);
+}
+
+}  // namespace
+
 namespace {
 
 bool same_prefill(const Policy& a, const Policy& b) {
@@ -260,12 +284,21 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
   const size_t first = steps > 0 ? size_t(ws.q_row[ws.measured[0]]) : 0;
   const Policy* prefilled = nullptr;
   int prefilled_queries = 0;
+  std::map<std::string, Totals>* memo = memo_ && !on_step ? &memo_->sums[size_t(s) * model_.n_layers + l] : nullptr;
   for (size_t c = 0; c < configs.size(); ++c) {
     const auto start = std::chrono::steady_clock::now();
     const ReplayConfig& config = configs[c];
     const Policy& policy = *config.policy;
     const bool aux = policy.aux_floats_per_slot() > 0;
     Totals& tot = totals[c];
+    const std::string signature = memo && !policy.params().delta.on() ? layer_signature(config, l) : std::string();
+    if (!signature.empty()) {
+      if (const auto hit = memo->find(signature); hit != memo->end()) {
+        tot = hit->second;
+        tot.seconds = 0;  // no work done
+        continue;
+      }
+    }
     LayerCache& cache = ws.cache;
     const SlotCompression compression = config.compression.empty() ? SlotCompression{} : config.compression[l];
     const int queries = think_queries(config, l, hd);
@@ -381,6 +414,7 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
       }
     }
     tot.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!signature.empty()) memo->emplace(signature, tot);
   }
 }
 
@@ -402,6 +436,10 @@ std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConf
   for (const ReplayConfig& c : configs) KVP_CHECK(static_cast<int>(c.budgets.size()) == L);
   const int tasks = n_sequences() * Lm;
   if (keep_full_outputs_ && full_outputs_.empty()) full_outputs_.resize(size_t(n_sequences()) * L);
+  if (!memo_) {
+    memo_ = std::make_shared<LayerMemo>();
+    memo_->sums.resize(size_t(n_sequences()) * L);
+  }
   std::vector<std::vector<Totals>> totals(
       tasks, std::vector<Totals>(C, Totals{.rel = std::vector<double>(KVH, 0.0), .mass = std::vector<double>(KVH, 0.0)}));
   std::mutex mu;

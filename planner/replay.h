@@ -109,6 +109,13 @@ class ReplayEngine {
   static constexpr int64_t kFullCacheBytes = int64_t{64} << 20;
   mutable std::vector<FullOutputs> full_outputs_;
   bool keep_full_outputs_ = false;
+  // Each (sequence, layer)'s sums per layer configuration replayed so far (policy and its settings,
+  // the layer's budgets and compression, the prefill mode): open loop, a layer's replay depends on
+  // nothing else, so a later configuration that gives the layer the same (a greedy plan's layer at a
+  // budget the uniform replays already ran) takes them instead of replaying. Not under DELTA (a
+  // sparse layer depends on its selection layer) nor with a KeptFn.
+  struct LayerMemo;
+  mutable std::shared_ptr<LayerMemo> memo_;
 
   const Trace* trace_ = nullptr;
   ReplayProgress progress_;

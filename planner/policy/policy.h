@@ -28,6 +28,7 @@ enum class VatpBase { kH2o, kMean };  // on-disk names "h2o", "mean": frozen
 // KVCrush's anchor: the head-behaviour vector candidates are ordered by their Hamming distance to.
 enum class CrushAnchor { kMean, kRandom, kAlternating };  // on-disk names "mean", "random", "alternating"
 
+// Every field also goes into replay.cc's layer_signature (the replay's memo of layers it has run).
 struct PolicyParams {
   int sinks = 4;           // first positions never evicted
   int recent = 16;         // newest positions never evicted (the new token counts)

@@ -335,6 +335,32 @@ TEST(Replay, DeltaErrsOnlyInTheSparseLayersAndCountsTheirKeys) {
   }
 }
 
+// A layer's replay depends only on that layer's configuration, so the engine takes a layer it has
+// already replayed at the same policy and budgets from its memo: a mixed plan after a uniform one
+// gives the bits a fresh engine computes, and another policy setting is replayed anew.
+TEST(Replay, LayersAlreadyReplayedGiveTheSameBitsFromTheMemo) {
+  const ModelConfig& c = default_model().weights.config();
+  const PolicyParams p{.sinks = 2, .recent = 4};
+  auto config = [&](std::vector<int32_t> layer_budgets, const PolicyParams& params) {
+    std::vector<std::vector<int32_t>> budgets;
+    for (int32_t b : layer_budgets) budgets.push_back(std::vector<int32_t>(c.n_kv_heads, b));
+    return ReplayConfig{.policy = std::shared_ptr<const Policy>(make_policy("h2o", params).value()), .budgets = budgets};
+  };
+  const std::unique_ptr<ReplayEngine> warm = full_cache_engine(), fresh = full_cache_engine();
+  warm->run(config({48, 48, 48, 48, 48}, p));
+  const ReplayResult memo = warm->run(config({48, 16, 48, 16, 48}, p));
+  const ReplayResult computed = fresh->run(config({48, 16, 48, 16, 48}, p));
+  EXPECT_EQ(memo.rel_error, computed.rel_error);
+  EXPECT_EQ(memo.resid_energy, computed.resid_energy);
+  EXPECT_EQ(memo.retained_mass, computed.retained_mass);
+  EXPECT_EQ(memo.attended, computed.attended);
+  PolicyParams wider = p;
+  wider.recent = 8;
+  const ReplayResult other = warm->run(config({48, 16, 48, 16, 48}, wider));
+  EXPECT_NE(other.resid_energy, memo.resid_energy);
+  EXPECT_EQ(other.resid_energy, fresh->run(config({48, 16, 48, 16, 48}, wider)).resid_energy);
+}
+
 // Each KV head's own residual energy: zero for a head holding every token, and when one head
 // alone is cut, the layer's energy is that head's (no other head adds error or cross terms).
 TEST(Replay, HeadEnergyIsEachHeadsShareOfTheLayersEnergy) {
