@@ -467,12 +467,7 @@ Result<Plan> uniform_plan(const PlanModel& model, const std::string& policy, con
                       budget_tokens);
   }
   KVP_RETURN_IF_ERROR(check_policy_compression(*impl, compression, "--think/--mustafar"));
-  if (const auto e = delta_param_error(params.delta, model.n_layers)) {  // the flags' names (plan_flags)
-    return make_error("--delta-{}: {}", e->field == "page_size" ? "page-size" : e->field, e->message);
-  }
-  if (params.delta.on() && compression.any()) {
-    return make_error("--delta-layers and --think/--mustafar: DELTA's sparse layers attend dense caches; give one");
-  }
+  KVP_RETURN_IF_ERROR(check_delta_flags(params.delta, model.n_layers, compression.any()));
   if (budget_tokens < 1 || budget_tokens > model.seq_len) {
     return make_error("--budget: expected 1..{} tokens (the model's seq_len), found {}", model.seq_len, budget_tokens);
   }

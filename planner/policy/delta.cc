@@ -35,6 +35,16 @@ std::optional<ParamError> delta_param_error(const DeltaParams& d, int n_layers) 
   return std::nullopt;
 }
 
+Status check_delta_flags(const DeltaParams& d, int n_layers, bool compressed) {
+  if (const auto e = delta_param_error(d, n_layers)) {
+    return make_error("--delta-{}: {}", e->field == "page_size" ? "page-size" : e->field, e->message);
+  }
+  if (d.on() && compressed) {
+    return make_error("--delta-layers and --think/--mustafar: DELTA's sparse layers attend dense caches; give one");
+  }
+  return ok_status();
+}
+
 std::string delta_detail(const DeltaParams& d) {
   if (!d.on()) return "";
   return fmt::format("delta_layers={} delta_pages={} delta_page_size={} delta_last={}", d.layers, d.pages, d.page_size,

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "common/status.h"
+
 namespace kvp {
 
 // A setting at fault: its field and what is wrong with it. make_policy, plan.yaml and the flags each
@@ -43,6 +45,10 @@ struct DeltaParams {
 // one per layer of f, s and p, no sparse layer before a selection layer, pages and page_size at
 // least 1, last at least 0.
 std::optional<ParamError> delta_param_error(const DeltaParams& d, int n_layers);
+
+// The same checked as command-line flags: the error names the flag (--delta-layers, --delta-pages,
+// --delta-page-size, --delta-last); with `compressed` (ThinK or Mustafar given too) roles are refused.
+Status check_delta_flags(const DeltaParams& d, int n_layers, bool compressed = false);
 
 // "delta_layers=fsppp delta_pages=8 delta_page_size=16 delta_last=2" (a measured run's detail string,
 // reports); "" when off.

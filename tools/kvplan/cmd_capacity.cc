@@ -229,10 +229,7 @@ Status run_capacity(const CapacityFlags& flags) {
     KVP_ASSIGN_OR_RETURN(const PlanCompression compression, flags.compress.compression(model.head_dim()));
     KVP_ASSIGN_OR_RETURN(q.compression, compression.layers(model.n_layers, model.head_dim()));
     what += compression.label();
-    KVP_RETURN_IF_ERROR(check_delta_flags(flags.delta, model.n_layers));
-    if (flags.delta.on() && compression.any()) {
-      return make_error("--delta-layers and --think/--mustafar: DELTA's sparse layers attend dense caches; give one");
-    }
+    KVP_RETURN_IF_ERROR(check_delta_flags(flags.delta, model.n_layers, compression.any()));
     q.delta = flags.delta;
     if (!flags.policy.empty()) q.sinks = published_defaults(flags.policy, 64).sinks;
     if (flags.delta.on()) what += "+delta";

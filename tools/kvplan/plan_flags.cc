@@ -138,13 +138,6 @@ Result<Plan> PlanFlags::resolve(const PlanModel& model, const std::string& model
   return uniform(model, policy, budget);
 }
 
-Status check_delta_flags(const DeltaParams& delta, int n_layers) {
-  if (const auto e = delta_param_error(delta, n_layers)) {
-    return make_error("--delta-{}: {}", e->field == "page_size" ? "page-size" : e->field, e->message);
-  }
-  return ok_status();
-}
-
 PlanModel plan_model(const ModelConfig& c, const std::string& fingerprint) {
   return PlanModel{.fingerprint = fingerprint, .dim = c.dim, .n_layers = c.n_layers, .n_heads = c.n_heads,
                    .n_kv_heads = c.n_kv_heads, .head_dim = c.head_dim(), .vocab_size = c.vocab_size,

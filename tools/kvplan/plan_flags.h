@@ -60,8 +60,6 @@ PlanModel plan_model(const ModelConfig& config, const std::string& fingerprint);
 
 // --delta-layers, --delta-pages, --delta-page-size, --delta-last into `delta`.
 void add_delta_flags(CLI::App* app, DeltaParams* delta);
-// DELTA's flags checked against a model of `n_layers` layers: the error names the flag.
-Status check_delta_flags(const DeltaParams& delta, int n_layers);
 
 // "0,0.4" -> {0, 0.4}: ratios in [0, 1); errors name the flag.
 Result<std::vector<double>> parse_ratio_list(const std::string& flag, const std::string& text);
