@@ -191,10 +191,6 @@ std::string layer_signature(const ReplayConfig& c, int layer) {
                      c.prefill_evict_chunk, c.head_energy ? 1 : 0);
 }
 
-}  // namespace
-
-namespace {
-
 bool same_prefill(const Policy& a, const Policy& b) {
   const PolicyParams &x = a.params(), &y = b.params();
   return a.name() == b.name() && x.crush_base == y.crush_base && x.vatp_base == y.vatp_base && x.seed == y.seed &&
@@ -224,6 +220,27 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
                           const KeptFn& on_step, std::vector<std::vector<DeltaRow>>& delta_rows) const {
   const int H = model_.n_heads, KVH = model_.n_kv_heads, hd = model_.head_dim, group = H / KVH;
   const int q_dim = H * hd, dim = model_.dim, T = trace_->length(s), P = trace_->prompt_len(s);
+  // Configurations whose layer this engine has replayed before take their sums from the memo; when
+  // every one does, the layer is not read at all.
+  std::map<std::string, Totals>* memo = memo_ && !on_step ? &memo_->sums[size_t(s) * model_.n_layers + l] : nullptr;
+  std::vector<std::string> signatures(configs.size());  // empty: not memoised (DELTA)
+  auto from_memo = [&](size_t c) {
+    if (signatures[c].empty()) return false;
+    const auto hit = memo->find(signatures[c]);
+    if (hit == memo->end()) return false;
+    totals[c] = hit->second;
+    totals[c].seconds = 0;  // no work done
+    return true;
+  };
+  bool every = memo != nullptr;
+  for (size_t c = 0; memo && c < configs.size(); ++c) {
+    if (!configs[c].policy->params().delta.on()) signatures[c] = layer_signature(configs[c], l);
+    every = every && !signatures[c].empty() && memo->count(signatures[c]);
+  }
+  if (every) {
+    for (size_t c = 0; c < configs.size(); ++c) from_memo(c);
+    return;
+  }
   thread_local Workspace ws;
   TraceLayer& data = ws.data;
   trace_->read_layer(s, l, &data);
@@ -284,21 +301,14 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
   const size_t first = steps > 0 ? size_t(ws.q_row[ws.measured[0]]) : 0;
   const Policy* prefilled = nullptr;
   int prefilled_queries = 0;
-  std::map<std::string, Totals>* memo = memo_ && !on_step ? &memo_->sums[size_t(s) * model_.n_layers + l] : nullptr;
   for (size_t c = 0; c < configs.size(); ++c) {
+    const std::string& signature = signatures[c];
+    if (from_memo(c)) continue;  // an earlier configuration of this batch included
     const auto start = std::chrono::steady_clock::now();
     const ReplayConfig& config = configs[c];
     const Policy& policy = *config.policy;
     const bool aux = policy.aux_floats_per_slot() > 0;
     Totals& tot = totals[c];
-    const std::string signature = memo && !policy.params().delta.on() ? layer_signature(config, l) : std::string();
-    if (!signature.empty()) {
-      if (const auto hit = memo->find(signature); hit != memo->end()) {
-        tot = hit->second;
-        tot.seconds = 0;  // no work done
-        continue;
-      }
-    }
     LayerCache& cache = ws.cache;
     const SlotCompression compression = config.compression.empty() ? SlotCompression{} : config.compression[l];
     const int queries = think_queries(config, l, hd);

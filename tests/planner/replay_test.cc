@@ -359,6 +359,12 @@ TEST(Replay, LayersAlreadyReplayedGiveTheSameBitsFromTheMemo) {
   const ReplayResult other = warm->run(config({48, 16, 48, 16, 48}, wider));
   EXPECT_NE(other.resid_energy, memo.resid_energy);
   EXPECT_EQ(other.resid_energy, fresh->run(config({48, 16, 48, 16, 48}, wider)).resid_energy);
+  // Twice in one batch on an engine that never saw it: the second takes the first's sums.
+  const std::vector<ReplayResult> twice =
+      full_cache_engine()->run_batch({config({48, 16, 48, 16, 48}, p), config({48, 16, 48, 16, 48}, p)});
+  EXPECT_EQ(twice[0].resid_energy, computed.resid_energy);
+  EXPECT_EQ(twice[1].resid_energy, computed.resid_energy);
+  EXPECT_EQ(twice[1].rel_error, computed.rel_error);
 }
 
 // Each KV head's own residual energy: zero for a head holding every token, and when one head
