@@ -159,6 +159,7 @@ class Backend {
   // layers). Backends that do not count report zeros.
   struct AttendStats {
     int64_t keys = 0, head_steps = 0;
+    double per_head_step() const { return head_steps > 0 ? double(keys) / double(head_steps) : 0.0; }
   };
   virtual AttendStats attend_stats() const { return {}; }
 

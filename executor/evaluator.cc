@@ -126,7 +126,7 @@ void evaluate(Decoder& decoder, const Corpus& corpus, const EvalReference& ref, 
   int64_t n_tokens = 0, n_top1 = 0;
   double decode_s = 0;
   int64_t decode_tokens = 0;
-  int64_t attended_keys = 0, head_steps = 0;  // of the teacher-forced decode rows
+  Backend::AttendStats attended;  // of the teacher-forced decode rows, over the batches
   std::vector<float> lp(V);
   Backend& backend = decoder.backend();
   for (size_t first = 0; first < n_seqs; first += options.batch) {
@@ -154,7 +154,8 @@ void evaluate(Decoder& decoder, const Corpus& corpus, const EvalReference& ref, 
     }
     backend.set_eviction_log(nullptr);
     out->kv_bytes_per_sequence = backend.kv_bytes_allocated() / n;
-    attended_keys += backend.attend_stats().keys, head_steps += backend.attend_stats().head_steps;
+    const Backend::AttendStats batch = backend.attend_stats();
+    attended.keys += batch.keys, attended.head_steps += batch.head_steps;
     if (progress) progress(static_cast<int>(first) + n);
   }
   // Teacher-forced decode rows: every predicted token after the first (fed one per step).
@@ -185,7 +186,7 @@ void evaluate(Decoder& decoder, const Corpus& corpus, const EvalReference& ref, 
   out->greedy_agreement_tokens = double(agreed) / n_seqs;
   out->greedy_agreement_fraction = possible ? double(agreed) / possible : 1.0;
   out->tokens_per_s = decode_s > 0 ? decode_tokens / decode_s : 0;
-  out->attended_per_head_step = head_steps > 0 ? double(attended_keys) / double(head_steps) : 0;
+  out->attended_per_head_step = attended.per_head_step();
   out->backend = std::string(backend.name());
 }
 

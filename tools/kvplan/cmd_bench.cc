@@ -161,7 +161,7 @@ Status run_bench(const BenchFlags &flags) {
           cell.json["delta"] = {{"layers", flags.delta.layers}, {"pages", flags.delta.pages},
                                 {"page_size", flags.delta.page_size}, {"last", flags.delta.last}};
           const Backend::AttendStats a = backend->attend_stats();
-          if (a.head_steps > 0) cell.json["attended_per_head_step"] = double(a.keys) / double(a.head_steps);
+          if (a.head_steps > 0) cell.json["attended_per_head_step"] = a.per_head_step();
         }
       }
     }

@@ -152,7 +152,7 @@ Status run(const RunFlags& flags) {
     out["decode_tokens_per_s"] = tokens_per_s;
     // Keys attended per layer, KV head and decode step (DELTA's sparse layers attend fewer).
     if (const Backend::AttendStats a = backend.attend_stats(); a.head_steps > 0) {
-      out["attended_per_head_step"] = double(a.keys) / double(a.head_steps);
+      out["attended_per_head_step"] = a.per_head_step();
     }
     for (const auto& seq : result.tokens) {
       out["sequences"].push_back({{"tokens", seq}, {"text", model.tokenizer.decode(seq)}});
