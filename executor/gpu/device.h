@@ -80,6 +80,10 @@ class DeviceBuffer {
     p_ = nullptr, bytes_ = 0;
   }
   size_t bytes() const { return bytes_; }
+  // A workspace of at least `bytes` on `device`: reallocated (contents not kept) when smaller.
+  void grow(Device& device, size_t bytes) {
+    if (bytes_ < bytes) *this = DeviceBuffer(device, bytes);
+  }
   void* get() const { return p_; }
   template <typename T>
   T* as() const { return static_cast<T*>(p_); }

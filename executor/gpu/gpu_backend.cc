@@ -607,32 +607,23 @@ void GpuBackend::decode(const std::vector<Work>& runs, int layer_idx) {
                           .group = group,
                           .head_dim = hd};
     const size_t weights = static_cast<size_t>(heads) * group * (max_capacity_ + 1);
-    if (attn_weights_.bytes() < weights * sizeof(float)) attn_weights_ = DeviceBuffer(d, weights * sizeof(float));
+    attn_weights_.grow(d, weights * sizeof(float));
     // DELTA: a selection layer's maxima, then its rows' pages; a sparse layer attends those pages.
     const char role = delta_.role(layer_idx);
     const int pages_stride = delta_pages_stride();
     DeltaPages delta{.chosen_stride = pages_stride, .page_size = delta_.page_size, .n_kv_heads = H,
                      .head_max_stride = max_capacity_ + 1};
-    if (role != kDeltaFull) {
-      const size_t chosen = static_cast<size_t>(n_rows_) * pages_stride;
-      if (delta_chosen_.bytes() < chosen) delta_chosen_ = DeviceBuffer(d, chosen);
-    }
+    if (role != kDeltaFull) delta_chosen_.grow(d, static_cast<size_t>(n_rows_) * pages_stride);
     if (role == kDeltaSelect) {
-      const size_t maxima = static_cast<size_t>(heads) * (max_capacity_ + 1);
-      if (delta_head_max_.bytes() < maxima * sizeof(float)) delta_head_max_ = DeviceBuffer(d, maxima * sizeof(float));
+      delta_head_max_.grow(d, static_cast<size_t>(heads) * (max_capacity_ + 1) * sizeof(float));
       delta.head_max = delta_head_max_.as<float>();
     } else if (role == kDeltaSparse) {
       delta.chosen = delta_chosen_.as<uint8_t>() + static_cast<size_t>(w.first) * pages_stride;
     }
     K.decode_attention(rows, view, attn_weights_.as<float>(), max_capacity_ + 1, score_args_.rule, delta, threads_);
     if (role == kDeltaSelect) {
-      const size_t pos_weight = static_cast<size_t>(w.n) * config_.seq_len, page_score = size_t(w.n) * pages_stride;
-      if (delta_pos_weight_.bytes() < pos_weight * sizeof(float)) {
-        delta_pos_weight_ = DeviceBuffer(d, pos_weight * sizeof(float));
-      }
-      if (delta_page_score_.bytes() < page_score * sizeof(float)) {
-        delta_page_score_ = DeviceBuffer(d, page_score * sizeof(float));
-      }
+      delta_pos_weight_.grow(d, static_cast<size_t>(w.n) * config_.seq_len * sizeof(float));
+      delta_page_score_.grow(d, static_cast<size_t>(w.n) * pages_stride * sizeof(float));
       const DeltaRule rule{.pages = delta_.pages, .page_size = delta_.page_size, .last = delta_.last, .sinks = sinks_};
       K.delta_select(view, delta.head_max, delta.head_max_stride, newest_dev + e, w.n, H, rule,
                      delta_pos_weight_.as<float>(), config_.seq_len, delta_page_score_.as<float>(),
@@ -683,7 +674,7 @@ int GpuBackend::crush_cut(const SlotCacheView& view, int row, int layer_idx, int
   Device& d = *device_;
   const Launchers& K = d.kernels();
   const size_t key_floats = static_cast<size_t>(H) * capacity;
-  if (crush_keys_.bytes() < key_floats * sizeof(float)) crush_keys_ = DeviceBuffer(d, key_floats * sizeof(float));
+  crush_keys_.grow(d, key_floats * sizeof(float));
   K.slot_keys(view, H, capacity, newest, score_args_.per_query_key, crush_keys_.as<float>(), capacity, threads_);
   int32_t* keep = keep_rows(capacity);
   const int32_t* positions = pos_ + head_offset_[head_index(seq, layer_idx, 0)];

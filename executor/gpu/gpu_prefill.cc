@@ -135,7 +135,7 @@ void GpuBackend::prefill(const Work& w, int layer_idx) {
     if (chunked) {
       query_sums = prompts_[seq].query_sums[layer_idx];
     } else {
-      if (query_sums_.bytes() < floats * sizeof(float)) query_sums_ = DeviceBuffer(d, floats * sizeof(float));
+      query_sums_.grow(d, floats * sizeof(float));
       query_sums = query_sums_.as<float>();
     }
     add_query_sums(seq, rows, layer_idx, c0, P, query_sums);
@@ -312,7 +312,7 @@ void GpuBackend::crush_keep(const float* keys, int key_stride, int n, const int3
   Device& d = *device_;
   const PolicyParams& p = policy_->params();
   const size_t work = 2 * static_cast<size_t>(n) * sizeof(int32_t);
-  if (crush_work_.bytes() < work) crush_work_ = DeviceBuffer(d, work);
+  crush_work_.grow(d, work);
   d.kernels().kvcrush_keep(keys, config_.n_kv_heads, key_stride, n, positions,
                            CrushRule{.newest = newest, .sinks = sinks_, .recent = recent_, .ratio = p.crush_ratio,
                                      .anchor = static_cast<int>(p.crush_anchor), .seed = p.seed},
@@ -324,7 +324,7 @@ void GpuBackend::crush_keep(const float* keys, int key_stride, int n, const int3
 
 int32_t* GpuBackend::keep_rows(int keep_stride) {
   const size_t bytes = static_cast<size_t>(keep_stride) * config_.n_kv_heads * sizeof(int32_t);
-  if (keep_.bytes() < bytes) keep_ = DeviceBuffer(*device_, bytes);
+  keep_.grow(*device_, bytes);
   return keep_.as<int32_t>();
 }
 
