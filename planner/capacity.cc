@@ -219,11 +219,10 @@ CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuer
     s.weights_s = std::max(t_w_mem, t_w_flop);
     s.memory_bound = t_w_mem >= t_w_flop;
   }
-  // attention: each sequence's cached bytes read once, 4·head_dim FLOPs per query head and slot,
-  // DELTA's copy of its sparse layers' chosen tokens where the backend makes one (written at the read
-  // bandwidth), and an evicting policy's bookkeeping per KV-head slot.
-  // DELTA's sparse layers attend only the chosen pages' share of their slots: fewer bytes read and
-  // FLOPs (the bookkeeping still runs over every slot).
+  // attention: each sequence's attended bytes read once (DELTA's sparse layers attend only the chosen
+  // pages' share of their slots), 4·head_dim FLOPs per query head and attended slot, DELTA's copy of
+  // the chosen tokens where the backend makes one (written at the read bandwidth), and an evicting
+  // policy's bookkeeping per KV-head slot (over every slot).
   const double slots = double(kv.total_slots());
   double attended = slots, gathered = 0;
   if (delta.on()) {
