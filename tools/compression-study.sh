@@ -20,13 +20,10 @@ study_samples
 
 step "2. calibration runs on the workload, dense and compressed; calibrate"
 windows=(--think-recent 32 --mustafar-recent 32)
-grid cal-dense window,h2o,vatp,tova,snapkv 16,32,64,128,256
 grid cal-think vatp,h2o 32,64,128,256 --think 0.4 "${windows[@]}"
 grid cal-mustafar vatp,h2o 32,64,128,256 --mustafar 0.5 "${windows[@]}"
 grid cal-both vatp,h2o 32,64,128,256 --think 0.4 --mustafar 0.5 "${windows[@]}"
-probes
-"$k" calibrate --trace "$work/trace" --measured "$work"/cal-*/measured/*.yaml "$work"/probe-runs/measured/*.yaml \
-  --out "$work/calib.yaml" | tail -2
+study_calibrate calib.yaml cal-think cal-mustafar cal-both
 
 step "3. plans at 25%, 40% and 60% of the full cache"
 full=$("$k" plan --policy full --budget 512 --out "$work/full.yaml" | sed -n 's/.*, \([0-9]*\) KV bytes per sequence.*/\1/p')

@@ -23,13 +23,10 @@ study_setup delta delta-plans "$@"
 study_samples
 
 step "2. calibration runs on the workload; calibrate"
-grid cal-dense window,h2o,vatp,tova,snapkv 16,32,64,128,256
 for pages in 1 2 4; do
   grid "cal-delta-$pages" full 512 --delta-layers fsppp --delta-pages "$pages" --delta-last 2
 done
-probes
-"$k" calibrate --trace "$work/trace" --measured "$work"/cal-dense/measured/*.yaml "$work"/cal-delta-*/measured/*.yaml \
-  "$work"/probe-runs/measured/*.yaml --out "$work/delta-calib.yaml" | tail -2
+study_calibrate delta-calib.yaml cal-delta-1 cal-delta-2 cal-delta-4
 
 step "3. plans: DELTA over the full cache, VATP at the keys DELTA attends, DELTA over VATP"
 # plan NAME ARGS...: a calibrated plan from the trace into delta-plans/NAME.yaml.

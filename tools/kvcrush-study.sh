@@ -21,11 +21,8 @@ study_setup kvcrush crush-plans "$@"
 study_samples
 
 step "2. calibration runs on the workload; calibrate"
-grid cal-dense window,h2o,vatp,tova,snapkv 16,32,64,128,256
 grid cal-kvcrush kvcrush 32,64,128,256
-probes
-"$k" calibrate --trace "$work/trace" --measured "$work"/cal-dense/measured/*.yaml "$work"/cal-kvcrush/measured/*.yaml \
-  "$work"/probe-runs/measured/*.yaml --out "$work/crush-calib.yaml" | tail -2
+study_calibrate crush-calib.yaml cal-kvcrush
 
 step "3. plans at 25%, 40% and 60% of the full cache"
 full=$("$k" plan --policy full --budget 512 --out "$work/full.yaml" | sed -n 's/.*, \([0-9]*\) KV bytes per sequence.*/\1/p')

@@ -32,6 +32,19 @@ grid() {
     --corpus "$work/workload.jsonl" --out "$work/$name" --json >/dev/null
 }
 
+# study_calibrate OUT GRID...: the dense grid (5 policies × 5 budgets), the one-layer probes and the
+# study's own grids (directories of $work, measured before), calibrated on the workload's trace into
+# $work/OUT. Only the grids named: a work directory shared by several studies holds the others' too.
+study_calibrate() {
+  local out=$1 name
+  shift
+  grid cal-dense window,h2o,vatp,tova,snapkv 16,32,64,128,256
+  probes
+  local measured=()
+  for name in cal-dense "$@" probe-runs; do measured+=("$work/$name"/measured/*.yaml); done
+  "$k" calibrate --trace "$work/trace" --measured "${measured[@]}" --out "$work/$out" | tail -2
+}
+
 # VATP with one layer at 32 slots and the others whole, each layer in turn, measured into
 # $work/probe-runs: they tell the layers' weights apart for calibrate.
 probes() {
