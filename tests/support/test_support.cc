@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
@@ -116,6 +117,13 @@ CliResult run_kvplan(const std::string& args) {
   r.err = read_bytes(err_path);
   fs::remove_all(dir);
   return r;
+}
+
+void expect_one_line_error(const std::string& args, const std::string& expect) {
+  const CliResult r = run_kvplan(args);
+  EXPECT_NE(r.exit_code, 0) << args;
+  EXPECT_NE(r.err.find(expect), std::string::npos) << args << ": " << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
 }
 
 int line_count(const std::string& s) {

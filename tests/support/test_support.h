@@ -43,4 +43,8 @@ std::string shell_quote(const std::string& s);
 // Number of lines in `s` (a trailing newline does not start a new line).
 int line_count(const std::string& s);
 
+// Runs kvplan with `args` and expects bad input's answer: a non-zero exit and `expect` in one line
+// (exactly one newline) on stderr.
+void expect_one_line_error(const std::string& args, const std::string& expect);
+
 }  // namespace kvp::test

@@ -66,10 +66,7 @@ TEST(Cli, DeltaFlagsAreOneLineErrors) {
       {" --think 0.4", "--delta-layers and --think/--mustafar: DELTA's sparse layers attend dense caches; give one"},
   };
   for (const auto& [flag, expect] : cases) {
-    const test::CliResult r = run_kvplan((flag.rfind(" --delta-layers", 0) == 0 ? base : ok) + flag);
-    EXPECT_NE(r.exit_code, 0) << flag;
-    EXPECT_NE(r.err.find(expect), std::string::npos) << flag << ": " << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << flag << ": " << r.err;
+    test::expect_one_line_error((flag.rfind(" --delta-layers", 0) == 0 ? base : ok) + flag, expect);
   }
 }
 

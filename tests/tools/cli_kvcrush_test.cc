@@ -51,10 +51,7 @@ TEST(Cli, KvcrushFlagsAreOneLineErrors) {
       {"", "--budget: expected at least sinks 4 + recent 3 + kvcrush's period 8 = 15 tokens, found 12"},
   };
   for (const auto& [flag, expect] : cases) {
-    const test::CliResult r = run_kvplan(flag.empty() ? base + " --budget 12" : ok + flag);
-    EXPECT_NE(r.exit_code, 0) << flag;
-    EXPECT_NE(r.err.find(expect), std::string::npos) << flag << ": " << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << flag << ": " << r.err;
+    test::expect_one_line_error(flag.empty() ? base + " --budget 12" : ok + flag, expect);
   }
 }
 
