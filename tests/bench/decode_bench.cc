@@ -3,7 +3,8 @@
 //   build/kvplan_bench --benchmark_filter=Decode
 //
 // BM_GreedyDecode256 is the figure of docs/PERFORMANCE.md: greedy from BOS over 256 positions,
-// as llama2.c's run.c does with -n 256; tokens/s counts the 256 tokens generated.
+// as llama2.c's run.c does with -n 256; tokens/s counts the 256 tokens generated. The argument is
+// the CPU backend's thread count.
 #include <benchmark/benchmark.h>
 
 #include "executor/cpu/cpu_backend.h"
@@ -15,7 +16,7 @@ namespace {
 
 void BM_GreedyDecode256(benchmark::State& state) {
   const LoadedModel& model = test::default_model();
-  CpuBackend backend(model.weights);
+  CpuBackend backend(model.weights, static_cast<int>(state.range(0)));
   Decoder decoder(backend);
   const GenerateOptions options{.steps = 256};
   const std::vector<KvBudgets> budgets = {full_cache_budgets(model.weights.config(), 256)};
@@ -27,7 +28,7 @@ void BM_GreedyDecode256(benchmark::State& state) {
   }
   state.counters["tokens_per_s"] = benchmark::Counter(double(tokens), benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_GreedyDecode256)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_GreedyDecode256)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond);
 
 // Batched decode: `batch` sequences, 128 positions each, one forward pass per step.
 void BM_GreedyDecodeBatch(benchmark::State& state) {

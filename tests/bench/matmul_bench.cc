@@ -8,6 +8,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#include <algorithm>
 
 #include <thread>
 #include <vector>
@@ -80,6 +81,42 @@ void BM_Matmul(benchmark::State& state) {
 }
 BENCHMARK(BM_Matmul)
     ->ArgsProduct({{int(WeightType::kF32), int(WeightType::kF16), int(WeightType::kBF16), int(WeightType::kQ8_0)}, {1, 2}, {64, 1024}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// A decode step's weight products for a batch: 5632 x 2048 matrices (TinyLlama's FFN shape) of
+// range(0)'s type, 256 MiB of copies gone through in turn so that each streams from memory as a
+// model's matrices do, range(1) activation rows, 2 threads (kvplan bench's setting). FLOP/s.
+void BM_MatmulBatch(benchmark::State& state) {
+  const WeightType type = static_cast<WeightType>(state.range(0));
+  const int batch = static_cast<int>(state.range(1));
+  const int64_t cols = 2048, rows = 5632;
+  std::vector<float> values(size_t(rows * cols));
+  uint32_t h = 1;
+  for (float& v : values) v = static_cast<float>(int32_t(h = h * 1664525u + 1013904223u) >> 8) * 0x1p-30f;
+  const std::vector<std::byte> one = quantize(values, rows, cols, type);
+  const int copies = static_cast<int>(std::max<size_t>(2, (size_t{256} << 20) / one.size()));
+  std::vector<std::byte> all(one.size() * copies);
+  for (int c = 0; c < copies; ++c) std::copy(one.begin(), one.end(), all.begin() + c * one.size());
+  std::vector<float> x(size_t(batch) * cols, 0.5f), y(size_t(batch) * rows);
+  ThreadPool pool(2);
+  int c = 0;
+  for (auto _ : state) {
+    const WeightTensor w{.type = type, .data = all.data() + size_t(c) * one.size(), .rows = rows, .cols = cols};
+    const MatmulArgs args{.w = &w, .x = x.data(), .x_stride = size_t(cols), .y = y.data(), .y_stride = size_t(rows),
+                          .n_rows = batch};
+    pool.run([&](int part, int parts) {
+      const RowRange r = split_rows(rows, part, parts, 16);
+      matmul_range(args, r.begin, r.end);
+    });
+    benchmark::DoNotOptimize(y.data());
+    c = (c + 1) % copies;
+  }
+  state.counters["flops"] = benchmark::Counter(2.0 * double(rows * cols) * batch, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(std::string(weight_type_name(type)));
+}
+BENCHMARK(BM_MatmulBatch)
+    ->ArgsProduct({{int(WeightType::kF16), int(WeightType::kQ8_0)}, {1, 8, 32, 128}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -146,6 +146,10 @@ std::vector<Case> cases() {
   }
   for (int cols : {32, 64, 96, 160, 1024}) out.push_back({WeightType::kQ8_0, 13, cols, 6});
   out.push_back({WeightType::kQ8_0, 97, 32, 1});
+  // Batches past one tile of activation rows (16 rows of 4096, 4 of 20000) and a partial last one.
+  out.push_back({WeightType::kF16, 40, 4096, 37});
+  out.push_back({WeightType::kQ8_0, 40, 4096, 37});
+  out.push_back({WeightType::kF32, 17, 20000, 9});
   return out;
 }
 
