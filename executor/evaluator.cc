@@ -119,9 +119,13 @@ EvalReference compute_reference(Decoder& decoder, const Corpus& corpus, const Ev
 
 void evaluate(Decoder& decoder, const Corpus& corpus, const EvalReference& ref, const EvalConfig& config,
               const EvalOptions& options, Measured* out, std::vector<EvictionRecord>* eviction_log,
-              const std::function<void(int)>& progress) {
+              const std::function<void(int)>& progress, std::vector<std::vector<float>>* by_position) {
   const int V = decoder.config().vocab_size, P = ref.prompt_len;
   const size_t n_seqs = corpus.sequences.size();
+  if (by_position) {
+    by_position->assign(n_seqs, {});
+    for (size_t s = 0; s < n_seqs; ++s) (*by_position)[s].resize(corpus.sequences[s].size() - P);
+  }
   double sum_dnll = 0, sum_nll_full = 0, sum_nll = 0, sum_kl = 0;
   int64_t n_tokens = 0, n_top1 = 0;
   double decode_s = 0;
@@ -141,6 +145,7 @@ void evaluate(Decoder& decoder, const Corpus& corpus, const EvalReference& ref, 
                                 sum_nll_full -= full[next];
                                 sum_nll -= lp[next];
                                 sum_dnll += double(full[next]) - lp[next];
+                                if (by_position) (*by_position)[s][t - (P - 1)] = full[next] - lp[next];
                                 double kl = 0;
                                 for (int v = 0; v < V; ++v) kl += std::exp(double(full[v])) * (double(full[v]) - lp[v]);
                                 sum_kl += kl;

@@ -40,9 +40,13 @@ EvalReference compute_reference(Decoder& decoder, const Corpus& corpus, const Ev
 
 // Fills the metrics of `out` (delta_nll, top-1, KL, greedy agreement, KV bytes, tokens/s,
 // n_predicted_tokens); evictions go to `eviction_log` if given. `progress` gets sequences done.
+// `by_position`, if given, gets each sequence's ΔNLL per predicted token: [sequence][j], the
+// token at position prompt_len + j predicted from the logits at prompt_len − 1 + j (the mean over
+// all of them is delta_nll).
 void evaluate(Decoder& decoder, const Corpus& corpus, const EvalReference& reference,
               const EvalConfig& config, const EvalOptions& options, Measured* out,
               std::vector<EvictionRecord>* eviction_log = nullptr,
-              const std::function<void(int)>& progress = {});
+              const std::function<void(int)>& progress = {},
+              std::vector<std::vector<float>>* by_position = nullptr);
 
 }  // namespace kvp

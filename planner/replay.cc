@@ -234,7 +234,9 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
   };
   bool every = memo != nullptr;
   for (size_t c = 0; memo && c < configs.size(); ++c) {
-    if (!configs[c].policy->params().delta.on()) signatures[c] = layer_signature(configs[c], l);
+    if (!configs[c].policy->params().delta.on() && !configs[c].step_energies) {
+      signatures[c] = layer_signature(configs[c], l);
+    }
     every = every && !signatures[c].empty() && memo->count(signatures[c]);
   }
   if (every) {
@@ -402,25 +404,29 @@ void ReplayEngine::replay(int s, int l, const std::vector<ReplayConfig>& configs
       tot.rel[kv_head] += ws.rel[i];
       tot.mass[kv_head] += ws.mass[i];
     }
-    // Σ over steps, in step order, of ‖injected row‖² / ‖x‖²: the energy an error injects.
-    auto injected_energy = [&] {
+    // Σ over steps, in step order, of ‖injected row‖² / ‖x‖²: the energy an error injects (each
+    // step's into `per_step` when given).
+    auto injected_energy = [&](std::vector<float>* per_step) {
       double energy = 0;
+      if (per_step) per_step->resize(steps);
       for (int m = 0; m < steps; ++m) {
         const double x = data.resid_norm[ws.measured[m]];
-        energy += static_cast<double>(injected.row(m).squaredNorm()) / std::max(x * x, 1e-30);
+        const double e = static_cast<double>(injected.row(m).squaredNorm()) / std::max(x * x, 1e-30);
+        energy += e;
+        if (per_step) (*per_step)[m] = static_cast<float>(e);
       }
       return energy;
     };
     // ‖Wo (o − ô)‖² / ‖x‖² per step.
     injected.noalias() = delta * wo.transpose();
-    tot.energy += injected_energy();
+    tot.energy += injected_energy(config.step_energies ? &config.step_energies->values[s][l] : nullptr);
     if (config.head_energy) {
       // Each KV head's query heads' columns alone: ‖W_o,h (o_h − ô_h)‖² / ‖x‖².
       tot.head_energy.assign(KVH, 0.0);
       const int cols = group * hd;
       for (int h = 0; h < KVH; ++h) {
         injected.noalias() = delta.middleCols(h * cols, cols) * wo.middleCols(h * cols, cols).transpose();
-        tot.head_energy[h] += injected_energy();
+        tot.head_energy[h] += injected_energy(nullptr);
       }
     }
     tot.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -449,6 +455,9 @@ std::vector<ReplayResult> ReplayEngine::run_configs(const std::vector<ReplayConf
   if (!memo_) {
     memo_ = std::make_shared<LayerMemo>();
     memo_->sums.resize(size_t(n_sequences()) * L);
+  }
+  for (const ReplayConfig& c : configs) {
+    if (c.step_energies) c.step_energies->values.assign(n_sequences(), std::vector<std::vector<float>>(L));
   }
   std::vector<std::vector<Totals>> totals(
       tasks, std::vector<Totals>(C, Totals{.rel = std::vector<double>(KVH, 0.0), .mass = std::vector<double>(KVH, 0.0)}));

@@ -23,6 +23,14 @@
 
 namespace kvp {
 
+// Each decode step's residual energy, kept when a configuration asks for it (the study of where
+// along the sequence replay and closed loop disagree, issue 18): [sequence][layer][measured step],
+// ‖W_o (o − ô)‖² / ‖x‖² at each recorded query past the prompt, in position order. Filled by the
+// run (an unrecorded layer's stays empty); its memory is sequences × layers × steps floats.
+struct StepEnergies {
+  std::vector<std::vector<std::vector<float>>> values;
+};
+
 struct ReplayConfig {
   std::shared_ptr<const Policy> policy;
   std::vector<std::vector<int32_t>> budgets;  // [n_layers][n_kv_heads] slots
@@ -32,6 +40,7 @@ struct ReplayConfig {
   int prefill_evict_chunk = 0;
   // ThinK and Mustafar per layer (empty: dense), applied to the kept tokens as the executor does.
   std::vector<SlotCompression> compression;
+  std::shared_ptr<StepEnergies> step_energies;  // set: each step's energy is kept there (not memoised)
 };
 
 struct ReplayResult {

@@ -10,7 +10,7 @@ packages=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libboost-dev libboost-context-dev
   libpcre2-dev clang
-  python3 python3-matplotlib
+  python3 python3-matplotlib python3-numpy python3-yaml
 )
 
 missing=()

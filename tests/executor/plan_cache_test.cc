@@ -82,13 +82,25 @@ TEST(PlanCache, ABudgetCoveringTheSequenceReproducesTheFullCacheBitForBit) {
   }
 }
 
-TEST(PlanCache, FullPolicyHasZeroDeltaNllAndFullAgreement) {
-  CpuBackend backend(default_model().weights);
-  Decoder decoder(backend);
+// Two stories (120 and 90 tokens), prompt 16, and their full-cache reference.
+struct TwoStories {
+  TwoStories() : backend(default_model().weights), decoder(backend) {
+    corpus.sequences = {story_tokens(120), story_tokens(90)};
+    ref = compute_reference(decoder, corpus, options);
+  }
+  CpuBackend backend;
+  Decoder decoder;
   Corpus corpus;
-  corpus.sequences = {story_tokens(120), story_tokens(90)};
   const EvalOptions options{.prompt_len = 16, .batch = 2};
-  const EvalReference ref = compute_reference(decoder, corpus, options);
+  EvalReference ref;
+};
+
+TEST(PlanCache, FullPolicyHasZeroDeltaNllAndFullAgreement) {
+  TwoStories t;
+  Decoder& decoder = t.decoder;
+  const Corpus& corpus = t.corpus;
+  const EvalOptions& options = t.options;
+  const EvalReference& ref = t.ref;
   Measured m;
   evaluate(decoder, corpus, ref, {.budgets = full_cache_budgets(default_model().weights.config(), 120), .policy = nullptr},
            options, &m);
@@ -105,6 +117,27 @@ TEST(PlanCache, FullPolicyHasZeroDeltaNllAndFullAgreement) {
   EXPECT_GT(small.kl, 0.0);
   EXPECT_LT(small.top1_agreement, 1.0);
   EXPECT_EQ(small.kv_bytes_per_sequence, cfg.predicted_bytes);
+}
+
+// Per predicted token: as many as each sequence predicts, averaging to delta_nll, zero up to the
+// first eviction (budget 24, prompt 16: the cache holds every token through position 23).
+TEST(PlanCache, DeltaNllByPositionAveragesToTheWhole) {
+  TwoStories t;
+  const Configured cfg = configure("h2o", {.sinks = 2, .recent = 4}, 24);
+  Measured m;
+  std::vector<std::vector<float>> by_position;
+  evaluate(t.decoder, t.corpus, t.ref, {.budgets = cfg.budgets, .policy = cfg.policy}, t.options, &m, nullptr, {},
+           &by_position);
+  ASSERT_EQ(by_position.size(), 2u);
+  EXPECT_EQ(by_position[0].size(), 120u - 16);
+  EXPECT_EQ(by_position[1].size(), 90u - 16);
+  double sum = 0;
+  for (const auto& seq : by_position) {
+    for (float d : seq) sum += d;
+    for (int j = 0; j <= 24 - 16; ++j) EXPECT_EQ(seq[j], 0.0f) << "token " << 16 + j;
+  }
+  EXPECT_GT(m.delta_nll, 0.0);
+  EXPECT_NEAR(sum / double(m.n_predicted_tokens), m.delta_nll, 1e-6);
 }
 
 class EveryPolicy : public ::testing::TestWithParam<std::string> {};

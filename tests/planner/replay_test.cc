@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 
 #include "executor/cpu/cpu_backend.h"
@@ -365,6 +366,42 @@ TEST(Replay, LayersAlreadyReplayedGiveTheSameBitsFromTheMemo) {
   EXPECT_EQ(twice[0].resid_energy, computed.resid_energy);
   EXPECT_EQ(twice[1].resid_energy, computed.resid_energy);
   EXPECT_EQ(twice[1].rel_error, computed.rel_error);
+}
+
+// Each decode step's energy, kept on request: one value per sequence, layer and step, summing per
+// layer (over sequences and steps, divided by the steps) to the layer's mean energy; zero where
+// the budget held every token so far; kept even for a layer the engine has memoised.
+TEST(Replay, StepEnergiesSumToEachLayersEnergy) {
+  const std::unique_ptr<ReplayEngine> engine = full_cache_engine();
+  const ModelConfig& c = default_model().weights.config();
+  auto config = [&](int budget) {
+    return ReplayConfig{.policy = std::shared_ptr<const Policy>(make_policy("h2o", {.sinks = 2, .recent = 4}).value()),
+                        .budgets = std::vector<std::vector<int32_t>>(c.n_layers, std::vector<int32_t>(c.n_kv_heads, budget)),
+                        .step_energies = std::make_shared<StepEnergies>()};
+  };
+  ReplayConfig plain = config(32);
+  plain.step_energies = nullptr;
+  engine->run(plain);  // memoises every layer at 32
+  const ReplayConfig asked = config(32);
+  const ReplayResult r = engine->run(asked);
+  const std::vector<std::vector<std::vector<float>>>& e = asked.step_energies->values;
+  ASSERT_EQ(e.size(), size_t(engine->n_sequences()));
+  const int64_t steps = engine->decode_steps();
+  for (int l = 0; l < c.n_layers; ++l) {
+    double sum = 0;
+    int64_t n = 0;
+    for (const auto& seq : e) {
+      ASSERT_EQ(seq.size(), size_t(c.n_layers));
+      for (float v : seq[l]) sum += v, ++n;
+    }
+    EXPECT_EQ(n, steps) << "layer " << l;
+    EXPECT_GT(r.resid_energy[l], 0.0) << "layer " << l;
+    EXPECT_NEAR(sum / double(steps), r.resid_energy[l], 1e-6 * r.resid_energy[l]) << "layer " << l;
+  }
+  // The trace's prompt is 24 tokens: at budget 32 nothing is evicted before position 32, so the
+  // first 8 decode steps attend every token and err nowhere.
+  for (int m = 0; m < 8; ++m) EXPECT_EQ(e[0][0][m], 0.0f) << "step " << m;
+  EXPECT_GT(*std::max_element(e[0][0].begin(), e[0][0].end()), 0.0f);
 }
 
 // Each KV head's own residual energy: zero for a head holding every token, and when one head

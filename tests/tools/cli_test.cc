@@ -257,6 +257,36 @@ TEST(Cli, BenchTimesStepPartsAndCapacityComparesThem) {
     EXPECT_GT(c["predicted_tokens_per_s"].get<double>(), 0.0);
   }
   EXPECT_TRUE(j["cells"][1].contains("speedup_error"));  // keep 0.5 against the full cache of its batch
+  EXPECT_EQ(j["probed_cells"], 0);
+  // Rates probed beside a cell (bench --probe) replace the hardware file's for that cell alone:
+  // twice the file's f32 weight-product rates with no call costs give half the weights' time.
+  nlohmann::json probed = bench;
+  auto probe = [&](double scale) {
+    return nlohmann::json{{"type", "f32"}, {"matmul_flops", 6.0e10 * scale}, {"matmul_stream_flops", 3.0e10 * scale},
+                          {"matmul_stream_call_s", 0.0}, {"matmul_stream1_flops", 1.5e10 * scale},
+                          {"matmul_stream1_call_s", 0.0}, {"attention_flops", 2.0e10},
+                          {"attention_batch_flops", 2.0e10}, {"evict_slot_s", 1e-9}};
+  };
+  probed["cells"][0]["probe"] = probe(1.0);
+  probed["cells"][2]["probe"] = probe(2.0);
+  probed["cells"][2]["batch"] = 1;  // cell 0's shape, twice as fast a machine
+  probed["cells"][2]["keep"] = 1.0;
+  test::write_bytes(dir + "/probed.json", probed.dump());
+  const test::CliResult with = run_kvplan("capacity --measured " + dir + "/probed.json --hardware cpu-2core --json");
+  ASSERT_EQ(with.exit_code, 0) << with.err;
+  const auto w = nlohmann::json::parse(with.out);
+  EXPECT_EQ(w["probed_cells"], 2);
+  EXPECT_NEAR(w["cells"][2]["weights_s"].get<double>(), w["cells"][0]["weights_s"].get<double>() / 2,
+              1e-12 * w["cells"][0]["weights_s"].get<double>());
+  EXPECT_EQ(w["cells"][1]["weights_s"], j["cells"][1]["weights_s"]) << "an unprobed cell keeps the file's rates";
+  probed["cells"][0]["probe"]["type"] = "q8_0";
+  test::write_bytes(dir + "/probed.json", probed.dump());
+  const test::CliResult wrong = run_kvplan("capacity --measured " + dir + "/probed.json --hardware cpu-2core");
+  EXPECT_NE(wrong.exit_code, 0);
+  EXPECT_NE(wrong.err.find("probe.type: q8_0 rates for a model of f32 weights"), std::string::npos) << wrong.err;
+  const test::CliResult gpu = run_kvplan("bench --probe --backend gpu-emulated --context 64 --out " + dir + "/g.json");
+  EXPECT_NE(gpu.exit_code, 0);
+  EXPECT_NE(gpu.err.find("--probe: measures the CPU backend's kernels"), std::string::npos) << gpu.err;
   // Not a bench file: one line naming it.
   test::write_bytes(dir + "/other.json", "{\"format\": \"kvplan-trace\"}");
   const test::CliResult bad = run_kvplan("capacity --measured " + dir + "/other.json --hardware cpu-2core");
@@ -427,6 +457,43 @@ TEST(Cli, EvalGridWritesCsvAndMarkdown) {
   EXPECT_NE(csv.find("\nvatp,32,"), std::string::npos);
   EXPECT_NE(test::read_bytes(dir + "/g/grid.md").find("| vatp |"), std::string::npos);
   EXPECT_TRUE(std::filesystem::exists(dir + "/g/measured/h2o-16.yaml"));
+}
+
+// The header of a float32 .npy file: its shape, as numpy would read it ("(2, 44)").
+std::string npy_shape(const std::string& path) {
+  const std::string bytes = test::read_bytes(path);
+  if (bytes.rfind(std::string("\x93NUMPY\x01\x00", 8), 0) != 0 || bytes.find("'descr': '<f4'") == std::string::npos) {
+    return "not a float32 .npy: " + path;
+  }
+  const size_t open = bytes.find("'shape': (") + 9, close = bytes.find(')', open);
+  return bytes.substr(open, close - open + 1);
+}
+
+// Per position for studies: eval's ΔNLL of every predicted token, sweep's energy at every step.
+TEST(Cli, EvalAndSweepWritePerPositionArrays) {
+  const std::string dir = test::make_temp_dir("clipositions");
+  ASSERT_EQ(run_kvplan("corpus --sample 2 --length 60 --out " + dir + "/c.jsonl").exit_code, 0);
+  const test::CliResult one = run_kvplan("eval --policy h2o --budget 16 --corpus " + dir + "/c.jsonl --prompt-len 16 --out " +
+                                         dir + "/m.yaml --positions " + dir + "/m.npy");
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  EXPECT_EQ(npy_shape(dir + "/m.npy"), "(2, 44)");  // 60 - 16 predicted tokens per sequence
+  const test::CliResult grid = run_kvplan("eval --grid --policies h2o,vatp --budgets 16,32 --corpus " + dir +
+                                          "/c.jsonl --prompt-len 16 --out " + dir + "/g --positions " + dir + "/gp");
+  ASSERT_EQ(grid.exit_code, 0) << grid.err;
+  EXPECT_EQ(npy_shape(dir + "/gp/vatp-32.npy"), "(2, 44)");
+  ASSERT_EQ(run_kvplan("record --corpus " + dir + "/c.jsonl --prompt-len 16 --out " + dir + "/t").exit_code, 0);
+  const test::CliResult sweep = run_kvplan("sweep --trace " + dir + "/t --policies h2o --budgets 8,16 --sinks 2 --recent 2 "
+                                           "--no-plots --out " + dir + "/s --step-energies " + dir + "/se");
+  ASSERT_EQ(sweep.exit_code, 0) << sweep.err;
+  // [sequences, layers, steps]: 5 layers, decode steps at positions 16..59.
+  EXPECT_EQ(npy_shape(dir + "/se/h2o-uniform-8.npy"), "(2, 5, 44)");
+  EXPECT_EQ(npy_shape(dir + "/se/h2o-greedy-16.npy"), "(2, 5, 44)");
+  // A directory that cannot be made is named.
+  test::write_bytes(dir + "/file", "x");
+  const test::CliResult bad = run_kvplan("sweep --trace " + dir + "/t --policies h2o --budgets 8 --no-greedy --no-plots --out " +
+                                         dir + "/s2 --step-energies " + dir + "/file/sub");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--step-energies: cannot create"), std::string::npos) << bad.err;
 }
 
 TEST(Cli, TracePlansAreByteIdenticalAndSweepsWriteTheirReports) {

@@ -7,7 +7,10 @@
 // without running one), then times `steps` decode steps of every sequence after
 // one untimed step. The caches hold the full context (keep 1: no eviction) or
 // the policy's budget of keep × context (full, so every step evicts). With
-// --delta-layers each keep ratio runs again under DELTA's roles (same cache).
+// --delta-layers each keep ratio runs again under DELTA's roles (same cache). With --probe the
+// rates capacity's model reads (weight products of the model's type, attention) are measured
+// before each repeat of each (context, batch) group and kept with the cells, so capacity
+// --measured can predict a cell from the machine of the minute it ran in.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -18,6 +21,7 @@
 #include "executor/decoder.h"
 #include "executor/generator.h"
 #include "tools/kvplan/command.h"
+#include "tools/kvplan/hardware_probe.h"
 #include "tools/kvplan/plan_flags.h"
 
 namespace kvp::cli {
@@ -36,7 +40,21 @@ struct BenchFlags {
   std::string weights_dtype = "f32";
   std::string out;
   DeltaParams delta;  // on: each keep ratio also with DELTA's roles (the same cache, fewer keys read)
+  bool probe = false;
+  double probe_seconds = 0.3;
 };
+
+nlohmann::json probe_json(const ProbedRates& r) {
+  return {{"type", r.type},
+          {"matmul_flops", r.matmul_flops},
+          {"matmul_stream_flops", r.stream_flops},
+          {"matmul_stream_call_s", r.stream_call_s},
+          {"matmul_stream1_flops", r.stream1_flops},
+          {"matmul_stream1_call_s", r.stream1_call_s},
+          {"attention_flops", r.attention_flops},
+          {"attention_batch_flops", r.attention_batch_flops},
+          {"evict_slot_s", r.evict_slot_s}};
+}
 
 // Room a full-cache cell leaves for its timed steps (when --steps is smaller).
 constexpr int kFullSteps = 32;
@@ -68,6 +86,9 @@ Status run_bench(const BenchFlags &flags) {
     return p.error().with_context("--policy");
   }
   KVP_RETURN_IF_ERROR(check_delta_flags(flags.delta, c.n_layers));
+  if (flags.probe && flags.backend != "cpu") {
+    return make_error("--probe: measures the CPU backend's kernels; this bench runs on --backend {}", flags.backend);
+  }
   KVP_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
                        make_backend(flags.backend, flags.weights_dtype, model.weights, flags.model.threads));
   Decoder decoder(*backend);
@@ -79,6 +100,7 @@ Status run_bench(const BenchFlags &flags) {
     bool delta;
     std::vector<double> runs;  // tokens/s of each repeat
     std::vector<std::pair<double, double>> phases;  // each repeat's weights and attention seconds per step
+    std::vector<ProbedRates> probes;                // each repeat's probe (--probe)
     nlohmann::json json;
   };
   std::vector<Cell> grid;
@@ -86,7 +108,7 @@ Status run_bench(const BenchFlags &flags) {
     for (int batch : flags.batches) {
       for (bool delta : {false, true}) {
         if (delta && !flags.delta.on()) continue;
-        for (double keep : flags.keeps) grid.push_back(Cell{ctx, batch, keep, delta, {}, {}, {}});
+        for (double keep : flags.keeps) grid.push_back(Cell{ctx, batch, keep, delta, {}, {}, {}, {}});
       }
     }
   }
@@ -96,8 +118,20 @@ Status run_bench(const BenchFlags &flags) {
   // cache, the largest); a cell's figure is its best run (as measure-hardware
   // takes its best).
   const size_t per_group = flags.keeps.size() * (flags.delta.on() ? 2 : 1);
+  std::unique_ptr<ThreadPool> probe_pool;
+  std::unique_ptr<HardwareProbe> probe;
+  if (flags.probe) {
+    probe_pool = std::make_unique<ThreadPool>(flags.model.threads);
+    probe = std::make_unique<HardwareProbe>(*probe_pool, flags.probe_seconds, 1);
+  }
   for (size_t group = 0; group < grid.size(); group += per_group) {
     for (int rep = 0; rep < flags.repeats; ++rep) {
+      if (probe) {
+        std::fprintf(stderr, "kvplan bench: probing the machine's rates (%s weight products, attention)\n",
+                     weight_type.c_str());
+        const ProbedRates rates = probe->rates(model.weights.layer(0).w1.type);
+        for (size_t i = group; i < group + per_group; ++i) grid[i].probes.push_back(rates);
+      }
       for (size_t i = group; i < group + per_group; ++i) {
         Cell &cell = grid[i];
         const int ctx = cell.ctx, batch = cell.batch;
@@ -174,6 +208,7 @@ Status run_bench(const BenchFlags &flags) {
     // The best run's step parts, seconds per step (0 where the backend does not time them).
     cell.json["weights_s"] = cell.phases[best].first;
     cell.json["attention_s"] = cell.phases[best].second;
+    if (!cell.probes.empty()) cell.json["probe"] = probe_json(cell.probes[best]);  // the best run's minute
     cells.push_back(cell.json);
   }
   nlohmann::json out = {{"format", "kvplan-bench"},
@@ -226,6 +261,12 @@ Command add_bench_command(CLI::App &app) {
   sub->add_option("--weights-dtype", flags->weights_dtype, "Matrix weights on a GPU backend: f32, f16 or q8_0");
   sub->add_option("--out", flags->out, "The bench.json to write (required)");
   add_delta_flags(sub, &flags->delta);  // with --delta-layers every keep ratio runs with and without DELTA
+  sub->add_flag("--probe", flags->probe,
+                "Before each repeat of each (context, batch) group, measure the rates capacity reads (the "
+                "model's weight products, attention; as measure-hardware does, one run of --probe-seconds each) "
+                "and keep them with the cells, for capacity --measured (CPU backend)");
+  sub->add_option("--probe-seconds", flags->probe_seconds, "Least time per probed rate (default 0.3)")
+      ->check(CLI::PositiveNumber);
   return {sub, [flags] { return run_bench(*flags); }};
 }
 

@@ -8,6 +8,7 @@
 #include "planner/capacity.h"
 #include "planner/plan/plan.h"
 #include "tools/kvplan/command.h"
+#include "tools/kvplan/hardware_probe.h"
 #include "tools/kvplan/plan_flags.h"
 
 namespace kvp::cli {
@@ -73,6 +74,7 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
       double weights_s, attention_s;  // measured per step (bench files since the step parts were timed; else 0)
     };
     std::vector<Row> rows;
+    int probed = 0;  // cells predicted from their own probe's rates
     for (const auto& c : cells) {
       // A full cell's cache is the bench's (context + its timed steps + 1 slots): predicted as such.
       const int context = c.at("context");
@@ -90,7 +92,26 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
         }
         q.sinks = c.value("sinks", 0);
       }
-      const CapacityReport r = capacity(model, hw, q);
+      // Rates probed beside the cell (bench --probe) stand for the hardware file's.
+      HardwareSpec cell_hw = hw;
+      if (c.contains("probe")) {
+        const nlohmann::json& p = c.at("probe");
+        if (p.at("type").get<std::string>() != weight_type) {
+          return make_error("{}: cells: probe.type: {} rates for a model of {} weights", flags.measured,
+                            p.at("type").get<std::string>(), weight_type);
+        }
+        cell_hw = with_probed_rates(hw, ProbedRates{.type = weight_type,
+                                                    .matmul_flops = p.at("matmul_flops"),
+                                                    .stream_flops = p.at("matmul_stream_flops"),
+                                                    .stream_call_s = p.at("matmul_stream_call_s"),
+                                                    .stream1_flops = p.at("matmul_stream1_flops"),
+                                                    .stream1_call_s = p.at("matmul_stream1_call_s"),
+                                                    .attention_flops = p.at("attention_flops"),
+                                                    .attention_batch_flops = p.at("attention_batch_flops"),
+                                                    .evict_slot_s = p.at("evict_slot_s")});
+        ++probed;
+      }
+      const CapacityReport r = capacity(model, cell_hw, q);
       const CapacitySide& side = q.keep_ratio >= 1.0 && !q.delta.on() ? r.full : r.plan;
       rows.push_back(Row{context, q.batch, q.delta.on(), q.keep_ratio, c.at("tokens_per_s"), side.tokens_per_s, side,
                          c.value("weights_s", 0.0), c.value("attention_s", 0.0)});
@@ -104,9 +125,13 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
     nlohmann::json out = nlohmann::json::array();
     double worst = 0, worst_speedup = 0;
     if (!flags.json) {
-      std::printf("%s (%s weights, %.3f GB) on %s, %s backend, %d threads: decode tokens/s\n\n", model.name.c_str(),
+      std::printf("%s (%s weights, %.3f GB) on %s, %s backend, %d threads: decode tokens/s\n", model.name.c_str(),
                   weight_type.c_str(), weight_bytes / 1e9, hw.name.c_str(), bench.value("backend", "?").c_str(),
                   bench.value("threads", 0));
+      std::printf("%s\n\n", probed ? fmt::format("rates: {}'s for bandwidth and fork/joins; weight products and attention "
+                                                  "probed beside each cell's best run ({} of {} cells, bench --probe)",
+                                                  hw.name, probed, rows.size()).c_str()
+                                    : fmt::format("rates: {}", hw.name).c_str());
       std::printf("%7s %5s %11s %10s %10s %7s   %9s %9s %7s   %s\n", "context", "batch", "keep", "measured",
                   "predicted", "error", "speed-up", "predicted", "error",
                   "step ms, predicted: weights + attention + sync  (measured)");
@@ -145,6 +170,7 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
     }
     if (flags.json) {
       std::printf("%s\n", nlohmann::json{{"model", model.name}, {"hardware", hw.name}, {"weight_type", weight_type},
+                                         {"probed_cells", probed},
                                          {"cells", out}, {"max_abs_error", worst},
                                          {"max_abs_speedup_error", worst_speedup}}
                               .dump(2)

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "common/file_util.h"
+#include "common/npy.h"
 #include "common/progress.h"
 #include "executor/cpu/cpu_backend.h"
 #include "executor/evaluator.h"
@@ -26,6 +27,7 @@ struct EvalFlags {
   bool prefill_evict = false;
   std::string out;
   std::string eviction_log;
+  std::string positions;  // per-position ΔNLL (.npy): a file, or with --grid/--plans a directory
   bool json = false;
   bool grid = false;
   std::vector<std::string> plans;
@@ -52,7 +54,7 @@ Measured describe(const Plan& plan, const std::string& source, const std::string
 
 Result<Measured> measure(Decoder& decoder, const Corpus& corpus, const EvalReference& ref, const Plan& plan,
                          const std::string& source, const EvalFlags& flags,
-                         std::vector<EvictionRecord>* log, Progress* progress) {
+                         std::vector<EvictionRecord>* log, Progress* progress, const std::string& positions_path) {
   KVP_ASSIGN_OR_RETURN(auto policy, make_policy(plan.policy, plan.params));
   int longest = 0;
   for (const auto& s : corpus.sequences) longest = std::max(longest, static_cast<int>(s.size()));
@@ -61,6 +63,7 @@ Result<Measured> measure(Decoder& decoder, const Corpus& corpus, const EvalRefer
                       "longest sequence ({} tokens)", plan.min_budget(), longest);
   }
   Measured m = describe(plan, source, corpus.source);
+  std::vector<std::vector<float>> by_position;
   if (flags.prefill_evict) {
     m.policy_detail += fmt::format("{}prefill_evict={}", m.policy_detail.empty() ? "" : " ", flags.prefill_chunk);
   }
@@ -68,11 +71,25 @@ Result<Measured> measure(Decoder& decoder, const Corpus& corpus, const EvalRefer
            EvalConfig{.budgets = plan.kv_budgets(), .policy = std::shared_ptr<const Policy>(std::move(policy)),
                       .prefill_chunk = flags.prefill_chunk, .prefill_evict = flags.prefill_evict},
            EvalOptions{.prompt_len = flags.prompt_len, .batch = flags.batch}, &m, log,
-           [&](int done) { if (progress) progress->update(done); });
+           [&](int done) { if (progress) progress->update(done); }, positions_path.empty() ? nullptr : &by_position);
   KVP_CHECK(m.kv_bytes_per_sequence == m.predicted_kv_bytes_per_sequence,
             "allocated {} KV bytes per sequence, the plan predicted {}", m.kv_bytes_per_sequence,
             m.predicted_kv_bytes_per_sequence);
+  if (!positions_path.empty()) {
+    int64_t longest = 0;
+    const std::vector<float> padded = pad_rows(by_position, &longest);
+    KVP_RETURN_IF_ERROR(write_npy_f32(positions_path, {static_cast<int64_t>(by_position.size()), longest}, padded));
+  }
   return m;
+}
+
+// Where --positions puts a configuration's file when it names a directory (--grid, --plans).
+Result<std::string> positions_file(const EvalFlags& flags, const std::string& name) {
+  if (flags.positions.empty()) return std::string();
+  std::error_code ec;
+  std::filesystem::create_directories(flags.positions, ec);
+  if (ec) return make_error("--positions: cannot create {}: {}", flags.positions, ec.message());
+  return (std::filesystem::path(flags.positions) / (name + ".npy")).string();
 }
 
 nlohmann::json metrics_json(const Measured& m) {
@@ -129,7 +146,7 @@ Status eval_one(const EvalFlags& flags) {
   Progress progress("eval: sequences", static_cast<int64_t>(ctx.corpus.sequences.size()), !flags.json);
   KVP_ASSIGN_OR_RETURN(Measured m, measure(decoder, ctx.corpus, ref, plan,
                                            flags.plan.plan_path.empty() ? "flags" : flags.plan.plan_path, flags,
-                                           flags.eviction_log.empty() ? nullptr : &log, &progress));
+                                           flags.eviction_log.empty() ? nullptr : &log, &progress, flags.positions));
   progress.finish(static_cast<int64_t>(ctx.corpus.sequences.size()));
   const std::string out = flags.out.empty() ? "measured.yaml" : flags.out;
   KVP_RETURN_IF_ERROR(m.save(out));
@@ -185,8 +202,10 @@ Status eval_plans(const EvalFlags& flags) {
   Progress progress("eval --plans", static_cast<int64_t>(plans.size()), !flags.json);
   nlohmann::json all = nlohmann::json::array();
   for (size_t i = 0; i < plans.size(); ++i) {
-    KVP_ASSIGN_OR_RETURN(Measured m, measure(decoder, ctx.corpus, ref, plans[i], flags.plans[i], flags, nullptr, nullptr));
     const std::string name = std::filesystem::path(flags.plans[i]).stem().string();
+    KVP_ASSIGN_OR_RETURN(const std::string positions, positions_file(flags, name));
+    KVP_ASSIGN_OR_RETURN(Measured m,
+                         measure(decoder, ctx.corpus, ref, plans[i], flags.plans[i], flags, nullptr, nullptr, positions));
     KVP_RETURN_IF_ERROR(m.save((std::filesystem::path(flags.out) / "measured" / (name + ".yaml")).string()));
     auto pred = [&](const char* key) {
       const auto it = plans[i].predicted.find(key);
@@ -249,7 +268,8 @@ Status eval_grid(const EvalFlags& flags) {
     for (int b : budgets) {
       const int budget = p == "full" ? longest : b;
       KVP_ASSIGN_OR_RETURN(Plan plan, flags.plan.uniform(ctx.plan_model, p, budget));
-      KVP_ASSIGN_OR_RETURN(Measured m, measure(decoder, ctx.corpus, ref, plan, "flags", flags, nullptr, nullptr));
+      KVP_ASSIGN_OR_RETURN(const std::string positions, positions_file(flags, fmt::format("{}-{}", p, budget)));
+      KVP_ASSIGN_OR_RETURN(Measured m, measure(decoder, ctx.corpus, ref, plan, "flags", flags, nullptr, nullptr, positions));
       KVP_RETURN_IF_ERROR(m.save((std::filesystem::path(flags.out) / "measured" /
                                   fmt::format("{}-{}.yaml", p, budget)).string()));
       csv += fmt::format("{},{},{},{},{},{},{:.6f},{:.6f},{:.6f},{:.6f},{:.6f},{:.6f},{:.3f},{:.6f},{:.0f}\n", p, budget,
@@ -319,6 +339,9 @@ Command add_eval_command(CLI::App& app) {
                 "Cut each prompt to budget after every chunk of --prefill-chunk rows (scores from the chunks so far)");
   sub->add_option("--out", flags->out, "measured.yaml to write (default ./measured.yaml); with --grid a directory");
   sub->add_option("--eviction-log", flags->eviction_log, "CSV of every eviction: seq, step, layer, head, position, score");
+  sub->add_option("--positions", flags->positions,
+                  "ΔNLL of every predicted token, a float32 .npy [sequences, tokens] (NaN past a shorter sequence's "
+                  "end; column j: the token at prompt-len + j); with --grid or --plans a directory of NAME.npy");
   sub->add_flag("--json", flags->json, "Machine-readable output, no progress");
   sub->add_flag("--grid", flags->grid, "Evaluate uniform plans for every --policies × --budgets");
   sub->add_option("--policies", flags->policies, "Policies of the grid (default: all)");

@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "common/file_util.h"
+#include "common/npy.h"
 #include "common/progress.h"
 #include "planner/calibration.h"
 #include "planner/planner.h"
@@ -30,6 +31,7 @@ struct SweepFlags {
   bool pyramid = false;
   std::string calibration;
   std::string plans_out;
+  std::string step_energies;  // directory for each configuration's per-step residual energies (.npy)
   bool plots = true;
   std::string out;
   int threads = 0;
@@ -61,6 +63,21 @@ std::string python_for_plots() {
     if (std::filesystem::exists(p)) return p;
   }
   return "python3";
+}
+
+// --step-energies: a configuration's residual energy at every decode step as
+// DIR/POLICY-ALLOCATION-BUDGET.npy, float32 [sequences, layers, steps] (NaN past a shorter
+// sequence's steps and for layers the trace did not record); step m is the m-th recorded query past
+// the prompt (position prompt_len + m in a trace without a query stride).
+Status write_step_energies(const std::string& dir, const std::string& name, const StepEnergies& e, int n_layers) {
+  std::vector<std::vector<float>> rows;
+  for (const auto& seq : e.values) {
+    for (const std::vector<float>& layer : seq) rows.push_back(layer);
+  }
+  int64_t steps = 0;
+  const std::vector<float> padded = pad_rows(rows, &steps);
+  return write_npy_f32((std::filesystem::path(dir) / (name + ".npy")).string(),
+                       {static_cast<int64_t>(e.values.size()), n_layers, steps}, padded);
 }
 
 // A policy with ThinK and Mustafar settings: a row label such as vatp+think0.4+mustafar0.5/0.5.
@@ -99,11 +116,27 @@ Status sweep(const SweepFlags& flags) {
   std::error_code ec;
   std::filesystem::create_directories(flags.out, ec);
   if (ec) return make_error("{}: cannot create: {}", flags.out, ec.message());
+  if (!flags.step_energies.empty()) {
+    std::filesystem::create_directories(flags.step_energies, ec);
+    if (ec) return make_error("--step-energies: cannot create {}: {}", flags.step_energies, ec.message());
+  }
   const int threads = flags.threads > 0 ? flags.threads : default_threads();
   KVP_ASSIGN_OR_RETURN(std::unique_ptr<ReplayEngine> engine, ReplayEngine::create(trace, threads));
   const TraceModelShape& m = trace.model();
   const int32_t longest = engine->max_length();
   std::vector<Row> rows;
+  // Each configuration of a batch keeps its step energies when asked; written once the batch is done.
+  auto keep_steps = [&](ReplayConfig& c) {
+    if (!flags.step_energies.empty()) c.step_energies = std::make_shared<StepEnergies>();
+  };
+  auto write_steps = [&](const std::vector<ReplayConfig>& configs, size_t first_row) -> Status {
+    for (size_t i = 0; i < configs.size() && !flags.step_energies.empty(); ++i) {
+      const Row& r = rows[first_row + i];
+      KVP_RETURN_IF_ERROR(write_step_energies(flags.step_energies, fmt::format("{}-{}-{}", r.policy, r.allocation, r.budget),
+                                              *configs[i].step_energies, m.n_layers));
+    }
+    return ok_status();
+  };
   const bool per_head = flags.per_head && flags.greedy;
   const int per_level = 1 + flags.greedy + flags.pyramid + per_head;
   Progress progress("sweep: configurations", static_cast<int64_t>(variants.size() * budgets.size() * per_level));
@@ -129,6 +162,7 @@ Status sweep(const SweepFlags& flags) {
                          .budgets = plan.budgets,
                          .head_energy = heads_here,
                          .compression = variant.layers});
+      keep_steps(configs.back());
       rows.push_back(Row{.policy = variant.label, .allocation = "uniform", .budget = budget,
                          .layer_budgets = std::vector<int32_t>(m.n_layers, budget),
                          .kv_bytes = plan.kv_bytes_per_sequence, .plan = plan});
@@ -136,6 +170,7 @@ Status sweep(const SweepFlags& flags) {
     }
     // Every budget of the policy in one pass over the trace (the prompt prefilled once).
     std::vector<ReplayResult> results = engine->run_batch(configs);
+    KVP_RETURN_IF_ERROR(write_steps(configs, first));
     for (size_t i = 0; i < results.size(); ++i) {
       Row& row = rows[first + i];
       row.replay = std::move(results[i]);
@@ -170,6 +205,7 @@ Status sweep(const SweepFlags& flags) {
       configs.push_back({.policy = std::shared_ptr<const Policy>(make_policy(name, params).value()),
                          .budgets = plan.budgets,
                          .compression = variant.layers});
+      keep_steps(configs.back());
       rows.push_back(Row{.policy = variant.label, .allocation = allocation, .budget = budget, .layer_budgets = layer_budgets,
                          .kv_bytes = plan.kv_bytes_per_sequence, .plan = std::move(plan)});
     };
@@ -212,6 +248,7 @@ Status sweep(const SweepFlags& flags) {
       }
     }
     results = engine->run_batch(configs);
+    KVP_RETURN_IF_ERROR(write_steps(configs, first_greedy));
     for (size_t i = 0; i < results.size(); ++i) rows[first_greedy + i].replay = std::move(results[i]);
     done += static_cast<int>(results.size());
     progress.update(done, fmt::format("{}: allocated plans", variant.label));
@@ -365,6 +402,10 @@ Command add_sweep_command(CLI::App& app) {
                   "calib.yaml (kvplan calibrate): predicted ΔNLL and top-1 with intervals for every configuration");
   sub->add_option("--plans-out", flags->plans_out,
                   "Directory to write every configuration as a plan (POLICY-ALLOCATION-BUDGET.yaml) for kvplan eval");
+  sub->add_option("--step-energies", flags->step_energies,
+                  "Directory for each configuration's residual energy at every decode step, "
+                  "POLICY-ALLOCATION-BUDGET.npy (float32 [sequences, layers, steps]; for studies of where along "
+                  "the sequence the error falls)");
   sub->add_option("--threads", flags->threads, "Replay threads (default: all cores)");
   sub->add_option("--out", flags->out, "Directory for sweep.csv, sweep.md and the plots")->required();
   return {sub, [flags] { return sweep(*flags); }};

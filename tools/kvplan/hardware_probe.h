@@ -1,0 +1,79 @@
+// The machine rates the capacity model reads, measured with kvplan's own CPU kernels: by
+// `kvplan measure-hardware` for a configs/hardware file, and by `kvplan bench --probe` beside each
+// group of cells, so that a prediction can be made from the rates of the minute its cells ran in (on
+// a shared VM they move by 20-30% within minutes).
+//
+//   bandwidth              streaming read of 1 GiB split over the threads
+//   matmul_flops           the weight products at 32 rows (compute-bound), one 5632 x 2048 matrix
+//   matmul_stream_flops    the same at 4 rows with the weights streamed from memory (a step's first
+//                          pass), and matmul_stream_call_s: a call's cost beyond its FLOPs at that
+//                          rate (the fork/join, the streams' start), fitted through two matrix shapes
+//                          (256 x 2048 and 5632 x 2048, each streamed over 1 GiB of copies)
+//   matmul_stream1_flops   ... and at 1 row, with matmul_stream1_call_s
+//   attention_flops        one layer's decode attention (layer_step, full cache) over 4 KV heads of
+//                          4129 slots per fork/join (a 4096-token context's full cache as kvplan bench
+//                          holds it), head_dim 64, 8 query heads per KV head
+//   attention_batch_flops  the same with 128 KV heads per fork/join (a batch of 32 such sequences)
+//   evict_slot_s           what VATP adds per KV-head slot and step (score update, victim scan)
+//   sync_s                 one fork/join of the thread pool
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/thread_pool.h"
+#include "executor/model/weight_tensor.h"
+#include "planner/capacity.h"
+
+namespace kvp::cli {
+
+// A weight type's matrix-product rates and the attention rates, as the hardware file holds them.
+struct ProbedRates {
+  std::string type;
+  double matmul_flops = 0;
+  double stream_flops = 0, stream_call_s = 0;    // 4 rows
+  double stream1_flops = 0, stream1_call_s = 0;  // 1 row
+  double attention_flops = 0, attention_batch_flops = 0, evict_slot_s = 0;
+};
+
+// Measures on `pool`'s threads. Every figure is the best of `runs` runs of at least `min_s` each
+// (the statistic kvplan bench reports per cell). Keeps its buffers (1 GiB of weight copies, a
+// 270 MB attention cache) between calls, so a probe repeated beside a benchmark costs its runs and
+// not page faults.
+class HardwareProbe {
+ public:
+  HardwareProbe(ThreadPool& pool, double min_s, int runs);
+  ~HardwareProbe();
+
+  double read_bandwidth();
+  double matmul_flops(WeightType type);  // 32 rows, one matrix in cache
+  struct Stream {
+    double flops, call_s;
+  };
+  Stream stream_rate(WeightType type, int rows);  // streamed from memory
+  struct Attention {
+    double flops, evict_slot_s;
+  };
+  Attention attention(int heads_per_call);  // 4129 slots, head_dim 64, group 8
+  double sync_seconds();
+
+  // The rates capacity reads for `type` (weight products) and attention, in one go.
+  ProbedRates rates(WeightType type);
+
+ private:
+  struct Buffers;
+  double matmul_seconds(WeightType type, int batch, int64_t rows, int n_mats);
+  template <typename F>
+  double best_time(F&& once);
+
+  ThreadPool& pool_;
+  double min_s_;
+  int runs_;
+  std::unique_ptr<Buffers> buffers_;
+};
+
+// `hw` with the probed rates in place of its own (for the probe's weight type).
+HardwareSpec with_probed_rates(HardwareSpec hw, const ProbedRates& r);
+
+}  // namespace kvp::cli
