@@ -46,7 +46,7 @@ Result<HardwareSpec> HardwareSpec::load(const std::string& path) {
   const YamlFields f(root, path, "");
   KVP_RETURN_IF_ERROR(f.only({"name", "memory_bytes", "bandwidth_bytes_per_s", "peak_flops", "source", "matmul_flops",
                               "matmul_stream_flops", "matmul_stream1_flops", "matmul_stream_call_s",
-                              "matmul_stream1_call_s", "attention_flops", "attention_batch_flops", "evict_slot_s",
+                              "matmul_stream1_call_s", "matmul_stream32_flops", "matmul_stream32_call_s", "attention_flops", "attention_batch_flops", "evict_slot_s",
                               "sync_s", "delta_copy", "measured_by"}));
   HardwareSpec h;
   KVP_ASSIGN_OR_RETURN(h.name, f.str("name"));
@@ -65,7 +65,9 @@ Result<HardwareSpec> HardwareSpec::load(const std::string& path) {
                                      TypeMap{"matmul_stream_flops", &h.matmul_stream_flops, false},
                                      TypeMap{"matmul_stream1_flops", &h.matmul_stream1_flops, false},
                                      TypeMap{"matmul_stream_call_s", &h.matmul_stream_call_s, true},
-                                     TypeMap{"matmul_stream1_call_s", &h.matmul_stream1_call_s, true}}) {
+                                     TypeMap{"matmul_stream1_call_s", &h.matmul_stream1_call_s, true},
+                                     TypeMap{"matmul_stream32_flops", &h.matmul_stream32_flops, false},
+                                     TypeMap{"matmul_stream32_call_s", &h.matmul_stream32_call_s, true}}) {
     if (!f.has(key)) continue;
     const YAML::Node m = root[key];
     const std::string name = key;
@@ -129,6 +131,14 @@ double HardwareSpec::matmul_stream_call_s_for(const std::string& weight_type) co
 
 double HardwareSpec::matmul_stream1_call_s_for(const std::string& weight_type) const {
   return rate_of(matmul_stream1_call_s, weight_type);
+}
+
+double HardwareSpec::matmul_stream32_flops_for(const std::string& weight_type) const {
+  return rate_of(matmul_stream32_flops, weight_type);
+}
+
+double HardwareSpec::matmul_stream32_call_s_for(const std::string& weight_type) const {
+  return rate_of(matmul_stream32_call_s, weight_type);
 }
 
 double HardwareSpec::attention_flops_at(double kv_heads) const {
@@ -211,8 +221,13 @@ CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuer
     const double first = B >= 4.0 ? t4 : t1 + (B - 1.0) * (t4 - t1) / 3.0;
     // The streamed rates are the weight products measured streaming from memory with the same
     // kernels, so they already include the memory's speed; the bandwidth figure (a plain read,
-    // noisier: 39-80 GB/s in one hour on one VM) does not bound them again.
-    s.weights_s = first + std::max(0.0, B - 4.0) * per_row / cached;
+    // noisier: 39-80 GB/s in one hour on one VM) does not bound them again. Rows past 4: the slope
+    // from 4 to 32 rows streamed where that was measured, else the in-cache rate.
+    const double streamed32 = hw.matmul_stream32_flops_for(q.weight_type);
+    const double per_extra_row =
+        streamed32 > 0 ? (32.0 * per_row / streamed32 + n_matrices * hw.matmul_stream32_call_s_for(q.weight_type) - t4) / 28.0
+                       : per_row / cached;
+    s.weights_s = first + std::max(0.0, B - 4.0) * std::max(0.0, per_extra_row);
     s.memory_bound = t_w_mem >= first && B <= 4.0;
   } else {
     const double t_w_flop = B * per_row / cached;

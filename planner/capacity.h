@@ -47,6 +47,12 @@ struct HardwareSpec {
   // Measured: a step's matrix products pay no separate fork/joins (sync_s).
   std::vector<std::pair<std::string, double>> matmul_stream_call_s;
   std::vector<std::pair<std::string, double>> matmul_stream1_call_s;
+  // The same at 32 rows (the CPU kernels' tile of activation rows at 2048 inputs: each matrix still
+  // read from memory once): with it, rows past 4 cost the slope from the 4-row to the 32-row time,
+  // both streamed as a decode step streams them, instead of matmul_flops (one matrix kept in cache,
+  // which on a shared VM measured 1.2-2.3e11 FLOP/s for the same q8_0 kernel within an hour).
+  std::vector<std::pair<std::string, double>> matmul_stream32_flops;
+  std::vector<std::pair<std::string, double>> matmul_stream32_call_s;
   double attention_flops = 0;  // decode attention, 4·head_dim FLOPs per query head and slot (0: peak_flops),
                                // 4 KV heads per fork/join (one sequence's layer)
   double attention_batch_flops = 0;  // the same at 128 KV heads per fork/join; between the two, the
@@ -61,6 +67,8 @@ struct HardwareSpec {
   double matmul_stream1_flops_for(const std::string& weight_type) const;  // 0 when not measured
   double matmul_stream_call_s_for(const std::string& weight_type) const;   // 0 when not measured
   double matmul_stream1_call_s_for(const std::string& weight_type) const;  // 0 when not measured
+  double matmul_stream32_flops_for(const std::string& weight_type) const;   // 0 when not measured
+  double matmul_stream32_call_s_for(const std::string& weight_type) const;  // 0 when not measured
   // attention_flops for a step whose layers share `kv_heads` KV heads (batch x n_kv_heads) out.
   double attention_flops_at(double kv_heads) const;
   static Result<HardwareSpec> load(const std::string& path);

@@ -219,6 +219,30 @@ TEST(Capacity, StreamedRatesStandWithoutTheBandwidthBound) {
   EXPECT_TRUE(slow.full.memory_bound);  // still reported: the plain read says memory is the limit
 }
 
+// Rows past 4 with the 32-row streamed rate: the slope from the 4-row time to the 32-row time,
+// both with their call costs; without it, the in-cache rate.
+TEST(Capacity, RowsPastFourFollowTheStreamedSlopeToThirtyTwo) {
+  ModelSpec m{.name = "toy", .dim = 64, .hidden_dim = 128, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
+              .vocab_size = 100, .seq_len = 4096, .tied_embeddings = false};
+  HardwareSpec hw{.name = "toy", .memory_bytes = int64_t{1} << 40, .bandwidth_bytes_per_s = 1e12, .peak_flops = 1e15,
+                  .matmul_flops = {{"q8_0", 2e6}}, .matmul_stream_flops = {{"q8_0", 1e6}},
+                  .matmul_stream1_flops = {{"q8_0", 5e5}}, .matmul_stream_call_s = {{"q8_0", 1e-3}},
+                  .matmul_stream1_call_s = {{"q8_0", 2e-3}}, .attention_flops = 1e5};
+  CapacityQuery q{.context_len = 1000, .weight_bytes = 50000, .kv_dtype = KvDtype::kF32, .runtime_reserve_bytes = 0,
+                  .batch = 18, .weight_type = "q8_0"};
+  const double per_row = 2.0 * (2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128) + 100 * 64);
+  const double t4 = 4 * per_row / 1e6 + 15 * 1e-3;
+  EXPECT_DOUBLE_EQ(capacity(m, hw, q).full.weights_s, t4 + 14 * per_row / 2e6);  // the in-cache rate
+  hw.matmul_stream32_flops = {{"q8_0", 4e6}};
+  hw.matmul_stream32_call_s = {{"q8_0", 3e-3}};
+  const double t32 = 32 * per_row / 4e6 + 15 * 3e-3;
+  EXPECT_DOUBLE_EQ(capacity(m, hw, q).full.weights_s, t4 + 14 * (t32 - t4) / 28);
+  q.batch = 32;
+  EXPECT_NEAR(capacity(m, hw, q).full.weights_s, t32, 1e-12 * t32);
+  q.batch = 64;  // past one tile: the same slope on
+  EXPECT_NEAR(capacity(m, hw, q).full.weights_s, t4 + 60 * (t32 - t4) / 28, 1e-12 * t32);
+}
+
 // The prefill transient: the budgets plus the whole prompt per head, or budget + one chunk.
 TEST(Capacity, PeakBytesAddThePrefillScratch) {
   ModelSpec m{.name = "toy", .dim = 64, .hidden_dim = 128, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
@@ -266,6 +290,15 @@ TEST(Capacity, HardwareFilesReadTheirMeasuredRatesAndRejectUnknownTypes) {
   auto epyc = HardwareSpec::load(std::string(KVP_SOURCE_DIR) + "/configs/hardware/cpu-2core-epyc.yaml");
   ASSERT_TRUE(epyc.ok()) << epyc.error().message();
   EXPECT_GT(epyc->attention_batch_flops, 0);
+  EXPECT_EQ(epyc->matmul_stream32_flops_for("q8_0"), 0.0);  // measured before the 32-row rates
+  auto zen5 = HardwareSpec::load(std::string(KVP_SOURCE_DIR) + "/configs/hardware/cpu-2core-zen5.yaml");
+  ASSERT_TRUE(zen5.ok()) << zen5.error().message();
+  EXPECT_DOUBLE_EQ(zen5->matmul_stream32_flops_for("q8_0"), 1.462e11);
+  EXPECT_DOUBLE_EQ(zen5->matmul_stream32_call_s_for("f16"), 3.984e-6);
+  test::write_bytes(dir + "/bad32.yaml", base + "matmul_stream32_flops:\n  q8_0: 0\n");
+  auto bad32 = HardwareSpec::load(dir + "/bad32.yaml");
+  ASSERT_FALSE(bad32.ok());
+  EXPECT_NE(bad32.error().message().find("matmul_stream32_flops.q8_0"), std::string::npos) << bad32.error().message();
 }
 
 TEST(Capacity, UnknownConfigsAreErrorsListingWhatExists) {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -292,6 +293,33 @@ TEST(Cli, BenchTimesStepPartsAndCapacityComparesThem) {
   const test::CliResult bad = run_kvplan("capacity --measured " + dir + "/other.json --hardware cpu-2core");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.err.find(dir + "/other.json"), std::string::npos) << bad.err;
+}
+
+// bench --probe: one probe of the model's rates per repeat of a group, kept with the cells, and each
+// rate's best of them as the cell's probe (the statistic of the cell's own figure).
+TEST(Cli, BenchProbesTheRatesBesideEachRepeat) {
+  const std::string dir = test::make_temp_dir("benchprobe");
+  const test::CliResult b = run_kvplan("bench --batch 1 --context 64 --keep 1,0.5 --steps 2 --min-seconds 0 --repeats 2 "
+                                       "--probe --probe-seconds 0.01 --threads 2 --out " + dir + "/bench.json");
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  const nlohmann::json bench = nlohmann::json::parse(*read_file_text(dir + "/bench.json"));
+  for (const auto& c : bench["cells"]) {
+    ASSERT_EQ(c["probes"].size(), 2u) << c.dump();
+    EXPECT_EQ(c["probes"], bench["cells"][0]["probes"]) << "one probe per repeat, shared by the group's cells";
+    const auto& best = c["probe"];
+    EXPECT_EQ(best["type"], "f32");
+    for (const char* rate : {"matmul_flops", "matmul_stream_flops", "matmul_stream1_flops", "attention_flops",
+                             "attention_batch_flops"}) {
+      EXPECT_GT(best[rate].get<double>(), 0.0) << rate;
+      EXPECT_EQ(best[rate].get<double>(), std::max(c["probes"][0][rate].get<double>(), c["probes"][1][rate].get<double>()))
+          << rate;
+    }
+    EXPECT_EQ(best["evict_slot_s"].get<double>(),
+              std::min(c["probes"][0]["evict_slot_s"].get<double>(), c["probes"][1]["evict_slot_s"].get<double>()));
+  }
+  const test::CliResult cap = run_kvplan("capacity --measured " + dir + "/bench.json --hardware cpu-2core --json");
+  ASSERT_EQ(cap.exit_code, 0) << cap.err;
+  EXPECT_EQ(nlohmann::json::parse(cap.out)["probed_cells"], 2);
 }
 
 TEST(Cli, InspectDevicesSaysPlainlyWhetherThereIsAGpu) {

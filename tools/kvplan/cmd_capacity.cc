@@ -106,6 +106,8 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
                                                     .stream_call_s = p.at("matmul_stream_call_s"),
                                                     .stream1_flops = p.at("matmul_stream1_flops"),
                                                     .stream1_call_s = p.at("matmul_stream1_call_s"),
+                                                    .stream32_flops = p.value("matmul_stream32_flops", 0.0),
+                                                    .stream32_call_s = p.value("matmul_stream32_call_s", 0.0),
                                                     .attention_flops = p.at("attention_flops"),
                                                     .attention_batch_flops = p.at("attention_batch_flops"),
                                                     .evict_slot_s = p.at("evict_slot_s")});
@@ -129,7 +131,7 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
                   weight_type.c_str(), weight_bytes / 1e9, hw.name.c_str(), bench.value("backend", "?").c_str(),
                   bench.value("threads", 0));
       std::printf("%s\n\n", probed ? fmt::format("rates: {}'s for bandwidth and fork/joins; weight products and attention "
-                                                  "probed beside each cell's best run ({} of {} cells, bench --probe)",
+                                                  "each the best of the probes beside the cell's runs ({} of {} cells, bench --probe)",
                                                   hw.name, probed, rows.size()).c_str()
                                     : fmt::format("rates: {}", hw.name).c_str());
       std::printf("%7s %5s %11s %10s %10s %7s   %9s %9s %7s   %s\n", "context", "batch", "keep", "measured",

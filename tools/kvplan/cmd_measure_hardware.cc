@@ -28,7 +28,7 @@ Status run_measure(const MeasureFlags& flags) {
     std::printf("  %s: %.4g\n", std::string(weight_type_name(type)).c_str(), probe.matmul_flops(type));
     std::fflush(stdout);
   }
-  for (int rows : {1, 4}) {
+  for (int rows : {1, 4, 32}) {
     std::vector<std::pair<std::string, HardwareProbe::Stream>> rates;
     for (WeightType type : kTypes) {
       std::fprintf(stderr,
@@ -37,9 +37,10 @@ Status run_measure(const MeasureFlags& flags) {
                    std::string(weight_type_name(type)).c_str(), rows);
       rates.emplace_back(std::string(weight_type_name(type)), probe.stream_rate(type, rows));
     }
-    std::printf("%s:\n", rows == 1 ? "matmul_stream1_flops" : "matmul_stream_flops");
+    const std::string key = rows == 4 ? "matmul_stream" : fmt::format("matmul_stream{}", rows);
+    std::printf("%s_flops:\n", key.c_str());
     for (const auto& [type, r] : rates) std::printf("  %s: %.4g\n", type.c_str(), r.flops);
-    std::printf("%s:\n", rows == 1 ? "matmul_stream1_call_s" : "matmul_stream_call_s");
+    std::printf("%s_call_s:\n", key.c_str());
     for (const auto& [type, r] : rates) std::printf("  %s: %.4g\n", type.c_str(), r.call_s);
     std::fflush(stdout);
   }

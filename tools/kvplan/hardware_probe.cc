@@ -209,9 +209,10 @@ double HardwareProbe::sync_seconds() {
 ProbedRates HardwareProbe::rates(WeightType type) {
   ProbedRates r{.type = std::string(weight_type_name(type))};
   r.matmul_flops = matmul_flops(type);
-  const Stream s4 = stream_rate(type, 4), s1 = stream_rate(type, 1);
+  const Stream s4 = stream_rate(type, 4), s1 = stream_rate(type, 1), s32 = stream_rate(type, 32);
   r.stream_flops = s4.flops, r.stream_call_s = s4.call_s;
   r.stream1_flops = s1.flops, r.stream1_call_s = s1.call_s;
+  r.stream32_flops = s32.flops, r.stream32_call_s = s32.call_s;
   const Attention one = attention(4);
   r.attention_flops = one.flops, r.evict_slot_s = one.evict_slot_s;
   r.attention_batch_flops = attention(kHeads).flops;
@@ -232,12 +233,34 @@ void set_rate(std::vector<std::pair<std::string, double>>* rates, const std::str
 
 }  // namespace
 
+ProbedRates best_rates(const std::vector<ProbedRates>& probes) {
+  KVP_CHECK(!probes.empty());
+  ProbedRates best = probes.front();
+  for (const ProbedRates& p : probes) {
+    KVP_CHECK(p.type == best.type, "probes of {} and {} weights", p.type, best.type);
+    best.matmul_flops = std::max(best.matmul_flops, p.matmul_flops);
+    if (p.stream_flops > best.stream_flops) best.stream_flops = p.stream_flops, best.stream_call_s = p.stream_call_s;
+    if (p.stream1_flops > best.stream1_flops) best.stream1_flops = p.stream1_flops, best.stream1_call_s = p.stream1_call_s;
+    if (p.stream32_flops > best.stream32_flops) {
+      best.stream32_flops = p.stream32_flops, best.stream32_call_s = p.stream32_call_s;
+    }
+    best.attention_flops = std::max(best.attention_flops, p.attention_flops);
+    best.attention_batch_flops = std::max(best.attention_batch_flops, p.attention_batch_flops);
+    best.evict_slot_s = std::min(best.evict_slot_s, p.evict_slot_s);
+  }
+  return best;
+}
+
 HardwareSpec with_probed_rates(HardwareSpec hw, const ProbedRates& r) {
   set_rate(&hw.matmul_flops, r.type, r.matmul_flops);
   set_rate(&hw.matmul_stream_flops, r.type, r.stream_flops);
   set_rate(&hw.matmul_stream_call_s, r.type, r.stream_call_s);
   set_rate(&hw.matmul_stream1_flops, r.type, r.stream1_flops);
   set_rate(&hw.matmul_stream1_call_s, r.type, r.stream1_call_s);
+  if (r.stream32_flops > 0) {
+    set_rate(&hw.matmul_stream32_flops, r.type, r.stream32_flops);
+    set_rate(&hw.matmul_stream32_call_s, r.type, r.stream32_call_s);
+  }
   hw.attention_flops = r.attention_flops;
   hw.attention_batch_flops = r.attention_batch_flops;
   hw.evict_slot_s = r.evict_slot_s;

@@ -10,6 +10,7 @@
 //                          rate (the fork/join, the streams' start), fitted through two matrix shapes
 //                          (256 x 2048 and 5632 x 2048, each streamed over 1 GiB of copies)
 //   matmul_stream1_flops   ... and at 1 row, with matmul_stream1_call_s
+//   matmul_stream32_flops  ... and at 32 rows, with matmul_stream32_call_s
 //   attention_flops        one layer's decode attention (layer_step, full cache) over 4 KV heads of
 //                          4129 slots per fork/join (a 4096-token context's full cache as kvplan bench
 //                          holds it), head_dim 64, 8 query heads per KV head
@@ -34,6 +35,7 @@ struct ProbedRates {
   double matmul_flops = 0;
   double stream_flops = 0, stream_call_s = 0;    // 4 rows
   double stream1_flops = 0, stream1_call_s = 0;  // 1 row
+  double stream32_flops = 0, stream32_call_s = 0;  // 32 rows
   double attention_flops = 0, attention_batch_flops = 0, evict_slot_s = 0;
 };
 
@@ -72,6 +74,10 @@ class HardwareProbe {
   int runs_;
   std::unique_ptr<Buffers> buffers_;
 };
+
+// Each rate's best (highest FLOP/s, lowest seconds per slot) over several probes of one type; a
+// call cost goes with the streamed rate it was fitted with.
+ProbedRates best_rates(const std::vector<ProbedRates>& probes);
 
 // `hw` with the probed rates in place of its own (for the probe's weight type).
 HardwareSpec with_probed_rates(HardwareSpec hw, const ProbedRates& r);
