@@ -199,9 +199,9 @@ TEST(Capacity, CallCostsAndBatchAttentionRateByHand) {
   EXPECT_DOUBLE_EQ(hw.attention_flops_at(1), 1e5);
 }
 
-// With streamed rates measured, a slow bandwidth figure does not bound the weight products again:
-// those rates were measured streaming the weights from memory.
-TEST(Capacity, StreamedRatesStandWithoutTheBandwidthBound) {
+// A toy model on a machine with streamed rates measured for q8_0; per_row: its FLOPs per row (2 per
+// matrix parameter, the untied classifier included).
+struct StreamedToy {
   ModelSpec m{.name = "toy", .dim = 64, .hidden_dim = 128, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
               .vocab_size = 100, .seq_len = 4096, .tied_embeddings = false};
   HardwareSpec hw{.name = "toy", .memory_bytes = int64_t{1} << 40, .bandwidth_bytes_per_s = 1e12, .peak_flops = 1e15,
@@ -210,8 +210,18 @@ TEST(Capacity, StreamedRatesStandWithoutTheBandwidthBound) {
                   .matmul_stream1_call_s = {{"q8_0", 2e-3}}, .attention_flops = 1e5};
   CapacityQuery q{.context_len = 1000, .weight_bytes = 50000, .kv_dtype = KvDtype::kF32, .runtime_reserve_bytes = 0,
                   .batch = 1, .weight_type = "q8_0"};
-  const double weights = capacity(m, hw, q).full.weights_s;
   const double per_row = 2.0 * (2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128) + 100 * 64);
+};
+
+// With streamed rates measured, a slow bandwidth figure does not bound the weight products again:
+// those rates were measured streaming the weights from memory.
+TEST(Capacity, StreamedRatesStandWithoutTheBandwidthBound) {
+  StreamedToy toy;
+  const ModelSpec& m = toy.m;
+  HardwareSpec& hw = toy.hw;
+  const CapacityQuery& q = toy.q;
+  const double weights = capacity(m, hw, q).full.weights_s;
+  const double per_row = toy.per_row;
   EXPECT_DOUBLE_EQ(weights, per_row / 5e5 + 15 * 2e-3);  // 1 row: the 1-row streamed rate and call cost
   hw.bandwidth_bytes_per_s = 1.0;  // a read of 50 kB would take half a day
   const CapacityReport slow = capacity(m, hw, q);
@@ -222,15 +232,12 @@ TEST(Capacity, StreamedRatesStandWithoutTheBandwidthBound) {
 // Rows past 4 with the 32-row streamed rate: the slope from the 4-row time to the 32-row time,
 // both with their call costs; without it, the in-cache rate.
 TEST(Capacity, RowsPastFourFollowTheStreamedSlopeToThirtyTwo) {
-  ModelSpec m{.name = "toy", .dim = 64, .hidden_dim = 128, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
-              .vocab_size = 100, .seq_len = 4096, .tied_embeddings = false};
-  HardwareSpec hw{.name = "toy", .memory_bytes = int64_t{1} << 40, .bandwidth_bytes_per_s = 1e12, .peak_flops = 1e15,
-                  .matmul_flops = {{"q8_0", 2e6}}, .matmul_stream_flops = {{"q8_0", 1e6}},
-                  .matmul_stream1_flops = {{"q8_0", 5e5}}, .matmul_stream_call_s = {{"q8_0", 1e-3}},
-                  .matmul_stream1_call_s = {{"q8_0", 2e-3}}, .attention_flops = 1e5};
-  CapacityQuery q{.context_len = 1000, .weight_bytes = 50000, .kv_dtype = KvDtype::kF32, .runtime_reserve_bytes = 0,
-                  .batch = 18, .weight_type = "q8_0"};
-  const double per_row = 2.0 * (2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128) + 100 * 64);
+  StreamedToy toy;
+  const ModelSpec& m = toy.m;
+  HardwareSpec& hw = toy.hw;
+  CapacityQuery& q = toy.q;
+  q.batch = 18;
+  const double per_row = toy.per_row;
   const double t4 = 4 * per_row / 1e6 + 15 * 1e-3;
   EXPECT_DOUBLE_EQ(capacity(m, hw, q).full.weights_s, t4 + 14 * per_row / 2e6);  // the in-cache rate
   hw.matmul_stream32_flops = {{"q8_0", 4e6}};
