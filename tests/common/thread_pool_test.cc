@@ -68,7 +68,9 @@ TEST(SplitRows, PartsCoverTheRowsInAlignedPieces) {
       for (int p = 0; p < parts; ++p) {
         const RowRange r = split_rows(n, p, parts, 16);
         EXPECT_EQ(r.begin, next) << n << " rows, part " << p;
-        if (r.end < n) EXPECT_EQ(r.end % 16, 0) << n << " rows, part " << p;
+        if (r.end < n) {
+          EXPECT_EQ(r.end % 16, 0) << n << " rows, part " << p;
+        }
         next = r.end;
       }
       EXPECT_EQ(next, n);
