@@ -44,20 +44,6 @@ struct BenchFlags {
   double probe_seconds = 0.3;
 };
 
-nlohmann::json probe_json(const ProbedRates& r) {
-  return {{"type", r.type},
-          {"matmul_flops", r.matmul_flops},
-          {"matmul_stream_flops", r.stream_flops},
-          {"matmul_stream_call_s", r.stream_call_s},
-          {"matmul_stream1_flops", r.stream1_flops},
-          {"matmul_stream1_call_s", r.stream1_call_s},
-          {"matmul_stream32_flops", r.stream32_flops},
-          {"matmul_stream32_call_s", r.stream32_call_s},
-          {"attention_flops", r.attention_flops},
-          {"attention_batch_flops", r.attention_batch_flops},
-          {"evict_slot_s", r.evict_slot_s}};
-}
-
 // Room a full-cache cell leaves for its timed steps (when --steps is smaller).
 constexpr int kFullSteps = 32;
 
@@ -214,9 +200,9 @@ Status run_bench(const BenchFlags &flags) {
       // Each rate's best over the group's repeats, as the cell's figure is its best run: both are the
       // machine at its fastest within the same minutes.
       nlohmann::json all = nlohmann::json::array();
-      for (const ProbedRates& r : cell.probes) all.push_back(probe_json(r));
+      for (const ProbedRates& r : cell.probes) all.push_back(probed_rates_json(r));
       cell.json["probes"] = all;
-      cell.json["probe"] = probe_json(best_rates(cell.probes));
+      cell.json["probe"] = probed_rates_json(best_rates(cell.probes));
     }
     cells.push_back(cell.json);
   }

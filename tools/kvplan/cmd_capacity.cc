@@ -95,22 +95,12 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
       // Rates probed beside the cell (bench --probe) stand for the hardware file's.
       HardwareSpec cell_hw = hw;
       if (c.contains("probe")) {
-        const nlohmann::json& p = c.at("probe");
-        if (p.at("type").get<std::string>() != weight_type) {
-          return make_error("{}: cells: probe.type: {} rates for a model of {} weights", flags.measured,
-                            p.at("type").get<std::string>(), weight_type);
+        const ProbedRates probe = probed_rates_from_json(c.at("probe"));
+        if (probe.type != weight_type) {
+          return make_error("{}: cells: probe.type: {} rates for a model of {} weights", flags.measured, probe.type,
+                            weight_type);
         }
-        cell_hw = with_probed_rates(hw, ProbedRates{.type = weight_type,
-                                                    .matmul_flops = p.at("matmul_flops"),
-                                                    .stream_flops = p.at("matmul_stream_flops"),
-                                                    .stream_call_s = p.at("matmul_stream_call_s"),
-                                                    .stream1_flops = p.at("matmul_stream1_flops"),
-                                                    .stream1_call_s = p.at("matmul_stream1_call_s"),
-                                                    .stream32_flops = p.value("matmul_stream32_flops", 0.0),
-                                                    .stream32_call_s = p.value("matmul_stream32_call_s", 0.0),
-                                                    .attention_flops = p.at("attention_flops"),
-                                                    .attention_batch_flops = p.at("attention_batch_flops"),
-                                                    .evict_slot_s = p.at("evict_slot_s")});
+        cell_hw = with_probed_rates(hw, probe);
         ++probed;
       }
       const CapacityReport r = capacity(model, cell_hw, q);

@@ -251,6 +251,34 @@ ProbedRates best_rates(const std::vector<ProbedRates>& probes) {
   return best;
 }
 
+nlohmann::json probed_rates_json(const ProbedRates& r) {
+  return {{"type", r.type},
+          {"matmul_flops", r.matmul_flops},
+          {"matmul_stream_flops", r.stream_flops},
+          {"matmul_stream_call_s", r.stream_call_s},
+          {"matmul_stream1_flops", r.stream1_flops},
+          {"matmul_stream1_call_s", r.stream1_call_s},
+          {"matmul_stream32_flops", r.stream32_flops},
+          {"matmul_stream32_call_s", r.stream32_call_s},
+          {"attention_flops", r.attention_flops},
+          {"attention_batch_flops", r.attention_batch_flops},
+          {"evict_slot_s", r.evict_slot_s}};
+}
+
+ProbedRates probed_rates_from_json(const nlohmann::json& j) {
+  return ProbedRates{.type = j.at("type"),
+                     .matmul_flops = j.at("matmul_flops"),
+                     .stream_flops = j.at("matmul_stream_flops"),
+                     .stream_call_s = j.at("matmul_stream_call_s"),
+                     .stream1_flops = j.at("matmul_stream1_flops"),
+                     .stream1_call_s = j.at("matmul_stream1_call_s"),
+                     .stream32_flops = j.value("matmul_stream32_flops", 0.0),  // absent: the in-cache rate
+                     .stream32_call_s = j.value("matmul_stream32_call_s", 0.0),
+                     .attention_flops = j.at("attention_flops"),
+                     .attention_batch_flops = j.at("attention_batch_flops"),
+                     .evict_slot_s = j.at("evict_slot_s")};
+}
+
 HardwareSpec with_probed_rates(HardwareSpec hw, const ProbedRates& r) {
   set_rate(&hw.matmul_flops, r.type, r.matmul_flops);
   set_rate(&hw.matmul_stream_flops, r.type, r.stream_flops);

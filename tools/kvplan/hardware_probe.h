@@ -20,6 +20,7 @@
 #pragma once
 
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -78,6 +79,11 @@ class HardwareProbe {
 // Each rate's best (highest FLOP/s, lowest seconds per slot) over several probes of one type; a
 // call cost goes with the streamed rate it was fitted with.
 ProbedRates best_rates(const std::vector<ProbedRates>& probes);
+
+// As bench.json holds them (the hardware file's key for each rate), and back; reading throws
+// nlohmann's exceptions on a missing field (capacity --measured names the file and the cell).
+nlohmann::json probed_rates_json(const ProbedRates& r);
+ProbedRates probed_rates_from_json(const nlohmann::json& j);
 
 // `hw` with the probed rates in place of its own (for the probe's weight type).
 HardwareSpec with_probed_rates(HardwareSpec hw, const ProbedRates& r);
