@@ -46,8 +46,9 @@ Result<HardwareSpec> HardwareSpec::load(const std::string& path) {
   const YamlFields f(root, path, "");
   KVP_RETURN_IF_ERROR(f.only({"name", "memory_bytes", "bandwidth_bytes_per_s", "peak_flops", "source", "matmul_flops",
                               "matmul_stream_flops", "matmul_stream1_flops", "matmul_stream_call_s",
-                              "matmul_stream1_call_s", "matmul_stream32_flops", "matmul_stream32_call_s", "attention_flops", "attention_batch_flops", "evict_slot_s",
-                              "sync_s", "delta_copy", "measured_by"}));
+                              "matmul_stream1_call_s", "matmul_stream32_flops", "matmul_stream32_call_s",
+                              "attention_flops", "attention_batch_flops", "evict_slot_s", "sync_s", "delta_copy",
+                              "measured_by"}));
   HardwareSpec h;
   KVP_ASSIGN_OR_RETURN(h.name, f.str("name"));
   KVP_ASSIGN_OR_RETURN(h.memory_bytes, f.integer64("memory_bytes", 1, INT64_MAX));
@@ -225,8 +226,9 @@ CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuer
     // from 4 to 32 rows streamed where that was measured, else the in-cache rate.
     const double streamed32 = hw.matmul_stream32_flops_for(q.weight_type);
     const double per_extra_row =
-        streamed32 > 0 ? (32.0 * per_row / streamed32 + n_matrices * hw.matmul_stream32_call_s_for(q.weight_type) - t4) / 28.0
-                       : per_row / cached;
+        streamed32 > 0
+            ? (32.0 * per_row / streamed32 + n_matrices * hw.matmul_stream32_call_s_for(q.weight_type) - t4) / 28.0
+            : per_row / cached;
     s.weights_s = first + std::max(0.0, B - 4.0) * std::max(0.0, per_extra_row);
     s.memory_bound = t_w_mem >= first && B <= 4.0;
   } else {

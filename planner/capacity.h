@@ -50,7 +50,7 @@ struct HardwareSpec {
   // The same at 32 rows (the CPU kernels' tile of activation rows at 2048 inputs: each matrix still
   // read from memory once): with it, rows past 4 cost the slope from the 4-row to the 32-row time,
   // both streamed as a decode step streams them, instead of matmul_flops (one matrix kept in cache,
-  // which on a shared VM measured 1.2-2.3e11 FLOP/s for the same q8_0 kernel within an hour).
+  // which on a shared VM measured 1.3-2.4e11 FLOP/s for the same q8_0 kernel within an hour).
   std::vector<std::pair<std::string, double>> matmul_stream32_flops;
   std::vector<std::pair<std::string, double>> matmul_stream32_call_s;
   double attention_flops = 0;  // decode attention, 4·head_dim FLOPs per query head and slot (0: peak_flops),

@@ -262,10 +262,6 @@ inline void dot_rows(const std::byte* wrow, int64_t cols, const float* const* x,
   for (int r = 0; r < NR; ++r) out[r] = combine(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
 }
 
-// q8_0 rows: per block of 32, Σ q·x in f32 (two vectors), then acc += d · that. The scale is
-// applied once per block instead of once per weight; the sum is exact up to f32 rounding (the
-// products q·x carry no more rounding than the dequantized d·q·x would). Every path (AVX-512,
-// AVX2, portable) does these operations lane for lane.
 // A block's binary16 scale as a float: F16C's conversion where the build has it (exact, as the
 // portable one is, for every finite value), else half_to_float (an out-of-line call per block of
 // 32 weights, which made a 5632 x 2048 q8_0 product 3.2x slower: 0.93 against 0.29 ms, one row,
@@ -278,6 +274,10 @@ inline float q8_scale(uint16_t d) {
 #endif
 }
 
+// q8_0 rows: per block of 32, Σ q·x in f32 (two vectors), then acc += d · that. The scale is
+// applied once per block instead of once per weight; the sum is exact up to f32 rounding (the
+// products q·x carry no more rounding than the dequantized d·q·x would). Every path (AVX-512,
+// AVX2, portable) does these operations lane for lane.
 template <int NR>
 inline void dot_rows_q8(const std::byte* wrow, int64_t cols, const float* const* x, Vec* out) {
   Vec acc0[NR], acc1[NR];

@@ -120,10 +120,12 @@ Status run_measured(const CapacityFlags& flags, const HardwareSpec& hw) {
       std::printf("%s (%s weights, %.3f GB) on %s, %s backend, %d threads: decode tokens/s\n", model.name.c_str(),
                   weight_type.c_str(), weight_bytes / 1e9, hw.name.c_str(), bench.value("backend", "?").c_str(),
                   bench.value("threads", 0));
-      std::printf("%s\n\n", probed ? fmt::format("rates: {}'s for bandwidth and fork/joins; weight products and attention "
-                                                  "each the best of the probes beside the cell's runs ({} of {} cells, bench --probe)",
-                                                  hw.name, probed, rows.size()).c_str()
-                                    : fmt::format("rates: {}", hw.name).c_str());
+      const std::string rates =
+          probed ? fmt::format("rates: {}'s for bandwidth and fork/joins; weight products and attention each the best "
+                               "of the probes beside the cell's runs ({} of {} cells, bench --probe)",
+                               hw.name, probed, rows.size())
+                 : fmt::format("rates: {}", hw.name);
+      std::printf("%s\n\n", rates.c_str());
       std::printf("%7s %5s %11s %10s %10s %7s   %9s %9s %7s   %s\n", "context", "batch", "keep", "measured",
                   "predicted", "error", "speed-up", "predicted", "error",
                   "step ms, predicted: weights + attention + sync  (measured)");
