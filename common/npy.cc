@@ -36,13 +36,19 @@ Status write_npy_f32(const std::string& path, const std::vector<int64_t>& shape,
   return write_file_atomic(path, npy_f32(shape, values));
 }
 
-std::vector<float> pad_rows(const std::vector<std::vector<float>>& rows, int64_t* longest) {
+std::string npy_rows_f32(const std::vector<int64_t>& outer, std::span<const std::vector<float>* const> rows) {
   size_t n = 0;
-  for (const auto& r : rows) n = std::max(n, r.size());
-  std::vector<float> out(rows.size() * n, std::numeric_limits<float>::quiet_NaN());
-  for (size_t i = 0; i < rows.size(); ++i) std::copy(rows[i].begin(), rows[i].end(), out.begin() + i * n);
-  *longest = static_cast<int64_t>(n);
-  return out;
+  for (const std::vector<float>* r : rows) n = std::max(n, r->size());
+  std::vector<float> padded(rows.size() * n, std::numeric_limits<float>::quiet_NaN());
+  for (size_t i = 0; i < rows.size(); ++i) std::copy(rows[i]->begin(), rows[i]->end(), padded.begin() + i * n);
+  std::vector<int64_t> shape = outer;
+  shape.push_back(static_cast<int64_t>(n));
+  return npy_f32(shape, padded);
+}
+
+Status write_npy_rows_f32(const std::string& path, const std::vector<int64_t>& outer,
+                          std::span<const std::vector<float>* const> rows) {
+  return write_file_atomic(path, npy_rows_f32(outer, rows));
 }
 
 }  // namespace kvp

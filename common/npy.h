@@ -20,7 +20,11 @@ std::string npy_f32(const std::vector<int64_t>& shape, std::span<const float> va
 // Writes them atomically (temporary name, then rename).
 Status write_npy_f32(const std::string& path, const std::vector<int64_t>& shape, std::span<const float> values);
 
-// Rows of different lengths as one [rows.size(), longest] array, the missing ends NaN.
-std::vector<float> pad_rows(const std::vector<std::vector<float>>& rows, int64_t* longest);
+// Rows of different lengths as one array of shape `outer` + [longest row], the missing ends NaN
+// (per-sequence outputs of sequences of different lengths). REQUIRES: the product of `outer` equals
+// rows.size().
+std::string npy_rows_f32(const std::vector<int64_t>& outer, std::span<const std::vector<float>* const> rows);
+Status write_npy_rows_f32(const std::string& path, const std::vector<int64_t>& outer,
+                          std::span<const std::vector<float>* const> rows);
 
 }  // namespace kvp

@@ -31,10 +31,14 @@ TEST(Npy, HeaderAndValuesAsNumpyWritesThem) {
 }
 
 TEST(Npy, RowsOfDifferentLengthsArePaddedWithNan) {
-  int64_t longest = 0;
-  const std::vector<float> out = pad_rows({{1, 2, 3}, {4}}, &longest);
-  ASSERT_EQ(longest, 3);
-  ASSERT_EQ(out.size(), 6u);
+  const std::vector<float> a = {1, 2, 3}, b = {4};
+  const std::vector<const std::vector<float>*> rows = {&a, &b};
+  const std::string file = npy_rows_f32({2}, rows);
+  EXPECT_NE(file.find("'shape': (2, 3), }"), std::string::npos) << "the longest row's length last";
+  const size_t data = 10 + (uint8_t(file[8]) | size_t(uint8_t(file[9])) << 8);
+  ASSERT_EQ(file.size(), data + 6 * sizeof(float));
+  float out[6];
+  std::memcpy(out, file.data() + data, sizeof out);
   EXPECT_EQ(out[0], 1);
   EXPECT_EQ(out[3], 4);
   EXPECT_TRUE(std::isnan(out[4]) && std::isnan(out[5]));

@@ -76,20 +76,26 @@ Result<Measured> measure(Decoder& decoder, const Corpus& corpus, const EvalRefer
             "allocated {} KV bytes per sequence, the plan predicted {}", m.kv_bytes_per_sequence,
             m.predicted_kv_bytes_per_sequence);
   if (!positions_path.empty()) {
-    int64_t longest = 0;
-    const std::vector<float> padded = pad_rows(by_position, &longest);
-    KVP_RETURN_IF_ERROR(write_npy_f32(positions_path, {static_cast<int64_t>(by_position.size()), longest}, padded));
+    std::vector<const std::vector<float>*> rows;
+    for (const std::vector<float>& seq : by_position) rows.push_back(&seq);
+    KVP_RETURN_IF_ERROR(write_npy_rows_f32(positions_path, {static_cast<int64_t>(rows.size())}, rows));
   }
   return m;
 }
 
-// Where --positions puts a configuration's file when it names a directory (--grid, --plans).
-Result<std::string> positions_file(const EvalFlags& flags, const std::string& name) {
-  if (flags.positions.empty()) return std::string();
+// --grid and --plans: the output directories, measured/ and --positions's.
+Status make_output_dirs(const EvalFlags& flags) {
   std::error_code ec;
-  std::filesystem::create_directories(flags.positions, ec);
+  std::filesystem::create_directories(std::filesystem::path(flags.out) / "measured", ec);
+  if (ec) return make_error("{}: cannot create: {}", flags.out, ec.message());
+  if (!flags.positions.empty()) std::filesystem::create_directories(flags.positions, ec);
   if (ec) return make_error("--positions: cannot create {}: {}", flags.positions, ec.message());
-  return (std::filesystem::path(flags.positions) / (name + ".npy")).string();
+  return ok_status();
+}
+
+// Where --positions puts a configuration's file when it names a directory (--grid, --plans).
+std::string positions_file(const EvalFlags& flags, const std::string& name) {
+  return flags.positions.empty() ? std::string() : (std::filesystem::path(flags.positions) / (name + ".npy")).string();
 }
 
 nlohmann::json metrics_json(const Measured& m) {
@@ -190,9 +196,7 @@ Status eval_plans(const EvalFlags& flags) {
     KVP_RETURN_IF_ERROR(plan.check_model(ctx.plan_model, path, ctx.model.files.model_path));
     plans.push_back(std::move(plan));
   }
-  std::error_code ec;
-  std::filesystem::create_directories(std::filesystem::path(flags.out) / "measured", ec);
-  if (ec) return make_error("{}: cannot create: {}", flags.out, ec.message());
+  KVP_RETURN_IF_ERROR(make_output_dirs(flags));
   CpuBackend backend(ctx.model.weights, flags.model.threads);
   Decoder decoder(backend);
   const EvalReference ref = compute_reference(decoder, ctx.corpus, EvalOptions{.prompt_len = flags.prompt_len,
@@ -203,9 +207,8 @@ Status eval_plans(const EvalFlags& flags) {
   nlohmann::json all = nlohmann::json::array();
   for (size_t i = 0; i < plans.size(); ++i) {
     const std::string name = std::filesystem::path(flags.plans[i]).stem().string();
-    KVP_ASSIGN_OR_RETURN(const std::string positions, positions_file(flags, name));
-    KVP_ASSIGN_OR_RETURN(Measured m,
-                         measure(decoder, ctx.corpus, ref, plans[i], flags.plans[i], flags, nullptr, nullptr, positions));
+    KVP_ASSIGN_OR_RETURN(Measured m, measure(decoder, ctx.corpus, ref, plans[i], flags.plans[i], flags, nullptr, nullptr,
+                                             positions_file(flags, name)));
     KVP_RETURN_IF_ERROR(m.save((std::filesystem::path(flags.out) / "measured" / (name + ".yaml")).string()));
     auto pred = [&](const char* key) {
       const auto it = plans[i].predicted.find(key);
@@ -245,9 +248,7 @@ Status eval_grid(const EvalFlags& flags) {
   KVP_ASSIGN_OR_RETURN(std::vector<int> budgets, parse_int_list("--budgets", flags.budgets));
   for (const std::string& p : policies) KVP_RETURN_IF_ERROR(make_policy(p, PolicyParams{}).status());
   KVP_ASSIGN_OR_RETURN(Context ctx, load_context(flags));
-  std::error_code ec;
-  std::filesystem::create_directories(std::filesystem::path(flags.out) / "measured", ec);
-  if (ec) return make_error("{}: cannot create: {}", flags.out, ec.message());
+  KVP_RETURN_IF_ERROR(make_output_dirs(flags));
 
   CpuBackend backend(ctx.model.weights, flags.model.threads);
   Decoder decoder(backend);
@@ -268,8 +269,8 @@ Status eval_grid(const EvalFlags& flags) {
     for (int b : budgets) {
       const int budget = p == "full" ? longest : b;
       KVP_ASSIGN_OR_RETURN(Plan plan, flags.plan.uniform(ctx.plan_model, p, budget));
-      KVP_ASSIGN_OR_RETURN(const std::string positions, positions_file(flags, fmt::format("{}-{}", p, budget)));
-      KVP_ASSIGN_OR_RETURN(Measured m, measure(decoder, ctx.corpus, ref, plan, "flags", flags, nullptr, nullptr, positions));
+      KVP_ASSIGN_OR_RETURN(Measured m, measure(decoder, ctx.corpus, ref, plan, "flags", flags, nullptr, nullptr,
+                                               positions_file(flags, fmt::format("{}-{}", p, budget))));
       KVP_RETURN_IF_ERROR(m.save((std::filesystem::path(flags.out) / "measured" /
                                   fmt::format("{}-{}.yaml", p, budget)).string()));
       csv += fmt::format("{},{},{},{},{},{},{:.6f},{:.6f},{:.6f},{:.6f},{:.6f},{:.6f},{:.3f},{:.6f},{:.0f}\n", p, budget,

@@ -70,14 +70,12 @@ std::string python_for_plots() {
 // sequence's steps and for layers the trace did not record); step m is the m-th recorded query past
 // the prompt (position prompt_len + m in a trace without a query stride).
 Status write_step_energies(const std::string& dir, const std::string& name, const StepEnergies& e, int n_layers) {
-  std::vector<std::vector<float>> rows;
+  std::vector<const std::vector<float>*> rows;
   for (const auto& seq : e.values) {
-    for (const std::vector<float>& layer : seq) rows.push_back(layer);
+    for (const std::vector<float>& layer : seq) rows.push_back(&layer);
   }
-  int64_t steps = 0;
-  const std::vector<float> padded = pad_rows(rows, &steps);
-  return write_npy_f32((std::filesystem::path(dir) / (name + ".npy")).string(),
-                       {static_cast<int64_t>(e.values.size()), n_layers, steps}, padded);
+  return write_npy_rows_f32((std::filesystem::path(dir) / (name + ".npy")).string(),
+                            {static_cast<int64_t>(e.values.size()), n_layers}, rows);
 }
 
 // A policy with ThinK and Mustafar settings: a row label such as vatp+think0.4+mustafar0.5/0.5.
