@@ -29,7 +29,7 @@ Status run_measure(const MeasureFlags& flags) {
     std::fflush(stdout);
   }
   for (int rows : {1, 4, 32}) {
-    std::vector<std::pair<std::string, HardwareProbe::Stream>> rates;
+    std::vector<std::pair<std::string, StreamRate>> rates;
     for (WeightType type : kTypes) {
       std::fprintf(stderr,
                    "measure-hardware: %s weight products streamed from memory (256 x 2048 and 5632 x 2048, 1 GiB of "

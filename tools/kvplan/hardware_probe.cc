@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cstring>
 #include <random>
+#include <tuple>
+#include <utility>
 
 #include "executor/cpu/dot_kernels.h"
 #include "executor/kv_cache.h"
@@ -105,10 +107,11 @@ double HardwareProbe::matmul_flops(WeightType type) {
 
 // Streamed from memory: FLOP/s and seconds per call of t = call_s + FLOPs / rate, through a small and
 // a large matrix (each call's fixed cost shows in the small one).
-HardwareProbe::Stream HardwareProbe::stream_rate(WeightType type, int batch) {
+StreamRate HardwareProbe::stream_rate(WeightType type, int batch) {
   const int64_t small_rows = 256, large_rows = 5632;
   auto copies = [&](int64_t rows) {
-    return static_cast<int>(std::max<int64_t>(2, (int64_t{1} << 30) / static_cast<int64_t>(rows * row_bytes(type, 2048))));
+    const int64_t bytes = static_cast<int64_t>(rows * row_bytes(type, 2048));
+    return static_cast<int>(std::max<int64_t>(2, (int64_t{1} << 30) / bytes));
   };
   const double t_small = matmul_seconds(type, batch, small_rows, copies(small_rows));
   const double t_large = matmul_seconds(type, batch, large_rows, copies(large_rows));
@@ -195,7 +198,8 @@ HardwareProbe::Attention HardwareProbe::attention(int per_call) {
     }
   }
   const double flops_per_head = 4.0 * kHeadDim * kGroup * kSlots;
-  return {per_call * flops_per_head / best.first, std::max(0.0, best.second - best.first) / (double(per_call) * kSlots)};
+  return {.flops = per_call * flops_per_head / best.first,
+          .evict_slot_s = std::max(0.0, best.second - best.first) / (double(per_call) * kSlots)};
 }
 
 double HardwareProbe::sync_seconds() {
@@ -209,10 +213,9 @@ double HardwareProbe::sync_seconds() {
 ProbedRates HardwareProbe::rates(WeightType type) {
   ProbedRates r{.type = std::string(weight_type_name(type))};
   r.matmul_flops = matmul_flops(type);
-  const Stream s4 = stream_rate(type, 4), s1 = stream_rate(type, 1), s32 = stream_rate(type, 32);
-  r.stream_flops = s4.flops, r.stream_call_s = s4.call_s;
-  r.stream1_flops = s1.flops, r.stream1_call_s = s1.call_s;
-  r.stream32_flops = s32.flops, r.stream32_call_s = s32.call_s;
+  r.stream4 = stream_rate(type, 4);
+  r.stream1 = stream_rate(type, 1);
+  r.stream32 = stream_rate(type, 32);
   const Attention one = attention(4);
   r.attention_flops = one.flops, r.evict_slot_s = one.evict_slot_s;
   r.attention_batch_flops = attention(kHeads).flops;
@@ -239,10 +242,9 @@ ProbedRates best_rates(const std::vector<ProbedRates>& probes) {
   for (const ProbedRates& p : probes) {
     KVP_CHECK(p.type == best.type, "probes of {} and {} weights", p.type, best.type);
     best.matmul_flops = std::max(best.matmul_flops, p.matmul_flops);
-    if (p.stream_flops > best.stream_flops) best.stream_flops = p.stream_flops, best.stream_call_s = p.stream_call_s;
-    if (p.stream1_flops > best.stream1_flops) best.stream1_flops = p.stream1_flops, best.stream1_call_s = p.stream1_call_s;
-    if (p.stream32_flops > best.stream32_flops) {
-      best.stream32_flops = p.stream32_flops, best.stream32_call_s = p.stream32_call_s;
+    for (auto [mine, theirs] : {std::pair{&best.stream1, &p.stream1}, {&best.stream4, &p.stream4},
+                                {&best.stream32, &p.stream32}}) {
+      if (theirs->flops > mine->flops) *mine = *theirs;
     }
     best.attention_flops = std::max(best.attention_flops, p.attention_flops);
     best.attention_batch_flops = std::max(best.attention_batch_flops, p.attention_batch_flops);
@@ -251,43 +253,52 @@ ProbedRates best_rates(const std::vector<ProbedRates>& probes) {
   return best;
 }
 
+namespace {
+
+// The streamed rates with the hardware file's key of each (its _flops and _call_s fields).
+template <typename Rates, typename F>
+void each_stream(Rates& r, F&& f) {
+  f("matmul_stream1", r.stream1);
+  f("matmul_stream", r.stream4);
+  f("matmul_stream32", r.stream32);
+}
+
+}  // namespace
+
 nlohmann::json probed_rates_json(const ProbedRates& r) {
-  return {{"type", r.type},
-          {"matmul_flops", r.matmul_flops},
-          {"matmul_stream_flops", r.stream_flops},
-          {"matmul_stream_call_s", r.stream_call_s},
-          {"matmul_stream1_flops", r.stream1_flops},
-          {"matmul_stream1_call_s", r.stream1_call_s},
-          {"matmul_stream32_flops", r.stream32_flops},
-          {"matmul_stream32_call_s", r.stream32_call_s},
-          {"attention_flops", r.attention_flops},
-          {"attention_batch_flops", r.attention_batch_flops},
-          {"evict_slot_s", r.evict_slot_s}};
+  nlohmann::json j = {{"type", r.type},
+                      {"matmul_flops", r.matmul_flops},
+                      {"attention_flops", r.attention_flops},
+                      {"attention_batch_flops", r.attention_batch_flops},
+                      {"evict_slot_s", r.evict_slot_s}};
+  each_stream(r, [&](const std::string& key, const StreamRate& s) {
+    j[key + "_flops"] = s.flops;
+    j[key + "_call_s"] = s.call_s;
+  });
+  return j;
 }
 
 ProbedRates probed_rates_from_json(const nlohmann::json& j) {
-  return ProbedRates{.type = j.at("type"),
-                     .matmul_flops = j.at("matmul_flops"),
-                     .stream_flops = j.at("matmul_stream_flops"),
-                     .stream_call_s = j.at("matmul_stream_call_s"),
-                     .stream1_flops = j.at("matmul_stream1_flops"),
-                     .stream1_call_s = j.at("matmul_stream1_call_s"),
-                     .stream32_flops = j.value("matmul_stream32_flops", 0.0),  // absent: the in-cache rate
-                     .stream32_call_s = j.value("matmul_stream32_call_s", 0.0),
-                     .attention_flops = j.at("attention_flops"),
-                     .attention_batch_flops = j.at("attention_batch_flops"),
-                     .evict_slot_s = j.at("evict_slot_s")};
+  ProbedRates r{.type = j.at("type"),
+                .matmul_flops = j.at("matmul_flops"),
+                .attention_flops = j.at("attention_flops"),
+                .attention_batch_flops = j.at("attention_batch_flops"),
+                .evict_slot_s = j.at("evict_slot_s")};
+  each_stream(r, [&](const std::string& key, StreamRate& s) {
+    if (key == "matmul_stream32" && !j.contains(key + "_flops")) return;  // absent: the in-cache rate
+    s = StreamRate{.flops = j.at(key + "_flops"), .call_s = j.at(key + "_call_s")};
+  });
+  return r;
 }
 
 HardwareSpec with_probed_rates(HardwareSpec hw, const ProbedRates& r) {
   set_rate(&hw.matmul_flops, r.type, r.matmul_flops);
-  set_rate(&hw.matmul_stream_flops, r.type, r.stream_flops);
-  set_rate(&hw.matmul_stream_call_s, r.type, r.stream_call_s);
-  set_rate(&hw.matmul_stream1_flops, r.type, r.stream1_flops);
-  set_rate(&hw.matmul_stream1_call_s, r.type, r.stream1_call_s);
-  if (r.stream32_flops > 0) {
-    set_rate(&hw.matmul_stream32_flops, r.type, r.stream32_flops);
-    set_rate(&hw.matmul_stream32_call_s, r.type, r.stream32_call_s);
+  for (auto [s, flops, call_s] : {std::tuple{&r.stream1, &hw.matmul_stream1_flops, &hw.matmul_stream1_call_s},
+                                   {&r.stream4, &hw.matmul_stream_flops, &hw.matmul_stream_call_s},
+                                   {&r.stream32, &hw.matmul_stream32_flops, &hw.matmul_stream32_call_s}}) {
+    if (s == &r.stream32 && s->flops <= 0) continue;  // not in an older bench file: the hardware file's own
+    set_rate(flops, r.type, s->flops);
+    set_rate(call_s, r.type, s->call_s);
   }
   hw.attention_flops = r.attention_flops;
   hw.attention_batch_flops = r.attention_batch_flops;

@@ -30,13 +30,16 @@
 
 namespace kvp::cli {
 
+// Weight products streamed from memory: FLOP/s, and each call's fixed cost beyond them.
+struct StreamRate {
+  double flops = 0, call_s = 0;
+};
+
 // A weight type's matrix-product rates and the attention rates, as the hardware file holds them.
 struct ProbedRates {
   std::string type;
   double matmul_flops = 0;
-  double stream_flops = 0, stream_call_s = 0;    // 4 rows
-  double stream1_flops = 0, stream1_call_s = 0;  // 1 row
-  double stream32_flops = 0, stream32_call_s = 0;  // 32 rows
+  StreamRate stream1, stream4, stream32;  // 1, 4 and 32 rows (stream32 0: not measured)
   double attention_flops = 0, attention_batch_flops = 0, evict_slot_s = 0;
 };
 
@@ -51,10 +54,7 @@ class HardwareProbe {
 
   double read_bandwidth();
   double matmul_flops(WeightType type);  // 32 rows, one matrix in cache
-  struct Stream {
-    double flops, call_s;
-  };
-  Stream stream_rate(WeightType type, int rows);  // streamed from memory
+  StreamRate stream_rate(WeightType type, int rows);  // streamed from memory
   struct Attention {
     double flops, evict_slot_s;
   };
