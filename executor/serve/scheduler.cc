@@ -191,9 +191,11 @@ void Scheduler::finish(Active& a, const std::string& reason) {
               .completion_tokens = static_cast<int>(a.generated.size())};
   backend_.close_sequence(a.seq);
   const int64_t held = a.job->steady_bytes + (a.prefilling() ? a.job->scratch_bytes : 0);
-  std::shared_ptr<Job> job = std::move(a.job);
+  std::shared_ptr<Job> job;
   {
+    // snapshot() reads every active request's job under the lock: it leaves `a` only here.
     std::lock_guard lock(mu_);
+    job = std::move(a.job);
     in_use_ -= held;
     --running_;
     active_[a.seq].reset();  // `a` is gone
