@@ -6,13 +6,15 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_dir=${KVPLAN_BUILD_DIR:-$root/build}
 
-"$root/tools/setup.sh"
+# shellcheck source=tools/phase.sh
+source "$root/tools/phase.sh"
+kvp_phase setup "$root/tools/setup.sh"
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
   # shellcheck disable=SC2086
-  cmake -S "$root" -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release ${KVPLAN_CMAKE_ARGS:-} \
+  kvp_phase configure cmake -S "$root" -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release ${KVPLAN_CMAKE_ARGS:-} \
     >"$build_dir.configure.log" 2>&1 || { cat "$build_dir.configure.log" >&2; exit 1; }
   rm -f "$build_dir.configure.log"
 fi
-cmake --build "$build_dir" -j"$(nproc)"
+kvp_phase build cmake --build "$build_dir" -j"$(nproc)"

@@ -5,5 +5,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_dir=${KVPLAN_BUILD_DIR:-$root/build}
 
+# shellcheck source=tools/phase.sh
+source "$root/tools/phase.sh"
 "$root/tools/build.sh"
-ctest --test-dir "$build_dir" -j"$(nproc)" --output-on-failure "$@"
+kvp_phase test ctest --test-dir "$build_dir" -j"$(nproc)" --output-on-failure "$@"

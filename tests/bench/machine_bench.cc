@@ -8,11 +8,13 @@
 #include <cstring>
 #include <vector>
 
+#include "tests/bench/bench_sizes.h"
+
 namespace kvp {
 namespace {
 
 void BM_MemcpyBandwidth(benchmark::State& state) {
-  const size_t bytes = size_t{256} << 20;
+  const size_t bytes = bench::buffer_bytes(size_t{256} << 20);
   std::vector<char> a(bytes, 1), b(bytes, 2);
   for (auto _ : state) {
     std::memcpy(b.data(), a.data(), bytes);

@@ -15,6 +15,7 @@
 
 #include "common/thread_pool.h"
 #include "executor/cpu/dot_kernels.h"
+#include "tests/bench/bench_sizes.h"
 
 namespace kvp {
 namespace {
@@ -22,7 +23,7 @@ namespace {
 // Reads 1 GiB (far beyond the caches) with vector loads, on `threads` threads.
 void BM_ReadBandwidth(benchmark::State& state) {
   const int threads = static_cast<int>(state.range(0));
-  const size_t n = (size_t{1} << 30) / sizeof(float);
+  const size_t n = bench::buffer_bytes(size_t{1} << 30) / sizeof(float);
   std::vector<float> a(n, 1.0f);
   ThreadPool pool(threads);
   for (auto _ : state) {
@@ -58,7 +59,8 @@ BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseR
 void BM_Matmul(benchmark::State& state) {
   const WeightType type = static_cast<WeightType>(state.range(0));
   const int threads = static_cast<int>(state.range(1));
-  const int64_t cols = 2048, rows = (state.range(2) << 20) / static_cast<int64_t>(row_bytes(type, cols));
+  const int64_t cols = 2048,
+                rows = int64_t(bench::buffer_bytes(size_t(state.range(2)) << 20)) / static_cast<int64_t>(row_bytes(type, cols));
   std::vector<float> values(size_t(rows * cols));
   uint32_t h = 1;
   for (float& v : values) v = static_cast<float>(int32_t(h = h * 1664525u + 1013904223u) >> 8) * 0x1p-30f;  // fast, non-trivial
@@ -95,7 +97,7 @@ void BM_MatmulBatch(benchmark::State& state) {
   uint32_t h = 1;
   for (float& v : values) v = static_cast<float>(int32_t(h = h * 1664525u + 1013904223u) >> 8) * 0x1p-30f;
   const std::vector<std::byte> one = quantize(values, rows, cols, type);
-  const int copies = static_cast<int>(std::max<size_t>(2, (size_t{256} << 20) / one.size()));
+  const int copies = static_cast<int>(std::max<size_t>(2, bench::buffer_bytes(size_t{256} << 20) / one.size()));
   std::vector<std::byte> all(one.size() * copies);
   for (int c = 0; c < copies; ++c) std::copy(one.begin(), one.end(), all.begin() + c * one.size());
   std::vector<float> x(size_t(batch) * cols, 0.5f), y(size_t(batch) * rows);

@@ -41,12 +41,13 @@ Head random_head(const Case& c, uint32_t seed) {
   return h;
 }
 
-struct Result {
+struct AttendResult {
   std::vector<float> out, weights, softmax;
 };
 
-Result run(const Case& c, const Head& h) {
-  Result r{std::vector<float>(size_t(c.group) * c.head_dim), std::vector<float>(c.n + 17), std::vector<float>(2 * c.group)};
+AttendResult run(const Case& c, const Head& h) {
+  AttendResult r{std::vector<float>(size_t(c.group) * c.head_dim), std::vector<float>(c.n + 17),
+                 std::vector<float>(2 * c.group)};
   Aligned64Vector<float> scratch(c.n + 17);
   slot_attention(h.q.data(), c.group, SlotKv{.k = h.k.data(), .v = h.v.data(), .capacity = c.capacity, .n_used = c.n,
                                              .head_dim = c.head_dim},
@@ -61,7 +62,7 @@ class SlotAttention : public ::testing::TestWithParam<Case> {};
 TEST_P(SlotAttention, MatchesADoublePrecisionSoftmaxAttention) {
   const Case c = GetParam();
   const Head h = random_head(c, 7);
-  const Result r = run(c, h);
+  const AttendResult r = run(c, h);
   std::vector<double> weight_sum(c.n + 1, 0.0);
   for (int g = 0; g < c.group; ++g) {
     const float* q = h.q.data() + size_t(g) * c.head_dim;
@@ -120,7 +121,7 @@ TEST_P(SlotAttention, GivesTheSameBitsWhereverTheSlotsSit) {
       moved.v[slot_element(wide.capacity, c.head_dim, d, j)] = h.v[slot_element(c.capacity, c.head_dim, d, j)];
     }
   }
-  const Result a = run(c, h), b = run(wide, moved);
+  const AttendResult a = run(c, h), b = run(wide, moved);
   EXPECT_EQ(a.out, b.out);
   EXPECT_EQ(a.weights, b.weights);
   EXPECT_EQ(a.softmax, b.softmax);

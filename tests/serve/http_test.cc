@@ -33,9 +33,9 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = asio::ip::tcp;
 using nlohmann::json;
+using test::default_config;
 using test::default_model;
 
-const ModelConfig& config() { return default_model().weights.config(); }
 
 struct Reply {
   int status = 0;
@@ -148,7 +148,8 @@ std::string text_of(const std::vector<int32_t>& prompt, const std::vector<int32_
 ServedPlan vatp_plan(const std::string& name, int budget) {
   const PolicyParams params = published_defaults("vatp", budget);
   auto policy = make_policy("vatp", params);
-  KvBudgets b = KvBudgets::uniform(config().n_layers, config().n_kv_heads, config().head_dim(), budget);
+  const ModelConfig& c = default_config();
+  KvBudgets b = KvBudgets::uniform(c.n_layers, c.n_kv_heads, c.head_dim(), budget);
   b.aux_floats_per_slot = (*policy)->aux_floats_per_slot();
   return ServedPlan{
       .name = name, .path = "", .budgets = b, .policy = std::shared_ptr<const Policy>(std::move(*policy))};
@@ -175,10 +176,10 @@ class Server {
                                          ServiceOptions{.model_id = "stories260K",
                                                         .plans = std::move(plans),
                                                         .chat_template = chat,
-                                                        .context = config().seq_len,
-                                                        .n_layers = config().n_layers,
-                                                        .n_kv_heads = config().n_kv_heads,
-                                                        .head_dim = config().head_dim(),
+                                                        .context = default_config().seq_len,
+                                                        .n_layers = default_config().n_layers,
+                                                        .n_kv_heads = default_config().n_kv_heads,
+                                                        .head_dim = default_config().head_dim(),
                                                         .pool_policy = so.pool_policy});
     if (load) this->load();
   }
@@ -532,7 +533,7 @@ TEST(ServeHttp, HealthModelsSlotsAndMetrics) {
   } while (slots["slots"][0]["completion_tokens"] < 2);
   EXPECT_EQ(slots["slots"][0]["plan"], "vatp40");
   EXPECT_EQ(slots["slots"][0]["policy"], "vatp");
-  EXPECT_EQ(slots["slots"][0]["budget_slots"], 40 * config().n_layers * config().n_kv_heads);
+  EXPECT_EQ(slots["slots"][0]["budget_slots"], 40 * default_config().n_layers * default_config().n_kv_heads);
   EXPECT_EQ(slots["kv_bytes_allocated"], vatp_plan("x", 40).budgets.kv_bytes());
   // Positions run: the prompt's two, and each generated token but the newest.
   EXPECT_EQ(slots["slots"][0]["position"].get<int>(), 2 + slots["slots"][0]["completion_tokens"].get<int>() - 1);
@@ -561,7 +562,7 @@ TEST(ServeHttp, ChatCompletionsRenderTheTemplate) {
   Job job;
   job.prompt = std::get<std::vector<int32_t>>(render_chat(ChatTemplate::kLlama2, messages, default_model().tokenizer));
   job.max_tokens = 30;
-  job.budgets = KvBudgets::uniform(config().n_layers, config().n_kv_heads, config().head_dim(),
+  job.budgets = KvBudgets::uniform(default_config().n_layers, default_config().n_kv_heads, default_config().head_dim(),
                                    static_cast<int>(job.prompt.size()) + 29);
   const std::vector<int32_t> tokens = alone(job);
   EXPECT_EQ(out["choices"][0]["message"]["content"], text_of(job.prompt, tokens));

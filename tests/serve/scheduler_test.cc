@@ -21,12 +21,13 @@
 namespace kvp::serve {
 namespace {
 
+using test::default_config;
 using test::default_model;
 
-const ModelConfig& config() { return default_model().weights.config(); }
 
 KvBudgets uniform(int budget, const Policy* policy) {
-  KvBudgets b = KvBudgets::uniform(config().n_layers, config().n_kv_heads, config().head_dim(), budget);
+  const ModelConfig& c = default_config();
+  KvBudgets b = KvBudgets::uniform(c.n_layers, c.n_kv_heads, c.head_dim(), budget);
   b.aux_floats_per_slot = policy ? policy->aux_floats_per_slot() : 0;
   return b;
 }
@@ -43,7 +44,7 @@ std::vector<int32_t> natural_prompt(int n) {
   Decoder decoder(backend);
   GenerateOptions options{.steps = n - 1};
   options.stop_at_eos = false;
-  return generate(decoder, {{kBosToken}}, {full_cache_budgets(config(), n)}, options).tokens[0];
+  return generate(decoder, {{kBosToken}}, {full_cache_budgets(default_config(), n)}, options).tokens[0];
 }
 
 struct Spec {
@@ -349,8 +350,8 @@ TEST(SchedulerOnTheEmulatedGpu, PrefillEvictCutsWhereKvplanRunCuts) {
 TEST(GpuPoolEmulated, ClosedRangesAreReusedAndMerged) {
   GpuBackend gpu(default_model().weights, make_emulated_device());
   const std::shared_ptr<const Policy> p = policy("h2o", 32);
-  const int64_t slot = uniform(1, p.get()).kv_bytes() / (config().n_layers * config().n_kv_heads);
-  const int heads = config().n_layers * config().n_kv_heads;
+  const int64_t slot = uniform(1, p.get()).kv_bytes() / (default_config().n_layers * default_config().n_kv_heads);
+  const int heads = default_config().n_layers * default_config().n_kv_heads;
   // Room for 100 slots per head.
   gpu.reset_pool(4, slot * heads * 100, KvDtype::kF32, p);
   gpu.open_sequence(0, uniform(40, p.get()), p);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -44,8 +45,29 @@ const LoadedModel& default_model() {
   return *model;
 }
 
+const ModelConfig& default_config() { return default_model().weights.config(); }
+
 std::string shared_model_dir() {
-  return fs::path(default_model().files.model_path).parent_path().parent_path().string();
+  const std::vector<std::string> dirs = model_search_dirs();
+  std::error_code ec;
+  for (const std::string& dir : dirs) {
+    if (dir != embedded_model_dir() && fs::is_directory(dir, ec)) return fs::absolute(dir, ec).string();
+  }
+  return "";
+}
+
+std::string missing_fixture(const std::string& relative) {
+  const std::string dir = shared_model_dir();
+  std::error_code ec;
+  if (!dir.empty() && fs::exists(fs::path(dir) / relative, ec)) return "";
+  return "test fixture " + relative + " not found" + (dir.empty() ? "" : " in " + dir) +
+         ": put the project's shared models folder (stories260K/, llama-2-tiny-random/, vocab/) at "
+         "../shared/models beside the checkout, or point KVPLAN_MODEL_DIR at one";
+}
+
+bool in_ci() {
+  const char* ci = std::getenv("CI");
+  return ci != nullptr && *ci != '\0' && std::string(ci) != "false" && std::string(ci) != "0";
 }
 
 const Oracle& default_model_oracle() {

@@ -12,17 +12,35 @@ namespace kvp::test {
 
 // stories260K, loaded once; a test fails (not skips) when it cannot be found.
 const LoadedModel& default_model();
+const ModelConfig& default_config();  // default_model()'s shape
 
-// The greedy oracle of ../shared/models/stories260K/README.md: the first token ids and the text.
+// The greedy oracle of models/stories260K/README.md: the first token ids and the text.
 struct Oracle {
   std::vector<int32_t> first_ids;
   std::string text;
 };
 const Oracle& default_model_oracle();
 
-// The folder that holds the shared test models (stories260K/, llama-2-tiny-random/, vocab/): the
-// parent of the default model's folder.
+// The test fixtures that do not ship with the repository (stories260K/stories260K.gguf,
+// llama-2-tiny-random/, vocab/) live in the first model directory after the embedded one that
+// exists: $KVPLAN_MODEL_DIR, else ../shared/models (model_search_dirs). Empty when there is none.
 std::string shared_model_dir();
+
+// "" when `relative` exists under shared_model_dir(); else what is missing and where to get it.
+std::string missing_fixture(const std::string& relative);
+
+// CI sets CI=true: there a missing fixture fails the test instead of skipping it.
+bool in_ci();
+
+// A test that needs a fixture starts with KVP_REQUIRE_FIXTURE("vocab/ggml-vocab-gpt-2.gguf"): it
+// skips, saying what is missing, on a clone with nothing beside it, and fails under CI.
+#define KVP_REQUIRE_FIXTURE(relative)                                                      \
+  do {                                                                                     \
+    if (const std::string kvp_missing = ::kvp::test::missing_fixture(relative); !kvp_missing.empty()) { \
+      if (::kvp::test::in_ci()) FAIL() << kvp_missing;                                     \
+      GTEST_SKIP() << kvp_missing;                                                         \
+    }                                                                                      \
+  } while (0)
 
 // A fresh empty directory under the test temp dir, removed at exit.
 std::string make_temp_dir(const std::string& tag);

@@ -47,8 +47,6 @@ struct BenchFlags {
 // Room a full-cache cell leaves for its timed steps (when --steps is smaller).
 constexpr int kFullSteps = 32;
 
-double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
 Status run_bench(const BenchFlags &flags) {
   if (flags.out.empty()) return make_error("--out: the bench.json to write is required");
   if (flags.steps < 1) return make_error("--steps: expected at least 1, found {}", flags.steps);

@@ -17,7 +17,7 @@ struct CheckFlags {
   bool json = false;
 };
 
-struct Row {
+struct CheckRow {
   std::string metric;
   double predicted = 0, low = 0, high = 0, measured = 0;
   bool has_interval = false;
@@ -43,8 +43,8 @@ Status check(const CheckFlags& flags) {
                       "kvplan eval --plan {}", flags.measured, m.compression.label(), flags.plan,
                       plan.compression.label(), flags.plan);
   }
-  std::vector<Row> rows;
-  rows.push_back(Row{.metric = "kv_bytes_per_sequence",
+  std::vector<CheckRow> rows;
+  rows.push_back(CheckRow{.metric = "kv_bytes_per_sequence",
                      .predicted = static_cast<double>(plan.kv_bytes_per_sequence),
                      .measured = static_cast<double>(m.kv_bytes_per_sequence),
                      .ok = plan.kv_bytes_per_sequence == m.kv_bytes_per_sequence});
@@ -52,7 +52,7 @@ Status check(const CheckFlags& flags) {
   auto metric = [&](const std::string& name, const std::string& low, const std::string& high, double measured) {
     const auto p = plan.predicted.find(name);
     if (p == plan.predicted.end()) return;
-    Row r{.metric = name, .predicted = p->second, .measured = measured};
+    CheckRow r{.metric = name, .predicted = p->second, .measured = measured};
     if (plan.predicted.count(low) && plan.predicted.count(high)) {
       r.has_interval = true;
       r.low = plan.predicted.at(low), r.high = plan.predicted.at(high);
@@ -68,7 +68,7 @@ Status check(const CheckFlags& flags) {
   if (flags.json) {
     nlohmann::json j = {{"plan", flags.plan}, {"measured", flags.measured}, {"memory_exact", memory_ok},
                         {"calibrated", calibrated}, {"calibration_range", range_note}};
-    for (const Row& r : rows) {
+    for (const CheckRow& r : rows) {
       nlohmann::json e = {{"predicted", r.predicted}, {"measured", r.measured}, {"ok", r.ok}};
       if (r.has_interval) e["interval"] = {r.low, r.high};
       j["metrics"][r.metric] = e;
@@ -77,7 +77,7 @@ Status check(const CheckFlags& flags) {
   } else {
     std::printf("%s (%s) against %s (%s, %d sequences)\n\n| metric | predicted | measured | |\n|---|---|---|---|\n",
                 flags.plan.c_str(), plan.policy.c_str(), flags.measured.c_str(), m.corpus.c_str(), m.n_sequences);
-    for (const Row& r : rows) {
+    for (const CheckRow& r : rows) {
       if (r.metric == "kv_bytes_per_sequence") {
         std::printf("| KV bytes per sequence | %.0f | %.0f | %s |\n", r.predicted, r.measured,
                     r.ok ? "exact" : "MISMATCH");

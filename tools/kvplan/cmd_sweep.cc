@@ -37,7 +37,7 @@ struct SweepFlags {
   int threads = 0;
 };
 
-struct Row {
+struct SweepRow {
   std::string policy, allocation;
   int budget;  // average slots per layer and head (the memory level)
   std::vector<int32_t> layer_budgets;  // per layer (greedy-head: the mean over the layer's KV heads)
@@ -122,14 +122,14 @@ Status sweep(const SweepFlags& flags) {
   KVP_ASSIGN_OR_RETURN(std::unique_ptr<ReplayEngine> engine, ReplayEngine::create(trace, threads));
   const TraceModelShape& m = trace.model();
   const int32_t longest = engine->max_length();
-  std::vector<Row> rows;
+  std::vector<SweepRow> rows;
   // Each configuration of a batch keeps its step energies when asked; written once the batch is done.
   auto keep_steps = [&](ReplayConfig& c) {
     if (!flags.step_energies.empty()) c.step_energies = std::make_shared<StepEnergies>();
   };
   auto write_steps = [&](const std::vector<ReplayConfig>& configs, size_t first_row) -> Status {
     for (size_t i = 0; i < configs.size() && !flags.step_energies.empty(); ++i) {
-      const Row& r = rows[first_row + i];
+      const SweepRow& r = rows[first_row + i];
       KVP_RETURN_IF_ERROR(write_step_energies(flags.step_energies, fmt::format("{}-{}-{}", r.policy, r.allocation, r.budget),
                                               *configs[i].step_energies, m.n_layers));
     }
@@ -161,7 +161,7 @@ Status sweep(const SweepFlags& flags) {
                          .head_energy = heads_here,
                          .compression = variant.layers});
       keep_steps(configs.back());
-      rows.push_back(Row{.policy = variant.label, .allocation = "uniform", .budget = budget,
+      rows.push_back(SweepRow{.policy = variant.label, .allocation = "uniform", .budget = budget,
                          .layer_budgets = std::vector<int32_t>(m.n_layers, budget),
                          .kv_bytes = plan.kv_bytes_per_sequence, .plan = plan});
       levels.emplace_back(budget, params);
@@ -170,7 +170,7 @@ Status sweep(const SweepFlags& flags) {
     std::vector<ReplayResult> results = engine->run_batch(configs);
     KVP_RETURN_IF_ERROR(write_steps(configs, first));
     for (size_t i = 0; i < results.size(); ++i) {
-      Row& row = rows[first + i];
+      SweepRow& row = rows[first + i];
       row.replay = std::move(results[i]);
       for (int l = 0; l < m.n_layers; ++l) {
         curves[l].budgets.push_back(row.budget);
@@ -204,7 +204,7 @@ Status sweep(const SweepFlags& flags) {
                          .budgets = plan.budgets,
                          .compression = variant.layers});
       keep_steps(configs.back());
-      rows.push_back(Row{.policy = variant.label, .allocation = allocation, .budget = budget, .layer_budgets = layer_budgets,
+      rows.push_back(SweepRow{.policy = variant.label, .allocation = allocation, .budget = budget, .layer_budgets = layer_budgets,
                          .kv_bytes = plan.kv_bytes_per_sequence, .plan = std::move(plan)});
     };
     // The smallest budget a level's policy runs with (sinks + recent, + kvcrush's period).
@@ -252,7 +252,7 @@ Status sweep(const SweepFlags& flags) {
     progress.update(done, fmt::format("{}: allocated plans", variant.label));
   }
   progress.finish(done);
-  for (Row& r : rows) {
+  for (SweepRow& r : rows) {
     r.plan.provenance["tool"] = std::string("kvplan ") + KVP_VERSION;
     r.plan.provenance["trace"] = flags.trace;
     r.plan.provenance["allocation"] = r.allocation;
@@ -266,21 +266,21 @@ Status sweep(const SweepFlags& flags) {
   if (!flags.plans_out.empty()) {
     std::filesystem::create_directories(flags.plans_out, ec);
     if (ec) return make_error("{}: cannot create: {}", flags.plans_out, ec.message());
-    for (const Row& r : rows) {
+    for (const SweepRow& r : rows) {
       KVP_RETURN_IF_ERROR(r.plan.save(
           (std::filesystem::path(flags.plans_out) / fmt::format("{}-{}-{}.yaml", r.policy, r.allocation, r.budget)).string()));
     }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   int64_t head_steps = 0;
-  for (const Row& r : rows) head_steps += r.replay.head_steps;
+  for (const SweepRow& r : rows) head_steps += r.replay.head_steps;
 
   std::string csv = "policy,allocation,budget,layer_budgets,kv_bytes_per_sequence,resid_energy,rel_error,retained_mass,replay_cpu_s";
   if (calibration) {
     csv += ",pred_delta_nll,pred_delta_nll_low,pred_delta_nll_high,pred_top1,pred_top1_low,pred_top1_high,in_calibrated_range";
   }
   csv += "\n";
-  for (const Row& r : rows) {
+  for (const SweepRow& r : rows) {
     csv += fmt::format("{},{},{},{},{},{:.8f},{:.8f},{:.8f},{:.4f}", r.policy, r.allocation, r.budget,
                        budgets_text(r.plan), r.kv_bytes, r.replay.total_resid_energy(),
                        r.replay.mean_rel_error(), r.replay.mean_retained_mass(), r.replay.cpu_seconds);
@@ -298,7 +298,7 @@ Status sweep(const SweepFlags& flags) {
       "mass the kept tokens hold.\n\n### Residual energy (uniform budgets)\n\n",
       flags.trace, engine->n_sequences(), engine->decode_steps(), rows.size(), seconds, head_steps / seconds / 1e6, threads);
   md += policy_budget_table(policies, budgets, [&](const std::string& p, int b) {
-    for (const Row& r : rows) {
+    for (const SweepRow& r : rows) {
       if (r.policy == p && r.allocation == "uniform" && r.budget == std::min<int>(b, longest)) {
         return fmt::format("{:.4f}", r.replay.total_resid_energy());
       }
@@ -309,7 +309,7 @@ Status sweep(const SweepFlags& flags) {
     md += fmt::format("\n### Predicted ΔNLL, nats/token (uniform budgets; calibration `{}`, {:.0f}% intervals; * outside "
                       "the calibrated range)\n\n", flags.calibration, 100 * calibration->coverage);
     md += policy_budget_table(policies, budgets, [&](const std::string& p, int b) {
-      for (const Row& r : rows) {
+      for (const SweepRow& r : rows) {
         if (r.policy == p && r.allocation == "uniform" && r.budget == std::min<int>(b, longest) && r.prediction) {
           return fmt::format("{:.4f} [{:.4f}, {:.4f}]{}", r.prediction->delta_nll, r.prediction->delta_nll_low,
                              r.prediction->delta_nll_high, r.prediction->in_range ? "" : "*");
@@ -319,8 +319,8 @@ Status sweep(const SweepFlags& flags) {
     });
   }
   if (flags.greedy) {
-    auto energy_of = [&](const Row& like, const char* allocation) -> std::string {
-      for (const Row& r : rows) {
+    auto energy_of = [&](const SweepRow& like, const char* allocation) -> std::string {
+      for (const SweepRow& r : rows) {
         if (r.policy == like.policy && r.allocation == allocation && r.budget == like.budget) {
           return fmt::format("{:.4f}", r.replay.total_resid_energy());
         }
@@ -330,7 +330,7 @@ Status sweep(const SweepFlags& flags) {
     md += fmt::format("\n### Greedy per-layer budgets at the same memory (residual energy; budgets per layer)\n\n"
                       "| policy | budget | uniform | greedy |{} greedy budgets |\n|---|---|---|---|{}---|\n",
                       per_head ? " greedy-head |" : "", per_head ? "---|" : "");
-    for (const Row& g : rows) {
+    for (const SweepRow& g : rows) {
       if (g.allocation != "greedy") continue;
       md += fmt::format("| {} | {} | {} | {:.4f} |{} {} |\n", g.policy, g.budget, energy_of(g, "uniform"),
                         g.replay.total_resid_energy(), per_head ? " " + energy_of(g, "greedy-head") + " |" : "",
@@ -340,17 +340,17 @@ Status sweep(const SweepFlags& flags) {
   {
     // The front: each configuration no cheaper one beats (predicted ΔNLL with a calibration, else
     // residual energy), in order of memory: at each memory, the predicted best combination.
-    std::vector<const Row*> order;
-    for (const Row& r : rows) order.push_back(&r);
-    auto error_of = [&](const Row* r) { return r->prediction ? r->prediction->delta_nll : r->replay.total_resid_energy(); };
-    std::stable_sort(order.begin(), order.end(), [&](const Row* a, const Row* b) {
+    std::vector<const SweepRow*> order;
+    for (const SweepRow& r : rows) order.push_back(&r);
+    auto error_of = [&](const SweepRow* r) { return r->prediction ? r->prediction->delta_nll : r->replay.total_resid_energy(); };
+    std::stable_sort(order.begin(), order.end(), [&](const SweepRow* a, const SweepRow* b) {
       return a->kv_bytes != b->kv_bytes ? a->kv_bytes < b->kv_bytes : error_of(a) < error_of(b);
     });
     md += fmt::format("\n### Predicted best at each memory (the Pareto front of KV bytes against {})\n\n"
                       "| KV bytes per sequence | configuration | allocation | budget | {} |\n|---|---|---|---|---|\n",
                       calibration ? "predicted ΔNLL" : "residual energy", calibration ? "predicted ΔNLL" : "energy");
     double best = INFINITY;
-    for (const Row* r : order) {
+    for (const SweepRow* r : order) {
       if (error_of(r) >= best) continue;
       best = error_of(r);
       md += fmt::format("| {} | {} | {} | {} | {:.4f} |\n", r->kv_bytes, r->policy, r->allocation, r->budget, best);

@@ -15,9 +15,10 @@
 #include "planner/policy/slot_attention.h"
 
 namespace kvp::cli {
-namespace {
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+namespace {
 
 constexpr int kSlots = 4129, kHeadDim = 64, kGroup = 8, kHeads = 128;
 

@@ -30,6 +30,9 @@
 
 namespace kvp::cli {
 
+// Seconds on the steady clock, for timing a measurement.
+double now_s();
+
 // Weight products streamed from memory: FLOP/s, and each call's fixed cost beyond them.
 struct StreamRate {
   double flops = 0, call_s = 0;
