@@ -176,7 +176,7 @@ class Backend {
   // Rotates each head of kQ or kK by its row's position (pairs as config().rope_style says).
   virtual void rope(Act qk) = 0;
   // kAttn = causal attention of kQ over the sequence's cache plus this step's kK/kV, which are
-  // then inserted into the cache under the policy (DESIGN §4): a sequence whose cache is empty
+  // then inserted into the cache under the policy (docs/METHODS.md): a sequence whose cache is empty
   // is prefilled — its rows attend each other in full and the result is cut to budget — and
   // otherwise each row attends the cached slots plus itself, updates the scores, and takes a free
   // slot or the victim's. A sequence's rows in a step must be contiguous.

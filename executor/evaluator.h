@@ -1,5 +1,5 @@
 // `kvplan eval`: closed-loop measurement of a cache configuration against the full cache on the
-// same tokens (DESIGN §7). Each sequence's first prompt_len tokens are prefilled (full attention,
+// same tokens (docs/ARCHITECTURE.md). Each sequence's first prompt_len tokens are prefilled (full attention,
 // then the cut to budget); the rest is fed one token at a time under the plan (teacher forcing).
 #pragma once
 

@@ -1,4 +1,4 @@
-// Choosing per-layer budgets under a memory limit (DESIGN §6): greedy on the marginal gains of
+// Choosing per-layer budgets under a memory limit (docs/ARCHITECTURE.md): greedy on the marginal gains of
 // each layer's error curve (its lower convex hull), against uniform and PyramidKV schedules.
 #pragma once
 

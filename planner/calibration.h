@@ -1,4 +1,4 @@
-// Calibration (DESIGN §6): from open-loop replay errors to the accuracy a configuration measures
+// Calibration (docs/ARCHITECTURE.md): from open-loop replay errors to the accuracy a configuration measures
 // closed loop. A configuration's score is s = Σ_l w_l E_l, E_l the residual-stream energy its
 // replay injects at layer l and w_l >= 0 fitted layer weights; then
 //   ΔNLL = s^β                        (monotone in s; the scale lives in the weights)

@@ -200,7 +200,7 @@ CapacitySide side(const ModelSpec& m, const HardwareSpec& hw, const CapacityQuer
   s.batch = q.batch > 0 ? q.batch : s.max_batch;
   if (s.batch == 0) return s;
   const double B = double(s.batch);
-  // A decode step runs its phases one after another (DESIGN §6):
+  // A decode step runs its phases one after another (docs/ARCHITECTURE.md):
   // weight products: every matrix byte is read once for the batch, and 2 FLOPs per parameter and row
   // are done at the kernels' compute-bound rate; the slower of the two.
   const int64_t params = m.parameter_count(), mm_params = matmul_parameters(m);

@@ -1,4 +1,4 @@
-// The memory and capacity model (DESIGN §6): exact KV bytes per sequence from budgets, dtype and
+// The memory and capacity model (docs/ARCHITECTURE.md): exact KV bytes per sequence from budgets, dtype and
 // slot metadata; weight and workspace bytes; the largest batch that fits a device at a context
 // length; and a roofline decode time per step — full cache and plan side by side.
 #pragma once

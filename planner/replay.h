@@ -1,4 +1,4 @@
-// Open-loop replay (DESIGN §6): a policy at given per-layer and per-head budgets over a recorded
+// Open-loop replay (docs/ARCHITECTURE.md): a policy at given per-layer and per-head budgets over a recorded
 // trace, through the same planner/policy code the executor runs (layer_step, cut_prefill), with
 // the recorded queries. Measures what each configuration does to attention, without the model.
 //

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Where open-loop replay and closed loop disagree (issue 18, docs/CALIBRATION.md): one-layer probes
+# Where open-loop replay and closed loop disagree (docs/VALIDATION.md): one-layer probes
 # of the close competitors (window, tova, h2o, vatp, vatp with the mean base; each layer in turn at
 # 16 and 48 slots, the others whole) measured closed loop on validate_calibration.sh's corpus A, and
 # each probe's log(measured / predicted) under that run's layer map, per policy and layer, next to

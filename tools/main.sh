@@ -5,7 +5,8 @@
 #   2. record a full-cache trace of the workload;
 #   3. measure a few configurations closed loop and calibrate replay error against them;
 #   4. plan VATP at half the full-cache memory (per-layer budgets from replay, with predictions);
-#   5. run the plan on the held-out sequences and print predicted against measured.
+#   5. run the plan on the held-out sequences and print predicted against measured;
+#   6. plot measured ΔNLL against KV bytes for every configuration, and the plan (main-job.png).
 # Work files go to $KVPLAN_WORK_DIR (default: a new temporary directory, printed at the end).
 #
 #   tools/main.sh [--model M]   M: any model kvplan run takes (a .gguf, a Hugging Face folder, a name)
@@ -62,6 +63,10 @@ step "5. run the plan on the held-out sequences: predicted against measured"
 "$k" check --plan "$work/plan.yaml" --measured "$work/measured.yaml"
 echo
 "$k" run "${model[@]}" --plan "$work/plan.yaml" --prompt "Once upon a time" --steps 200
+
+if /usr/bin/python3 -c 'import matplotlib, yaml' 2>/dev/null; then
+  /usr/bin/python3 "$root/tools/plot_main.py" "$work" "$work/main-job.png"  # ΔNLL against KV bytes, and the plan
+fi
 
 elapsed_ms=$((($(date +%s%N) - start) / 1000000))
 printf '\nthe loop took %d.%d s; files in %s\n' $((elapsed_ms / 1000)) $((elapsed_ms % 1000 / 100)) "$work"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 18's study (docs/CALIBRATION.md "Along the sequence"): after tools/validate_calibration.sh,
+# The disagreement study (docs/VALIDATION.md "Why replay and closed loop disagree"): after tools/validate_calibration.sh,
 #   1. replays every grid configuration on A's trace keeping each decode step's residual energy
 #      (sweep --step-energies), VATP's mean base too;
 #   2. measures the competitive policies' uniform configurations closed loop with each predicted token's

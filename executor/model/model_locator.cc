@@ -75,8 +75,11 @@ std::string_view model_format_name(ModelFormat format) {
   return "?";
 }
 
+std::string embedded_model_dir() { return (fs::path(KVP_SOURCE_DIR) / "models").string(); }
+
 std::vector<std::string> model_search_dirs() {
   std::vector<std::string> dirs;
+  dirs.push_back(embedded_model_dir());
   if (const char* env = std::getenv("KVPLAN_MODEL_DIR"); env && *env) dirs.emplace_back(env);
   dirs.push_back((fs::path(KVP_SOURCE_DIR).parent_path() / "shared" / "models").string());
   dirs.emplace_back("../shared/models");

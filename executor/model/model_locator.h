@@ -1,9 +1,9 @@
 // Finding a model and its tokenizer from what the user typed (or nothing), and loading it.
 //
 // `--model` may be empty (the default model, stories260K), a model name looked up in the model
-// directories, a directory, or a file. The model directories are $KVPLAN_MODEL_DIR, then
-// ../shared/models beside the source tree, then ../shared/models and shared/models relative to the
-// working directory; a name is a folder there (stories260K) or a file in one of their folders
+// directories, a directory, or a file. The model directories are the repository's own models/
+// (the embedded default model), then $KVPLAN_MODEL_DIR, then ../shared/models beside the source
+// tree, then ../shared/models and shared/models relative to the working directory; a name is a folder there (stories260K) or a file in one of their folders
 // (stories260K.gguf). A directory is a Hugging Face folder when it has a config.json; otherwise it
 // holds one llama2.c checkpoint (*.bin that is not a tokenizer), preferred, or one .gguf file. A
 // file is GGUF when it starts with "GGUF", else a llama2.c checkpoint. The tokenizer is
@@ -32,6 +32,8 @@ struct ModelFiles {
   std::vector<std::string> weight_files;  // every file the weights come from (the fingerprint's)
 };
 
+// The repository's models/ folder, which holds the default model.
+std::string embedded_model_dir();
 std::vector<std::string> model_search_dirs();
 
 Result<ModelFiles> locate_model(const std::string& model_arg, const std::string& tokenizer_arg);

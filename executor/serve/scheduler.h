@@ -2,7 +2,7 @@
 // request; between steps it admits waiting requests whose cache fits the pool, prefills them in
 // chunks beside the others' decode rows, and frees a finished or cancelled request's cache at once.
 //
-// Admission uses the memory model's bytes (KvBudgets, DESIGN §6): a request is admitted when the
+// Admission uses the memory model's bytes (KvBudgets, docs/ARCHITECTURE.md): a request is admitted when the
 // bytes in use plus its steady cache plus its prompt's prefill scratch fit `kv_memory`. In use:
 // each running request's cache, plus its scratch while its prompt is still being prefilled. So
 // with requests of equal shape, at most floor((kv_memory - scratch) / steady) run at once (what

@@ -63,7 +63,7 @@ struct KvBudgets {
   // Bytes of one sequence's cache: Σ head_bytes(), total_slots() * slot_bytes() when dense.
   int64_t kv_bytes() const;
 
-  // The prefill's scratch for a prompt of `prompt_len` tokens (DESIGN §6, the prefill transient):
+  // The prefill's scratch for a prompt of `prompt_len` tokens (docs/ARCHITECTURE.md, the prefill transient):
   // every head holds the whole prompt until it is cut to budget, or with --prefill-evict chunks
   // of `evict_chunk` rows (> 0) at most its budget plus one chunk. The peak KV of a sequence is
   // kv_bytes() + prefill_scratch(...).kv_bytes(). The scratch is dense; under ThinK it also holds

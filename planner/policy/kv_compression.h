@@ -1,5 +1,5 @@
 // ThinK (key channels dropped, query-driven) and Mustafar (per-vector magnitude sparsity) on the
-// tokens a policy keeps (DESIGN §4.3): how much of each cached key and value a layer stores, the
+// tokens a policy keeps (docs/METHODS.md): how much of each cached key and value a layer stores, the
 // byte layout of one head that does so, and the operations on it — store, attention, the choice
 // of channels and elements. One implementation for the executor's CPU cache and the planner's
 // replay, as layer_step is.

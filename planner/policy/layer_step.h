@@ -1,4 +1,4 @@
-// One token through one layer's KV-head caches, and the prefill of a prompt: the step of DESIGN §4
+// One token through one layer's KV-head caches, and the prefill of a prompt: the step of docs/METHODS.md
 // written once, for the executor's CPU cache and the planner's replay alike.
 #pragma once
 

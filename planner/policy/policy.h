@@ -1,5 +1,5 @@
 // Token-eviction policies: one implementation, used by the planner's replay and by the executor's
-// cache, so both make the same decisions on the same attention (DESIGN §4).
+// cache, so both make the same decisions on the same attention (docs/METHODS.md).
 //
 // A policy sees one KV head's slots as plain arrays and decides three things: the score a token
 // starts with when it enters the cache, how a query's attention updates the scores of the cached

@@ -121,6 +121,7 @@ std::vector<Edit> edits() {
 class GgufBadInput : public ::testing::TestWithParam<Edit> {};
 
 TEST(GgufReader, TheUneditedFileLoads) {
+  KVP_REQUIRE_FIXTURE("stories260K/stories260K.gguf");
   const std::string path = test::make_temp_dir("gguf") + "/ok.gguf";
   test::write_bytes(path, original());
   auto m = load_gguf(path);
@@ -129,6 +130,7 @@ TEST(GgufReader, TheUneditedFileLoads) {
 }
 
 TEST_P(GgufBadInput, OneLineErrorNamingTheFileAndField) {
+  KVP_REQUIRE_FIXTURE("stories260K/stories260K.gguf");
   std::string bytes = original();
   GetParam().edit(bytes);
   const std::string path = test::make_temp_dir("gguf") + "/bad.gguf";
@@ -145,6 +147,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, GgufBadInput, ::testing::ValuesIn(edits()),
                          [](const auto& info) { return info.param.name; });
 
 TEST(GgufReader, NanWeightsLoadWhenTheScanIsSkipped) {
+  KVP_REQUIRE_FIXTURE("stories260K/stories260K.gguf");
   std::string bytes = original();
   put<uint32_t>(bytes, bytes.size() - 4, 0x7fc00000);
   const std::string path = test::make_temp_dir("gguf") + "/nan.gguf";
@@ -154,6 +157,7 @@ TEST(GgufReader, NanWeightsLoadWhenTheScanIsSkipped) {
 }
 
 TEST(GgufReader, VersionTwoIsRead) {
+  KVP_REQUIRE_FIXTURE("stories260K/stories260K.gguf");
   std::string bytes = original();
   put<uint32_t>(bytes, 4, 2);
   const std::string path = test::make_temp_dir("gguf") + "/v2.gguf";

@@ -62,6 +62,7 @@ std::vector<int32_t> greedy(const ModelWeights& w, const std::vector<int32_t>& p
 }
 
 TEST(Stories260KGguf, ReadsTheSameShapeAsTheLlama2cFile) {
+  KVP_REQUIRE_FIXTURE("stories260K/stories260K.gguf");
   const ModelConfig& g = gguf_model("stories260K/stories260K.gguf").weights.config();
   const ModelConfig& b = default_model().weights.config();
   EXPECT_EQ(g.dim, b.dim);
@@ -77,6 +78,7 @@ TEST(Stories260KGguf, ReadsTheSameShapeAsTheLlama2cFile) {
 }
 
 TEST(Stories260KGguf, TokenizesAsTheLlama2cTokenizer) {
+  KVP_REQUIRE_FIXTURE("stories260K/stories260K.gguf");
   const Tokenizer& g = gguf_model("stories260K/stories260K.gguf").tokenizer;
   for (const char* text : {"Once upon a time", "", "Lily's mom said, \"Don't worry.\"\nThe end.", "naïve café 日本"}) {
     EXPECT_EQ(g.encode(text), default_model().tokenizer.encode(text)) << text;
@@ -85,6 +87,7 @@ TEST(Stories260KGguf, TokenizesAsTheLlama2cTokenizer) {
 }
 
 TEST(Stories260KGguf, LogitsEqualTheLlama2cFilesToF32Rounding) {
+  KVP_REQUIRE_FIXTURE("stories260K/stories260K.gguf");
   const std::vector<int32_t> tokens = default_model().tokenizer.encode("Once upon a time, there was a little girl named Lily.");
   const auto gguf = stepwise_logits(gguf_model("stories260K/stories260K.gguf").weights, tokens);
   const auto bin = stepwise_logits(default_model().weights, tokens);
@@ -97,6 +100,7 @@ TEST(Stories260KGguf, LogitsEqualTheLlama2cFilesToF32Rounding) {
 }
 
 TEST(Stories260KGguf, GreedyFromOnceUponATimeReproducesTheOracle) {
+  KVP_REQUIRE_FIXTURE("stories260K/stories260K.gguf");
   const LoadedModel& m = gguf_model("stories260K/stories260K.gguf");
   const std::vector<int32_t> tokens = greedy(m.weights, m.tokenizer.encode("Once upon a time"), 256);
   EXPECT_EQ(m.tokenizer.decode(tokens), test::default_model_oracle().text);
@@ -107,6 +111,7 @@ nlohmann::json peer(const std::string& file) {
 }
 
 TEST(LlamaTinyRandomGguf, PromptTokensEqualLlamaCpps) {
+  KVP_REQUIRE_FIXTURE("llama-2-tiny-random/llama-2-tiny-random.gguf");
   const LoadedModel& m = gguf_model("llama-2-tiny-random/llama-2-tiny-random.gguf");
   const nlohmann::json cases = peer("peer-greedy.json")["cases"];  // held: a range over a temporary's member dangles
   for (const auto& c : cases) {
@@ -116,6 +121,7 @@ TEST(LlamaTinyRandomGguf, PromptTokensEqualLlamaCpps) {
 }
 
 TEST(LlamaTinyRandomGguf, TeacherForcedLogitsWithinToleranceOfLlamaCpps) {
+  KVP_REQUIRE_FIXTURE("llama-2-tiny-random/llama-2-tiny-random.gguf");
   const LoadedModel& m = gguf_model("llama-2-tiny-random/llama-2-tiny-random.gguf");
   const nlohmann::json p = peer("peer-logits.json");
   std::vector<int32_t> tokens = p["prompt_tokens"].get<std::vector<int32_t>>();
@@ -136,6 +142,7 @@ TEST(LlamaTinyRandomGguf, TeacherForcedLogitsWithinToleranceOfLlamaCpps) {
 }
 
 TEST(LlamaTinyRandomGguf, GreedyTokensEqualLlamaCppsWhereItsMarginIsClear) {
+  KVP_REQUIRE_FIXTURE("llama-2-tiny-random/llama-2-tiny-random.gguf");
   const LoadedModel& m = gguf_model("llama-2-tiny-random/llama-2-tiny-random.gguf");
   const nlohmann::json cases = peer("peer-greedy.json")["cases"];  // held: a range over a temporary's member dangles
   for (const auto& c : cases) {
@@ -159,6 +166,7 @@ TEST(LlamaTinyRandomGguf, GreedyTokensEqualLlamaCppsWhereItsMarginIsClear) {
 }
 
 TEST(LlamaTinyRandomGguf, KeepsF16WeightsAsStored) {
+  KVP_REQUIRE_FIXTURE("llama-2-tiny-random/llama-2-tiny-random.gguf");
   const ModelWeights& w = gguf_model("llama-2-tiny-random/llama-2-tiny-random.gguf").weights;
   EXPECT_EQ(w.layer(0).wq.type, WeightType::kF16);
   EXPECT_EQ(w.token_embedding().type, WeightType::kF16);
@@ -231,6 +239,7 @@ TEST(HfFolder, Bf16CopyStaysOnTheOracleForMostOfTheStory) {
 }
 
 TEST(GgufWriter, F32RoundTripKeepsEveryTensorsBytes) {
+  KVP_REQUIRE_FIXTURE("stories260K/stories260K.gguf");
   const LoadedModel& src = gguf_model("stories260K/stories260K.gguf");
   const std::string path = test::make_temp_dir("gguf") + "/copy.gguf";
   ASSERT_TRUE(save_gguf(path, src.weights, src.tokenizer).ok());

@@ -43,6 +43,7 @@ std::vector<std::vector<int32_t>> read_outputs(const std::string& text) {
 class VocabVectors : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(VocabVectors, EveryInputGivesLlamaCppsIds) {
+  KVP_REQUIRE_FIXTURE("vocab/" + GetParam());
   const std::string path = vocab_dir() + "/" + GetParam();
   auto file = GgufFile::open(path);
   ASSERT_TRUE(file.ok()) << file.error().message();
@@ -82,6 +83,7 @@ namespace {
 // The byte-level BPE path of tokenizer.json (as Llama 3 and Qwen2 ship it: a Split regex, then
 // ByteLevel) against the same llama.cpp vectors: GPT-2's vocabulary written as tokenizer.json.
 TEST(TokenizerJson, ByteLevelBpeGivesLlamaCppsIdsForGpt2) {
+  KVP_REQUIRE_FIXTURE("vocab/ggml-vocab-gpt-2.gguf");
   const std::string path = vocab_dir() + "/ggml-vocab-gpt-2.gguf";
   auto file = GgufFile::open(path);
   ASSERT_TRUE(file.ok()) << file.error().message();

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "common/file_util.h"
+#include "executor/model/gguf_format.h"
 #include "planner/plan/plan.h"
 #include "tests/support/test_support.h"
 
@@ -175,6 +176,7 @@ std::string shared_model(const std::string& relative) {
 }
 
 TEST(Cli, RunsAndInspectsTheGgufByName) {
+  KVP_REQUIRE_FIXTURE("stories260K/stories260K.gguf");
   const test::CliResult r = run_kvplan("run --model stories260K.gguf --prompt 'Once upon a time' --steps 256");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, test::default_model_oracle().text + "\n");
@@ -191,6 +193,8 @@ TEST(Cli, RunsAndInspectsTheGgufByName) {
 }
 
 TEST(Cli, TokenizePrintsIdsAndPieces) {
+  KVP_REQUIRE_FIXTURE("vocab/ggml-vocab-gpt-2.gguf");
+  KVP_REQUIRE_FIXTURE("llama-2-tiny-random/llama-2-tiny-random.gguf");
   const test::CliResult r = run_kvplan("tokenize --model " + shared_model("llama-2-tiny-random/llama-2-tiny-random.gguf") +
                                        " --text 'Once upon a time' --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -244,6 +248,7 @@ TEST(Cli, HelpExplainsEverySubcommand) {
 }
 
 TEST(Cli, ServeRefusesAPlanForAnotherModelAndCapacitySizesItsPool) {
+  KVP_REQUIRE_FIXTURE("llama-2-tiny-random/llama-2-tiny-random.gguf");
   const std::string dir = test::make_temp_dir("serve-cli");
   ASSERT_EQ(run_kvplan("plan --policy vatp --budget 32 --model llama-2-tiny-random --out " + dir + "/other.yaml").exit_code,
             0);
@@ -601,7 +606,9 @@ std::vector<BadInvocation> bad_invocations() {
       {"steps_beyond_context", [](const std::string&) { return "run --steps 100000"; }, "--steps"},
       {"truncated_gguf",
        [](const std::string& d) {
-         test::write_bytes(d + "/t.gguf", test::read_bytes(test::shared_model_dir() + "/stories260K/stories260K.gguf").substr(0, 700000));
+         const LoadedModel& m = test::default_model();  // its GGUF copy, cut inside the tensor data
+         EXPECT_TRUE(save_gguf(d + "/full.gguf", m.weights, m.tokenizer).ok());
+         test::write_bytes(d + "/t.gguf", test::read_bytes(d + "/full.gguf").substr(0, 700000));
          return "run --model " + d + "/t.gguf";
        },
        "t.gguf: tensor"},
