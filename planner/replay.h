@@ -88,6 +88,10 @@ class ReplayEngine {
   // sinks and recent (the prefill does not depend on them). Results equal run() of each.
   std::vector<ReplayResult> run_batch(const std::vector<ReplayConfig>& configs) const;
 
+  // Forgets the layer configurations replayed so far (the memo below; the kept full-cache outputs
+  // stay), so that the next run replays every layer again: what a benchmark of the replay times.
+  void forget_replayed() const { memo_.reset(); }
+
   // Reports the progress of every later run.
   void set_progress(ReplayProgress progress) { progress_ = std::move(progress); }
 

@@ -11,7 +11,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_dir=${KVPLAN_ASAN_BUILD_DIR:-$root/build-asan}
 # shellcheck source=tools/phase.sh
 source "$root/tools/phase.sh"
-kvp_phase setup "$root/tools/setup.sh"
+kvp_phase asan-setup "$root/tools/setup.sh"
 if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
   kvp_phase asan-configure cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" -DKVP_SANITIZE=ON -DKVP_ENABLE_CUDA=OFF \
