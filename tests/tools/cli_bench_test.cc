@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <filesystem>
 #include <string>
 
 #include "common/file_util.h"
@@ -85,7 +86,8 @@ TEST(Cli, BenchTimesStepPartsAndCapacityComparesThem) {
 TEST(Cli, BenchProbesTheRatesBesideEachRepeat) {
   const std::string dir = test::make_temp_dir("benchprobe");
   const test::CliResult b = run_kvplan("bench --batch 1 --context 64 --keep 1,0.5 --steps 2 --min-seconds 0 --repeats 2 "
-                                       "--probe --probe-seconds 0.01 --threads 2 --out " + dir + "/bench.json");
+                                       "--probe --probe-seconds 0.01 --probe-memory 16MiB --threads 2 --out " + dir +
+                                       "/bench.json");
   ASSERT_EQ(b.exit_code, 0) << b.err;
   const nlohmann::json bench = nlohmann::json::parse(*read_file_text(dir + "/bench.json"));
   for (const auto& c : bench["cells"]) {
@@ -105,6 +107,10 @@ TEST(Cli, BenchProbesTheRatesBesideEachRepeat) {
   const test::CliResult cap = run_kvplan("capacity --measured " + dir + "/bench.json --hardware cpu-2core --json");
   ASSERT_EQ(cap.exit_code, 0) << cap.err;
   EXPECT_EQ(nlohmann::json::parse(cap.out)["probed_cells"], 2);
+  // Too little memory to stream is refused before anything runs, with nothing written.
+  test::expect_one_line_error("bench --batch 1 --context 64 --probe --probe-memory 1KiB --out " + dir + "/small.json",
+                              "--probe-memory: 1024 bytes is too little to stream");
+  EXPECT_FALSE(std::filesystem::exists(dir + "/small.json"));
 }
 
 }  // namespace

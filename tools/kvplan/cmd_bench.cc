@@ -42,6 +42,7 @@ struct BenchFlags {
   DeltaParams delta;  // on: each keep ratio also with DELTA's roles (the same cache, fewer keys read)
   bool probe = false;
   double probe_seconds = 0.3;
+  std::string probe_memory = "1GiB";
 };
 
 // Room a full-cache cell leaves for its timed steps (when --steps is smaller).
@@ -49,6 +50,10 @@ constexpr int kFullSteps = 32;
 
 Status run_bench(const BenchFlags &flags) {
   if (flags.out.empty()) return make_error("--out: the bench.json to write is required");
+  KVP_ASSIGN_OR_RETURN(const int64_t probe_bytes, parse_byte_count("--probe-memory", flags.probe_memory));
+  if (probe_bytes < (int64_t{1} << 20)) {
+    return make_error("--probe-memory: {} bytes is too little to stream; give at least 1MiB", probe_bytes);
+  }
   if (flags.steps < 1) return make_error("--steps: expected at least 1, found {}", flags.steps);
   for (int b : flags.batches) {
     if (b < 1) return make_error("--batch: expected sizes >= 1, found {}", b);
@@ -108,7 +113,7 @@ Status run_bench(const BenchFlags &flags) {
   std::unique_ptr<HardwareProbe> probe;
   if (flags.probe) {
     probe_pool = std::make_unique<ThreadPool>(flags.model.threads);
-    probe = std::make_unique<HardwareProbe>(*probe_pool, flags.probe_seconds, 1);
+    probe = std::make_unique<HardwareProbe>(*probe_pool, flags.probe_seconds, 1, probe_bytes);
   }
   for (size_t group = 0; group < grid.size(); group += per_group) {
     for (int rep = 0; rep < flags.repeats; ++rep) {
@@ -260,6 +265,9 @@ Command add_bench_command(CLI::App &app) {
                 "and keep them with the cells, for capacity --measured (CPU backend)");
   sub->add_option("--probe-seconds", flags->probe_seconds, "Least time per probed rate (default 0.3)")
       ->check(CLI::PositiveNumber);
+  sub->add_option("--probe-memory", flags->probe_memory,
+                  "Bytes the probed bandwidth and streamed weight products go through (default 1GiB: far past "
+                  "the caches, as a decode step streams its weights)");
   return {sub, [flags] { return run_bench(*flags); }};
 }
 

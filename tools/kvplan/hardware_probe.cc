@@ -26,7 +26,7 @@ constexpr int kSlots = 4129, kHeadDim = 64, kGroup = 8, kHeads = 128;
 
 // Kept between measurements: the streamed weights' copies and the attention's cache and operands.
 struct HardwareProbe::Buffers {
-  std::vector<std::byte> copies;  // 1 GiB at the most, reused by every matrix shape and type
+  std::vector<std::byte> copies;  // stream_bytes_ at the most, reused by every matrix shape and type
   std::unique_ptr<KvCache> kv;    // one layer of kHeads KV heads
   std::vector<HeadSlots> cache;
   std::vector<float> q, k, v;
@@ -35,8 +35,12 @@ struct HardwareProbe::Buffers {
   int32_t pos = kSlots;
 };
 
-HardwareProbe::HardwareProbe(ThreadPool& pool, double min_s, int runs)
-    : pool_(pool), min_s_(min_s), runs_(std::max(1, runs)), buffers_(std::make_unique<Buffers>()) {}
+HardwareProbe::HardwareProbe(ThreadPool& pool, double min_s, int runs, int64_t stream_bytes)
+    : pool_(pool),
+      min_s_(min_s),
+      runs_(std::max(1, runs)),
+      stream_bytes_(stream_bytes),
+      buffers_(std::make_unique<Buffers>()) {}
 
 HardwareProbe::~HardwareProbe() = default;
 
@@ -61,7 +65,7 @@ double HardwareProbe::best_time(F&& once) {
 // single 16-lane accumulator, as this once was, is bound by the add's latency below what a core
 // streams (45-56 against 70+ GB/s on an EPYC VM whose decode read the weights faster than that).
 double HardwareProbe::read_bandwidth() {
-  const size_t n = size_t{1} << 28;  // 1 GiB of floats
+  const size_t n = size_t(stream_bytes_) / sizeof(float);
   std::vector<float> buf(n, 1.0f);
   std::vector<double> sums(pool_.n_threads());
   const double t = best_time([&] {
@@ -112,7 +116,7 @@ StreamRate HardwareProbe::stream_rate(WeightType type, int batch) {
   const int64_t small_rows = 256, large_rows = 5632;
   auto copies = [&](int64_t rows) {
     const int64_t bytes = static_cast<int64_t>(rows * row_bytes(type, 2048));
-    return static_cast<int>(std::max<int64_t>(2, (int64_t{1} << 30) / bytes));
+    return static_cast<int>(std::max<int64_t>(2, stream_bytes_ / bytes));
   };
   const double t_small = matmul_seconds(type, batch, small_rows, copies(small_rows));
   const double t_large = matmul_seconds(type, batch, large_rows, copies(large_rows));

@@ -52,7 +52,9 @@ struct ProbedRates {
 // not page faults.
 class HardwareProbe {
  public:
-  HardwareProbe(ThreadPool& pool, double min_s, int runs);
+  // `stream_bytes`: the buffer the bandwidth and the streamed weight products go through (1 GiB, far
+  // past any cache; a smaller one measures the caches instead, which only a test wants).
+  HardwareProbe(ThreadPool& pool, double min_s, int runs, int64_t stream_bytes = int64_t{1} << 30);
   ~HardwareProbe();
 
   double read_bandwidth();
@@ -76,6 +78,7 @@ class HardwareProbe {
   ThreadPool& pool_;
   double min_s_;
   int runs_;
+  int64_t stream_bytes_;
   std::unique_ptr<Buffers> buffers_;
 };
 
