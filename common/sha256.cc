@@ -62,12 +62,17 @@ Result<std::string> sha256_file(const std::string& path) {
   return h.hex();
 }
 
-std::string fingerprint_cache_path() {
+std::string cache_dir() {
   namespace fs = std::filesystem;
-  if (const char* d = std::getenv("KVPLAN_CACHE_DIR"); d && *d) return (fs::path(d) / "fingerprints.tsv").string();
-  if (const char* d = std::getenv("XDG_CACHE_HOME"); d && *d) return (fs::path(d) / "kvplan" / "fingerprints.tsv").string();
-  if (const char* d = std::getenv("HOME"); d && *d) return (fs::path(d) / ".cache" / "kvplan" / "fingerprints.tsv").string();
+  if (const char* d = std::getenv("KVPLAN_CACHE_DIR"); d && *d) return d;
+  if (const char* d = std::getenv("XDG_CACHE_HOME"); d && *d) return (fs::path(d) / "kvplan").string();
+  if (const char* d = std::getenv("HOME"); d && *d) return (fs::path(d) / ".cache" / "kvplan").string();
   return {};
+}
+
+std::string fingerprint_cache_path() {
+  const std::string dir = cache_dir();
+  return dir.empty() ? dir : (std::filesystem::path(dir) / "fingerprints.tsv").string();
 }
 
 Result<std::string> sha256_file_cached(const std::string& path, int64_t min_bytes) {

@@ -42,6 +42,10 @@ namespace kvp {
 // is skipped silently (the digest is still right).
 Result<std::string> sha256_file_cached(const std::string& path, int64_t min_bytes = 64 << 20);
 
+// kvplan's cache directory: $KVPLAN_CACHE_DIR, else $XDG_CACHE_HOME/kvplan, else ~/.cache/kvplan
+// ("" when none can be named). It holds fingerprints.tsv and models/ (tools/fetch-model.sh).
+std::string cache_dir();
+
 // The cache file sha256_file_cached uses ("" when no cache directory can be named).
 std::string fingerprint_cache_path();
 

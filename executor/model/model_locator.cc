@@ -84,6 +84,7 @@ std::vector<std::string> model_search_dirs() {
   dirs.push_back((fs::path(KVP_SOURCE_DIR).parent_path() / "shared" / "models").string());
   dirs.emplace_back("../shared/models");
   dirs.emplace_back("shared/models");
+  if (const std::string cache = cache_dir(); !cache.empty()) dirs.push_back((fs::path(cache) / "models").string());
   return dirs;
 }
 

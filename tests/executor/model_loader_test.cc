@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -143,6 +144,32 @@ TEST(ModelLocator, FindsTheDefaultModelAndItsTokenizerWithoutFlags) {
   auto unknown = locate_model("no-such-model", "");
   ASSERT_FALSE(unknown.ok());
   EXPECT_NE(unknown.error().message().find("KVPLAN_MODEL_DIR"), std::string::npos);
+  // The embedded copy, not a fixture folder's: models/ of the source tree comes first.
+  EXPECT_EQ(std::filesystem::path(files->model_path).parent_path().parent_path(),
+            std::filesystem::path(KVP_SOURCE_DIR) / "models");
+}
+
+// A model folder in kvplan's cache (where tools/fetch-model.sh puts the real model) is found by
+// name, after every other model directory; without it the name is unknown, and the error lists
+// the cache among the places searched.
+TEST(ModelLocator, FindsAModelInTheCacheDirectoryByName) {
+  const std::string cache = test::make_temp_dir("model-cache");
+  const char* old = std::getenv("KVPLAN_CACHE_DIR");
+  const std::string saved = old ? old : "";
+  ::setenv("KVPLAN_CACHE_DIR", cache.c_str(), 1);
+  auto absent = locate_model("cached-stories", "");
+  ASSERT_FALSE(absent.ok());
+  EXPECT_NE(absent.error().message().find(cache + "/models"), std::string::npos) << absent.error().message();
+  const std::filesystem::path folder = std::filesystem::path(cache) / "models" / "cached-stories";
+  std::filesystem::create_directories(folder);
+  const ModelFiles& embedded = test::default_model().files;
+  std::filesystem::copy_file(embedded.model_path, folder / "model.bin");
+  std::filesystem::copy_file(embedded.tokenizer_path, folder / "tok512.bin");
+  auto found = locate_model("cached-stories", "");
+  if (old) ::setenv("KVPLAN_CACHE_DIR", saved.c_str(), 1); else ::unsetenv("KVPLAN_CACHE_DIR");
+  ASSERT_TRUE(found.ok()) << found.error().message();
+  EXPECT_EQ(found->model_path, (folder / "model.bin").string());
+  EXPECT_EQ(found->tokenizer_path, (folder / "tok512.bin").string());
 }
 
 }  // namespace

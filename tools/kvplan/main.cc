@@ -11,7 +11,8 @@ void ModelFlags::add_to(CLI::App* app, bool with_threads) {
   app->add_option("--model", model,
                   "Model: a .gguf file, a Hugging Face folder (config.json, *.safetensors, tokenizer.json), a "
                   "llama2.c checkpoint or a directory holding one, or a name found in the repository's models/, "
-                  "$KVPLAN_MODEL_DIR or ../shared/models (default: stories260K, embedded in models/)");
+                  "$KVPLAN_MODEL_DIR, ../shared/models or kvplan's cache (tools/fetch-model.sh) (default: "
+                  "stories260K, embedded in models/)");
   app->add_option("--tokenizer", tokenizer,
                   "Tokenizer: a llama2.c tokenizer.bin or a tokenizer.json (default: the model's own: GGUF "
                   "metadata, the folder's tokenizer.json, or tok<vocab>.bin beside a llama2.c checkpoint)");
