@@ -13,7 +13,8 @@ generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
   # shellcheck disable=SC2086
-  kvp_phase configure cmake -S "$root" -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release ${KVPLAN_CMAKE_ARGS:-} \
+  kvp_phase configure cmake -S "$root" -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+    ${KVPLAN_CMAKE_ARGS:-} \
     >"$build_dir.configure.log" 2>&1 || { cat "$build_dir.configure.log" >&2; exit 1; }
   rm -f "$build_dir.configure.log"
 fi

@@ -10,10 +10,6 @@ set -uo pipefail
 phases=${1:?usage: tools/ci-report.sh PHASES_FILE [BUILD_DIR ...]}
 shift
 budget=1800
-declare -A share=(
-  [setup]=150 [configure]=30 [build]=420 [test]=180
-  [asan-setup]=30 [asan-configure]=30 [asan-build]=720 [asan-test]=240
-)
 
 echo
 echo "== CI phases (budget ${budget} s)"
@@ -21,8 +17,11 @@ if [[ ! -s "$phases" ]]; then
   echo "ci-report: $phases: no phases recorded" >&2
   exit 0
 fi
-awk -v budget="$budget" -v shares="$(for k in "${!share[@]}"; do printf '%s=%s ' "$k" "${share[$k]}"; done)" '
-  BEGIN { n = split(shares, kv, " "); for (i = 1; i <= n; ++i) { split(kv[i], p, "="); share[p[1]] = p[2] } }
+awk -v budget="$budget" '
+  BEGIN {
+    share["setup"] = 150; share["configure"] = 30; share["build"] = 420; share["test"] = 180
+    share["asan-setup"] = 30; share["asan-configure"] = 30; share["asan-build"] = 720; share["asan-test"] = 240
+  }
   { name[NR] = $1; secs[NR] = $2; rc[NR] = $3; total += $2 }
   END {
     printf "%-16s %9s %9s  %s\n", "phase", "seconds", "share", "exit"
@@ -33,7 +32,8 @@ awk -v budget="$budget" -v shares="$(for k in "${!share[@]}"; do printf '%s=%s '
     printf "%-16s %9.1f %9d\n", "total", total, budget
     for (i = 1; i <= NR; ++i) {
       if ((name[i] in share) && secs[i] > share[name[i]]) {
-        printf "ci: warning: phase %s took %.0f s, over its share of %d s (docs/DEVELOPING.md, \"CI time\")\n", name[i], secs[i], share[name[i]]
+        printf "ci: warning: phase %s took %.0f s, over its share of %d s (docs/DEVELOPING.md, \"CI time\")\n",
+          name[i], secs[i], share[name[i]]
       }
     }
     if (total > budget) printf "ci: warning: CI took %.0f s, over the %d s budget\n", total, budget

@@ -9,7 +9,8 @@ kvp_phase() {
   "$@" || rc=$?
   end=$(date +%s.%N)
   if [[ -n "${KVPLAN_PHASES:-}" ]]; then
-    awk -v n="$name" -v a="$start" -v b="$end" -v rc="$rc" 'BEGIN { printf "%s %.1f %d\n", n, b - a, rc }' >>"$KVPLAN_PHASES"
+    awk -v n="$name" -v a="$start" -v b="$end" -v rc="$rc" 'BEGIN { printf "%s %.1f %d\n", n, b - a, rc }' \
+      >>"$KVPLAN_PHASES"
   fi
   return "$rc"
 }

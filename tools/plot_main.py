@@ -34,25 +34,21 @@ def main():
     except OSError as e:
         print(f"plot_main: {e.filename}: {e.strerror} (run tools/main.sh first)", file=sys.stderr)
         return 1
-    full_bytes = max(int(r["kv_bytes_per_sequence"]) for r in rows if r["policy"] == "full") if any(
-        r["policy"] == "full" for r in rows) else None
-
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for policy in sorted({r["policy"] for r in rows} - {"full"}):
+    floor = lambda v: max(v, 1e-5)  # noqa: E731 (a log axis: ΔNLL at or below 0 drawn at 1e-5)
+    for policy in sorted({r["policy"] for r in rows}):
         pts = sorted((int(r["kv_bytes_per_sequence"]) / 1024, float(r["delta_nll"])) for r in rows
                      if r["policy"] == policy)
-        ax.plot([p[0] for p in pts], [max(p[1], 1e-5) for p in pts], "-o", ms=4, label=policy)
+        ax.plot([p[0] for p in pts], [floor(p[1]) for p in pts], "-o", ms=4, label=policy)
     pred = plan["predictions"]
     kib = pred["kv_bytes_per_sequence"] / 1024
-    lo = max(pred.get("delta_nll_low", pred["delta_nll"]), 1e-5)
+    mid = floor(pred["delta_nll"])
+    lo = floor(pred.get("delta_nll_low", pred["delta_nll"]))
     hi = pred.get("delta_nll_high", pred["delta_nll"])
-    ax.errorbar([kib], [max(pred["delta_nll"], 1e-5)], yerr=[[max(pred["delta_nll"], 1e-5) - lo],
-                [hi - max(pred["delta_nll"], 1e-5)]], fmt="none", ecolor="black", capsize=5,
+    ax.errorbar([kib], [mid], yerr=[[mid - lo], [hi - mid]], fmt="none", ecolor="black", capsize=5,
                 label="the plan: predicted (90% interval)")
-    ax.plot([kib], [max(measured["metrics"]["delta_nll"], 1e-5)], "*", ms=14, color="black",
+    ax.plot([kib], [floor(measured["metrics"]["delta_nll"])], "*", ms=14, color="black",
             label="the plan: measured on held-out")
-    if full_bytes:
-        ax.axvline(full_bytes / 1024, color="grey", ls=":", lw=1, label="full cache")
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_yscale("log")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The disagreement study (docs/VALIDATION.md "Why replay and closed loop disagree"): after tools/validate_calibration.sh,
+# The disagreement study (docs/VALIDATION.md "Why replay and closed loop disagree"); after
+# tools/validate_calibration.sh it
 #   1. replays every grid configuration on A's trace keeping each decode step's residual energy
 #      (sweep --step-energies), VATP's mean base too;
 #   2. measures the competitive policies' uniform configurations closed loop with each predicted token's

@@ -4,8 +4,8 @@
 // directories, a directory, or a file. The model directories are the repository's own models/
 // (the embedded default model), then $KVPLAN_MODEL_DIR, then ../shared/models beside the source
 // tree, then ../shared/models and shared/models relative to the working directory, then the
-// models/ folder of kvplan's cache directory (cache_dir(), where tools/fetch-model.sh puts models); a name is a folder there (stories260K) or a file in one of their folders
-// (stories260K.gguf). A directory is a Hugging Face folder when it has a config.json; otherwise it
+// models/ folder of kvplan's cache directory (cache_dir(), where tools/fetch-model.sh puts models);
+// a name is a folder there (stories260K) or a file in one of their folders (stories260K.gguf). A directory is a Hugging Face folder when it has a config.json; otherwise it
 // holds one llama2.c checkpoint (*.bin that is not a tokenizer), preferred, or one .gguf file. A
 // file is GGUF when it starts with "GGUF", else a llama2.c checkpoint. The tokenizer is
 // `--tokenizer` (a llama2.c tokenizer.bin or a tokenizer.json), else the one the format carries

@@ -8,6 +8,7 @@
 
 #include "common/file_util.h"
 #include "common/sha256.h"
+#include "tests/support/test_support.h"
 
 namespace kvp {
 namespace {
@@ -17,7 +18,7 @@ TEST(FingerprintCache, HitsWhileSizeAndTimeStayAndRehashesWhenTheyChange) {
   const fs::path dir = fs::temp_directory_path() / ("kvplan-fpcache-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
-  ::setenv("KVPLAN_CACHE_DIR", dir.c_str(), 1);
+  const test::ScopedEnv env("KVPLAN_CACHE_DIR", dir.string());
   const std::string file = (dir / "weights.bin").string();
   ASSERT_TRUE(write_file_atomic(file, std::string(4096, 'a')).ok());
   const std::string real = sha256_file(file).value();
@@ -39,7 +40,6 @@ TEST(FingerprintCache, HitsWhileSizeAndTimeStayAndRehashesWhenTheyChange) {
   EXPECT_EQ(sha256_file_cached(file, 1).value(), real);
   cache = read_file_text(fingerprint_cache_path()).value();
   EXPECT_EQ(cache.find(planted), std::string::npos);
-  ::unsetenv("KVPLAN_CACHE_DIR");
   fs::remove_all(dir);
 }
 

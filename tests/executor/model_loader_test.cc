@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -154,9 +153,7 @@ TEST(ModelLocator, FindsTheDefaultModelAndItsTokenizerWithoutFlags) {
 // the cache among the places searched.
 TEST(ModelLocator, FindsAModelInTheCacheDirectoryByName) {
   const std::string cache = test::make_temp_dir("model-cache");
-  const char* old = std::getenv("KVPLAN_CACHE_DIR");
-  const std::string saved = old ? old : "";
-  ::setenv("KVPLAN_CACHE_DIR", cache.c_str(), 1);
+  const test::ScopedEnv env("KVPLAN_CACHE_DIR", cache);
   auto absent = locate_model("cached-stories", "");
   ASSERT_FALSE(absent.ok());
   EXPECT_NE(absent.error().message().find(cache + "/models"), std::string::npos) << absent.error().message();
@@ -166,7 +163,6 @@ TEST(ModelLocator, FindsAModelInTheCacheDirectoryByName) {
   std::filesystem::copy_file(embedded.model_path, folder / "model.bin");
   std::filesystem::copy_file(embedded.tokenizer_path, folder / "tok512.bin");
   auto found = locate_model("cached-stories", "");
-  if (old) ::setenv("KVPLAN_CACHE_DIR", saved.c_str(), 1); else ::unsetenv("KVPLAN_CACHE_DIR");
   ASSERT_TRUE(found.ok()) << found.error().message();
   EXPECT_EQ(found->model_path, (folder / "model.bin").string());
   EXPECT_EQ(found->tokenizer_path, (folder / "tok512.bin").string());

@@ -36,7 +36,6 @@ using nlohmann::json;
 using test::default_config;
 using test::default_model;
 
-
 struct Reply {
   int status = 0;
   std::string body;

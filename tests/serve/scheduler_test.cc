@@ -24,7 +24,6 @@ namespace {
 using test::default_config;
 using test::default_model;
 
-
 KvBudgets uniform(int budget, const Policy* policy) {
   const ModelConfig& c = default_config();
   KvBudgets b = KvBudgets::uniform(c.n_layers, c.n_kv_heads, c.head_dim(), budget);

@@ -65,6 +65,19 @@ std::string missing_fixture(const std::string& relative) {
          "../shared/models beside the checkout, or point KVPLAN_MODEL_DIR at one";
 }
 
+ScopedEnv::ScopedEnv(const char* name, const std::string& value) : name_(name) {
+  if (const char* old = std::getenv(name)) had_old_ = true, old_ = old;
+  ::setenv(name, value.c_str(), 1);
+}
+
+ScopedEnv::~ScopedEnv() {
+  if (had_old_) {
+    ::setenv(name_.c_str(), old_.c_str(), 1);
+  } else {
+    ::unsetenv(name_.c_str());
+  }
+}
+
 bool in_ci() {
   const char* ci = std::getenv("CI");
   return ci != nullptr && *ci != '\0' && std::string(ci) != "false" && std::string(ci) != "0";

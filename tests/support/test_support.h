@@ -42,6 +42,20 @@ bool in_ci();
     }                                                                                      \
   } while (0)
 
+// Sets an environment variable for the guard's lifetime and restores the old value (or its
+// absence) however the test leaves, an ASSERT's early return included.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value);
+  ~ScopedEnv();
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_, old_;
+  bool had_old_ = false;
+};
+
 // A fresh empty directory under the test temp dir, removed at exit.
 std::string make_temp_dir(const std::string& tag);
 

@@ -45,9 +45,9 @@ Status check(const CheckFlags& flags) {
   }
   std::vector<CheckRow> rows;
   rows.push_back(CheckRow{.metric = "kv_bytes_per_sequence",
-                     .predicted = static_cast<double>(plan.kv_bytes_per_sequence),
-                     .measured = static_cast<double>(m.kv_bytes_per_sequence),
-                     .ok = plan.kv_bytes_per_sequence == m.kv_bytes_per_sequence});
+                          .predicted = static_cast<double>(plan.kv_bytes_per_sequence),
+                          .measured = static_cast<double>(m.kv_bytes_per_sequence),
+                          .ok = plan.kv_bytes_per_sequence == m.kv_bytes_per_sequence});
   const bool memory_ok = rows.back().ok;
   auto metric = [&](const std::string& name, const std::string& low, const std::string& high, double measured) {
     const auto p = plan.predicted.find(name);

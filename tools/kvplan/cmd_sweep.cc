@@ -162,8 +162,8 @@ Status sweep(const SweepFlags& flags) {
                          .compression = variant.layers});
       keep_steps(configs.back());
       rows.push_back(SweepRow{.policy = variant.label, .allocation = "uniform", .budget = budget,
-                         .layer_budgets = std::vector<int32_t>(m.n_layers, budget),
-                         .kv_bytes = plan.kv_bytes_per_sequence, .plan = plan});
+                              .layer_budgets = std::vector<int32_t>(m.n_layers, budget),
+                              .kv_bytes = plan.kv_bytes_per_sequence, .plan = plan});
       levels.emplace_back(budget, params);
     }
     // Every budget of the policy in one pass over the trace (the prompt prefilled once).
@@ -204,8 +204,9 @@ Status sweep(const SweepFlags& flags) {
                          .budgets = plan.budgets,
                          .compression = variant.layers});
       keep_steps(configs.back());
-      rows.push_back(SweepRow{.policy = variant.label, .allocation = allocation, .budget = budget, .layer_budgets = layer_budgets,
-                         .kv_bytes = plan.kv_bytes_per_sequence, .plan = std::move(plan)});
+      rows.push_back(SweepRow{.policy = variant.label, .allocation = allocation, .budget = budget,
+                              .layer_budgets = layer_budgets, .kv_bytes = plan.kv_bytes_per_sequence,
+                              .plan = std::move(plan)});
     };
     // The smallest budget a level's policy runs with (sinks + recent, + kvcrush's period).
     auto floor_of = [&](const PolicyParams& params) { return make_policy(name, params).value()->min_budget(); };
