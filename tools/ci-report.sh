@@ -19,8 +19,8 @@ if [[ ! -s "$phases" ]]; then
 fi
 awk -v budget="$budget" '
   BEGIN {
-    share["setup"] = 150; share["configure"] = 30; share["build"] = 420; share["test"] = 180
-    share["asan-setup"] = 30; share["asan-configure"] = 30; share["asan-build"] = 720; share["asan-test"] = 240
+    share["setup"] = 120; share["fetch-model"] = 60; share["configure"] = 30; share["build"] = 420; share["test"] = 240
+    share["asan-setup"] = 30; share["asan-configure"] = 30; share["asan-build"] = 630; share["asan-test"] = 240
   }
   { name[NR] = $1; secs[NR] = $2; rc[NR] = $3; total += $2 }
   END {

@@ -27,13 +27,9 @@ case "$name" in
     ;;
 esac
 
-if [[ -n "${KVPLAN_CACHE_DIR:-}" ]]; then
-  cache=$KVPLAN_CACHE_DIR
-elif [[ -n "${XDG_CACHE_HOME:-}" ]]; then
-  cache=$XDG_CACHE_HOME/kvplan
-else
-  cache=${HOME:?fetch-model: set KVPLAN_CACHE_DIR or HOME}/.cache/kvplan
-fi
+# shellcheck source=tools/cache_dir.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cache_dir.sh"
+cache=$(kvp_cache_dir)
 dest="$cache/models/$name"
 if [[ -f "$dest/$file" ]] && echo "$file_sha256  $dest/$file" | sha256sum -c --status; then
   echo "fetch-model: $dest/$file is there (sha256 checked)" >&2

@@ -48,6 +48,14 @@ inline Vec load_q8(const std::byte* q) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
 }
 
+// A q4 block's 32 nibbles (16 bytes) as f32: elements 0-15 (low nibbles), 16-31 (high).
+inline void load_nibbles(const std::byte* q, Vec* lo, Vec* hi) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)), low4 = _mm_set1_epi8(0x0F);
+  *lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, low4)));
+  *hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), low4)));
+}
+inline void store(Vec v, float* out) { _mm512_storeu_ps(out, v); }
+
 inline Vec load_x(const float* x, int64_t i, int n) {
   const __mmask16 m = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
   return _mm512_maskz_loadu_ps(m, x + i);
@@ -124,6 +132,19 @@ inline Vec load_q8(const std::byte* q) {
   return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)))};
 }
 
+inline void load_nibbles(const std::byte* q, Vec* lo, Vec* hi) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)), low4 = _mm_set1_epi8(0x0F);
+  auto widen = [](__m128i n) {
+    return Vec{_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(n)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(n, 8)))};
+  };
+  *lo = widen(_mm_and_si128(b, low4));
+  *hi = widen(_mm_and_si128(_mm_srli_epi16(b, 4), low4));
+}
+inline void store(Vec v, float* out) {
+  _mm256_storeu_ps(out, v.lo);
+  _mm256_storeu_ps(out + 8, v.hi);
+}
+
 inline Vec load_x(const float* x, int64_t i, int n) {
   return load_weights<WeightType::kF32>(reinterpret_cast<const std::byte*>(x), i, n);
 }
@@ -184,6 +205,15 @@ inline Vec load_q8(const std::byte* q) {
   for (int l = 0; l < kLanes; ++l) out.v[l] = static_cast<float>(static_cast<int8_t>(q[l]));
   return out;
 }
+
+inline void load_nibbles(const std::byte* q, Vec* lo, Vec* hi) {
+  for (int l = 0; l < kLanes; ++l) {
+    const auto b = static_cast<uint8_t>(q[l]);
+    lo->v[l] = static_cast<float>(b & 0xF);
+    hi->v[l] = static_cast<float>(b >> 4);
+  }
+}
+inline void store(Vec v, float* out) { std::memcpy(out, v.v, sizeof v.v); }
 
 inline Vec load_x(const float* x, int64_t i, int n) {
   Vec out{};
@@ -413,6 +443,33 @@ inline void dot_rows_kquant(const std::byte* wrow, int64_t cols, const float* co
   for (int r = 0; r < NR; ++r) out[r] = combine(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
 }
 
+// One q4_0 / q4_1 block (32 weights) as f32 into `out`. Every product q·d is exact (4 by 11
+// significant bits), so d·(q − 8) and the fused q·d + m are the scalar decoders' values on every path.
+template <WeightType T>
+inline void decode_q4_block(const std::byte* block, float* out) {
+  uint16_t hd;
+  std::memcpy(&hd, block, 2);
+  const Vec d = splat(q8_scale(hd));
+  Vec lo, hi;
+  if constexpr (T == WeightType::kQ4_1) {
+    uint16_t hm;
+    std::memcpy(&hm, block + 2, 2);
+    const Vec m = splat(q8_scale(hm));
+    load_nibbles(block + 4, &lo, &hi);
+    store(fma(lo, d, m), out);
+    store(fma(hi, d, m), out + kLanes);
+  } else {
+    static_assert(T == WeightType::kQ4_0);
+    load_nibbles(block + 2, &lo, &hi);
+    const Vec eight = splat(-8.0f);
+    store(mul(add(lo, eight), d), out);
+    store(mul(add(hi, eight), d), out + kLanes);
+  }
+}
+
+template <WeightType T>
+constexpr bool kIsQ4 = T == WeightType::kQ4_0 || T == WeightType::kQ4_1;
+
 template <WeightType T, int NR>
 inline void dot_rows_any(const std::byte* wrow, int64_t cols, const float* const* x, Vec* out) {
   if constexpr (T == WeightType::kQ4_K || T == WeightType::kQ6_K) {
@@ -425,15 +482,15 @@ inline void dot_rows_any(const std::byte* wrow, int64_t cols, const float* const
 }
 
 // Output rows [o0, o0 + n_out), n_out <= 16, for NR activation rows: each row's lanes, then one
-// reduce16 per activation row, and the 16 results stored together.
+// reduce16 per activation row, and the 16 results stored together. `rows` holds the n_out weight
+// rows in type T, `rb` bytes apart.
 template <WeightType T, int NR>
-void matmul_block(const MatmulArgs& a, const float* const* x, int r0, int64_t o0, int n_out) {
-  const WeightTensor& w = *a.w;
-  const size_t rb = w.bytes_per_row();
+void matmul_block(const MatmulArgs& a, const float* const* x, int r0, int64_t o0, int n_out, const std::byte* rows,
+                  size_t rb) {
   Vec lanes[NR][kLanes];
   for (int j = 0; j < n_out; ++j) {
     Vec out[NR];
-    dot_rows_any<T, NR>(w.data + static_cast<size_t>(o0 + j) * rb, w.cols, x, out);
+    dot_rows_any<T, NR>(rows + static_cast<size_t>(j) * rb, a.w->cols, x, out);
     for (int r = 0; r < NR; ++r) lanes[r][j] = out[r];
   }
   for (int r = 0; r < NR; ++r) {
@@ -452,23 +509,43 @@ void matmul_block(const MatmulArgs& a, const float* const* x, int r0, int64_t o0
 // of rows are the same as without tiles, so every output keeps its bits.
 constexpr size_t kTileBytes = 256 * 1024;
 
+//
+// q4_0 and q4_1 rows are decoded to f32 once per block of kLanes output rows and tile (into a
+// thread's buffer of kLanes rows, in L2), and every activation row of the tile runs the f32 kernel
+// over them: the decoding is shared by the whole tile instead of redone per kMaxRows rows, and a
+// row's result is the same whatever else is in the batch.
 template <WeightType T>
 void matmul_typed(const MatmulArgs& a, int64_t row_begin, int64_t row_end) {
-  const size_t row_bytes = static_cast<size_t>(a.w->cols) * sizeof(float);
+  const int64_t cols = a.w->cols;
+  const size_t row_bytes = static_cast<size_t>(cols) * sizeof(float);
   const int tile = std::max<int>(kMaxRows, static_cast<int>(kTileBytes / row_bytes) / kMaxRows * kMaxRows);
+  constexpr WeightType kRun = kIsQ4<T> ? WeightType::kF32 : T;  // the type the dot kernels see
+  thread_local std::vector<float> decoded;
+  if constexpr (kIsQ4<T>) decoded.resize(static_cast<size_t>(kLanes * cols));
+  const size_t rb = kIsQ4<T> ? row_bytes : a.w->bytes_per_row();
   for (int t0 = 0; t0 < a.n_rows; t0 += tile) {
     const int t1 = std::min(a.n_rows, t0 + tile);
     for (int64_t o0 = row_begin; o0 < row_end; o0 += kLanes) {
       const int n_out = static_cast<int>(std::min<int64_t>(kLanes, row_end - o0));
+      const std::byte* rows = a.w->row(o0);
+      if constexpr (kIsQ4<T>) {
+        constexpr int kBytes = T == WeightType::kQ4_0 ? kQ4_0BlockBytes : kQ4_1BlockBytes;
+        for (int j = 0; j < n_out; ++j) {
+          const std::byte* src = a.w->row(o0 + j);
+          float* dst = decoded.data() + static_cast<size_t>(j) * cols;
+          for (int64_t b = 0; b < cols / kQ4BlockSize; ++b) decode_q4_block<T>(src + b * kBytes, dst + b * kQ4BlockSize);
+        }
+        rows = reinterpret_cast<const std::byte*>(decoded.data());
+      }
       for (int r0 = t0; r0 < t1; r0 += kMaxRows) {
         const int nr = std::min(kMaxRows, t1 - r0);
         const float* x[kMaxRows];
         for (int r = 0; r < nr; ++r) x[r] = a.x + static_cast<size_t>(r0 + r) * a.x_stride;
         switch (nr) {
-          case 1: matmul_block<T, 1>(a, x, r0, o0, n_out); break;
-          case 2: matmul_block<T, 2>(a, x, r0, o0, n_out); break;
-          case 3: matmul_block<T, 3>(a, x, r0, o0, n_out); break;
-          default: matmul_block<T, 4>(a, x, r0, o0, n_out); break;
+          case 1: matmul_block<kRun, 1>(a, x, r0, o0, n_out, rows, rb); break;
+          case 2: matmul_block<kRun, 2>(a, x, r0, o0, n_out, rows, rb); break;
+          case 3: matmul_block<kRun, 3>(a, x, r0, o0, n_out, rows, rb); break;
+          default: matmul_block<kRun, 4>(a, x, r0, o0, n_out, rows, rb); break;
         }
       }
     }
@@ -487,6 +564,8 @@ void matmul_range(const MatmulArgs& args, int64_t row_begin, int64_t row_end) {
     case WeightType::kQ8_0: return matmul_typed<WeightType::kQ8_0>(args, row_begin, row_end);
     case WeightType::kQ4_K: return matmul_typed<WeightType::kQ4_K>(args, row_begin, row_end);
     case WeightType::kQ6_K: return matmul_typed<WeightType::kQ6_K>(args, row_begin, row_end);
+    case WeightType::kQ4_0: return matmul_typed<WeightType::kQ4_0>(args, row_begin, row_end);
+    case WeightType::kQ4_1: return matmul_typed<WeightType::kQ4_1>(args, row_begin, row_end);
   }
 }
 

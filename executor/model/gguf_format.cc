@@ -15,7 +15,8 @@ constexpr uint64_t kMaxKeyBytes = 1 << 16;
 constexpr uint64_t kMaxTensorNameBytes = 1 << 10;
 constexpr uint32_t kMaxDims = 4;
 
-constexpr uint32_t kGgmlF32 = 0, kGgmlF16 = 1, kGgmlQ8_0 = 8, kGgmlQ4_K = 12, kGgmlQ6_K = 14, kGgmlBF16 = 30;
+constexpr uint32_t kGgmlF32 = 0, kGgmlF16 = 1, kGgmlQ4_0 = 2, kGgmlQ4_1 = 3, kGgmlQ8_0 = 8, kGgmlQ4_K = 12, kGgmlQ6_K = 14,
+                   kGgmlBF16 = 30;
 
 struct KnownType {
   uint32_t id;
@@ -23,7 +24,7 @@ struct KnownType {
 };
 // ggml types kvplan knows by name but does not run (so the error can say which one it met).
 constexpr KnownType kUnsupportedTypes[] = {
-    {2, "Q4_0"}, {3, "Q4_1"}, {6, "Q5_0"}, {7, "Q5_1"}, {9, "Q8_1"}, {10, "Q2_K"}, {11, "Q3_K"},
+    {6, "Q5_0"}, {7, "Q5_1"}, {9, "Q8_1"}, {10, "Q2_K"}, {11, "Q3_K"},
     {13, "Q5_K"}, {15, "Q8_K"}, {16, "IQ2_XXS"}, {17, "IQ2_XS"},
     {18, "IQ3_XXS"}, {19, "IQ1_S"}, {20, "IQ4_NL"}, {21, "IQ3_S"}, {22, "IQ2_S"}, {23, "IQ4_XS"},
     {24, "I8"}, {25, "I16"}, {26, "I32"}, {27, "I64"}, {28, "F64"}, {29, "IQ1_M"}, {34, "TQ1_0"}, {35, "TQ2_0"},
@@ -37,11 +38,13 @@ Result<WeightType> weight_type_of(uint32_t ggml_type) {
     case kGgmlBF16: return WeightType::kBF16;
     case kGgmlQ4_K: return WeightType::kQ4_K;
     case kGgmlQ6_K: return WeightType::kQ6_K;
+    case kGgmlQ4_0: return WeightType::kQ4_0;
+    case kGgmlQ4_1: return WeightType::kQ4_1;
     default: break;
   }
   for (const KnownType& k : kUnsupportedTypes) {
     if (k.id == ggml_type) {
-      return make_error("type {} ({}) is not supported; kvplan runs F32, F16, BF16, Q8_0, Q4_K and Q6_K (requantize "
+      return make_error("type {} ({}) is not supported; kvplan runs F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K (requantize "
                         "with llama-quantize --allow-requantize ... Q8_0)", k.name, ggml_type);
     }
   }
@@ -56,6 +59,8 @@ uint32_t ggml_type_of(WeightType t) {
     case WeightType::kQ8_0: return kGgmlQ8_0;
     case WeightType::kQ4_K: return kGgmlQ4_K;
     case WeightType::kQ6_K: return kGgmlQ6_K;
+    case WeightType::kQ4_0: return kGgmlQ4_0;
+    case WeightType::kQ4_1: return kGgmlQ4_1;
   }
   return kGgmlF32;
 }

@@ -9,7 +9,8 @@
 // Value types: 0 u8, 1 i8, 2 u16, 3 i16, 4 u32, 5 i32, 6 f32, 7 bool, 8 string, 9 array (u32 element
 // type, u64 count, elements), 10 u64, 11 i64, 12 f64. Everything is validated before use: counts
 // and lengths against the bytes left, tensor dims and types, offsets aligned, inside the file and
-// not overlapping. Tensor types read: F32 (0), F16 (1), Q8_0 (8), Q4_K (12), Q6_K (14), BF16 (30).
+// not overlapping. Tensor types read: F32 (0), F16 (1), Q4_0 (2), Q4_1 (3), Q8_0 (8), Q4_K (12), Q6_K (14),
+// BF16 (30).
 #pragma once
 
 #include <cstdint>

@@ -271,6 +271,10 @@ Result<Tokenizer> load_tokenizer_json(const std::string& path, int vocab_size) {
       for (const json& q : p["pretokenizers"]) walk_pre(q);
     } else if (type == "ByteLevel") {
       v.kind = TokenizerKind::kBytePair;
+      // use_regex (the default) splits by GPT-2's expression here, after what came before it.
+      if (p.value("use_regex", true) == true) v.pre_regexes.push_back(pre_tokenizer_regexes("gpt-2").value()[0]);
+    } else if (type == "Digits") {  // SmolLM2's: each digit its own word
+      v.pre_regexes.push_back(p.value("individual_digits", false) == true ? R"(\p{N})" : R"(\p{N}+)");
     } else if (type == "Split" && p.contains("pattern") && p["pattern"].is_object() && p["pattern"].contains("Regex") &&
                p["pattern"]["Regex"].is_string()) {
       v.pre_regexes.push_back(p["pattern"]["Regex"].get<std::string>());
@@ -280,7 +284,6 @@ Result<Tokenizer> load_tokenizer_json(const std::string& path, int vocab_size) {
   if (j.contains("pre_tokenizer")) walk_pre(j["pre_tokenizer"]);
   if (v.kind == TokenizerKind::kBytePair) {
     v.pre = "tokenizer.json";
-    if (v.pre_regexes.empty()) v.pre_regexes = pre_tokenizer_regexes("gpt-2").value();  // ByteLevel's own default
     v.ignore_merges = m.value("ignore_merges", false) == true;
     v.add_space_prefix = false;
   } else {

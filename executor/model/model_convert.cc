@@ -108,14 +108,14 @@ Result<nlohmann::ordered_json> tokenizer_json(const Tokenizer& tokenizer) {
     model["byte_fallback"] = true;
     model["merges"] = v.merges.empty() ? merges_from_scores(v) : v.merges;
   } else {
-    if (v.pre_regexes.size() != 1) {
-      return make_error("tokenizer.json: a pre-tokenizer of {} expressions ({}) cannot be written as one Split", v.pre_regexes.size(), v.pre);
+    // One Split per expression, in order (as the reader applies them), then the byte mapping.
+    ordered_json pre = ordered_json::array();
+    for (const std::string& re : v.pre_regexes) {
+      pre.push_back({{"type", "Split"}, {"pattern", {{"Regex", re}}}, {"behavior", "Isolated"}, {"invert", false}});
     }
+    pre.push_back({{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}});
     j["normalizer"] = nullptr;
-    j["pre_tokenizer"] = {{"type", "Sequence"},
-                          {"pretokenizers",
-                           {{{"type", "Split"}, {"pattern", {{"Regex", v.pre_regexes[0]}}}, {"behavior", "Isolated"}, {"invert", false}},
-                            {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}};
+    j["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", pre}};
     model["byte_fallback"] = false;
     model["ignore_merges"] = v.ignore_merges;
     model["merges"] = v.merges;

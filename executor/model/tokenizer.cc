@@ -167,6 +167,11 @@ Result<std::vector<std::string>> pre_tokenizer_regexes(std::string_view pre) {
     return std::vector<std::string>{
         R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S))"};
   }
+  if (pre == "smollm" || pre == "starcoder" || pre == "refact" || pre == "command-r") {
+    // Each digit its own word, then GPT-2's expression over the rest (llama.cpp groups these names).
+    return std::vector<std::string>{
+        R"(\p{N})", R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S))"};
+  }
   if (pre == "llama-bpe" || pre == "llama3" || pre == "llama-v3") {
     return std::vector<std::string>{
         R"((?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"};
@@ -188,7 +193,7 @@ Result<std::vector<std::string>> pre_tokenizer_regexes(std::string_view pre) {
     };
   }
   return make_error("tokenizer.ggml.pre: pre-tokenizer '{}' is not supported (default, gpt-2, llama-bpe, "
-                    "qwen2, deepseek-llm)", pre);
+                    "qwen2, deepseek-llm, smollm, starcoder, refact, command-r)", pre);
 }
 
 Result<Tokenizer> Tokenizer::create(Vocabulary vocab, const std::string& source) {

@@ -55,7 +55,8 @@ struct Vocabulary {
 };
 
 // The pre-tokenizer expressions a GGUF `tokenizer.ggml.pre` name stands for (default/gpt-2,
-// llama-bpe/llama3, qwen2, deepseek-llm); an error for any other name.
+// llama-bpe/llama3, qwen2, deepseek-llm, smollm/starcoder/refact/command-r); an error for any other
+// name.
 Result<std::vector<std::string>> pre_tokenizer_regexes(std::string_view pre);
 
 class Tokenizer {

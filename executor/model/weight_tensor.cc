@@ -17,20 +17,23 @@ std::string_view weight_type_name(WeightType type) {
     case WeightType::kQ8_0: return "q8_0";
     case WeightType::kQ4_K: return "q4_k";
     case WeightType::kQ6_K: return "q6_k";
+    case WeightType::kQ4_0: return "q4_0";
+    case WeightType::kQ4_1: return "q4_1";
   }
   KVP_CHECK(false, "unknown WeightType {}", static_cast<int>(type));
 }
 
 Result<WeightType> parse_weight_type(std::string_view name) {
-  for (WeightType t : {WeightType::kF32, WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
+  for (WeightType t : {WeightType::kF32, WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0, WeightType::kQ4_0,
+                       WeightType::kQ4_1}) {
     if (name == weight_type_name(t)) return t;
   }
-  return make_error("expected f32, f16, bf16 or q8_0, found '{}'", name);
+  return make_error("expected f32, f16, bf16, q8_0, q4_0 or q4_1, found '{}'", name);
 }
 
 bool row_layout_ok(WeightType type, int64_t cols) {
   if (cols < 0) return false;
-  if (type == WeightType::kQ8_0) return cols % kQ8BlockSize == 0;
+  if (type == WeightType::kQ8_0 || type == WeightType::kQ4_0 || type == WeightType::kQ4_1) return cols % kQ8BlockSize == 0;
   if (type == WeightType::kQ4_K || type == WeightType::kQ6_K) return cols % kQkBlockSize == 0;
   return true;
 }
@@ -44,6 +47,8 @@ size_t row_bytes(WeightType type, int64_t cols) {
     case WeightType::kQ8_0: return n / kQ8BlockSize * kQ8BlockBytes;
     case WeightType::kQ4_K: return n / kQkBlockSize * kQ4KBlockBytes;
     case WeightType::kQ6_K: return n / kQkBlockSize * kQ6KBlockBytes;
+    case WeightType::kQ4_0: return n / kQ4BlockSize * kQ4_0BlockBytes;
+    case WeightType::kQ4_1: return n / kQ4BlockSize * kQ4_1BlockBytes;
   }
   KVP_CHECK(false, "unknown WeightType {}", static_cast<int>(type));
 }
@@ -143,6 +148,26 @@ void dequantize_q6_k_block(const std::byte* block, float* out) {
   }
 }
 
+void dequantize_q4_0_block(const std::byte* block, float* out) {
+  const float d = half_to_float(load16(block));
+  const uint8_t* q = reinterpret_cast<const uint8_t*>(block + 2);
+  for (int j = 0; j < kQ4BlockSize / 2; ++j) {
+    out[j] = static_cast<float>((q[j] & 0xF) - 8) * d;
+    out[j + kQ4BlockSize / 2] = static_cast<float>((q[j] >> 4) - 8) * d;
+  }
+}
+
+void dequantize_q4_1_block(const std::byte* block, float* out) {
+  const float d = half_to_float(load16(block)), m = half_to_float(load16(block + 2));
+  const uint8_t* q = reinterpret_cast<const uint8_t*>(block + 4);
+  for (int j = 0; j < kQ4BlockSize / 2; ++j) {
+    // A product, then a sum: two roundings (no fused multiply-add), as the kernels do.
+    const float lo = static_cast<float>(q[j] & 0xF) * d, hi = static_cast<float>(q[j] >> 4) * d;
+    out[j] = lo + m;
+    out[j + kQ4BlockSize / 2] = hi + m;
+  }
+}
+
 void dequantize_row(const WeightTensor& w, int64_t row_idx, std::span<float> out) {
   KVP_CHECK(static_cast<int64_t>(out.size()) == w.cols && row_idx >= 0 && row_idx < w.rows);
   const std::byte* r = w.row(row_idx);
@@ -176,6 +201,12 @@ void dequantize_row(const WeightTensor& w, int64_t row_idx, std::span<float> out
     case WeightType::kQ6_K:
       for (size_t b = 0; b < n / kQkBlockSize; ++b) dequantize_q6_k_block(r + b * kQ6KBlockBytes, out.data() + b * kQkBlockSize);
       return;
+    case WeightType::kQ4_0:
+      for (size_t b = 0; b < n / kQ4BlockSize; ++b) dequantize_q4_0_block(r + b * kQ4_0BlockBytes, out.data() + b * kQ4BlockSize);
+      return;
+    case WeightType::kQ4_1:
+      for (size_t b = 0; b < n / kQ4BlockSize; ++b) dequantize_q4_1_block(r + b * kQ4_1BlockBytes, out.data() + b * kQ4BlockSize);
+      return;
   }
 }
 
@@ -189,7 +220,7 @@ std::vector<float> dequantize(const WeightTensor& w) {
 
 std::vector<std::byte> quantize(std::span<const float> x, int64_t rows, int64_t cols, WeightType type) {
   KVP_CHECK(row_layout_ok(type, cols) && static_cast<int64_t>(x.size()) == rows * cols);
-  KVP_CHECK(type != WeightType::kQ4_K && type != WeightType::kQ6_K, "k-quants are read, not written");
+  KVP_CHECK(type != WeightType::kQ4_K && type != WeightType::kQ6_K, "{} is read, not written", weight_type_name(type));
   std::vector<std::byte> out(static_cast<size_t>(rows) * row_bytes(type, cols));
   std::byte* at = out.data();
   auto put16 = [&](uint16_t v) {
@@ -216,6 +247,32 @@ std::vector<std::byte> quantize(std::span<const float> x, int64_t rows, int64_t 
         put16(float_to_half(d));
         for (int i = 0; i < kQ8BlockSize; ++i) {
           *at++ = static_cast<std::byte>(static_cast<int8_t>(std::lround(v[i] * id)));
+        }
+      }
+      break;
+    case WeightType::kQ4_0:
+    case WeightType::kQ4_1:
+      // ggml's reference quantizers: q4_0 scales the block's largest-magnitude value (sign
+      // included) to -8, q4_1 spans [min, max] in 15 steps; nibbles as dequantize_q4_*_block reads them.
+      for (size_t b = 0; b < x.size() / kQ4BlockSize; ++b) {
+        const float* v = x.data() + b * kQ4BlockSize;
+        float lo = v[0], hi = v[0], amax = 0.0f, signed_max = 0.0f;
+        for (int i = 0; i < kQ4BlockSize; ++i) {
+          lo = std::min(lo, v[i]);
+          hi = std::max(hi, v[i]);
+          if (std::fabs(v[i]) > amax) amax = std::fabs(v[i]), signed_max = v[i];
+        }
+        const bool q4_1 = type == WeightType::kQ4_1;
+        const float d = q4_1 ? (hi - lo) / 15.0f : signed_max / -8.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        put16(float_to_half(d));
+        if (q4_1) put16(float_to_half(lo));
+        auto nibble = [&](float value) {
+          const float at = q4_1 ? (value - lo) * id + 0.5f : value * id + 8.5f;
+          return static_cast<uint8_t>(std::min(15, static_cast<int>(at)));
+        };
+        for (int j = 0; j < kQ4BlockSize / 2; ++j) {
+          *at++ = static_cast<std::byte>(nibble(v[j]) | nibble(v[j + kQ4BlockSize / 2]) << 4);
         }
       }
       break;
@@ -265,12 +322,21 @@ int64_t first_non_finite(const WeightTensor& w) {
       return first_all_ones<uint16_t>(w.data, n, w.type == WeightType::kF16 ? 0x7c00u : 0x7f80u);
     case WeightType::kQ8_0:
     case WeightType::kQ4_K:
-    case WeightType::kQ6_K: {
-      // The binary16 scales: d at 0 (q8_0), d and dmin at 0 and 2 (q4_k), d at 208 (q6_k).
-      const size_t block = w.type == WeightType::kQ8_0 ? kQ8BlockSize : kQkBlockSize;
-      const size_t bytes = w.type == WeightType::kQ8_0 ? kQ8BlockBytes : w.type == WeightType::kQ4_K ? kQ4KBlockBytes : kQ6KBlockBytes;
-      const std::vector<size_t> at = w.type == WeightType::kQ8_0 ? std::vector<size_t>{0}
-                                     : w.type == WeightType::kQ4_K ? std::vector<size_t>{0, 2} : std::vector<size_t>{208};
+    case WeightType::kQ6_K:
+    case WeightType::kQ4_0:
+    case WeightType::kQ4_1: {
+      // The binary16 scales: d at 0 (q8_0, q4_0), d and dmin/m at 0 and 2 (q4_k, q4_1), d at 208 (q6_k).
+      struct Layout {
+        size_t block, bytes;
+        std::vector<size_t> at;
+      };
+      const Layout l = w.type == WeightType::kQ8_0   ? Layout{kQ8BlockSize, kQ8BlockBytes, {0}}
+                       : w.type == WeightType::kQ4_0 ? Layout{kQ4BlockSize, kQ4_0BlockBytes, {0}}
+                       : w.type == WeightType::kQ4_1 ? Layout{kQ4BlockSize, kQ4_1BlockBytes, {0, 2}}
+                       : w.type == WeightType::kQ4_K ? Layout{kQkBlockSize, kQ4KBlockBytes, {0, 2}}
+                                                     : Layout{kQkBlockSize, kQ6KBlockBytes, {208}};
+      const size_t block = l.block, bytes = l.bytes;
+      const std::vector<size_t>& at = l.at;
       for (size_t b = 0; b < n / block; ++b) {
         for (size_t o : at) {
           if ((load16(w.data + b * bytes + o) & 0x7c00u) == 0x7c00u) return static_cast<int64_t>(b * block);

@@ -7,6 +7,9 @@
 //   f16   IEEE binary16
 //   bf16  bfloat16 (the high half of a binary32)
 //   q8_0  blocks of 32 along a row: binary16 scale d, then 32 int8 q; the weight is d * q
+//   q4_0  blocks of 32 (18 bytes): binary16 d, 16 bytes of 4-bit q (element j in byte j's low
+//         nibble, element j + 16 in its high nibble); weight d·(q − 8) (ggml's Q4_0)
+//   q4_1  blocks of 32 (20 bytes): binary16 d and m, 16 bytes of 4-bit q as q4_0; weight d·q + m
 //   q4_k  super-blocks of 256 (144 bytes): binary16 d and dmin, 12 bytes of 6-bit scales and mins
 //         for 8 sub-blocks of 32, 128 bytes of 4-bit q; weight d·sc·q − dmin·m (ggml's Q4_K)
 //   q6_k  super-blocks of 256 (210 bytes): 128 bytes of low 4 bits, 64 of high 2 bits, 16 int8
@@ -24,21 +27,25 @@
 
 namespace kvp {
 
-enum class WeightType : uint8_t { kF32, kF16, kBF16, kQ8_0, kQ4_K, kQ6_K };
+enum class WeightType : uint8_t { kF32, kF16, kBF16, kQ8_0, kQ4_K, kQ6_K, kQ4_0, kQ4_1 };
 
 inline constexpr int kQ8BlockSize = 32;        // weights per q8_0 block
 inline constexpr int kQ8BlockBytes = 2 + 32;   // binary16 scale, 32 int8
+inline constexpr int kQ4BlockSize = 32;        // weights per q4_0 / q4_1 block
+inline constexpr int kQ4_0BlockBytes = 2 + 16; // binary16 d, 32 nibbles
+inline constexpr int kQ4_1BlockBytes = 4 + 16; // binary16 d and m, 32 nibbles
 inline constexpr int kQkBlockSize = 256;       // weights per k-quant super-block
 inline constexpr int kQ4KBlockBytes = 144;
 inline constexpr int kQ6KBlockBytes = 210;
 
-std::string_view weight_type_name(WeightType type);  // "f32", "f16", "bf16", "q8_0", "q4_k", "q6_k"
-// The types a model can be converted to: f32, f16, bf16, q8_0.
+std::string_view weight_type_name(WeightType type);  // "f32", "f16", "bf16", "q8_0", "q4_k", "q6_k", "q4_0", "q4_1"
+// The types a model can be converted to: f32, f16, bf16, q8_0, q4_0, q4_1.
 Result<WeightType> parse_weight_type(std::string_view name);
 
 // Bytes of one row of `cols` elements. REQUIRES: row_layout_ok(type, cols).
 size_t row_bytes(WeightType type, int64_t cols);
-// Quantized rows hold whole blocks (32 for q8_0, 256 for the k-quants); the float types take any width.
+// Quantized rows hold whole blocks (32 for q8_0, q4_0 and q4_1, 256 for the k-quants); the float types
+// take any width.
 bool row_layout_ok(WeightType type, int64_t cols);
 
 struct WeightTensor {
@@ -63,6 +70,9 @@ float bf16_to_float(uint16_t b);
 // One k-quant super-block (256 weights) widened to f32, as ggml's dequantize_row_q4_K / _q6_K.
 void dequantize_q4_k_block(const std::byte* block, float* out);
 void dequantize_q6_k_block(const std::byte* block, float* out);
+// One q4_0 / q4_1 block (32 weights) widened to f32, as ggml's dequantize_row_q4_0 / _q4_1.
+void dequantize_q4_0_block(const std::byte* block, float* out);
+void dequantize_q4_1_block(const std::byte* block, float* out);
 uint16_t float_to_bf16(float x);
 
 // out[i] = weight (row_idx, i) as f32, exactly (every stored type widens exactly). out: [cols].
@@ -71,7 +81,8 @@ void dequantize_row(const WeightTensor& w, int64_t row_idx, std::span<float> out
 std::vector<float> dequantize(const WeightTensor& w);
 
 // Encodes `x` ([rows, cols] f32) in `type`: q8_0 takes d = max|x| / 127 per block (as ggml does)
-// and q = round(x / d). REQUIRES: row_layout_ok(type, cols); not a k-quant.
+// and q = round(x / d); q4_0 and q4_1 as ggml's reference quantizers. REQUIRES: row_layout_ok(type,
+// cols); not a k-quant.
 std::vector<std::byte> quantize(std::span<const float> x, int64_t rows, int64_t cols, WeightType type);
 
 // The first non-finite element of a float tensor (the scales of the quantized types included), or -1.

@@ -30,6 +30,32 @@ std::optional<ChatTemplate> recognise_chat_template(std::string_view text) {
   return std::nullopt;
 }
 
+std::string chatml_default_system(std::string_view text) {
+  // The template's Jinja string literal spells the newline as an escape (tokenizer_config.json's
+  // text) or, once a converter has decoded it (GGUF), as the character itself.
+  constexpr std::string_view kClose = "<|im_end|>";
+  if (text.find("!= 'system'") == std::string_view::npos && text.find("!= \"system\"") == std::string_view::npos) return {};
+  for (const std::string_view open : {std::string_view("<|im_start|>system\\n"), std::string_view("<|im_start|>system\n")}) {
+    const size_t at = text.find(open);
+    if (at == std::string_view::npos) continue;
+    const size_t from = at + open.size(), end = text.find(kClose, from);
+    if (end == std::string_view::npos) return {};
+    const std::string_view body = text.substr(from, end - from);
+    if (body.find_first_of("'\"{}+") != std::string_view::npos) return {};  // not a literal
+    std::string out;
+    for (size_t i = 0; i < body.size(); ++i) {
+      if (body[i] == '\\' && i + 1 < body.size() && body[i + 1] == 'n') {
+        out += '\n';
+        ++i;
+      } else {
+        out += body[i];
+      }
+    }
+    return out;
+  }
+  return {};
+}
+
 namespace {
 
 // Tokens built segment by segment: text through the tokenizer, special pieces by id.
@@ -85,6 +111,13 @@ std::variant<std::vector<int32_t>, ApiError> render_chat(ChatTemplate t, const s
       b.text("\n\n");
       break;
     case ChatTemplate::kChatMl:
+      if (const std::string system = chatml_default_system(tokenizer.vocabulary().chat_template);
+          !system.empty() && (messages.empty() || messages[0].role != "system")) {
+        b.special("<|im_start|>");
+        b.text("system\n" + system);
+        b.special("<|im_end|>");
+        b.text("\n");
+      }
       for (const ChatMessage& m : messages) {
         b.special("<|im_start|>");
         b.text(m.role + "\n" + m.content);

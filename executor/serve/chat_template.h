@@ -22,9 +22,17 @@ std::optional<ChatTemplate> parse_chat_template(std::string_view name);  // llam
 // The rendering a template text stands for, by its markers; none for an unknown template.
 std::optional<ChatTemplate> recognise_chat_template(std::string_view template_text);
 
+// The system message a ChatML template text inserts when the conversation opens without one
+// (SmolLM2's: "You are a helpful AI assistant named SmolLM, trained by Hugging Face"): the text of a
+// literal '<|im_start|>system\n...<|im_end|>' guarded by a test that messages[0] is not a system
+// message, its \n escapes undone. Empty for a template without one.
+std::string chatml_default_system(std::string_view template_text);
+
 // The prompt tokens of `messages` rendered by `t` and ending where the assistant's reply begins:
 // BOS as the vocabulary adds it, text segments through the tokenizer, and the template's special
-// pieces (<|eot_id|>, <|im_start|>, </s>, ...) as their ids. An error names a piece the vocabulary
+// pieces (<|eot_id|>, <|im_start|>, </s>, ...) as their ids. ChatML opens with the default system
+// message of the tokenizer's own template (chatml_default_system) when `messages` has none, as
+// the template does. An error names a piece the vocabulary
 // lacks or a message order the template cannot render.
 std::variant<std::vector<int32_t>, ApiError> render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages,
                                                          const Tokenizer& tokenizer);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
 
 #include "executor/cpu/dot_kernels.h"
 #include "executor/model/weight_tensor.h"
@@ -297,51 +298,137 @@ TEST(KQuants, Q6_KBlockByHand) {
   EXPECT_FLOAT_EQ(out[1], 0.5f * 3 * -32);                  // q 0 - 32
 }
 
-// Random k-quant rows (sane binary16 scales, any other bytes): the vector kernels against the
-// plain reference, and each row's bits the same alone or in a batch.
+// Quantized rows `data` of `type` ([rows, cols]) against the plain reference for n_rows random
+// activation rows: each result within f32 rounding of the double sum, the same bits alone as in
+// the batch, and one-hot activations at `hot_columns` reading out the scalar decoder's weights
+// exactly (the kernels' vector decoders give its values).
+void check_quantized_kernels(WeightType type, const std::vector<std::byte>& data, int rows, int cols, int n_rows,
+                             std::initializer_list<int> hot_columns) {
+  const WeightTensor w{.type = type, .data = data.data(), .rows = rows, .cols = cols};
+  ASSERT_EQ(first_non_finite(w), -1);
+  const std::vector<float> x = random_floats(size_t(n_rows) * cols, 3);
+  std::vector<float> y(size_t(n_rows) * rows), ref = y;
+  MatmulArgs a{.w = &w, .x = x.data(), .x_stride = size_t(cols), .y = y.data(), .y_stride = size_t(rows), .n_rows = n_rows};
+  matmul_range(a, 0, rows);
+  a.y = ref.data();
+  matmul_reference(a);
+  const std::vector<float> wide = dequantize(w);
+  for (int r = 0; r < n_rows; ++r) {
+    std::vector<float> alone(rows);
+    const MatmulArgs one{.w = &w, .x = x.data() + size_t(r) * cols, .x_stride = size_t(cols), .y = alone.data(),
+                         .y_stride = size_t(rows), .n_rows = 1};
+    matmul_range(one, 0, rows);
+    for (int o = 0; o < rows; ++o) {
+      double magnitude = 0;
+      for (int i = 0; i < cols; ++i) magnitude += std::abs(double(wide[o * cols + i]) * x[r * cols + i]);
+      ASSERT_NEAR(y[r * rows + o], ref[r * rows + o], kMaxRelErrF32Dot * magnitude) << weight_type_name(type);
+      ASSERT_EQ(std::bit_cast<uint32_t>(alone[o]), std::bit_cast<uint32_t>(y[r * rows + o])) << weight_type_name(type);
+    }
+  }
+  for (int i : hot_columns) {
+    if (i >= cols) continue;
+    std::vector<float> hot(cols, 0.0f), out(rows);
+    hot[i] = 1.0f;
+    const MatmulArgs one{.w = &w, .x = hot.data(), .x_stride = size_t(cols), .y = out.data(), .y_stride = size_t(rows), .n_rows = 1};
+    matmul_range(one, 0, rows);
+    for (int o = 0; o < rows; ++o) ASSERT_EQ(out[o], wide[o * cols + i]) << weight_type_name(type) << " row " << o << " col " << i;
+  }
+}
+
+// Random bytes of `type` rows with each block's binary16 scales (at `scale_at` in blocks of
+// `block` bytes) made sane: normal magnitudes, of either sign when `signed_scales`.
+std::vector<std::byte> random_quant_rows(WeightType type, int rows, int cols, size_t block,
+                                         std::initializer_list<size_t> scale_at, bool signed_scales, std::mt19937& rng) {
+  std::vector<std::byte> data(rows * row_bytes(type, cols));
+  for (auto& x : data) x = static_cast<std::byte>(rng() & 0xff);
+  for (size_t b = 0; b < data.size() / block; ++b) {
+    for (size_t at : scale_at) {
+      const uint16_t d = static_cast<uint16_t>(0x1c00 + rng() % 0x1000 + (signed_scales && (rng() & 1) ? 0x8000 : 0));
+      std::memcpy(data.data() + b * block + at, &d, 2);
+    }
+  }
+  return data;
+}
+
+// Random k-quant rows (sane binary16 scales, any other bytes) through check_quantized_kernels.
 TEST(KQuants, KernelsMatchTheReferenceAndAreBatchInvariant) {
   std::mt19937 rng(::testing::UnitTest::GetInstance()->random_seed());
-  for (WeightType type : {WeightType::kQ4_K, WeightType::kQ6_K}) {
-    const int64_t rows = 7, cols = 512;
-    std::vector<std::byte> data(rows * row_bytes(type, cols));
-    for (auto& x : data) x = static_cast<std::byte>(rng() & 0xff);
-    const size_t block = type == WeightType::kQ4_K ? kQ4KBlockBytes : kQ6KBlockBytes;
-    for (size_t b = 0; b < data.size() / block; ++b) {
-      for (size_t at : type == WeightType::kQ4_K ? std::vector<size_t>{0, 2} : std::vector<size_t>{208}) {
-        const uint16_t d = static_cast<uint16_t>(0x1c00 + rng() % 0x1000);
-        std::memcpy(data.data() + b * block + at, &d, 2);
-      }
-    }
-    const WeightTensor w{.type = type, .data = data.data(), .rows = rows, .cols = cols};
-    ASSERT_EQ(first_non_finite(w), -1);
-    const int n_rows = 5;
-    const std::vector<float> x = random_floats(size_t(n_rows) * cols, 3);
-    std::vector<float> y(size_t(n_rows) * rows), ref = y;
-    MatmulArgs a{.w = &w, .x = x.data(), .x_stride = size_t(cols), .y = y.data(), .y_stride = size_t(rows), .n_rows = n_rows};
-    matmul_range(a, 0, rows);
-    a.y = ref.data();
-    matmul_reference(a);
-    const std::vector<float> wide = dequantize(w);
-    for (int r = 0; r < n_rows; ++r) {
-      for (int o = 0; o < rows; ++o) {
-        double magnitude = 0;
-        for (int i = 0; i < cols; ++i) magnitude += std::abs(double(wide[o * cols + i]) * x[r * cols + i]);
-        ASSERT_NEAR(y[r * rows + o], ref[r * rows + o], kMaxRelErrF32Dot * magnitude) << weight_type_name(type);
-        std::vector<float> alone(rows);
-        const MatmulArgs one{.w = &w, .x = x.data() + size_t(r) * cols, .x_stride = size_t(cols), .y = alone.data(),
-                             .y_stride = size_t(rows), .n_rows = 1};
-        matmul_range(one, o, o + 1);
-        ASSERT_EQ(std::bit_cast<uint32_t>(alone[o]), std::bit_cast<uint32_t>(y[r * rows + o]));
-      }
-    }
-    // A one-hot x reads out single weights: the kernels' vector decoders give the scalar decoder's
-    // values exactly.
-    for (int i : {0, 17, 31, 32, 100, 127, 128, 200, 255, 256, 300, 511}) {
-      std::vector<float> hot(cols, 0.0f), out(rows);
-      hot[i] = 1.0f;
-      const MatmulArgs one{.w = &w, .x = hot.data(), .x_stride = size_t(cols), .y = out.data(), .y_stride = size_t(rows), .n_rows = 1};
-      matmul_range(one, 0, rows);
-      for (int o = 0; o < rows; ++o) ASSERT_EQ(out[o], wide[o * cols + i]) << weight_type_name(type) << " row " << o << " col " << i;
+  const std::vector<std::byte> q4 = random_quant_rows(WeightType::kQ4_K, 7, 512, kQ4KBlockBytes, {0, 2}, false, rng);
+  check_quantized_kernels(WeightType::kQ4_K, q4, 7, 512, 5, {0, 17, 31, 32, 100, 127, 128, 200, 255, 256, 300, 511});
+  const std::vector<std::byte> q6 = random_quant_rows(WeightType::kQ6_K, 7, 512, kQ6KBlockBytes, {208}, false, rng);
+  check_quantized_kernels(WeightType::kQ6_K, q6, 7, 512, 5, {0, 17, 31, 32, 100, 127, 128, 200, 255, 256, 300, 511});
+}
+
+// q4_0: d = 0.5; byte 0 = 0x3A holds element 0 (low nibble 10) and element 16 (high nibble 3).
+// q4_1: d = 0.5, m = -1 over the same nibbles.
+TEST(Q4Weights, BlocksByHand) {
+  std::vector<std::byte> b0(kQ4_0BlockBytes, std::byte{0x88}), b1(kQ4_1BlockBytes, std::byte{0});
+  const uint16_t half = 0x3800, minus_one = 0xBC00;  // 0.5 and -1 in binary16
+  std::memcpy(b0.data(), &half, 2);
+  b0[2] = std::byte{0x3A};
+  std::memcpy(b1.data(), &half, 2);
+  std::memcpy(b1.data() + 2, &minus_one, 2);
+  b1[4] = std::byte{0x3A};
+  b1[4 + 15] = std::byte{0xF0};  // element 15: 0, element 31: 15
+  float out[kQ4BlockSize];
+  dequantize_q4_0_block(b0.data(), out);
+  EXPECT_EQ(out[0], 0.5f * (10 - 8));
+  EXPECT_EQ(out[16], 0.5f * (3 - 8));
+  EXPECT_EQ(out[1], 0.0f);  // 0x88: both nibbles 8
+  dequantize_q4_1_block(b1.data(), out);
+  EXPECT_EQ(out[0], 0.5f * 10 - 1);
+  EXPECT_EQ(out[16], 0.5f * 3 - 1);
+  EXPECT_EQ(out[15], -1.0f);
+  EXPECT_EQ(out[31], 0.5f * 15 - 1);
+  EXPECT_EQ(row_bytes(WeightType::kQ4_0, 64), 36u);
+  EXPECT_EQ(row_bytes(WeightType::kQ4_1, 64), 40u);
+  EXPECT_FALSE(row_layout_ok(WeightType::kQ4_1, 48));
+  EXPECT_TRUE(row_layout_ok(WeightType::kQ4_1, 64));
+}
+
+// ggml's reference quantizers, by hand: q4_1 spans [min, max] in 15 steps, q4_0 maps the
+// largest-magnitude value to -8; every value comes back within half a step (and the scales' binary16
+// rounding).
+TEST(Q4Weights, QuantizeAsGgmlsReferenceDoes) {
+  std::vector<float> x(32);
+  for (int i = 0; i < 32; ++i) x[i] = 0.1f * i - 0.5f;  // min -0.5, max 2.6
+  const std::vector<std::byte> q1 = quantize(x, 1, 32, WeightType::kQ4_1);
+  ASSERT_EQ(q1.size(), size_t(kQ4_1BlockBytes));
+  uint16_t d, m;
+  std::memcpy(&d, q1.data(), 2);
+  std::memcpy(&m, q1.data() + 2, 2);
+  EXPECT_EQ(d, float_to_half(3.1f / 15));
+  EXPECT_EQ(m, float_to_half(-0.5f));
+  EXPECT_EQ(static_cast<uint8_t>(q1[4]) & 0xF, 0);         // x[0] = min
+  EXPECT_EQ(static_cast<uint8_t>(q1[4 + 15]) >> 4, 15);    // x[31] = max
+  const std::vector<std::byte> q0 = quantize(x, 1, 32, WeightType::kQ4_0);
+  std::memcpy(&d, q0.data(), 2);
+  EXPECT_EQ(d, float_to_half(2.6f / -8));                   // the largest |x| is x[31] = 2.6
+  EXPECT_EQ(static_cast<uint8_t>(q0[2 + 15]) >> 4, 0);      // 2.6 / d + 8.5 = 0.5 -> 0
+  for (WeightType t : {WeightType::kQ4_0, WeightType::kQ4_1}) {
+    const std::vector<std::byte> q = quantize(x, 1, 32, t);
+    const std::vector<float> back = dequantize(WeightTensor{.type = t, .data = q.data(), .rows = 1, .cols = 32});
+    const double step = t == WeightType::kQ4_1 ? 3.1 / 15 : 2.6 / 8;
+    for (int i = 0; i < 32; ++i) EXPECT_NEAR(back[i], x[i], step / 2 * 1.02 + 1e-3) << weight_type_name(t) << " " << i;
+  }
+}
+
+// Random q4 rows (scales of either sign, any nibbles) through check_quantized_kernels, in one
+// tile of activation rows and past it; an infinite scale found where it is.
+TEST(Q4Weights, KernelsMatchTheReferenceAndAreBatchInvariant) {
+  std::mt19937 rng(::testing::UnitTest::GetInstance()->random_seed());
+  for (WeightType type : {WeightType::kQ4_0, WeightType::kQ4_1}) {
+    const bool q4_1 = type == WeightType::kQ4_1;
+    const size_t block = q4_1 ? kQ4_1BlockBytes : kQ4_0BlockBytes;
+    for (const auto [rows, cols, n_rows] : {std::tuple{37, 576, 5}, std::tuple{19, 1536, 70}, std::tuple{3, 32, 1}}) {
+      std::vector<std::byte> data = q4_1 ? random_quant_rows(type, rows, cols, block, {0, 2}, true, rng)
+                                         : random_quant_rows(type, rows, cols, block, {0}, true, rng);
+      check_quantized_kernels(type, data, rows, cols, n_rows, {0, 15, 16, 31, 32, cols - 1});
+      // The min m of q4_1, the d of q4_0, in the last block.
+      const uint16_t inf = 0x7c00;
+      std::memcpy(data.data() + data.size() - block + (q4_1 ? 2 : 0), &inf, 2);
+      const WeightTensor w{.type = type, .data = data.data(), .rows = rows, .cols = cols};
+      EXPECT_EQ(first_non_finite(w), int64_t(rows) * cols - kQ4BlockSize) << weight_type_name(type);
     }
   }
 }

@@ -421,4 +421,20 @@ inline void check_q8_0_weights_match_cpu(const DeviceFactory& make_device) {
   EXPECT_EQ(story(gpu), story(cpu));
 }
 
+// q4_0 and q4_1 matrices (the real model's types) reach the device widened to f32 on the host:
+// the same story as the CPU's kernels over the same weights.
+inline void check_q4_weights_match_cpu(const DeviceFactory& make_device) {
+  for (WeightType type : {WeightType::kQ4_0, WeightType::kQ4_1}) {
+    const ModelWeights q4 = convert_weights(default_model().weights, type);
+    auto story = [&](Backend& b) {
+      Decoder decoder(b);
+      GenerateOptions g{.steps = 96, .stop_at_eos = false};
+      return generate(decoder, {{kBosToken}}, {full_cache_budgets(q4.config(), 96)}, g).tokens[0];
+    };
+    CpuBackend cpu(q4);
+    GpuBackend gpu(q4, make_device(), GpuBackendOptions{});
+    EXPECT_EQ(story(gpu), story(cpu)) << weight_type_name(type);
+  }
+}
+
 }  // namespace kvp::test

@@ -100,5 +100,10 @@ TEST(GpuBackendCuda, Q8_0WeightsThroughTheKernelTellTheCpusQ8_0Story) {
   test::check_q8_0_weights_match_cpu(cuda_device);
 }
 
+TEST(GpuBackendCuda, Q4WeightsWidenedOnTheHostTellTheCpusStory) {
+  KVP_REQUIRE_GPU();
+  test::check_q4_weights_match_cpu(cuda_device);
+}
+
 }  // namespace
 }  // namespace kvp

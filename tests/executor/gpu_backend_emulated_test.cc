@@ -104,6 +104,8 @@ TEST(GpuBackendEmulated, Q8_0WeightsThroughTheKernelTellTheCpusQ8_0Story) {
   test::check_q8_0_weights_match_cpu(emulated);
 }
 
+TEST(GpuBackendEmulated, Q4WeightsWidenedOnTheHostTellTheCpusStory) { test::check_q4_weights_match_cpu(emulated); }
+
 TEST(GpuBackendEmulated, RunsEveryPolicy) {
   for (const std::string& name : policy_names()) {
     const auto policy = std::move(make_policy(name, PolicyParams{})).value();

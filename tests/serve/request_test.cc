@@ -227,8 +227,9 @@ TEST(ChatTemplate, Llama2TurnsAsTheReferenceTemplateWritesThem) {
 }
 
 // A small vocabulary with the special pieces of ChatML and Llama 3 as control tokens.
-Tokenizer chat_vocabulary() {
+Tokenizer chat_vocabulary(std::string chat_template = {}) {
   Vocabulary v;
+  v.chat_template = std::move(chat_template);
   v.kind = TokenizerKind::kSentencePiece;
   v.pieces = {"<unk>", "<s>", "</s>"};
   for (int b = 0; b < 256; ++b) v.pieces.push_back(fmt::format("<0x{:02X}>", b));
@@ -272,6 +273,38 @@ TEST(ChatTemplate, ChatMlAndLlama3PutSpecialPiecesAsIds) {
                                                                            tok.encode("assistant", false),
                                                                            {eh},
                                                                            tok.encode("\n\n", false)}));
+}
+
+// SmolLM2-135M-Instruct's template (tokenizer_config.json's text, Apache-2.0); its GGUF holds the
+// same with each \n escape decoded to a newline.
+constexpr std::string_view kSmolLm2Template =
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou "
+    "are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + "
+    "message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ "
+    "'<|im_start|>assistant\\n' }}{% endif %}";
+
+TEST(ChatTemplate, ChatMlOpensWithTheTemplatesDefaultSystemMessage) {
+  EXPECT_EQ(recognise_chat_template(kSmolLm2Template), ChatTemplate::kChatMl);
+  const std::string system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+  EXPECT_EQ(chatml_default_system(kSmolLm2Template), system);
+  std::string decoded(kSmolLm2Template);
+  for (size_t at; (at = decoded.find("\\n")) != std::string::npos;) decoded.replace(at, 2, "\n");
+  EXPECT_EQ(chatml_default_system(decoded), system);
+  EXPECT_EQ(chatml_default_system("{{'<|im_start|>' + message['role']}}"), "");  // none to insert
+  // A system turn that is not a literal (a variable) is not taken for one.
+  EXPECT_EQ(chatml_default_system("{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n' + sys + "
+                                  "'<|im_end|>' }}{% endif %}"),
+            "");
+  const Tokenizer tok = chat_vocabulary(std::string(kSmolLm2Template));
+  const int32_t im_start = tok.find_piece("<|im_start|>"), im_end = tok.find_piece("<|im_end|>");
+  const std::vector<int32_t> user_turn = concat({{im_start}, tok.encode("user\nU", false), {im_end},
+                                                 tok.encode("\n", false), {im_start}, tok.encode("assistant\n", false)});
+  EXPECT_EQ(rendered(ChatTemplate::kChatMl, {{"user", "U"}}, tok),
+            concat({{tok.bos(), im_start}, tok.encode("system\n" + system, false), {im_end}, tok.encode("\n", false),
+                    user_turn}));
+  // The conversation's own system message replaces it.
+  EXPECT_EQ(rendered(ChatTemplate::kChatMl, {{"system", "S"}, {"user", "U"}}, tok),
+            concat({{tok.bos(), im_start}, tok.encode("system\nS", false), {im_end}, tok.encode("\n", false), user_turn}));
 }
 
 TEST(Histogram, CumulativeBucketsSumAndCount) {

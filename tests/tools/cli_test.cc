@@ -644,7 +644,7 @@ std::vector<BadInvocation> bad_invocations() {
       {"convert_q8_0_to_hf", [](const std::string& d) { return "convert --to hf --dtype q8_0 --out " + d + "/x"; },
        "q8_0"},
       {"convert_unknown_dtype", [](const std::string& d) { return "convert --dtype f8 --out " + d + "/x.gguf"; },
-       "--dtype: expected f32, f16, bf16 or q8_0"},
+       "--dtype: expected f32, f16, bf16, q8_0, q4_0 or q4_1"},
       {"negative_top_p", [](const std::string&) { return "run --temperature 1 --top-p -0.5"; },
        "--top-p"},
       {"not_a_number", [](const std::string&) { return "run --steps many"; }, "--steps"},

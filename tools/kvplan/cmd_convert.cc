@@ -33,7 +33,9 @@ Status convert(const ConvertFlags& flags) {
     if (!t.ok()) return t.error().with_context("--dtype");
     dtype = *t;
   }
-  if (flags.to == "hf" && dtype == WeightType::kQ8_0) return make_error("--dtype: safetensors holds f32, f16 or bf16, not q8_0");
+  if (flags.to == "hf" && dtype && *dtype != WeightType::kF32 && *dtype != WeightType::kF16 && *dtype != WeightType::kBF16) {
+    return make_error("--dtype: safetensors holds f32, f16 or bf16, not {}", weight_type_name(*dtype));
+  }
   if (flags.to == "gguf" && flags.shards != 1) return make_error("--shards: only for --to hf");
 
   std::optional<ModelWeights> weights;
@@ -96,7 +98,8 @@ Command add_convert_command(CLI::App& app) {
                   "Context length of a --random-shape model (default: the shape's), e.g. 20480 for 16K-token prompts");
   sub->add_option("--to", flags->to, "Output format: gguf (a file) or hf (a folder) (default gguf)");
   sub->add_option("--dtype", flags->dtype,
-                  "Weight type of every matrix: f32, f16, bf16 or q8_0 (GGUF only); norms stay f32 (default: as loaded; "
+                  "Weight type of every matrix: f32, f16, bf16, or q8_0, q4_0, q4_1 (GGUF only; a matrix whose rows are not "
+                  "whole 32-blocks stays f16); norms stay f32 (default: as loaded; "
                   "f16 for --random-shape)");
   sub->add_option("--shards", flags->shards, "Safetensors shards for --to hf (default 1)");
   sub->add_option("--out", flags->out, "Output file (gguf) or folder (hf); written under a temporary name first")->required();
