@@ -58,6 +58,8 @@ void CpuBackend::reset_sequences(const std::vector<KvBudgets>& budgets,
   policies_.assign(budgets.size(), policy);
   prompts_.clear();
   prompts_.resize(budgets.size());
+  scorers_.clear();
+  scorers_.resize(budgets.size());
   peak_kv_bytes_ = 0;
   attend_stats_ = {};
   note_kv_bytes();
@@ -77,6 +79,48 @@ void CpuBackend::close_sequence(int seq) {
   KVP_CHECK(seq >= 0 && seq < static_cast<int>(caches_.size()), "close_sequence: no sequence {}", seq);
   caches_[seq] = KvCache(KvBudgets::uniform(config_.n_layers, config_.n_kv_heads, config_.head_dim(), 0));
   prompts_[seq] = Prompt{};
+  scorers_[seq] = Scorers{};
+}
+
+void CpuBackend::score_prompt_for(int seq, std::vector<std::shared_ptr<const Policy>> scorers) {
+  KVP_CHECK(seq >= 0 && seq < static_cast<int>(caches_.size()), "score_prompt_for: no sequence {}", seq);
+  KVP_CHECK(prefill_mode_.evict_chunk == 0, "a shared prefill holds the whole prompt (no --prefill-evict)");
+  KVP_CHECK(!prompts_[seq].scratch, "sequence {}: scorers set while its prompt is being prefilled", seq);
+  scorers_[seq] = Scorers{.policies = std::move(scorers)};
+}
+
+void CpuBackend::fork_prompt(int src, int scorer, int dst, const KvBudgets& budgets, std::shared_ptr<const Policy> policy) {
+  const Scorers& sc = scorers_[src];
+  KVP_CHECK(scorer >= 0 && scorer < static_cast<int>(sc.policies.size()) && sc.prompt_len > 0 && !prompts_[src].scratch,
+            "fork_prompt: sequence {} has no prompt scored by scorer {}", src, scorer);
+  KVP_CHECK(src != dst && policy, "fork_prompt: a policy and another sequence");
+  KVP_CHECK(budgets.aux_floats_per_slot >= policy->aux_floats_per_slot(), "fork_prompt: budgets without the policy's aux floats");
+  for (const SlotCompression& c : budgets.compression) {
+    KVP_CHECK(!c.compressed(), "fork_prompt: ThinK and Mustafar caches are cut in their own prefill");
+  }
+  open_sequence(dst, budgets, std::move(policy));
+  const Policy& p = *policies_[dst];
+  const int n_kv = config_.n_kv_heads, n = sc.prompt_len;
+  std::vector<std::vector<float>> score(n_kv), aux(n_kv);
+  std::vector<HeadSlots> from, to;
+  std::vector<int32_t> head_budgets;
+  for (int l = 0; l < config_.n_layers; ++l) {
+    from.clear(), to.clear(), head_budgets.clear();
+    for (int h = 0; h < n_kv; ++h) {
+      HeadSlots f = caches_[src].head(l, h);
+      KVP_CHECK(*f.n_used == n && f.pos[n - 1] == n - 1, "fork_prompt: sequence {} no longer holds its prompt", src);
+      // Copies: finish_prefill rewrites the scores it cuts by.
+      score[h] = sc.score[scorer][size_t(l) * n_kv + h];
+      aux[h] = sc.aux[scorer][size_t(l) * n_kv + h];
+      f.score = score[h].data();
+      f.aux = p.aux_floats_per_slot() > 0 ? aux[h].data() : nullptr;
+      from.push_back(f);
+      to.push_back(caches_[dst].head(l, h));
+      head_budgets.push_back(to.back().budget);
+    }
+    cut_slots(p, from, to, head_budgets, n - 1, true, eviction_logger(dst, n - 1, l, 0));
+  }
+  note_kv_bytes();
 }
 
 int64_t CpuBackend::kv_bytes_allocated() const {
@@ -116,6 +160,13 @@ void CpuBackend::start_prompt(int seq, int prompt_len) {
   Prompt& p = prompts_[seq];
   p.prompt_len = prompt_len;
   p.next_pos = 0;
+  if (Scorers& sc = scorers_[seq]; !sc.policies.empty()) {
+    KVP_CHECK(!policies_[seq]->evicts(), "sequence {}: a scored prompt runs under a policy that keeps every slot", seq);
+    const size_t heads = size_t(config_.n_layers) * config_.n_kv_heads;
+    sc.prompt_len = prompt_len;
+    sc.score.assign(sc.policies.size(), std::vector<std::vector<float>>(heads, std::vector<float>(prompt_len, 0.0f)));
+    sc.aux = sc.score;
+  }
   // Held whole, or (--prefill-evict) each head's budget plus one chunk.
   p.scratch = std::make_unique<KvCache>(caches_[seq].budgets().prefill_scratch(prompt_len, prefill_mode_.evict_chunk));
   note_kv_bytes();
@@ -296,6 +347,17 @@ void CpuBackend::prefill_rows(Worker& w, const Run& run, int layer_idx, int h0, 
   for (const HeadSlots& d : w.dest) budgets.push_back(d.budget);
   const int group = config_.group_size(), hd = config_.head_dim();
   const size_t q_at = static_cast<size_t>(h0) * group * hd, kv_at = static_cast<size_t>(h0) * hd;
+  // The sequence's scorers, over heads [h0, h1) of this layer.
+  Scorers& sc = scorers_[run.seq];
+  std::vector<ScoreObserver> observers;
+  std::vector<std::vector<float*>> obs_score(sc.policies.size()), obs_aux(sc.policies.size());
+  for (size_t o = 0; o < sc.policies.size(); ++o) {
+    for (int h = h0; h < h1; ++h) {
+      obs_score[o].push_back(sc.score[o][size_t(layer_idx) * config_.n_kv_heads + h].data());
+      obs_aux[o].push_back(sc.aux[o][size_t(layer_idx) * config_.n_kv_heads + h].data());
+    }
+    observers.push_back(ScoreObserver{.policy = sc.policies[o].get(), .score = obs_score[o], .aux = obs_aux[o]});
+  }
   for (int i = 0; i < run.n; ++i) {
     const int r = run.first + i;
     const int32_t pos = rows_.positions[r];
@@ -303,7 +365,7 @@ void CpuBackend::prefill_rows(Worker& w, const Run& run, int layer_idx, int h0, 
                 TokenRow{.q = row(Act::kQ, r) + q_at, .k = row(Act::kK, r) + kv_at, .v = row(Act::kV, r) + kv_at,
                          .pos = pos, .layer_idx = layer_idx, .prompt_len = p.prompt_len, .kv_head_first = h0},
                 group, row(Act::kAttn, r) + q_at, w.scratch, prefill_mode_.evict_chunk,
-                eviction_logger(run.seq, pos, layer_idx, h0));
+                eviction_logger(run.seq, pos, layer_idx, h0), observers);
   }
 }
 

@@ -66,6 +66,16 @@ class CpuBackend final : public Backend {
 
   KvCache& cache(int seq_idx) { return caches_[seq_idx]; }
 
+  // A shared prefill (kvplan eval --tasks): sequence `seq`'s next prompt, run under a policy that
+  // keeps every position, is also scored by each of `scorers` as that policy would score it in its
+  // own prefill (ScoreObserver), into arrays of its own. REQUIRES: no --prefill-evict.
+  void score_prompt_for(int seq, std::vector<std::shared_ptr<const Policy>> scorers);
+  // After that prompt: sequence `dst` gets a fresh cache of `budgets`, run under `policy`, holding
+  // what `policy` keeps of the prompt given scorers[scorer]'s scores (the cut its own prefill of the
+  // prompt would make: the same slots, scores and aux), ready to decode the positions after the
+  // prompt. `policy` scores as scorers[scorer] does (the same policy up to sinks and recent).
+  void fork_prompt(int src, int scorer, int dst, const KvBudgets& budgets, std::shared_ptr<const Policy> policy);
+
  private:
   // Rows are padded to a multiple of 16 floats so that every row starts 64-byte aligned.
   static size_t row_stride(int width) { return (static_cast<size_t>(width) + 15) / 16 * 16; }
@@ -83,6 +93,13 @@ class CpuBackend final : public Backend {
     int prompt_len = 0;
     int next_pos = 0;                  // the position its next row must have
     std::unique_ptr<KvCache> scratch;  // null: no prompt in progress
+  };
+  // score_prompt_for's scorers of a sequence and their arrays: [scorer][layer * n_kv_heads + head]
+  // of [prompt_len] scores and aux floats (indexed by slot, which is position in a keep-all prompt).
+  struct Scorers {
+    std::vector<std::shared_ptr<const Policy>> policies;
+    int prompt_len = 0;
+    std::vector<std::vector<std::vector<float>>> score, aux;
   };
   // One sequence's contiguous rows in the current step; a prompt's rows when prompt_len > 0.
   struct Run {
@@ -129,6 +146,7 @@ class CpuBackend final : public Backend {
   std::vector<KvCache> caches_;  // one per sequence
   std::vector<std::shared_ptr<const Policy>> policies_;  // one per sequence (never null)
   std::vector<Prompt> prompts_;  // one per sequence
+  std::vector<Scorers> scorers_;  // one per sequence (empty: none)
   PrefillMode prefill_mode_;
   int64_t peak_kv_bytes_ = 0;
   std::vector<EvictionRecord>* eviction_log_ = nullptr;

@@ -54,10 +54,17 @@ int sparse_slot_attention(const float* q, int group, const HeadSlots& head, cons
 }
 
 void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const TokenRow& row, int group,
-                float* attn_out, float* softmax, StepScratch& sc, const EvictFn& on_evict) {
+                float* attn_out, float* softmax, StepScratch& sc, const EvictFn& on_evict,
+                std::span<const ScoreObserver> observers) {
   const int n_kv_heads = static_cast<int>(heads.size());
   const int hd = heads[0].head_dim;
-  const bool want_weights = policy.uses_attention();
+  bool want_weights = policy.uses_attention();
+  for (const ScoreObserver& o : observers) want_weights = want_weights || o.policy->uses_attention();
+  // An observer's view of head h's slots: the head's positions, its own scores.
+  auto observed = [&](const ScoreObserver& o, int h) {
+    return SlotArrays{.n_used = *heads[h].n_used, .budget = heads[h].budget, .pos = heads[h].pos,
+                      .score = o.score[h], .aux = o.aux[h]};
+  };
   sc.self_weight.assign(n_kv_heads, 0.0f);
   // DELTA at a decode row with a query: a selection layer scores the pages, a sparse one attends them.
   const DeltaParams& delta = policy.params().delta;
@@ -102,6 +109,10 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
     if (want_weights) {
       SlotArrays s = head.slots();
       policy.observe(s, sc.weights.data(), row.pos, row.prompt_len);
+      for (const ScoreObserver& o : observers) {
+        SlotArrays os = observed(o, h);
+        if (o.policy->uses_attention()) o.policy->observe(os, sc.weights.data(), row.pos, row.prompt_len);
+      }
       sc.self_weight[h] = sc.weights[*head.n_used];
     }
   }
@@ -128,9 +139,14 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
     const float* v_new = row.v + size_t(h) * hd;
     head.store(sc.slot[h], k_new, v_new, row.pos);
     SlotArrays s = head.slots();
-    policy.init_slot(s, sc.slot[h],
-                     NewToken{.pos = row.pos, .layer_idx = row.layer_idx, .kv_head_idx = row.kv_head_first + h, .k = k_new, .v = v_new,
-                              .head_dim = hd, .self_weight = sc.self_weight[h], .prompt_len = row.prompt_len});
+    const NewToken token{.pos = row.pos, .layer_idx = row.layer_idx, .kv_head_idx = row.kv_head_first + h, .k = k_new,
+                         .v = v_new, .head_dim = hd, .self_weight = sc.self_weight[h], .prompt_len = row.prompt_len};
+    policy.init_slot(s, sc.slot[h], token);
+    for (const ScoreObserver& o : observers) {
+      KVP_CHECK(sc.victim[h] < 0, "a policy with score observers must keep every slot");
+      SlotArrays os = observed(o, h);
+      o.policy->init_slot(os, sc.slot[h], token);
+    }
   }
 }
 
@@ -197,9 +213,9 @@ void cut_slots(const Policy& policy, std::span<const HeadSlots> from, std::span<
 
 void prefill_row(const Policy& policy, std::span<const HeadSlots> scratch, std::span<const HeadSlots> dest,
                  std::span<const int32_t> budgets, const TokenRow& row, int group, float* attn_out, StepScratch& sc,
-                 int evict_chunk, const EvictFn& on_cut) {
+                 int evict_chunk, const EvictFn& on_cut, std::span<const ScoreObserver> observers) {
   KVP_CHECK(row.prompt_len > 0 && row.pos < row.prompt_len);
-  layer_step(policy, scratch, row, group, attn_out, nullptr, sc, {});
+  layer_step(policy, scratch, row, group, attn_out, nullptr, sc, {}, observers);
   if (row.pos == row.prompt_len - 1) {
     cut_slots(policy, scratch, dest, budgets, row.pos, true, on_cut);
   } else if (evict_chunk > 0 && (row.pos + 1) % evict_chunk == 0) {

@@ -134,11 +134,23 @@ struct StepScratch {
 int sparse_slot_attention(const float* q, int group, const HeadSlots& head, const float* k_new, const float* v_new,
                           const SlotAttentionOut& result, const DeltaRow& delta, StepScratch& sc);
 
+// Another policy scoring the same slots into arrays of its own, as it would score them in its own
+// prefill (init_slot and observe; the slots and their positions are the stepped policy's): a
+// shared prefill scores one pass over a prompt for every policy of a grid (kvplan eval --tasks).
+// score[h] and aux[h] ([budget] each; aux[h] may be null) belong to the step's head h.
+struct ScoreObserver {
+  const Policy* policy;
+  std::span<float* const> score;
+  std::span<float* const> aux;
+};
+
 // Attends each query head over its KV head's slots plus the token itself (writing `attn_out`,
 // [n_heads, head_dim], and when given `softmax`, [n_heads, 2] as SlotAttentionOut), updates the scores, and inserts the token
 // into a free slot or the victim's.
+// `observers` score alongside `policy`, which must then keep every slot (it never evicts here).
 void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const TokenRow& row, int group,
-                float* attn_out, float* softmax, StepScratch& scratch, const EvictFn& on_evict);
+                float* attn_out, float* softmax, StepScratch& scratch, const EvictFn& on_evict,
+                std::span<const ScoreObserver> observers = {});
 
 // Keeps, of `prompt` (heads holding positions 0..n-1 in order, prefilled by layer_step with
 // prompt_len n), what the policy selects within each of `dest`'s budgets, in position order.
@@ -155,9 +167,10 @@ void cut_slots(const Policy& policy, std::span<const HeadSlots> from, std::span<
 // last position, what the policy keeps within budgets[h] into `dest`; after the last row of an
 // --prefill-evict chunk, in place in `scratch`, from the scores so far. The executor's CPU cache
 // and the planner's replay both prefill through this, so they cut the same tokens.
+// `observers` score the scratch's slots alongside `policy` (layer_step).
 void prefill_row(const Policy& policy, std::span<const HeadSlots> scratch, std::span<const HeadSlots> dest,
                  std::span<const int32_t> budgets, const TokenRow& row, int group, float* attn_out, StepScratch& sc,
-                 int evict_chunk, const EvictFn& on_cut);
+                 int evict_chunk, const EvictFn& on_cut, std::span<const ScoreObserver> observers = {});
 
 void cut_prefill(const Policy& policy, std::span<const HeadSlots> prompt, std::span<const HeadSlots> dest,
                  const EvictFn& on_evict);
