@@ -11,6 +11,7 @@
 #include "executor/evaluator.h"
 #include "executor/generator.h"
 #include "executor/recorder.h"
+#include "executor/tasks/task_eval.h"
 #include "tools/kvplan/command.h"
 #include "tools/kvplan/plan_flags.h"
 
@@ -33,6 +34,11 @@ struct EvalFlags {
   std::vector<std::string> plans;
   std::string policies = "full,window,h2o,vatp,tova,snapkv,knorm,random";
   std::string budgets = "16,32,64,128,256";
+  // --tasks
+  std::string tasks;
+  std::vector<double> keep;           // keep ratios of a single policy
+  std::string compressions = "0.25,0.5,0.75,0.875";  // --grid over tasks: kvpress's compression ratios
+  std::string cut = "agnostic";       // agnostic, aware or both
 };
 
 Measured describe(const Plan& plan, const std::string& source, const std::string& corpus) {
@@ -321,6 +327,143 @@ Status eval_grid(const EvalFlags& flags) {
   return ok_status();
 }
 
+// --tasks: every configuration on every instance (shared prefills), outcomes.csv with a row per
+// configuration and instance, summary.csv and summary.md with accuracy per configuration, family
+// and length (Wilson 95% interval), and ΔNLL and KL on the reference answers.
+Status eval_tasks(const EvalFlags& flags) {
+  if (flags.out.empty()) return make_error("--out: eval --tasks needs a directory to write outcomes.csv and summary.*");
+  if (!flags.corpus.empty()) return make_error("--corpus and --tasks: give one of them");
+  if (flags.prefill_evict) return make_error("--prefill-evict: eval --tasks holds each prompt whole to share it");
+  KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer, flags.model.load_options()));
+  KVP_ASSIGN_OR_RETURN(std::string fingerprint, model_fingerprint(model));
+  KVP_ASSIGN_OR_RETURN(TaskFile file, load_tasks(flags.tasks, model.weights.config(), fingerprint));
+  std::vector<CutPoint> cuts;
+  if (flags.cut == "agnostic" || flags.cut == "both") cuts.push_back(CutPoint::kContext);
+  if (flags.cut == "aware" || flags.cut == "both") cuts.push_back(CutPoint::kQuestion);
+  if (cuts.empty()) return make_error("--cut: expected agnostic, aware or both, found '{}'", flags.cut);
+  // The configurations: a plan, plans, one policy at --keep ratios, or the grid of policies ×
+  // compression ratios (keep = 1 − compression), each at every cut.
+  std::vector<TaskConfig> configs;
+  const PlanModel pm = plan_model(model.weights.config(), fingerprint);
+  auto add = [&](TaskConfig c) {
+    for (CutPoint cut : cuts) {
+      c.cut = cut;
+      TaskConfig copy = c;
+      copy.label = c.label + (cuts.size() > 1 ? fmt::format(" {}", cut_point_name(cut)) : "");
+      configs.push_back(copy);
+    }
+  };
+  auto add_plan = [&](const std::string& path) -> Status {
+    KVP_ASSIGN_OR_RETURN(Plan plan, Plan::load(path));
+    KVP_RETURN_IF_ERROR(plan.check_model(pm, path, model.files.model_path));
+    add(TaskConfig{.label = std::filesystem::path(path).stem().string(), .policy = plan.policy, .params = plan.params,
+                   .published_defaults = false, .budgets = plan.kv_budgets()});
+    return ok_status();
+  };
+  if (!flags.plan.plan_path.empty()) {
+    KVP_RETURN_IF_ERROR(add_plan(flags.plan.plan_path));
+  } else if (!flags.plans.empty()) {
+    for (const std::string& p : flags.plans) KVP_RETURN_IF_ERROR(add_plan(p));
+  } else if (flags.grid) {
+    KVP_ASSIGN_OR_RETURN(std::vector<double> ratios, parse_ratio_list("--compression", flags.compressions));
+    add(TaskConfig{.label = "full"});
+    for (const std::string& p : split_list(flags.policies)) {
+      if (p == "full") continue;
+      KVP_ASSIGN_OR_RETURN(PolicyParams params, flags.plan.params_for(p, 64));
+      for (double r : ratios) {
+        add(TaskConfig{.label = fmt::format("{} c{}", p, r), .policy = p, .params = params, .keep = 1.0 - r});
+      }
+    }
+  } else {
+    if (flags.plan.policy.empty()) return make_error("eval --tasks: give --plan, --plans, --grid, or --policy with --keep or --budget");
+    KVP_ASSIGN_OR_RETURN(PolicyParams params, flags.plan.params_for(flags.plan.policy, std::max(flags.plan.budget, 64)));
+    if (flags.plan.budget > 0) {
+      const ModelConfig& c = model.weights.config();
+      KvBudgets b = KvBudgets::uniform(c.n_layers, c.n_kv_heads, c.head_dim(), flags.plan.budget);
+      add(TaskConfig{.label = fmt::format("{} b{}", flags.plan.policy, flags.plan.budget), .policy = flags.plan.policy,
+                     .params = params, .published_defaults = false, .budgets = b});
+    } else {
+      if (flags.keep.empty()) return make_error("--keep: eval --tasks with --policy needs --keep ratios or --budget");
+      for (double k : flags.keep) {
+        if (!(k > 0 && k <= 1)) return make_error("--keep: expected ratios in (0, 1], found {}", k);
+        add(TaskConfig{.label = fmt::format("{} k{}", flags.plan.policy, k), .policy = flags.plan.policy, .params = params,
+                       .keep = k, .published_defaults = !flags.plan.sinks && flags.plan.recent.empty()});
+      }
+    }
+  }
+  for (const TaskConfig& c : configs) {
+    if (c.policy == "full") continue;
+    KVP_RETURN_IF_ERROR(make_policy(c.policy, c.params).status());
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(flags.out, ec);
+  if (ec) return make_error("{}: cannot create: {}", flags.out, ec.message());
+  CpuBackend backend(model.weights, flags.model.threads);
+  int64_t tokens = 0;
+  for (const TaskInstance& t : file.instances) tokens += static_cast<int64_t>(t.tokens.size());
+  Progress progress("eval --tasks: instances", static_cast<int64_t>(file.instances.size()), !flags.json);
+  const auto outcomes = evaluate_tasks(
+      backend, model.tokenizer, file.instances, configs,
+      TaskEvalOptions{.prefill_chunk = flags.prefill_chunk, .batch = std::min(flags.batch, 8),
+                      .progress = [&](int done, double) { progress.update(done); }});
+  progress.finish(static_cast<int64_t>(file.instances.size()));
+  std::string rows = "config,policy,cut,id,family,length,prompt_tokens,budget,kv_bytes,score,nll_full,nll,delta_nll,kl,"
+                     "needles_kept,prediction\n";
+  struct Sum {
+    double score = 0, dnll = 0, kl = 0, needles = 0;
+    int n = 0;
+    int64_t kv_bytes = 0;
+  };
+  std::map<std::tuple<size_t, std::string, int>, Sum> sums;  // (config, family, length)
+  for (size_t c = 0; c < configs.size(); ++c) {
+    for (const TaskOutcome& o : outcomes[c]) {
+      std::string pred = o.prediction;
+      for (char& ch : pred) ch = ch == '"' ? '\'' : ch == '\n' ? ' ' : ch;
+      rows += fmt::format("{},{},{},{},{},{},{},{},{},{:.4f},{:.5f},{:.5f},{:.5f},{:.5f},{:.4f},\"{}\"\n", configs[c].label,
+                          configs[c].policy, cut_point_name(configs[c].cut), o.id, o.family, o.length, o.prompt_tokens,
+                          o.budget, o.kv_bytes, o.score, o.nll_full, o.nll, o.nll - o.nll_full, o.kl, o.needles_kept, pred);
+      Sum& s = sums[{c, o.family, o.length}];
+      s.score += o.score, s.dnll += o.nll - o.nll_full, s.kl += o.kl, s.needles += o.needles_kept, s.kv_bytes += o.kv_bytes;
+      ++s.n;
+    }
+  }
+  std::string csv = "config,policy,cut,family,length,n,accuracy,accuracy_low,accuracy_high,delta_nll,kl,needles_kept,"
+                    "kv_bytes\n";
+  std::string md = fmt::format("## Task accuracy: {}\n\n{} instances of {} families, model {}. Accuracy is RULER's "
+                               "score of the greedy answer (95% Wilson interval); ΔNLL and KL are on the reference "
+                               "answer's tokens, teacher-forced, against the full cache.\n\n"
+                               "| configuration | cut | family | length | n | accuracy | interval | ΔNLL | KL | needle "
+                               "tokens kept | KV bytes |\n|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|\n",
+                               flags.tasks, file.instances.size(), file.header.families.size(), model.files.model_path);
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& [key, s] : sums) {
+    const auto& [c, family, length] = key;
+    const double acc = s.score / s.n;
+    const Interval ci = wilson_interval(acc, s.n);
+    csv += fmt::format("{},{},{},{},{},{},{:.4f},{:.4f},{:.4f},{:.5f},{:.5f},{:.4f},{}\n", configs[c].label,
+                       configs[c].policy, cut_point_name(configs[c].cut), family, length, s.n, acc, ci.low, ci.high,
+                       s.dnll / s.n, s.kl / s.n, s.needles / s.n, s.kv_bytes / s.n);
+    md += fmt::format("| {} | {} | {} | {} | {} | {:.3f} | [{:.2f}, {:.2f}] | {:.4f} | {:.4f} | {:.3f} | {} |\n",
+                      configs[c].label, cut_point_name(configs[c].cut), family, length, s.n, acc, ci.low, ci.high,
+                      s.dnll / s.n, s.kl / s.n, s.needles / s.n, s.kv_bytes / s.n);
+    j.push_back({{"config", configs[c].label}, {"policy", configs[c].policy}, {"cut", cut_point_name(configs[c].cut)},
+                 {"family", family}, {"length", length}, {"n", s.n}, {"accuracy", acc}, {"accuracy_low", ci.low},
+                 {"accuracy_high", ci.high}, {"delta_nll", s.dnll / s.n}, {"kl", s.kl / s.n},
+                 {"needles_kept", s.needles / s.n}, {"kv_bytes", s.kv_bytes / s.n}});
+  }
+  const std::filesystem::path dir(flags.out);
+  KVP_RETURN_IF_ERROR(write_file_atomic((dir / "outcomes.csv").string(), rows));
+  KVP_RETURN_IF_ERROR(write_file_atomic((dir / "summary.csv").string(), csv));
+  KVP_RETURN_IF_ERROR(write_file_atomic((dir / "summary.md").string(), md));
+  if (flags.json) {
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("%s\nwrote %s/outcomes.csv, summary.csv and summary.md (%lld prompt tokens, %zu configurations)\n",
+                md.c_str(), flags.out.c_str(), static_cast<long long>(tokens), configs.size());
+  }
+  return ok_status();
+}
+
 }  // namespace
 
 Command add_eval_command(CLI::App& app) {
@@ -331,7 +474,19 @@ Command add_eval_command(CLI::App& app) {
       "agreement, KV bytes, tokens/s); --grid runs policies × budgets");
   flags->model.add_to(sub);
   flags->plan.add_to(sub);
-  sub->add_option("--corpus", flags->corpus, "A kvplan corpus file or a plain text file")->required();
+  sub->add_option("--corpus", flags->corpus, "A kvplan corpus file or a plain text file (or --tasks)");
+  sub->add_option("--tasks", flags->tasks,
+                  "A kvplan tasks file instead of --corpus: generate each answer greedily under each configuration "
+                  "and score it (accuracy per family and length), with ΔNLL and KL on the reference answers; "
+                  "writes --out DIR/outcomes.csv, summary.csv, summary.md");
+  sub->add_option("--keep", flags->keep, "--tasks with --policy: keep ratios of each prompt's cut (e.g. 0.5 0.25)")
+      ->expected(1, -1);
+  sub->add_option("--compression", flags->compressions,
+                  "--tasks --grid: compression ratios, the share of the cut's tokens dropped (default 0.25,0.5,0.75,0.875, "
+                  "kvpress's leaderboard grid)");
+  sub->add_option("--cut", flags->cut,
+                  "--tasks: where the cache is cut: agnostic (before the question: the default, kvpress's leaderboard "
+                  "setting), aware (after it) or both");
   sub->add_option("--prompt-len", flags->prompt_len, "Prompt positions attended in full before eviction (default 64)");
   sub->add_option("--batch", flags->batch, "Sequences per forward pass (default 16)");
   sub->add_option("--prefill-chunk", flags->prefill_chunk, "Prompt rows per forward pass (default 512)")
@@ -352,6 +507,8 @@ Command add_eval_command(CLI::App& app) {
       ->expected(1, -1);
   return {sub, [flags] {
             if (flags->grid && !flags->plans.empty()) return Status(make_error("--grid and --plans: give one of them"));
+            if (!flags->tasks.empty()) return eval_tasks(*flags);
+            if (flags->corpus.empty()) return Status(make_error("--corpus: eval needs a corpus (or --tasks)"));
             if (!flags->plans.empty()) return eval_plans(*flags);
             return flags->grid ? eval_grid(*flags) : eval_one(*flags);
           }};

@@ -32,6 +32,7 @@ Command add_convert_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
 Command add_measure_hardware_command(CLI::App& app);
 Command add_serve_command(CLI::App& app);
+Command add_tasks_command(CLI::App& app);
 
 // "268435456", "256MiB", "1GiB", "2GB": a byte count; errors name `flag`.
 Result<int64_t> parse_byte_count(const std::string& flag, const std::string& text);

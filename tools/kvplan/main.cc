@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
     return who + ": " + e.what() + " (run with --help for usage)\n";
   });
   std::vector<Command> commands = {add_run_command(app), add_inspect_command(app),
-                                   add_corpus_command(app), add_record_command(app),
+                                   add_corpus_command(app), add_tasks_command(app), add_record_command(app),
                                    add_plan_command(app), add_eval_command(app),
                                    add_sweep_command(app), add_capacity_command(app),
                                    add_calibrate_command(app), add_check_command(app),

@@ -1,0 +1,243 @@
+#include "executor/tasks/task_eval.h"
+
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "executor/decoder.h"
+#include "executor/generator.h"
+
+namespace kvp {
+
+std::string_view cut_point_name(CutPoint c) { return c == CutPoint::kContext ? "agnostic" : "aware"; }
+
+Interval wilson_interval(double mean, int n) {
+  if (n <= 0) return {0, 1};
+  const double z = 1.96, z2 = z * z, p = std::clamp(mean, 0.0, 1.0);
+  const double centre = (p + z2 / (2 * n)) / (1 + z2 / n);
+  const double half = z * std::sqrt(p * (1 - p) / n + z2 / (4.0 * n * n)) / (1 + z2 / n);
+  return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
+}
+
+namespace {
+
+// What a policy's scores depend on: everything but sinks and recent (Policy's contract), so
+// configurations differing only in those share one scorer.
+std::string scorer_signature(const std::string& name, const PolicyParams& p) {
+  return fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|{}", name, vatp_base_name(p.vatp_base), p.snap_window, p.snap_kernel,
+                     p.crush_base, p.crush_ratio, crush_anchor_name(p.crush_anchor), p.crush_period, p.seed);
+}
+
+// A configuration made concrete for one instance and cut.
+struct Prepared {
+  int config = -1;  // index into configs; -1: the internal full-cache reference
+  std::shared_ptr<const Policy> policy;
+  KvBudgets budgets;
+  int scorer = 0;
+  int budget = 0;
+};
+
+std::vector<float> log_softmax(const float* logits, int n) {
+  float m = logits[0];
+  for (int i = 1; i < n; ++i) m = std::max(m, logits[i]);
+  double sum = 0;
+  for (int i = 0; i < n; ++i) sum += std::exp(double(logits[i]) - m);
+  const float lse = m + static_cast<float>(std::log(sum));
+  std::vector<float> out(n);
+  for (int i = 0; i < n; ++i) out[i] = logits[i] - lse;
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const Tokenizer& tokenizer,
+                                                     const std::vector<TaskInstance>& instances,
+                                                     const std::vector<TaskConfig>& configs,
+                                                     const TaskEvalOptions& options) {
+  const ModelConfig& mc = backend.config();
+  const int vocab = mc.vocab_size;
+  std::vector<std::vector<TaskOutcome>> out(configs.size(), std::vector<TaskOutcome>(instances.size()));
+  Decoder decoder(backend);
+  const auto start = std::chrono::steady_clock::now();
+  const int batch = std::max(1, options.batch);
+  for (size_t ii = 0; ii < instances.size(); ++ii) {
+    const TaskInstance& inst = instances[ii];
+    const int n = static_cast<int>(inst.tokens.size());
+    const int reference_len = static_cast<int>(inst.reference.size());
+    const int capacity = n + std::max(inst.max_answer_tokens, reference_len) + 1;
+    for (CutPoint cut : {CutPoint::kContext, CutPoint::kQuestion}) {
+      std::vector<int> chosen;
+      for (size_t c = 0; c < configs.size(); ++c) {
+        if (configs[c].cut == cut) chosen.push_back(static_cast<int>(c));
+      }
+      if (chosen.empty()) continue;
+      const int prefix = cut == CutPoint::kContext ? inst.context_end : n - 1;
+      // The configurations concrete at this cut, the full-cache reference first, and their scorers.
+      std::vector<Prepared> prepared;
+      std::vector<std::shared_ptr<const Policy>> scorers = {keep_all_policy()};
+      std::map<std::string, int> scorer_of;
+      prepared.push_back(Prepared{.config = -1, .policy = keep_all_policy(), .budgets = full_cache_budgets(mc, capacity),
+                                  .scorer = 0, .budget = capacity});
+      for (int c : chosen) {
+        const TaskConfig& cfg = configs[c];
+        Prepared p{.config = c};
+        if (cfg.policy == "full") {
+          continue;  // the reference's outcome, copied below
+        } else {
+          p.budget = cfg.budgets ? *std::max_element(cfg.budgets->budget_tokens.begin(), cfg.budgets->budget_tokens.end())
+                                 : std::max(1, static_cast<int>(std::ceil(cfg.keep * prefix)));
+          PolicyParams params = cfg.params;
+          if (cfg.published_defaults && !cfg.budgets) {
+            const PolicyParams d = published_defaults(cfg.policy, p.budget);
+            params.sinks = d.sinks, params.recent = d.recent;
+          }
+          auto policy = make_policy(cfg.policy, params);
+          KVP_CHECK(policy.ok(), "{}: {}", cfg.label, policy.error().message());
+          p.policy = std::shared_ptr<const Policy>(std::move(policy).value());
+          if (cfg.budgets) {
+            p.budgets = *cfg.budgets;
+          } else {
+            p.budget = std::max(p.budget, p.policy->min_budget());
+            p.budgets = KvBudgets::uniform(mc.n_layers, mc.n_kv_heads, mc.head_dim(), p.budget);
+          }
+          p.budgets.aux_floats_per_slot = p.policy->aux_floats_per_slot();
+          const std::string sig = scorer_signature(cfg.policy, params);
+          auto [it, fresh] = scorer_of.emplace(sig, static_cast<int>(scorers.size()));
+          if (fresh) scorers.push_back(p.policy);
+          p.scorer = it->second;
+        }
+        prepared.push_back(std::move(p));
+      }
+      // The shared prefill: sequence 0 under keep-all, scored for every policy.
+      std::vector<KvBudgets> seqs(1 + batch, KvBudgets::uniform(mc.n_layers, mc.n_kv_heads, mc.head_dim(), 0));
+      seqs[0] = full_cache_budgets(mc, capacity);
+      backend.reset_sequences(seqs);
+      backend.score_prompt_for(0, scorers);
+      for (int c0 = 0; c0 < prefix; c0 += options.prefill_chunk) {
+        StepRows rows;
+        for (int p = c0; p < std::min(prefix, c0 + options.prefill_chunk); ++p) rows.add(inst.tokens[p], p, 0, prefix);
+        decoder.forward(rows, {}, nullptr);
+      }
+      const std::vector<int32_t> suffix(inst.tokens.begin() + prefix, inst.tokens.end());
+      const int s_len = static_cast<int>(suffix.size());
+      std::vector<std::vector<float>> full_logprobs;  // [reference_len][vocab], the reference's rows
+      double full_nll = 0;
+      TaskOutcome reference;  // the full cache's, for the configurations of policy full
+      for (size_t b0 = 0; b0 < prepared.size(); b0 += batch) {
+        const size_t b1 = std::min(prepared.size(), b0 + batch);
+        const int k = static_cast<int>(b1 - b0);
+        // Teacher-forced: the rest of the prompt, then the reference answer.
+        StepRows rows;
+        std::vector<int32_t> logit_rows;
+        for (int j = 0; j < k; ++j) {
+          const Prepared& p = prepared[b0 + j];
+          backend.fork_prompt(0, p.scorer, 1 + j, p.budgets, p.policy);
+          for (int t = 0; t < s_len + reference_len - 1; ++t) {
+            const int32_t token = t < s_len ? suffix[t] : inst.reference[t - s_len];
+            if (t >= s_len - 1) logit_rows.push_back(static_cast<int32_t>(rows.size()));
+            rows.add(token, prefix + t, 1 + j);
+          }
+        }
+        std::vector<float> logits;
+        decoder.forward(rows, logit_rows, &logits);
+        for (int j = 0; j < k; ++j) {
+          const Prepared& p = prepared[b0 + j];
+          double nll = 0, kl = 0;
+          std::vector<std::vector<float>> lp;
+          for (int r = 0; r < reference_len; ++r) {
+            lp.push_back(log_softmax(logits.data() + (size_t(j) * reference_len + r) * vocab, vocab));
+            nll -= lp.back()[inst.reference[r]];
+          }
+          if (p.config < 0) {
+            full_logprobs = lp;
+            full_nll = nll / std::max(1, reference_len);
+            reference.nll = reference.nll_full = full_nll;
+            continue;
+          }
+          for (int r = 0; r < reference_len; ++r) {
+            double d = 0;
+            for (int v = 0; v < vocab; ++v) d += std::exp(double(full_logprobs[r][v])) * (full_logprobs[r][v] - lp[r][v]);
+            kl += d;
+          }
+          TaskOutcome& o = out[p.config][ii];
+          o.nll = nll / std::max(1, reference_len);
+          o.nll_full = full_nll;
+          o.kl = kl / std::max(1, reference_len);
+        }
+        // Greedy answers: a fresh cut, the rest of the prompt, then one token per step.
+        std::vector<std::vector<int32_t>> answer(k);
+        std::vector<bool> done(k, false);
+        rows = StepRows{};
+        logit_rows.clear();
+        for (int j = 0; j < k; ++j) {
+          const Prepared& p = prepared[b0 + j];
+          backend.fork_prompt(0, p.scorer, 1 + j, p.budgets, p.policy);
+          if (p.config >= 0 && !inst.needles.empty()) {
+            // Needle tokens in the cut cache, over layers and heads.
+            std::set<int32_t> wanted;
+            for (const TaskNeedle& nd : inst.needles) {
+              for (int32_t q = nd.begin; q < nd.end; ++q) wanted.insert(q);
+            }
+            int64_t kept = 0;
+            for (int l = 0; l < mc.n_layers; ++l) {
+              for (int h = 0; h < mc.n_kv_heads; ++h) {
+                const HeadSlots head = backend.cache(1 + j).head(l, h);
+                for (int s = 0; s < *head.n_used; ++s) kept += wanted.count(head.pos[s]);
+              }
+            }
+            out[p.config][ii].needles_kept =
+                double(kept) / (double(wanted.size()) * mc.n_layers * mc.n_kv_heads);
+          }
+          for (int t = 0; t < s_len; ++t) rows.add(suffix[t], prefix + t, 1 + j);
+          logit_rows.push_back(static_cast<int32_t>(rows.size() - 1));
+        }
+        for (int step = 0;; ++step) {
+          decoder.forward(rows, logit_rows, &logits);
+          rows = StepRows{};
+          logit_rows.clear();
+          int li = 0;
+          for (int j = 0; j < k; ++j) {
+            if (done[j]) continue;
+            const float* row = logits.data() + size_t(li++) * vocab;
+            const int32_t token = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+            if (tokenizer.is_end_token(token) || token == tokenizer.bos()) {
+              done[j] = true;
+              continue;
+            }
+            answer[j].push_back(token);
+            if (static_cast<int>(answer[j].size()) >= inst.max_answer_tokens) {
+              done[j] = true;
+              continue;
+            }
+            logit_rows.push_back(static_cast<int32_t>(rows.size()));
+            rows.add(token, n + static_cast<int>(answer[j].size()) - 1, 1 + j);
+          }
+          if (rows.size() == 0) break;
+        }
+        for (int j = 0; j < k; ++j) {
+          const Prepared& p = prepared[b0 + j];
+          TaskOutcome& o = p.config < 0 ? reference : out[p.config][ii];
+          o.id = inst.id;
+          o.family = inst.family;
+          o.length = inst.length;
+          o.prompt_tokens = n;
+          o.budget = p.budget;
+          o.kv_bytes = p.budgets.kv_bytes();
+          o.prediction = tokenizer.decode(answer[j]);
+          o.score = score_answer(inst.metric, inst.answers, o.prediction);
+        }
+      }
+      for (int c : chosen) {
+        if (configs[c].policy == "full") out[c][ii] = reference;
+      }
+    }
+    if (options.progress) {
+      options.progress(static_cast<int>(ii + 1),
+                       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+  }
+  return out;
+}
+
+}  // namespace kvp
