@@ -1,6 +1,7 @@
 #include "executor/tasks/tasks.h"
 
 #include <algorithm>
+#include <climits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -49,7 +50,7 @@ double score_answer(TaskMetric metric, const std::vector<std::string>& answers, 
 
 // ---- File ----
 
-Status save_tasks(const std::string& path, const TaskFile& file) {
+std::string tasks_text(const TaskFile& file) {
   const TaskFileHeader& h = file.header;
   nlohmann::ordered_json header = {{"format", "kvplan-tasks"}, {"version", 1},           {"model_fingerprint", h.model_fingerprint},
                                    {"length", h.length},       {"n", h.n},              {"seed", h.seed},
@@ -73,22 +74,45 @@ Status save_tasks(const std::string& path, const TaskFile& file) {
                                 {"max_answer_tokens", t.max_answer_tokens}};
     out += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   }
-  return write_file_atomic(path, out);
+  return out;
 }
+
+Status save_tasks(const std::string& path, const TaskFile& file) { return write_file_atomic(path, tasks_text(file)); }
 
 namespace {
 
-// A field of a JSON object, checked for presence and type; errors name the field.
+// A field of a JSON object, checked for presence, type and (integers) range; errors name the field.
+bool fits_int32(const nlohmann::json& v) {
+  if (v.is_number_unsigned()) return v.get<uint64_t>() <= uint64_t{INT32_MAX};
+  return v.is_number_integer() && v.get<int64_t>() >= INT32_MIN && v.get<int64_t>() <= INT32_MAX;
+}
+
 template <typename T>
 Result<T> field(const nlohmann::json& j, const std::string& name) {
-  if (!j.contains(name)) return make_error("field '{}' is missing", name);
-  try {
-    return j.at(name).get<T>();
-  } catch (const nlohmann::json::exception&) {
-    return make_error("field '{}': expected {}, found {}", name,
-                      std::is_same_v<T, std::string> ? "a string" : std::is_integral_v<T> ? "an integer" : "an array",
-                      j.at(name).dump().substr(0, 40));
+  if (!j.is_object() || !j.contains(name)) return make_error("field '{}' is missing", name);
+  const nlohmann::json& v = j.at(name);
+  bool ok = false;
+  if constexpr (std::is_same_v<T, std::string>) {
+    ok = v.is_string();
+  } else if constexpr (std::is_same_v<T, uint64_t>) {
+    ok = v.is_number_unsigned();
+  } else if constexpr (std::is_integral_v<T>) {
+    ok = fits_int32(v);
+  } else if constexpr (std::is_same_v<T, std::vector<int32_t>>) {
+    ok = v.is_array() && std::all_of(v.begin(), v.end(), [](const nlohmann::json& e) { return fits_int32(e); });
+  } else {
+    static_assert(std::is_same_v<T, std::vector<std::string>>);
+    ok = v.is_array() && std::all_of(v.begin(), v.end(), [](const nlohmann::json& e) { return e.is_string(); });
   }
+  if (!ok) {
+    return make_error("field '{}': expected {}, found {}", name,
+                      std::is_same_v<T, std::string> ? "a string"
+                      : std::is_integral_v<T>        ? "an integer"
+                      : std::is_same_v<T, std::vector<int32_t>> ? "an array of integers"
+                                                               : "an array of strings",
+                      v.dump().substr(0, 40));
+  }
+  return v.get<T>();
 }
 
 Result<TaskInstance> parse_instance(const nlohmann::json& j, const ModelConfig& config) {
@@ -155,12 +179,17 @@ Result<TaskInstance> parse_instance(const nlohmann::json& j, const ModelConfig& 
 
 Result<TaskFile> load_tasks(const std::string& path, const ModelConfig& config, const std::string& model_fingerprint) {
   KVP_ASSIGN_OR_RETURN(const std::string text, read_file_text(path));
+  return parse_tasks(text, path, config, model_fingerprint);
+}
+
+Result<TaskFile> parse_tasks(const std::string& text, const std::string& path, const ModelConfig& config,
+                             const std::string& model_fingerprint) {
   std::istringstream in(text);
   std::string line;
   TaskFile file;
   if (!std::getline(in, line)) return make_error("{}: empty; expected a kvplan-tasks header line", path);
   const nlohmann::json h = nlohmann::json::parse(line, nullptr, false);
-  if (h.is_discarded() || !h.is_object() || h.value("format", std::string()) != "kvplan-tasks") {
+  if (h.is_discarded() || !h.is_object() || !h.contains("format") || !h["format"].is_string() || h.value("format", std::string()) != "kvplan-tasks") {
     return make_error("{}: line 1: not a kvplan-tasks header (kvplan tasks writes one)", path);
   }
   auto header_field = [&](auto* out, const char* name) -> Status {
@@ -573,10 +602,15 @@ Result<std::vector<TaskInstance>> generate_tasks(const Tokenizer& tok, const std
         std::vector<std::string> words;
         std::map<std::string, int> counts;
         if (cwe) {
+          // RULER's frequencies (10 words 30 times, the rest 3 times) where the list has room for
+          // them; a shorter list repeats the common words less (at least 6 times), so that the
+          // list that fits still holds every common word more often than any other.
           for (int k = 0; k < 10; ++k) common.push_back(fresh());
-          // Enough rare words for any length: each item costs a few tokens.
-          for (int k = 0; k < options.length / 3; ++k) rare.push_back(fresh());
-          for (int r = 0; r < 30; ++r) words.insert(words.end(), common.begin(), common.end());
+          const int per_item = static_cast<int>(tok.encode(" 100. " + common[0], false).size());
+          const int items = budget / std::max(1, per_item);
+          const int freq = std::clamp((items - 30) / 20, 6, 30);
+          for (int k = 0; k < std::max(0, (items - 10 * freq) / 3); ++k) rare.push_back(fresh());
+          for (int r = 0; r < freq; ++r) words.insert(words.end(), common.begin(), common.end());
           for (const std::string& w : rare) {
             for (int r = 0; r < 3; ++r) words.push_back(w);
           }

@@ -65,12 +65,16 @@ struct TaskFile {
   std::vector<TaskInstance> instances;
 };
 
-// Written under a temporary name, then renamed.
+// The file's text, and the file written under a temporary name, then renamed.
+std::string tasks_text(const TaskFile& file);
 Status save_tasks(const std::string& path, const TaskFile& file);
 // Checks every field: an error names the file, the line and the field (a missing field, a token
 // outside the vocabulary, a needle outside the context, a prompt and answer longer than the
 // model's positions, a file made for another model).
+// An empty `model_fingerprint` accepts any model's file. parse_tasks reads text that came from `path`.
 Result<TaskFile> load_tasks(const std::string& path, const ModelConfig& config, const std::string& model_fingerprint);
+Result<TaskFile> parse_tasks(const std::string& text, const std::string& path, const ModelConfig& config,
+                             const std::string& model_fingerprint);
 
 // The families, in a fixed order: niah_single, niah_single_uuid, niah_multikey, niah_multivalue,
 // niah_multiquery, vt, cwe, fwe.
