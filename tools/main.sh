@@ -44,7 +44,7 @@ step "1. workload sample and held-out sequences ($n_seq × 512 tokens each)"
 step "2. record the workload with the full cache"
 "$k" record "${run_opts[@]}" --corpus "$work/workload.jsonl" --out "$work/trace"
 
-step "3. measure 5 policies × 5 budgets and 5 one-layer probes closed loop; calibrate replay error against them"
+step "3. measure 5 policies × 5 budgets and one one-layer probe per layer closed loop; calibrate replay error against them"
 "$k" eval "${run_opts[@]}" --grid --policies window,h2o,vatp,tova,snapkv --budgets 16,32,64,128,256 --corpus "$work/workload.jsonl" \
   --out "$work/calibration-runs" --json >/dev/null
 # Probes: VATP with one layer at 32 slots and the others whole tell the layers' weights apart.
