@@ -7,7 +7,6 @@
 #include "executor/sampler.h"
 
 namespace kvp {
-namespace {
 
 void log_softmax(const float* logits, int n, float* out) {
   double mx = logits[0];
@@ -17,6 +16,14 @@ void log_softmax(const float* logits, int n, float* out) {
   const double log_z = mx + std::log(sum);
   for (int i = 0; i < n; ++i) out[i] = static_cast<float>(double(logits[i]) - log_z);
 }
+
+double kl_divergence(const float* log_p, const float* log_q, int n) {
+  double kl = 0;
+  for (int v = 0; v < n; ++v) kl += std::exp(double(log_p[v])) * (double(log_p[v]) - log_q[v]);
+  return kl;
+}
+
+namespace {
 
 // Feeds `tokens[s]` of the sequences [first, first + n) through `decoder` under `config`: the
 // first prompt_len in one prefill pass, then one position per step while `keep_going(s, t,
@@ -146,9 +153,7 @@ void evaluate(Decoder& decoder, const Corpus& corpus, const EvalReference& ref, 
                                 sum_nll -= lp[next];
                                 sum_dnll += double(full[next]) - lp[next];
                                 if (by_position) (*by_position)[s][t - (P - 1)] = full[next] - lp[next];
-                                double kl = 0;
-                                for (int v = 0; v < V; ++v) kl += std::exp(double(full[v])) * (double(full[v]) - lp[v]);
-                                sum_kl += kl;
+                                sum_kl += kl_divergence(full, lp.data(), V);
                                 n_top1 += argmax(std::span<const float>(logits, V)) == ref.argmax[s][t - (P - 1)];
                                 ++n_tokens;
                                 return true;

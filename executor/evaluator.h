@@ -35,6 +35,11 @@ struct EvalConfig {
   bool prefill_evict = false;  // --prefill-evict: cut the prompt to budget after every chunk
 };
 
+// out = log softmax(logits) over n, the normaliser summed in double.
+void log_softmax(const float* logits, int n, float* out);
+// KL(p ‖ q) = Σ exp(p) (p − q) of two log-distributions over n, summed in double.
+double kl_divergence(const float* log_p, const float* log_q, int n);
+
 // REQUIRES: every sequence longer than prompt_len, at most the model's seq_len.
 EvalReference compute_reference(Decoder& decoder, const Corpus& corpus, const EvalOptions& options);
 

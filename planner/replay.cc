@@ -191,12 +191,6 @@ std::string layer_signature(const ReplayConfig& c, int layer) {
                      c.prefill_evict_chunk, c.head_energy ? 1 : 0);
 }
 
-bool same_prefill(const Policy& a, const Policy& b) {
-  const PolicyParams &x = a.params(), &y = b.params();
-  return a.name() == b.name() && x.crush_base == y.crush_base && x.vatp_base == y.vatp_base && x.seed == y.seed &&
-         x.snap_window == y.snap_window && x.snap_kernel == y.snap_kernel;
-}
-
 // ThinK's prefill sums the last prompt queries' q² (0: none needed).
 int think_queries(const ReplayConfig& c, int layer, int head_dim) {
   if (c.compression.empty() || !c.compression[layer].thin(head_dim)) return 0;

@@ -111,9 +111,12 @@ void CpuBackend::fork_prompt(int src, int scorer, int dst, const KvBudgets& budg
       KVP_CHECK(*f.n_used == n && f.pos[n - 1] == n - 1, "fork_prompt: sequence {} no longer holds its prompt", src);
       // Copies: finish_prefill rewrites the scores it cuts by.
       score[h] = sc.score[scorer][size_t(l) * n_kv + h];
-      aux[h] = sc.aux[scorer][size_t(l) * n_kv + h];
       f.score = score[h].data();
-      f.aux = p.aux_floats_per_slot() > 0 ? aux[h].data() : nullptr;
+      f.aux = nullptr;
+      if (p.aux_floats_per_slot() > 0) {
+        aux[h] = sc.aux[scorer][size_t(l) * n_kv + h];
+        f.aux = aux[h].data();
+      }
       from.push_back(f);
       to.push_back(caches_[dst].head(l, h));
       head_budgets.push_back(to.back().budget);

@@ -61,8 +61,9 @@ namespace {
 // Tokens built segment by segment: text through the tokenizer, special pieces by id.
 class Builder {
  public:
-  explicit Builder(const Tokenizer& tok) : tok_(tok) {
-    if (tok.vocabulary().add_bos && tok.bos() >= 0) out_.push_back(tok.bos());
+  // `bos`: start with BOS where the vocabulary adds one (a whole prompt, or its first segment).
+  explicit Builder(const Tokenizer& tok, bool bos = true) : tok_(tok) {
+    if (bos && tok.vocabulary().add_bos && tok.bos() >= 0) out_.push_back(tok.bos());
   }
   void text(std::string_view s) {
     if (s.empty()) return;
@@ -90,6 +91,30 @@ class Builder {
   std::vector<int32_t> out_;
 };
 
+// ChatML's default system turn (chatml_default_system of the tokenizer's own template), when the
+// conversation does not open with a system message of its own.
+void default_system_turn(Builder& b, const Tokenizer& tokenizer, bool has_system) {
+  const std::string system = chatml_default_system(tokenizer.vocabulary().chat_template);
+  if (system.empty() || has_system) return;
+  b.special("<|im_start|>");
+  b.text("system\n" + system);
+  b.special("<|im_end|>");
+  b.text("\n");
+}
+
+// Where the assistant's reply begins (Llama 2 has no header: its reply follows [/INST]).
+void assistant_header(Builder& b, ChatTemplate t) {
+  if (t == ChatTemplate::kLlama3) {
+    b.special("<|start_header_id|>");
+    b.text("assistant");
+    b.special("<|end_header_id|>");
+    b.text("\n\n");
+  } else if (t == ChatTemplate::kChatMl) {
+    b.special("<|im_start|>");
+    b.text("assistant\n");
+  }
+}
+
 }  // namespace
 
 std::variant<std::vector<int32_t>, ApiError> render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages,
@@ -105,27 +130,17 @@ std::variant<std::vector<int32_t>, ApiError> render_chat(ChatTemplate t, const s
         b.text("\n\n" + m.content);
         b.special("<|eot_id|>");
       }
-      b.special("<|start_header_id|>");
-      b.text("assistant");
-      b.special("<|end_header_id|>");
-      b.text("\n\n");
+      assistant_header(b, t);
       break;
     case ChatTemplate::kChatMl:
-      if (const std::string system = chatml_default_system(tokenizer.vocabulary().chat_template);
-          !system.empty() && (messages.empty() || messages[0].role != "system")) {
-        b.special("<|im_start|>");
-        b.text("system\n" + system);
-        b.special("<|im_end|>");
-        b.text("\n");
-      }
+      default_system_turn(b, tokenizer, !messages.empty() && messages[0].role == "system");
       for (const ChatMessage& m : messages) {
         b.special("<|im_start|>");
         b.text(m.role + "\n" + m.content);
         b.special("<|im_end|>");
         b.text("\n");
       }
-      b.special("<|im_start|>");
-      b.text("assistant\n");
+      assistant_header(b, t);
       break;
     case ChatTemplate::kLlama2: {
       // [INST] <<SYS>>\nsystem\n<</SYS>>\n\nuser [/INST] assistant </s><s>[INST] user [/INST]
@@ -164,6 +179,34 @@ std::variant<std::vector<int32_t>, ApiError> render_chat(ChatTemplate t, const s
   }
   if (b.error) return *b.error;
   return b.take();
+}
+
+std::variant<ChatFrame, ApiError> chat_frame(ChatTemplate t, const Tokenizer& tokenizer) {
+  Builder open(tokenizer), close(tokenizer, false);
+  switch (t) {
+    case ChatTemplate::kLlama3:
+      open.special("<|start_header_id|>");
+      open.text("user");
+      open.special("<|end_header_id|>");
+      open.text("\n\n");
+      close.special("<|eot_id|>");
+      break;
+    case ChatTemplate::kChatMl:
+      default_system_turn(open, tokenizer, false);
+      open.special("<|im_start|>");
+      open.text("user\n");
+      close.special("<|im_end|>");
+      close.text("\n");
+      break;
+    case ChatTemplate::kLlama2:
+      open.text("[INST] ");
+      close.text(" [/INST]");
+      break;
+  }
+  assistant_header(close, t);
+  if (open.error) return *open.error;
+  if (close.error) return *close.error;
+  return ChatFrame{.open = open.take(), .close = close.take()};
 }
 
 }  // namespace kvp::serve

@@ -37,4 +37,13 @@ std::string chatml_default_system(std::string_view template_text);
 std::variant<std::vector<int32_t>, ApiError> render_chat(ChatTemplate t, const std::vector<ChatMessage>& messages,
                                                          const Tokenizer& tokenizer);
 
+// The rendering around one user message, as token segments, for prompts built segment by segment
+// (kvplan tasks): `open` (BOS as the vocabulary adds it, ChatML's default system turn, the user
+// turn's header) goes before the message's own tokens, `close` (the end of the user turn, then
+// where the assistant's reply begins) after them. An error names a piece the vocabulary lacks.
+struct ChatFrame {
+  std::vector<int32_t> open, close;
+};
+std::variant<ChatFrame, ApiError> chat_frame(ChatTemplate t, const Tokenizer& tokenizer);
+
 }  // namespace kvp::serve

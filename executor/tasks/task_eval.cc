@@ -1,12 +1,14 @@
 #include "executor/tasks/task_eval.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <map>
 #include <set>
 
 #include "executor/decoder.h"
+#include "executor/evaluator.h"
 #include "executor/generator.h"
+#include "executor/sampler.h"
 
 namespace kvp {
 
@@ -22,13 +24,6 @@ Interval wilson_interval(double mean, int n) {
 
 namespace {
 
-// What a policy's scores depend on: everything but sinks and recent (Policy's contract), so
-// configurations differing only in those share one scorer.
-std::string scorer_signature(const std::string& name, const PolicyParams& p) {
-  return fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|{}", name, vatp_base_name(p.vatp_base), p.snap_window, p.snap_kernel,
-                     p.crush_base, p.crush_ratio, crush_anchor_name(p.crush_anchor), p.crush_period, p.seed);
-}
-
 // A configuration made concrete for one instance and cut.
 struct Prepared {
   int config = -1;  // index into configs; -1: the internal full-cache reference
@@ -37,17 +32,6 @@ struct Prepared {
   int scorer = 0;
   int budget = 0;
 };
-
-std::vector<float> log_softmax(const float* logits, int n) {
-  float m = logits[0];
-  for (int i = 1; i < n; ++i) m = std::max(m, logits[i]);
-  double sum = 0;
-  for (int i = 0; i < n; ++i) sum += std::exp(double(logits[i]) - m);
-  const float lse = m + static_cast<float>(std::log(sum));
-  std::vector<float> out(n);
-  for (int i = 0; i < n; ++i) out[i] = logits[i] - lse;
-  return out;
-}
 
 }  // namespace
 
@@ -76,7 +60,6 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
       // The configurations concrete at this cut, the full-cache reference first, and their scorers.
       std::vector<Prepared> prepared;
       std::vector<std::shared_ptr<const Policy>> scorers = {keep_all_policy()};
-      std::map<std::string, int> scorer_of;
       prepared.push_back(Prepared{.config = -1, .policy = keep_all_policy(), .budgets = full_cache_budgets(mc, capacity),
                                   .scorer = 0, .budget = capacity});
       for (int c : chosen) {
@@ -102,10 +85,11 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
             p.budgets = KvBudgets::uniform(mc.n_layers, mc.n_kv_heads, mc.head_dim(), p.budget);
           }
           p.budgets.aux_floats_per_slot = p.policy->aux_floats_per_slot();
-          const std::string sig = scorer_signature(cfg.policy, params);
-          auto [it, fresh] = scorer_of.emplace(sig, static_cast<int>(scorers.size()));
-          if (fresh) scorers.push_back(p.policy);
-          p.scorer = it->second;
+          // One scorer per group of policies that score a prefill alike.
+          const auto it = std::find_if(scorers.begin(), scorers.end(),
+                                       [&](const auto& s) { return same_prefill(*s, *p.policy); });
+          p.scorer = static_cast<int>(it - scorers.begin());
+          if (it == scorers.end()) scorers.push_back(p.policy);
         }
         prepared.push_back(std::move(p));
       }
@@ -144,10 +128,10 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
         for (int j = 0; j < k; ++j) {
           const Prepared& p = prepared[b0 + j];
           double nll = 0, kl = 0;
-          std::vector<std::vector<float>> lp;
+          std::vector<std::vector<float>> lp(reference_len, std::vector<float>(vocab));
           for (int r = 0; r < reference_len; ++r) {
-            lp.push_back(log_softmax(logits.data() + (size_t(j) * reference_len + r) * vocab, vocab));
-            nll -= lp.back()[inst.reference[r]];
+            log_softmax(logits.data() + (size_t(j) * reference_len + r) * vocab, vocab, lp[r].data());
+            nll -= lp[r][inst.reference[r]];
           }
           if (p.config < 0) {
             full_logprobs = lp;
@@ -155,11 +139,7 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
             reference.nll = reference.nll_full = full_nll;
             continue;
           }
-          for (int r = 0; r < reference_len; ++r) {
-            double d = 0;
-            for (int v = 0; v < vocab; ++v) d += std::exp(double(full_logprobs[r][v])) * (full_logprobs[r][v] - lp[r][v]);
-            kl += d;
-          }
+          for (int r = 0; r < reference_len; ++r) kl += kl_divergence(full_logprobs[r].data(), lp[r].data(), vocab);
           TaskOutcome& o = out[p.config][ii];
           o.nll = nll / std::max(1, reference_len);
           o.nll_full = full_nll;
@@ -199,8 +179,7 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
           int li = 0;
           for (int j = 0; j < k; ++j) {
             if (done[j]) continue;
-            const float* row = logits.data() + size_t(li++) * vocab;
-            const int32_t token = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+            const int32_t token = argmax(std::span<const float>(logits.data() + size_t(li++) * vocab, size_t(vocab)));
             if (tokenizer.is_end_token(token) || token == tokenizer.bos()) {
               done[j] = true;
               continue;

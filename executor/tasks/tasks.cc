@@ -280,56 +280,19 @@ std::string key_word(std::mt19937_64& rng) {
   return std::string(adjectives()[rng() % adjectives().size()]) + "-" + std::string(nouns()[rng() % nouns().size()]);
 }
 
-// The chat rendering around a user message, as token segments: `open` before the message, `close`
-// after it up to where the assistant's reply begins.
-struct ChatFrame {
-  std::vector<int32_t> open, close;
-};
-
-Result<ChatFrame> chat_frame(const Tokenizer& tok, const std::string& chat) {
-  ChatFrame f;
-  auto special = [&](std::string_view piece, std::vector<int32_t>* out) -> Status {
-    const int32_t id = tok.find_piece(piece);
-    if (id < 0) return make_error("chat template {}: the vocabulary has no piece {}", chat, piece);
-    out->push_back(id);
-    return ok_status();
-  };
-  auto text = [&](std::string_view s, std::vector<int32_t>* out) {
-    const std::vector<int32_t> ids = tok.encode(s, false);
-    out->insert(out->end(), ids.begin(), ids.end());
-  };
-  if (tok.vocabulary().add_bos && tok.bos() >= 0) f.open.push_back(tok.bos());
-  if (chat == "none") return f;
-  if (chat == "chatml") {
-    if (const std::string system = serve::chatml_default_system(tok.vocabulary().chat_template); !system.empty()) {
-      KVP_RETURN_IF_ERROR(special("<|im_start|>", &f.open));
-      text("system\n" + system, &f.open);
-      KVP_RETURN_IF_ERROR(special("<|im_end|>", &f.open));
-      text("\n", &f.open);
-    }
-    KVP_RETURN_IF_ERROR(special("<|im_start|>", &f.open));
-    text("user\n", &f.open);
-    KVP_RETURN_IF_ERROR(special("<|im_end|>", &f.close));
-    text("\n", &f.close);
-    KVP_RETURN_IF_ERROR(special("<|im_start|>", &f.close));
-    text("assistant\n", &f.close);
-  } else if (chat == "llama3") {
-    KVP_RETURN_IF_ERROR(special("<|start_header_id|>", &f.open));
-    text("user", &f.open);
-    KVP_RETURN_IF_ERROR(special("<|end_header_id|>", &f.open));
-    text("\n\n", &f.open);
-    KVP_RETURN_IF_ERROR(special("<|eot_id|>", &f.close));
-    KVP_RETURN_IF_ERROR(special("<|start_header_id|>", &f.close));
-    text("assistant", &f.close);
-    KVP_RETURN_IF_ERROR(special("<|end_header_id|>", &f.close));
-    text("\n\n", &f.close);
-  } else if (chat == "llama2") {
-    text("[INST] ", &f.open);
-    text(" [/INST]", &f.close);
-  } else {
-    return make_error("chat template '{}' unknown (chatml, llama3, llama2 or none)", chat);
+// The frame of a user message under template `chat` (a serve::ChatTemplate's name, or "none": BOS
+// alone where the vocabulary adds one).
+Result<serve::ChatFrame> chat_frame(const Tokenizer& tok, const std::string& chat) {
+  if (chat == "none") {
+    serve::ChatFrame f;
+    if (tok.vocabulary().add_bos && tok.bos() >= 0) f.open.push_back(tok.bos());
+    return f;
   }
-  return f;
+  const std::optional<serve::ChatTemplate> t = serve::parse_chat_template(chat);
+  if (!t) return make_error("chat template '{}' unknown (chatml, llama3, llama2 or none)", chat);
+  auto frame = serve::chat_frame(*t, tok);
+  if (const auto* e = std::get_if<serve::ApiError>(&frame)) return make_error("{}", e->message);
+  return std::get<serve::ChatFrame>(std::move(frame));
 }
 
 // An instance under construction: token segments appended in order, needle spans recorded.
@@ -405,7 +368,7 @@ void fill_haystack(Builder& b, Haystack& h, int budget, const std::vector<std::p
   // The units that fit, then where each needle goes (after unit k).
   std::vector<size_t> picked;
   int used = 0;
-  for (size_t tries = 0; tries < 4 * h.units.size() + 1000000; ++tries) {
+  for (;;) {  // every unit holds a token, so this ends
     const size_t u = h.next % h.units.size();
     if (used + static_cast<int>(h.units[u].size()) > hay) break;
     used += static_cast<int>(h.units[u].size());
@@ -530,7 +493,7 @@ Result<std::vector<TaskInstance>> generate_tasks(const Tokenizer& tok, const std
       return make_error("--families: unknown family '{}' (known: {})", f, joined(task_families(), ", "));
     }
   }
-  KVP_ASSIGN_OR_RETURN(const ChatFrame frame, chat_frame(tok, chat));
+  KVP_ASSIGN_OR_RETURN(const serve::ChatFrame frame, chat_frame(tok, chat));
   Haystack hay;
   if (options.haystack == "filler") {
     hay = filler_haystack(tok);
@@ -540,6 +503,7 @@ Result<std::vector<TaskInstance>> generate_tasks(const Tokenizer& tok, const std
   } else {
     return make_error("--haystack: expected filler or corpus, found '{}'", options.haystack);
   }
+  Haystack filler = filler_haystack(tok);  // vt's, whatever --haystack says (one unit: `next` changes nothing)
   std::vector<TaskInstance> out;
   for (const std::string& family : families) {
     for (int i = 0; i < options.n; ++i) {
@@ -654,7 +618,6 @@ Result<std::vector<TaskInstance>> generate_tasks(const Tokenizer& tok, const std
         f.reference_text = " " + joined(f.answers, ", ") + ".";
       } else {
         // RULER's needle and vt haystacks; vt takes the filler noise.
-        Haystack filler = filler_haystack(tok);
         fill_haystack(b, family == "vt" ? filler : hay, budget, f.needles, f.depths);
       }
       t.context_end = static_cast<int32_t>(b.tokens.size());

@@ -10,6 +10,12 @@
 
 namespace kvp {
 
+bool same_prefill(const Policy& a, const Policy& b) {
+  const PolicyParams &x = a.params(), &y = b.params();
+  return a.name() == b.name() && x.crush_base == y.crush_base && x.vatp_base == y.vatp_base && x.seed == y.seed &&
+         x.snap_window == y.snap_window && x.snap_kernel == y.snap_kernel;
+}
+
 bool is_protected(const PolicyParams& p, int32_t pos, int32_t newest_pos) {
   return pos < p.sinks || pos > newest_pos - p.recent;
 }

@@ -142,6 +142,12 @@ std::string_view crush_anchor_name(CrushAnchor anchor);
 
 // ---- Decisions shared by replay and executor ----
 
+// Whether `a` and `b` score a prefill alike (init_slot, observe, finish_prefill): the same policy
+// whatever its sinks, recent window, budget and the settings only its choice of victims reads
+// (KVCrush's ratio, anchor and period). The replay prefills a prompt once per such group, and
+// kvplan eval --tasks scores a shared prefill once per such group.
+bool same_prefill(const Policy& a, const Policy& b);
+
 // Whether position `pos` is protected when the newest position is `newest_pos`.
 bool is_protected(const PolicyParams& p, int32_t pos, int32_t newest_pos);
 

@@ -281,22 +281,7 @@ TEST(Decoder, RotateHalfOfPermutedQkRowsEqualsInterleavedRope) {
 TEST(Decoder, TwoThreadsGiveTheBitsOfOne) {
   const ModelWeights w = convert_weights(default_model().weights, WeightType::kQ8_0);
   const auto tokens = default_model().tokenizer.encode("The cat sat on the mat.");
-  const ModelConfig& c = w.config();
-  auto logits = [&](int threads) {
-    CpuBackend backend(w, threads);
-    Decoder decoder(backend);
-    backend.reset_sequences({full_cache_budgets(c, static_cast<int>(tokens.size()))});
-    StepRows rows;
-    std::vector<int32_t> logit_rows;
-    for (size_t t = 0; t < tokens.size(); ++t) {
-      rows.add(tokens[t], static_cast<int32_t>(t), 0);
-      logit_rows.push_back(static_cast<int32_t>(t));
-    }
-    std::vector<float> out;
-    decoder.forward(rows, logit_rows, &out);
-    return out;
-  };
-  EXPECT_EQ(logits(1), logits(2));
+  EXPECT_EQ(test::one_pass_logits(w, tokens, 1), test::one_pass_logits(w, tokens, 2));
 }
 
 TEST(Decoder, OnePassOverAllRowsEqualsOneRowPerPassBitForBit) {

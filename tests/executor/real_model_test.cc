@@ -143,41 +143,17 @@ TEST(SmolLm2, ChatPromptFromTheFilesTemplateAndGreedyTokensEqualLlamaCpps) {
     // The peer's tokens teacher-forced (one pass), so a near-tie does not derail the rest.
     std::vector<int32_t> tokens = prompt;
     tokens.insert(tokens.end(), expected.begin(), expected.end());
-    CpuBackend backend(smollm()->weights, 1);
-    Decoder decoder(backend);
-    backend.reset_sequences({full_cache_budgets(smollm()->weights.config(), static_cast<int>(tokens.size()))});
-    StepRows rows;
-    std::vector<int32_t> logit_rows;
-    for (size_t p = 0; p < tokens.size(); ++p) rows.add(tokens[p], static_cast<int32_t>(p), 0);
-    for (size_t k = 0; k < expected.size(); ++k) logit_rows.push_back(static_cast<int32_t>(prompt.size() - 1 + k));
-    std::vector<float> logits;
-    decoder.forward(rows, logit_rows, &logits);
+    const std::vector<float> logits = test::one_pass_logits(smollm()->weights, tokens);
     const int vocab = smollm()->weights.config().vocab_size;
     for (size_t k = 0; k < expected.size(); ++k) {
       if (margin[k] <= kClearMargin) continue;
-      const float* row = logits.data() + k * vocab;
+      const float* row = logits.data() + (prompt.size() - 1 + k) * vocab;
       const int32_t ours = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
       EXPECT_EQ(ours, expected[k]) << c["user"] << " step " << k << " margin " << margin[k];
       ++compared;
     }
   }
   EXPECT_GT(compared, 40);
-}
-
-// Logits after each of `tokens` (one pass, the full cache), [tokens, vocab].
-std::vector<float> pass_logits(const ModelWeights& w, const std::vector<int32_t>& tokens) {
-  CpuBackend backend(w, 2);
-  Decoder decoder(backend);
-  backend.reset_sequences({full_cache_budgets(w.config(), static_cast<int>(tokens.size()))});
-  StepRows rows;
-  std::vector<int32_t> all;
-  for (size_t p = 0; p < tokens.size(); ++p) {
-    rows.add(tokens[p], static_cast<int32_t>(p), 0);
-    all.push_back(static_cast<int32_t>(p));
-  }
-  std::vector<float> logits;
-  decoder.forward(rows, all, &logits);
-  return logits;
 }
 
 // kvplan convert from the Q4_1 GGUF: to GGUF as stored (the same bytes per tensor), and to Hugging
@@ -190,7 +166,7 @@ TEST(SmolLm2, ConvertRoundTripsToGgufAndHuggingFaceFolders) {
   const std::string text = test::read_bytes(std::string(KVP_SOURCE_DIR) + "/tests/data/smollm2/long.txt").substr(0, 4000);
   const std::vector<int32_t> ids = smollm()->tokenizer.encode(text, false);
   const std::vector<int32_t> tokens(ids.begin(), ids.begin() + 96);
-  const std::vector<float> ref = pass_logits(smollm()->weights, tokens);
+  const std::vector<float> ref = test::one_pass_logits(smollm()->weights, tokens, 2);
   const int vocab = smollm()->weights.config().vocab_size;
   auto argmax = [&](const std::vector<float>& l, size_t row) {
     return std::max_element(l.begin() + row * vocab, l.begin() + (row + 1) * vocab) - (l.begin() + row * vocab);
@@ -203,7 +179,7 @@ TEST(SmolLm2, ConvertRoundTripsToGgufAndHuggingFaceFolders) {
     auto m = load_model(path, "");
     ASSERT_TRUE(m.ok()) << m.error().message();
     EXPECT_EQ(m->tokenizer.encode(text, false), ids) << out;
-    const std::vector<float> got = pass_logits(m->weights, tokens);
+    const std::vector<float> got = test::one_pass_logits(m->weights, tokens, 2);
     double worst = 0;
     int same_top = 0;
     for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, double(std::abs(got[i] - ref[i])));

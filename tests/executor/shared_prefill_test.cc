@@ -9,6 +9,7 @@
 
 #include "executor/cpu/cpu_backend.h"
 #include "executor/generator.h"
+#include "executor/sampler.h"
 #include "tests/support/test_support.h"
 
 namespace kvp::shared_prefill_test {
@@ -69,12 +70,10 @@ void decode(CpuBackend& b, int seq, int32_t first, ForkRun* out) {
     rows.add(token, kPromptLen + s, seq);
     const int32_t r0 = 0;
     decoder.forward(rows, std::span(&r0, 1), &logits);
-    token = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    token = argmax(logits);
     for (int i = 0; i < vocab; ++i) out->logit_bits.push_back(std::bit_cast<uint32_t>(logits[i]));
   }
 }
-
-int32_t argmax(const std::vector<float>& v) { return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin()); }
 
 TEST(SharedPrefill, ForkedCutsDecodeAsTheirOwnPrefills) {
   const ModelConfig& c = default_model().weights.config();

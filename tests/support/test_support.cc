@@ -14,6 +14,8 @@
 #include <sstream>
 
 #include "common/file_util.h"
+#include "executor/cpu/cpu_backend.h"
+#include "executor/generator.h"
 
 namespace kvp::test {
 namespace fs = std::filesystem;
@@ -76,6 +78,21 @@ ScopedEnv::~ScopedEnv() {
   } else {
     ::unsetenv(name_.c_str());
   }
+}
+
+std::vector<float> one_pass_logits(const ModelWeights& weights, const std::vector<int32_t>& tokens, int threads) {
+  CpuBackend backend(weights, threads);
+  Decoder decoder(backend);
+  backend.reset_sequences({full_cache_budgets(weights.config(), static_cast<int>(tokens.size()))});
+  StepRows rows;
+  std::vector<int32_t> logit_rows;
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    rows.add(tokens[t], static_cast<int32_t>(t), 0);
+    logit_rows.push_back(static_cast<int32_t>(t));
+  }
+  std::vector<float> out;
+  decoder.forward(rows, logit_rows, &out);
+  return out;
 }
 
 bool in_ci() {

@@ -21,6 +21,10 @@ struct Oracle {
 };
 const Oracle& default_model_oracle();
 
+// The logits after every one of `tokens`, fed in one forward pass of a fresh full-cache sequence on
+// the CPU backend: [tokens, vocab].
+std::vector<float> one_pass_logits(const ModelWeights& weights, const std::vector<int32_t>& tokens, int threads = 1);
+
 // The test fixtures that do not ship with the repository (stories260K/stories260K.gguf,
 // llama-2-tiny-random/, vocab/) live in the first model directory after the embedded one that
 // exists: $KVPLAN_MODEL_DIR, else ../shared/models (model_search_dirs). Empty when there is none.
