@@ -13,11 +13,11 @@ if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
   CC=clang CXX=clang++ cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVP_FUZZ=ON \
     -DKVP_BUILD_TESTS=OFF -DKVP_ENABLE_CUDA=OFF >/dev/null
 fi
-cmake --build "$build_dir" -j"$(nproc)" --target gguf_fuzz safetensors_fuzz tokenizer_json_fuzz trace_manifest_fuzz flag_list_fuzz plan_files_fuzz serve_request_fuzz tasks_file_fuzz make_seeds >/dev/null
+cmake --build "$build_dir" -j"$(nproc)" --target gguf_fuzz safetensors_fuzz tokenizer_json_fuzz trace_manifest_fuzz flag_list_fuzz plan_files_fuzz serve_request_fuzz tasks_file_fuzz task_trace_fuzz make_seeds >/dev/null
 rm -rf "$build_dir/seeds"
 "$build_dir/tests/fuzz/make_seeds" "$build_dir/seeds" >/dev/null
 seconds=${1:-600}
-for target in gguf safetensors tokenizer_json trace_manifest flag_list plan_files serve_request tasks_file; do
+for target in gguf safetensors tokenizer_json trace_manifest flag_list plan_files serve_request tasks_file task_trace; do
   mkdir -p "$build_dir/corpus/$target"
   log="$build_dir/$target.log"
   echo "fuzz: $target for ${seconds}s" >&2

@@ -126,6 +126,14 @@ void CpuBackend::fork_prompt(int src, int scorer, int dst, const KvBudgets& budg
   note_kv_bytes();
 }
 
+std::span<const float> CpuBackend::prompt_scores(int seq, int scorer, int layer, int head, bool aux) const {
+  const Scorers& sc = scorers_[seq];
+  KVP_CHECK(scorer >= 0 && scorer < static_cast<int>(sc.policies.size()) && sc.prompt_len > 0,
+            "prompt_scores: sequence {} has no prompt scored by scorer {}", seq, scorer);
+  const auto& v = (aux ? sc.aux : sc.score)[scorer][size_t(layer) * config_.n_kv_heads + head];
+  return std::span<const float>(v.data(), size_t(sc.prompt_len));
+}
+
 int64_t CpuBackend::kv_bytes_allocated() const {
   int64_t total = 0;
   for (const KvCache& c : caches_) total += c.bytes();

@@ -75,6 +75,9 @@ class CpuBackend final : public Backend {
   // prompt would make: the same slots, scores and aux), ready to decode the positions after the
   // prompt. `policy` scores as scorers[scorer] does (the same policy up to sinks and recent).
   void fork_prompt(int src, int scorer, int dst, const KvBudgets& budgets, std::shared_ptr<const Policy> policy);
+  // What scorers[scorer] wrote for that prompt at (layer, head): its scores or its aux floats, one
+  // per position (kvplan record --tasks keeps them).
+  std::span<const float> prompt_scores(int seq, int scorer, int layer, int head, bool aux) const;
 
  private:
   // Rows are padded to a multiple of 16 floats so that every row starts 64-byte aligned.

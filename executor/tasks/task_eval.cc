@@ -9,6 +9,7 @@
 #include "executor/evaluator.h"
 #include "executor/generator.h"
 #include "executor/sampler.h"
+#include "planner/calibration.h"
 
 namespace kvp {
 
@@ -33,6 +34,24 @@ struct Prepared {
   int budget = 0;
 };
 
+// The full cache's reference under a trace: keeps every slot and sums the attention each slot gets
+// from the queries at `from` and after (the prompt's last token and the reference answer's), over
+// the group's query heads, into its score.
+class AnswerAttention : public Policy {
+ public:
+  explicit AnswerAttention(int32_t from) : Policy(PolicyParams{.sinks = 0, .recent = 0}), from_(from) {}
+  std::string_view name() const override { return "answer_attention"; }
+  bool evicts() const override { return false; }
+  void init_slot(SlotArrays& s, int slot, const NewToken&) const override { s.score[slot] = 0; }
+  void observe(SlotArrays& s, const float* weights, int query_pos, int) const override {
+    if (query_pos < from_) return;
+    for (int j = 0; j < s.n_used; ++j) s.score[j] += weights[j];
+  }
+
+ private:
+  int32_t from_;
+};
+
 }  // namespace
 
 std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const Tokenizer& tokenizer,
@@ -55,7 +74,8 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
       for (size_t c = 0; c < configs.size(); ++c) {
         if (configs[c].cut == cut) chosen.push_back(static_cast<int>(c));
       }
-      if (chosen.empty()) continue;
+      const bool tracing = options.trace && cut == options.trace_cut;
+      if (chosen.empty() && !tracing) continue;
       const int prefix = cut == CutPoint::kContext ? inst.context_end : n - 1;
       // The configurations concrete at this cut, the full-cache reference first, and their scorers.
       std::vector<Prepared> prepared;
@@ -93,6 +113,24 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
         }
         prepared.push_back(std::move(p));
       }
+      TaskTraceInstance traced;
+      if (tracing) {
+        for (const auto& t : options.trace_scorers) {
+          if (std::none_of(scorers.begin() + 1, scorers.end(), [&](const auto& s) { return same_prefill(*s, *t); })) {
+            scorers.push_back(t);
+          }
+        }
+        // The trace's scorers: the first instance's, in order; every later instance has the same
+        // groups (same_prefill ignores what differs between instances: sinks, recent, budgets).
+        if (ii == 0) {
+          options.trace->scorers.clear();
+          for (size_t s = 1; s < scorers.size(); ++s) {
+            options.trace->scorers.push_back(TaskTraceScorer{std::string(scorers[s]->name()), scorers[s]->params()});
+          }
+        }
+        KVP_CHECK(options.trace->scorers.size() + 1 == scorers.size(), "instance {}: other scorers than the first's", inst.id);
+        prepared[0].policy = std::make_shared<AnswerAttention>(n - 1);
+      }
       // The shared prefill: sequence 0 under keep-all, scored for every policy.
       std::vector<KvBudgets> seqs(1 + batch, KvBudgets::uniform(mc.n_layers, mc.n_kv_heads, mc.head_dim(), 0));
       seqs[0] = full_cache_budgets(mc, capacity);
@@ -102,6 +140,30 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
         StepRows rows;
         for (int p = c0; p < std::min(prefix, c0 + options.prefill_chunk); ++p) rows.add(inst.tokens[p], p, 0, prefix);
         decoder.forward(rows, {}, nullptr);
+      }
+      if (tracing) {
+        traced = TaskTraceInstance{.id = inst.id, .family = inst.family, .length = inst.length, .prompt_tokens = n,
+                                   .cut = prefix, .answer_rows = std::max(1, reference_len)};
+        for (const TaskNeedle& nd : inst.needles) traced.needles.emplace_back(nd.begin, nd.end);
+        const size_t heads = size_t(mc.n_layers) * mc.n_kv_heads;
+        for (size_t s = 1; s < scorers.size(); ++s) {
+          const auto& t = options.trace->scorers[s - 1];
+          auto same = make_policy(t.policy, t.params);
+          KVP_CHECK(same.ok() && same_prefill(*same.value(), *scorers[s]), "instance {}: scorer {} differs", inst.id, s);
+          traced.score.emplace_back(heads * prefix);
+          traced.aux.emplace_back(scorers[s]->aux_floats_per_slot() > 0 ? heads * prefix : 0);
+          for (int l = 0; l < mc.n_layers; ++l) {
+            for (int h = 0; h < mc.n_kv_heads; ++h) {
+              const size_t off = traced.head_offset(mc.n_kv_heads, l, h);
+              const auto sc = backend.prompt_scores(0, static_cast<int>(s), l, h, false);
+              std::copy(sc.begin(), sc.end(), traced.score.back().begin() + off);
+              if (!traced.aux.back().empty()) {
+                const auto ax = backend.prompt_scores(0, static_cast<int>(s), l, h, true);
+                std::copy(ax.begin(), ax.end(), traced.aux.back().begin() + off);
+              }
+            }
+          }
+        }
       }
       const std::vector<int32_t> suffix(inst.tokens.begin() + prefix, inst.tokens.end());
       const int s_len = static_cast<int>(suffix.size());
@@ -117,6 +179,11 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
         for (int j = 0; j < k; ++j) {
           const Prepared& p = prepared[b0 + j];
           backend.fork_prompt(0, p.scorer, 1 + j, p.budgets, p.policy);
+          if (tracing && p.config < 0) {
+            for (int l = 0; l < mc.n_layers; ++l) {
+              for (int h = 0; h < mc.n_kv_heads; ++h) std::fill_n(backend.cache(1 + j).head(l, h).score, prefix, 0.0f);
+            }
+          }
           for (int t = 0; t < s_len + reference_len - 1; ++t) {
             const int32_t token = t < s_len ? suffix[t] : inst.reference[t - s_len];
             if (t >= s_len - 1) logit_rows.push_back(static_cast<int32_t>(rows.size()));
@@ -134,6 +201,18 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
             nll -= lp[r][inst.reference[r]];
           }
           if (p.config < 0) {
+            if (tracing) {
+              // The answer rows' attention on the cut's positions (slot j holds position j), per query head.
+              const float per_row = 1.0f / float(traced.answer_rows * mc.group_size());
+              traced.answer_attention.assign(size_t(mc.n_layers) * mc.n_kv_heads * prefix, 0.0f);
+              for (int l = 0; l < mc.n_layers; ++l) {
+                for (int h = 0; h < mc.n_kv_heads; ++h) {
+                  const HeadSlots head = backend.cache(1 + j).head(l, h);
+                  float* a = traced.answer_attention.data() + traced.head_offset(mc.n_kv_heads, l, h);
+                  for (int q = 0; q < prefix; ++q) a[q] = std::min(1.0f, head.score[q] * per_row);
+                }
+              }
+            }
             full_logprobs = lp;
             full_nll = nll / std::max(1, reference_len);
             reference.nll = reference.nll_full = full_nll;
@@ -204,11 +283,17 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
           o.budget = p.budget;
           o.kv_bytes = p.budgets.kv_bytes();
           o.prediction = tokenizer.decode(answer[j]);
+          o.sinks = p.policy->params().sinks, o.recent = p.policy->params().recent;
+          o.detail = policy_detail(std::string(p.policy->name()), p.policy->params());
           o.score = score_answer(inst.metric, inst.answers, o.prediction);
         }
       }
       for (int c : chosen) {
         if (configs[c].policy == "full") out[c][ii] = reference;
+      }
+      if (tracing) {
+        traced.full_score = reference.score;
+        options.trace->instances.push_back(std::move(traced));
       }
     }
     if (options.progress) {

@@ -13,6 +13,7 @@
 
 #include "executor/cpu/cpu_backend.h"
 #include "executor/tasks/tasks.h"
+#include "planner/task_trace.h"
 
 namespace kvp {
 
@@ -43,11 +44,20 @@ struct TaskOutcome {
   double nll_full = 0, nll = 0;          // mean over the reference answer's tokens (teacher-forced)
   double kl = 0;                         // mean KL(full ‖ configuration) over them
   double needles_kept = 1.0;             // share of needle tokens in the cut cache, over layers and heads
+  int sinks = 0, recent = 0;             // the policy's, as it ran on this instance
+  std::string detail;                    // its other settings (policy_detail)
 };
 
 struct TaskEvalOptions {
   int prefill_chunk = 512;
   int batch = 8;  // configurations decoded together
+  // Also record a task trace (task_trace.h; kvplan record --tasks, eval --trace-out) at cut
+  // `trace_cut`, whose prefill then runs even with no configuration at that cut: the scores of
+  // every scorer the configurations need and of `trace_scorers`, the full cache's answer attention
+  // and its score. The caller fills the trace's model fields.
+  TaskTrace* trace = nullptr;
+  CutPoint trace_cut = CutPoint::kContext;
+  std::vector<std::shared_ptr<const Policy>> trace_scorers;
   // After each instance: (instances done, seconds so far).
   std::function<void(int done, double seconds)> progress;
 };

@@ -150,6 +150,22 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
   }
 }
 
+std::vector<std::vector<int>> select_cut(const Policy& policy, std::span<SlotArrays> views,
+                                         std::span<const int32_t> budgets, int32_t newest_pos, bool finish) {
+  KVP_CHECK(budgets.size() == views.size() && !views.empty());
+  if (finish) {
+    for (SlotArrays& s : views) policy.finish_prefill(s, s.n_used);
+  }
+  std::vector<std::vector<int>> kept(views.size());
+  if (policy.shared_per_layer()) {
+    kept.assign(views.size(), select_kept(policy, views, newest_pos, budgets[0]));
+  } else {
+    for (size_t h = 0; h < views.size(); ++h) kept[h] = select_kept(policy, views.subspan(h, 1), newest_pos, budgets[h]);
+  }
+  for (size_t h = 0; h < views.size(); ++h) KVP_CHECK(static_cast<int>(kept[h].size()) <= budgets[h]);
+  return kept;
+}
+
 void cut_slots(const Policy& policy, std::span<const HeadSlots> from, std::span<const HeadSlots> to,
                std::span<const int32_t> budgets, int32_t newest_pos, bool finish, const EvictFn& on_evict) {
   const int n_kv_heads = static_cast<int>(from.size());
@@ -157,20 +173,13 @@ void cut_slots(const Policy& policy, std::span<const HeadSlots> from, std::span<
   const int hd = from[0].head_dim;
   KVP_CHECK(to.size() == from.size() && budgets.size() == from.size());
   std::vector<SlotArrays> views;
-  for (const HeadSlots& p : from) {
-    SlotArrays s = p.slots();
-    if (finish) policy.finish_prefill(s, n);
-    views.push_back(s);
-  }
-  std::vector<int> shared;
-  if (policy.shared_per_layer()) shared = select_kept(policy, views, newest_pos, budgets[0]);
+  for (const HeadSlots& p : from) views.push_back(p.slots());
+  const std::vector<std::vector<int>> kept_per_head = select_cut(policy, views, budgets, newest_pos, finish);
   for (int h = 0; h < n_kv_heads; ++h) {
     const HeadSlots& src = from[h];
     const HeadSlots& dst = to[h];
     KVP_CHECK(budgets[h] <= dst.budget);
-    const std::vector<int> kept =
-        policy.shared_per_layer() ? shared : select_kept(policy, std::span(&views[h], 1), newest_pos, budgets[h]);
-    KVP_CHECK(static_cast<int>(kept.size()) <= budgets[h]);
+    const std::vector<int>& kept = kept_per_head[h];
     if (dst.compressed()) {
       // Into a compressed cache (the prompt's last cut): ThinK's channels from the kept keys, then
       // each kept token stored in its short forms, in position order (so a ring entry ends with the

@@ -158,6 +158,12 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
 // policy selects within budgets[h] slots of `to`, in position order. `to` may be `from` itself (a
 // cut in place: the kept slots move down). `finish`: the prompt's last cut (finish_prefill runs
 // first). --prefill-evict cuts a prompt this way after each chunk.
+// The choice of cut_slots, without moving anything: per head of `views` (one layer's heads, slots
+// holding increasing positions, the newest `newest_pos`), the slots kept within budgets[h], in slot
+// order. `finish`: finish_prefill runs on the views first (it may rewrite their scores). The task
+// replay (task_trace.h) cuts recorded scores through this.
+std::vector<std::vector<int>> select_cut(const Policy& policy, std::span<SlotArrays> views,
+                                         std::span<const int32_t> budgets, int32_t newest_pos, bool finish);
 void cut_slots(const Policy& policy, std::span<const HeadSlots> from, std::span<const HeadSlots> to,
                std::span<const int32_t> budgets, int32_t newest_pos, bool finish, const EvictFn& on_evict);
 

@@ -20,6 +20,7 @@
 #include "executor/generator.h"
 #include "executor/model/model_locator.h"
 #include "executor/serve/chat_template.h"
+#include "planner/task_calibration.h"
 #include "tests/support/test_support.h"
 
 namespace kvp {
@@ -199,6 +200,35 @@ TEST(SmolLm2, ConvertRoundTripsToGgufAndHuggingFaceFolders) {
     }
     std::printf("convert %s: max |logit error| %.5f, top-1 same at %d of %zu\n", out, worst, same_top, tokens.size());
   }
+}
+
+
+// Task accuracy from task traces on a model that answers: eval --tasks records the trace from its
+// own prefills, the replay cuts on it exactly the needle tokens the closed loop cut, and calibrate
+// fits and checks a predictor on held-out instances.
+TEST(SmolLm2, TaskTraceReplaysTheClosedLoopAndCalibrates) {
+  KVP_REQUIRE_SMOLLM();
+  const std::string d = test::make_temp_dir("smollm-task-trace");
+  ASSERT_EQ(test::run_kvplan("tasks --model smollm2-135m --length 384 --n 3 --families niah_single,niah_multikey --seed 5 "
+                             "--out " + d + "/t.jsonl").exit_code, 0);
+  const test::CliResult ev = test::run_kvplan("eval --model smollm2-135m --tasks " + d + "/t.jsonl --grid --policies "
+                                              "h2o,tova,knorm --compression 0.5,0.875 --json --trace-out " + d +
+                                              "/t.kvtt --out " + d + "/ev");
+  ASSERT_EQ(ev.exit_code, 0) << ev.err;
+  double full = 0;
+  for (const auto& r : nlohmann::json::parse(ev.out)) full += r["policy"] == "full" ? r["accuracy"].get<double>() : 0.0;
+  ASSERT_GT(full, 0.0);
+  const test::CliResult cal = test::run_kvplan("calibrate --task-trace " + d + "/t.kvtt --outcomes " + d +
+                                               "/ev/outcomes.csv --json --out " + d + "/tc.yaml");
+  ASSERT_EQ(cal.exit_code, 0) << cal.err;
+  const nlohmann::json j = nlohmann::json::parse(cal.out);
+  EXPECT_LE(j["replay_needle_gap"].get<double>(), 5e-5);  // outcomes.csv's four decimals
+  EXPECT_EQ(j["held_out_instances"]["configs"], 6);
+  for (const auto& r : j["held_out_instances"]["rows"]) {
+    EXPECT_GE(r["predicted"].get<double>(), 0.0);
+    EXPECT_LE(r["predicted"].get<double>(), 1.0);
+  }
+  EXPECT_TRUE(TaskCalibration::load(d + "/tc.yaml").ok());
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // kvplan tasks and eval --tasks on the embedded model: instances deterministic per seed with
 // needles where the file says, RULER's scorer on hand-made answers, the tasks file's round trip
-// and its refusals (each next to the valid file it breaks), and the shared-prefill loop giving the
-// answers of each configuration run alone.
+// and its refusals (each next to the valid file it breaks), the shared-prefill loop giving the
+// answers of each configuration run alone, and the task trace it records: the replay cutting what
+// the closed loop cut, recording alone writing the same arrays, and the answer attention against
+// H2O's accumulated attention in a cache that never evicts.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,7 +11,9 @@
 
 #include "executor/cpu/cpu_backend.h"
 #include "executor/tasks/task_eval.h"
+#include "executor/decoder.h"
 #include "executor/tasks/tasks.h"
+#include "planner/task_trace.h"
 #include "tests/support/test_support.h"
 
 namespace kvp::tasks_test {
@@ -211,6 +215,102 @@ TEST(Tasks, SharedPrefillAnswersAsEachConfigurationAlone) {
   double kept = 0;
   for (const TaskOutcome& o : out[2]) kept += o.needles_kept;
   EXPECT_LT(kept, static_cast<double>(out[2].size()));
+}
+
+
+TEST(Tasks, TaskTraceReplaysTheClosedLoopsCuts) {
+  const ModelWeights& w = default_model().weights;
+  const Tokenizer& tok = default_model().tokenizer;
+  const ModelConfig& c = w.config();
+  const auto instances = make(9, {"niah_single", "niah_multikey", "vt"}, 2);
+  std::vector<TaskConfig> configs = {{.label = "full"}};
+  for (const char* p : {"window", "h2o", "vatp", "tova", "snapkv", "knorm"}) {
+    for (double keep : {0.3, 0.6}) configs.push_back({.label = fmt::format("{} {}", p, keep), .policy = p, .keep = keep});
+  }
+  CpuBackend backend(w, 2);
+  TaskTrace trace{.n_layers = c.n_layers, .n_kv_heads = c.n_kv_heads};
+  const auto out = evaluate_tasks(backend, tok, instances, configs,
+                                  TaskEvalOptions{.prefill_chunk = 128, .batch = 4, .trace = &trace});
+  ASSERT_EQ(trace.instances.size(), instances.size());
+  EXPECT_EQ(trace.scorers.size(), 6u);  // one per policy: none of these scores a prefill like another
+  int with_needles_lost = 0;
+  for (size_t ci = 1; ci < configs.size(); ++ci) {
+    for (size_t ii = 0; ii < instances.size(); ++ii) {
+      const TaskOutcome& o = out[ci][ii];
+      SCOPED_TRACE(configs[ci].label + " " + o.id);
+      const int prefix = instances[ii].context_end;
+      const int budget = static_cast<int>(std::ceil(configs[ci].keep * prefix));
+      auto policy = make_policy(configs[ci].policy, published_defaults(configs[ci].policy, budget));
+      ASSERT_TRUE(policy.ok());
+      const std::vector<int32_t> budgets(size_t(c.n_layers) * c.n_kv_heads, o.budget);
+      auto f = replay_task(trace, trace.instances[ii], **policy, budgets);
+      ASSERT_TRUE(f.ok()) << f.error().message();
+      EXPECT_DOUBLE_EQ(f->needles, o.needles_kept);
+      with_needles_lost += o.needles_kept < 1;
+      EXPECT_GT(f->mass, 0.0);
+      EXPECT_LE(f->mass, 1.0 + 1e-9);
+    }
+  }
+  EXPECT_GT(with_needles_lost, 0);
+  for (size_t ii = 0; ii < instances.size(); ++ii) {
+    EXPECT_EQ(trace.instances[ii].full_score, out[0][ii].score);
+    EXPECT_EQ(trace.instances[ii].cut, instances[ii].context_end);
+  }
+  // Recording alone, the same scorers asked for: the same arrays.
+  TaskTrace alone{.n_layers = c.n_layers, .n_kv_heads = c.n_kv_heads};
+  TaskEvalOptions options{.prefill_chunk = 128, .trace = &alone};
+  for (const char* p : {"knorm", "tova", "window", "h2o", "vatp", "snapkv"}) {
+    options.trace_scorers.push_back(std::shared_ptr<const Policy>(make_policy(p, published_defaults(p, 64)).value()));
+  }
+  evaluate_tasks(backend, tok, instances, {}, options);
+  ASSERT_EQ(alone.instances.size(), instances.size());
+  ASSERT_EQ(alone.scorers.size(), trace.scorers.size());
+  for (size_t ii = 0; ii < instances.size(); ++ii) {
+    EXPECT_EQ(alone.instances[ii].answer_attention, trace.instances[ii].answer_attention);
+    for (size_t s = 0; s < alone.scorers.size(); ++s) {
+      auto p = make_policy(alone.scorers[s].policy, alone.scorers[s].params);
+      const int t = trace.scorer_for(**p);
+      ASSERT_GE(t, 0);
+      EXPECT_EQ(alone.instances[ii].score[s], trace.instances[ii].score[t]) << alone.scorers[s].policy;
+      EXPECT_EQ(alone.instances[ii].aux[s], trace.instances[ii].aux[t]) << alone.scorers[s].policy;
+    }
+  }
+  // The answer attention: what H2O accumulates, in a cache that never evicts, from the rows of the
+  // prompt's last token and the reference answer's (all but its last token), per row and query head.
+  const TaskInstance& t = instances[0];
+  const int n = static_cast<int>(t.tokens.size()), prefix = t.context_end, rows_n = static_cast<int>(t.reference.size());
+  CpuBackend own(w);
+  auto h2o = std::shared_ptr<const Policy>(make_policy("h2o", PolicyParams{.sinks = 0, .recent = 1}).value());
+  own.reset_sequences({KvBudgets::uniform(c.n_layers, c.n_kv_heads, c.head_dim(), n + rows_n + 1)}, h2o);
+  Decoder d(own);
+  StepRows rows;
+  for (int p = 0; p < n - 1; ++p) rows.add(t.tokens[p], p, 0);
+  d.forward(rows, {}, nullptr);
+  std::vector<std::vector<float>> before;
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (int h = 0; h < c.n_kv_heads; ++h) {
+      const HeadSlots head = own.cache(0).head(l, h);
+      before.emplace_back(head.score, head.score + prefix);
+    }
+  }
+  rows = StepRows{};
+  rows.add(t.tokens[n - 1], n - 1, 0);
+  for (int r = 0; r + 1 < rows_n; ++r) rows.add(t.reference[r], n + r, 0);
+  d.forward(rows, {}, nullptr);
+  double total = 0;
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (int h = 0; h < c.n_kv_heads; ++h) {
+      const HeadSlots head = own.cache(0).head(l, h);
+      const float* a = trace.instances[0].answer_attention.data() + trace.instances[0].head_offset(c.n_kv_heads, l, h);
+      for (int j = 0; j < prefix; ++j) {
+        ASSERT_EQ(head.pos[j], j);
+        const double want = (head.score[j] - before[size_t(l) * c.n_kv_heads + h][j]) / (rows_n * c.group_size());
+        EXPECT_NEAR(a[j], want, 0.01 * want + 1e-5) << l << " " << h << " " << j;
+        total += a[j];
+      }
+    }
+  }
+  EXPECT_GT(total, 0.0);
 }
 
 }  // namespace

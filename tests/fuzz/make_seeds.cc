@@ -1,11 +1,13 @@
-// Writes the fuzzers' seed corpora into CORPUS_DIR/{gguf,safetensors,tokenizer_json}: a tiny random
-// model as GGUF (f32 and q8_0) and as a Hugging Face folder's safetensors and tokenizer.json, plus a
-// byte-level BPE tokenizer.json. tools/fuzz.sh runs it before every fuzzing run.
+// Writes the fuzzers' seed corpora into CORPUS_DIR/{gguf,safetensors,tokenizer_json,task_trace}: a
+// tiny random model as GGUF (f32 and q8_0) and as a Hugging Face folder's safetensors and
+// tokenizer.json, a byte-level BPE tokenizer.json, and a small task trace. tools/fuzz.sh runs it
+// before every fuzzing run.
 #include <cstdio>
 #include <filesystem>
 
 #include "executor/model/gguf_format.h"
 #include "executor/model/model_convert.h"
+#include "planner/task_trace.h"
 
 int main(int argc, char** argv) {
   using namespace kvp;
@@ -67,6 +69,20 @@ int main(int argc, char** argv) {
   fs::rename(hf2 / "tokenizer.json", dir / "tokenizer_json" / "byte-level.json");
   fs::rename(hf2 / "model.safetensors", dir / "safetensors" / "tiny-f16.safetensors");
   fs::remove_all(hf2);
+  // A task trace: one layer, two KV heads, two instances cut at 5 (one with a needle), two scorers.
+  fs::create_directories(dir / "task_trace");
+  TaskTrace tt{.model_fingerprint = std::string(64, 'a'), .n_layers = 1, .n_kv_heads = 2, .cut_point = "agnostic",
+               .tasks = "t.jsonl", .scorers = {TaskTraceScorer{"h2o", {}}, TaskTraceScorer{"vatp", {}}}};
+  for (int i = 0; i < 2; ++i) {
+    TaskTraceInstance inst{.id = "niah_single-8-" + std::to_string(i), .family = "niah_single", .length = 8,
+                           .prompt_tokens = 8, .cut = 5, .full_score = 1.0 * i, .answer_rows = 2};
+    if (i == 1) inst.needles = {{1, 3}};
+    inst.score = {std::vector<float>(10, 0.5f), std::vector<float>(10, 0.25f)};
+    inst.aux = {{}, std::vector<float>(10, 2.0f)};
+    inst.answer_attention.assign(10, 0.1f);
+    tt.instances.push_back(inst);
+  }
+  check(tt.save((dir / "task_trace" / "small.kvtt").string()));
   std::printf("seeds written to %s\n", dir.c_str());
   return 0;
 }

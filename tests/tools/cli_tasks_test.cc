@@ -1,10 +1,12 @@
 // kvplan tasks and eval --tasks from the command line, on the embedded model: the file written and
 // read back, the outputs of eval --tasks, and one-line errors for what a user gets wrong (each
-// next to the run that is accepted).
+// next to the run that is accepted); task traces (record --tasks, eval --trace-out) feeding task
+// accuracy predictions into plan, sweep and check.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
+#include "planner/plan/plan.h"
 #include "tests/support/test_support.h"
 
 namespace kvp::cli_tasks_test {
@@ -65,6 +67,81 @@ TEST(CliTasks, OneLineErrorsNameWhatToFix) {
   test::write_bytes(d + "/other.jsonl", text.substr(0, fp) + "0000" + text.substr(fp + 4));
   test::expect_one_line_error("eval --tasks " + d + "/other.jsonl --policy vatp --keep 0.5 --out " + d + "/e",
                               "other.jsonl: line 1: field 'model_fingerprint'");
+}
+
+
+// stories260K answers none of its tasks, so every instance's probability is the calibration's rescue
+// rate r: a hand-written calibration with r = 0.25 predicts 0.25 for any configuration, with the
+// interval 0.25 ± 1.96 √(0.25 · 0.75 / n).
+TEST(CliTasks, TaskTracesPredictAccuracyInPlanSweepAndCheck) {
+  const std::string d = test::make_temp_dir("cli-task-trace");
+  ASSERT_EQ(test::run_kvplan("tasks --length 440 --n 2 --families niah_single,vt --seed 6 --out " + d + "/t.jsonl").exit_code, 0);
+  const test::CliResult rec = test::run_kvplan("record --tasks " + d + "/t.jsonl --policies h2o,vatp,tova --json --out " + d + "/t.kvtt");
+  ASSERT_EQ(rec.exit_code, 0) << rec.err;
+  const nlohmann::json r = nlohmann::json::parse(rec.out);
+  EXPECT_EQ(r["instances"], 4);
+  EXPECT_EQ(r["scorers"], 3);
+  ASSERT_EQ(r["full_accuracy"], 0.0);
+  const test::CliResult ev = test::run_kvplan("eval --tasks " + d + "/t.jsonl --grid --policies h2o,tova --compression 0.5,0.75 "
+                                              "--trace-out " + d + "/e.kvtt --out " + d + "/ev");
+  ASSERT_EQ(ev.exit_code, 0) << ev.err;
+  // Nothing answered: nothing to calibrate on, said in one line.
+  test::expect_one_line_error("calibrate --task-trace " + d + "/e.kvtt --outcomes " + d + "/ev/outcomes.csv --out " + d +
+                                  "/c.yaml", "the full cache answers no instance");
+  test::expect_one_line_error("calibrate --task-trace " + d + "/e.kvtt --out " + d + "/c.yaml", "in pairs");
+  // The trace's model fingerprint, for a hand-written calibration.
+  const std::string bytes = test::read_bytes(d + "/t.kvtt");
+  const size_t at = bytes.find("\"model_fingerprint\":\"") + 21;
+  const std::string fingerprint = bytes.substr(at, 64);
+  const std::string cal = "format: kvplan-task-calibration\nversion: 1\nmodel_fingerprint: " + fingerprint +
+                          "\nsources: by hand\nmodel:\n  features: [needle_mass]\n  lost: false\n  coef: [-4, 8]\n"
+                          "  rescue_rate: 0.25\n  model_sd: 0\n  z: 1.96\nfit:\n  observations: 0\n  instances: 0\n"
+                          "  configs: 0\n  lengths: [440]\n";
+  test::write_bytes(d + "/cal.yaml", cal);
+  const test::CliResult plan = test::run_kvplan("plan --policy h2o --budget 200 --task-calibration " + d + "/cal.yaml "
+                                                "--task-trace " + d + "/t.kvtt --out " + d + "/p.yaml");
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  auto p = Plan::load(d + "/p.yaml");
+  ASSERT_TRUE(p.ok()) << p.error().message();
+  const double half = 1.96 * std::sqrt(0.25 * 0.75 / 4);
+  EXPECT_NEAR(p->predicted.at("task_accuracy"), 0.25, 1e-6);
+  EXPECT_EQ(p->predicted.at("task_accuracy_low"), 0.0);  // 0.25 − 0.424, clipped
+  EXPECT_NEAR(p->predicted.at("task_accuracy_high"), 0.25 + half, 1e-6);
+  // The plan run on the tasks, then checked: memory exact, accuracy 0 inside [0, 0.674].
+  ASSERT_EQ(test::run_kvplan("eval --tasks " + d + "/t.jsonl --plan " + d + "/p.yaml --out " + d + "/pev").exit_code, 0);
+  const test::CliResult check = test::run_kvplan("check --plan " + d + "/p.yaml --task-outcomes " + d + "/pev/outcomes.csv --json");
+  ASSERT_EQ(check.exit_code, 0) << check.err;
+  const nlohmann::json c = nlohmann::json::parse(check.out);
+  EXPECT_EQ(c["memory_exact"], true);
+  EXPECT_EQ(c["metrics"]["task_accuracy"]["measured"], 0.0);
+  EXPECT_EQ(c["metrics"]["task_accuracy"]["ok"], true);
+  // sweep: a predicted accuracy per configuration the task trace has scores for.
+  ASSERT_EQ(test::run_kvplan("corpus --sample 2 --length 96 --out " + d + "/c.jsonl").exit_code, 0);
+  ASSERT_EQ(test::run_kvplan("record --corpus " + d + "/c.jsonl --prompt-len 16 --out " + d + "/tr").exit_code, 0);
+  const test::CliResult sweep = test::run_kvplan("sweep --trace " + d + "/tr --policies h2o,knorm --budgets 16,32 --no-greedy "
+                                                 "--no-plots --task-calibration " + d + "/cal.yaml --task-trace " + d +
+                                                 "/t.kvtt --out " + d + "/s");
+  ASSERT_EQ(sweep.exit_code, 0) << sweep.err;
+  EXPECT_NE(sweep.out.find("Predicted task accuracy"), std::string::npos) << sweep.out;
+  EXPECT_NE(sweep.out.find("no recorded scorer scores as knorm"), std::string::npos) << sweep.out;
+  const std::string csv = test::read_bytes(d + "/s/sweep.csv");
+  EXPECT_NE(csv.find("pred_task_accuracy"), std::string::npos);
+  EXPECT_NE(csv.find("0.2500,"), std::string::npos) << csv;
+  // Refusals, each next to the accepted run above.
+  test::expect_one_line_error("plan --policy h2o --budget 200 --task-calibration " + d + "/cal.yaml --out " + d + "/x.yaml",
+                              "--task-calibration and --task-trace: give both");
+  std::string other = cal;
+  other.replace(other.find(fingerprint), 64, std::string(64, 'e'));
+  test::write_bytes(d + "/other.yaml", other);
+  test::expect_one_line_error("plan --policy h2o --budget 200 --task-calibration " + d + "/other.yaml --task-trace " + d +
+                                  "/t.kvtt --out " + d + "/x.yaml", "other.yaml: model_fingerprint");
+  test::expect_one_line_error("plan --policy window --budget 200 --task-calibration " + d + "/cal.yaml --task-trace " + d +
+                                  "/t.kvtt --out " + d + "/x.yaml", "no recorded scorer scores as window");
+  test::write_bytes(d + "/cut.kvtt", bytes.substr(0, bytes.size() - 10));
+  test::expect_one_line_error("plan --policy h2o --budget 200 --task-calibration " + d + "/cal.yaml --task-trace " + d +
+                                  "/cut.kvtt --out " + d + "/x.yaml", "cut.kvtt: instances[3].answer_attention");
+  test::expect_one_line_error("check --plan " + d + "/p.yaml", "give --measured");
+  test::expect_one_line_error("record --tasks " + d + "/t.jsonl --policies full --out " + d + "/f.kvtt", "keeps every token");
 }
 
 }  // namespace

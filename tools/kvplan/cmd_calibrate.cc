@@ -10,6 +10,8 @@
 #include "planner/planner.h"
 #include "tools/kvplan/command.h"
 #include "tools/kvplan/plan_flags.h"
+#include "tools/kvplan/task_predict.h"
+#include "common/file_util.h"
 
 namespace kvp::cli {
 namespace {
@@ -20,7 +22,123 @@ struct CalibrateFlags {
   std::string out;
   int threads = 0;
   bool json = false;
+  // Task accuracy (task_calibration.h): task traces with eval --tasks' outcomes, pairwise.
+  std::vector<std::string> task_traces, outcomes, holdout_traces, holdout_outcomes;
+  std::string report;
 };
+
+// The task traces and outcomes of `traces` and `outcomes`, pairwise, as observations.
+Result<std::vector<TaskObservation>> load_observations(const std::vector<std::string>& traces,
+                                                       const std::vector<std::string>& outcomes, const char* flag,
+                                                       std::string* fingerprint, std::string* sources, double* max_gap) {
+  if (traces.size() != outcomes.size()) {
+    return make_error("{}: {} task traces and {} outcomes files: give them in pairs, in the same order", flag,
+                      traces.size(), outcomes.size());
+  }
+  std::vector<TaskObservation> all;
+  for (size_t i = 0; i < traces.size(); ++i) {
+    KVP_ASSIGN_OR_RETURN(TaskTrace trace, TaskTrace::load(traces[i]));
+    if (fingerprint->empty()) *fingerprint = trace.model_fingerprint;
+    if (trace.model_fingerprint != *fingerprint) {
+      return make_error("{}: model_fingerprint: another model than the first task trace's", traces[i]);
+    }
+    double gap = 0;
+    KVP_ASSIGN_OR_RETURN(std::vector<TaskObservation> obs, task_observations(trace, traces[i], outcomes[i], &gap));
+    *max_gap = std::max(*max_gap, gap);
+    if (gap > 1e-3) {
+      std::fprintf(stderr, "warning: %s: the replay keeps a share of needle tokens up to %.4f off what %s measured "
+                   "(configurations rebuilt differently?)\n", traces[i].c_str(), gap, outcomes[i].c_str());
+    }
+    if (sources) *sources += fmt::format("{}{} + {}", sources->empty() ? "" : "; ", traces[i], outcomes[i]);
+    all.insert(all.end(), obs.begin(), obs.end());
+  }
+  return all;
+}
+
+std::string check_markdown(const std::string& title, const TaskPredictionCheck& c) {
+  std::string md = fmt::format("### {}\n\n{} configurations: mean absolute error {:.3f}; intervals cover {:.0f}%; "
+                               "Spearman across policies at one memory {:.2f} (mean of {} memories with a ranking); "
+                               "predicted best measured best or within noise at {:.0f}% of {} memories\n\n",
+                               title, c.configs.size(), c.mae, 100 * c.coverage, c.spearman, c.n_ranked,
+                               100 * c.best_rate, c.memories.size());
+  md += "| length | budget | configurations | Spearman | predicted best | its measured | measured best | noise | |\n"
+        "|---:|---:|---:|---:|---|---:|---|---:|---|\n";
+  for (const TaskMemoryRow& m : c.memories) {
+    md += fmt::format("| {} | {} | {} | {} | {} | {:.3f} | {} ({:.3f}) | {:.3f} | {} |\n", m.length, m.budget,
+                      m.n_configs, m.measured_tied ? "tied" : fmt::format("{:.2f}", m.spearman), m.predicted_best,
+                      m.predicted_best_measured, m.measured_best, m.measured_best_accuracy, m.noise,
+                      m.best_ok ? "ok" : "missed");
+  }
+  md += "\n| configuration | length | n | predicted | interval | measured | |\n|---|---:|---:|---:|---|---:|---|\n";
+  for (const TaskPredictionRow& r : c.configs) {
+    const bool in = r.measured >= r.predicted.low - 1e-12 && r.measured <= r.predicted.high + 1e-12;
+    md += fmt::format("| {} | {} | {} | {:.3f} | [{:.3f}, {:.3f}] | {:.3f} | {} |\n", r.config, r.length, r.n,
+                      r.predicted.accuracy, r.predicted.low, r.predicted.high, r.measured, in ? "" : "outside");
+  }
+  return md + "\n";
+}
+
+nlohmann::json check_json(const TaskPredictionCheck& c) {
+  nlohmann::json j = {{"configs", c.configs.size()}, {"mae", c.mae}, {"coverage", c.coverage}, {"spearman", c.spearman},
+                      {"memories_ranked", c.n_ranked}, {"best_rate", c.best_rate}, {"memories", c.memories.size()}};
+  for (const TaskPredictionRow& r : c.configs) {
+    j["rows"].push_back({{"config", r.config}, {"policy", r.policy}, {"length", r.length}, {"budget", r.budget}, {"n", r.n},
+                         {"measured", r.measured}, {"predicted", r.predicted.accuracy},
+                         {"interval", {r.predicted.low, r.predicted.high}}});
+  }
+  return j;
+}
+
+// calibrate --task-trace: fits task_calibration.yaml, checks it on held-out instances (the folds)
+// and on --holdout pairs (another length), prints and optionally writes the report.
+Status calibrate_tasks(const CalibrateFlags& flags) {
+  if (!flags.trace.empty() || !flags.measured.empty()) {
+    return make_error("--task-trace and --trace/--measured: a calibration is of task accuracy or of ΔNLL; run twice");
+  }
+  std::string fingerprint, sources;
+  double gap = 0;  // the replay's needle share against the closed loop's, worst row
+  KVP_ASSIGN_OR_RETURN(std::vector<TaskObservation> obs,
+                       load_observations(flags.task_traces, flags.outcomes, "--task-trace/--outcomes", &fingerprint,
+                                         &sources, &gap));
+  std::vector<double> held;
+  KVP_ASSIGN_OR_RETURN(TaskCalibration cal, fit_task_calibration(obs, fingerprint, &held));
+  cal.sources = sources;
+  const TaskPredictionCheck folds = check_task_predictions(cal, obs, held);
+  std::optional<TaskPredictionCheck> holdout;
+  if (!flags.holdout_traces.empty() || !flags.holdout_outcomes.empty()) {
+    std::string fp = fingerprint;
+    KVP_ASSIGN_OR_RETURN(std::vector<TaskObservation> hobs,
+                         load_observations(flags.holdout_traces, flags.holdout_outcomes, "--holdout-trace/--holdout-outcomes",
+                                           &fp, nullptr, &gap));
+    std::vector<double> p;
+    for (const TaskObservation& o : hobs) p.push_back(cal.instance_probability(o.features));
+    holdout = check_task_predictions(cal, hobs, p);
+  }
+  KVP_RETURN_IF_ERROR(cal.save(flags.out));
+  std::string md = fmt::format("## Task accuracy predicted from task traces\n\nCalibrated on {} observations ({} "
+                               "instances, {} configurations, lengths {}): features {}, chosen by held-out log-loss "
+                               "among\n\n| features | held-out log-loss |\n|---|---:|\n",
+                               cal.n_observations, cal.n_instances, cal.n_configs, fmt::join(cal.lengths, ", "),
+                               cal.feature_label());
+  for (const TaskCandidate& c : cal.candidates) md += fmt::format("| {} | {:.4f} |\n", c.name, c.cv_log_loss);
+  md += fmt::format("\ncoefficients {:.3f}, rescue rate {:.3f}, configuration error beyond the binomial {:.3f}; the "
+                    "replay keeps the share of needle tokens the closed loop kept (largest difference {:.4f})\n\n",
+                    fmt::join(cal.coef, ", "), cal.rescue_rate, cal.model_sd, gap);
+  md += check_markdown("Held-out instances (5 folds by instance, the calibration's lengths)", folds);
+  if (holdout) md += check_markdown("Held-out length (--holdout-trace)", *holdout);
+  if (!flags.report.empty()) KVP_RETURN_IF_ERROR(write_file_atomic(flags.report, md));
+  if (flags.json) {
+    nlohmann::json j = {{"out", flags.out}, {"features", cal.feature_label()}, {"coef", cal.coef},
+                        {"rescue_rate", cal.rescue_rate}, {"model_sd", cal.model_sd}, {"replay_needle_gap", gap},
+                        {"held_out_instances", check_json(folds)}};
+    if (holdout) j["held_out_length"] = check_json(*holdout);
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("%swrote %s%s\n", md.c_str(), flags.out.c_str(),
+                flags.report.empty() ? "" : fmt::format(" and {}", flags.report).c_str());
+  }
+  return ok_status();
+}
 
 std::string budget_summary(const std::vector<std::vector<int32_t>>& budgets) {
   std::vector<int32_t> layers;
@@ -32,6 +150,10 @@ std::string budget_summary(const std::vector<std::vector<int32_t>>& budgets) {
 }
 
 Status calibrate(const CalibrateFlags& flags) {
+  if (!flags.task_traces.empty() || !flags.outcomes.empty()) return calibrate_tasks(flags);
+  if (flags.trace.empty() || flags.measured.empty()) {
+    return make_error("calibrate: give --trace with --measured (ΔNLL), or --task-trace with --outcomes (task accuracy)");
+  }
   KVP_ASSIGN_OR_RETURN(Trace trace, Trace::open(flags.trace));
   note_trace_bounds(trace, flags.trace);
   const TraceModelShape& shape = trace.model();
@@ -132,13 +254,23 @@ Command add_calibrate_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "calibrate",
       "Fit the map from replay error to measured ΔNLL and top-1 agreement over configurations measured by "
-      "`kvplan eval`, replayed on a trace of the same model; writes calib.yaml for plan, sweep and check");
-  sub->add_option("--trace", flags->trace, "Trace directory (kvplan record) of the same model and prompt length")
-      ->required();
+      "`kvplan eval`, replayed on a trace of the same model; writes calib.yaml for plan, sweep and check. With "
+      "--task-trace: the predictor of task accuracy from task traces and eval --tasks outcomes");
+  sub->add_option("--trace", flags->trace, "Trace directory (kvplan record) of the same model and prompt length");
   sub->add_option("--measured", flags->measured, "measured.yaml files written by kvplan eval (one per configuration)")
-      ->required()
       ->expected(1, -1);
-  sub->add_option("--out", flags->out, "calib.yaml to write")->required();
+  sub->add_option("--task-trace", flags->task_traces,
+                  "Task accuracy instead: task traces (kvplan record --tasks), each paired with the --outcomes of the "
+                  "same tasks file; writes a task calibration for plan and sweep --task-calibration")
+      ->expected(1, -1);
+  sub->add_option("--outcomes", flags->outcomes, "outcomes.csv files of kvplan eval --tasks, one per --task-trace")
+      ->expected(1, -1);
+  sub->add_option("--holdout-trace", flags->holdout_traces,
+                  "Task traces kept out of the fit (another length) on which the predictions are checked")
+      ->expected(1, -1);
+  sub->add_option("--holdout-outcomes", flags->holdout_outcomes, "outcomes.csv, one per --holdout-trace")->expected(1, -1);
+  sub->add_option("--report", flags->report, "With --task-trace: write the fit and the checks as Markdown here");
+  sub->add_option("--out", flags->out, "calib.yaml (--task-trace: task-calibration.yaml) to write")->required();
   sub->add_option("--threads", flags->threads, "Replay threads (default: all cores)");
   sub->add_flag("--json", flags->json, "Machine-readable summary");
   return {sub, [flags] { return calibrate(*flags); }};

@@ -39,6 +39,7 @@ struct EvalFlags {
   std::vector<double> keep;           // keep ratios of a single policy
   std::string compressions = "0.25,0.5,0.75,0.875";  // --grid over tasks: kvpress's compression ratios
   std::string cut = "agnostic";       // agnostic, aware or both
+  std::string trace_out;              // --tasks: also write a task trace at the first cut
 };
 
 Measured describe(const Plan& plan, const std::string& source, const std::string& corpus) {
@@ -402,13 +403,18 @@ Status eval_tasks(const EvalFlags& flags) {
   int64_t tokens = 0;
   for (const TaskInstance& t : file.instances) tokens += static_cast<int64_t>(t.tokens.size());
   Progress progress("eval --tasks: instances", static_cast<int64_t>(file.instances.size()), !flags.json);
+  TaskTrace trace{.model_fingerprint = fingerprint, .n_layers = model.weights.config().n_layers,
+                  .n_kv_heads = model.weights.config().n_kv_heads, .cut_point = std::string(cut_point_name(cuts[0])),
+                  .tasks = flags.tasks};
   const auto outcomes = evaluate_tasks(
       backend, model.tokenizer, file.instances, configs,
       TaskEvalOptions{.prefill_chunk = flags.prefill_chunk, .batch = std::min(flags.batch, 8),
+                      .trace = flags.trace_out.empty() ? nullptr : &trace, .trace_cut = cuts[0],
                       .progress = [&](int done, double) { progress.update(done); }});
   progress.finish(static_cast<int64_t>(file.instances.size()));
+  if (!flags.trace_out.empty()) KVP_RETURN_IF_ERROR(trace.save(flags.trace_out));
   std::string rows = "config,policy,cut,id,family,length,prompt_tokens,budget,kv_bytes,score,nll_full,nll,delta_nll,kl,"
-                     "needles_kept,prediction\n";
+                     "needles_kept,sinks,recent,detail,prediction\n";
   struct Sum {
     double score = 0, dnll = 0, kl = 0, needles = 0;
     int n = 0;
@@ -419,9 +425,10 @@ Status eval_tasks(const EvalFlags& flags) {
     for (const TaskOutcome& o : outcomes[c]) {
       std::string pred = o.prediction;
       for (char& ch : pred) ch = ch == '"' ? '\'' : ch == '\n' ? ' ' : ch;
-      rows += fmt::format("{},{},{},{},{},{},{},{},{},{:.4f},{:.5f},{:.5f},{:.5f},{:.5f},{:.4f},\"{}\"\n", configs[c].label,
-                          configs[c].policy, cut_point_name(configs[c].cut), o.id, o.family, o.length, o.prompt_tokens,
-                          o.budget, o.kv_bytes, o.score, o.nll_full, o.nll, o.nll - o.nll_full, o.kl, o.needles_kept, pred);
+      rows += fmt::format("{},{},{},{},{},{},{},{},{},{:.4f},{:.5f},{:.5f},{:.5f},{:.5f},{:.4f},{},{},\"{}\",\"{}\"\n",
+                          configs[c].label, configs[c].policy, cut_point_name(configs[c].cut), o.id, o.family, o.length,
+                          o.prompt_tokens, o.budget, o.kv_bytes, o.score, o.nll_full, o.nll, o.nll - o.nll_full, o.kl,
+                          o.needles_kept, o.sinks, o.recent, o.detail, pred);
       Sum& s = sums[{c, o.family, o.length}];
       s.score += o.score, s.dnll += o.nll - o.nll_full, s.kl += o.kl, s.needles += o.needles_kept, s.kv_bytes += o.kv_bytes;
       ++s.n;
@@ -487,6 +494,9 @@ Command add_eval_command(CLI::App& app) {
   sub->add_option("--cut", flags->cut,
                   "--tasks: where the cache is cut: agnostic (before the question: the default, kvpress's leaderboard "
                   "setting), aware (after it) or both");
+  sub->add_option("--trace-out", flags->trace_out,
+                  "--tasks: also write a task trace (as kvplan record --tasks) of the configurations' scorers at the "
+                  "first --cut, from the same prefills");
   sub->add_option("--prompt-len", flags->prompt_len, "Prompt positions attended in full before eviction (default 64)");
   sub->add_option("--batch", flags->batch, "Sequences per forward pass (default 16)");
   sub->add_option("--prefill-chunk", flags->prefill_chunk, "Prompt rows per forward pass (default 512)")

@@ -8,6 +8,7 @@
 #include "common/progress.h"
 #include "executor/recorder.h"
 #include "planner/calibration.h"
+#include "tools/kvplan/task_predict.h"
 #include "planner/planner.h"
 #include "tools/kvplan/command.h"
 #include "tools/kvplan/plan_flags.h"
@@ -23,6 +24,7 @@ struct PlanCommandFlags {
   double keep = 0;
   std::string allocation = "greedy";
   std::string calibration;
+  std::string task_calibration, task_trace;  // predicted task accuracy (task_predict.h)
   std::string layer_budgets;
   std::string think_ratios, mustafar_ratios;  // candidates for --memory to choose among
   std::string out;
@@ -30,6 +32,20 @@ struct PlanCommandFlags {
   int prompt_len = 0;      // the prompt the peak is reported for; 0: the trace's, else the model's seq_len
   int prefill_chunk = 512;
 };
+
+// --task-calibration with --task-trace: the plan's task accuracy predicted on the trace's instances,
+// written into it and printed.
+Status add_task_accuracy(const PlanCommandFlags& flags, Plan* plan) {
+  KVP_ASSIGN_OR_RETURN(std::optional<TaskPredictor> predictor,
+                       load_task_predictor(flags.task_calibration, flags.task_trace, plan->model.fingerprint));
+  if (!predictor) return ok_status();
+  KVP_ASSIGN_OR_RETURN(TaskAccuracy a, predictor->predict(*plan));
+  add_task_prediction(a, *predictor, plan);
+  std::printf("predicted task accuracy (%s on %d instances of %s, cut %s): %.3f [%.3f, %.3f]\n",
+              flags.task_calibration.c_str(), a.n, flags.task_trace.c_str(), predictor->trace.cut_point.c_str(),
+              a.accuracy, a.low, a.high);
+  return ok_status();
+}
 
 // The prefill transient next to the steady-state bytes: a prompt of `prompt_len` held whole until
 // it is cut, or cut after every chunk (--prefill-evict), as the CPU executor holds it.
@@ -177,6 +193,7 @@ Status plan_from_trace(const PlanCommandFlags& flags) {
                 plan.provenance["chosen"].c_str());
   }
   if (chosen.prediction) add_predictions(*chosen.prediction, flags.calibration, &plan);
+  KVP_RETURN_IF_ERROR(add_task_accuracy(flags, &plan));
   KVP_RETURN_IF_ERROR(plan.save(flags.out));
   std::string per_layer;
   for (const auto& l : plan.budgets) {
@@ -226,6 +243,7 @@ Status plan_layer_budgets(const PlanCommandFlags& flags) {
   p.kv_bytes_per_sequence = p.kv_budgets().kv_bytes();
   p.provenance["source"] = "per-layer budgets from flags";
   p.provenance["tool"] = std::string("kvplan ") + KVP_VERSION;
+  KVP_RETURN_IF_ERROR(add_task_accuracy(flags, &p));
   KVP_RETURN_IF_ERROR(p.save(flags.out));
   std::printf("wrote %s: policy %s (sinks %d, recent %d), budgets per layer [%s], %lld KV bytes per sequence\n",
               flags.out.c_str(), p.policy.c_str(), p.params.sinks, p.params.recent,
@@ -246,6 +264,7 @@ Status plan(const PlanCommandFlags& flags) {
   KVP_ASSIGN_OR_RETURN(Plan p, flags.plan.uniform(plan_model(model.weights.config(), fingerprint), flags.plan.policy,
                                                   flags.plan.budget));
   p.provenance["tool"] = std::string("kvplan ") + KVP_VERSION;
+  KVP_RETURN_IF_ERROR(add_task_accuracy(flags, &p));
   KVP_RETURN_IF_ERROR(p.save(flags.out));
   std::printf("wrote %s: policy %s (sinks %d, recent %d), %d slots per layer and KV head, %lld KV bytes per sequence\n",
               flags.out.c_str(), p.policy.c_str(), p.params.sinks, p.params.recent, flags.plan.budget,
@@ -279,6 +298,11 @@ Command add_plan_command(CLI::App& app) {
                   "Without --trace: slots per layer, comma-separated (every head of a layer alike)");
   sub->add_option("--calibration", flags->calibration,
                   "calib.yaml (kvplan calibrate): predict ΔNLL and top-1 agreement with intervals");
+  sub->add_option("--task-calibration", flags->task_calibration,
+                  "task-calibration.yaml (kvplan calibrate --task-trace): predict the plan's task accuracy with an "
+                  "interval on the instances of --task-trace");
+  sub->add_option("--task-trace", flags->task_trace,
+                  "A task trace (kvplan record --tasks) of the same model: the instances --task-calibration predicts on");
   sub->add_option("--think-ratios", flags->think_ratios,
                   "With --memory: ThinK ratios to choose among, e.g. 0,0.4 (0: none), crossed with --mustafar-ratios; "
                   "each combination is planned at the same bytes and the one with the lowest predicted ΔNLL "

@@ -12,6 +12,7 @@
 #include "common/npy.h"
 #include "common/progress.h"
 #include "planner/calibration.h"
+#include "tools/kvplan/task_predict.h"
 #include "planner/planner.h"
 #include "tools/kvplan/command.h"
 #include "tools/kvplan/plan_flags.h"
@@ -30,6 +31,7 @@ struct SweepFlags {
   bool per_head = false;
   bool pyramid = false;
   std::string calibration;
+  std::string task_calibration, task_trace;  // predicted task accuracy (task_predict.h)
   std::string plans_out;
   std::string step_energies;  // directory for each configuration's per-step residual energies (.npy)
   bool plots = true;
@@ -45,6 +47,7 @@ struct SweepRow {
   ReplayResult replay;
   Plan plan;
   std::optional<Prediction> prediction;
+  std::optional<TaskAccuracy> task;  // with --task-calibration, where the task trace has the policy's scores
 };
 
 // A row's budgets for the CSV: per layer, space-separated; a layer whose KV heads differ as its
@@ -264,6 +267,25 @@ Status sweep(const SweepFlags& flags) {
       add_predictions(*r.prediction, flags.calibration, &r.plan);
     }
   }
+  KVP_ASSIGN_OR_RETURN(std::optional<TaskPredictor> tasks,
+                       load_task_predictor(flags.task_calibration, flags.task_trace,
+                                           rows.empty() ? std::string() : rows[0].plan.model.fingerprint));
+  std::set<std::string> task_skipped;  // configurations the task trace cannot replay, and why
+  if (tasks) {
+    Progress task_progress("sweep: task accuracy", static_cast<int64_t>(rows.size()), true);
+    int n_done = 0;
+    for (SweepRow& r : rows) {
+      auto a = tasks->predict(r.plan);
+      if (a.ok()) {
+        r.task = *a;
+        add_task_prediction(*a, *tasks, &r.plan);
+      } else {
+        task_skipped.insert(a.error().message());
+      }
+      task_progress.update(++n_done);
+    }
+    task_progress.finish(n_done);
+  }
   if (!flags.plans_out.empty()) {
     std::filesystem::create_directories(flags.plans_out, ec);
     if (ec) return make_error("{}: cannot create: {}", flags.plans_out, ec.message());
@@ -280,6 +302,7 @@ Status sweep(const SweepFlags& flags) {
   if (calibration) {
     csv += ",pred_delta_nll,pred_delta_nll_low,pred_delta_nll_high,pred_top1,pred_top1_low,pred_top1_high,in_calibrated_range";
   }
+  if (tasks) csv += ",pred_task_accuracy,pred_task_accuracy_low,pred_task_accuracy_high";
   csv += "\n";
   for (const SweepRow& r : rows) {
     csv += fmt::format("{},{},{},{},{},{:.8f},{:.8f},{:.8f},{:.4f}", r.policy, r.allocation, r.budget,
@@ -289,7 +312,10 @@ Status sweep(const SweepFlags& flags) {
       const Prediction& p = *r.prediction;
       csv += fmt::format(",{:.6f},{:.6f},{:.6f},{:.6f},{:.6f},{:.6f},{}", p.delta_nll, p.delta_nll_low,
                          p.delta_nll_high, p.top1_agreement, p.top1_low, p.top1_high, p.in_range ? 1 : 0);
+    } else if (calibration) {
+      csv += ",,,,,,,";
     }
+    if (tasks) csv += r.task ? fmt::format(",{:.4f},{:.4f},{:.4f}", r.task->accuracy, r.task->low, r.task->high) : ",,,";
     csv += "\n";
   }
   std::string md = fmt::format(
@@ -318,6 +344,20 @@ Status sweep(const SweepFlags& flags) {
       }
       return std::string("—");
     });
+  }
+  if (tasks) {
+    md += fmt::format("\n### Predicted task accuracy (uniform budgets; `{}` on the {} instances of `{}`, cut {}; 95% "
+                      "intervals)\n\n", flags.task_calibration, tasks->trace.instances.size(), flags.task_trace,
+                      tasks->trace.cut_point);
+    md += policy_budget_table(policies, budgets, [&](const std::string& p, int b) {
+      for (const SweepRow& r : rows) {
+        if (r.policy == p && r.allocation == "uniform" && r.budget == std::min<int>(b, longest) && r.task) {
+          return fmt::format("{:.3f} [{:.2f}, {:.2f}]", r.task->accuracy, r.task->low, r.task->high);
+        }
+      }
+      return std::string("—");
+    });
+    for (const std::string& why : task_skipped) md += fmt::format("\n— not predicted: {}\n", why);
   }
   if (flags.greedy) {
     auto energy_of = [&](const SweepRow& like, const char* allocation) -> std::string {
@@ -397,6 +437,10 @@ Command add_sweep_command(CLI::App& app) {
                 "memory level, for every policy but tova (one kept set per layer)");
   sub->add_flag("!--no-plots", flags->plots, "Skip the PNG plots");
   sub->add_flag("--pyramid", flags->pyramid, "Also replay PyramidKV per-layer schedules at each memory level");
+  sub->add_option("--task-calibration", flags->task_calibration,
+                  "task-calibration.yaml (kvplan calibrate --task-trace): also predict each configuration's task "
+                  "accuracy on the instances of --task-trace");
+  sub->add_option("--task-trace", flags->task_trace, "A task trace (kvplan record --tasks) of the same model");
   sub->add_option("--calibration", flags->calibration,
                   "calib.yaml (kvplan calibrate): predicted ΔNLL and top-1 with intervals for every configuration");
   sub->add_option("--plans-out", flags->plans_out,
