@@ -105,11 +105,18 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
             p.budgets = KvBudgets::uniform(mc.n_layers, mc.n_kv_heads, mc.head_dim(), p.budget);
           }
           p.budgets.aux_floats_per_slot = p.policy->aux_floats_per_slot();
-          // One scorer per group of policies that score a prefill alike.
-          const auto it = std::find_if(scorers.begin(), scorers.end(),
-                                       [&](const auto& s) { return same_prefill(*s, *p.policy); });
-          p.scorer = static_cast<int>(it - scorers.begin());
-          if (it == scorers.end()) scorers.push_back(p.policy);
+          // One scorer per group of policies that score a prefill alike; a ThinK or Mustafar cache
+          // is cut in its own prefill instead (p.scorer −1).
+          if (p.budgets.compression.empty() ||
+              std::none_of(p.budgets.compression.begin(), p.budgets.compression.end(),
+                           [](const SlotCompression& c) { return c.compressed(); })) {
+            const auto it = std::find_if(scorers.begin(), scorers.end(),
+                                         [&](const auto& s) { return same_prefill(*s, *p.policy); });
+            p.scorer = static_cast<int>(it - scorers.begin());
+            if (it == scorers.end()) scorers.push_back(p.policy);
+          } else {
+            p.scorer = -1;
+          }
         }
         prepared.push_back(std::move(p));
       }
@@ -165,6 +172,17 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
           }
         }
       }
+      // A configuration's cache at the cut, in sequence `seq`: forked from the shared prefill, or
+      // (ThinK, Mustafar) from a prefill of its own.
+      auto cut_into = [&](const Prepared& p, int seq) {
+        if (p.scorer >= 0) return backend.fork_prompt(0, p.scorer, seq, p.budgets, p.policy);
+        backend.open_sequence(seq, p.budgets, p.policy);
+        for (int c0 = 0; c0 < prefix; c0 += options.prefill_chunk) {
+          StepRows rows;
+          for (int q = c0; q < std::min(prefix, c0 + options.prefill_chunk); ++q) rows.add(inst.tokens[q], q, seq, prefix);
+          decoder.forward(rows, {}, nullptr);
+        }
+      };
       const std::vector<int32_t> suffix(inst.tokens.begin() + prefix, inst.tokens.end());
       const int s_len = static_cast<int>(suffix.size());
       std::vector<std::vector<float>> full_logprobs;  // [reference_len][vocab], the reference's rows
@@ -178,7 +196,7 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
         std::vector<int32_t> logit_rows;
         for (int j = 0; j < k; ++j) {
           const Prepared& p = prepared[b0 + j];
-          backend.fork_prompt(0, p.scorer, 1 + j, p.budgets, p.policy);
+          cut_into(p, 1 + j);
           if (tracing && p.config < 0) {
             for (int l = 0; l < mc.n_layers; ++l) {
               for (int h = 0; h < mc.n_kv_heads; ++h) std::fill_n(backend.cache(1 + j).head(l, h).score, prefix, 0.0f);
@@ -231,7 +249,7 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
         logit_rows.clear();
         for (int j = 0; j < k; ++j) {
           const Prepared& p = prepared[b0 + j];
-          backend.fork_prompt(0, p.scorer, 1 + j, p.budgets, p.policy);
+          cut_into(p, 1 + j);
           if (p.config >= 0 && !inst.needles.empty()) {
             // Needle tokens in the cut cache, over layers and heads.
             std::set<int32_t> wanted;

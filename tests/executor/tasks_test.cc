@@ -13,6 +13,7 @@
 #include "executor/tasks/task_eval.h"
 #include "executor/decoder.h"
 #include "executor/tasks/tasks.h"
+#include "planner/plan/plan.h"
 #include "planner/task_trace.h"
 #include "tests/support/test_support.h"
 
@@ -160,6 +161,22 @@ TEST(Tasks, SharedPrefillAnswersAsEachConfigurationAlone) {
                                      {.label = "vatp", .policy = "vatp", .keep = 0.5},
                                      {.label = "h2o", .policy = "h2o", .keep = 0.25},
                                      {.label = "snapkv aware", .policy = "snapkv", .keep = 0.3, .cut = CutPoint::kQuestion}};
+  // ThinK and Mustafar caches, cut in prefills of their own rather than forked.
+  const ModelConfig& mc = w.config();
+  const PlanModel pm{.fingerprint = std::string(64, 'a'), .dim = mc.dim, .n_layers = mc.n_layers, .n_heads = mc.n_heads,
+                     .n_kv_heads = mc.n_kv_heads, .head_dim = mc.head_dim(), .vocab_size = mc.vocab_size,
+                     .seq_len = mc.seq_len};
+  for (const auto& [label, compression] :
+       {std::pair{"vatp think", PlanCompression{.think_ratio = std::vector<double>(mc.n_layers, 0.5), .think_window = 8,
+                                                .think_recent = 8}},
+        std::pair{"vatp mustafar", PlanCompression{.key_sparsity = std::vector<double>(mc.n_layers, 0.5),
+                                                   .value_sparsity = std::vector<double>(mc.n_layers, 0.5),
+                                                   .dense_recent = 8}}}) {
+    auto plan = uniform_plan(pm, "vatp", published_defaults("vatp", 150), 150, KvDtype::kF32, compression);
+    ASSERT_TRUE(plan.ok()) << plan.error().message();
+    configs.push_back({.label = label, .policy = "vatp", .params = plan->params, .published_defaults = false,
+                       .budgets = plan->kv_budgets()});
+  }
   CpuBackend backend(w, 2);
   const auto out = evaluate_tasks(backend, tok, instances, configs, TaskEvalOptions{.prefill_chunk = 128, .batch = 3});
   const ModelConfig& c = w.config();
@@ -173,6 +190,10 @@ TEST(Tasks, SharedPrefillAnswersAsEachConfigurationAlone) {
       CpuBackend own(w);
       if (configs[ci].policy == "full") {
         own.reset_sequences({full_cache_budgets(c, n + t.max_answer_tokens + 8)});
+      } else if (configs[ci].budgets) {
+        EXPECT_EQ(o.kv_bytes, configs[ci].budgets->kv_bytes());
+        own.reset_sequences({*configs[ci].budgets},
+                            std::shared_ptr<const Policy>(make_policy("vatp", configs[ci].params).value()));
       } else {
         const int budget = static_cast<int>(std::ceil(configs[ci].keep * prefix));
         auto policy = std::shared_ptr<const Policy>(make_policy(configs[ci].policy, published_defaults(configs[ci].policy, budget)).value());

@@ -335,9 +335,9 @@ Status eval_tasks(const EvalFlags& flags) {
   if (flags.out.empty()) return make_error("--out: eval --tasks needs a directory to write outcomes.csv and summary.*");
   if (!flags.corpus.empty()) return make_error("--corpus and --tasks: give one of them");
   if (flags.prefill_evict) return make_error("--prefill-evict: eval --tasks holds each prompt whole to share it");
-  if (flags.plan.compress.given()) {
-    return make_error("--think/--mustafar: eval --tasks cuts every configuration from one shared prefill, and a ThinK "
-                      "or Mustafar cache is cut in its own; measure them on a corpus (eval --corpus)");
+  if (flags.plan.compress.given() && flags.plan.plan_path.empty() && flags.plans.empty()) {
+    return make_error("--think/--mustafar: with --tasks, make a plan with them (kvplan plan --think ...) and give it "
+                      "to --plan or --plans");
   }
   KVP_ASSIGN_OR_RETURN(LoadedModel model, load_model(flags.model.model, flags.model.tokenizer, flags.model.load_options()));
   KVP_ASSIGN_OR_RETURN(std::string fingerprint, model_fingerprint(model));
@@ -361,11 +361,6 @@ Status eval_tasks(const EvalFlags& flags) {
   auto add_plan = [&](const std::string& path) -> Status {
     KVP_ASSIGN_OR_RETURN(Plan plan, Plan::load(path));
     KVP_RETURN_IF_ERROR(plan.check_model(pm, path, model.files.model_path));
-    if (plan.compression.any()) {
-      return make_error("{}: compression: eval --tasks cuts every configuration from one shared prefill, and a "
-                        "{} cache is cut in its own; run this plan on a corpus (eval --plan --corpus)",
-                        path, plan.compression.label());
-    }
     add(TaskConfig{.label = std::filesystem::path(path).stem().string(), .policy = plan.policy, .params = plan.params,
                    .published_defaults = false, .budgets = plan.kv_budgets()});
     return ok_status();
