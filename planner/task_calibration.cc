@@ -171,7 +171,7 @@ Result<TaskCalibration> fit_task_calibration(const std::vector<TaskObservation>&
   cal.model_fingerprint = model_fingerprint;
   std::vector<size_t> all(obs.size());
   std::iota(all.begin(), all.end(), 0);
-  const std::vector<std::vector<int>> sets = {{0}, {1}, {2}, {0, 1}, {2, 1}, {0, 2}};
+  const std::vector<std::vector<int>> sets = {{0}, {1}, {2}, {3}, {0, 1}, {2, 1}, {0, 2}, {3, 1}, {3, 2}};
   double best = INFINITY;
   std::vector<double> best_held;
   for (bool lost : {false, true}) {
@@ -326,7 +326,7 @@ Result<TaskCalibration> TaskCalibration::parse(const std::string& text, const st
     const auto it = std::find_if(std::begin(kTaskFeatureNames), std::end(kTaskFeatureNames),
                                  [&](const char* n) { return name == n; });
     if (it == std::end(kTaskFeatureNames)) {
-      return mf.error("features", fmt::format("unknown feature '{}' (known: needles, mass, needle_mass)", name));
+      return mf.error("features", fmt::format("unknown feature '{}' (known: needles, mass, needle_mass, needle_min)", name));
     }
     c.features.push_back(static_cast<int>(it - std::begin(kTaskFeatureNames)));
   }

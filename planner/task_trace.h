@@ -70,12 +70,16 @@ struct TaskFeatures {
   double needles = 1;      // share of needle tokens kept, over layers and heads (no needles: = mass)
   double mass = 1;         // answer attention kept over the context's, mean over layers and heads
   double needle_mass = 1;  // answer attention kept on needle tokens over all of it on them (no needles: = mass)
+  // The needle token the answer reads worst kept: per needle token, the answer attention on it in
+  // the heads that keep it over that in all heads; the least of these over the tokens drawing at
+  // least a tenth of the most-read needle token's attention (no needles: = mass).
+  double needle_min = 1;
   double full_score = 0;   // the instance's full-cache score
 };
-inline constexpr int kTaskFeatureCount = 3;
-inline constexpr const char* kTaskFeatureNames[kTaskFeatureCount] = {"needles", "mass", "needle_mass"};
+inline constexpr int kTaskFeatureCount = 4;
+inline constexpr const char* kTaskFeatureNames[kTaskFeatureCount] = {"needles", "mass", "needle_mass", "needle_min"};
 inline double task_feature(const TaskFeatures& f, int i) {
-  return i == 0 ? f.needles : i == 1 ? f.mass : f.needle_mass;
+  return i == 0 ? f.needles : i == 1 ? f.mass : i == 2 ? f.needle_mass : f.needle_min;
 }
 
 // Cuts instance `inst` as `policy` would within `budgets` ([layer × n_kv_heads + head] slots; a

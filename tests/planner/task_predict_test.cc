@@ -122,12 +122,16 @@ TEST(TaskReplay, CutsAndMeasuresAHandWorkedInstance) {
   EXPECT_DOUBLE_EQ(f->mass, 0.5);
   // On the needles: layer 0 0.25 of 0.375, layer 1 0.25 of 0.25: 0.5 of 0.625.
   EXPECT_DOUBLE_EQ(f->needle_mass, 0.5 / 0.625);
+  // Per needle token, attention kept over attention drawn: position 2 0.25 of 0.25 (layer 0 keeps
+  // it), position 3 0.25 of 0.375 (layer 1 keeps it): the worst is 2/3.
+  EXPECT_DOUBLE_EQ(f->needle_min, 0.25 / 0.375);
   EXPECT_EQ(f->full_score, 1.0);
   // No needles: both needle features fall back to the attention kept.
   auto g = replay_task(t, t.instances[1], **h2o, budgets);
   ASSERT_TRUE(g.ok());
   EXPECT_DOUBLE_EQ(g->needles, 0.5);
   EXPECT_DOUBLE_EQ(g->needle_mass, 0.5);
+  EXPECT_DOUBLE_EQ(g->needle_min, 0.5);
   // A budget at the cut keeps everything.
   auto all = replay_task(t, t.instances[0], **h2o, std::vector<int32_t>{6, 6});
   ASSERT_TRUE(all.ok());
