@@ -7,8 +7,8 @@
 // attention (the attention the prompt's last token and the reference answer's tokens pay each
 // position before the cut, the mean over those rows and the query heads of a KV head), in bf16,
 // since only sums of it are read; the needle spans and the full cache's score on the instance.
-// No keys, values or queries: a 4K instance with six scorers takes about 9 MB, not the 50 MB its
-// keys and values would.
+// No keys, values or queries: a SmolLM2 instance cut at 4K with eight scorers takes 16.7 MB, its
+// f32 keys and values 186 MB.
 #pragma once
 
 #include <cstdint>
