@@ -6,6 +6,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -257,7 +258,7 @@ Result<TaskFeatures> replay_task(const TaskTrace& trace, const TaskTraceInstance
   for (int j = 0; j < n; ++j) pos[j] = j;
   std::vector<std::vector<float>> score(n_kv), aux(n_kv);
   std::vector<SlotArrays> views(n_kv);
-  double mass_sum = 0, needle_kept_attn = 0, needle_attn = 0;
+  double mass_sum = 0;
   std::vector<double> token_attn(n, 0.0), token_kept(n, 0.0);  // per needle position, over layers and heads
   int64_t needles_kept = 0;
   for (int l = 0; l < trace.n_layers; ++l) {
@@ -284,12 +285,12 @@ Result<TaskFeatures> replay_task(const TaskTrace& trace, const TaskTraceInstance
       double total = 0, held = 0;
       for (int j = 0; j < n; ++j) {
         total += a[j];
-        if (is_needle[j]) needle_attn += a[j], token_attn[j] += a[j];
+        if (is_needle[j]) token_attn[j] += a[j];
       }
       for (int j : kept[h]) {
         held += a[j];
         needles_kept += is_needle[j];
-        if (is_needle[j]) needle_kept_attn += a[j], token_kept[j] += a[j];
+        if (is_needle[j]) token_kept[j] += a[j];
       }
       mass_sum += total > 0 ? held / total : 1.0;
     }
@@ -297,15 +298,14 @@ Result<TaskFeatures> replay_task(const TaskTrace& trace, const TaskTraceInstance
   const double heads = double(trace.n_layers) * n_kv;
   f.mass = mass_sum / heads;
   f.needles = needle_tokens > 0 ? double(needles_kept) / (double(needle_tokens) * heads) : f.mass;
-  f.needle_mass = needle_tokens > 0 && needle_attn > 0 ? needle_kept_attn / needle_attn : f.mass;
-  const double most = needle_tokens > 0 ? *std::max_element(token_attn.begin(), token_attn.end()) : 0.0;
+  const double needle_attn = std::accumulate(token_attn.begin(), token_attn.end(), 0.0);
+  const double needle_kept_attn = std::accumulate(token_kept.begin(), token_kept.end(), 0.0);
+  f.needle_mass = needle_attn > 0 ? needle_kept_attn / needle_attn : f.mass;
+  // Starts at needle_mass, which is mass where no needle token draws attention.
   f.needle_min = f.needle_mass;
-  if (most > 0) {
-    for (int j = 0; j < n; ++j) {
-      if (is_needle[j] && token_attn[j] >= 0.1 * most) f.needle_min = std::min(f.needle_min, token_kept[j] / token_attn[j]);
-    }
-  } else if (needle_tokens == 0) {
-    f.needle_min = f.mass;
+  const double most = *std::max_element(token_attn.begin(), token_attn.end());
+  for (int j = 0; most > 0 && j < n; ++j) {
+    if (is_needle[j] && token_attn[j] >= 0.1 * most) f.needle_min = std::min(f.needle_min, token_kept[j] / token_attn[j]);
   }
   return f;
 }

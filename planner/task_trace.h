@@ -72,7 +72,7 @@ struct TaskFeatures {
   double needle_mass = 1;  // answer attention kept on needle tokens over all of it on them (no needles: = mass)
   // The needle token the answer reads worst kept: per needle token, the answer attention on it in
   // the heads that keep it over that in all heads; the least of these over the tokens drawing at
-  // least a tenth of the most-read needle token's attention (no needles: = mass).
+  // least a tenth of the most-read needle token's attention, and of needle_mass (no needles: = mass).
   double needle_min = 1;
   double full_score = 0;   // the instance's full-cache score
 };

@@ -95,9 +95,7 @@ void CpuBackend::fork_prompt(int src, int scorer, int dst, const KvBudgets& budg
             "fork_prompt: sequence {} has no prompt scored by scorer {}", src, scorer);
   KVP_CHECK(src != dst && policy, "fork_prompt: a policy and another sequence");
   KVP_CHECK(budgets.aux_floats_per_slot >= policy->aux_floats_per_slot(), "fork_prompt: budgets without the policy's aux floats");
-  for (const SlotCompression& c : budgets.compression) {
-    KVP_CHECK(!c.compressed(), "fork_prompt: ThinK and Mustafar caches are cut in their own prefill");
-  }
+  KVP_CHECK(!budgets.compressed(), "fork_prompt: ThinK and Mustafar caches are cut in their own prefill");
   open_sequence(dst, budgets, std::move(policy));
   const Policy& p = *policies_[dst];
   const int n_kv = config_.n_kv_heads, n = sc.prompt_len;

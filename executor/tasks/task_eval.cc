@@ -107,9 +107,7 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
           p.budgets.aux_floats_per_slot = p.policy->aux_floats_per_slot();
           // One scorer per group of policies that score a prefill alike; a ThinK or Mustafar cache
           // is cut in its own prefill instead (p.scorer −1).
-          if (p.budgets.compression.empty() ||
-              std::none_of(p.budgets.compression.begin(), p.budgets.compression.end(),
-                           [](const SlotCompression& c) { return c.compressed(); })) {
+          if (!p.budgets.compressed()) {
             const auto it = std::find_if(scorers.begin(), scorers.end(),
                                          [&](const auto& s) { return same_prefill(*s, *p.policy); });
             p.scorer = static_cast<int>(it - scorers.begin());
@@ -138,16 +136,20 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
         KVP_CHECK(options.trace->scorers.size() + 1 == scorers.size(), "instance {}: other scorers than the first's", inst.id);
         prepared[0].policy = std::make_shared<AnswerAttention>(n - 1);
       }
+      // The prompt up to the cut, in chunks, into sequence `seq` (its policy cuts it at the end).
+      auto prefill = [&](int seq) {
+        for (int c0 = 0; c0 < prefix; c0 += options.prefill_chunk) {
+          StepRows rows;
+          for (int q = c0; q < std::min(prefix, c0 + options.prefill_chunk); ++q) rows.add(inst.tokens[q], q, seq, prefix);
+          decoder.forward(rows, {}, nullptr);
+        }
+      };
       // The shared prefill: sequence 0 under keep-all, scored for every policy.
       std::vector<KvBudgets> seqs(1 + batch, KvBudgets::uniform(mc.n_layers, mc.n_kv_heads, mc.head_dim(), 0));
       seqs[0] = full_cache_budgets(mc, capacity);
       backend.reset_sequences(seqs);
       backend.score_prompt_for(0, scorers);
-      for (int c0 = 0; c0 < prefix; c0 += options.prefill_chunk) {
-        StepRows rows;
-        for (int p = c0; p < std::min(prefix, c0 + options.prefill_chunk); ++p) rows.add(inst.tokens[p], p, 0, prefix);
-        decoder.forward(rows, {}, nullptr);
-      }
+      prefill(0);
       if (tracing) {
         traced = TaskTraceInstance{.id = inst.id, .family = inst.family, .length = inst.length, .prompt_tokens = n,
                                    .cut = prefix, .answer_rows = std::max(1, reference_len)};
@@ -177,11 +179,7 @@ std::vector<std::vector<TaskOutcome>> evaluate_tasks(CpuBackend& backend, const 
       auto cut_into = [&](const Prepared& p, int seq) {
         if (p.scorer >= 0) return backend.fork_prompt(0, p.scorer, seq, p.budgets, p.policy);
         backend.open_sequence(seq, p.budgets, p.policy);
-        for (int c0 = 0; c0 < prefix; c0 += options.prefill_chunk) {
-          StepRows rows;
-          for (int q = c0; q < std::min(prefix, c0 + options.prefill_chunk); ++q) rows.add(inst.tokens[q], q, seq, prefix);
-          decoder.forward(rows, {}, nullptr);
-        }
+        prefill(seq);
       };
       const std::vector<int32_t> suffix(inst.tokens.begin() + prefix, inst.tokens.end());
       const int s_len = static_cast<int>(suffix.size());

@@ -152,18 +152,17 @@ void layer_step(const Policy& policy, std::span<const HeadSlots> heads, const To
                 float* attn_out, float* softmax, StepScratch& scratch, const EvictFn& on_evict,
                 std::span<const ScoreObserver> observers = {});
 
-// Keeps, of `prompt` (heads holding positions 0..n-1 in order, prefilled by layer_step with
-// prompt_len n), what the policy selects within each of `dest`'s budgets, in position order.
-// Keeps, of `from` (heads whose slots hold increasing positions, the newest `newest_pos`), what the
-// policy selects within budgets[h] slots of `to`, in position order. `to` may be `from` itself (a
-// cut in place: the kept slots move down). `finish`: the prompt's last cut (finish_prefill runs
-// first). --prefill-evict cuts a prompt this way after each chunk.
 // The choice of cut_slots, without moving anything: per head of `views` (one layer's heads, slots
 // holding increasing positions, the newest `newest_pos`), the slots kept within budgets[h], in slot
 // order. `finish`: finish_prefill runs on the views first (it may rewrite their scores). The task
 // replay (task_trace.h) cuts recorded scores through this.
 std::vector<std::vector<int>> select_cut(const Policy& policy, std::span<SlotArrays> views,
                                          std::span<const int32_t> budgets, int32_t newest_pos, bool finish);
+
+// Keeps, of `from` (heads whose slots hold increasing positions, the newest `newest_pos`), what the
+// policy selects within budgets[h] slots of `to`, in position order. `to` may be `from` itself (a
+// cut in place: the kept slots move down). `finish`: the prompt's last cut (finish_prefill runs
+// first). --prefill-evict cuts a prompt this way after each chunk.
 void cut_slots(const Policy& policy, std::span<const HeadSlots> from, std::span<const HeadSlots> to,
                std::span<const int32_t> budgets, int32_t newest_pos, bool finish, const EvictFn& on_evict);
 
@@ -178,6 +177,8 @@ void prefill_row(const Policy& policy, std::span<const HeadSlots> scratch, std::
                  std::span<const int32_t> budgets, const TokenRow& row, int group, float* attn_out, StepScratch& sc,
                  int evict_chunk, const EvictFn& on_cut, std::span<const ScoreObserver> observers = {});
 
+// Keeps, of `prompt` (heads holding positions 0..n-1 in order, prefilled by layer_step with
+// prompt_len n), what the policy selects within each of `dest`'s budgets, in position order.
 void cut_prefill(const Policy& policy, std::span<const HeadSlots> prompt, std::span<const HeadSlots> dest,
                  const EvictFn& on_evict);
 

@@ -42,9 +42,10 @@ Status record_tasks(const RecordFlags& flags) {
   KVP_ASSIGN_OR_RETURN(TaskFile file, load_tasks(flags.tasks, model.weights.config(), fingerprint));
   TaskEvalOptions options{.prefill_chunk = flags.chunk};
   for (const std::string& name : split_list(flags.policies)) {
-    PolicyParams params = published_defaults(name == "vatp_mean" ? "vatp" : name, 64);
+    const std::string base = name == "vatp_mean" ? "vatp" : name;  // VATP with the mean base
+    PolicyParams params = published_defaults(base, 64);
     if (name == "vatp_mean") params.vatp_base = VatpBase::kMean;
-    auto policy = make_policy(name == "vatp_mean" ? "vatp" : name, params);
+    auto policy = make_policy(base, params);
     if (!policy.ok()) return make_error("--policies: {}", policy.error().message());
     if (!policy.value()->evicts()) return make_error("--policies: {} keeps every token: nothing to record for it", name);
     options.trace_scorers.push_back(std::shared_ptr<const Policy>(std::move(policy).value()));
